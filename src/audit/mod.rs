@@ -1,0 +1,2 @@
+//! `audit` writes transcripts (one file per session) and the JSON-lines audit log.
+#![forbid(unsafe_code)]

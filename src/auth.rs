@@ -1,0 +1,2 @@
+//! `auth`: see ARCHITECTURE.md.
+#![forbid(unsafe_code)]

@@ -1,0 +1,89 @@
+//! `config` is pure data plus validation: loading `keyhole.toml`, endpoints, role capabilities,
+//! rules and users, with `file:line:col` diagnostics.
+#![forbid(unsafe_code)]
+
+mod types;
+pub use types::*;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Severity of a configuration diagnostic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One configuration problem, located precisely.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is about the file as a whole.
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+    /// `file:line:col: message` followed by a caret excerpt, ready to print.
+    pub rendered: String,
+}
+
+/// A role capability file, loaded.
+#[derive(Debug, Clone)]
+pub struct LoadedCapability {
+    /// The file stem, as written.
+    pub name: String,
+    pub file: PathBuf,
+    pub config: RoleCapabilityConfig,
+    /// Declared functions with their parameters parsed, in file order.
+    pub functions: Vec<ResolvedFunction>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedFunction {
+    pub name: String,
+    pub def: FunctionDef,
+    /// In file order.
+    pub params: Vec<(String, FunctionParam)>,
+    /// Where it was declared (capability name).
+    pub capability: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadedEndpoint {
+    pub file: PathBuf,
+    pub config: EndpointConfig,
+}
+
+/// Everything the server runs on, validated.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The keyhole.toml path (may not exist: defaults apply).
+    pub path: PathBuf,
+    /// Directory every relative path resolves against.
+    pub base_dir: PathBuf,
+    pub server: ServerConfig,
+    pub endpoints: Vec<LoadedEndpoint>,
+    /// Keyed by lower-case capability name.
+    pub capabilities: BTreeMap<String, LoadedCapability>,
+    pub rules: RulesFile,
+    pub users: UsersFile,
+    /// Warnings found while loading (errors make `load` fail).
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl LoadedConfig {
+    /// Resolve a path from the configuration against `base_dir`.
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        let pb = Path::new(p);
+        if pb.is_absolute() {
+            pb.to_path_buf()
+        } else {
+            self.base_dir.join(pb)
+        }
+    }
+    /// Endpoint by name, case-insensitive.
+    pub fn endpoint(&self, name: &str) -> Option<&LoadedEndpoint> {
+        self.endpoints.iter().find(|e| e.config.name.eq_ignore_ascii_case(name))
+    }
+}

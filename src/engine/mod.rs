@@ -1,0 +1,120 @@
+//! `engine` owns the object model, the command table built from an effective capability,
+//! parameter binding and validation, pipelines, and the text formatter. It knows nothing of
+//! WS-Man, PSRP or HTTP; its output is a stream of [`Event`]s.
+#![forbid(unsafe_code)]
+
+pub mod command;
+pub mod value;
+
+pub use command::*;
+pub use value::*;
+
+use crate::capability::EffectiveCapability;
+use crate::config::SessionType;
+
+/// Records what a session does (transcripts). Every method is called *before* the thing it
+/// records happens or right after it ends, and must have flushed when it returns; an error
+/// refuses the command (keyhole never runs unaudited).
+pub trait Audit: Send {
+    /// A pipeline line as received (script text, or a rendering of a structured pipeline).
+    fn line(&mut self, line: &str) -> std::io::Result<()>;
+    /// A command about to run, with its bound parameters (fsync'd).
+    fn command(&mut self, name: &str, args: &BoundArgs) -> std::io::Result<()>;
+    /// A refusal and its reason.
+    fn refused(&mut self, reason: &str) -> std::io::Result<()>;
+    /// Output, as text.
+    fn output(&mut self, text: &str) -> std::io::Result<()>;
+    /// End state of the pipeline ("Completed", "Failed", "Stopped").
+    fn end(&mut self, state: &str) -> std::io::Result<()>;
+}
+
+/// An audit that records nothing (unit tests only).
+pub struct NoAudit;
+impl Audit for NoAudit {
+    fn line(&mut self, _: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn command(&mut self, _: &str, _: &BoundArgs) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn refused(&mut self, _: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn output(&mut self, _: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn end(&mut self, _: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A line refused before anything ran (keyhole run exit 2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// Says what was wrong and, where there is one, the column: "parameter 'Name' ... at column 17".
+    pub message: String,
+    /// FullyQualifiedErrorId, e.g. "CommandNotFoundException", "ParameterArgumentValidationError,Restart-Service".
+    pub id: String,
+    pub category: ErrorCategory,
+    /// 1-based column in the line, when the refusal has a place.
+    pub column: Option<usize>,
+}
+
+impl Refusal {
+    pub fn to_error_record(&self) -> ErrorRecord {
+        ErrorRecord::new(self.message.clone(), self.id.clone(), self.category).terminating()
+    }
+}
+
+/// How a line ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// Ran to the end; `had_errors` when any error record was written (exit 1).
+    Completed { had_errors: bool },
+    /// Refused before anything ran (exit 2).
+    Refused(Refusal),
+    /// A terminating error stopped it after something ran (exit 1).
+    Failed(ErrorRecord),
+    /// Cancelled (Signal / session close).
+    Stopped,
+    /// `exit` / `Exit-PSSession`: the session should end.
+    Exit,
+}
+
+impl RunOutcome {
+    /// The exit status `keyhole run` and WinRS report: 0 ran, 1 failed, 2 refused.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunOutcome::Completed { had_errors: false } | RunOutcome::Exit => 0,
+            RunOutcome::Completed { had_errors: true } | RunOutcome::Failed(_) | RunOutcome::Stopped => 1,
+            RunOutcome::Refused(_) => 2,
+        }
+    }
+}
+
+/// One argument of a structured command (PSRP), or of a parsed command call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandArg {
+    /// Parameter name without the dash; None for positional.
+    pub name: Option<String>,
+    /// None for a switch given alone.
+    pub value: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StructuredCommand {
+    pub name: String,
+    pub args: Vec<CommandArg>,
+}
+
+/// A pipeline as PSRP's CREATE_PIPELINE carries it when IsScript is false.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StructuredPipeline {
+    pub commands: Vec<StructuredCommand>,
+}
+
+/// What a session needs besides the capability.
+pub struct SessionOptions {
+    pub session_type: SessionType,
+    pub host: HostEnv,
+}

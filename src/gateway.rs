@@ -1,0 +1,2 @@
+//! `gateway`: see ARCHITECTURE.md.
+#![forbid(unsafe_code)]

@@ -1,0 +1,21 @@
+//! keyhole: a Just-Enough-Administration remoting endpoint server for Linux.
+//!
+//! Layers (see ARCHITECTURE.md): `lang` → `engine` → `commands`/`sandbox`, configured by
+//! `config` + `capability`, audited by `audit`, reached through `wsman` (WinRS, `psrp`).
+#![deny(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+pub mod audit;
+pub mod auth;
+pub mod capability;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod engine;
+pub mod gateway;
+pub mod lang;
+pub mod psrp;
+pub mod sandbox;
+pub mod server;
+pub mod winrs;
+pub mod wsman;

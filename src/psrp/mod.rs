@@ -1,0 +1,2 @@
+//! `psrp` is sans-IO: fragments ↔ messages ↔ CLIXML ↔ engine calls. It never touches a socket.
+#![forbid(unsafe_code)]

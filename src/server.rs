@@ -1,0 +1,2 @@
+//! `server`: see ARCHITECTURE.md.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! `winrs`: see ARCHITECTURE.md.
+#![forbid(unsafe_code)]

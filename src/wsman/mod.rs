@@ -1,0 +1,2 @@
+//! `wsman` is the HTTP service: SOAP envelopes, operations, faults, limits, shell registry.
+#![forbid(unsafe_code)]
