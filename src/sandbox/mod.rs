@@ -50,3 +50,29 @@ pub enum SandboxError {
     #[error("{0}")]
     Other(String),
 }
+
+/// Run a program under the sandbox. `on_stdout` receives output chunks as they arrive (for
+/// streaming); the full output is also returned.
+///
+/// PLACEHOLDER until the sandbox lands: spawns without dropping privileges. Not for release.
+pub fn run(spec: &ProgramSpec, _cancel: &CancelToken, on_stdout: &mut dyn FnMut(&[u8])) -> Result<ProgramResult, SandboxError> {
+    let out = std::process::Command::new(&spec.program)
+        .args(&spec.args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LANG", "C.UTF-8")
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| SandboxError::Spawn { program: spec.program.display().to_string(), source: e })?;
+    on_stdout(&out.stdout);
+    Ok(ProgramResult {
+        termination: match out.status.code() {
+            Some(c) => Termination::Exited(c),
+            None => Termination::Signaled(0),
+        },
+        stdout: out.stdout,
+        stderr: out.stderr,
+    })
+}
