@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, integration (root tests included when run as root) and real-client
+# interop (pywinrm, pypsrp against a live keyhole on 127.0.0.1). Installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages: PAM headers (auth), ping (Test-Connection), useradd/chpasswd (root tests).
+if [ "$(id -u)" = 0 ]; then
+    missing=()
+    for pkg in libpam0g-dev iputils-ping passwd; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+fi
+
+# Pinned real clients in a venv.
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check pywinrm==0.5.0 pypsrp==0.9.1 pytest==8.3.4
+
+# Rust: unit + integration tests.
+cargo build --bins
+cargo test --all-targets -- --test-threads=2
+
+# Real-client interop against the keyhole binary just built.
+KEYHOLE_BIN="$PWD/target/debug/keyhole" .venv/bin/python -m pytest -q tests/interop
