@@ -2,7 +2,11 @@
 //! rules and users, with `file:line:col` diagnostics.
 #![forbid(unsafe_code)]
 
+pub mod diag;
+mod load;
 mod types;
+pub mod validate;
+pub use load::{load, MAX_CONFIG_FILE_BYTES, MAX_FILES_PER_DIR};
 pub use types::*;
 
 use std::collections::BTreeMap;
@@ -84,6 +88,8 @@ impl LoadedConfig {
     }
     /// Endpoint by name, case-insensitive.
     pub fn endpoint(&self, name: &str) -> Option<&LoadedEndpoint> {
-        self.endpoints.iter().find(|e| e.config.name.eq_ignore_ascii_case(name))
+        self.endpoints
+            .iter()
+            .find(|e| e.config.name.eq_ignore_ascii_case(name))
     }
 }
