@@ -4,7 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::commands::{wildcard_match, BUILTIN_CMDLETS, DEFAULT_ALIASES};
 use crate::config::{ExternalCommandDef, ResolvedFunction};
+use crate::config::{
+    ExternalCommandEntry, GroupCondition, GroupTree, LoadedCapability, LoadedConfig,
+    LoadedEndpoint, ParameterConstraint, VisibleCommandEntry,
+};
 
 /// Constraint on a parameter's values after merging.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,12 +72,6 @@ pub struct FunctionGrant {
     /// visible_functions may constrain a function's parameters as for cmdlets.
     pub params: ParamsGrant,
 }
-
-use crate::commands::{wildcard_match, BUILTIN_CMDLETS, DEFAULT_ALIASES};
-use crate::config::{
-    ExternalCommandEntry, GroupCondition, GroupTree, LoadedCapability, LoadedConfig,
-    LoadedEndpoint, ParameterConstraint, VisibleCommandEntry,
-};
 
 /// Most OS groups read for one account.
 pub const MAX_OS_GROUPS: usize = 4096;
@@ -155,7 +154,7 @@ fn merge_grants(grants: &[RoleGrant]) -> ParamsGrant {
     }
     let mut out = BTreeMap::new();
     for (key, (name, cs)) in per {
-        let constraint = if cs.iter().any(|c| *c == ValueConstraint::Any) {
+        let constraint = if cs.contains(&ValueConstraint::Any) {
             // Rule 4: an unconstrained grant drops the others' sets and patterns.
             ValueConstraint::Any
         } else if cs.iter().any(|c| matches!(c, ValueConstraint::Patterns(_))) {

@@ -42,7 +42,11 @@ impl From<usize> for Seg {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! tpath {
-    ($($s:expr),* $(,)?) => { vec![$($crate::config::diag::Seg::from($s)),*] };
+    ($($s:expr),* $(,)?) => {{
+        #[allow(clippy::useless_vec)]
+        let v: Vec<$crate::config::diag::Seg> = vec![$($crate::config::diag::Seg::from($s)),*];
+        v
+    }};
 }
 
 /// A configuration file's text, kept to locate and render diagnostics.
