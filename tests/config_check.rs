@@ -965,3 +965,44 @@ fn every_error_across_files_is_reported() {
     let files: std::collections::BTreeSet<PathBuf> = errs.iter().map(|e| e.file.clone()).collect();
     assert!(files.len() >= 4, "{errs:#?}");
 }
+
+#[test]
+fn a_broken_capability_file_is_reported_once() {
+    let d = shipped_copy();
+    append(
+        d.path(),
+        "role-capabilities/VendorReadOnly.toml",
+        "\nvisible_things = []\n",
+    );
+    let errs = errors(d.path());
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    expect_error(
+        d.path(),
+        &loc(
+            d.path(),
+            "role-capabilities/VendorReadOnly.toml",
+            "visible_things",
+        ),
+        "unknown field `visible_things`",
+    );
+}
+
+#[test]
+fn a_cmdlet_listed_as_function_gets_a_hint() {
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "role-capabilities/Diagnostics.toml",
+        "visible_functions = [\"Get-DiskUsage\"]",
+        "visible_functions = [\"Get-DiskUsage\", \"Get-Service\"]",
+    );
+    expect_error(
+        d.path(),
+        &loc(
+            d.path(),
+            "role-capabilities/Diagnostics.toml",
+            "\"Get-Service\"",
+        ),
+        "it is a cmdlet: list it in visible_cmdlets",
+    );
+}

@@ -215,6 +215,17 @@ enum Cursor<'a> {
     Node(Node<'a>),
 }
 
+/// A path as the administrator typed it: relative to the current directory when under it.
+pub fn display_path(file: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| file.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| file.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -238,7 +249,7 @@ pub fn diagnostic(
     message: impl Into<String>,
 ) -> Diagnostic {
     let message = message.into();
-    let display = file.display().to_string();
+    let display = display_path(file);
     let level = match severity {
         Severity::Error => Level::Error,
         Severity::Warning => Level::Warning,

@@ -27,6 +27,10 @@ const MAX_REFINE_DEPTH: usize = 16;
 pub(crate) struct Ctx {
     pub diags: Vec<Diagnostic>,
     pub sources: Vec<SourceFile>,
+    /// Lower-case names of role capability files that exist but failed to parse.
+    pub broken_capabilities: std::collections::BTreeSet<String>,
+    /// Some endpoint file failed to parse (its name is unknown).
+    pub broken_endpoint: bool,
 }
 
 impl Ctx {
@@ -358,8 +362,9 @@ pub fn load(path: &Path) -> Result<LoadedConfig, Vec<Diagnostic>> {
         match read_text(&file) {
             Ok(Some(text)) => {
                 ctx.add_source(&file, text.clone());
-                if let Some(config) = parse::<EndpointConfig>(&mut ctx, &file, &text) {
-                    endpoints.push(LoadedEndpoint { file, config });
+                match parse::<EndpointConfig>(&mut ctx, &file, &text) {
+                    Some(config) => endpoints.push(LoadedEndpoint { file, config }),
+                    None => ctx.broken_endpoint = true,
                 }
             }
             Ok(None) => {}
@@ -389,6 +394,9 @@ pub fn load(path: &Path) -> Result<LoadedConfig, Vec<Diagnostic>> {
                 } else {
                     None
                 };
+                if config.is_none() || params.is_none() {
+                    ctx.broken_capabilities.insert(name.to_lowercase());
+                }
                 if let (Some(config), Some(mut params)) = (config, params) {
                     let order = ctx
                         .source(&file)

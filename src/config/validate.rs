@@ -22,6 +22,16 @@ use crate::tpath;
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// Longest pattern text accepted.
 pub const MAX_PATTERN_LEN: usize = 4096;
+/// PowerShell's common parameters, always accepted (SPEC §4.1); a role may list them.
+pub const COMMON_PARAMETERS: &[&str] = &[
+    "ErrorAction",
+    "WarningAction",
+    "InformationAction",
+    "Verbose",
+    "Debug",
+    "WhatIf",
+    "Confirm",
+];
 /// Most values in one validate_set.
 pub const MAX_SET_VALUES: usize = 10_000;
 
@@ -239,7 +249,10 @@ fn check_constraints(
         if p.name.trim().is_empty() || p.name.starts_with('-') || p.name.contains('*') {
             ctx.err(file, &with("name"), format!("parameter name {:?} is not valid: write the name without the dash and without wildcards", p.name));
         }
-        if let Some(b) = crate::commands::builtin(command) {
+        let common = COMMON_PARAMETERS
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(&p.name));
+        if let Some(b) = crate::commands::builtin(command).filter(|_| !common) {
             if b.decl().find_param(&p.name).is_none() {
                 ctx.err(
                     file,
@@ -778,6 +791,8 @@ pub(crate) fn validate(ctx: &mut Ctx, cfg: &LoadedConfig) {
             for (j, rc) in r.role_capabilities.iter().enumerate() {
                 match cfg.capabilities.get(&rc.to_lowercase()) {
                     Some(c) => used.push(c),
+                    // Its own errors are reported; do not add noise here.
+                    None if ctx.broken_capabilities.contains(&rc.to_lowercase()) => {}
                     None => {
                         let dir = cfg.resolve(&cfg.server.role_capabilities_dir);
                         ctx.err(file, &tpath!["role", i, "role_capabilities", j], format!(
@@ -806,8 +821,13 @@ pub(crate) fn validate(ctx: &mut Ctx, cfg: &LoadedConfig) {
                             tpath!["visible_functions", i, "name"]
                         }
                     };
+                    let hint = if BUILTIN_CMDLETS.iter().any(|b| wildcard_match(n, b)) {
+                        "; it is a cmdlet: list it in visible_cmdlets".to_string()
+                    } else {
+                        format!("; declare it with [functions.{n}] (in this file or another capability of the endpoint)")
+                    };
                     ctx.err(cap.file.as_path(), &np, format!(
-                        "visible function {n} is declared by no role capability that endpoint {} uses; declare it with [functions.{n}] (in this file or another capability of the endpoint)",
+                        "visible function {n} is declared by no role capability that endpoint {} uses{hint}",
                         e.name
                     ));
                 }
@@ -854,7 +874,7 @@ pub(crate) fn validate(ctx: &mut Ctx, cfg: &LoadedConfig) {
     }
 
     let winrs = &cfg.server.winrs_endpoint;
-    if !winrs.is_empty() && cfg.endpoint(winrs).is_none() {
+    if !winrs.is_empty() && cfg.endpoint(winrs).is_none() && !ctx.broken_endpoint {
         let list: Vec<&str> = cfg
             .endpoints
             .iter()
