@@ -225,12 +225,14 @@ fn refine(
         match kind.try_parse(slice, true) {
             Some((s, m)) => {
                 let (s2, m2) = refine(text, shift(s, sp.start), m, depth + 1);
-                let m2 =
-                    if m2.contains("wanted exactly 1 element") || m2.contains("unknown variant") {
-                        format!("{m2}; {what} must be {form}")
-                    } else {
-                        m2
-                    };
+                let m2 = if (m2.contains("wanted exactly 1 element")
+                    || m2.contains("unknown variant"))
+                    && !m2.contains(form)
+                {
+                    format!("{m2}; {what} must be {form}")
+                } else {
+                    m2
+                };
                 let m2 = if m2.starts_with("in ") {
                     m2
                 } else {
@@ -510,6 +512,9 @@ pub fn load(path: &Path) -> Result<LoadedConfig, Vec<Diagnostic>> {
     };
     super::validate::validate(&mut ctx, &cfg);
 
+    // Grouped by file, in file order; the order of discovery is kept within a line.
+    ctx.diags
+        .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
     if ctx.has_errors() {
         return Err(ctx.diags);
     }

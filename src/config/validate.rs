@@ -52,7 +52,15 @@ pub fn compile_pattern(pattern: &str, case_insensitive: bool) -> Result<Regex, S
             regex::Error::CompiledTooBig(n) => {
                 format!("the pattern compiles to more than {n} bytes (keyhole's limit); simplify it (fewer repetitions or alternatives)")
             }
-            other => other.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join(" "),
+            other => {
+                let text = other.to_string();
+                text.lines()
+                    .filter_map(|l| l.trim().strip_prefix("error:"))
+                    .map(str::trim)
+                    .next()
+                    .map(String::from)
+                    .unwrap_or(text)
+            }
         })
 }
 
@@ -340,15 +348,19 @@ fn validate_capability(
         }
         if builtin_matches(name).is_empty() {
             let hint = if name.contains('*') {
-                String::new()
+                format!("; keyhole provides: {}", BUILTIN_CMDLETS.join(", "))
             } else if let Some(s) = did_you_mean(name, BUILTIN_CMDLETS.iter().copied()) {
                 format!("; did you mean {s}?")
             } else if declared_anywhere.contains(&name.to_lowercase()) {
                 "; it is a declared function: list it in visible_functions".to_string()
             } else {
-                String::new()
+                format!("; keyhole provides: {}", BUILTIN_CMDLETS.join(", "))
             };
-            ctx.err(file, &np, format!("{name} matches no cmdlet keyhole provides (see `keyhole --help` / SPEC §4.2){hint}"));
+            ctx.err(
+                file,
+                &np,
+                format!("{name} matches no cmdlet keyhole provides{hint}"),
+            );
             continue;
         }
         if let VisibleCommandEntry::Constrained(cc) = e {
@@ -1039,6 +1051,7 @@ fn validate_rules(ctx: &mut Ctx, cfg: &LoadedConfig) {
         if r.configuration != "*"
             && !r.configuration.contains('*')
             && cfg.endpoint(&r.configuration).is_none()
+            && !ctx.broken_endpoint
         {
             ctx.warn(file, &tpath!["rule", i, "configuration"], format!("configuration {:?} is not an endpoint on this server (fine if the rules file is shared)", r.configuration));
         }
