@@ -259,8 +259,10 @@ pub fn diagnostic(
         Severity::Warning => "warning",
     };
     match (text, span) {
-        (Some(text), Some(span)) => {
-            let start = span.start.min(text.len());
+        (Some(text), Some(span))
+            if span.start < text.len() && text.is_char_boundary(span.start) =>
+        {
+            let start = span.start;
             let mut end = span.end.min(text.len()).max(start);
             // Keep the excerpt to the first line of a multi-line value.
             if let Some(nl) = text.get(start..end).and_then(|s| s.find('\n')) {
@@ -386,6 +388,23 @@ mod tests {
         );
         assert!(d.rendered.contains("^^^"), "{}", d.rendered);
         assert_eq!((d.line, d.col), (1, 8));
+    }
+
+    #[test]
+    fn every_span_renders_without_panic() {
+        let text = "a = \"é—x\"\n\nb = [\n  1,\n]\n";
+        for start in 0..=text.len() + 2 {
+            for end in start..=text.len() + 2 {
+                let d = diagnostic(
+                    Severity::Warning,
+                    Path::new("f.toml"),
+                    Some(text),
+                    Some(start..end),
+                    "m",
+                );
+                assert!(d.rendered.contains("f.toml"));
+            }
+        }
     }
 
     #[test]

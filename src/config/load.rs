@@ -568,4 +568,26 @@ mod tests {
         assert!(d.message.contains("greater than zero"), "{}", d.rendered);
         assert_eq!((d.line, d.col), (2, 16), "{}", d.rendered);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_any_text_never_panics(text in "[a-z_=\\[\\]{}\",.0-9 \n*-]{0,200}") {
+            let mut ctx = Ctx::default();
+            let p = Path::new("x.toml");
+            ctx.add_source(p, text.clone());
+            let _ = parse::<RoleCapabilityConfig>(&mut ctx, p, &text);
+            let _ = parse::<EndpointConfig>(&mut ctx, p, &text);
+            let _ = parse::<ServerConfig>(&mut ctx, p, &text);
+        }
+
+        #[test]
+        fn untagged_arrays_never_panic(entries in proptest::collection::vec("[a-z{}=\", \\[\\]-]{0,30}", 0..5)) {
+            let text = format!("visible_cmdlets = [{}]\nrequired_groups = {{ and = [{}] }}\n", entries.join(","), entries.join(","));
+            let mut ctx = Ctx::default();
+            let p = Path::new("x.toml");
+            ctx.add_source(p, text.clone());
+            let _ = parse::<RoleCapabilityConfig>(&mut ctx, p, &text);
+            let _ = parse::<EndpointConfig>(&mut ctx, p, &text);
+        }
+    }
 }
