@@ -162,6 +162,11 @@ pub fn program_problems(program: &str) -> Vec<String> {
         return vec![format!("program {program} is not a regular file")];
     }
     let mut out = Vec::new();
+    if meta.mode() & 0o111 == 0 {
+        out.push(format!(
+            "program {program} is not executable (chmod 755 {program})"
+        ));
+    }
     if meta.uid() != 0 {
         out.push(format!("program {program} is owned by uid {}, not root; anyone who owns it can change what runs (chown root:root {program})", meta.uid()));
     }
@@ -1159,5 +1164,13 @@ mod tests {
         assert!(program_problems("/usr/bin/df").is_empty());
         assert!(program_problems("df")[0].contains("absolute"));
         assert!(program_problems("/nonexistent/x")[0].contains("cannot be used"));
+        assert!(
+            program_problems("/etc/os-release")
+                .iter()
+                .any(|m| m.contains("not executable"))
+                || std::fs::symlink_metadata("/etc/os-release")
+                    .map(|m| m.file_type().is_symlink())
+                    .unwrap_or(true)
+        );
     }
 }
