@@ -1,8 +1,622 @@
-//! Command line: parses arguments and calls the library.
+//! Command line: parses arguments and calls the library (`check`, `capability`, `run`; the
+//! other subcommands are wired in by their owners).
 #![forbid(unsafe_code)]
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::capability::{
+    effective_capability, user_groups, EffectiveCapability, ParamsGrant, ValueConstraint,
+};
+use crate::config::{self, LoadedConfig, Severity};
+use crate::engine::{
+    self, CancelToken, ErrorRecord, Event, EventSink, HostEnv, RunOutcome, SessionOptions,
+};
+
+/// Where keyhole looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATHS: &[&str] = &["./keyhole.toml", "/etc/keyhole/keyhole.toml"];
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keyhole",
+    version,
+    about = "Just-Enough-Administration remoting endpoint server for Linux (WS-Management, WinRS, PSRP)",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArg {
+    /// keyhole.toml to use (default: ./keyhole.toml, then /etc/keyhole/keyhole.toml)
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The configuration file to load: --config, ./keyhole.toml, /etc/keyhole/keyhole.toml,
+    /// else ./keyhole.toml (missing: all defaults).
+    pub fn path(&self) -> PathBuf {
+        if let Some(p) = &self.config {
+            return p.clone();
+        }
+        DEFAULT_CONFIG_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("./keyhole.toml"))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WhoArgs {
+    /// Endpoint (configuration) name, as clients give -ConfigurationName
+    #[arg(long, value_name = "NAME")]
+    pub endpoint: String,
+    /// The user, as they would log in
+    #[arg(long, value_name = "USER")]
+    pub user: String,
+    /// An extra group for the user (repeatable), added to those from users.toml or the OS
+    #[arg(long = "group", value_name = "G")]
+    pub groups: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate every configuration file; exit 0, or 1 with every error listed
+    Check(ConfigArg),
+    /// Show what a user may run in an endpoint (like Get-PSSessionCapability)
+    Capability {
+        #[command(flatten)]
+        who: WhoArgs,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run one line exactly as a remote session of that user would (exit 0 ran, 1 failed, 2 refused)
+    Run {
+        #[command(flatten)]
+        who: WhoArgs,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The line to run (after `--`)
+        #[arg(last = true, required = true, value_name = "LINE")]
+        line: Vec<String>,
+    },
+    // TODO(serve): `keyhole serve [--config PATH]` — the server helper adds its variant here.
+    // TODO(demo): `keyhole demo` — loopback demo server with a throwaway account.
+    // TODO(user): `keyhole user add|passwd|remove|list` — users.toml management.
+    // TODO(rule): `keyhole rule add|list|remove|test` — authorization rules management.
+}
+
+/// Entry point of the binary.
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let broken_pipe = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if !broken_pipe {
+                eprintln!("keyhole: {e:#}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check(c) => cmd_check(&c.path()),
+        Command::Capability { who, json, config } => cmd_capability(&config.path(), &who, json),
+        Command::Run { who, config, line } => cmd_run(&config.path(), &who, &line.join(" ")),
+        // Command::Serve(..) => crate::server::... ,   (serve helper)
+        // Command::Demo(..) => ... ,                   (demo helper)
+        // Command::User(..) => ... ,                   (users helper)
+        // Command::Rule(..) => ... ,                   (gateway helper)
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `keyhole check`.
+fn cmd_check(path: &Path) -> Result<ExitCode> {
+    match config::load(path) {
+        Ok(cfg) => {
+            let mut out = std::io::stdout().lock();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| path.display().to_string());
+            let missing = if cfg.path.exists() {
+                ""
+            } else {
+                " (file not found: defaults)"
+            };
+            writeln!(
+                out,
+                "{name}: OK{missing} — {}, {}, {}, {} ({})",
+                plural(cfg.endpoints.len(), "endpoint", "endpoints"),
+                plural(
+                    cfg.capabilities.len(),
+                    "role capability",
+                    "role capabilities"
+                ),
+                plural(cfg.rules.rules.len(), "rule", "rules"),
+                plural(cfg.users.users.len(), "user", "users"),
+                plural(cfg.warnings.len(), "warning", "warnings"),
+            )?;
+            for w in &cfg.warnings {
+                write!(out, "{}", w.rendered)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diags) => {
+            let mut err = std::io::stderr().lock();
+            for d in &diags {
+                writeln!(err, "{}", d.rendered.trim_end())?;
+            }
+            let errors = diags
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            let warnings = diags.len() - errors;
+            writeln!(
+                err,
+                "keyhole check: {} ({})",
+                plural(errors, "error", "errors"),
+                plural(warnings, "warning", "warnings")
+            )?;
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Load the configuration or fail with every diagnostic printed.
+fn load_or_report(path: &Path) -> Result<LoadedConfig> {
+    config::load(path).map_err(|diags| {
+        for d in &diags {
+            if d.severity == Severity::Error {
+                eprintln!("{}", d.rendered.trim_end());
+            }
+        }
+        anyhow!(
+            "the configuration in {} is not valid (run `keyhole check`)",
+            path.display()
+        )
+    })
+}
+
+fn groups_for(cfg: &LoadedConfig, who: &WhoArgs) -> Vec<String> {
+    let mut groups = user_groups(cfg, &who.user);
+    for g in &who.groups {
+        if !groups.iter().any(|x| x.eq_ignore_ascii_case(g)) {
+            groups.push(g.clone());
+        }
+    }
+    groups
+}
+
+fn resolve_capability(
+    cfg: &LoadedConfig,
+    who: &WhoArgs,
+) -> Result<Option<(EffectiveCapability, Vec<String>)>> {
+    let Some(ep) = cfg.endpoint(&who.endpoint) else {
+        let names: Vec<&str> = cfg
+            .endpoints
+            .iter()
+            .map(|e| e.config.name.as_str())
+            .collect();
+        eprintln!(
+            "keyhole: no endpoint named {:?} (endpoints: {})",
+            who.endpoint,
+            names.join(", ")
+        );
+        return Ok(None);
+    };
+    let groups = groups_for(cfg, who);
+    match effective_capability(cfg, ep, &who.user, &groups) {
+        Ok(cap) => Ok(Some((cap, groups))),
+        Err(r) => {
+            eprintln!("keyhole: access denied at gate {}: {}", r.gate, r.reason);
+            Ok(None)
+        }
+    }
+}
+
+fn constraint_text(c: &ValueConstraint) -> String {
+    match c {
+        ValueConstraint::Any => "any value".to_string(),
+        ValueConstraint::Set(s) => format!("one of: {}", s.join(", ")),
+        ValueConstraint::Patterns(p) => format!("matches (whole value): {}", p.join("  |  ")),
+    }
+}
+
+fn params_text(out: &mut String, p: &ParamsGrant) {
+    match p {
+        ParamsGrant::All => out.push_str("      (all parameters)\n"),
+        ParamsGrant::Only(m) if m.is_empty() => out.push_str("      (common parameters only)\n"),
+        ParamsGrant::Only(m) => {
+            for g in m.values() {
+                out.push_str(&format!(
+                    "      -{:<20} {}\n",
+                    g.name,
+                    constraint_text(&g.constraint)
+                ));
+            }
+        }
+    }
+}
+
+fn constraint_json(c: &ValueConstraint) -> serde_json::Value {
+    match c {
+        ValueConstraint::Any => serde_json::json!({ "any": true }),
+        ValueConstraint::Set(s) => serde_json::json!({ "validate_set": s }),
+        ValueConstraint::Patterns(p) => serde_json::json!({ "validate_pattern": p }),
+    }
+}
+
+fn params_json(p: &ParamsGrant) -> serde_json::Value {
+    match p {
+        ParamsGrant::All => serde_json::Value::String("all".into()),
+        ParamsGrant::Only(m) => serde_json::Value::Array(
+            m.values()
+                .map(|g| {
+                    let mut o = serde_json::json!({ "name": g.name });
+                    if let (Some(obj), serde_json::Value::Object(c)) =
+                        (o.as_object_mut(), constraint_json(&g.constraint))
+                    {
+                        obj.extend(c);
+                    }
+                    o
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Render an effective capability as text (what `keyhole capability` prints).
+pub fn capability_text(
+    endpoint: &str,
+    session_defaults: bool,
+    user: &str,
+    groups: &[String],
+    cap: &EffectiveCapability,
+) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("Endpoint:           {endpoint}\n"));
+    s.push_str(&format!("User:               {user}\n"));
+    s.push_str(&format!(
+        "Groups:             {}\n",
+        if groups.is_empty() {
+            "(none)".into()
+        } else {
+            groups.join(", ")
+        }
+    ));
+    s.push_str(&format!("Role capabilities:  {}\n", cap.roles.join(", ")));
+    if session_defaults {
+        s.push_str(&format!(
+            "Session defaults:   {}\n",
+            crate::commands::RESTRICTED_DEFAULTS.join(", ")
+        ));
+    }
+    s.push_str("\nCmdlets:\n");
+    if cap.cmdlets.is_empty() {
+        s.push_str("  (none)\n");
+    }
+    for c in cap.cmdlets.values() {
+        s.push_str(&format!("  {}\n", c.name));
+        params_text(&mut s, &c.params);
+    }
+    s.push_str("\nFunctions:\n");
+    if cap.functions.is_empty() {
+        s.push_str("  (none)\n");
+    }
+    for f in cap.functions.values() {
+        let func = &f.function;
+        s.push_str(&format!(
+            "  {}  → {} {}   [from {}]\n",
+            func.name,
+            func.def.program,
+            func.def.args.join(" "),
+            func.capability
+        ));
+        match &f.params {
+            ParamsGrant::All => {
+                for (n, p) in &func.params {
+                    let c = match (&p.validate_set, &p.validate_pattern) {
+                        (Some(set), _) => format!("one of: {}", set.join(", ")),
+                        (None, Some(pat)) => format!("matches (whole value): {pat}"),
+                        _ => "any value".into(),
+                    };
+                    let m = if p.mandatory { ", mandatory" } else { "" };
+                    s.push_str(&format!("      -{:<20} {:?}{m}; {c}\n", n, p.ty));
+                }
+                if func.params.is_empty() {
+                    s.push_str("      (no parameters)\n");
+                }
+            }
+            other => params_text(&mut s, other),
+        }
+    }
+    s.push_str("\nExternal commands:\n");
+    if cap.external.is_empty() {
+        s.push_str("  (none)\n");
+    }
+    for e in cap.external.values() {
+        if e.def.arguments.is_empty() {
+            s.push_str(&format!("  {}  (no arguments)\n", e.def.path));
+        } else {
+            s.push_str(&format!(
+                "  {}  each argument matches one of: {}\n",
+                e.def.path,
+                e.def.arguments.join("  |  ")
+            ));
+        }
+    }
+    s.push_str("\nAliases:\n");
+    if cap.aliases.is_empty() {
+        s.push_str("  (none)\n");
+    }
+    for (a, t) in cap.aliases.values() {
+        s.push_str(&format!("  {a} → {t}\n"));
+    }
+    s
+}
+
+/// Render an effective capability as JSON.
+pub fn capability_json(
+    endpoint: &str,
+    session_defaults: bool,
+    user: &str,
+    groups: &[String],
+    cap: &EffectiveCapability,
+) -> serde_json::Value {
+    let cmdlets: Vec<serde_json::Value> = cap
+        .cmdlets
+        .values()
+        .map(|c| serde_json::json!({ "name": c.name, "parameters": params_json(&c.params) }))
+        .collect();
+    let functions: Vec<serde_json::Value> = cap
+        .functions
+        .values()
+        .map(|f| {
+            let declared: Vec<serde_json::Value> = f
+                .function
+                .params
+                .iter()
+                .map(|(n, p)| {
+                    serde_json::json!({ "name": n, "type": p.ty, "mandatory": p.mandatory, "position": p.position,
+                        "validate_set": p.validate_set, "validate_pattern": p.validate_pattern })
+                })
+                .collect();
+            serde_json::json!({
+                "name": f.function.name, "program": f.function.def.program, "args": f.function.def.args,
+                "capability": f.function.capability, "declared_parameters": declared, "parameters": params_json(&f.params),
+            })
+        })
+        .collect();
+    let external: Vec<serde_json::Value> = cap
+        .external
+        .values()
+        .map(|e| serde_json::json!({ "path": e.def.path, "arguments": e.def.arguments }))
+        .collect();
+    let aliases: Vec<serde_json::Value> = cap
+        .aliases
+        .values()
+        .map(|(a, t)| serde_json::json!({ "name": a, "target": t }))
+        .collect();
+    let defaults: Vec<&str> = if session_defaults {
+        crate::commands::RESTRICTED_DEFAULTS.to_vec()
+    } else {
+        Vec::new()
+    };
+    serde_json::json!({
+        "endpoint": endpoint, "user": user, "groups": groups, "role_capabilities": cap.roles,
+        "session_defaults": defaults, "cmdlets": cmdlets, "functions": functions,
+        "external_commands": external, "aliases": aliases,
+    })
+}
+
+/// `keyhole capability`.
+fn cmd_capability(path: &Path, who: &WhoArgs, json: bool) -> Result<ExitCode> {
+    let cfg = load_or_report(path)?;
+    let Some((cap, groups)) = resolve_capability(&cfg, who)? else {
+        return Ok(ExitCode::from(2));
+    };
+    let ep = cfg
+        .endpoint(&who.endpoint)
+        .map(|e| &e.config)
+        .context("endpoint vanished")?;
+    let defaults = ep.session_type == config::SessionType::RestrictedRemoteServer;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let v = capability_json(&ep.name, defaults, &who.user, &groups, &cap);
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        write!(
+            out,
+            "{}",
+            capability_text(&ep.name, defaults, &who.user, &groups, &cap)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Render an error record as PowerShell shows it.
+pub fn render_error(e: &ErrorRecord) -> String {
+    let prefix = e
+        .command
+        .as_deref()
+        .map(|c| format!("{c} : "))
+        .unwrap_or_default();
+    let target = e
+        .target
+        .as_ref()
+        .map(|t| t.to_ps_string())
+        .unwrap_or_default();
+    let target = if target.is_empty() {
+        ":".to_string()
+    } else {
+        target
+    };
+    let exception = e
+        .exception_type
+        .rsplit('.')
+        .next()
+        .unwrap_or(&e.exception_type);
+    format!(
+        "{prefix}{}\n    + CategoryInfo          : {}: ({target}) [{}], {exception}\n    + FullyQualifiedErrorId : {}\n",
+        e.message,
+        e.category.as_str(),
+        e.command.as_deref().unwrap_or(""),
+        e.fully_qualified_error_id
+    )
+}
+
+/// Prints events as they come: output formatted to stdout, everything else to stderr.
+struct PrintSink {
+    fmt: engine::format::Formatter,
+}
+
+impl EventSink for PrintSink {
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Output(v) => {
+                let text = self.fmt.push(&v);
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+            Event::Error(rec) => eprint!("{}", render_error(&rec)),
+            Event::Warning(w) => eprintln!("WARNING: {w}"),
+            Event::Verbose(v) => eprintln!("VERBOSE: {v}"),
+            Event::Debug(d) => eprintln!("DEBUG: {d}"),
+            Event::Information(i) => eprintln!("{i}"),
+        }
+    }
+}
+
+/// `keyhole run`.
+fn cmd_run(path: &Path, who: &WhoArgs, line: &str) -> Result<ExitCode> {
+    let cfg = load_or_report(path)?;
+    let Some((cap, groups)) = resolve_capability(&cfg, who)? else {
+        return Ok(ExitCode::from(2));
+    };
+    let ep = cfg
+        .endpoint(&who.endpoint)
+        .map(|e| &e.config)
+        .context("endpoint vanished")?;
+    let limits = &cfg.server.limits;
+    let host = HostEnv {
+        run_as: ep.run_as.clone(),
+        command_timeout: limits.command_timeout.0,
+        max_output_bytes: limits.max_output_bytes.0,
+        endpoint: ep.name.clone(),
+        user: who.user.clone(),
+        groups,
+    };
+    // TODO(transcripts): write a transcript for `keyhole run` once the audit module lands.
+    let audit: Box<dyn engine::Audit> = Box::new(engine::NoAudit);
+    let mut session = engine::Session::new(
+        &cap,
+        SessionOptions {
+            session_type: ep.session_type,
+            host,
+        },
+        audit,
+    );
+    let mut sink = PrintSink {
+        fmt: engine::format::Formatter::new(),
+    };
+    let outcome = session.run_line(line, &mut sink, &CancelToken::new());
+    let tail = sink.fmt.finish();
+    print!("{tail}");
+    match &outcome {
+        RunOutcome::Refused(r) => eprint!("{}", render_error(&r.to_error_record())),
+        RunOutcome::Failed(rec) => eprint!("{}", render_error(rec)),
+        RunOutcome::Stopped => eprintln!("The pipeline has been stopped."),
+        _ => {}
+    }
+    let _ = std::io::stdout().flush();
+    let code = u8::try_from(outcome.exit_code()).unwrap_or(1);
+    Ok(ExitCode::from(code))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_line_after_dashes() {
+        let c = Cli::try_parse_from([
+            "keyhole",
+            "run",
+            "--endpoint",
+            "E",
+            "--user",
+            "u",
+            "--group",
+            "g",
+            "--",
+            "Get-Service",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Run { who, line, .. } => {
+                assert_eq!(who.groups, vec!["g"]);
+                assert_eq!(line, vec!["Get-Service"]);
+            }
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn error_rendering() {
+        let mut e = ErrorRecord::new(
+            "Cannot find a process with the name \"x\".",
+            "NoProcessFoundForGivenName,Get-Process",
+            engine::ErrorCategory::ObjectNotFound,
+        )
+        .target("x")
+        .exception("Microsoft.PowerShell.Commands.ProcessCommandException");
+        e.command = Some("Get-Process".into());
+        let s = render_error(&e);
+        assert!(s.starts_with("Get-Process : Cannot find"), "{s}");
+        assert!(s.contains("    + CategoryInfo          : ObjectNotFound: (x) [Get-Process], ProcessCommandException\n"), "{s}");
+        assert!(
+            s.contains("    + FullyQualifiedErrorId : NoProcessFoundForGivenName,Get-Process\n"),
+            "{s}"
+        );
+    }
 }

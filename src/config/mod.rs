@@ -2,7 +2,11 @@
 //! rules and users, with `file:line:col` diagnostics.
 #![forbid(unsafe_code)]
 
+pub mod diag;
+mod load;
 mod types;
+pub mod validate;
+pub use load::{load, MAX_CONFIG_FILE_BYTES, MAX_FILES_PER_DIR};
 pub use types::*;
 
 use std::collections::BTreeMap;

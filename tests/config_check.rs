@@ -1,0 +1,1008 @@
+//! `keyhole check` on the shipped examples and on broken copies of them: every error is
+//! reported with its message and its `file:line:col`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use keyhole::config::{self, Diagnostic, Severity};
+
+const SHIPPED: &[&str] = &[
+    "keyhole.toml",
+    "authorization-rules.toml",
+    "endpoints/Helpdesk.toml",
+    "endpoints/Vendor.toml",
+    "role-capabilities/ServiceOperator.toml",
+    "role-capabilities/Diagnostics.toml",
+    "role-capabilities/VendorReadOnly.toml",
+];
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The shipped run_as accounts exist when we are root (created like `keyhole check` says);
+/// otherwise the copy runs programs as the current user, the only account a non-root keyhole
+/// may use.
+fn prepare_accounts() {
+    if is_root() {
+        for u in ["keyhole-helpdesk", "keyhole-vendor"] {
+            if nix::unistd::User::from_name(u).ok().flatten().is_none() {
+                let _ = Command::new("useradd")
+                    .args([
+                        "--system",
+                        "--no-create-home",
+                        "--shell",
+                        "/usr/sbin/nologin",
+                        u,
+                    ])
+                    .status();
+            }
+        }
+    }
+}
+
+fn me() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name
+}
+
+/// A temporary copy of the shipped configuration.
+fn shipped_copy() -> tempfile::TempDir {
+    prepare_accounts();
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in SHIPPED {
+        let dst = dir.path().join(f);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        let mut text = std::fs::read_to_string(root.join(f)).unwrap();
+        if !is_root() {
+            text = text
+                .replace("\"keyhole-helpdesk\"", &format!("{:?}", me()))
+                .replace("\"keyhole-vendor\"", &format!("{:?}", me()));
+        }
+        std::fs::write(dst, text).unwrap();
+    }
+    dir
+}
+
+fn edit(dir: &Path, rel: &str, from: &str, to: &str) {
+    let p = dir.join(rel);
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains(from), "{rel} does not contain {from:?}");
+    std::fs::write(p, text.replacen(from, to, 1)).unwrap();
+}
+
+fn append(dir: &Path, rel: &str, extra: &str) {
+    let p = dir.join(rel);
+    let mut text = std::fs::read_to_string(&p).unwrap_or_default();
+    text.push_str(extra);
+    std::fs::write(p, text).unwrap();
+}
+
+/// `rel:line:col` of the first occurrence of `needle` in the file (after `after`, if given).
+fn loc(dir: &Path, rel: &str, needle: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(rel)).unwrap();
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in {rel}"));
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|p| p + 1).unwrap_or(0) + 1;
+    format!("{rel}:{line}:{col}")
+}
+
+/// Like `loc`, for the first `needle` after the first `after`.
+fn loc_after(dir: &Path, rel: &str, after: &str, needle: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(rel)).unwrap();
+    let start = text.find(after).unwrap();
+    let at = start + text[start..].find(needle).unwrap();
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|p| p + 1).unwrap_or(0) + 1;
+    format!("{rel}:{line}:{col}")
+}
+
+fn load(dir: &Path) -> Result<config::LoadedConfig, Vec<Diagnostic>> {
+    config::load(&dir.join("keyhole.toml"))
+}
+
+fn errors(dir: &Path) -> Vec<Diagnostic> {
+    match load(dir) {
+        Ok(_) => panic!("configuration in {} unexpectedly valid", dir.display()),
+        Err(d) => d
+            .into_iter()
+            .filter(|d| d.severity == Severity::Error)
+            .collect(),
+    }
+}
+
+/// Assert one error has `msg` and is located at `location` (`rel:line:col`, or `rel:` for a
+/// whole-file error).
+fn expect_error(dir: &Path, location: &str, msg: &str) {
+    let errs = errors(dir);
+    let all: String = errs.iter().map(|d| d.rendered.clone()).collect();
+    let hit = errs
+        .iter()
+        .find(|d| d.message.contains(msg))
+        .unwrap_or_else(|| panic!("no error containing {msg:?}; got:\n{all}"));
+    let head = hit.rendered.lines().next().unwrap();
+    let want = format!("{}/{location}", dir.display());
+    assert!(
+        head.starts_with(&want),
+        "expected at {location}, got:\n{}",
+        hit.rendered
+    );
+    assert!(
+        hit.line == 0 || hit.rendered.contains('^'),
+        "no caret excerpt:\n{}",
+        hit.rendered
+    );
+}
+
+fn expect_warning(dir: &Path, msg: &str) {
+    let cfg = load(dir).unwrap_or_else(|d| {
+        panic!(
+            "{}",
+            d.iter().map(|x| x.rendered.clone()).collect::<String>()
+        )
+    });
+    assert!(
+        cfg.warnings.iter().any(|w| w.message.contains(msg)),
+        "no warning {msg:?}: {:?}",
+        cfg.warnings
+    );
+}
+
+fn check_bin(dir: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+        .arg("check")
+        .arg("--config")
+        .arg(dir.join("keyhole.toml"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn shipped_examples_pass_check() {
+    let d = shipped_copy();
+    let (code, out, err) = check_bin(d.path());
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.starts_with(
+            "keyhole.toml: OK — 2 endpoints, 3 role capabilities, 3 rules, 0 users (1 warning)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("no local accounts"), "{out}");
+}
+
+#[test]
+fn shipped_files_in_repo_pass_library_check_when_accounts_exist() {
+    prepare_accounts();
+    if !is_root() {
+        return; // run_as accounts differ from the current user: covered by the copy above
+    }
+    let cfg = config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("keyhole.toml"))
+        .unwrap_or_else(|d| {
+            panic!(
+                "{}",
+                d.iter().map(|x| x.rendered.clone()).collect::<String>()
+            )
+        });
+    assert_eq!(cfg.endpoints.len(), 2);
+    assert_eq!(cfg.server.winrs_endpoint, "Helpdesk");
+}
+
+#[test]
+fn check_binary_reports_every_error_and_exits_1() {
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "endpoints/Helpdesk.toml",
+        "language_mode = \"no-language\"",
+        "language_mode = \"full-language\"",
+    );
+    edit(
+        d.path(),
+        "role-capabilities/Diagnostics.toml",
+        "\"Get-Uptime\"",
+        "\"Get-Uptme\"",
+    );
+    edit(d.path(), "authorization-rules.toml", "id = 2", "id = 1");
+    append(d.path(), "keyhole.toml", "colour = \"red\"\n");
+    let (code, out, err) = check_bin(d.path());
+    assert_eq!(code, 1, "{out}{err}");
+    for (rel, needle, msg) in [
+        (
+            "endpoints/Helpdesk.toml",
+            "\"full-language\"",
+            "is not supported",
+        ),
+        (
+            "role-capabilities/Diagnostics.toml",
+            "\"Get-Uptme\"",
+            "did you mean Get-Uptime?",
+        ),
+        (
+            "authorization-rules.toml",
+            "1\nname = \"ACME vendor to",
+            "used twice",
+        ),
+        ("keyhole.toml", "colour", "unknown field `colour`"),
+    ] {
+        let l = loc(d.path(), rel, needle);
+        let line = err
+            .lines()
+            .find(|x| x.contains(msg))
+            .unwrap_or_else(|| panic!("{msg:?} missing in:\n{err}"));
+        assert!(line.contains(&l), "{msg:?} should be at {l}: {line}");
+    }
+    assert!(err.contains("keyhole check: 4 errors"), "{err}");
+}
+
+#[test]
+fn unknown_key_and_wrong_type() {
+    let d = shipped_copy();
+    append(d.path(), "keyhole.toml", "colour = \"red\"\n");
+    expect_error(
+        d.path(),
+        &loc(d.path(), "keyhole.toml", "colour"),
+        "unknown field `colour`",
+    );
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "keyhole.toml",
+        "computer_aliases = [\"127.0.0.1\"]",
+        "computer_aliases = 5",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "keyhole.toml", "5\n"),
+        "invalid type",
+    );
+}
+
+#[test]
+fn untagged_entries_show_the_real_error() {
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "role-capabilities/Diagnostics.toml",
+        "\"Get-Volume\",",
+        "{ name = \"Get-Volume\", paramters = [] },",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "role-capabilities/Diagnostics.toml", "paramters"),
+        "unknown field `paramters`",
+    );
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "role-capabilities/Diagnostics.toml",
+        "[\"/usr/bin/uptime\"]",
+        "[{ path = \"/usr/bin/uptime\", args = [] }]",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "role-capabilities/Diagnostics.toml", "args = []"),
+        "unknown field `args`",
+    );
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "endpoints/Helpdesk.toml",
+        "# required_groups =",
+        "required_groups = { and = [\"helpdesk\", { xor = [\"otp\"] }] }\n#",
+    );
+    expect_error(d.path(), "endpoints/Helpdesk.toml:", "xor");
+}
+
+#[test]
+fn durations_and_counts() {
+    let d = shipped_copy();
+    append(
+        d.path(),
+        "keyhole.toml",
+        "\n[limits]\nidle_timeout = \"20 parsecs\"\n",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "keyhole.toml", "\"20 parsecs\""),
+        "invalid duration",
+    );
+    let d = shipped_copy();
+    append(
+        d.path(),
+        "keyhole.toml",
+        "\n[limits]\nidle_timeout = \"0s\"\n",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "keyhole.toml", "\"0s\""),
+        "greater than zero",
+    );
+    let d = shipped_copy();
+    append(
+        d.path(),
+        "keyhole.toml",
+        "\n[limits]\nmax_sessions_per_user = 0\n",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "keyhole.toml", "0\n"),
+        "positive integer",
+    );
+    let d = shipped_copy();
+    append(d.path(), "endpoints/Vendor.toml", "");
+    edit(
+        d.path(),
+        "endpoints/Vendor.toml",
+        "run_as =",
+        "idle_timeout = \"-5m\"\nrun_as =",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "endpoints/Vendor.toml", "\"-5m\""),
+        "invalid duration",
+    );
+}
+
+#[test]
+fn endpoints() {
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "endpoints/Vendor.toml",
+        "name = \"Vendor\"",
+        "name = \"helpdesk\"",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "endpoints/Vendor.toml", "\"helpdesk\""),
+        "already used by",
+    );
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "endpoints/Helpdesk.toml",
+        "\"Diagnostics\"]",
+        "\"Diagnostic\"]",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "endpoints/Helpdesk.toml", "\"Diagnostic\""),
+        "role capability Diagnostic does not exist",
+    );
+    let errs = errors(d.path());
+    assert!(
+        errs.iter().any(|e| e
+            .message
+            .contains("available: Diagnostics, ServiceOperator, VendorReadOnly")),
+        "{errs:?}"
+    );
+
+    let d = shipped_copy();
+    edit(d.path(), "endpoints/Helpdesk.toml", "[[role]]\ngroup = \"helpdesk\"\nrole_capabilities = [\"ServiceOperator\", \"Diagnostics\"]\n", "");
+    expect_error(d.path(), "endpoints/Helpdesk.toml:", "has no [[role]]");
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "endpoints/Helpdesk.toml",
+        "group = \"helpdesk\"",
+        "group = \"helpdesk\"\nuser = \"bob\"",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "endpoints/Helpdesk.toml", "[[role]]"),
+        "both user and group",
+    );
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "endpoints/Helpdesk.toml",
+        "group = \"helpdesk\"",
+        "",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "endpoints/Helpdesk.toml", "[[role]]"),
+        "needs user = ",
+    );
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "endpoints/Helpdesk.toml",
+        "\"no-language\"",
+        "\"constrained-language\"",
+    );
+    expect_error(
+        d.path(),
+        &loc(
+            d.path(),
+            "endpoints/Helpdesk.toml",
+            "\"constrained-language\"",
+        ),
+        "only runs \"no-language\" sessions",
+    );
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "endpoints/Helpdesk.toml",
+        "\nrun_as =",
+        "\n#run_as =",
+    );
+    expect_error(
+        d.path(),
+        "endpoints/Helpdesk.toml:",
+        "missing field `run_as`",
+    );
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "keyhole.toml",
+        "winrs_endpoint = \"Helpdesk\"",
+        "winrs_endpoint = \"Helpdsk\"",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "keyhole.toml", "\"Helpdsk\""),
+        "names no endpoint",
+    );
+}
+
+#[test]
+fn run_as_accounts() {
+    let d = shipped_copy();
+    if is_root() {
+        edit(
+            d.path(),
+            "endpoints/Vendor.toml",
+            "run_as = \"keyhole-vendor\"",
+            "run_as = \"root\"",
+        );
+        expect_warning(d.path(), "full control of the machine");
+        let d = shipped_copy();
+        edit(
+            d.path(),
+            "endpoints/Vendor.toml",
+            "run_as = \"keyhole-vendor\"",
+            "run_as = \"no-such-account-xyz\"",
+        );
+        expect_error(
+            d.path(),
+            &loc(d.path(), "endpoints/Vendor.toml", "\"no-such-account-xyz\""),
+            "useradd --system",
+        );
+    } else {
+        let line = format!("run_as = {:?}", me());
+        let text = std::fs::read_to_string(d.path().join("endpoints/Vendor.toml")).unwrap();
+        let replaced = text.replacen(&line, "run_as = \"root\"", 1);
+        std::fs::write(d.path().join("endpoints/Vendor.toml"), replaced).unwrap();
+        expect_error(
+            d.path(),
+            &loc(d.path(), "endpoints/Vendor.toml", "\"root\""),
+            "not running as root",
+        );
+    }
+}
+
+#[test]
+fn parameter_constraints() {
+    let so = "role-capabilities/ServiceOperator.toml";
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        so,
+        "\"[a-z0-9@._-]+\\\\.service\"",
+        "\"[a-z0-9@._-+\\\\.service\"",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), so, "\"[a-z0-9@._-+"),
+        "not a valid regex",
+    );
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        so,
+        "\"[a-z0-9@._-]+\\\\.service\"",
+        "\"(\\\\w{100}){100}\"",
+    );
+    expect_error(d.path(), &loc(d.path(), so, "\"(\\\\w{100})"), "simplify");
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        so,
+        "validate_set = [\"cron\", \"ssh\", \"nginx\"] } ] },\n  { name = \"Start",
+        "validate_set = [\"cron\"], validate_pattern = \"x\" } ] },\n  { name = \"Start",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), so, "\"x\""),
+        "both validate_set and validate_pattern",
+    );
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        so,
+        "validate_set = [\"cron\", \"ssh\", \"nginx\"]",
+        "validate_set = []",
+    );
+    expect_error(d.path(), &loc(d.path(), so, "[] }"), "would allow nothing");
+}
+
+#[test]
+fn command_names() {
+    let dg = "role-capabilities/Diagnostics.toml";
+    let d = shipped_copy();
+    edit(d.path(), dg, "\"Get-Uptime\"", "\"Get-Servce\"");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"Get-Servce\""),
+        "did you mean Get-Service?",
+    );
+
+    let d = shipped_copy();
+    edit(d.path(), dg, "\"Get-Uptime\"", "\"Get-*\"");
+    load(d.path()).unwrap_or_else(|e| panic!("{e:?}"));
+
+    let d = shipped_copy();
+    edit(d.path(), dg, "\"Get-Uptime\"", "\"Invoke-Expr*\"");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"Invoke-Expr*\""),
+        "matches no cmdlet",
+    );
+
+    let d = shipped_copy();
+    edit(d.path(), dg, "\"Get-Uptime\"", "\"Get-*-*\"");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"Get-*-*\""),
+        "more than one `*`",
+    );
+
+    let d = shipped_copy();
+    edit(d.path(), dg, "\"Get-Uptime\"", "\"Start-Process\"");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"Start-Process\""),
+        "never provided",
+    );
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        dg,
+        "[functions.Get-DiskUsage]",
+        "[aliases]\nx = \"Invoke-Expression\"\n\n[functions.Get-DiskUsage]",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"Invoke-Expression\""),
+        "Invoke-Expression is never provided",
+    );
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        dg,
+        "visible_functions = [\"Get-DiskUsage\"]",
+        "visible_functions = [\"Get-DiskUsage\", \"Get-Nothing\"]",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"Get-Nothing\""),
+        "declared by no role capability that endpoint Helpdesk uses",
+    );
+
+    // A function declared only in a capability the endpoint does not use is not visible.
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        dg,
+        "visible_functions = [\"Get-DiskUsage\"]",
+        "visible_functions = [\"Get-DiskUsage\", \"Get-OsRelease\"]",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"Get-OsRelease\""),
+        "endpoint Helpdesk",
+    );
+
+    let d = shipped_copy();
+    append(d.path(), dg, "");
+    edit(
+        d.path(),
+        dg,
+        "visible_functions =",
+        "visible_providers = [\"FileSystem\"]\nvisible_functions =",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "visible_providers"),
+        "no providers",
+    );
+}
+
+fn with_function(extra_args: &str, program: &str) -> (tempfile::TempDir, &'static str) {
+    let dg = "role-capabilities/Diagnostics.toml";
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        dg,
+        "program = \"/usr/bin/df\"",
+        &format!("program = \"{program}\""),
+    );
+    edit(
+        d.path(),
+        dg,
+        "args = [\"--output=source,size,used,avail,pcent,target\", \"{Mount}\"]",
+        extra_args,
+    );
+    (d, dg)
+}
+
+#[test]
+fn programs() {
+    let (d, dg) = with_function("args = [\"{Mount}\"]", "df");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"df\""),
+        "must be an absolute path",
+    );
+
+    let (d, dg) = with_function("args = [\"{Mount}\"]", "/usr/bin/no-such-program");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"/usr/bin/no-such-program\""),
+        "cannot be used",
+    );
+
+    let d = shipped_copy();
+    let link = d.path().join("df-link");
+    std::os::unix::fs::symlink("/usr/bin/df", &link).unwrap();
+    let dg = "role-capabilities/Diagnostics.toml";
+    edit(
+        d.path(),
+        dg,
+        "program = \"/usr/bin/df\"",
+        &format!("program = \"{}\"", link.display()),
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, &format!("\"{}\"", link.display())),
+        "is a symbolic link",
+    );
+
+    let d = shipped_copy();
+    let copy = d.path().join("df-copy");
+    std::fs::copy("/usr/bin/df", &copy).unwrap();
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    edit(
+        d.path(),
+        dg,
+        "program = \"/usr/bin/df\"",
+        &format!("program = \"{}\"", copy.display()),
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, &format!("\"{}\"", copy.display())),
+        "writable by group or others",
+    );
+    if !is_root() {
+        expect_error(
+            d.path(),
+            &loc(d.path(), dg, &format!("\"{}\"", copy.display())),
+            "not root",
+        );
+    }
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        dg,
+        "timeout = \"30s\"",
+        "timeout = \"30s\"\ncapabilities = [\"net_bind_service\", \"CAP_FLY\"]",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"CAP_FLY\""),
+        "unknown Linux capability",
+    );
+}
+
+#[test]
+fn function_declarations() {
+    let (d, dg) = with_function("args = [\"--mount={Mount}\"]", "/usr/bin/df");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"--mount={Mount}\""),
+        "a placeholder must be a whole argument",
+    );
+
+    let (d, dg) = with_function("args = [\"{Mnt}\"]", "/usr/bin/df");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"{Mnt}\""),
+        "names no declared parameter",
+    );
+
+    let d = shipped_copy();
+    let dg = "role-capabilities/Diagnostics.toml";
+    append(
+        d.path(),
+        dg,
+        "\n[functions.Get-DiskUsage.parameters.Other]\ntype = \"string\"\nposition = 0\n",
+    );
+    expect_error(
+        d.path(),
+        &loc_after(d.path(), dg, "parameters.Other", "0"),
+        "position 0 is used by both",
+    );
+
+    let d = shipped_copy();
+    edit(d.path(), dg, "type = \"string\"", "type = \"strin\"");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"strin\""),
+        "unknown variant `strin`",
+    );
+
+    let d = shipped_copy();
+    edit(d.path(), dg, "output = \"table\"", "output = \"xml\"");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"xml\""),
+        "unknown variant `xml`",
+    );
+
+    let d = shipped_copy();
+    edit(d.path(), dg, "help = ", "colour = 1\nhelp = ");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "colour"),
+        "unknown field `colour`",
+    );
+}
+
+#[test]
+fn dangerous_programs() {
+    let (d, dg) = with_function("args = [\"-c\", \"{Mount}\"]", "/usr/bin/bash");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"/usr/bin/bash\""),
+        "bash runs arbitrary commands (shell escape)",
+    );
+
+    let d = shipped_copy();
+    let dg = "role-capabilities/Diagnostics.toml";
+    edit(d.path(), dg, "[\"/usr/bin/uptime\"]", "[\"/usr/bin/uptime\", { path = \"/usr/bin/find\", arguments = [\"/srv\", \"-name\", \".*\"] }]");
+    expect_error(
+        d.path(),
+        &loc(d.path(), dg, "\"/usr/bin/find\""),
+        "find can execute programs with -exec",
+    );
+
+    // allow_unsafe turns the refusal into a warning.
+    let d = shipped_copy();
+    edit(d.path(), dg, "[\"/usr/bin/uptime\"]", "[\"/usr/bin/uptime\", { path = \"/usr/bin/find\", arguments = [\"/srv\"], allow_unsafe = true }]");
+    expect_warning(d.path(), "find can execute programs with -exec");
+
+    // Fixed arguments never trigger the check (the shipped Get-OsRelease runs cat).
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        dg,
+        "[\"/usr/bin/uptime\"]",
+        "[\"/usr/bin/uptime\", \"/usr/bin/find\"]",
+    );
+    load(d.path()).unwrap_or_else(|e| panic!("{e:?}"));
+}
+
+#[test]
+fn tls_files() {
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "keyhole.toml",
+        "[listener]",
+        "[listener]\ntls_certificate = \"cert.pem\"\ntls_private_key = \"key.pem\"",
+    );
+    std::fs::write(d.path().join("cert.pem"), "not pem at all\n").unwrap();
+    let errs = errors(d.path());
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("holds no PEM certificate")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("key.pem cannot be read")),
+        "{errs:?}"
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "keyhole.toml", "\"cert.pem\""),
+        "holds no PEM certificate",
+    );
+}
+
+#[test]
+fn users_file() {
+    let d = shipped_copy();
+    expect_warning(d.path(), "no local accounts");
+    std::fs::write(
+        d.path().join("users.toml"),
+        "[users.alice]\npassword = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA\"\ngroups = [\"helpdesk\"]\nclient_certificates = [\"sha256:1234\"]\n\n[users.bob]\npassword = \"hunter2\"\n",
+    )
+    .unwrap();
+    expect_error(
+        d.path(),
+        &loc(d.path(), "users.toml", "\"sha256:1234\""),
+        "is not a certificate fingerprint",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "users.toml", "\"hunter2\""),
+        "not an argon2 hash",
+    );
+}
+
+#[test]
+fn rules_file() {
+    let r = "authorization-rules.toml";
+    let d = shipped_copy();
+    std::fs::write(d.path().join(r), "").unwrap();
+    expect_warning(d.path(), "nobody gets in");
+    let d = shipped_copy();
+    std::fs::remove_file(d.path().join(r)).unwrap();
+    expect_warning(d.path(), "nobody gets in");
+
+    let d = shipped_copy();
+    edit(d.path(), r, "id = 2", "id = 1");
+    expect_error(
+        d.path(),
+        &loc(d.path(), r, "1\nname = \"ACME vendor to"),
+        "used twice",
+    );
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        r,
+        "user_group = \"helpdesk\"",
+        "user_group = \"helpdesk\"\nuser = \"alice\"",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), r, "[[rule]]"),
+        "exactly one of user or user_group",
+    );
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        r,
+        "computer = \"*\"\nconfiguration = \"Helpdesk\"",
+        "computer = \"*\"\ncomputer_group = \"web\"\nconfiguration = \"Helpdesk\"",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), r, "[[rule]]"),
+        "exactly one of computer or computer_group",
+    );
+
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        r,
+        "user_group = \"helpdesk\"",
+        "user_group = \"help*\"",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), r, "\"help*\""),
+        "allowed only alone",
+    );
+
+    let d = shipped_copy();
+    edit(d.path(), r, "computer = \"*\"", "computer_group = \"web\"");
+    expect_error(
+        d.path(),
+        &loc(d.path(), r, "\"web\""),
+        "is not defined under [computer_groups]",
+    );
+}
+
+#[test]
+fn every_error_across_files_is_reported() {
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "role-capabilities/VendorReadOnly.toml",
+        "\"acme-.*\"",
+        "\"acme-(\"",
+    );
+    edit(
+        d.path(),
+        "role-capabilities/ServiceOperator.toml",
+        "validate_set = [\"cron\", \"ssh\", \"nginx\"]",
+        "validate_set = []",
+    );
+    edit(
+        d.path(),
+        "endpoints/Vendor.toml",
+        "name = \"Vendor\"",
+        "name = \"Helpdesk\"",
+    );
+    edit(
+        d.path(),
+        "authorization-rules.toml",
+        "computer = \"*\"",
+        "computer = \"web*\"",
+    );
+    let errs = errors(d.path());
+    let files: std::collections::BTreeSet<PathBuf> = errs.iter().map(|e| e.file.clone()).collect();
+    assert!(files.len() >= 4, "{errs:#?}");
+}
+
+#[test]
+fn a_broken_capability_file_is_reported_once() {
+    let d = shipped_copy();
+    append(
+        d.path(),
+        "role-capabilities/VendorReadOnly.toml",
+        "\nvisible_things = []\n",
+    );
+    let errs = errors(d.path());
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    expect_error(
+        d.path(),
+        &loc(
+            d.path(),
+            "role-capabilities/VendorReadOnly.toml",
+            "visible_things",
+        ),
+        "unknown field `visible_things`",
+    );
+}
+
+#[test]
+fn a_cmdlet_listed_as_function_gets_a_hint() {
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        "role-capabilities/Diagnostics.toml",
+        "visible_functions = [\"Get-DiskUsage\"]",
+        "visible_functions = [\"Get-DiskUsage\", \"Get-Service\"]",
+    );
+    expect_error(
+        d.path(),
+        &loc(
+            d.path(),
+            "role-capabilities/Diagnostics.toml",
+            "\"Get-Service\"",
+        ),
+        "it is a cmdlet: list it in visible_cmdlets",
+    );
+}
