@@ -37,8 +37,6 @@ pub struct Decision {
 pub enum GatewayError {
     #[error("cannot read the authorization rules file {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("the authorization rules file {path} is larger than {MAX_RULES_FILE_BYTES} bytes; is it the right file?")]
-    TooLarge { path: PathBuf },
     #[error("the authorization rules file {path} is not valid: {message}; fix it (or run `keyhole check`) and try again")]
     Parse { path: PathBuf, message: String },
     #[error(
@@ -303,11 +301,6 @@ pub fn load_rules(path: &Path) -> Result<RulesFile, GatewayError> {
     let text = match read_bounded(path, MAX_RULES_FILE_BYTES) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(RulesFile::default()),
-        Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
-            return Err(GatewayError::TooLarge {
-                path: path.to_path_buf(),
-            })
-        }
         Err(source) => {
             return Err(GatewayError::Read {
                 path: path.to_path_buf(),
@@ -321,7 +314,7 @@ pub fn load_rules(path: &Path) -> Result<RulesFile, GatewayError> {
     })
 }
 
-/// Reads a whole UTF-8 file of at most `max` bytes (`FileTooLarge` beyond).
+/// Reads a whole UTF-8 file of at most `max` bytes (`InvalidData` beyond).
 pub(crate) fn read_bounded(path: &Path, max: u64) -> io::Result<String> {
     use std::io::Read as _;
     let f = fs::File::open(path)?;
@@ -329,11 +322,12 @@ pub(crate) fn read_bounded(path: &Path, max: u64) -> io::Result<String> {
     f.take(max.saturating_add(1)).read_to_end(&mut buf)?;
     if buf.len() as u64 > max {
         return Err(io::Error::new(
-            io::ErrorKind::FileTooLarge,
-            "file too large",
+            io::ErrorKind::InvalidData,
+            format!("the file is larger than {max} bytes; is it the right file?"),
         ));
     }
-    String::from_utf8(buf).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
+    String::from_utf8(buf)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the file is not UTF-8 text"))
 }
 
 fn save_rules(path: &Path, rules: &RulesFile) -> Result<(), GatewayError> {
