@@ -298,9 +298,14 @@ pub fn test_rule(
 
 /// Reads a rules file; a missing file is an empty rule set (which denies everyone).
 pub fn load_rules(path: &Path) -> Result<RulesFile, GatewayError> {
+    load_rules_with_text(path).map(|(rules, _)| rules)
+}
+
+/// The parsed rules and the file's text (`None` when the file does not exist).
+fn load_rules_with_text(path: &Path) -> Result<(RulesFile, Option<String>), GatewayError> {
     let text = match read_bounded(path, MAX_RULES_FILE_BYTES) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(RulesFile::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((RulesFile::default(), None)),
         Err(source) => {
             return Err(GatewayError::Read {
                 path: path.to_path_buf(),
@@ -308,10 +313,38 @@ pub fn load_rules(path: &Path) -> Result<RulesFile, GatewayError> {
             })
         }
     };
-    toml::from_str(&text).map_err(|e| GatewayError::Parse {
+    let rules = toml::from_str(&text).map_err(|e| GatewayError::Parse {
         path: path.to_path_buf(),
         message: e.to_string().trim_end().replace('\n', " "),
-    })
+    })?;
+    Ok((rules, Some(text)))
+}
+
+/// The new text of a managed file holding `expected`: the old text edited in place by `edit`
+/// (comments and layout kept) when that edit parses back to exactly `expected`; otherwise
+/// `expected` serialized afresh under `header`.
+pub(crate) fn render_preserving<T>(
+    old_text: Option<&str>,
+    expected: &T,
+    header: &str,
+    edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Option<()>,
+) -> Result<String, String>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq,
+{
+    if let Some(old) = old_text {
+        if let Ok(mut doc) = old.parse::<toml_edit::DocumentMut>() {
+            if edit(&mut doc).is_some() {
+                let text = doc.to_string();
+                if toml::from_str::<T>(&text).ok().as_ref() == Some(expected) {
+                    return Ok(text);
+                }
+            }
+        }
+    }
+    toml::to_string(expected)
+        .map(|t| format!("{header}{t}"))
+        .map_err(|e| e.to_string())
 }
 
 /// Reads a whole UTF-8 file of at most `max` bytes (`InvalidData` beyond).
@@ -330,22 +363,62 @@ pub(crate) fn read_bounded(path: &Path, max: u64) -> io::Result<String> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the file is not UTF-8 text"))
 }
 
-fn save_rules(path: &Path, rules: &RulesFile) -> Result<(), GatewayError> {
-    let text = toml::to_string(rules).map_err(|e| GatewayError::Write {
-        path: path.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+const RULES_HEADER: &str =
+    "# keyhole authorization rules (gate 3). Managed by `keyhole rule`; see SPEC §2.4.\n";
+
+fn save_rules(
+    path: &Path,
+    old_text: Option<&str>,
+    rules: &RulesFile,
+    edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Option<()>,
+) -> Result<(), GatewayError> {
+    let text = render_preserving(old_text, rules, RULES_HEADER, edit).map_err(|e| {
+        GatewayError::Write {
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        }
     })?;
-    let header =
-        "# keyhole authorization rules (gate 3). Managed by `keyhole rule`; see SPEC §2.4.\n";
-    write_atomic(path, format!("{header}{text}").as_bytes()).map_err(|source| GatewayError::Write {
+    write_atomic(path, text.as_bytes()).map_err(|source| GatewayError::Write {
         path: path.to_path_buf(),
         source,
     })
 }
 
+/// The `[[rule]]` table of `rule`, keys in the documented order.
+fn rule_table(rule: &Rule) -> Option<toml_edit::Table> {
+    let mut t = toml_edit::Table::new();
+    t.insert("id", toml_edit::value(i64::try_from(rule.id).ok()?));
+    if !rule.name.is_empty() {
+        t.insert("name", toml_edit::value(rule.name.as_str()));
+    }
+    let fields = [
+        ("user", &rule.user),
+        ("user_group", &rule.user_group),
+        ("computer", &rule.computer),
+        ("computer_group", &rule.computer_group),
+    ];
+    for (key, v) in fields {
+        if let Some(v) = v {
+            t.insert(key, toml_edit::value(v.as_str()));
+        }
+    }
+    t.insert(
+        "configuration",
+        toml_edit::value(rule.configuration.as_str()),
+    );
+    Some(t)
+}
+
+/// The id of one `[[rule]]` table, as written.
+fn table_id(t: &toml_edit::Table) -> Option<u64> {
+    t.get("id")
+        .and_then(|v| v.as_integer())
+        .and_then(|i| u64::try_from(i).ok())
+}
+
 /// `keyhole rule add`: validates, appends with id = max + 1, writes atomically; returns the id.
 pub fn add_rule(path: &Path, spec: RuleSpec) -> Result<u64, GatewayError> {
-    let mut rules = load_rules(path)?;
+    let (mut rules, old_text) = load_rules_with_text(path)?;
     if let Some(p) = validate_rules(&rules).into_iter().next() {
         return Err(GatewayError::Parse {
             path: path.to_path_buf(),
@@ -390,8 +463,18 @@ pub fn add_rule(path: &Path, spec: RuleSpec) -> Result<u64, GatewayError> {
             dup.id
         )));
     }
+    let table = rule_table(&rule);
     rules.rules.push(rule);
-    save_rules(path, &rules)?;
+    save_rules(path, old_text.as_deref(), &rules, |doc| {
+        let item = doc
+            .as_table_mut()
+            .entry("rule")
+            .or_insert(toml_edit::Item::ArrayOfTables(
+                toml_edit::ArrayOfTables::new(),
+            ));
+        item.as_array_of_tables_mut()?.push(table?);
+        Some(())
+    })?;
     Ok(id)
 }
 
@@ -405,7 +488,7 @@ fn opt_eq(a: &Option<String>, b: &Option<String>) -> bool {
 
 /// `keyhole rule remove`: removes every id or none (an unknown id is an error naming it).
 pub fn remove_rules(path: &Path, ids: &[u64]) -> Result<Vec<u64>, GatewayError> {
-    let mut rules = load_rules(path)?;
+    let (mut rules, old_text) = load_rules_with_text(path)?;
     let unknown: Vec<String> = ids
         .iter()
         .filter(|id| !rules.rules.iter().any(|r| r.id == **id))
@@ -426,7 +509,11 @@ pub fn remove_rules(path: &Path, ids: &[u64]) -> Result<Vec<u64>, GatewayError> 
     removed.sort_unstable();
     removed.dedup();
     rules.rules.retain(|r| !ids.contains(&r.id));
-    save_rules(path, &rules)?;
+    save_rules(path, old_text.as_deref(), &rules, |doc| {
+        let aot = doc.get_mut("rule")?.as_array_of_tables_mut()?;
+        aot.retain(|t| !matches!(table_id(t), Some(id) if ids.contains(&id)));
+        Some(())
+    })?;
     Ok(removed)
 }
 

@@ -399,3 +399,36 @@ fn stored_hash_that_is_not_argon2id_is_refused() {
         DenyReason::BadStoredHash(_)
     ));
 }
+
+#[test]
+fn comments_survive_user_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.toml");
+    std::fs::write(&path, "# Accounts for the help desk.\n").unwrap();
+    user_add(&path, "alice", &["helpdesk".into()], "p1").unwrap();
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    // A file of comments only: they stay (toml_edit keeps them after the tables).
+    assert!(text.contains("# Accounts for the help desk.\n"), "{text}");
+    assert!(text.contains("[users.alice]"), "{text}");
+    text.push_str(
+        "\n# Vendor notes follow.\n[users.zed]\n\
+         password = \"$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaA\" # kept on purpose\n\
+         disabled = true\n",
+    );
+    std::fs::write(&path, &text).unwrap();
+    user_add(&path, "vendor", &[], "p2").unwrap();
+    user_passwd(&path, "alice", "p3").unwrap();
+    user_remove(&path, "vendor").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("# Accounts for the help desk."), "{text}");
+    assert!(text.contains("# Vendor notes follow."), "{text}");
+    assert!(text.contains("# kept on purpose"), "{text}");
+    assert!(!text.contains("vendor"), "{text}");
+    let users = load_users(&path).unwrap();
+    assert_eq!(users.users.len(), 2);
+    let a = Authenticator::new(&AuthConfig::default(), &path, users);
+    assert!(a
+        .verify_basic("alice", "p3", ip("10.9.0.1"))
+        .identity()
+        .is_some());
+}

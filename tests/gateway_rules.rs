@@ -389,3 +389,31 @@ fn malformed_rules_in_a_file_fail_closed() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn comments_and_layout_survive_add_and_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    let original = "# Shared by every web server; ask #ops before editing.\n\
+                    [computer_groups]\n\
+                    web = [\"web01\", \"web02\"] # the front ends\n\
+                    \n\
+                    # The help desk restarts services.\n\
+                    [[rule]]\n\
+                    id = 1\n\
+                    user_group = \"helpdesk\"\n\
+                    computer_group = \"web\"\n\
+                    configuration = \"Helpdesk\"\n";
+    std::fs::write(&path, original).unwrap();
+    let id = add_rule(&path, spec(Some("bob"), None, Some("db01"), None, "DBA")).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with(original), "{text}");
+    assert!(text.contains("user = \"bob\""), "{text}");
+    assert_eq!(load_rules(&path).unwrap().rules.len(), 2);
+    remove_rules(&path, &[id]).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+    remove_rules(&path, &[1]).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("# the front ends"), "{text}");
+    assert!(load_rules(&path).unwrap().rules.is_empty());
+}

@@ -10,7 +10,7 @@ use argon2::Argon2;
 
 use super::{AuthError, MAX_PASSWORD_LEN};
 use crate::config::{UserEntry, UsersFile};
-use crate::gateway::{read_bounded, write_atomic};
+use crate::gateway::{read_bounded, render_preserving, write_atomic};
 
 /// Largest users file read (bytes).
 pub const MAX_USERS_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -23,9 +23,14 @@ pub const MAX_GROUPS_PER_USER: usize = 256;
 
 /// Reads `users.toml`; a missing file means no local accounts.
 pub fn load_users(path: &Path) -> Result<UsersFile, AuthError> {
+    load_users_with_text(path).map(|(users, _)| users)
+}
+
+/// The parsed accounts and the file's text (`None` when the file does not exist).
+fn load_users_with_text(path: &Path) -> Result<(UsersFile, Option<String>), AuthError> {
     let text = match read_bounded(path, MAX_USERS_FILE_BYTES) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(UsersFile::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((UsersFile::default(), None)),
         Err(source) => {
             return Err(AuthError::Read {
                 path: path.to_path_buf(),
@@ -33,23 +38,45 @@ pub fn load_users(path: &Path) -> Result<UsersFile, AuthError> {
             })
         }
     };
-    toml::from_str(&text).map_err(|e| AuthError::Parse {
+    let users = toml::from_str(&text).map_err(|e| AuthError::Parse {
         path: path.to_path_buf(),
         message: e.to_string().trim_end().replace('\n', " "),
-    })
+    })?;
+    Ok((users, Some(text)))
 }
 
-fn save_users(path: &Path, users: &UsersFile) -> Result<(), AuthError> {
-    let text = toml::to_string(users).map_err(|e| AuthError::Write {
-        path: path.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-    })?;
-    let header =
-        "# keyhole local accounts. Managed by `keyhole user`; passwords are argon2id hashes.\n";
-    write_atomic(path, format!("{header}{text}").as_bytes()).map_err(|source| AuthError::Write {
+const USERS_HEADER: &str =
+    "# keyhole local accounts. Managed by `keyhole user`; passwords are argon2id hashes.\n";
+
+/// Writes `users` atomically (0600), editing the old text in place when possible so that
+/// comments and layout survive.
+fn save_users(
+    path: &Path,
+    old_text: Option<&str>,
+    users: &UsersFile,
+    edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Option<()>,
+) -> Result<(), AuthError> {
+    let text =
+        render_preserving(old_text, users, USERS_HEADER, edit).map_err(|e| AuthError::Write {
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })?;
+    write_atomic(path, text.as_bytes()).map_err(|source| AuthError::Write {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The `[users]` table of a document (created implicit when missing).
+fn users_table(doc: &mut toml_edit::DocumentMut) -> Option<&mut dyn toml_edit::TableLike> {
+    doc.as_table_mut()
+        .entry("users")
+        .or_insert_with(|| {
+            let mut t = toml_edit::Table::new();
+            t.set_implicit(true);
+            toml_edit::Item::Table(t)
+        })
+        .as_table_like_mut()
 }
 
 /// 1–64 characters of `[A-Za-z0-9._@-]`.
@@ -119,7 +146,7 @@ pub fn user_add(
     validate_user_name(name)?;
     validate_groups(groups)?;
     check_password(password)?;
-    let mut users = load_users(path)?;
+    let (mut users, old_text) = load_users_with_text(path)?;
     if let Some(existing) = find_key(&users, name) {
         return Err(AuthError::UserExists {
             name: existing,
@@ -132,34 +159,56 @@ pub fn user_add(
         disabled: false,
         client_certificates: Vec::new(),
     };
+    let mut table = toml_edit::Table::new();
+    table.insert("password", toml_edit::value(entry.password.as_str()));
+    table.insert(
+        "groups",
+        toml_edit::value(
+            groups
+                .iter()
+                .map(String::as_str)
+                .collect::<toml_edit::Array>(),
+        ),
+    );
+    table.insert("disabled", toml_edit::value(false));
     users.users.insert(name.to_string(), entry);
-    save_users(path, &users)
+    save_users(path, old_text.as_deref(), &users, |doc| {
+        users_table(doc)?.insert(name, toml_edit::Item::Table(table));
+        Some(())
+    })
 }
 
 /// `keyhole user passwd NAME`.
 pub fn user_passwd(path: &Path, name: &str, password: &str) -> Result<(), AuthError> {
     check_password(password)?;
-    let mut users = load_users(path)?;
+    let (mut users, old_text) = load_users_with_text(path)?;
     let key = find_key(&users, name).ok_or_else(|| AuthError::NoSuchUser {
         name: name.to_string(),
         path: path.to_path_buf(),
     })?;
     let hash = hash_password(password)?;
     if let Some(entry) = users.users.get_mut(&key) {
-        entry.password = hash;
+        entry.password = hash.clone();
     }
-    save_users(path, &users)
+    save_users(path, old_text.as_deref(), &users, |doc| {
+        let entry = users_table(doc)?.get_mut(&key)?.as_table_like_mut()?;
+        entry.insert("password", toml_edit::value(hash.as_str()));
+        Some(())
+    })
 }
 
 /// `keyhole user remove NAME`.
 pub fn user_remove(path: &Path, name: &str) -> Result<(), AuthError> {
-    let mut users = load_users(path)?;
+    let (mut users, old_text) = load_users_with_text(path)?;
     let key = find_key(&users, name).ok_or_else(|| AuthError::NoSuchUser {
         name: name.to_string(),
         path: path.to_path_buf(),
     })?;
     users.users.remove(&key);
-    save_users(path, &users)
+    save_users(path, old_text.as_deref(), &users, |doc| {
+        users_table(doc)?.remove(&key)?;
+        Some(())
+    })
 }
 
 /// `keyhole user list`: (name, groups, disabled), sorted by name.
