@@ -146,6 +146,38 @@ impl fmt::Display for DenyReason {
     }
 }
 
+impl DenyReason {
+    /// A stable short code for the JSON audit log ("wrong_password", "locked_out_user", …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            DenyReason::BasicDisabled => "basic_disabled",
+            DenyReason::Malformed => "malformed",
+            DenyReason::UnknownUser => "unknown_user",
+            DenyReason::WrongPassword => "wrong_password",
+            DenyReason::Disabled => "disabled",
+            DenyReason::LockedOutUser => "locked_out_user",
+            DenyReason::LockedOutSource => "locked_out_source",
+            DenyReason::BadStoredHash(_) => "bad_stored_hash",
+            DenyReason::Pam(_) => "pam",
+            DenyReason::UnknownCertificate => "unknown_certificate",
+        }
+    }
+}
+
+/// The groups of `user` without an `Authenticator` (for `keyhole rule test`, `keyhole run`):
+/// from `users` (case-insensitive), else from the OS when `pam_enabled` and the account
+/// exists; `None` when the user is unknown.
+pub fn lookup_groups(users: &UsersFile, pam_enabled: bool, user: &str) -> Option<Vec<String>> {
+    let lower = user.to_lowercase();
+    if let Some((_, e)) = users.users.iter().find(|(n, _)| n.to_lowercase() == lower) {
+        return Some(e.groups.clone());
+    }
+    if pam_enabled && nix::unistd::User::from_name(user).ok().flatten().is_some() {
+        return Some(os_groups(user));
+    }
+    None
+}
+
 /// The outcome of gate 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthResult {
@@ -727,6 +759,40 @@ mod tests {
         assert_eq!(parse_basic_header(h.as_bytes()), None);
         let long = format!("Basic {}", "A".repeat(MAX_BASIC_HEADER_LEN));
         assert_eq!(parse_basic_header(long.as_bytes()), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+                               text in ".{0,120}") {
+            let _ = parse_basic_header(&bytes);
+            let mut h = b"Basic ".to_vec();
+            h.extend_from_slice(&bytes);
+            let _ = parse_basic_header(&h);
+            let _ = parse_fingerprint(&text);
+            let _ = parse_fingerprint(&format!("sha256:{text}"));
+        }
+
+        #[test]
+        fn basic_header_round_trip(user in "[^:\\x00]{1,40}", pw in ".{0,60}") {
+            let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")));
+            proptest::prop_assert_eq!(parse_basic_header(v.as_bytes()), Some((user, pw)));
+        }
+    }
+
+    #[test]
+    fn lookup_groups_from_file_then_os() {
+        let users: UsersFile =
+            toml::from_str("[users.Alice]\npassword = \"x\"\ngroups = [\"g\"]\n").unwrap();
+        assert_eq!(
+            lookup_groups(&users, false, "alice"),
+            Some(vec!["g".to_string()])
+        );
+        assert_eq!(lookup_groups(&users, false, "root"), None);
+        assert!(lookup_groups(&users, true, "root")
+            .unwrap()
+            .contains(&"root".to_string()));
+        assert_eq!(DenyReason::LockedOutSource.code(), "locked_out_source");
     }
 
     #[test]
