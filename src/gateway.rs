@@ -624,7 +624,18 @@ pub fn render_rules_json(rules: &RulesFile) -> String {
 /// Replaces `path` atomically with `contents`, mode 0600: a temporary file in the same
 /// directory (created 0600), written and fsynced, renamed over `path`, then the directory
 /// fsynced. A reader sees the old file or the new one, never a mix; on error `path` is intact.
+///
+/// When `path` is a symbolic link (a rules file shared between servers, say), the file it
+/// points to is replaced and the link is kept.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let resolved;
+    let path = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            resolved = fs::canonicalize(path)?;
+            resolved.as_path()
+        }
+        _ => path,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

@@ -364,6 +364,17 @@ fn write_atomic_replaces_and_sets_0600() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    // A symbolic link is kept; the file it points to is replaced.
+    let shared = dir.path().join("shared.toml");
+    std::fs::write(&shared, "old").unwrap();
+    let link = dir.path().join("link.toml");
+    std::os::unix::fs::symlink(&shared, &link).unwrap();
+    write_atomic(&link, b"via link").unwrap();
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(&shared).unwrap(), "via link");
     // A directory that does not exist: error, nothing created.
     assert!(write_atomic(&dir.path().join("nope/f"), b"x").is_err());
 }
