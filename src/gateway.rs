@@ -418,6 +418,10 @@ fn table_id(t: &toml_edit::Table) -> Option<u64> {
 
 /// `keyhole rule add`: validates, appends with id = max + 1, writes atomically; returns the id.
 pub fn add_rule(path: &Path, spec: RuleSpec) -> Result<u64, GatewayError> {
+    let _lock = lock_dir_of(path).map_err(|source| GatewayError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let (mut rules, old_text) = load_rules_with_text(path)?;
     if let Some(p) = validate_rules(&rules).into_iter().next() {
         return Err(GatewayError::Parse {
@@ -488,6 +492,10 @@ fn opt_eq(a: &Option<String>, b: &Option<String>) -> bool {
 
 /// `keyhole rule remove`: removes every id or none (an unknown id is an error naming it).
 pub fn remove_rules(path: &Path, ids: &[u64]) -> Result<Vec<u64>, GatewayError> {
+    let _lock = lock_dir_of(path).map_err(|source| GatewayError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let (mut rules, old_text) = load_rules_with_text(path)?;
     let unknown: Vec<String> = ids
         .iter()
@@ -621,6 +629,29 @@ pub fn render_rules_json(rules: &RulesFile) -> String {
     serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into())
 }
 
+/// The file a write to `path` replaces (a symbolic link is followed) and its directory.
+fn resolve_target(path: &Path) -> io::Result<(PathBuf, PathBuf)> {
+    let path = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(path)?,
+        _ => path.to_path_buf(),
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((path, dir))
+}
+
+/// An exclusive advisory lock (flock) on the directory of `path`, held while a managed file is
+/// read, changed and replaced, so that two concurrent `keyhole rule`/`keyhole user` runs
+/// cannot lose each other's change. Released when dropped.
+pub(crate) fn lock_dir_of(path: &Path) -> io::Result<nix::fcntl::Flock<fs::File>> {
+    let (_, dir) = resolve_target(path)?;
+    let f = fs::File::open(&dir)?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io::Error::from(e))
+}
+
 /// Replaces `path` atomically with `contents`, mode 0600: a temporary file in the same
 /// directory (created 0600), written and fsynced, renamed over `path`, then the directory
 /// fsynced. A reader sees the old file or the new one, never a mix; on error `path` is intact.
@@ -628,18 +659,8 @@ pub fn render_rules_json(rules: &RulesFile) -> String {
 /// When `path` is a symbolic link (a rules file shared between servers, say), the file it
 /// points to is replaced and the link is kept.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let resolved;
-    let path = match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            resolved = fs::canonicalize(path)?;
-            resolved.as_path()
-        }
-        _ => path,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let (path, dir) = resolve_target(path)?;
+    let path = path.as_path();
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;

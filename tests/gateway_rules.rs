@@ -428,3 +428,25 @@ fn comments_and_layout_survive_add_and_remove() {
     assert!(text.contains("# the front ends"), "{text}");
     assert!(load_rules(&path).unwrap().rules.is_empty());
 }
+
+#[test]
+fn concurrent_adds_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                add_rule(
+                    &path,
+                    spec(Some(&format!("user{i}")), None, Some("*"), None, "E"),
+                )
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut ids: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=8).collect::<Vec<u64>>());
+    assert_eq!(load_rules(&path).unwrap().rules.len(), 8);
+}

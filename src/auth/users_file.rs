@@ -10,7 +10,7 @@ use argon2::Argon2;
 
 use super::{AuthError, MAX_PASSWORD_LEN};
 use crate::config::{UserEntry, UsersFile};
-use crate::gateway::{read_bounded, render_preserving, write_atomic};
+use crate::gateway::{lock_dir_of, read_bounded, render_preserving, write_atomic};
 
 /// Largest users file read (bytes).
 pub const MAX_USERS_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -143,6 +143,10 @@ pub fn user_add(
     groups: &[String],
     password: &str,
 ) -> Result<(), AuthError> {
+    let _lock = lock_dir_of(path).map_err(|source| AuthError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
     validate_user_name(name)?;
     validate_groups(groups)?;
     check_password(password)?;
@@ -180,6 +184,10 @@ pub fn user_add(
 
 /// `keyhole user passwd NAME`.
 pub fn user_passwd(path: &Path, name: &str, password: &str) -> Result<(), AuthError> {
+    let _lock = lock_dir_of(path).map_err(|source| AuthError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
     check_password(password)?;
     let (mut users, old_text) = load_users_with_text(path)?;
     let key = find_key(&users, name).ok_or_else(|| AuthError::NoSuchUser {
@@ -199,6 +207,10 @@ pub fn user_passwd(path: &Path, name: &str, password: &str) -> Result<(), AuthEr
 
 /// `keyhole user remove NAME`.
 pub fn user_remove(path: &Path, name: &str) -> Result<(), AuthError> {
+    let _lock = lock_dir_of(path).map_err(|source| AuthError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let (mut users, old_text) = load_users_with_text(path)?;
     let key = find_key(&users, name).ok_or_else(|| AuthError::NoSuchUser {
         name: name.to_string(),
