@@ -1,2 +1,0 @@
-//! `auth`: see ARCHITECTURE.md.
-#![forbid(unsafe_code)]

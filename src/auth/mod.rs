@@ -1,0 +1,866 @@
+//! `auth`: gate 2, who is calling — HTTP Basic against `users.toml` (argon2id) or PAM, and
+//! client-certificate fingerprints mapped to users — with a keyed success cache and lock-outs.
+//!
+//! Everything a refusal says is for the log only: the client always gets the same 401.
+//! Passwords are never logged, never cached (the cache key is an HMAC under a per-process
+//! random key) and never kept beyond the call.
+#![forbid(unsafe_code)]
+
+mod pam;
+mod users_file;
+
+pub use pam::os_groups;
+pub use users_file::{
+    hash_password, load_users, read_password, read_password_line, user_add, user_list, user_passwd,
+    user_remove, validate_user_name, MAX_GROUPS_PER_USER, MAX_GROUP_NAME_LEN, MAX_USERS_FILE_BYTES,
+    MAX_USER_NAME_LEN,
+};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
+use argon2::Argon2;
+use base64::Engine as _;
+use hmac::{Hmac, Mac as _};
+use sha2::{Digest as _, Sha256};
+
+use crate::config::{AuthConfig, UserEntry, UsersFile};
+
+/// How long a successful verification is remembered.
+pub const CACHE_TTL: Duration = Duration::from_secs(60);
+/// Most remembered successful verifications.
+pub const MAX_CACHE_ENTRIES: usize = 10_000;
+/// Most failure counters kept per kind (users, sources); the oldest are evicted beyond.
+pub const MAX_LOCKOUT_ENTRIES: usize = 100_000;
+/// Longest user name accepted from a client.
+pub const MAX_LOGIN_NAME_LEN: usize = 256;
+/// Longest password accepted (from a client or for `keyhole user`).
+pub const MAX_PASSWORD_LEN: usize = 1024;
+/// Longest `Authorization: Basic` header value parsed.
+pub const MAX_BASIC_HEADER_LEN: usize = 4096;
+/// The realm advertised in `WWW-Authenticate: Basic`.
+pub const BASIC_REALM: &str = "keyhole";
+
+/// Errors of the users file operations.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read the users file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("the users file {path} is not valid: {message}; fix it (or run `keyhole check`) and try again")]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot write the users file {path}: {source}; the file was left unchanged")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("invalid user name \"{0}\": use 1 to 64 characters among letters, digits, '.', '_', '@' and '-'")]
+    InvalidName(String),
+    #[error("invalid group: {0}")]
+    InvalidGroup(String),
+    #[error("user {name} already exists in {path}; use `keyhole user passwd {name}` to change the password")]
+    UserExists { name: String, path: PathBuf },
+    #[error("no user {name} in {path}; `keyhole user list` shows the accounts")]
+    NoSuchUser { name: String, path: PathBuf },
+    #[error("the password is empty; an account needs a password")]
+    EmptyPassword,
+    #[error("the password is longer than {MAX_PASSWORD_LEN} bytes")]
+    PasswordTooLong,
+    #[error("cannot hash the password: {0}")]
+    Hash(String),
+}
+
+/// How a caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// HTTP Basic checked against `users.toml`.
+    Basic,
+    /// HTTP Basic checked by PAM (`[auth] pam_service`), groups from the OS.
+    Pam,
+    /// A TLS client certificate whose fingerprint a user lists.
+    Certificate,
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthMethod::Basic => "basic",
+            AuthMethod::Pam => "pam",
+            AuthMethod::Certificate => "certificate",
+        })
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The name as written in `users.toml` (or the OS account name for PAM).
+    pub user: String,
+    pub groups: Vec<String>,
+    pub method: AuthMethod,
+}
+
+/// Why a caller was refused — for the server log and the audit log, never for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyReason {
+    /// `[auth] basic = false`.
+    BasicDisabled,
+    /// Empty or over-long name or password.
+    Malformed,
+    UnknownUser,
+    WrongPassword,
+    Disabled,
+    LockedOutUser,
+    LockedOutSource,
+    /// The stored hash cannot be used (not argon2id, unparsable).
+    BadStoredHash(String),
+    /// PAM refused or failed.
+    Pam(String),
+    UnknownCertificate,
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::BasicDisabled => f.write_str("basic authentication is disabled"),
+            DenyReason::Malformed => f.write_str("empty or over-long user name or password"),
+            DenyReason::UnknownUser => f.write_str("unknown user"),
+            DenyReason::WrongPassword => f.write_str("wrong password"),
+            DenyReason::Disabled => f.write_str("account disabled"),
+            DenyReason::LockedOutUser => f.write_str("user locked out after failed logins"),
+            DenyReason::LockedOutSource => {
+                f.write_str("source address locked out after failed logins")
+            }
+            DenyReason::BadStoredHash(m) => {
+                write!(f, "unusable password hash in the users file: {m}")
+            }
+            DenyReason::Pam(m) => write!(f, "PAM: {m}"),
+            DenyReason::UnknownCertificate => {
+                f.write_str("no user lists this client certificate's fingerprint")
+            }
+        }
+    }
+}
+
+impl DenyReason {
+    /// A stable short code for the JSON audit log ("wrong_password", "locked_out_user", …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            DenyReason::BasicDisabled => "basic_disabled",
+            DenyReason::Malformed => "malformed",
+            DenyReason::UnknownUser => "unknown_user",
+            DenyReason::WrongPassword => "wrong_password",
+            DenyReason::Disabled => "disabled",
+            DenyReason::LockedOutUser => "locked_out_user",
+            DenyReason::LockedOutSource => "locked_out_source",
+            DenyReason::BadStoredHash(_) => "bad_stored_hash",
+            DenyReason::Pam(_) => "pam",
+            DenyReason::UnknownCertificate => "unknown_certificate",
+        }
+    }
+}
+
+/// The groups of `user` without an `Authenticator` (for `keyhole rule test`, `keyhole run`):
+/// from `users` (case-insensitive), else from the OS when `pam_enabled` and the account
+/// exists; `None` when the user is unknown.
+pub fn lookup_groups(users: &UsersFile, pam_enabled: bool, user: &str) -> Option<Vec<String>> {
+    let lower = user.to_lowercase();
+    if let Some((_, e)) = users.users.iter().find(|(n, _)| n.to_lowercase() == lower) {
+        return Some(e.groups.clone());
+    }
+    if pam_enabled && nix::unistd::User::from_name(user).ok().flatten().is_some() {
+        return Some(os_groups(user));
+    }
+    None
+}
+
+/// The outcome of gate 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthResult {
+    Ok(Identity),
+    Denied(DenyReason),
+}
+
+impl AuthResult {
+    pub fn identity(&self) -> Option<&Identity> {
+        match self {
+            AuthResult::Ok(i) => Some(i),
+            AuthResult::Denied(_) => None,
+        }
+    }
+}
+
+/// One local account, with the fingerprint of its entry (name + entry) for cache validation.
+#[derive(Clone)]
+struct UserRecord {
+    name: String,
+    entry: UserEntry,
+    fingerprint: [u8; 32],
+}
+
+#[derive(Default)]
+struct UsersState {
+    /// Bumped by every `replace_users`; cache entries of an older generation are dead.
+    generation: u64,
+    /// Keyed by lower-case name.
+    by_name: HashMap<String, UserRecord>,
+    /// Certificate SHA-256 → lower-case user name.
+    by_cert: HashMap<[u8; 32], String>,
+}
+
+struct CacheEntry {
+    expires: Instant,
+    generation: u64,
+    /// The user entry's fingerprint (None for PAM users).
+    fingerprint: Option<[u8; 32]>,
+    identity: Identity,
+}
+
+#[derive(Clone, Copy)]
+struct Counter {
+    failures: u64,
+    window_start: Instant,
+    locked_until: Option<Instant>,
+    last: Instant,
+}
+
+#[derive(Default)]
+struct Lockouts {
+    by_user: HashMap<String, Counter>,
+    by_source: HashMap<IpAddr, Counter>,
+}
+
+/// Gate 2. Thread-safe; `verify_basic` is CPU-heavy (argon2): call it from `spawn_blocking`.
+pub struct Authenticator {
+    cfg: RwLock<AuthConfig>,
+    users_path: PathBuf,
+    users: RwLock<UsersState>,
+    cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
+    lockouts: Mutex<Lockouts>,
+    cache_key: [u8; 32],
+    /// A hash of a random password with default parameters, verified for unknown users so
+    /// that the time taken does not tell whether an account exists.
+    dummy_hash: String,
+    verifications: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn entry_fingerprint(name: &str, entry: &UserEntry) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update([0u8]);
+    h.update(serde_json::to_vec(entry).unwrap_or_default());
+    h.finalize().into()
+}
+
+/// Parses `sha256:AB:CD…` / `sha256:abcd…` (prefix and colons optional, any case).
+pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    let hex = match s.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("sha256:") => s.get(7..)?,
+        _ => s,
+    };
+    let digits: Vec<u8> = hex.bytes().filter(|b| *b != b':').collect();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(digits.chunks(2)) {
+        let hi = (*pair.first()? as char).to_digit(16)?;
+        let lo = (*pair.get(1)? as char).to_digit(16)?;
+        *o = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(out)
+}
+
+/// Formats a fingerprint as `sha256:` + lower-case hex (the form `users.toml` accepts).
+pub fn format_fingerprint(fp: &[u8; 32]) -> String {
+    let hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn build_state(users: UsersFile, generation: u64) -> UsersState {
+    let mut state = UsersState {
+        generation,
+        ..Default::default()
+    };
+    for (name, entry) in users.users {
+        let lower = name.to_lowercase();
+        for c in &entry.client_certificates {
+            match parse_fingerprint(c) {
+                Some(fp) => {
+                    state.by_cert.insert(fp, lower.clone());
+                }
+                None => tracing::warn!(
+                    user = %name,
+                    "ignoring a client certificate fingerprint that is not sha256: + 64 hex digits"
+                ),
+            }
+        }
+        let fingerprint = entry_fingerprint(&name, &entry);
+        state.by_name.insert(
+            lower,
+            UserRecord {
+                name,
+                entry,
+                fingerprint,
+            },
+        );
+    }
+    state
+}
+
+/// The lock-out key of a source: the address, or its /64 for IPv6 (one host owns a /64).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+fn is_locked<K: Hash + Eq>(map: &mut HashMap<K, Counter>, key: &K, now: Instant) -> bool {
+    let Some(c) = map.get(key) else { return false };
+    match c.locked_until {
+        Some(t) if t > now => true,
+        Some(_) => {
+            // The lock-out is over: start afresh.
+            map.remove(key);
+            false
+        }
+        None => false,
+    }
+}
+
+fn record_failure<K: Hash + Eq + Clone>(
+    map: &mut HashMap<K, Counter>,
+    key: &K,
+    now: Instant,
+    max: u64,
+    window: Duration,
+) {
+    if !map.contains_key(key) && map.len() >= MAX_LOCKOUT_ENTRIES {
+        map.retain(|_, c| match c.locked_until {
+            Some(t) => t > now,
+            None => now.saturating_duration_since(c.window_start) <= window,
+        });
+        if map.len() >= MAX_LOCKOUT_ENTRIES {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, c)| c.last)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+    }
+    let c = map.entry(key.clone()).or_insert(Counter {
+        failures: 0,
+        window_start: now,
+        locked_until: None,
+        last: now,
+    });
+    if c.locked_until.is_none() && now.saturating_duration_since(c.window_start) > window {
+        c.failures = 0;
+        c.window_start = now;
+    }
+    c.failures = c.failures.saturating_add(1);
+    c.last = now;
+    if c.failures >= max && c.locked_until.is_none() {
+        c.locked_until = now.checked_add(window);
+    }
+}
+
+impl Authenticator {
+    /// `users_path` is where `reload_users` reads from; `users` is its parsed content.
+    pub fn new(cfg: &AuthConfig, users_path: &Path, users: UsersFile) -> Self {
+        let cache_key: [u8; 32] = rand::random();
+        let random_password: [u8; 32] = rand::random();
+        let dummy_hash = hash_password(
+            &base64::engine::general_purpose::STANDARD.encode(random_password),
+        )
+        // Hashing with default parameters cannot fail; keep a valid fixed hash regardless.
+        .unwrap_or_else(|_| {
+            "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"
+                .into()
+        });
+        Authenticator {
+            cfg: RwLock::new(cfg.clone()),
+            users_path: users_path.to_path_buf(),
+            users: RwLock::new(build_state(users, 1)),
+            cache: Mutex::new(HashMap::new()),
+            lockouts: Mutex::new(Lockouts::default()),
+            cache_key,
+            dummy_hash,
+            verifications: AtomicU64::new(0),
+        }
+    }
+
+    /// The users file this authenticator reloads from.
+    pub fn users_path(&self) -> &Path {
+        &self.users_path
+    }
+
+    /// Swaps in a new users file (reload); every cached verification is dropped.
+    pub fn replace_users(&self, users: UsersFile) {
+        let mut state = self.users.write().unwrap_or_else(|e| e.into_inner());
+        let generation = state.generation.wrapping_add(1);
+        *state = build_state(users, generation);
+        drop(state);
+        lock(&self.cache).clear();
+    }
+
+    /// Re-reads `users_path` and swaps it in; on error the running accounts stay.
+    pub fn reload_users(&self) -> Result<(), AuthError> {
+        let users = load_users(&self.users_path)?;
+        self.replace_users(users);
+        Ok(())
+    }
+
+    /// Swaps in new `[auth]` settings (reload). Counters and cache are kept.
+    pub fn replace_config(&self, cfg: &AuthConfig) {
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = cfg.clone();
+    }
+
+    /// How many argon2 verifications ran (real and dummy); for tests of the cache.
+    pub fn verification_count(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
+    }
+
+    /// The groups of `user`: from `users.toml`, else from the OS when PAM is enabled.
+    /// `None` when the user is unknown. (For `keyhole rule test` and `keyhole run`.)
+    pub fn groups_of(&self, user: &str) -> Option<Vec<String>> {
+        let state = self.users.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = state.by_name.get(&user.to_lowercase()) {
+            return Some(r.entry.groups.clone());
+        }
+        drop(state);
+        let pam_enabled = !self
+            .cfg
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .pam_service
+            .is_empty();
+        if pam_enabled && nix::unistd::User::from_name(user).ok().flatten().is_some() {
+            return Some(os_groups(user));
+        }
+        None
+    }
+
+    fn cache_key_for(&self, username: &str, password: &str) -> Option<[u8; 32]> {
+        let mut mac = <Hmac<Sha256> as hmac::Mac>::new_from_slice(&self.cache_key).ok()?;
+        mac.update(username.as_bytes());
+        mac.update(&[0u8]);
+        mac.update(password.as_bytes());
+        Some(mac.finalize().into_bytes().into())
+    }
+
+    /// argon2id verification; `Err` when the stored hash is unusable.
+    fn argon2_verify(&self, stored: &str, password: &str) -> Result<bool, String> {
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        let parsed = PasswordHash::new(stored).map_err(|e| format!("cannot parse it: {e}"))?;
+        if parsed.algorithm != argon2::Algorithm::Argon2id.ident() {
+            return Err(format!(
+                "algorithm {} is not argon2id; set a new password with `keyhole user passwd`",
+                parsed.algorithm
+            ));
+        }
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    }
+
+    fn dummy_verify(&self, password: &str) {
+        let _ = self.argon2_verify(&self.dummy_hash, password);
+    }
+
+    fn deny(
+        &self,
+        username: &str,
+        source: Option<IpAddr>,
+        reason: DenyReason,
+        count: bool,
+    ) -> AuthResult {
+        if count {
+            let cfg = self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let now = Instant::now();
+            let mut l = lock(&self.lockouts);
+            let max = cfg.max_failed_logins.0.max(1);
+            record_failure(
+                &mut l.by_user,
+                &username.to_lowercase(),
+                now,
+                max,
+                cfg.lockout.0,
+            );
+            if let Some(ip) = source {
+                record_failure(&mut l.by_source, &source_key(ip), now, max, cfg.lockout.0);
+            }
+        }
+        match source {
+            Some(ip) => {
+                tracing::warn!(user = %username, source = %ip, %reason, "authentication refused")
+            }
+            None => tracing::warn!(user = %username, %reason, "authentication refused"),
+        }
+        AuthResult::Denied(reason)
+    }
+
+    fn accept(&self, identity: Identity, source: Option<IpAddr>) -> AuthResult {
+        lock(&self.lockouts)
+            .by_user
+            .remove(&identity.user.to_lowercase());
+        match source {
+            Some(ip) => {
+                tracing::info!(user = %identity.user, source = %ip, method = %identity.method, "authenticated")
+            }
+            None => {
+                tracing::info!(user = %identity.user, method = %identity.method, "authenticated")
+            }
+        }
+        AuthResult::Ok(identity)
+    }
+
+    fn cache_lookup(&self, key: &[u8; 32], now: Instant) -> Option<Identity> {
+        let mut cache = lock(&self.cache);
+        let hit = cache.get(key)?;
+        let valid = hit.expires > now && {
+            let state = self.users.read().unwrap_or_else(|e| e.into_inner());
+            hit.generation == state.generation
+                && match hit.fingerprint {
+                    Some(fp) => state
+                        .by_name
+                        .get(&hit.identity.user.to_lowercase())
+                        .is_some_and(|r| r.fingerprint == fp && !r.entry.disabled),
+                    // A PAM user stays valid only while no local account shadows the name.
+                    None => !state
+                        .by_name
+                        .contains_key(&hit.identity.user.to_lowercase()),
+                }
+        };
+        if valid {
+            Some(hit.identity.clone())
+        } else {
+            cache.remove(key);
+            None
+        }
+    }
+
+    fn cache_store(&self, key: [u8; 32], entry: CacheEntry, now: Instant) {
+        let mut cache = lock(&self.cache);
+        if cache.len() >= MAX_CACHE_ENTRIES {
+            cache.retain(|_, e| e.expires > now);
+            if cache.len() >= MAX_CACHE_ENTRIES {
+                if let Some(oldest) = cache.iter().min_by_key(|(_, e)| e.expires).map(|(k, _)| *k) {
+                    cache.remove(&oldest);
+                }
+            }
+        }
+        cache.insert(key, entry);
+    }
+
+    /// Gate 2 for `Authorization: Basic`. CPU-heavy on a cache miss (argon2id).
+    pub fn verify_basic(&self, username: &str, password: &str, source: IpAddr) -> AuthResult {
+        let cfg = self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let src = Some(source);
+        if !cfg.basic {
+            return self.deny(username, src, DenyReason::BasicDisabled, false);
+        }
+        if username.is_empty()
+            || username.len() > MAX_LOGIN_NAME_LEN
+            || password.is_empty()
+            || password.len() > MAX_PASSWORD_LEN
+        {
+            return self.deny(username, src, DenyReason::Malformed, true);
+        }
+        let now = Instant::now();
+        {
+            let mut l = lock(&self.lockouts);
+            if is_locked(&mut l.by_user, &username.to_lowercase(), now) {
+                drop(l);
+                return self.deny(username, src, DenyReason::LockedOutUser, false);
+            }
+            if is_locked(&mut l.by_source, &source_key(source), now) {
+                drop(l);
+                return self.deny(username, src, DenyReason::LockedOutSource, false);
+            }
+        }
+        let key = self.cache_key_for(username, password);
+        if let Some(identity) = key.as_ref().and_then(|k| self.cache_lookup(k, now)) {
+            return self.accept(identity, src);
+        }
+        let (record, generation) = {
+            let state = self.users.read().unwrap_or_else(|e| e.into_inner());
+            (
+                state.by_name.get(&username.to_lowercase()).cloned(),
+                state.generation,
+            )
+        };
+        let (identity, fingerprint) = match record {
+            Some(rec) => {
+                let verdict = self.argon2_verify(&rec.entry.password, password);
+                if rec.entry.disabled {
+                    return self.deny(username, src, DenyReason::Disabled, true);
+                }
+                match verdict {
+                    Err(m) => return self.deny(username, src, DenyReason::BadStoredHash(m), true),
+                    Ok(false) => return self.deny(username, src, DenyReason::WrongPassword, true),
+                    Ok(true) => (
+                        Identity {
+                            user: rec.name.clone(),
+                            groups: rec.entry.groups.clone(),
+                            method: AuthMethod::Basic,
+                        },
+                        Some(rec.fingerprint),
+                    ),
+                }
+            }
+            None if !cfg.pam_service.is_empty() && validate_user_name(username).is_ok() => {
+                match pam::authenticate(&cfg.pam_service, username, password) {
+                    Ok(()) => (
+                        Identity {
+                            user: username.to_string(),
+                            groups: os_groups(username),
+                            method: AuthMethod::Pam,
+                        },
+                        None,
+                    ),
+                    Err(m) => return self.deny(username, src, DenyReason::Pam(m), true),
+                }
+            }
+            None => {
+                self.dummy_verify(password);
+                return self.deny(username, src, DenyReason::UnknownUser, true);
+            }
+        };
+        if let (Some(k), Some(expires)) = (key, now.checked_add(CACHE_TTL)) {
+            let entry = CacheEntry {
+                expires,
+                generation,
+                fingerprint,
+                identity: identity.clone(),
+            };
+            self.cache_store(k, entry, now);
+        }
+        self.accept(identity, src)
+    }
+
+    /// Gate 2 for a verified TLS client certificate (its DER's SHA-256).
+    pub fn verify_certificate_fingerprint(&self, sha256_fingerprint: &[u8; 32]) -> AuthResult {
+        let shown = format_fingerprint(sha256_fingerprint);
+        let state = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let rec = state
+            .by_cert
+            .get(sha256_fingerprint)
+            .and_then(|n| state.by_name.get(n))
+            .cloned();
+        drop(state);
+        match rec {
+            None => self.deny(&shown, None, DenyReason::UnknownCertificate, false),
+            Some(r) if r.entry.disabled => self.deny(&r.name, None, DenyReason::Disabled, false),
+            Some(r) => self.accept(
+                Identity {
+                    user: r.name,
+                    groups: r.entry.groups,
+                    method: AuthMethod::Certificate,
+                },
+                None,
+            ),
+        }
+    }
+}
+
+/// Parses an `Authorization` header value `Basic <base64(user:password)>`; `None` when it is
+/// another scheme, too long, not base64, not UTF-8, has no ':' or an empty user name.
+pub fn parse_basic_header(value: &[u8]) -> Option<(String, String)> {
+    if value.len() > MAX_BASIC_HEADER_LEN {
+        return None;
+    }
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, rest) = text.split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    if user.is_empty() {
+        return None;
+    }
+    Some((user.to_string(), password.to_string()))
+}
+
+/// The `WWW-Authenticate` header values of a 401 (one header each), for the enabled methods.
+/// A client certificate is requested in the TLS handshake and has no HTTP challenge, so with
+/// Basic disabled the list is empty.
+pub fn www_authenticate_headers(cfg: &AuthConfig, client_cert_enabled: bool) -> Vec<String> {
+    let _ = client_cert_enabled;
+    let mut out = Vec::new();
+    if cfg.basic {
+        out.push(format!("Basic realm=\"{BASIC_REALM}\""));
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_header() {
+        let h = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("alice:pa:ss")
+        );
+        assert_eq!(
+            parse_basic_header(h.as_bytes()),
+            Some(("alice".into(), "pa:ss".into()))
+        );
+        let h = format!(
+            "basic   {}",
+            base64::engine::general_purpose::STANDARD.encode("bob:")
+        );
+        assert_eq!(
+            parse_basic_header(h.as_bytes()),
+            Some(("bob".into(), String::new()))
+        );
+        assert_eq!(parse_basic_header(b"Negotiate abc"), None);
+        assert_eq!(parse_basic_header(b"Basic !!!"), None);
+        assert_eq!(parse_basic_header(b"Basic"), None);
+        let h = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(":pw")
+        );
+        assert_eq!(parse_basic_header(h.as_bytes()), None);
+        let h = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("nocolon")
+        );
+        assert_eq!(parse_basic_header(h.as_bytes()), None);
+        let h = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode([0xff, b':', b'x'])
+        );
+        assert_eq!(parse_basic_header(h.as_bytes()), None);
+        let long = format!("Basic {}", "A".repeat(MAX_BASIC_HEADER_LEN));
+        assert_eq!(parse_basic_header(long.as_bytes()), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+                               text in ".{0,120}") {
+            let _ = parse_basic_header(&bytes);
+            let mut h = b"Basic ".to_vec();
+            h.extend_from_slice(&bytes);
+            let _ = parse_basic_header(&h);
+            let _ = parse_fingerprint(&text);
+            let _ = parse_fingerprint(&format!("sha256:{text}"));
+        }
+
+        #[test]
+        fn basic_header_round_trip(user in "[^:\\x00]{1,40}", pw in ".{0,60}") {
+            let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")));
+            proptest::prop_assert_eq!(parse_basic_header(v.as_bytes()), Some((user, pw)));
+        }
+    }
+
+    #[test]
+    fn lookup_groups_from_file_then_os() {
+        let users: UsersFile =
+            toml::from_str("[users.Alice]\npassword = \"x\"\ngroups = [\"g\"]\n").unwrap();
+        assert_eq!(
+            lookup_groups(&users, false, "alice"),
+            Some(vec!["g".to_string()])
+        );
+        assert_eq!(lookup_groups(&users, false, "root"), None);
+        assert!(lookup_groups(&users, true, "root")
+            .unwrap()
+            .contains(&"root".to_string()));
+        assert_eq!(DenyReason::LockedOutSource.code(), "locked_out_source");
+    }
+
+    #[test]
+    fn fingerprints() {
+        let hex = "AB".repeat(32);
+        let fp = parse_fingerprint(&format!("sha256:{hex}")).unwrap();
+        assert_eq!(fp, [0xab; 32]);
+        let colons: Vec<String> = (0..32).map(|_| "ab".to_string()).collect();
+        assert_eq!(
+            parse_fingerprint(&format!("SHA256:{}", colons.join(":"))),
+            Some([0xab; 32])
+        );
+        assert_eq!(parse_fingerprint("sha256:abc"), None);
+        assert_eq!(
+            parse_fingerprint(&format!("sha256:{}", "zz".repeat(32))),
+            None
+        );
+        assert_eq!(
+            format_fingerprint(&[0xab; 32]),
+            format!("sha256:{}", "ab".repeat(32))
+        );
+    }
+
+    #[test]
+    fn www_authenticate() {
+        let cfg = AuthConfig::default();
+        assert_eq!(
+            www_authenticate_headers(&cfg, false),
+            vec!["Basic realm=\"keyhole\"".to_string()]
+        );
+        let off = AuthConfig {
+            basic: false,
+            ..AuthConfig::default()
+        };
+        assert!(www_authenticate_headers(&off, true).is_empty());
+    }
+
+    #[test]
+    fn ipv6_sources_share_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        let m: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(source_key(m), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn counters_lock_then_expire() {
+        let mut m: HashMap<String, Counter> = HashMap::new();
+        let t0 = Instant::now();
+        let w = Duration::from_secs(10);
+        let k = "u".to_string();
+        record_failure(&mut m, &k, t0, 2, w);
+        assert!(!is_locked(&mut m, &k, t0));
+        record_failure(&mut m, &k, t0, 2, w);
+        assert!(is_locked(&mut m, &k, t0 + Duration::from_secs(5)));
+        assert!(!is_locked(&mut m, &k, t0 + Duration::from_secs(11)));
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn old_failures_leave_the_window() {
+        let mut m: HashMap<String, Counter> = HashMap::new();
+        let t0 = Instant::now();
+        let w = Duration::from_secs(10);
+        let k = "u".to_string();
+        record_failure(&mut m, &k, t0, 2, w);
+        record_failure(&mut m, &k, t0 + Duration::from_secs(20), 2, w);
+        assert!(!is_locked(&mut m, &k, t0 + Duration::from_secs(20)));
+    }
+}

@@ -1,0 +1,105 @@
+//! PAM password checks (`[auth] pam_service`) and group lookup from the OS (getgrouplist).
+//!
+//! The conversation answers the user-name prompt with the name and the hidden prompt with the
+//! password; it never logs either (PAM's own informational and error texts are logged at debug
+//! level, they carry no secret). Only `pam_authenticate` and `pam_acct_mgmt` run: no session is
+//! opened and no credentials are established, so nothing changes the server's environment.
+#![forbid(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+
+/// Answers PAM's prompts from a fixed name and password.
+struct FixedConversation {
+    user: String,
+    password: String,
+}
+
+impl pam::Conversation for FixedConversation {
+    fn prompt_echo(&mut self, _msg: &CStr) -> Result<CString, ()> {
+        CString::new(self.user.as_str()).map_err(|_| ())
+    }
+    fn prompt_blind(&mut self, _msg: &CStr) -> Result<CString, ()> {
+        CString::new(self.password.as_str()).map_err(|_| ())
+    }
+    fn info(&mut self, msg: &CStr) {
+        tracing::debug!(pam_message = %msg.to_string_lossy(), "PAM information");
+    }
+    fn error(&mut self, msg: &CStr) {
+        tracing::debug!(pam_message = %msg.to_string_lossy(), "PAM error message");
+    }
+}
+
+/// Runs `pam_authenticate` then `pam_acct_mgmt` for `user` in `service`.
+/// The error text is for the log (it names the PAM code, never the password).
+pub(crate) fn authenticate(service: &str, user: &str, password: &str) -> Result<(), String> {
+    if user.contains('\0') || password.contains('\0') || service.contains('\0') {
+        return Err("the name or password contains a NUL byte".into());
+    }
+    let conversation = FixedConversation {
+        user: user.to_string(),
+        password: password.to_string(),
+    };
+    let mut client = pam::Client::with_conversation(service, conversation).map_err(|e| {
+        format!("cannot start PAM service {service:?} (is /etc/pam.d/{service} there?): {e}")
+    })?;
+    client
+        .authenticate()
+        .map_err(|e| format!("PAM service {service:?} refused: {e}"))
+}
+
+/// The names of the groups `user` belongs to according to the OS (primary group included);
+/// empty when the account does not exist or the lookup fails (logged).
+pub fn os_groups(user: &str) -> Vec<String> {
+    let account = match nix::unistd::User::from_name(user) {
+        Ok(Some(a)) => a,
+        Ok(None) => return Vec::new(),
+        Err(e) => {
+            tracing::warn!(user, error = %e, "cannot look up the account's groups");
+            return Vec::new();
+        }
+    };
+    let Ok(cname) = CString::new(user) else {
+        return Vec::new();
+    };
+    let gids = match nix::unistd::getgrouplist(&cname, account.gid) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(user, error = %e, "getgrouplist failed; the user gets no groups");
+            return Vec::new();
+        }
+    };
+    let mut names: Vec<String> = Vec::new();
+    for gid in gids {
+        match nix::unistd::Group::from_gid(gid) {
+            Ok(Some(g)) => {
+                if !names.contains(&g.name) {
+                    names.push(g.name);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(user, gid = gid.as_raw(), error = %e, "cannot name group"),
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_in_group_root() {
+        assert!(os_groups("root").contains(&"root".to_string()));
+    }
+
+    #[test]
+    fn unknown_account_has_no_groups() {
+        assert!(os_groups("no-such-user-keyhole-xyz").is_empty());
+    }
+
+    #[test]
+    fn nul_bytes_are_refused_before_pam() {
+        assert!(authenticate("login", "a\0b", "x").is_err());
+    }
+}
