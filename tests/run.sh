@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: PAM headers (auth), ping (Test-Connection), useradd/chpasswd (root tests).
+# System packages: PAM headers and libclang for the pam crate's bindings (auth), ping (Test-Connection), useradd/chpasswd (root tests).
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pkg in libpam0g-dev iputils-ping passwd; do
+    for pkg in libpam0g-dev libclang-dev iputils-ping passwd; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
