@@ -93,8 +93,104 @@ pub enum Command {
     },
     // TODO(serve): `keyhole serve [--config PATH]` — the server helper adds its variant here.
     // TODO(demo): `keyhole demo` — loopback demo server with a throwaway account.
-    // TODO(user): `keyhole user add|passwd|remove|list` — users.toml management.
-    // TODO(rule): `keyhole rule add|list|remove|test` — authorization rules management.
+    /// Manage local accounts in users.toml (passwords are read from the terminal or stdin)
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage gateway authorization rules (who may reach which endpoint on which computer)
+    #[command(subcommand)]
+    Rule(RuleCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add an account; the password is read from the terminal, or one line from stdin
+    Add {
+        name: String,
+        /// A group for the account (repeatable)
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Change an account's password (read from the terminal, or one line from stdin)
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Remove an account
+    Remove {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List accounts with their groups
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RuleCommand {
+    /// Add a rule; prints its id (`*` is allowed alone in each field)
+    Add {
+        #[arg(
+            long,
+            value_name = "U",
+            conflicts_with = "user_group",
+            required_unless_present = "user_group"
+        )]
+        user: Option<String>,
+        #[arg(long = "user-group", value_name = "G")]
+        user_group: Option<String>,
+        #[arg(
+            long,
+            value_name = "C",
+            conflicts_with = "computer_group",
+            required_unless_present = "computer_group"
+        )]
+        computer: Option<String>,
+        #[arg(long = "computer-group", value_name = "G")]
+        computer_group: Option<String>,
+        /// Endpoint (configuration) name, or `*`
+        #[arg(long, value_name = "E")]
+        configuration: String,
+        /// A description of the rule
+        #[arg(long, value_name = "N", default_value = "")]
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List rules
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Remove rules by id
+    Remove {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<u64>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Say whether a user would get in, and by which rule
+    Test {
+        #[arg(long, value_name = "U")]
+        user: String,
+        #[arg(long, value_name = "C")]
+        computer: String,
+        #[arg(long, value_name = "E")]
+        configuration: Option<String>,
+        /// An extra group for the user (repeatable), added to those from users.toml or the OS
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 /// Entry point of the binary.
@@ -132,8 +228,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run { who, config, line } => cmd_run(&config.path(), &who, &line.join(" ")),
         // Command::Serve(..) => crate::server::... ,   (serve helper)
         // Command::Demo(..) => ... ,                   (demo helper)
-        // Command::User(..) => ... ,                   (users helper)
-        // Command::Rule(..) => ... ,                   (gateway helper)
+        Command::User(u) => cmd_user(u),
+        Command::Rule(r) => cmd_rule(r),
     }
 }
 
@@ -564,6 +660,155 @@ fn cmd_run(path: &Path, who: &WhoArgs, line: &str) -> Result<ExitCode> {
     let _ = std::io::stdout().flush();
     let code = u8::try_from(outcome.exit_code()).unwrap_or(1);
     Ok(ExitCode::from(code))
+}
+
+/// The server configuration only (users and rules paths), without validating endpoints:
+/// `keyhole user`/`keyhole rule` must work while other files are still being written.
+fn server_paths(config: &ConfigArg) -> Result<(PathBuf, config::ServerConfig)> {
+    let path = config.path();
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let server: config::ServerConfig = if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            anyhow!(
+                "{}: {}; run `keyhole check --config {}` for details",
+                path.display(),
+                e.message(),
+                path.display()
+            )
+        })?
+    } else {
+        config::ServerConfig::default()
+    };
+    Ok((base, server))
+}
+
+fn resolve_in(base: &Path, p: &str) -> PathBuf {
+    let pb = Path::new(p);
+    if pb.is_absolute() {
+        pb.to_path_buf()
+    } else {
+        base.join(pb)
+    }
+}
+
+/// `keyhole user ...`.
+fn cmd_user(cmd: UserCommand) -> Result<ExitCode> {
+    use crate::auth;
+    let users_path = |c: &ConfigArg| -> Result<PathBuf> {
+        let (base, server) = server_paths(c)?;
+        Ok(resolve_in(&base, &server.users))
+    };
+    match cmd {
+        UserCommand::Add {
+            name,
+            groups,
+            config,
+        } => {
+            let path = users_path(&config)?;
+            let pw = auth::read_password(&format!("Password for {name}: "))
+                .context("cannot read the password")?;
+            auth::user_add(&path, &name, &groups, &pw)?;
+            println!("added user {name} to {}", path.display());
+        }
+        UserCommand::Passwd { name, config } => {
+            let path = users_path(&config)?;
+            let pw = auth::read_password(&format!("New password for {name}: "))
+                .context("cannot read the password")?;
+            auth::user_passwd(&path, &name, &pw)?;
+            println!("changed the password of {name}");
+        }
+        UserCommand::Remove { name, config } => {
+            let path = users_path(&config)?;
+            auth::user_remove(&path, &name)?;
+            println!("removed user {name}");
+        }
+        UserCommand::List { config } => {
+            let path = users_path(&config)?;
+            for (name, groups, disabled) in auth::user_list(&path)? {
+                let state = if disabled { " (disabled)" } else { "" };
+                println!("{name}{state}\tgroups: {}", groups.join(", "));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keyhole rule ...`.
+fn cmd_rule(cmd: RuleCommand) -> Result<ExitCode> {
+    use crate::{auth, gateway};
+    let rules_path = |c: &ConfigArg| -> Result<(PathBuf, PathBuf, config::ServerConfig)> {
+        let (base, server) = server_paths(c)?;
+        Ok((resolve_in(&base, &server.authorization_rules), base, server))
+    };
+    match cmd {
+        RuleCommand::Add {
+            user,
+            user_group,
+            computer,
+            computer_group,
+            configuration,
+            name,
+            config,
+        } => {
+            let (path, _, _) = rules_path(&config)?;
+            let id = gateway::add_rule(
+                &path,
+                gateway::RuleSpec {
+                    user,
+                    user_group,
+                    computer,
+                    computer_group,
+                    configuration,
+                    name,
+                },
+            )?;
+            println!("{id}");
+        }
+        RuleCommand::List { json, config } => {
+            let (path, _, _) = rules_path(&config)?;
+            let rules = gateway::list_rules(&path)?;
+            if json {
+                println!("{}", gateway::render_rules_json(&rules));
+            } else {
+                print!("{}", gateway::render_rules_table(&rules));
+            }
+        }
+        RuleCommand::Remove { ids, config } => {
+            let (path, _, _) = rules_path(&config)?;
+            let removed = gateway::remove_rules(&path, &ids)?;
+            let list: Vec<String> = removed.iter().map(u64::to_string).collect();
+            println!("removed rule {}", list.join(", "));
+        }
+        RuleCommand::Test {
+            user,
+            computer,
+            configuration,
+            groups,
+            config,
+        } => {
+            let (path, base, server) = rules_path(&config)?;
+            let rules = gateway::load_rules(&path)?;
+            let users = auth::load_users(&resolve_in(&base, &server.users)).unwrap_or_default();
+            let mut all = auth::lookup_groups(&users, !server.auth.pam_service.is_empty(), &user)
+                .unwrap_or_default();
+            all.extend(groups);
+            let outcome =
+                gateway::test_rule(&rules, &user, &all, &computer, configuration.as_deref());
+            println!("{}", outcome.message);
+            return Ok(if outcome.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
