@@ -86,7 +86,9 @@ impl RunOutcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunOutcome::Completed { had_errors: false } | RunOutcome::Exit => 0,
-            RunOutcome::Completed { had_errors: true } | RunOutcome::Failed(_) | RunOutcome::Stopped => 1,
+            RunOutcome::Completed { had_errors: true }
+            | RunOutcome::Failed(_)
+            | RunOutcome::Stopped => 1,
             RunOutcome::Refused(_) => 2,
         }
     }
@@ -130,11 +132,20 @@ pub struct Session {
 impl Session {
     /// Build the command table from the effective capability, and nothing else.
     pub fn new(_cap: &EffectiveCapability, opts: SessionOptions, audit: Box<dyn Audit>) -> Session {
-        Session { opts, audit, visible: Vec::new() }
+        Session {
+            opts,
+            audit,
+            visible: Vec::new(),
+        }
     }
 
     /// Parse, check and run one line of the language (SPEC §4.1).
-    pub fn run_line(&mut self, line: &str, _sink: &mut dyn EventSink, _cancel: &CancelToken) -> RunOutcome {
+    pub fn run_line(
+        &mut self,
+        line: &str,
+        _sink: &mut dyn EventSink,
+        _cancel: &CancelToken,
+    ) -> RunOutcome {
         let _ = self.audit.line(line);
         RunOutcome::Refused(Refusal {
             message: "not implemented yet".into(),
