@@ -1488,7 +1488,7 @@ fn parse_number(raw: &str) -> Option<LiteralValue> {
         )))(i)
     };
     let radix = |prefix: &'static str, radix: u32| {
-        move |i| -> IResult<&str, (u32, &str, Option<&str>, Option<u32>)> {
+        move |i| -> IResult<&str, Based<'_>> {
             let (i, digits) = preceded(
                 tag_no_case(prefix),
                 take_while1(move |c: char| c.is_digit(radix)),
@@ -1499,8 +1499,7 @@ fn parse_number(raw: &str) -> Option<LiteralValue> {
             Ok((i, (radix, digits, long, mult)))
         }
     };
-    let based: IResult<&str, (u32, &str, Option<&str>, Option<u32>)> =
-        alt((radix("0x", 16), radix("0b", 2)))(body);
+    let based: IResult<&str, Based<'_>> = alt((radix("0x", 16), radix("0b", 2)))(body);
     let value = if let Ok((_, (radix, digits, long, mult))) = based {
         let bits = u64::from_str_radix(digits, radix).ok()?;
         let width = if radix == 16 {
@@ -1559,6 +1558,9 @@ fn parse_number(raw: &str) -> Option<LiteralValue> {
         (true, v) => v,
     })
 }
+
+/// A `0x`/`0b` literal: radix, digits, `l` suffix, multiplier exponent.
+type Based<'a> = (u32, &'a str, Option<&'a str>, Option<u32>);
 
 fn scale_int(n: i64, mult: Option<u32>) -> LiteralValue {
     let factor = 1024i64.checked_pow(mult.unwrap_or(0));
