@@ -74,9 +74,15 @@ fn every_refused_line_is_refused_with_its_id_and_column() {
                 let line_of_error = input.lines().nth(e.span.line(&input) - 1).unwrap_or("");
                 let width = line_of_error.chars().count() + 1;
                 if e.id != id {
-                    failures.push(format!("line {n}: {text:?}: expected {id}, got {} ({e})", e.id));
+                    failures.push(format!(
+                        "line {n}: {text:?}: expected {id}, got {} ({e})",
+                        e.id
+                    ));
                 } else if e.column < 1 || e.column > width {
-                    failures.push(format!("line {n}: {text:?}: column {} outside the line", e.column));
+                    failures.push(format!(
+                        "line {n}: {text:?}: column {} outside the line",
+                        e.column
+                    ));
                 } else if e.construct.is_empty() || e.hint.is_empty() {
                     failures.push(format!("line {n}: {text:?}: empty construct or hint"));
                 }
@@ -84,7 +90,12 @@ fn every_refused_line_is_refused_with_its_id_and_column() {
         }
     }
     assert!(count >= 120, "only {count} refused lines");
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -98,7 +109,12 @@ fn every_allowed_line_parses() {
         }
     }
     assert!(count >= 40, "only {count} allowed lines");
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn pipelines(script: &Script) -> Vec<&keyhole::lang::Pipeline> {
@@ -120,29 +136,40 @@ fn shapes_of_typical_lines() {
     let names: Vec<&str> = p[0].commands.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["Get-Service", "Select-Object"]);
     let gs = &p[0].commands[0].elements;
-    assert!(matches!(&gs[0], CommandElement::Parameter { name, value: None, .. } if name == "Name"));
+    assert!(
+        matches!(&gs[0], CommandElement::Parameter { name, value: None, .. } if name == "Name")
+    );
     match &gs[1] {
         CommandElement::Argument(l) => match &l.value {
             LiteralValue::List(items) => {
                 let v: Vec<_> = items.iter().map(|i| i.value.clone()).collect();
                 assert_eq!(
                     v,
-                    [LiteralValue::Bare("nginx".into()), LiteralValue::Bare("cups".into())]
+                    [
+                        LiteralValue::Bare("nginx".into()),
+                        LiteralValue::Bare("cups".into())
+                    ]
                 );
             }
             other => panic!("{other:?}"),
         },
         other => panic!("{other:?}"),
     }
-    assert!(matches!(&p[0].commands[1].elements[1], CommandElement::Argument(l) if l.value == LiteralValue::Int(2)));
+    assert!(
+        matches!(&p[0].commands[1].elements[1], CommandElement::Argument(l) if l.value == LiteralValue::Int(2))
+    );
     assert_eq!(p[1].commands[0].name, "Get-Date");
     assert!(p[1].commands[0].elements.is_empty());
 
     let s = parse("Stop-Service -Name 'my service' -Confirm:$false").unwrap();
     let e = &pipelines(&s)[0].commands[0].elements;
-    assert!(matches!(&e[1], CommandElement::Argument(l) if l.value == LiteralValue::Quoted("my service".into())));
-    assert!(matches!(&e[2], CommandElement::Parameter { name, value: Some(v), .. }
-        if name == "Confirm" && v.value == LiteralValue::Bool(false)));
+    assert!(
+        matches!(&e[1], CommandElement::Argument(l) if l.value == LiteralValue::Quoted("my service".into()))
+    );
+    assert!(
+        matches!(&e[2], CommandElement::Parameter { name, value: Some(v), .. }
+        if name == "Confirm" && v.value == LiteralValue::Bool(false))
+    );
 
     let s = parse("Get-Date; exit").unwrap();
     assert!(matches!(s.statements[1], Statement::Exit(_)));

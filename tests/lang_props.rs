@@ -99,7 +99,10 @@ fn check_literal(src: &str, lit: &Literal) -> Result<(), String> {
                     return Err(format!("bareword starts with a sigil: {raw:?}"));
                 }
             }
-            raw_is_literal(raw, matches!(value, LiteralValue::Bool(_) | LiteralValue::Null))
+            raw_is_literal(
+                raw,
+                matches!(value, LiteralValue::Bool(_) | LiteralValue::Null),
+            )
         }
     }
 }
@@ -133,8 +136,20 @@ fn check_script(src: &str, script: &Script) -> Result<(), String> {
                 match e {
                     CommandElement::Parameter { name, value, .. } => {
                         if name.contains(|ch: char| {
-                            matches!(ch, '$' | '(' | ')' | '{' | '}' | ';' | '|' | '&' | '<' | '>' | ':' | '`')
-                                || ch.is_whitespace()
+                            matches!(
+                                ch,
+                                '$' | '('
+                                    | ')'
+                                    | '{'
+                                    | '}'
+                                    | ';'
+                                    | '|'
+                                    | '&'
+                                    | '<'
+                                    | '>'
+                                    | ':'
+                                    | '`'
+                            ) || ch.is_whitespace()
                                 || is_squote(ch)
                                 || is_dquote(ch)
                         }) {
@@ -156,11 +171,12 @@ fn check_script(src: &str, script: &Script) -> Result<(), String> {
 fn piece() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            " ", "\n", ";", "|", "||", "&", "&&", ",", "$", "$x", "$true", "$(", "${", "@", "@(", "@{",
-            "@'", "@\"", "(", ")", "{", "}", "[", "]", "'", "\"", "`", "``", "`$", "`u{", "`u{41}", "#",
-            "<#", "#>", "<", ">", "2>&1", "=", "+=", "-", "--", "--%", "-Name", "-Name:", ":", "::", ".",
-            "..", "0x", "1kb", "-5", "1.5", "e", "exit", "if", "function", "Get-Date", "a", "\u{2013}",
-            "\u{2018}", "\u{201C}", "\u{202E}", "\u{0}", "\r", "\t", "é", "☺", "\u{a0}",
+            " ", "\n", ";", "|", "||", "&", "&&", ",", "$", "$x", "$true", "$(", "${", "@", "@(",
+            "@{", "@'", "@\"", "(", ")", "{", "}", "[", "]", "'", "\"", "`", "``", "`$", "`u{",
+            "`u{41}", "#", "<#", "#>", "<", ">", "2>&1", "=", "+=", "-", "--", "--%", "-Name",
+            "-Name:", ":", "::", ".", "..", "0x", "1kb", "-5", "1.5", "e", "exit", "if",
+            "function", "Get-Date", "a", "\u{2013}", "\u{2018}", "\u{201C}", "\u{202E}", "\u{0}",
+            "\r", "\t", "é", "☺", "\u{a0}",
         ])
         .prop_map(String::from),
         "[a-z]{1,4}",
@@ -183,7 +199,10 @@ enum Arg {
 fn arg() -> impl Strategy<Value = Arg> {
     prop_oneof![
         "[a-z][a-z0-9._@/=]{0,8}".prop_map(Arg::Bare),
-        "\\PC{0,10}".prop_filter("no controls", |s| s.chars().all(|c| !c.is_control() && !('\u{200e}'..='\u{2069}').contains(&c)))
+        "\\PC{0,10}"
+            .prop_filter("no controls", |s| s
+                .chars()
+                .all(|c| !c.is_control() && !('\u{200e}'..='\u{2069}').contains(&c)))
             .prop_map(Arg::Single),
         "[ -~]{0,10}".prop_map(Arg::Double),
         any::<i32>().prop_map(|n| Arg::Int(i64::from(n))),
@@ -197,7 +216,14 @@ fn arg() -> impl Strategy<Value = Arg> {
 fn render_arg(a: &Arg) -> String {
     match a {
         Arg::Bare(s) => s.clone(),
-        Arg::Single(s) => format!("'{}'", s.replace('\'', "''").replace('\u{2018}', "\u{2018}\u{2018}").replace('\u{2019}', "\u{2019}\u{2019}").replace('\u{201A}', "\u{201A}\u{201A}").replace('\u{201B}', "\u{201B}\u{201B}")),
+        Arg::Single(s) => format!(
+            "'{}'",
+            s.replace('\'', "''")
+                .replace('\u{2018}', "\u{2018}\u{2018}")
+                .replace('\u{2019}', "\u{2019}\u{2019}")
+                .replace('\u{201A}', "\u{201A}\u{201A}")
+                .replace('\u{201B}', "\u{201B}\u{201B}")
+        ),
         Arg::Double(s) => {
             let mut out = String::from("\"");
             for c in s.chars() {
@@ -224,7 +250,14 @@ fn expected_arg(a: &Arg) -> String {
         Arg::Int(n) => format!("I{n}"),
         Arg::Param(n) => format!("-{n}"),
         Arg::ParamColon(n, v) => format!("-{n}:B{v}"),
-        Arg::List(items) => format!("[{}]", items.iter().map(|i| format!("B{i}")).collect::<Vec<_>>().join(",")),
+        Arg::List(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(|i| format!("B{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         Arg::Bool(b) => format!("T{b}"),
     }
 }
@@ -237,7 +270,10 @@ fn describe_lit(l: &Literal) -> String {
         LiteralValue::Double(f) => format!("D{f}"),
         LiteralValue::Bool(b) => format!("T{b}"),
         LiteralValue::Null => "N".into(),
-        LiteralValue::List(items) => format!("[{}]", items.iter().map(describe_lit).collect::<Vec<_>>().join(",")),
+        LiteralValue::List(items) => format!(
+            "[{}]",
+            items.iter().map(describe_lit).collect::<Vec<_>>().join(",")
+        ),
     }
 }
 
@@ -255,8 +291,14 @@ fn describe(script: &Script) -> Vec<Vec<(String, Vec<String>)>> {
                         .elements
                         .iter()
                         .map(|e| match e {
-                            CommandElement::Parameter { name, value: None, .. } => format!("-{name}"),
-                            CommandElement::Parameter { name, value: Some(v), .. } => {
+                            CommandElement::Parameter {
+                                name, value: None, ..
+                            } => format!("-{name}"),
+                            CommandElement::Parameter {
+                                name,
+                                value: Some(v),
+                                ..
+                            } => {
                                 format!("-{name}:{}", describe_lit(v))
                             }
                             CommandElement::Argument(l) => describe_lit(l),

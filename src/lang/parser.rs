@@ -270,7 +270,7 @@ fn is_param_name_char(c: char) -> bool {
         && !is_dquote(c)
         && !matches!(
             c,
-            '$' | '(' | ')' | '{' | '}' | '<' | '>' | '&' | '@' | '[' | ']' | '#'
+            '$' | '(' | ')' | '{' | '}' | '<' | '>' | '&' | '@' | '[' | ']' | '#' | '.'
         )
 }
 
@@ -457,6 +457,10 @@ impl<'a> Parser<'a> {
                     if self.bump() == Some('\r') && self.peek() == Some('\n') {
                         self.bump();
                     }
+                }
+                // Between tokens PowerShell skips a backtick followed by white space.
+                Some('`') if self.peek_at(1).is_some_and(is_space) => {
+                    self.bump();
                 }
                 Some('#') => {
                     while let Some(c) = self.peek() {
@@ -684,19 +688,19 @@ impl<'a> Parser<'a> {
                     LiteralValue::Quoted(_) => "a quoted string",
                     _ => "a value",
                 };
-                return Err(self.expression_start(start, what));
+                return Err(self.expression_start(start, what, first));
             }
             '@' | '(' | ')' | '{' | '}' | '[' | '<' | '>' => {
                 // value_item refuses each of these with its own error.
                 self.value_item()?;
-                return Err(self.expression_start(start, "a value"));
+                return Err(self.expression_start(start, "a value", first));
             }
             _ => {}
         }
         let word = self.bareword()?;
         self.count_token(start)?;
         if word.plain && parse_number(&word.value).is_some() {
-            return Err(self.expression_start(start, "a number"));
+            return Err(self.expression_start(start, "a number", first));
         }
         if word.plain && looks_like_operator(&word.value) {
             return Err(self.refuse(
@@ -748,13 +752,20 @@ impl<'a> Parser<'a> {
         }))
     }
 
-    fn expression_start(&self, start: usize, what: &str) -> LangError {
+    /// Refusal for a value where a command name must be. In PowerShell a quoted string, a number
+    /// or `$true` there is an expression, never a command.
+    fn expression_start(&self, start: usize, what: &str, first: bool) -> LangError {
+        let place = if first {
+            "at the start of a pipeline (an expression cannot start a pipeline; only a command can)"
+        } else {
+            "after | where a command name must be"
+        };
         self.refuse(
             Refusal::ExpressionStartsPipeline,
             start,
             self.pos.max(start),
             format!(
-                "an expression ({what}: {}) where a command name must be; an expression cannot start a pipeline, and",
+                "an expression ({what}: {}) {place}",
                 self.excerpt_word(start)
             ),
         )
@@ -810,7 +821,8 @@ impl<'a> Parser<'a> {
                             "the end-of-parameters marker --".to_string(),
                         ));
                     }
-                    return self.parameter();
+                    // PowerShell scans `--name` as a generic token (an argument), not a parameter.
+                    return Ok(CommandElement::Argument(self.value_list()?));
                 }
                 if next.is_some_and(is_param_start) {
                     return self.parameter();
@@ -827,6 +839,11 @@ impl<'a> Parser<'a> {
         let name_start = self.pos;
         while self.peek().is_some_and(is_param_name_char) {
             self.bump();
+        }
+        if self.peek().is_some_and(|c| is_squote(c) || is_dquote(c)) {
+            // As in PowerShell, a quote makes the whole token an argument (`-a'b'` is "-ab").
+            self.pos = start;
+            return Ok(CommandElement::Argument(self.value_list()?));
         }
         let name = self.src.get(name_start..self.pos).unwrap_or("").to_string();
         self.count_token(start)?;
@@ -850,7 +867,7 @@ impl<'a> Parser<'a> {
                     span: Span::new(start, self.pos),
                 })
             }
-            c if ends_word(c) || self.at_continuation() => Ok(CommandElement::Parameter {
+            c if ends_word(c) => Ok(CommandElement::Parameter {
                 name,
                 value: None,
                 span: Span::new(start, self.pos),
@@ -1180,7 +1197,7 @@ impl<'a> Parser<'a> {
                             "a backtick at the end of the input".to_string(),
                         ))
                     }
-                    Some('\n' | '\r') => break,
+                    // PowerShell keeps an escaped new line inside a word (`a`<LF>b` is one word).
                     Some(_) => {
                         self.bump();
                         value.push(self.escape(here)?);
@@ -1274,7 +1291,15 @@ impl<'a> Parser<'a> {
             'r' => '\r',
             't' => '\t',
             'v' => '\u{0b}',
-            'u' if self.peek() == Some('{') => {
+            'u' if self.peek() != Some('{') => {
+                return Err(self.refuse(
+                    Refusal::InvalidEscape,
+                    tick,
+                    self.pos,
+                    "an invalid Unicode escape (`u without {…})".to_string(),
+                ));
+            }
+            'u' => {
                 let parsed: IResult<&str, &str> = delimited(
                     nom_char('{'),
                     take_while_m_n(1, 6, |c: char| c.is_ascii_hexdigit()),
@@ -1708,6 +1733,11 @@ mod tests {
         check("7z a", O("<7z> a"));
         check("% Name", O("<%> Name"));
         check("x file[12].txt", O("<x> file[12].txt"));
+        check("x --force", O("<x> --force"));
+        check("x -Na'me' -a\"b c\"", O("<x> -Name -ab c"));
+        check("x a`\nb", O("<x> a\nb"));
+        check("x ` b", O("<x> b"));
+        check("x a` b", O("<x> a b"));
     }
 
     #[test]
@@ -1777,6 +1807,9 @@ mod tests {
         check("x a,", E("MissingListItem", 4));
         check("x -Name:", E("MissingParameterValue", 3));
         check("x 'a'b", E("SyntaxNotAllowed", 6));
+        check("x -Force`\n -y", E("SyntaxNotAllowed", 9));
+        check("x -Name.x", E("SyntaxNotAllowed", 8));
+        check("x \"`ux\"", E("InvalidEscapeSequence", 4));
         check("x\n  y $z", E("VariableNotAllowed", 5));
     }
 
