@@ -329,7 +329,7 @@ pub fn parse(src: &str) -> Result<Script, LangError> {
 /// Whole-text checks that do not depend on the grammar: line length and invisible characters.
 fn precheck(src: &str) -> Result<(), LangError> {
     let mut line_start = 0usize;
-    for line in src.split('\n') {
+    for line in src.split(['\n', '\r']) {
         if line.len() > MAX_LINE_BYTES {
             let cut = (MAX_LINE_BYTES..=line.len())
                 .find(|b| line.is_char_boundary(*b))
@@ -1829,6 +1829,9 @@ mod tests {
     fn limits() {
         let long = format!("x {}", "a".repeat(MAX_LINE_BYTES));
         check(&long, E("LimitExceeded", MAX_LINE_BYTES + 1));
+        let short_cr_lines = "x a\r".repeat(MAX_LINE_BYTES / 2);
+        assert!(parse(&short_cr_lines)
+            .is_err_and(|e| e.id != "LimitExceeded" || e.construct.contains("statements")));
         let list = format!("x {}a", "a,".repeat(MAX_LIST_ITEMS));
         assert_eq!(parse(&list).unwrap_err().id, "LimitExceeded");
         let statements = "x;".repeat(MAX_STATEMENTS + 1);
