@@ -17,7 +17,15 @@
 //!   refused ("an expression cannot start a pipeline"); command names are always barewords.
 //! - `[` at the start of a word is refused as a type literal; inside a word it is text
 //!   (`file[12].txt`). `::` inside a bareword is text (`::1`).
-//! - `--` alone (end of parameters) and `--%` (stop parsing) are refused.
+//! - `--` alone (end of parameters) and `--%` (stop parsing) are refused; `--name` is an
+//!   argument (a bareword), as PowerShell scans it, and so is `-a'b'` (a quote inside a parameter).
+//! - `<` and `>` are refused anywhere outside quotes (PowerShell keeps them as text in the middle
+//!   of a word, but `2>`, `>`, `<` at a word start are redirections).
+//! - `&` outside quotes is refused everywhere: `&`/`&&` at a command position, a background `&`
+//!   elsewhere.
+//! - Keywords are refused only where a statement starts, compared after escapes (`` whi`le ``).
+//! - An escaped new line inside a word stays in the word, as in PowerShell (`` a`<LF>b ``); a
+//!   backtick after a parameter name is refused (PowerShell would make it part of the name).
 //! - `` `u{…} `` may not produce a character the source itself may not contain (controls other
 //!   than those the named escapes give, bidirectional overrides).
 #![forbid(unsafe_code)]
@@ -1081,6 +1089,7 @@ impl<'a> Parser<'a> {
         match c {
             Some('#') => Ok(()),
             Some('<') if next == Some('#') => Ok(()),
+            Some('`') if next.is_some_and(is_space) => Ok(()),
             Some('.') => {
                 let after_dot = self.src.get(at + 1..).unwrap_or("");
                 let name_len: usize = after_dot
@@ -1737,6 +1746,7 @@ mod tests {
         check("x -Na'me' -a\"b c\"", O("<x> -Name -ab c"));
         check("x a`\nb", O("<x> a\nb"));
         check("x ` b", O("<x> b"));
+        check("x 'a'` b", O("<x> 'a' b"));
         check("x a` b", O("<x> a b"));
     }
 
