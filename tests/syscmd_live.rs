@@ -187,6 +187,40 @@ fn stop_process_stops_a_child() {
 }
 
 #[test]
+fn stop_process_takes_process_objects_with_force() {
+    let mut child = std::process::Command::new("/bin/sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pid = i64::from(child.id());
+    let (procs, errs, _) = run(
+        "Get-Process",
+        &[("Id", Value::Array(vec![Value::Int(pid)]))],
+    );
+    assert!(errs.is_empty());
+    assert_eq!(procs.len(), 1);
+    assert_eq!(prop(&procs[0], "ProcessName"), &Value::from("sleep"));
+    let (out, errs, _) = run(
+        "Stop-Process",
+        &[
+            ("InputObject", Value::Array(procs)),
+            ("Force", Value::Bool(true)),
+        ],
+    );
+    assert!(errs.is_empty(), "{errs:?}");
+    assert!(out.is_empty(), "no -PassThru, no output");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+    // Something that is not a process is an error record, not a signal.
+    let (_, errs, _) = run(
+        "Stop-Process",
+        &[("InputObject", Value::from("not-a-process"))],
+    );
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].category, ErrorCategory::InvalidArgument);
+}
+
+#[test]
 fn net_tcp_connection_finds_our_listener_and_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = i64::from(listener.local_addr().unwrap().port());

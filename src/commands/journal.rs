@@ -6,7 +6,6 @@
 // The engine's Invocation interface returns ErrorRecord by value; helpers follow it.
 #![allow(clippy::result_large_err)]
 
-use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset, Local, NaiveDate, NaiveDateTime, TimeZone};
@@ -297,9 +296,18 @@ fn get_journal(
         ctx.warning(format!("journalctl: {}", l.trim()));
     }
     if count == 0 && !journal_files_exist() {
-        let said = program_said(&res);
+        let said = String::from_utf8_lossy(&res.stderr)
+            .trim()
+            .chars()
+            .take(2000)
+            .collect::<String>();
+        let said = if said.is_empty() {
+            "journalctl found no entries".to_string()
+        } else {
+            format!("journalctl said: {said}")
+        };
         return Err(unavailable(&format!(
-            "no journal files in /var/log/journal or /run/log/journal (is systemd-journald running?); journalctl said: {said}"
+            "no journal files in /var/log/journal or /run/log/journal (is systemd-journald running?); {said}"
         )));
     }
     if newest.is_none() && count >= DEFAULT_NEWEST {
@@ -338,11 +346,6 @@ pub fn commands() -> Vec<Arc<dyn Command>> {
             .outputs("Keyhole.JournalEntry"),
         get_journal,
     )]
-}
-
-/// True when `path` is present (for tests deciding what the host offers).
-pub fn journal_available() -> bool {
-    journal_files_exist() && Path::new("/usr/bin/journalctl").exists()
 }
 
 #[cfg(test)]

@@ -322,8 +322,34 @@ fn stop_process(
     input: Option<&Value>,
 ) -> Result<(), ErrorRecord> {
     const PS: &str = "StopProcessCommand";
-    let ids = args.ints("Id");
+    let mut ids = args.ints("Id");
     let names = args.strings("Name");
+    // -InputObject: process objects give their Id, numbers are ids.
+    let items = match args.get("InputObject") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(v) => vec![v.clone()],
+    };
+    for it in items {
+        match it.property("Id").unwrap_or(&it) {
+            Value::Int(id) if !ids.contains(id) => ids.push(*id),
+            Value::Int(_) => {}
+            other => ctx.write_error(
+                ErrorRecord::new(
+                    format!(
+                        "Stop-Process: {:?} is not a process object or id",
+                        other.to_ps_string()
+                    ),
+                    format!("InvalidInputObject,Microsoft.PowerShell.Commands.{PS}"),
+                    ErrorCategory::InvalidArgument,
+                )
+                .target(other.clone()),
+            ),
+        }
+    }
+    if ids.is_empty() && names.is_empty() && args.has("InputObject") {
+        return Ok(());
+    }
     if ids.is_empty() && names.is_empty() {
         return Err(ErrorRecord::new(
             "Stop-Process: give the processes with -Id or -Name",
@@ -446,6 +472,11 @@ pub fn commands() -> Vec<Arc<dyn Command>> {
                     .by_property_name()
                     .alias("ProcessName")
                     .help("Names of the processes to stop; wildcards allowed."),
+            )
+            .param(
+                ParamDecl::new("InputObject", ParamType::ObjectArray)
+                    .by_value()
+                    .help("Process objects (from Get-Process) to stop."),
             )
             .param(ParamDecl::new("Force", ParamType::Switch).help("Send SIGKILL instead of SIGTERM."))
             .param(ParamDecl::new("PassThru", ParamType::Switch).help("Write the process objects that were stopped."))

@@ -286,10 +286,10 @@ fn all_units(ctx: &mut Ctx<'_>, cmd: &str, ps_cmd: &str) -> Result<Vec<UnitInfo>
 fn select_units(
     ctx: &mut Ctx<'_>,
     args: &BoundArgs,
+    names: Vec<String>,
     cmd: &str,
     ps_cmd: &str,
 ) -> Result<Vec<UnitInfo>, ErrorRecord> {
-    let names = args.strings("Name");
     let display = args.strings("DisplayName");
     let include = args.strings("Include");
     let exclude = args.strings("Exclude");
@@ -384,7 +384,13 @@ fn get_service(
     args: &BoundArgs,
     _input: Option<&Value>,
 ) -> Result<(), ErrorRecord> {
-    let units = select_units(ctx, args, "Get-Service", "GetServiceCommand")?;
+    let units = select_units(
+        ctx,
+        args,
+        args.strings("Name"),
+        "Get-Service",
+        "GetServiceCommand",
+    )?;
     for u in &units {
         ctx.output(service_object(u));
     }
@@ -429,9 +435,42 @@ impl Action {
     }
 }
 
+/// -Name plus -InputObject: service objects give their Name, other values their text. Names
+/// that are not service names are reported and left out.
+fn names_with_input(ctx: &mut Ctx<'_>, args: &BoundArgs, ps_cmd: &str) -> Vec<String> {
+    let mut names = args.strings("Name");
+    let items = match args.get("InputObject") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(v) => vec![v.clone()],
+    };
+    let re = regex::Regex::new(SERVICE_NAME_PATTERN).ok();
+    for it in items {
+        let n = it
+            .property("Name")
+            .map(Value::to_ps_string)
+            .unwrap_or_else(|| it.to_ps_string());
+        if !re.as_ref().is_some_and(|r| r.is_match(&n)) {
+            ctx.write_error(
+                ErrorRecord::new(
+                    format!("Cannot find any service with service name '{n}'."),
+                    format!("NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.{ps_cmd}"),
+                    ErrorCategory::ObjectNotFound,
+                )
+                .target(n.as_str()),
+            );
+            continue;
+        }
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names
+}
+
 fn change_service(ctx: &mut Ctx<'_>, args: &BoundArgs, action: Action) -> Result<(), ErrorRecord> {
     let (cmd, ps_cmd) = (action.cmd(), action.ps_cmd());
-    let names = args.strings("Name");
+    let names = names_with_input(ctx, args, ps_cmd);
     if names.is_empty() && args.strings("DisplayName").is_empty() {
         return Err(ErrorRecord::new(
             format!("{cmd}: give the service with -Name (or -DisplayName)"),
@@ -439,7 +478,7 @@ fn change_service(ctx: &mut Ctx<'_>, args: &BoundArgs, action: Action) -> Result
             ErrorCategory::InvalidArgument,
         ));
     }
-    let units = select_units(ctx, args, cmd, ps_cmd)?;
+    let units = select_units(ctx, args, names, cmd, ps_cmd)?;
     for u in units {
         if ctx.cancelled() {
             break;
@@ -557,6 +596,11 @@ fn change_decl(action: Action, synopsis: &str) -> CommandDecl {
         "Names of the services (systemd units, with or without .service); wildcards allowed.",
     ));
     let mut d = common_filters(d)
+        .param(
+            ParamDecl::new("InputObject", ParamType::ObjectArray)
+                .by_value()
+                .help("Service objects (from Get-Service) to act on."),
+        )
         .param(
             ParamDecl::new("Force", ParamType::Switch)
                 .help("Accepted for compatibility; systemd handles dependent units itself."),
