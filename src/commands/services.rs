@@ -177,7 +177,17 @@ pub fn service_object(u: &UnitInfo) -> Value {
     o.into_value()
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Unit tests point this at a fake systemctl (a fixture script); never set outside tests.
+    static FAKE_SYSTEMCTL: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
 fn systemctl() -> Option<PathBuf> {
+    #[cfg(test)]
+    if let Some(p) = FAKE_SYSTEMCTL.with(|f| f.borrow().clone()) {
+        return Some(p);
+    }
     find_program(&["/usr/bin/systemctl", "/bin/systemctl"])
 }
 
@@ -316,13 +326,28 @@ fn select_units(
     if literal_only {
         let ids: Vec<String> = names.iter().map(|n| unit_id(n)).collect();
         let units = show_units(ctx, cmd, ps_cmd, &ids)?;
+        // Service names are case-insensitive in PowerShell but not in systemd: a name systemd
+        // does not know exactly is looked up once more, case-insensitively, among all units.
+        let mut all: Option<Vec<UnitInfo>> = None;
         for (n, u) in names
             .iter()
             .zip(units.iter().map(Some).chain(std::iter::repeat(None)))
         {
             match u {
                 Some(u) if u.exists() => selected.push(u.clone()),
-                _ => not_found(ctx, ps_cmd, n),
+                _ => {
+                    if all.is_none() {
+                        all = Some(all_units(ctx, cmd, ps_cmd)?);
+                    }
+                    let found = all
+                        .iter()
+                        .flatten()
+                        .find(|a| a.name().eq_ignore_ascii_case(n) || a.id.eq_ignore_ascii_case(n));
+                    match found {
+                        Some(a) => selected.push(a.clone()),
+                        None => not_found(ctx, ps_cmd, n),
+                    }
+                }
             }
         }
     } else {
@@ -770,6 +795,172 @@ Id=cron.service\nDescription=Regular background program processing daemon=with e
             assert!(d.decl().changes_state, "{c}");
             assert!(d.decl().find_param("PassThru").is_some());
         }
+    }
+
+    /// A fake systemctl knowing ssh (alias sshd), cron (failed), nginx (disabled; start fails);
+    /// start/stop/restart calls are logged to `calls` beside it.
+    const FAKE: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+show() {
+  case "$1" in
+    ssh.service|sshd.service) printf 'Id=ssh.service\nDescription=OpenBSD Secure Shell server\nLoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\nMainPID=812\n' ;;
+    cron.service) printf 'Id=cron.service\nDescription=Regular background program processing daemon\nLoadState=loaded\nActiveState=failed\nSubState=failed\nUnitFileState=enabled\nMainPID=0\n' ;;
+    nginx.service) printf 'Id=nginx.service\nDescription=A high performance web server\nLoadState=loaded\nActiveState=inactive\nSubState=dead\nUnitFileState=disabled\nMainPID=0\n' ;;
+    *) printf 'Id=%s\nDescription=%s\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nUnitFileState=\nMainPID=0\n' "$1" "$1" ;;
+  esac
+}
+case "$1" in
+  list-units) printf 'ssh.service loaded active running OpenBSD Secure Shell server\ncron.service loaded failed failed Cron\n' ;;
+  list-unit-files) printf 'ssh.service enabled enabled\nsshd.service alias -\nnginx.service disabled enabled\ngetty@.service static -\n' ;;
+  show)
+    shift; shift; shift; shift
+    first=1
+    for u in "$@"; do
+      [ $first = 1 ] || printf '\n'
+      first=0
+      show "$u"
+    done ;;
+  start|stop|restart)
+    echo "$1 $2 $3 $4" >> "$dir/calls"
+    if [ "$4" = nginx.service ]; then echo "Job for nginx.service failed." >&2; exit 1; fi ;;
+  *) exit 2 ;;
+esac
+"#;
+
+    fn with_fake<T>(f: impl FnOnce(&std::path::Path) -> T) -> T {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("systemctl");
+        std::fs::write(&path, FAKE).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        FAKE_SYSTEMCTL.with(|p| *p.borrow_mut() = Some(path));
+        let r = f(dir.path());
+        FAKE_SYSTEMCTL.with(|p| *p.borrow_mut() = None);
+        r
+    }
+
+    fn names(out: &[Value]) -> Vec<String> {
+        out.iter()
+            .map(|v| v.property("Name").unwrap().to_ps_string())
+            .collect()
+    }
+
+    fn errors(ev: &[Event]) -> Vec<&ErrorRecord> {
+        ev.iter()
+            .filter_map(|e| {
+                if let Event::Error(r) = e {
+                    Some(r)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn get_service_with_fake_systemctl() {
+        with_fake(|_| {
+            let cmds = commands();
+            let get = find(&cmds, "Get-Service");
+            // Everything: loaded units and unit files, alias folded into its target, template left out.
+            let (out, ev) = invoke(&get, &BoundArgs::default(), vec![]);
+            assert!(ev.is_empty(), "{ev:?}");
+            assert_eq!(names(&out), vec!["cron", "nginx", "ssh"]);
+            // Literal names, an alias, a case-insensitive name and a missing one.
+            let mut a = BoundArgs::default();
+            a.set(
+                "Name",
+                Value::Array(vec!["sshd".into(), "CRON".into(), "nosuch".into()]),
+            );
+            let (out, ev) = invoke(&get, &a, vec![]);
+            assert_eq!(names(&out), vec!["ssh", "cron"]);
+            let errs = errors(&ev);
+            assert_eq!(errs.len(), 1);
+            assert_eq!(
+                errs[0].message,
+                "Cannot find any service with service name 'nosuch'."
+            );
+            assert_eq!(
+                errs[0].fully_qualified_error_id,
+                "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.GetServiceCommand"
+            );
+            assert_eq!(errs[0].category, ErrorCategory::ObjectNotFound);
+            // Wildcards, -Exclude, -DisplayName.
+            let mut a = BoundArgs::default();
+            a.set("Name", Value::from("*n*"));
+            a.set("Exclude", Value::from("cron"));
+            let (out, ev) = invoke(&get, &a, vec![]);
+            assert!(ev.is_empty());
+            assert_eq!(names(&out), vec!["nginx"]);
+            let mut a = BoundArgs::default();
+            a.set("DisplayName", Value::from("*web*"));
+            let (out, _) = invoke(&get, &a, vec![]);
+            assert_eq!(names(&out), vec!["nginx"]);
+            assert_eq!(
+                out[0].property("StartType").unwrap().to_ps_string(),
+                "Disabled"
+            );
+            // A wildcard that matches nothing is silent.
+            let mut a = BoundArgs::default();
+            a.set("Name", Value::from("zz*"));
+            let (out, ev) = invoke(&get, &a, vec![]);
+            assert!(out.is_empty() && ev.is_empty());
+        });
+    }
+
+    #[test]
+    fn change_service_with_fake_systemctl() {
+        with_fake(|dir| {
+            let cmds = commands();
+            let calls = || std::fs::read_to_string(dir.join("calls")).unwrap_or_default();
+            // Restart by name with -PassThru.
+            let mut a = BoundArgs::default();
+            a.set("Name", Value::from("ssh"));
+            a.set("PassThru", Value::Bool(true));
+            let (out, ev) = invoke(&find(&cmds, "Restart-Service"), &a, vec![]);
+            assert!(ev.iter().all(|e| !matches!(e, Event::Error(_))), "{ev:?}");
+            assert_eq!(names(&out), vec!["ssh"]);
+            assert_eq!(calls(), "restart --no-ask-password -- ssh.service\n");
+            // -WhatIf runs nothing.
+            let mut a = BoundArgs::default();
+            a.set("Name", Value::from("cron"));
+            a.set("WhatIf", Value::Bool(true));
+            let (out, ev) = invoke(&find(&cmds, "Stop-Service"), &a, vec![]);
+            assert!(out.is_empty());
+            assert!(matches!(&ev[..], [Event::Information(m)] if m.starts_with("What if:")));
+            assert_eq!(calls().lines().count(), 1);
+            // A failing start is an error record carrying systemctl's message.
+            let mut a = BoundArgs::default();
+            a.set("Name", Value::from("nginx"));
+            let (out, ev) = invoke(&find(&cmds, "Start-Service"), &a, vec![]);
+            assert!(out.is_empty());
+            let errs = errors(&ev);
+            assert_eq!(errs.len(), 1);
+            assert!(
+                errs[0].message.contains("Job for nginx.service failed."),
+                "{}",
+                errs[0].message
+            );
+            assert_eq!(
+                errs[0].fully_qualified_error_id,
+                "CouldNotStartService,Microsoft.PowerShell.Commands.StartServiceCommand"
+            );
+            // Service objects through -InputObject; a bogus name never reaches systemctl.
+            let (objs, _) = invoke(&find(&cmds, "Get-Service"), &BoundArgs::default(), vec![]);
+            let mut a = BoundArgs::default();
+            a.set(
+                "InputObject",
+                Value::Array(vec![objs[0].clone(), Value::from("--all")]),
+            );
+            let (_, ev) = invoke(&find(&cmds, "Stop-Service"), &a, vec![]);
+            assert_eq!(errors(&ev).len(), 1);
+            assert!(
+                calls().ends_with("stop --no-ask-password -- cron.service\n"),
+                "{}",
+                calls()
+            );
+            assert!(!calls().contains("--all"));
+        });
     }
 
     #[test]
