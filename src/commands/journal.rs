@@ -198,6 +198,20 @@ fn journal_files_exist() -> bool {
     })
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Unit tests point this at a fake journalctl (a fixture script); never set outside tests.
+    static FAKE_JOURNALCTL: std::cell::RefCell<Option<std::path::PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+fn journalctl() -> Option<std::path::PathBuf> {
+    #[cfg(test)]
+    if let Some(p) = FAKE_JOURNALCTL.with(|f| f.borrow().clone()) {
+        return Some(p);
+    }
+    find_program(&["/usr/bin/journalctl", "/bin/journalctl"])
+}
+
 fn unavailable(what: &str) -> ErrorRecord {
     ErrorRecord::new(
         format!("Get-Journal: the journal is not available on this host: {what}"),
@@ -258,7 +272,7 @@ fn get_journal(
         }
         argv.push(format!("--priority={p}"));
     }
-    let prog = find_program(&["/usr/bin/journalctl", "/bin/journalctl"])
+    let prog = journalctl()
         .ok_or_else(|| unavailable("journalctl is not installed (/usr/bin/journalctl)"))?;
     let res = run_program(ctx, "Get-Journal", &prog, argv, Vec::new())?;
     if res.termination != Termination::Exited(0) {
@@ -392,6 +406,95 @@ mod tests {
         }
         let huge = format!(r#"{{"MESSAGE":"{}"}}"#, "x".repeat(MAX_MESSAGE_CHARS + 10));
         assert!(parse_entry(&huge).unwrap().message.ends_with(" [...]"));
+    }
+
+    const FAKE: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+for a in "$@"; do echo "$a" >> "$dir/args"; done
+case "$*" in
+  *--unit=broken*) echo "Failed to add filter for units: No data available" >&2; exit 1 ;;
+esac
+echo '{"__REALTIME_TIMESTAMP":"1700000002000000","PRIORITY":"6","_SYSTEMD_UNIT":"ssh.service","MESSAGE":"second"}'
+echo 'not json'
+echo '{"__REALTIME_TIMESTAMP":"1700000001000000","PRIORITY":"3","_SYSTEMD_UNIT":"ssh.service","MESSAGE":[102,105,114,115,116]}'
+echo "Hint: You are currently not seeing messages from other users and the system." >&2
+"#;
+
+    #[test]
+    fn get_journal_with_fake_journalctl() {
+        use crate::commands::system::tests::invoke;
+        use crate::engine::Event;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journalctl");
+        std::fs::write(&path, FAKE).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        FAKE_JOURNALCTL.with(|p| *p.borrow_mut() = Some(path));
+        let cmd = commands().remove(0);
+        let mut a = BoundArgs::default();
+        a.set("Unit", Value::from("ssh"));
+        a.set("Newest", Value::Int(20));
+        a.set("Since", Value::from("2023-11-14T22:13:20+00:00"));
+        a.set("Priority", Value::from("info"));
+        let (out, ev) = invoke(&cmd, &a, vec![]);
+        let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+        assert_eq!(
+            args.lines().collect::<Vec<_>>(),
+            vec![
+                "--output=json",
+                "--no-pager",
+                "--reverse",
+                "--lines=20",
+                "--unit=ssh",
+                "--since=@1700000000",
+                "--priority=info"
+            ]
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].property("Message"), Some(&Value::from("second")));
+        assert_eq!(out[1].property("Message"), Some(&Value::from("first")));
+        assert_eq!(out[1].property("Priority"), Some(&Value::Int(3)));
+        let warnings: Vec<&String> = ev
+            .iter()
+            .filter_map(|e| {
+                if let Event::Warning(w) = e {
+                    Some(w)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(warnings.len(), 2, "{ev:?}");
+        assert!(warnings[0].contains("skipped 1"));
+        assert!(warnings[1].starts_with("journalctl: Hint"));
+        assert!(ev.iter().all(|e| !matches!(e, Event::Error(_))));
+
+        // journalctl failing is the clear "not available" error with its message.
+        let mut a = BoundArgs::default();
+        a.set("Unit", Value::from("broken"));
+        let (out, ev) = invoke(&cmd, &a, vec![]);
+        assert!(out.is_empty());
+        match &ev[..] {
+            [Event::Error(e)] => {
+                assert!(e.message.starts_with("Get-Journal: the journal is not available on this host: journalctl exited with status 1: Failed to add filter"), "{}", e.message);
+                assert_eq!(e.category, ErrorCategory::ResourceUnavailable);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Option-looking values never become options.
+        let mut a = BoundArgs::default();
+        a.set("Unit", Value::from("--all"));
+        let (_, ev) = invoke(&cmd, &a, vec![]);
+        assert!(
+            matches!(&ev[..], [Event::Error(e)] if e.category == ErrorCategory::InvalidArgument)
+        );
+        a.set("Unit", Value::from("x"));
+        a.set("Priority", Value::from("--merge"));
+        let (_, ev) = invoke(&cmd, &a, vec![]);
+        assert!(
+            matches!(&ev[..], [Event::Error(e)] if e.category == ErrorCategory::InvalidArgument)
+        );
+        FAKE_JOURNALCTL.with(|p| *p.borrow_mut() = None);
     }
 
     #[test]
