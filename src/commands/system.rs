@@ -490,6 +490,10 @@ fn get_volume(
         if !want_fs.is_empty() && !want_fs.iter().any(|p| super::wildcard_match(p, &m.fs_type)) {
             continue;
         }
+        // statvfs on an autofs trigger would mount it; df leaves them out too.
+        if m.fs_type == "autofs" {
+            continue;
+        }
         let sizes = if NETWORK_FS.contains(&m.fs_type.as_str()) || m.fs_type.starts_with("nfs") {
             match statvfs_with_timeout(&m.mount_point, NETWORK_STATVFS_TIMEOUT) {
                 Some(s) => Some(s),
