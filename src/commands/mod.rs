@@ -2,6 +2,12 @@
 //! Get-Command, command metadata and binding all read that one declaration.
 #![forbid(unsafe_code)]
 
+pub mod journal;
+pub mod network;
+pub mod processes;
+pub mod services;
+pub mod system;
+
 use std::sync::Arc;
 
 use crate::engine::Command;
@@ -122,7 +128,13 @@ pub const NEVER_PROVIDED: &[&str] = &[
 
 /// Every built-in command object.
 pub fn all_builtins() -> Vec<Arc<dyn Command>> {
-    Vec::new()
+    let mut v: Vec<Arc<dyn Command>> = Vec::new();
+    v.extend(services::commands());
+    v.extend(processes::commands());
+    v.extend(journal::commands());
+    v.extend(system::commands());
+    v.extend(network::commands());
+    v
 }
 
 /// The built-in command of that name (case-insensitive).
