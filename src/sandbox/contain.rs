@@ -61,6 +61,13 @@ pub fn mechanism() -> &'static Mechanism {
     })
 }
 
+/// Use the fallback in this process even where cgroups work (tests of the fallback). Only
+/// effective before the first command; returns whether the fallback is now in use.
+#[doc(hidden)]
+pub fn force_fallback() -> bool {
+    MECHANISM.get_or_init(|| Mechanism::Fallback) == &Mechanism::Fallback
+}
+
 /// The cgroup2 mount point, from /proc/self/mountinfo.
 fn cgroup2_mount() -> Option<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
