@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+pub mod programs;
+
 use crate::engine::Command;
 
 /// Every cmdlet keyhole itself provides; role capabilities may grant these (and wildcards match
