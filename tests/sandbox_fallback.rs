@@ -11,7 +11,10 @@ use keyhole::sandbox::{self, contain, Termination};
 use sandbox_common::*;
 
 fn fallback() {
-    assert!(contain::force_fallback(), "the fallback must be forced before any command runs");
+    assert!(
+        contain::force_fallback(),
+        "the fallback must be forced before any command runs"
+    );
 }
 
 #[test]
@@ -19,7 +22,14 @@ fn fallback_setsid_and_double_fork_do_not_survive() {
     require_root();
     fallback();
     let acct = Account::create();
-    let s = spec(&acct.name, "/bin/sh", &["-c", "setsid sleep 2728 & (setsid sleep 2727 &) ; sleep 0.3; exit 0"]);
+    let s = spec(
+        &acct.name,
+        "/bin/sh",
+        &[
+            "-c",
+            "setsid sleep 2728 & (setsid sleep 2727 &) ; sleep 0.3; exit 0",
+        ],
+    );
     let res = run_ok(&s);
     assert_eq!(res.termination, Termination::Exited(0));
     assert_no_survivor("2728");
@@ -31,12 +41,20 @@ fn fallback_timeout_and_cancel_kill_everything() {
     require_root();
     fallback();
     let acct = Account::create();
-    let mut s = spec(&acct.name, "/bin/sh", &["-c", "setsid sleep 2729 & sleep 2729"]);
+    let mut s = spec(
+        &acct.name,
+        "/bin/sh",
+        &["-c", "setsid sleep 2729 & sleep 2729"],
+    );
     s.timeout = Duration::from_millis(600);
     assert_eq!(run_ok(&s).termination, Termination::TimedOut);
     assert_no_survivor("2729");
 
-    let s = spec(&acct.name, "/bin/sh", &["-c", "setsid sleep 2726 & sleep 2726"]);
+    let s = spec(
+        &acct.name,
+        "/bin/sh",
+        &["-c", "setsid sleep 2726 & sleep 2726"],
+    );
     let cancel = CancelToken::new();
     let c2 = cancel.clone();
     let t = std::thread::spawn(move || {
@@ -55,5 +73,8 @@ fn fallback_marks_the_environment() {
     fallback();
     let res = run_ok(&spec("root", "/usr/bin/env", &[]));
     let text = String::from_utf8(res.stdout).unwrap();
-    assert!(text.lines().any(|l| l.starts_with("KEYHOLE_RUN=")), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("KEYHOLE_RUN=")),
+        "{text}"
+    );
 }

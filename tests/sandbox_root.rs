@@ -27,15 +27,35 @@ fn runs_as_account_with_its_groups_no_caps_and_no_new_privs() {
     let st = String::from_utf8(res.stdout).unwrap();
     let uid = acct.uid.to_string();
     let gid = acct.gid.to_string();
-    assert_eq!(status_field(&st, "Uid").split_whitespace().collect::<Vec<_>>(), vec![uid.as_str(); 4]);
-    assert_eq!(status_field(&st, "Gid").split_whitespace().collect::<Vec<_>>(), vec![gid.as_str(); 4]);
-    let mut groups: Vec<u32> = status_field(&st, "Groups").split_whitespace().map(|g| g.parse().unwrap()).collect();
+    assert_eq!(
+        status_field(&st, "Uid")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        vec![uid.as_str(); 4]
+    );
+    assert_eq!(
+        status_field(&st, "Gid")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        vec![gid.as_str(); 4]
+    );
+    let mut groups: Vec<u32> = status_field(&st, "Groups")
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
     groups.sort_unstable();
     let mut expected = vec![acct.gid, acct.extra_gid];
     expected.sort_unstable();
-    assert_eq!(groups, expected, "supplementary groups must be exactly the account's");
+    assert_eq!(
+        groups, expected,
+        "supplementary groups must be exactly the account's"
+    );
     for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(status_field(&st, f), "0000000000000000", "{f} must be empty");
+        assert_eq!(
+            status_field(&st, f),
+            "0000000000000000",
+            "{f} must be empty"
+        );
     }
     assert_eq!(status_field(&st, "NoNewPrivs"), "1");
 }
@@ -50,9 +70,16 @@ fn declared_capability_is_the_only_one_kept() {
     let st = String::from_utf8(res.stdout).unwrap();
     // CAP_NET_RAW is capability 13.
     for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(status_field(&st, f), "0000000000002000", "{f} must hold exactly CAP_NET_RAW");
+        assert_eq!(
+            status_field(&st, f),
+            "0000000000002000",
+            "{f} must hold exactly CAP_NET_RAW"
+        );
     }
-    assert_eq!(status_field(&st, "Uid").split_whitespace().next(), Some(acct.uid.to_string().as_str()));
+    assert_eq!(
+        status_field(&st, "Uid").split_whitespace().next(),
+        Some(acct.uid.to_string().as_str())
+    );
     assert_eq!(status_field(&st, "NoNewPrivs"), "1");
 }
 
@@ -62,7 +89,11 @@ fn root_run_as_keeps_only_declared_capabilities() {
     let res = run_ok(&spec("root", "/usr/bin/cat", &["/proc/self/status"]));
     let st = String::from_utf8(res.stdout).unwrap();
     for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(status_field(&st, f), "0000000000000000", "{f} must be empty even for root");
+        assert_eq!(
+            status_field(&st, f),
+            "0000000000000000",
+            "{f} must be empty even for root"
+        );
     }
 }
 
@@ -73,13 +104,24 @@ fn environment_is_exactly_path_lang_and_declared() {
     let mut s = spec(&acct.name, "/usr/bin/env", &[]);
     s.env = vec![("KH_DECLARED".into(), "a value; with $(stuff)".into())];
     let res = run_ok(&s);
-    let mut lines: Vec<String> = String::from_utf8(res.stdout).unwrap().lines().map(str::to_string).collect();
+    let mut lines: Vec<String> = String::from_utf8(res.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
     if !matches!(sandbox::init(), sandbox::contain::Mechanism::Cgroup(_)) {
         // The fallback marks the command's processes through their environment.
         lines.retain(|l| !l.starts_with("KEYHOLE_RUN="));
     }
     lines.sort();
-    assert_eq!(lines, vec!["KH_DECLARED=a value; with $(stuff)", "LANG=C.UTF-8", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
+    assert_eq!(
+        lines,
+        vec![
+            "KH_DECLARED=a value; with $(stuff)",
+            "LANG=C.UTF-8",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+        ]
+    );
 }
 
 #[test]
@@ -105,21 +147,31 @@ fn resource_limits_are_set() {
     let res = run_ok(&spec(&acct.name, "/usr/bin/cat", &["/proc/self/limits"]));
     let text = String::from_utf8(res.stdout).unwrap();
     let limit = |name: &str| -> (String, String) {
-        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing in {text}"));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing in {text}"));
         let rest: Vec<&str> = line[name.len()..].split_whitespace().collect();
         (rest[0].to_string(), rest[1].to_string())
     };
     assert_eq!(limit("Max open files"), ("1024".into(), "1024".into()));
     assert_eq!(limit("Max processes"), ("256".into(), "256".into()));
     assert_eq!(limit("Max core file size"), ("0".into(), "0".into()));
-    assert_eq!(limit("Max address space"), ("4294967296".into(), "4294967296".into()));
+    assert_eq!(
+        limit("Max address space"),
+        ("4294967296".into(), "4294967296".into())
+    );
 }
 
 #[test]
 fn exit_code_and_stderr_are_reported() {
     require_root();
     let acct = Account::create();
-    let res = run_ok(&spec(&acct.name, "/bin/sh", &["-c", "echo out; echo oops >&2; exit 3"]));
+    let res = run_ok(&spec(
+        &acct.name,
+        "/bin/sh",
+        &["-c", "echo out; echo oops >&2; exit 3"],
+    ));
     assert_eq!(res.termination, Termination::Exited(3));
     assert_eq!(res.stdout, b"out\n");
     assert_eq!(res.stderr, b"oops\n");
@@ -134,7 +186,11 @@ fn timeout_kills_program_and_descendants() {
     let t = Instant::now();
     let res = run_ok(&s);
     assert_eq!(res.termination, Termination::TimedOut);
-    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_no_survivor("2719");
 }
 
@@ -145,12 +201,19 @@ fn setsid_and_double_fork_do_not_survive() {
     let s = spec(
         &acct.name,
         "/bin/sh",
-        &["-c", "setsid sleep 2718 & (setsid sleep 2717 &) ; sleep 0.3; exit 0"],
+        &[
+            "-c",
+            "setsid sleep 2718 & (setsid sleep 2717 &) ; sleep 0.3; exit 0",
+        ],
     );
     let t = Instant::now();
     let res = run_ok(&s);
     assert_eq!(res.termination, Termination::Exited(0));
-    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_no_survivor("2718");
     assert_no_survivor("2717");
 }
@@ -183,7 +246,11 @@ fn output_cap_counts_stderr_too() {
 fn cancellation_kills_everything() {
     require_root();
     let acct = Account::create();
-    let s = spec(&acct.name, "/bin/sh", &["-c", "setsid sleep 2716 & sleep 2716"]);
+    let s = spec(
+        &acct.name,
+        "/bin/sh",
+        &["-c", "setsid sleep 2716 & sleep 2716"],
+    );
     let cancel = CancelToken::new();
     let c2 = cancel.clone();
     let stopper = std::thread::spawn(move || {
@@ -202,7 +269,11 @@ fn cancellation_kills_everything() {
 fn streaming_delivers_chunks_before_the_end() {
     require_root();
     let acct = Account::create();
-    let s = spec(&acct.name, "/bin/sh", &["-c", "echo first; sleep 1; echo second"]);
+    let s = spec(
+        &acct.name,
+        "/bin/sh",
+        &["-c", "echo first; sleep 1; echo second"],
+    );
     let t = Instant::now();
     let mut first_at = None;
     let res = sandbox::run(&s, &CancelToken::new(), &mut |c| {
@@ -212,16 +283,29 @@ fn streaming_delivers_chunks_before_the_end() {
     })
     .unwrap();
     assert_eq!(res.stdout, b"first\nsecond\n");
-    assert!(first_at.unwrap() < Duration::from_millis(800), "first chunk came late: {first_at:?}");
+    assert!(
+        first_at.unwrap() < Duration::from_millis(800),
+        "first chunk came late: {first_at:?}"
+    );
 }
 
 #[test]
 fn unknown_account_and_relative_program_are_refused() {
-    let e = sandbox::run(&spec("no-such-keyhole-account", "/usr/bin/true", &[]), &CancelToken::new(), &mut |_| {}).unwrap_err();
+    let e = sandbox::run(
+        &spec("no-such-keyhole-account", "/usr/bin/true", &[]),
+        &CancelToken::new(),
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(matches!(e, SandboxError::UnknownUser(_)), "{e}");
     let e = sandbox::run(&spec("root", "true", &[]), &CancelToken::new(), &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("absolute"), "{e}");
-    let e = sandbox::run(&spec("root", "/usr/bin/echo", &["a\0b"]), &CancelToken::new(), &mut |_| {}).unwrap_err();
+    let e = sandbox::run(
+        &spec("root", "/usr/bin/echo", &["a\0b"]),
+        &CancelToken::new(),
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("NUL"), "{e}");
     let mut s = spec("root", "/usr/bin/true", &[]);
     s.capabilities = vec!["CAP_NOPE".into()];
@@ -231,7 +315,12 @@ fn unknown_account_and_relative_program_are_refused() {
 #[test]
 fn missing_program_is_a_spawn_error() {
     require_root();
-    let e = sandbox::run(&spec("root", "/nonexistent/keyhole-prog", &[]), &CancelToken::new(), &mut |_| {}).unwrap_err();
+    let e = sandbox::run(
+        &spec("root", "/nonexistent/keyhole-prog", &[]),
+        &CancelToken::new(),
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(matches!(e, SandboxError::Spawn { .. }), "{e}");
 }
 
@@ -239,7 +328,17 @@ fn missing_program_is_a_spawn_error() {
 fn arguments_arrive_verbatim() {
     require_root();
     let acct = Account::create();
-    let nasty = ["a b", "'q'", "\"d\"", "x; rm -rf /", "line\nbreak", "-n", "$(id)", "*", ""];
+    let nasty = [
+        "a b",
+        "'q'",
+        "\"d\"",
+        "x; rm -rf /",
+        "line\nbreak",
+        "-n",
+        "$(id)",
+        "*",
+        "",
+    ];
     let mut args = vec!["%s|\\n"];
     args.extend(nasty.iter());
     let res = run_ok(&spec(&acct.name, "/usr/bin/printf", &args));

@@ -12,6 +12,8 @@
 //! - A placeholder inside a longer argument (`--unit={Unit}`) is replaced in place, the whole
 //!   argument being omitted when that parameter is unbound; arrays are joined with `,`.
 #![forbid(unsafe_code)]
+// `Invocation` fixes `Result<(), ErrorRecord>` as the result type.
+#![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +22,8 @@ use regex::{Regex, RegexBuilder};
 
 use crate::config::{ExternalCommandDef, FunctionParamType, OutputFormat, ResolvedFunction};
 use crate::engine::{
-    BoundArgs, Command, CommandDecl, CommandKind, Ctx, ErrorCategory, ErrorRecord, Invocation, ParamDecl, ParamType,
-    PsObject, Value,
+    BoundArgs, Command, CommandDecl, CommandKind, Ctx, ErrorCategory, ErrorRecord, Invocation,
+    ParamDecl, ParamType, PsObject, Value,
 };
 use crate::sandbox::{self, ProgramResult, ProgramSpec, Termination};
 
@@ -127,7 +129,11 @@ fn scalar_text(v: &Value) -> String {
 /// The arguments a bound parameter contributes; None: unbound (argument omitted).
 fn param_values(args: &BoundArgs, name: &str, ty: ParamType) -> Option<Vec<String>> {
     if ty == ParamType::Switch {
-        return Some(vec![if args.switch(name) { "true".into() } else { "false".into() }]);
+        return Some(vec![if args.switch(name) {
+            "true".into()
+        } else {
+            "false".into()
+        }]);
     }
     match args.get(name) {
         None | Some(Value::Null) => None,
@@ -138,7 +144,13 @@ fn param_values(args: &BoundArgs, name: &str, ty: ParamType) -> Option<Vec<Strin
 
 /// Build argv[1..] from the templates and bound values.
 fn build_argv(templates: &[ArgTemplate], params: &[ParamDecl], args: &BoundArgs) -> Vec<String> {
-    let ty_of = |name: &str| params.iter().find(|p| p.name.eq_ignore_ascii_case(name)).map(|p| p.ty).unwrap_or(ParamType::String);
+    let ty_of = |name: &str| {
+        params
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
+            .map(|p| p.ty)
+            .unwrap_or(ParamType::String)
+    };
     let mut argv = Vec::new();
     for t in templates {
         match t {
@@ -171,16 +183,30 @@ fn build_argv(templates: &[ArgTemplate], params: &[ParamDecl], args: &BoundArgs)
 
 /// How output becomes objects, fed chunk by chunk.
 enum OutputParser {
-    Lines { partial: Vec<u8> },
-    Table { partial: Vec<u8>, header: Option<Vec<String>>, columns_fixed: bool },
-    Json { buf: Vec<u8> },
+    Lines {
+        partial: Vec<u8>,
+    },
+    Table {
+        partial: Vec<u8>,
+        header: Option<Vec<String>>,
+        columns_fixed: bool,
+    },
+    Json {
+        buf: Vec<u8>,
+    },
 }
 
 impl OutputParser {
     fn new(f: OutputFormat) -> Self {
         match f {
-            OutputFormat::Lines => OutputParser::Lines { partial: Vec::new() },
-            OutputFormat::Table => OutputParser::Table { partial: Vec::new(), header: None, columns_fixed: false },
+            OutputFormat::Lines => OutputParser::Lines {
+                partial: Vec::new(),
+            },
+            OutputFormat::Table => OutputParser::Table {
+                partial: Vec::new(),
+                header: None,
+                columns_fixed: false,
+            },
             OutputFormat::Json => OutputParser::Json { buf: Vec::new() },
         }
     }
@@ -193,7 +219,11 @@ impl OutputParser {
                     emit(Value::String(line));
                 }
             }
-            OutputParser::Table { partial, header, columns_fixed } => {
+            OutputParser::Table {
+                partial,
+                header,
+                columns_fixed,
+            } => {
                 partial.extend_from_slice(chunk);
                 for line in take_lines(partial) {
                     table_line(&line, header, columns_fixed, emit);
@@ -213,7 +243,11 @@ impl OutputParser {
                 partial.clear();
                 Ok(())
             }
-            OutputParser::Table { partial, header, columns_fixed } => {
+            OutputParser::Table {
+                partial,
+                header,
+                columns_fixed,
+            } => {
                 if complete && !partial.is_empty() {
                     let line = line_text(partial);
                     table_line(&line, header, columns_fixed, emit);
@@ -238,7 +272,9 @@ fn line_text(bytes: &[u8]) -> String {
 
 /// Remove and return every complete line in `partial`.
 fn take_lines(partial: &mut Vec<u8>) -> Vec<String> {
-    let Some(last_nl) = partial.iter().rposition(|b| *b == b'\n') else { return Vec::new() };
+    let Some(last_nl) = partial.iter().rposition(|b| *b == b'\n') else {
+        return Vec::new();
+    };
     let rest = partial.split_off(last_nl + 1);
     let complete = std::mem::replace(partial, rest);
     let body = complete.strip_suffix(b"\n").unwrap_or(&complete);
@@ -270,7 +306,10 @@ fn split_columns(line: &str, n: usize) -> Vec<String> {
 
 fn table_value(s: &str) -> Value {
     let digits = s.strip_prefix('-').unwrap_or(s);
-    if !digits.is_empty() && digits.len() <= MAX_INT_DIGITS && digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !digits.is_empty()
+        && digits.len() <= MAX_INT_DIGITS
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
         if let Ok(i) = s.parse::<i64>() {
             return Value::Int(i);
         }
@@ -305,7 +344,12 @@ fn header_names(line: &str) -> Vec<String> {
 /// [`header_names`]); when the first row has fewer fields than the header has names, the
 /// header's last names form the last column's name. Each row is split on whitespace, the last
 /// column taking the rest of the line. Integer cells become numbers.
-fn table_line(line: &str, header: &mut Option<Vec<String>>, columns_fixed: &mut bool, emit: &mut dyn FnMut(Value)) {
+fn table_line(
+    line: &str,
+    header: &mut Option<Vec<String>>,
+    columns_fixed: &mut bool,
+    emit: &mut dyn FnMut(Value),
+) {
     if line.trim().is_empty() {
         return;
     }
@@ -339,10 +383,18 @@ fn json_to_value(v: serde_json::Value, depth: usize) -> Value {
         serde_json::Value::Bool(b) => Value::Bool(b),
         serde_json::Value::Number(n) => match n.as_i64() {
             Some(i) => Value::Int(i),
-            None => n.as_f64().map(Value::Double).unwrap_or_else(|| Value::String(n.to_string())),
+            None => n
+                .as_f64()
+                .map(Value::Double)
+                .unwrap_or_else(|| Value::String(n.to_string())),
         },
         serde_json::Value::String(s) => Value::String(s),
-        serde_json::Value::Array(items) => Value::Array(items.into_iter().map(|i| json_to_value(i, depth + 1)).collect()),
+        serde_json::Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|i| json_to_value(i, depth + 1))
+                .collect(),
+        ),
         serde_json::Value::Object(map) => {
             let mut obj = PsObject::custom();
             for (k, v) in map {
@@ -383,7 +435,11 @@ struct Program {
 
 fn first_stderr_lines(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(STDERR_LINES_IN_ERROR).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(STDERR_LINES_IN_ERROR)
+        .collect();
     let joined = lines.join(" / ");
     if joined.chars().count() > STDERR_CHARS_IN_ERROR {
         let mut cut: String = joined.chars().take(STDERR_CHARS_IN_ERROR).collect();
@@ -395,9 +451,13 @@ fn first_stderr_lines(stderr: &[u8]) -> String {
 }
 
 fn stopped_error() -> ErrorRecord {
-    ErrorRecord::new("The pipeline has been stopped.", "PipelineStopped", ErrorCategory::OperationStopped)
-        .exception("System.Management.Automation.PipelineStoppedException")
-        .terminating()
+    ErrorRecord::new(
+        "The pipeline has been stopped.",
+        "PipelineStopped",
+        ErrorCategory::OperationStopped,
+    )
+    .exception("System.Management.Automation.PipelineStoppedException")
+    .terminating()
 }
 
 impl Program {
@@ -421,7 +481,9 @@ impl Program {
         let mut parser = OutputParser::new(self.output);
         let result: Result<ProgramResult, sandbox::SandboxError> = {
             let out = &mut *ctx;
-            sandbox::run(&spec, &cancel, &mut |chunk| parser.feed(chunk, &mut |v| out.output(v)))
+            sandbox::run(&spec, &cancel, &mut |chunk| {
+                parser.feed(chunk, &mut |v| out.output(v))
+            })
         };
         let res = match result {
             Ok(r) => r,
@@ -436,16 +498,27 @@ impl Program {
                 .terminating());
             }
         };
-        let complete = matches!(res.termination, Termination::Exited(_) | Termination::Signaled(_));
+        let complete = matches!(
+            res.termination,
+            Termination::Exited(_) | Termination::Signaled(_)
+        );
         if let Err(msg) = parser.finish(complete, &mut |v| ctx.output(v)) {
-            let mut e = ErrorRecord::new(format!("{}: {msg}", self.name), "InvalidProgramOutput", ErrorCategory::InvalidData);
+            let mut e = ErrorRecord::new(
+                format!("{}: {msg}", self.name),
+                "InvalidProgramOutput",
+                ErrorCategory::InvalidData,
+            );
             e.command = Some(self.name.clone());
             ctx.write_error(e);
         }
         match res.termination {
             Termination::Exited(0) => {
                 let text = String::from_utf8_lossy(&res.stderr);
-                for line in text.lines().filter(|l| !l.trim().is_empty()).take(MAX_STDERR_WARNINGS) {
+                for line in text
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .take(MAX_STDERR_WARNINGS)
+                {
                     ctx.warning(format!("{}: {line}", self.name));
                 }
                 Ok(())
@@ -457,7 +530,9 @@ impl Program {
                 } else {
                     format!("{} exited with code {code}: {detail}", self.name)
                 };
-                let mut e = ErrorRecord::new(msg, "NativeCommandFailed", ErrorCategory::NotSpecified).target(i64::from(code));
+                let mut e =
+                    ErrorRecord::new(msg, "NativeCommandFailed", ErrorCategory::NotSpecified)
+                        .target(i64::from(code));
                 e.command = Some(self.name.clone());
                 ctx.write_error(e);
                 Ok(())
@@ -468,7 +543,8 @@ impl Program {
                 if !detail.is_empty() {
                     msg.push_str(&format!(": {detail}"));
                 }
-                let mut e = ErrorRecord::new(msg, "NativeCommandFailed", ErrorCategory::NotSpecified);
+                let mut e =
+                    ErrorRecord::new(msg, "NativeCommandFailed", ErrorCategory::NotSpecified);
                 e.command = Some(self.name.clone());
                 ctx.write_error(e);
                 Ok(())
@@ -506,13 +582,17 @@ impl Program {
     }
 }
 
+/// A parameter's declared constraints: name, set (empty: none), compiled pattern (an invalid
+/// pattern keeps its error and refuses every value).
+type ParamCheck = (String, Vec<String>, Result<Option<Regex>, String>);
+
 /// A declared function (`[functions.X]`).
 struct FunctionCommand {
     decl: CommandDecl,
     templates: Vec<ArgTemplate>,
     /// Per parameter: the declared set/pattern re-checked here (defence in depth; the engine
     /// checks them and the role's constraints before anything runs).
-    checks: Vec<(String, Vec<String>, Result<Option<Regex>, String>)>,
+    checks: Vec<ParamCheck>,
     program: Arc<Program>,
 }
 
@@ -522,9 +602,13 @@ struct FunctionInvocation {
 }
 
 fn validation_error(cmd: &str, msg: String) -> ErrorRecord {
-    let mut e = ErrorRecord::new(msg, format!("ParameterArgumentValidationError,{cmd}"), ErrorCategory::InvalidData)
-        .exception("System.Management.Automation.ParameterBindingValidationException")
-        .terminating();
+    let mut e = ErrorRecord::new(
+        msg,
+        format!("ParameterArgumentValidationError,{cmd}"),
+        ErrorCategory::InvalidData,
+    )
+    .exception("System.Management.Automation.ParameterBindingValidationException")
+    .terminating();
     e.command = Some(cmd.to_string());
     e
 }
@@ -533,8 +617,14 @@ impl FunctionCommand {
     fn check(&self, args: &BoundArgs) -> Result<(), ErrorRecord> {
         let name = &self.decl.name;
         for p in &self.decl.params {
-            if p.mandatory && p.ty != ParamType::Switch && matches!(args.get(&p.name), None | Some(Value::Null)) {
-                return Err(validation_error(name, format!("{name}: the mandatory parameter '{}' has no value", p.name)));
+            if p.mandatory
+                && p.ty != ParamType::Switch
+                && matches!(args.get(&p.name), None | Some(Value::Null))
+            {
+                return Err(validation_error(
+                    name,
+                    format!("{name}: the mandatory parameter '{}' has no value", p.name),
+                ));
             }
         }
         for (pname, set, pattern) in &self.checks {
@@ -543,7 +633,9 @@ impl FunctionCommand {
                 Some(Value::Array(items)) => items.iter().map(scalar_text).collect::<Vec<_>>(),
                 Some(v) => vec![scalar_text(v)],
             };
-            let re = pattern.as_ref().map_err(|e| validation_error(name, format!("{name}: parameter '{pname}' has an {e}")))?;
+            let re = pattern.as_ref().map_err(|e| {
+                validation_error(name, format!("{name}: parameter '{pname}' has an {e}"))
+            })?;
             for v in values {
                 if !set.is_empty() && !set.iter().any(|s| s.to_lowercase() == v.to_lowercase()) {
                     return Err(validation_error(
@@ -566,7 +658,12 @@ impl FunctionCommand {
 }
 
 impl Invocation for FunctionInvocation {
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, _input: Option<crate::engine::Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        _input: Option<crate::engine::Value>,
+    ) -> Result<(), ErrorRecord> {
         // A declared function runs once per invocation; pipeline input is not passed to it.
         if self.ran {
             return Ok(());
@@ -585,7 +682,10 @@ impl Command for FunctionHandle {
         &self.0.decl
     }
     fn start(&self, _args: &BoundArgs) -> Box<dyn Invocation> {
-        Box::new(FunctionInvocation { cmd: Arc::clone(&self.0), ran: false })
+        Box::new(FunctionInvocation {
+            cmd: Arc::clone(&self.0),
+            ran: false,
+        })
     }
 }
 
@@ -626,16 +726,31 @@ pub fn function_command(f: &ResolvedFunction) -> Arc<dyn Command> {
         checks.push((name.clone(), d.set.clone(), compiled));
         decl.params.push(d);
     }
-    let templates = f.def.args.iter().map(|a| parse_template(a, &decl.params)).collect();
+    let templates = f
+        .def
+        .args
+        .iter()
+        .map(|a| parse_template(a, &decl.params))
+        .collect();
     let program = Arc::new(Program {
         name: f.name.clone(),
         program: f.def.program.clone(),
         output: f.def.output,
         timeout: f.def.timeout.map(|d| d.0),
         capabilities: f.def.capabilities.clone(),
-        env: f.def.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        env: f
+            .def
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     });
-    Arc::new(FunctionHandle(Arc::new(FunctionCommand { decl, templates, checks, program })))
+    Arc::new(FunctionHandle(Arc::new(FunctionCommand {
+        decl,
+        templates,
+        checks,
+        program,
+    })))
 }
 
 /// The parameter through which an external command receives its arguments.
@@ -667,7 +782,10 @@ impl ExternalCommand {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        return Err(validation_error(name, format!("{name}: the role capability's argument {pat:?} is an {e}")))
+                        return Err(validation_error(
+                            name,
+                            format!("{name}: the role capability's argument {pat:?} is an {e}"),
+                        ))
                     }
                 }
             }
@@ -686,7 +804,12 @@ impl ExternalCommand {
 }
 
 impl Invocation for ExternalInvocation {
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, _input: Option<Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        _input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
         if self.ran {
             return Ok(());
         }
@@ -704,7 +827,10 @@ impl Command for ExternalHandle {
         &self.0.decl
     }
     fn start(&self, _args: &BoundArgs) -> Box<dyn Invocation> {
-        Box::new(ExternalInvocation { cmd: Arc::clone(&self.0), ran: false })
+        Box::new(ExternalInvocation {
+            cmd: Arc::clone(&self.0),
+            ran: false,
+        })
     }
 }
 
@@ -716,7 +842,11 @@ pub fn external_command(def: &ExternalCommandDef) -> Arc<dyn Command> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| def.path.clone());
-    let synopsis = if def.synopsis.is_empty() { format!("Runs {}", def.path) } else { def.synopsis.clone() };
+    let synopsis = if def.synopsis.is_empty() {
+        format!("Runs {}", def.path)
+    } else {
+        def.synopsis.clone()
+    };
     let mut decl = CommandDecl {
         name: file_name.clone(),
         kind: CommandKind::Application,
@@ -731,20 +861,35 @@ pub fn external_command(def: &ExternalCommandDef) -> Arc<dyn Command> {
         let mut p = ParamDecl::new(ARGUMENT_LIST, ParamType::StringArray)
             .position(0)
             .remaining()
-            .help(&format!("Arguments; each must fully match one of: {}", def.arguments.join(", ")));
+            .help(&format!(
+                "Arguments; each must fully match one of: {}",
+                def.arguments.join(", ")
+            ));
         p.patterns = def.arguments.clone();
         decl.params.push(p);
     }
-    let patterns = def.arguments.iter().map(|p| (p.clone(), compile(p, false))).collect();
+    let patterns = def
+        .arguments
+        .iter()
+        .map(|p| (p.clone(), compile(p, false)))
+        .collect();
     let program = Arc::new(Program {
         name: file_name,
         program: def.path.clone(),
         output: OutputFormat::Lines,
         timeout: def.timeout.map(|d| d.0),
         capabilities: def.capabilities.clone(),
-        env: def.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        env: def
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     });
-    Arc::new(ExternalHandle(Arc::new(ExternalCommand { decl, patterns, program })))
+    Arc::new(ExternalHandle(Arc::new(ExternalCommand {
+        decl,
+        patterns,
+        program,
+    })))
 }
 
 #[cfg(test)]
@@ -784,18 +929,38 @@ mod tests {
             ("Count", Value::Int(3)),
         ]);
         assert_eq!(
-            argv(&["--x", "{mount}", "{Names}", "{Count}", "{Force}", "{Deep}"], &b),
+            argv(
+                &["--x", "{mount}", "{Names}", "{Count}", "{Force}", "{Deep}"],
+                &b
+            ),
             vec!["--x", "/srv/a b; rm -rf /", "x", "y z", "3", "false"]
         );
         let b = bound(&[("Force", Value::Bool(true)), ("Deep", Value::Bool(false))]);
-        assert_eq!(argv(&["{Mount}", "{Force}", "{Deep}"], &b), vec!["true", "false"]);
+        assert_eq!(
+            argv(&["{Mount}", "{Force}", "{Deep}"], &b),
+            vec!["true", "false"]
+        );
     }
 
     #[test]
     fn embedded_placeholders_and_literals() {
-        let b = bound(&[("Mount", Value::from("/var")), ("Names", Value::Array(vec!["a".into(), "b".into()]))]);
+        let b = bound(&[
+            ("Mount", Value::from("/var")),
+            ("Names", Value::Array(vec!["a".into(), "b".into()])),
+        ]);
         assert_eq!(
-            argv(&["--m={Mount}", "--n={Names}!", "{Unknown}", "%s {x}", "--c={Count}", "{", "}{Mount}{"], &b),
+            argv(
+                &[
+                    "--m={Mount}",
+                    "--n={Names}!",
+                    "{Unknown}",
+                    "%s {x}",
+                    "--c={Count}",
+                    "{",
+                    "}{Mount}{"
+                ],
+                &b
+            ),
             vec!["--m=/var", "--n=a,b!", "{Unknown}", "%s {x}", "{", "}/var{"]
         );
     }
@@ -813,14 +978,28 @@ mod tests {
     #[test]
     fn lines_stream_across_chunks() {
         let out = lines_of(OutputFormat::Lines, &[b"ab", b"c\r\nde\n", b"\nlast"]);
-        assert_eq!(out, vec![Value::from("abc"), Value::from("de"), Value::from(""), Value::from("last")]);
+        assert_eq!(
+            out,
+            vec![
+                Value::from("abc"),
+                Value::from("de"),
+                Value::from(""),
+                Value::from("last")
+            ]
+        );
     }
 
     #[test]
     fn table_like_df() {
         let text = b"Filesystem     Size  Used Avail Use% Mounted on\n/dev/sda1      100G   50G   50G  50% /srv/my data\ntmpfs 10 0 10 0% /run\n";
-        assert_eq!(header_names("NAME   MAJ:MIN RM SIZE"), vec!["NAME", "MAJ:MIN", "RM", "SIZE"]);
-        assert_eq!(header_names(" total  used free"), vec!["total", "used", "free"]);
+        assert_eq!(
+            header_names("NAME   MAJ:MIN RM SIZE"),
+            vec!["NAME", "MAJ:MIN", "RM", "SIZE"]
+        );
+        assert_eq!(
+            header_names(" total  used free"),
+            vec!["total", "used", "free"]
+        );
         // fewer fields in the first row than header words: the last ones form one name
         let out = lines_of(OutputFormat::Table, &[b"A B C D\n1 2 xyz\n", b"3 4\n"]);
         assert_eq!(out[0].property("C D"), Some(&Value::from("xyz")));
@@ -832,7 +1011,10 @@ mod tests {
             v => panic!("{v:?}"),
         };
         let names: Vec<&str> = o.properties.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, vec!["Filesystem", "Size", "Used", "Avail", "Use%", "Mounted on"]);
+        assert_eq!(
+            names,
+            vec!["Filesystem", "Size", "Used", "Avail", "Use%", "Mounted on"]
+        );
         assert_eq!(o.get("Mounted on"), Some(&Value::from("/srv/my data")));
         assert_eq!(o.get("use%"), Some(&Value::from("50%")));
         assert_eq!(out[1].property("Size"), Some(&Value::Int(10)));
@@ -840,15 +1022,24 @@ mod tests {
 
     #[test]
     fn json_forms() {
-        let out = lines_of(OutputFormat::Json, &[br#"{"b":1,"a":[1,2],"c":{"d":null}}"#]);
+        let out = lines_of(
+            OutputFormat::Json,
+            &[br#"{"b":1,"a":[1,2],"c":{"d":null}}"#],
+        );
         let o = match &out[0] {
             Value::Object(o) => o,
             v => panic!("{v:?}"),
         };
         let names: Vec<&str> = o.properties.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, vec!["b", "a", "c"], "property order is kept");
-        assert_eq!(lines_of(OutputFormat::Json, &[b"[1, \"x\", true]"]), vec![Value::Int(1), Value::from("x"), Value::Bool(true)]);
-        assert_eq!(lines_of(OutputFormat::Json, &[b"{\"a\":1}\n{\"a\":2}\n"]).len(), 2);
+        assert_eq!(
+            lines_of(OutputFormat::Json, &[b"[1, \"x\", true]"]),
+            vec![Value::Int(1), Value::from("x"), Value::Bool(true)]
+        );
+        assert_eq!(
+            lines_of(OutputFormat::Json, &[b"{\"a\":1}\n{\"a\":2}\n"]).len(),
+            2
+        );
         let mut p = OutputParser::new(OutputFormat::Json);
         p.feed(b"{not json", &mut |_| {});
         assert!(p.finish(true, &mut |_| {}).is_err());
@@ -881,7 +1072,11 @@ mod tests {
         assert!(p.remaining);
         assert_eq!(p.position, Some(0));
         assert_eq!(p.patterns, vec!["blame", "time"]);
-        let no_args = ExternalCommandDef { arguments: vec![], path: "/usr/bin/uptime".into(), ..def };
+        let no_args = ExternalCommandDef {
+            arguments: vec![],
+            path: "/usr/bin/uptime".into(),
+            ..def
+        };
         assert!(external_command(&no_args).decl().params.is_empty());
     }
 }

@@ -84,20 +84,28 @@ fn cgroup2_mount() -> Option<PathBuf> {
 }
 
 fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// keyhole's own cgroup v2 path, from /proc/self/cgroup ("0::/path").
 fn own_cgroup() -> Option<String> {
     let text = fs::read_to_string("/proc/self/cgroup").ok()?;
-    text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string))
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
 
 fn detect_cgroup_parent() -> Option<PathBuf> {
     let mount = cgroup2_mount()?;
     let own = own_cgroup()?;
     let own_rel = own.trim_start_matches('/');
-    let base = if own_rel.is_empty() { mount } else { mount.join(own_rel) };
+    let base = if own_rel.is_empty() {
+        mount
+    } else {
+        mount.join(own_rel)
+    };
     let dir = base.join("keyhole");
     match fs::create_dir(&dir) {
         Ok(()) => {}
@@ -105,7 +113,11 @@ fn detect_cgroup_parent() -> Option<PathBuf> {
         Err(_) => return None,
     }
     // Prove it works: a probe cgroup must be creatable and have cgroup.procs.
-    let probe = dir.join(format!("{}-probe-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+    let probe = dir.join(format!(
+        "{}-probe-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
     let ok = fs::create_dir(&probe).is_ok() && probe.join("cgroup.procs").exists();
     let _ = fs::remove_dir(&probe);
     if ok {
@@ -117,7 +129,9 @@ fn detect_cgroup_parent() -> Option<PathBuf> {
 
 /// Remove empty per-command cgroups a crashed keyhole left behind (populated ones are killed first).
 fn cleanup_stale(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if !path.is_dir() {
@@ -125,7 +139,10 @@ fn cleanup_stale(dir: &Path) {
         }
         // "<pid>-<uuid>": only the cgroups of a keyhole process that no longer exists are
         // killed; another keyhole (the server and `keyhole run`) shares this directory.
-        let owner = entry.file_name().to_str().and_then(|n| n.split('-').next().and_then(|p| p.parse::<u32>().ok()));
+        let owner = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.split('-').next().and_then(|p| p.parse::<u32>().ok()));
         if let Some(pid) = owner {
             if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = write_file(&path.join("cgroup.kill"), b"1");
@@ -156,8 +173,19 @@ impl Containment {
         if let Mechanism::Cgroup(parent) = mechanism() {
             let dir = parent.join(&id);
             match fs::create_dir(&dir) {
-                Ok(()) => match fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs")) {
-                    Ok(f) => return (Containment { id, cgroup: Some(dir) }, Some(OwnedFd::from(f))),
+                Ok(()) => match fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("cgroup.procs"))
+                {
+                    Ok(f) => {
+                        return (
+                            Containment {
+                                id,
+                                cgroup: Some(dir),
+                            },
+                            Some(OwnedFd::from(f)),
+                        )
+                    }
                     Err(e) => {
                         tracing::warn!(dir = %dir.display(), error = %e, "sandbox: cannot open cgroup.procs; using the fallback for this command");
                         let _ = fs::remove_dir(&dir);
@@ -224,7 +252,11 @@ impl Containment {
 
 fn cgroup_pids(dir: &Path) -> Vec<i32> {
     fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|s| s.lines().filter_map(|l| l.trim().parse::<i32>().ok()).collect())
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -253,14 +285,24 @@ fn marked_pids(id: &str) -> Vec<i32> {
     use std::io::Read;
     let needle = format!("{MARKER_VAR}={id}");
     let me = std::process::id() as i32;
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
         if pid == me {
             continue;
         }
-        let Ok(f) = fs::File::open(entry.path().join("environ")) else { continue };
+        let Ok(f) = fs::File::open(entry.path().join("environ")) else {
+            continue;
+        };
         let mut buf = Vec::new();
         if f.take(MAX_ENVIRON_BYTES).read_to_end(&mut buf).is_err() {
             continue;
@@ -297,9 +339,15 @@ mod tests {
 
     #[test]
     fn marker_only_without_cgroup() {
-        let c = Containment { id: "x".into(), cgroup: None };
+        let c = Containment {
+            id: "x".into(),
+            cgroup: None,
+        };
         assert_eq!(c.marker(), Some((MARKER_VAR.to_string(), "x".to_string())));
-        let c = Containment { id: "x".into(), cgroup: Some(PathBuf::from("/nonexistent")) };
+        let c = Containment {
+            id: "x".into(),
+            cgroup: Some(PathBuf::from("/nonexistent")),
+        };
         assert_eq!(c.marker(), None);
     }
 }

@@ -70,7 +70,10 @@ pub enum SandboxError {
     #[error("unknown run-as account {0:?}: create it (useradd --system --no-create-home --shell /usr/sbin/nologin {0}) or change the endpoint's run_as")]
     UnknownUser(String),
     #[error("cannot run {program}: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -102,13 +105,20 @@ fn validate(spec: &ProgramSpec) -> Result<(), SandboxError> {
         )));
     }
     if spec.args.len() > MAX_ARGS {
-        return Err(SandboxError::Other(format!("{program}: {} arguments, more than the {MAX_ARGS} allowed", spec.args.len())));
+        return Err(SandboxError::Other(format!(
+            "{program}: {} arguments, more than the {MAX_ARGS} allowed",
+            spec.args.len()
+        )));
     }
     if spec.args.iter().any(|a| a.contains('\0')) {
-        return Err(SandboxError::Other(format!("{program}: an argument contains a NUL character, which no program can receive")));
+        return Err(SandboxError::Other(format!(
+            "{program}: an argument contains a NUL character, which no program can receive"
+        )));
     }
     if spec.env.len() > MAX_ENV_VARS {
-        return Err(SandboxError::Other(format!("{program}: more than {MAX_ENV_VARS} environment variables declared")));
+        return Err(SandboxError::Other(format!(
+            "{program}: more than {MAX_ENV_VARS} environment variables declared"
+        )));
     }
     for (k, v) in &spec.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
@@ -235,14 +245,21 @@ impl Pipes {
 /// process group id — stays reserved until the group has been killed.
 fn main_exited(pid: Pid) -> bool {
     matches!(
-        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT),
+        waitid(
+            Id::Pid(pid),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT
+        ),
         Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_)
     )
 }
 
 /// Run a program under the sandbox. `on_stdout` receives output chunks as they arrive (for
 /// streaming); the full output (up to the cap) is also returned.
-pub fn run(spec: &ProgramSpec, cancel: &CancelToken, on_stdout: &mut dyn FnMut(&[u8])) -> Result<ProgramResult, SandboxError> {
+pub fn run(
+    spec: &ProgramSpec,
+    cancel: &CancelToken,
+    on_stdout: &mut dyn FnMut(&[u8]),
+) -> Result<ProgramResult, SandboxError> {
     validate(spec)?;
     init();
     let (containment, procs_fd) = contain::Containment::new();
@@ -261,7 +278,11 @@ pub fn run(spec: &ProgramSpec, cancel: &CancelToken, on_stdout: &mut dyn FnMut(&
         .env("LANG", BASE_LANG)
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir("/")
-        .stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some((k, v)) = containment.marker() {
@@ -280,7 +301,10 @@ pub fn run(spec: &ProgramSpec, cancel: &CancelToken, on_stdout: &mut dyn FnMut(&
         Ok(c) => c,
         Err(e) => {
             containment.cleanup();
-            return Err(SandboxError::Spawn { program: spec.program.display().to_string(), source: e });
+            return Err(SandboxError::Spawn {
+                program: spec.program.display().to_string(),
+                source: e,
+            });
         }
     };
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
@@ -292,8 +316,17 @@ pub fn run(spec: &ProgramSpec, cancel: &CancelToken, on_stdout: &mut dyn FnMut(&
         });
     }
 
-    let mut pipes = Pipes { stdout: child.stdout.take(), stderr: child.stderr.take() };
-    let mut sink = Collector { stdout: Vec::new(), stderr: Vec::new(), total: 0, max: spec.max_output_bytes, on_stdout };
+    let mut pipes = Pipes {
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+    };
+    let mut sink = Collector {
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        total: 0,
+        max: spec.max_output_bytes,
+        on_stdout,
+    };
     let started = Instant::now();
 
     let reason = loop {
@@ -332,8 +365,17 @@ pub fn run(spec: &ProgramSpec, cancel: &CancelToken, on_stdout: &mut dyn FnMut(&
                 (None, Some(s)) => Termination::Signaled(s),
                 (None, None) => Termination::Signaled(0),
             },
-            Err(e) => return Err(SandboxError::Other(format!("cannot collect the exit status of {}: {e}", spec.program.display()))),
+            Err(e) => {
+                return Err(SandboxError::Other(format!(
+                    "cannot collect the exit status of {}: {e}",
+                    spec.program.display()
+                )))
+            }
         },
     };
-    Ok(ProgramResult { termination, stdout: sink.stdout, stderr: sink.stderr })
+    Ok(ProgramResult {
+        termination,
+        stdout: sink.stdout,
+        stderr: sink.stderr,
+    })
 }

@@ -45,7 +45,11 @@ struct CapData {
 #[derive(Debug, Clone)]
 pub(crate) enum Identity {
     /// keyhole is root: become this account with exactly these groups.
-    Switch { uid: Uid, gid: Gid, groups: Vec<libc::gid_t> },
+    Switch {
+        uid: Uid,
+        gid: Gid,
+        groups: Vec<libc::gid_t>,
+    },
     /// keyhole is not root and the run-as account is its own: keep the credentials, still drop
     /// capabilities and set no-new-privs.
     Keep,
@@ -73,7 +77,11 @@ pub(crate) struct Prepared {
 /// Parse a capability name as configuration writes it (`CAP_NET_RAW`, `net_raw`).
 pub fn parse_capability(name: &str) -> Result<caps::Capability, SandboxError> {
     let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
     full.parse::<caps::Capability>().map_err(|_| {
         SandboxError::Other(format!(
             "unknown Linux capability {name:?}: use a name from capabilities(7) such as CAP_NET_BIND_SERVICE"
@@ -90,7 +98,11 @@ fn last_cap() -> u32 {
 }
 
 /// Resolve the account, its groups and the capability set, before any `fork`.
-pub(crate) fn prepare(run_as: &str, capabilities: &[String], cgroup_procs: Option<OwnedFd>) -> Result<Prepared, SandboxError> {
+pub(crate) fn prepare(
+    run_as: &str,
+    capabilities: &[String],
+    cgroup_procs: Option<OwnedFd>,
+) -> Result<Prepared, SandboxError> {
     let user = User::from_name(run_as)
         .map_err(|e| SandboxError::Other(format!("cannot look up run-as account {run_as:?}: {e}")))?
         .ok_or_else(|| SandboxError::UnknownUser(run_as.to_string()))?;
@@ -108,17 +120,27 @@ pub(crate) fn prepare(run_as: &str, capabilities: &[String], cgroup_procs: Optio
 
     let root = nix::unistd::geteuid().is_root();
     let identity = if root {
-        let cname = CString::new(user.name.as_bytes())
-            .map_err(|_| SandboxError::Other(format!("run-as account name {run_as:?} contains a NUL byte")))?;
-        let groups = nix::unistd::getgrouplist(&cname, user.gid)
-            .map_err(|e| SandboxError::Other(format!("cannot list the groups of run-as account {run_as:?}: {e}")))?;
+        let cname = CString::new(user.name.as_bytes()).map_err(|_| {
+            SandboxError::Other(format!(
+                "run-as account name {run_as:?} contains a NUL byte"
+            ))
+        })?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid).map_err(|e| {
+            SandboxError::Other(format!(
+                "cannot list the groups of run-as account {run_as:?}: {e}"
+            ))
+        })?;
         if groups.len() > MAX_GROUPS {
             return Err(SandboxError::Other(format!(
                 "run-as account {run_as:?} has {} groups, more than the {MAX_GROUPS} keyhole accepts",
                 groups.len()
             )));
         }
-        Identity::Switch { uid: user.uid, gid: user.gid, groups: groups.iter().map(|g| g.as_raw()).collect() }
+        Identity::Switch {
+            uid: user.uid,
+            gid: user.gid,
+            groups: groups.iter().map(|g| g.as_raw()).collect(),
+        }
     } else {
         if user.uid != nix::unistd::getuid() || user.uid != nix::unistd::geteuid() {
             return Err(SandboxError::Other(format!(
@@ -142,10 +164,17 @@ pub(crate) fn prepare(run_as: &str, capabilities: &[String], cgroup_procs: Optio
     ];
     let mut rlimits = Vec::with_capacity(wanted.len());
     for (res, want) in wanted {
-        let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: getrlimit writes one `rlimit` into the valid, exclusively borrowed `cur`.
         let rc = unsafe { libc::getrlimit(res, &mut cur) };
-        let limit = if rc == 0 && !root { want.min(cur.rlim_max) } else { want };
+        let limit = if rc == 0 && !root {
+            want.min(cur.rlim_max)
+        } else {
+            want
+        };
         rlimits.push((res, limit));
     }
 
@@ -188,13 +217,24 @@ pub(crate) fn child_setup(p: &Prepared) -> io::Result<()> {
     // SAFETY: setpgid(0, 0) only changes this process's group; no memory is touched.
     check(unsafe { libc::setpgid(0, 0) })?;
     for (res, limit) in &p.rlimits {
-        let rl = libc::rlimit { rlim_cur: *limit, rlim_max: *limit };
+        let rl = libc::rlimit {
+            rlim_cur: *limit,
+            rlim_max: *limit,
+        };
         // SAFETY: setrlimit reads one `rlimit` from a valid stack value.
         check(unsafe { libc::setrlimit(*res, &rl) })?;
     }
     set_target_user(p)?;
     // SAFETY: prctl with integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) })?;
+    check(unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
     // The parent may have died before PR_SET_PDEATHSIG: then nobody supervises us; give up.
     // SAFETY: getppid has no arguments and cannot fail.
     if unsafe { libc::getppid() } != p.parent.as_raw() {
@@ -253,23 +293,54 @@ pub(crate) fn set_target_user(p: &Prepared) -> io::Result<()> {
 
     let lo = (p.caps & 0xffff_ffff) as u32;
     let hi = (p.caps >> 32) as u32;
-    let mut header = CapHeader { version: CAP_VERSION_3, pid: 0 };
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
     let data = [
-        CapData { effective: lo, permitted: lo, inheritable: lo },
-        CapData { effective: hi, permitted: hi, inheritable: hi },
+        CapData {
+            effective: lo,
+            permitted: lo,
+            inheritable: lo,
+        },
+        CapData {
+            effective: hi,
+            permitted: hi,
+            inheritable: hi,
+        },
     ];
     // SAFETY: capset reads a valid header and two CapData (the V3 layout) from live stack values.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
     if rc == -1 {
         return Err(io::Error::last_os_error());
     }
 
     // SAFETY: prctl with integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) })?;
+    check(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
     for cap in &p.cap_list {
         // SAFETY: prctl with integer arguments only.
         check(unsafe {
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, *cap as libc::c_ulong, 0, 0)
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                *cap as libc::c_ulong,
+                0,
+                0,
+            )
         })?;
     }
 

@@ -1,5 +1,10 @@
 //! Helpers shared by the sandbox integration tests: throwaway accounts and survivor checks.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -8,7 +13,10 @@ use keyhole::engine::CancelToken;
 use keyhole::sandbox::{self, ProgramResult, ProgramSpec};
 
 pub fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "these tests run as root (CI runs them as root too)");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests run as root (CI runs them as root too)"
+    );
 }
 
 fn retry(cmd: &str, args: &[&str]) -> Result<(), String> {
@@ -33,15 +41,22 @@ fn retry(cmd: &str, args: &[&str]) -> Result<(), String> {
 /// Kill every process of `uid` (only the throwaway test accounts), by pid.
 fn kill_uid(uid: u32) {
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
         let owner = status
             .lines()
             .find_map(|l| l.strip_prefix("Uid:"))
             .and_then(|r| r.split_whitespace().next())
             .and_then(|u| u.parse::<u32>().ok());
         if owner == Some(uid) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -62,15 +77,36 @@ impl Account {
         let name = format!("khtest{suffix}");
         let group = format!("khgrp{suffix}");
         retry("groupadd", &["--system", &group]).unwrap();
-        let mut acct = Account { name: name.clone(), group: group.clone(), uid: 0, gid: 0, extra_gid: 0 };
-        if let Err(e) = retry("useradd", &["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "-G", &group, &name]) {
+        let mut acct = Account {
+            name: name.clone(),
+            group: group.clone(),
+            uid: 0,
+            gid: 0,
+            extra_gid: 0,
+        };
+        if let Err(e) = retry(
+            "useradd",
+            &[
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "-G",
+                &group,
+                &name,
+            ],
+        ) {
             let _ = retry("groupdel", &[&group]);
             panic!("{e}");
         }
         let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
         acct.uid = user.uid.as_raw();
         acct.gid = user.gid.as_raw();
-        acct.extra_gid = nix::unistd::Group::from_name(&group).unwrap().unwrap().gid.as_raw();
+        acct.extra_gid = nix::unistd::Group::from_name(&group)
+            .unwrap()
+            .unwrap()
+            .gid
+            .as_raw();
         assert_ne!(acct.uid, 0);
         acct
     }
@@ -108,8 +144,12 @@ pub fn sleepers(arg: &str) -> Vec<i32> {
     let want = format!("sleep\0{arg}\0");
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let name = String::from_utf8_lossy(&cmdline);
         if name == want || name.ends_with(&format!("/{want}")) {
             out.push(pid);
@@ -128,7 +168,10 @@ pub fn assert_no_survivor(arg: &str) {
         }
         if Instant::now() > deadline {
             for p in &left {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             panic!("sleep {arg} survived its command: pids {left:?}");
         }
