@@ -175,6 +175,8 @@ fn exit_code_and_stderr_are_reported() {
     assert_eq!(res.termination, Termination::Exited(3));
     assert_eq!(res.stdout, b"out\n");
     assert_eq!(res.stderr, b"oops\n");
+    let res = run_ok(&spec(&acct.name, "/bin/sh", &["-c", "kill -9 $$"]));
+    assert_eq!(res.termination, Termination::Signaled(9));
 }
 
 #[test]

@@ -172,6 +172,7 @@ impl Collector<'_> {
 struct Pipes {
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
+    buf: Vec<u8>,
 }
 
 enum PipeEvent {
@@ -212,10 +213,10 @@ impl Pipes {
             };
             (ready(true), ready(false))
         };
-        let mut buf = vec![0u8; READ_CHUNK];
+        let buf = &mut self.buf;
         if out_ready {
             if let Some(o) = self.stdout.as_mut() {
-                match o.read(&mut buf) {
+                match o.read(buf) {
                     Ok(0) | Err(_) => self.stdout = None,
                     Ok(n) => {
                         if !sink.push(true, buf.get(..n).unwrap_or_default()) {
@@ -227,7 +228,7 @@ impl Pipes {
         }
         if err_ready {
             if let Some(e) = self.stderr.as_mut() {
-                match e.read(&mut buf) {
+                match e.read(buf) {
                     Ok(0) | Err(_) => self.stderr = None,
                     Ok(n) => {
                         if !sink.push(false, buf.get(..n).unwrap_or_default()) {
@@ -319,6 +320,7 @@ pub fn run(
     let mut pipes = Pipes {
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
+        buf: vec![0u8; READ_CHUNK],
     };
     let mut sink = Collector {
         stdout: Vec::new(),
