@@ -865,7 +865,9 @@ pub fn external_command(def: &ExternalCommandDef) -> Arc<dyn Command> {
                 "Arguments; each must fully match one of: {}",
                 def.arguments.join(", ")
             ));
-        p.patterns = def.arguments.clone();
+        // `(?-i:…)`: the engine matches ParamDecl patterns case-insensitively (as PowerShell's
+        // ValidatePattern), but an external command's arguments are case-sensitive.
+        p.patterns = def.arguments.iter().map(|a| format!("(?-i:{a})")).collect();
         decl.params.push(p);
     }
     let patterns = def
@@ -1071,7 +1073,10 @@ mod tests {
         let p = c.decl().find_param("ArgumentList").unwrap();
         assert!(p.remaining);
         assert_eq!(p.position, Some(0));
-        assert_eq!(p.patterns, vec!["blame", "time"]);
+        assert_eq!(p.patterns, vec!["(?-i:blame)", "(?-i:time)"]);
+        // the engine's case-insensitive, anchored check stays case-sensitive for these
+        let re = RegexBuilder::new(&format!("^(?:{})$", p.patterns[0])).case_insensitive(true).build().unwrap();
+        assert!(re.is_match("blame") && !re.is_match("BLAME"));
         let no_args = ExternalCommandDef {
             arguments: vec![],
             path: "/usr/bin/uptime".into(),

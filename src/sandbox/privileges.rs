@@ -119,6 +119,29 @@ pub(crate) fn prepare(
     }
 
     let root = nix::unistd::geteuid().is_root();
+    if root {
+        for (cap, why) in [
+            (
+                caps::Capability::CAP_SETPCAP,
+                "to drop capabilities from the bounding set",
+            ),
+            (
+                caps::Capability::CAP_SETUID,
+                "to change to the run-as account",
+            ),
+            (
+                caps::Capability::CAP_SETGID,
+                "to set the run-as account's groups",
+            ),
+        ] {
+            if !caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(false) {
+                return Err(SandboxError::Other(format!(
+                    "keyhole runs as root but without {cap}, which it needs {why}; \
+                     give the service that capability (systemd: do not remove it with CapabilityBoundingSet=)"
+                )));
+            }
+        }
+    }
     let identity = if root {
         let cname = CString::new(user.name.as_bytes()).map_err(|_| {
             SandboxError::Other(format!(
