@@ -464,10 +464,14 @@ fn cancellation_stops_the_program() {
     let o = invoke_with(f.as_ref(), &host("root"), &cancel, BoundArgs::default());
     th.join().unwrap();
     assert!(t.elapsed() < Duration::from_secs(3));
-    assert_eq!(
-        o.result.unwrap_err().category,
-        ErrorCategory::OperationStopped
+    // the engine turns the cancelled token into a Stopped pipeline; the command adds no error
+    assert!(
+        o.result.is_ok() && o.errors.is_empty(),
+        "{:?} {:?}",
+        o.result,
+        o.errors
     );
+    assert!(o.out.is_empty());
     assert_no_survivor("2737");
 }
 
@@ -556,6 +560,19 @@ fn external_arguments_must_fully_match_case_sensitively() {
     );
     assert!(ok.result.is_ok(), "{:?}", ok.result);
     assert_eq!(strings(&ok.out), vec!["blame 42"]);
+    // the engine's application binder passes them as `Arguments`
+    let ok = invoke(
+        c.as_ref(),
+        "root",
+        &[("Arguments", Value::Array(vec!["time".into()]))],
+    );
+    assert_eq!(strings(&ok.out), vec!["time"]);
+    let o = invoke(
+        c.as_ref(),
+        "root",
+        &[("Arguments", Value::Array(vec!["TIME".into()]))],
+    );
+    assert!(o.result.is_err() && o.out.is_empty());
     for bad in ["BLAME", "blame; id", "time ", "42x", ""] {
         let o = invoke(
             c.as_ref(),
@@ -578,4 +595,41 @@ fn external_without_listed_arguments_takes_none() {
     let o = invoke(c.as_ref(), "root", &[("ArgumentList", Value::from("x"))]);
     assert!(o.result.is_err(), "no arguments listed means none allowed");
     assert!(o.out.is_empty());
+}
+
+#[test]
+fn runs_at_end_when_no_input_reached_it() {
+    require_root();
+    let f = function_command(&function(
+        "Show-Value",
+        "/usr/bin/printf",
+        &["%s", "{Value}"],
+        OutputFormat::Lines,
+        vec![("Value", param(FunctionParamType::String, true, Some(0)))],
+    ));
+    let h = host("root");
+    let cancel = CancelToken::new();
+    let mut args = BoundArgs::default();
+    args.set("Value", Value::from("once"));
+    let mut out = Vec::new();
+    let mut sink = VecSink::default();
+    let mut had = false;
+    {
+        let mut push = |v: Value| out.push(v.to_ps_string());
+        let mut ctx = Ctx {
+            host: &h,
+            cancel: &cancel,
+            visible: &[],
+            out: &mut push,
+            events: &mut sink,
+            had_errors: &mut had,
+        };
+        let mut inv = f.start(&args);
+        // no process() call: the upstream command produced nothing
+        inv.end(&mut ctx).unwrap();
+        // and it never runs twice
+        inv.process(&mut ctx, &args, Some(Value::Int(1))).unwrap();
+        inv.end(&mut ctx).unwrap();
+    }
+    assert_eq!(out, vec!["once"]);
 }

@@ -450,21 +450,13 @@ fn first_stderr_lines(stderr: &[u8]) -> String {
     }
 }
 
-fn stopped_error() -> ErrorRecord {
-    ErrorRecord::new(
-        "The pipeline has been stopped.",
-        "PipelineStopped",
-        ErrorCategory::OperationStopped,
-    )
-    .exception("System.Management.Automation.PipelineStoppedException")
-    .terminating()
-}
-
 impl Program {
     /// Run with this argv; stream parsed output; turn the ending into error records.
     fn execute(&self, ctx: &mut Ctx<'_>, argv: Vec<String>) -> Result<(), ErrorRecord> {
+        // Cancelled: nothing runs and nothing is reported here; the engine sees the token and
+        // ends the pipeline as Stopped.
         if ctx.cancelled() {
-            return Err(stopped_error());
+            return Ok(());
         }
         let timeout = self.timeout.unwrap_or(ctx.host.command_timeout);
         let spec = ProgramSpec {
@@ -577,7 +569,7 @@ impl Program {
                 e.command = Some(self.name.clone());
                 Err(e)
             }
-            Termination::Cancelled => Err(stopped_error()),
+            Termination::Cancelled => Ok(()),
         }
     }
 }
@@ -598,6 +590,8 @@ struct FunctionCommand {
 
 struct FunctionInvocation {
     cmd: Arc<FunctionCommand>,
+    /// The arguments bound from the command line (for a run at `end`).
+    start_args: BoundArgs,
     ran: bool,
 }
 
@@ -657,14 +651,8 @@ impl FunctionCommand {
     }
 }
 
-impl Invocation for FunctionInvocation {
-    fn process(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        args: &BoundArgs,
-        _input: Option<crate::engine::Value>,
-    ) -> Result<(), ErrorRecord> {
-        // A declared function runs once per invocation; pipeline input is not passed to it.
+impl FunctionInvocation {
+    fn run_once(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs) -> Result<(), ErrorRecord> {
         if self.ran {
             return Ok(());
         }
@@ -675,15 +663,33 @@ impl Invocation for FunctionInvocation {
     }
 }
 
+/// A declared function runs once per invocation: at its first `process` call, or at `end`
+/// when no input ever reached it. Pipeline input is not passed to the program.
+impl Invocation for FunctionInvocation {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        _input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
+        self.run_once(ctx, args)
+    }
+    fn end(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ErrorRecord> {
+        let args = self.start_args.clone();
+        self.run_once(ctx, &args)
+    }
+}
+
 struct FunctionHandle(Arc<FunctionCommand>);
 
 impl Command for FunctionHandle {
     fn decl(&self) -> &CommandDecl {
         &self.0.decl
     }
-    fn start(&self, _args: &BoundArgs) -> Box<dyn Invocation> {
+    fn start(&self, args: &BoundArgs) -> Box<dyn Invocation> {
         Box::new(FunctionInvocation {
             cmd: Arc::clone(&self.0),
+            start_args: args.clone(),
             ran: false,
         })
     }
@@ -755,6 +761,8 @@ pub fn function_command(f: &ResolvedFunction) -> Arc<dyn Command> {
 
 /// The parameter through which an external command receives its arguments.
 pub const ARGUMENT_LIST: &str = "ArgumentList";
+/// The bound name the engine's application binder uses for the verbatim arguments.
+pub const ENGINE_ARGUMENTS: &str = "Arguments";
 
 /// A visible external command.
 struct ExternalCommand {
@@ -766,6 +774,7 @@ struct ExternalCommand {
 
 struct ExternalInvocation {
     cmd: Arc<ExternalCommand>,
+    start_args: BoundArgs,
     ran: bool,
 }
 
@@ -803,6 +812,26 @@ impl ExternalCommand {
     }
 }
 
+impl ExternalInvocation {
+    fn run_once(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs) -> Result<(), ErrorRecord> {
+        if self.ran {
+            return Ok(());
+        }
+        self.ran = true;
+        // The engine's binder hands an application its verbatim arguments as `Arguments`;
+        // `ArgumentList` is the declared parameter (Get-Command, a binder that uses it).
+        let argv = if args.has(ENGINE_ARGUMENTS) {
+            args.strings(ENGINE_ARGUMENTS)
+        } else {
+            args.strings(ARGUMENT_LIST)
+        };
+        self.cmd.check(&argv)?;
+        self.cmd.program.execute(ctx, argv)
+    }
+}
+
+/// Runs once, like a function; standard input stays closed (SPEC §4.4), so pipeline input is
+/// not passed to the program.
 impl Invocation for ExternalInvocation {
     fn process(
         &mut self,
@@ -810,13 +839,11 @@ impl Invocation for ExternalInvocation {
         args: &BoundArgs,
         _input: Option<Value>,
     ) -> Result<(), ErrorRecord> {
-        if self.ran {
-            return Ok(());
-        }
-        self.ran = true;
-        let argv = args.strings(ARGUMENT_LIST);
-        self.cmd.check(&argv)?;
-        self.cmd.program.execute(ctx, argv)
+        self.run_once(ctx, args)
+    }
+    fn end(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ErrorRecord> {
+        let args = self.start_args.clone();
+        self.run_once(ctx, &args)
     }
 }
 
@@ -826,9 +853,10 @@ impl Command for ExternalHandle {
     fn decl(&self) -> &CommandDecl {
         &self.0.decl
     }
-    fn start(&self, _args: &BoundArgs) -> Box<dyn Invocation> {
+    fn start(&self, args: &BoundArgs) -> Box<dyn Invocation> {
         Box::new(ExternalInvocation {
             cmd: Arc::clone(&self.0),
+            start_args: args.clone(),
             ran: false,
         })
     }
@@ -1075,7 +1103,10 @@ mod tests {
         assert_eq!(p.position, Some(0));
         assert_eq!(p.patterns, vec!["(?-i:blame)", "(?-i:time)"]);
         // the engine's case-insensitive, anchored check stays case-sensitive for these
-        let re = RegexBuilder::new(&format!("^(?:{})$", p.patterns[0])).case_insensitive(true).build().unwrap();
+        let re = RegexBuilder::new(&format!("^(?:{})$", p.patterns[0]))
+            .case_insensitive(true)
+            .build()
+            .unwrap();
         assert!(re.is_match("blame") && !re.is_match("BLAME"));
         let no_args = ExternalCommandDef {
             arguments: vec![],
