@@ -65,6 +65,7 @@ fn header_records_and_modes() {
         "RunAs User: keyhole-helpdesk",
         "Groups: helpdesk, staff",
         "Configuration Name: Helpdesk",
+        "Machine: ",
         "Client Address: 192.0.2.7",
         "Session ID: 0f1e2d3c",
         &format!("Keyhole Version: {}", env!("CARGO_PKG_VERSION")),

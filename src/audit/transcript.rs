@@ -149,6 +149,12 @@ fn render_command(name: &str, args: &BoundArgs) -> String {
     s
 }
 
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn stamp(t: DateTime<Utc>) -> String {
     t.format("%Y%m%d%H%M%S").to_string()
 }
@@ -216,12 +222,13 @@ impl Transcript {
         };
         let h = header;
         let text = format!(
-            "{SEPARATOR}\nPowerShell transcript start\nStart time: {}\nUsername: {}\nRunAs User: {}\nGroups: {}\nConfiguration Name: {}\nClient Address: {}\nSession ID: {}\nHost Application: keyhole {KEYHOLE_VERSION}\nKeyhole Version: {KEYHOLE_VERSION}\nProcess ID: {}\nStart time (UTC): {}\n{SEPARATOR}\n",
+            "{SEPARATOR}\nPowerShell transcript start\nStart time: {}\nUsername: {}\nRunAs User: {}\nGroups: {}\nConfiguration Name: {}\nMachine: {} (Linux)\nClient Address: {}\nSession ID: {}\nHost Application: keyhole {KEYHOLE_VERSION}\nKeyhole Version: {KEYHOLE_VERSION}\nProcess ID: {}\nStart time (UTC): {}\n{SEPARATOR}\n",
             stamp(h.start_time),
             clean(&h.user),
             clean(&h.run_as),
             clean(&h.groups.join(", ")),
             clean(&h.endpoint),
+            clean(&hostname()),
             clean(h.client_address.as_deref().unwrap_or("local")),
             clean(&h.session_id),
             std::process::id(),

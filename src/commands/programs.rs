@@ -1115,4 +1115,31 @@ mod tests {
         };
         assert!(external_command(&no_args).decl().params.is_empty());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..2048), cut in 0usize..2048) {
+            for fmt in [OutputFormat::Lines, OutputFormat::Table, OutputFormat::Json] {
+                let mut p = OutputParser::new(fmt);
+                let split = cut.min(data.len());
+                let (a, b) = data.split_at(split);
+                let mut n = 0usize;
+                p.feed(a, &mut |_| n += 1);
+                p.feed(b, &mut |_| n += 1);
+                let _ = p.finish(true, &mut |_| n += 1);
+            }
+        }
+
+        #[test]
+        fn lines_roundtrip(lines in proptest::collection::vec("[^\n\r]{0,20}", 1..20)) {
+            let text = lines.join("\n");
+            let out = lines_of(OutputFormat::Lines, &[text.as_bytes()]);
+            let got: Vec<String> = out.iter().map(Value::to_ps_string).collect();
+            let mut want = lines.clone();
+            if want.last().is_some_and(|l| l.is_empty()) {
+                want.pop(); // "a\n" is one line
+            }
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 }
