@@ -29,6 +29,9 @@ pub const MARKER_VAR: &str = "KEYHOLE_RUN";
 const MAX_KILL_ROUNDS: usize = 50;
 /// How long to wait for a killed cgroup to empty before leaving it for later clean-up.
 const CGROUP_DRAIN: Duration = Duration::from_secs(2);
+/// Most processes one command may have at once when the cgroup `pids` controller is available
+/// (also bounds a fork bomb of a root run-as account, which RLIMIT_NPROC does not).
+pub const CGROUP_PIDS_MAX: u32 = 1024;
 /// Longest /proc/<pid>/environ read in the fallback.
 const MAX_ENVIRON_BYTES: u64 = 256 * 1024;
 
@@ -121,6 +124,12 @@ fn detect_cgroup_parent() -> Option<PathBuf> {
     let ok = fs::create_dir(&probe).is_ok() && probe.join("cgroup.procs").exists();
     let _ = fs::remove_dir(&probe);
     if ok {
+        // Best effort: let per-command cgroups limit their number of processes.
+        if fs::read_to_string(dir.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "pids"))
+        {
+            let _ = write_file(&dir.join("cgroup.subtree_control"), b"+pids");
+        }
         Some(dir)
     } else {
         None
@@ -172,31 +181,37 @@ impl Containment {
         let id = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         if let Mechanism::Cgroup(parent) = mechanism() {
             let dir = parent.join(&id);
-            match fs::create_dir(&dir) {
-                Ok(()) => match fs::OpenOptions::new()
-                    .write(true)
-                    .open(dir.join("cgroup.procs"))
-                {
-                    Ok(f) => {
-                        return (
-                            Containment {
-                                id,
-                                cgroup: Some(dir),
-                            },
-                            Some(OwnedFd::from(f)),
-                        )
-                    }
-                    Err(e) => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "sandbox: cannot open cgroup.procs; using the fallback for this command");
-                        let _ = fs::remove_dir(&dir);
-                    }
-                },
+            match Self::open_cgroup(&dir) {
+                Ok(fd) => {
+                    return (
+                        Containment {
+                            id,
+                            cgroup: Some(dir),
+                        },
+                        Some(fd),
+                    )
+                }
                 Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "sandbox: cannot create a cgroup; using the fallback for this command")
+                    let _ = fs::remove_dir(&dir);
+                    tracing::warn!(dir = %dir.display(), error = %e, "sandbox: cannot set up a cgroup; using the fallback for this command");
                 }
             }
         }
         (Containment { id, cgroup: None }, None)
+    }
+
+    fn open_cgroup(dir: &Path) -> std::io::Result<OwnedFd> {
+        fs::create_dir(dir)?;
+        let pids_max = dir.join("pids.max");
+        if pids_max.exists() {
+            if let Err(e) = write_file(&pids_max, CGROUP_PIDS_MAX.to_string().as_bytes()) {
+                tracing::warn!(dir = %dir.display(), error = %e, "sandbox: cannot set pids.max");
+            }
+        }
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))?;
+        Ok(OwnedFd::from(f))
     }
 
     /// The environment marker to add (fallback only).
