@@ -111,6 +111,11 @@ pub(crate) fn prepare(
     let mut cap_list = Vec::new();
     for name in capabilities {
         let cap = parse_capability(name)?;
+        if !caps::has_cap(None, caps::CapSet::Permitted, cap).unwrap_or(false) {
+            return Err(SandboxError::Other(format!(
+                "{cap} is declared for this program but keyhole itself does not hold it, so it cannot pass it on"
+            )));
+        }
         let idx = u32::from(cap.index());
         if idx < 64 && caps_mask & (1u64 << idx) == 0 {
             caps_mask |= 1u64 << idx;
