@@ -10,6 +10,8 @@ pub mod system;
 
 use std::sync::Arc;
 
+pub mod programs;
+
 use crate::engine::Command;
 
 /// Every cmdlet keyhole itself provides; role capabilities may grant these (and wildcards match

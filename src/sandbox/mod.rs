@@ -1,9 +1,33 @@
 //! `sandbox` is the only module with `unsafe`: spawning a program as the run-as account,
 //! dropping capabilities, no-new-privs, limits, killing the process group and every descendant.
+//!
+//! How a program runs (SPEC §4.4): [`run`] resolves the run-as account and everything else
+//! before `fork` ([`privileges::prepare`]); the child joins the command's cgroup, its own
+//! process group, gets resource limits and drops to the account with only the declared
+//! capabilities ([`privileges::set_target_user`]) before `exec` — by absolute path, never a
+//! shell, environment exactly `PATH`, `LANG` and what the entry declares, cwd `/`, stdin
+//! `/dev/null` unless bytes are given. The parent reads stdout and stderr with `poll` under a
+//! combined output cap, and enforces the timeout and cancellation; whatever the program leaves
+//! behind is killed when it ends ([`contain`]).
 #![allow(unsafe_code)]
 
+pub mod contain;
+mod privileges;
+
+pub use privileges::{
+    parse_capability, RLIMIT_AS_MAX, RLIMIT_CORE_MAX, RLIMIT_NOFILE_MAX, RLIMIT_NPROC_MAX,
+};
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::{Child, ChildStderr, ChildStdout, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 
 use crate::engine::CancelToken;
 
@@ -54,35 +78,306 @@ pub enum SandboxError {
     Other(String),
 }
 
+/// The fixed environment every program gets (SPEC §4.4).
+pub const BASE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+pub const BASE_LANG: &str = "C.UTF-8";
+/// How often the run loop wakes to check the timeout and cancellation.
+const POLL_INTERVAL_MS: u16 = 25;
+/// After the program is gone, how long to keep reading what is left in the pipes.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
+/// One read from a pipe.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most declared environment variables and arguments accepted (sanity bounds).
+const MAX_ENV_VARS: usize = 256;
+const MAX_ARGS: usize = 4096;
+
+/// Decide the containment mechanism (cgroup v2 or fallback) once and clean up leftovers of a
+/// previous run. The binary calls this at start; [`run`] calls it too (it is idempotent).
+pub fn init() -> &'static contain::Mechanism {
+    contain::mechanism()
+}
+
+fn validate(spec: &ProgramSpec) -> Result<(), SandboxError> {
+    let program = spec.program.display().to_string();
+    if !spec.program.is_absolute() {
+        return Err(SandboxError::Other(format!(
+            "program {program:?} is not an absolute path; keyhole only runs programs by absolute path"
+        )));
+    }
+    if spec.args.len() > MAX_ARGS {
+        return Err(SandboxError::Other(format!(
+            "{program}: {} arguments, more than the {MAX_ARGS} allowed",
+            spec.args.len()
+        )));
+    }
+    if spec.args.iter().any(|a| a.contains('\0')) {
+        return Err(SandboxError::Other(format!(
+            "{program}: an argument contains a NUL character, which no program can receive"
+        )));
+    }
+    if spec.env.len() > MAX_ENV_VARS {
+        return Err(SandboxError::Other(format!(
+            "{program}: more than {MAX_ENV_VARS} environment variables declared"
+        )));
+    }
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(SandboxError::Other(format!(
+                "{program}: invalid environment variable {k:?}: names must be non-empty without '=' or NUL, values without NUL"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Why the parent stopped the program.
+fn stop_reason(cancel: &CancelToken, started: Instant, timeout: Duration) -> Option<Termination> {
+    if cancel.is_cancelled() {
+        Some(Termination::Cancelled)
+    } else if started.elapsed() >= timeout {
+        Some(Termination::TimedOut)
+    } else {
+        None
+    }
+}
+
+/// Output collected so far, under the combined cap.
+struct Collector<'a> {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    total: u64,
+    max: u64,
+    on_stdout: &'a mut dyn FnMut(&[u8]),
+}
+
+impl Collector<'_> {
+    /// Keep a chunk; false when the cap was reached (the excess is dropped).
+    fn push(&mut self, is_stdout: bool, chunk: &[u8]) -> bool {
+        let room = self.max.saturating_sub(self.total);
+        let take = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
+        let kept = chunk.get(..take).unwrap_or_default();
+        self.total = self.total.saturating_add(take as u64);
+        if is_stdout {
+            self.stdout.extend_from_slice(kept);
+            if !kept.is_empty() {
+                (self.on_stdout)(kept);
+            }
+        } else {
+            self.stderr.extend_from_slice(kept);
+        }
+        take == chunk.len()
+    }
+}
+
+struct Pipes {
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    buf: Vec<u8>,
+}
+
+enum PipeEvent {
+    /// Nothing happened within the interval (or only some data was read).
+    Idle,
+    /// The output cap was exceeded.
+    OverLimit,
+}
+
+impl Pipes {
+    fn open(&self) -> bool {
+        self.stdout.is_some() || self.stderr.is_some()
+    }
+
+    /// Wait up to `POLL_INTERVAL_MS` for output and read what is there.
+    fn pump(&mut self, sink: &mut Collector<'_>) -> PipeEvent {
+        if !self.open() {
+            std::thread::sleep(Duration::from_millis(u64::from(POLL_INTERVAL_MS)));
+            return PipeEvent::Idle;
+        }
+        let (out_ready, err_ready) = {
+            let mut fds = Vec::with_capacity(2);
+            if let Some(o) = &self.stdout {
+                fds.push((true, PollFd::new(o.as_fd(), PollFlags::POLLIN)));
+            }
+            if let Some(e) = &self.stderr {
+                fds.push((false, PollFd::new(e.as_fd(), PollFlags::POLLIN)));
+            }
+            let mut polls: Vec<PollFd<'_>> = fds.iter().map(|(_, p)| *p).collect();
+            match nix::poll::poll(&mut polls, PollTimeout::from(POLL_INTERVAL_MS)) {
+                Ok(_) => {}
+                Err(_) => return PipeEvent::Idle, // EINTR: try again next round
+            }
+            let ready = |want_stdout: bool| {
+                fds.iter().zip(polls.iter()).any(|((is_out, _), p)| {
+                    *is_out == want_stdout && p.revents().is_some_and(|r| !r.is_empty())
+                })
+            };
+            (ready(true), ready(false))
+        };
+        let buf = &mut self.buf;
+        if out_ready {
+            if let Some(o) = self.stdout.as_mut() {
+                match o.read(buf) {
+                    Ok(0) | Err(_) => self.stdout = None,
+                    Ok(n) => {
+                        if !sink.push(true, buf.get(..n).unwrap_or_default()) {
+                            return PipeEvent::OverLimit;
+                        }
+                    }
+                }
+            }
+        }
+        if err_ready {
+            if let Some(e) = self.stderr.as_mut() {
+                match e.read(buf) {
+                    Ok(0) | Err(_) => self.stderr = None,
+                    Ok(n) => {
+                        if !sink.push(false, buf.get(..n).unwrap_or_default()) {
+                            return PipeEvent::OverLimit;
+                        }
+                    }
+                }
+            }
+        }
+        PipeEvent::Idle
+    }
+}
+
+/// Has the program itself ended? Looks without reaping, so that its pid — which is also the
+/// process group id — stays reserved until the group has been killed.
+fn main_exited(pid: Pid) -> bool {
+    matches!(
+        waitid(
+            Id::Pid(pid),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT
+        ),
+        Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_)
+    )
+}
+
 /// Run a program under the sandbox. `on_stdout` receives output chunks as they arrive (for
-/// streaming); the full output is also returned.
-///
-/// PLACEHOLDER until the sandbox lands: spawns without dropping privileges. Not for release.
+/// streaming); the full output (up to the cap) is also returned.
 pub fn run(
     spec: &ProgramSpec,
-    _cancel: &CancelToken,
+    cancel: &CancelToken,
     on_stdout: &mut dyn FnMut(&[u8]),
 ) -> Result<ProgramResult, SandboxError> {
-    let out = std::process::Command::new(&spec.program)
-        .args(&spec.args)
+    validate(spec)?;
+    init();
+    let (containment, procs_fd) = contain::Containment::new();
+    let prepared = match privileges::prepare(&spec.run_as, &spec.capabilities, procs_fd) {
+        Ok(p) => p,
+        Err(e) => {
+            containment.cleanup();
+            return Err(e);
+        }
+    };
+
+    let mut cmd = std::process::Command::new(&spec.program);
+    cmd.args(&spec.args)
         .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("LANG", "C.UTF-8")
+        .env("PATH", BASE_PATH)
+        .env("LANG", BASE_LANG)
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir("/")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| SandboxError::Spawn {
-            program: spec.program.display().to_string(),
-            source: e,
-        })?;
-    on_stdout(&out.stdout);
-    Ok(ProgramResult {
-        termination: match out.status.code() {
-            Some(c) => Termination::Exited(c),
-            None => Termination::Signaled(0),
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((k, v)) = containment.marker() {
+        cmd.env(k, v);
+    }
+    // SAFETY: the closure runs in the forked child before exec. It only calls
+    // `privileges::child_setup`, which makes async-signal-safe system calls (write, setpgid,
+    // setrlimit, prctl, setgroups, setresgid, setresuid, capset, getppid) on data computed
+    // before the fork and owned by the closure; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || privileges::child_setup(&prepared));
+    }
+    let spawned = cmd.spawn();
+    drop(cmd); // closes the parent's copy of cgroup.procs
+    let mut child: Child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            containment.cleanup();
+            return Err(SandboxError::Spawn {
+                program: spec.program.display().to_string(),
+                source: e,
+            });
+        }
+    };
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+
+    if let (Some(mut stdin), Some(data)) = (child.stdin.take(), spec.stdin.clone()) {
+        // Detached: ends with EPIPE at the latest when the program's processes are killed.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+    }
+
+    let mut pipes = Pipes {
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+        buf: vec![0u8; READ_CHUNK],
+    };
+    let mut sink = Collector {
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        total: 0,
+        max: spec.max_output_bytes,
+        on_stdout,
+    };
+    let started = Instant::now();
+
+    let reason = loop {
+        if let PipeEvent::OverLimit = pipes.pump(&mut sink) {
+            break Some(Termination::OutputLimit);
+        }
+        if let Some(r) = stop_reason(cancel, started, spec.timeout) {
+            break Some(r);
+        }
+        if main_exited(pid) {
+            break None;
+        }
+    };
+
+    // Whatever happened, nothing the command started survives it.
+    containment.kill_all(pid);
+    let status = child.wait();
+    containment.kill_all(pid);
+
+    if reason != Some(Termination::OutputLimit) {
+        let deadline = Instant::now() + DRAIN_DEADLINE;
+        while pipes.open() && Instant::now() < deadline {
+            if let PipeEvent::OverLimit = pipes.pump(&mut sink) {
+                break;
+            }
+        }
+    }
+    drop(pipes);
+    containment.cleanup();
+
+    let termination = match reason {
+        Some(r) => r,
+        None => match status {
+            Ok(st) => match (st.code(), st.signal()) {
+                (Some(c), _) => Termination::Exited(c),
+                (None, Some(s)) => Termination::Signaled(s),
+                (None, None) => Termination::Signaled(0),
+            },
+            Err(e) => {
+                return Err(SandboxError::Other(format!(
+                    "cannot collect the exit status of {}: {e}",
+                    spec.program.display()
+                )))
+            }
         },
-        stdout: out.stdout,
-        stderr: out.stderr,
+    };
+    Ok(ProgramResult {
+        termination,
+        stdout: sink.stdout,
+        stderr: sink.stderr,
     })
 }

@@ -1,0 +1,361 @@
+//! Session transcripts: one file per session, PowerShell-transcript-like, every record written
+//! (and the ones that precede running something fsync'd) before the engine goes on.
+#![forbid(unsafe_code)]
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use crate::engine::{Audit, BoundArgs, Value};
+
+use super::KEYHOLE_VERSION;
+
+const SEPARATOR: &str = "**********************";
+/// Longest piece of a name kept in a transcript file name.
+const MAX_NAME_PART: usize = 64;
+/// Attempts at a unique file name when one already exists.
+const MAX_NAME_ATTEMPTS: u32 = 100;
+/// Longest rendering of one bound value (longer ones are cut, marked with `…`).
+const MAX_VALUE_CHARS: usize = 4096;
+/// Deepest nested value rendered.
+const MAX_VALUE_DEPTH: usize = 8;
+
+/// Who and what a session is; written at the top of its transcript.
+#[derive(Debug, Clone)]
+pub struct TranscriptHeader {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub run_as: String,
+    pub endpoint: String,
+    /// None: a local session (`keyhole run`).
+    pub client_address: Option<String>,
+    pub start_time: DateTime<Utc>,
+    pub session_id: String,
+}
+
+/// One session's transcript file.
+#[derive(Debug)]
+pub struct Transcript {
+    file: File,
+    path: PathBuf,
+    ended: bool,
+}
+
+/// File-name-safe: ASCII letters, digits, `.`, `_`, `-`; anything else becomes `_`; never
+/// empty, never starting with `.`.
+fn sanitize(part: &str) -> String {
+    let mut s: String = part
+        .chars()
+        .take(MAX_NAME_PART)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() {
+        s.push('_');
+    }
+    if s.starts_with('.') {
+        s.replace_range(..1, "_");
+    }
+    s
+}
+
+/// Escape what a terminal would interpret (control characters, bidirectional overrides), so
+/// that reading a transcript with `cat` or `less` shows exactly what was sent.
+fn clean(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if (c.is_control() && c != '\t') || bidi {
+            let n = u32::from(c);
+            if n < 0x100 {
+                out.push_str(&format!("\\x{n:02x}"));
+            } else {
+                out.push_str(&format!("\\u{{{n:x}}}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Output lines that could be mistaken for a transcript record get a leading backslash.
+fn output_line(line: &str) -> String {
+    let c = clean(line);
+    if ["PS>", ">>", "[", "*", "\\"]
+        .iter()
+        .any(|m| c.starts_with(m))
+    {
+        format!("\\{c}")
+    } else {
+        c
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn render_value(v: &Value, depth: usize) -> String {
+    if depth > MAX_VALUE_DEPTH {
+        return "…".into();
+    }
+    match v {
+        Value::Null => "$null".into(),
+        Value::Bool(true) => "$true".into(),
+        Value::Bool(false) => "$false".into(),
+        Value::Int(_) | Value::Double(_) => v.to_ps_string(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| render_value(i, depth + 1))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => quote(&other.to_ps_string()),
+    }
+}
+
+fn cut(s: String) -> String {
+    if s.chars().count() > MAX_VALUE_CHARS {
+        let mut c: String = s.chars().take(MAX_VALUE_CHARS).collect();
+        c.push('…');
+        c
+    } else {
+        s
+    }
+}
+
+/// `Name -Param 'value' -Switch` as PowerShell would write it.
+fn render_command(name: &str, args: &BoundArgs) -> String {
+    let mut s = clean(name);
+    for (k, v) in &args.values {
+        s.push_str(" -");
+        s.push_str(&clean(k));
+        match v {
+            Value::Bool(true) => {} // a switch (or bool) given alone reads the same
+            other => {
+                s.push(' ');
+                s.push_str(&clean(&cut(render_value(other, 0))));
+            }
+        }
+    }
+    s
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.format("%Y%m%d%H%M%S").to_string()
+}
+
+impl Transcript {
+    /// Create the transcript of a new session in `dir` (created 0700 when missing), file 0600,
+    /// named `<yyyyMMddHHmmss>-<endpoint>-<user>-<sessionid>.txt` (UTC). The header is on disk
+    /// when this returns; any failure is an error and the session must be refused.
+    pub fn create(dir: &Path, header: &TranscriptHeader) -> io::Result<Transcript> {
+        if !dir.exists() {
+            DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let meta = std::fs::metadata(dir)?;
+        if !meta.is_dir() {
+            return Err(io::Error::other(format!(
+                "transcript directory {} is not a directory",
+                dir.display()
+            )));
+        }
+        if meta.permissions().mode() & 0o022 != 0 {
+            tracing::warn!(dir = %dir.display(), "transcript directory is writable by group or others; make it 0700");
+        }
+        let base = format!(
+            "{}-{}-{}-{}",
+            stamp(header.start_time),
+            sanitize(&header.endpoint),
+            sanitize(&header.user),
+            sanitize(&header.session_id)
+        );
+        let mut attempt = 0u32;
+        let (file, path) = loop {
+            let name = if attempt == 0 {
+                format!("{base}.txt")
+            } else {
+                format!("{base}-{attempt}.txt")
+            };
+            let path = dir.join(name);
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+            {
+                Ok(f) => break (f, path),
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists && attempt < MAX_NAME_ATTEMPTS =>
+                {
+                    attempt += 1
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot create transcript {}: {e}", path.display()),
+                    ))
+                }
+            }
+        };
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        let mut t = Transcript {
+            file,
+            path,
+            ended: false,
+        };
+        let h = header;
+        let text = format!(
+            "{SEPARATOR}\nPowerShell transcript start\nStart time: {}\nUsername: {}\nRunAs User: {}\nGroups: {}\nConfiguration Name: {}\nMachine: {} (Linux)\nClient Address: {}\nSession ID: {}\nHost Application: keyhole {KEYHOLE_VERSION}\nKeyhole Version: {KEYHOLE_VERSION}\nProcess ID: {}\nStart time (UTC): {}\n{SEPARATOR}\n",
+            stamp(h.start_time),
+            clean(&h.user),
+            clean(&h.run_as),
+            clean(&h.groups.join(", ")),
+            clean(&h.endpoint),
+            clean(&hostname()),
+            clean(h.client_address.as_deref().unwrap_or("local")),
+            clean(&h.session_id),
+            std::process::id(),
+            h.start_time.to_rfc3339(),
+        );
+        t.write(&text, true)?;
+        // The new directory entry must survive a crash too.
+        File::open(dir)?.sync_all()?;
+        Ok(t)
+    }
+
+    /// Where the transcript is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write(&mut self, text: &str, sync: bool) -> io::Result<()> {
+        self.file.write_all(text.as_bytes())?;
+        self.file.flush()?;
+        if sync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Write the end marker (also done on drop).
+    pub fn finish(&mut self) -> io::Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        self.ended = true;
+        let text = format!(
+            "{SEPARATOR}\nPowerShell transcript end\nEnd time: {}\n{SEPARATOR}\n",
+            stamp(Utc::now())
+        );
+        self.write(&text, true)
+    }
+}
+
+impl Drop for Transcript {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot end transcript");
+        }
+    }
+}
+
+impl Audit for Transcript {
+    fn line(&mut self, line: &str) -> io::Result<()> {
+        let mut text = format!(
+            "{SEPARATOR}\nCommand start time: {}\n{SEPARATOR}\n",
+            stamp(Utc::now())
+        );
+        let body = line.strip_suffix('\n').unwrap_or(line);
+        for (i, l) in body.split('\n').enumerate() {
+            text.push_str(if i == 0 { "PS>" } else { ">> " });
+            text.push_str(&clean(l.strip_suffix('\r').unwrap_or(l)));
+            text.push('\n');
+        }
+        self.write(&text, true)
+    }
+
+    fn command(&mut self, name: &str, args: &BoundArgs) -> io::Result<()> {
+        let text = format!("[command] {}\n", render_command(name, args));
+        self.write(&text, true)
+    }
+
+    fn refused(&mut self, reason: &str) -> io::Result<()> {
+        let text: String = reason
+            .split('\n')
+            .map(|l| format!("[refused] {}\n", clean(l)))
+            .collect();
+        self.write(&text, true)
+    }
+
+    fn output(&mut self, text: &str) -> io::Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let body = text.strip_suffix('\n').unwrap_or(text);
+        let mut out = String::with_capacity(body.len() + 16);
+        for l in body.split('\n') {
+            out.push_str(&output_line(l.strip_suffix('\r').unwrap_or(l)));
+            out.push('\n');
+        }
+        self.write(&out, false)
+    }
+
+    fn end(&mut self, state: &str) -> io::Result<()> {
+        let text = format!("[end] {}\n", clean(state));
+        self.write(&text, true)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_sanitized() {
+        assert_eq!(sanitize("Help desk/../x"), "Help_desk_.._x");
+        assert_eq!(sanitize(".."), "_.");
+        assert_eq!(sanitize(""), "_");
+        assert_eq!(sanitize("DOMAIN\\alice"), "DOMAIN_alice");
+        assert_eq!(sanitize(&"a".repeat(500)).len(), MAX_NAME_PART);
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(clean("a\u{1b}[31mred\u{7}"), "a\\x1b[31mred\\x07");
+        assert_eq!(clean("x\u{202e}y\tz"), "x\\u{202e}y\tz");
+        assert_eq!(output_line("PS>rm -rf /"), "\\PS>rm -rf /");
+        assert_eq!(output_line("[command] fake"), "\\[command] fake");
+        assert_eq!(output_line("plain"), "plain");
+    }
+
+    #[test]
+    fn commands_render_like_powershell() {
+        let mut b = BoundArgs::default();
+        b.set("Name", Value::from("it's"));
+        b.set("Id", Value::Array(vec![Value::Int(1), Value::Int(2)]));
+        b.set("Force", Value::Bool(true));
+        b.set("Enabled", Value::Bool(false));
+        assert_eq!(
+            render_command("Stop-Thing", &b),
+            "Stop-Thing -Name 'it''s' -Id 1,2 -Force -Enabled $false"
+        );
+    }
+}

@@ -1,0 +1,399 @@
+//! The privilege drop: everything a child needs is computed in the parent ([`Prepared`]), and
+//! the child (between `fork` and `exec`) only makes system calls with it ([`child_setup`],
+//! [`set_target_user`]). No allocation, no NSS lookup, no lock after `fork`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::unistd::{Gid, Pid, Uid, User};
+
+use super::SandboxError;
+
+/// Resource limits applied to every program (soft = hard).
+pub const RLIMIT_NOFILE_MAX: u64 = 1024;
+/// Counted per *real uid* by the kernel, across every process of the run-as account (not per
+/// command), and not enforced for uid 0. 256 leaves room for several concurrent commands of one
+/// endpoint while stopping a fork bomb.
+pub const RLIMIT_NPROC_MAX: u64 = 256;
+pub const RLIMIT_CORE_MAX: u64 = 0;
+/// Address space: 4 GiB.
+pub const RLIMIT_AS_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// Most supplementary groups an account may have.
+const MAX_GROUPS: usize = 1024;
+/// Highest capability number we try to drop when `/proc/sys/kernel/cap_last_cap` is unreadable.
+const FALLBACK_LAST_CAP: u32 = 63;
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The credential change to make, resolved before `fork`.
+#[derive(Debug, Clone)]
+pub(crate) enum Identity {
+    /// keyhole is root: become this account with exactly these groups.
+    Switch {
+        uid: Uid,
+        gid: Gid,
+        groups: Vec<libc::gid_t>,
+    },
+    /// keyhole is not root and the run-as account is its own: keep the credentials, still drop
+    /// capabilities and set no-new-privs.
+    Keep,
+}
+
+/// Everything the child needs, computed in the parent.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub identity: Identity,
+    /// Bit n set: capability n is kept.
+    pub caps: u64,
+    /// Numbers of the kept capabilities (for the ambient set).
+    pub cap_list: Vec<u32>,
+    pub last_cap: u32,
+    /// Drop the bounding set (needs CAP_SETPCAP, i.e. keyhole is root).
+    pub drop_bounding: bool,
+    /// (resource, limit) pairs, limits already clamped to what the parent may set.
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// The parent's pid, to detect a parent that died before PR_SET_PDEATHSIG took effect.
+    pub parent: Pid,
+    /// Open `cgroup.procs` of the command's cgroup: the child writes "0" to join it.
+    pub cgroup_procs: Option<OwnedFd>,
+}
+
+/// Parse a capability name as configuration writes it (`CAP_NET_RAW`, `net_raw`).
+pub fn parse_capability(name: &str) -> Result<caps::Capability, SandboxError> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    full.parse::<caps::Capability>().map_err(|_| {
+        SandboxError::Other(format!(
+            "unknown Linux capability {name:?}: use a name from capabilities(7) such as CAP_NET_BIND_SERVICE"
+        ))
+    })
+}
+
+fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|n| *n < 64)
+        .unwrap_or(FALLBACK_LAST_CAP)
+}
+
+/// Resolve the account, its groups and the capability set, before any `fork`.
+pub(crate) fn prepare(
+    run_as: &str,
+    capabilities: &[String],
+    cgroup_procs: Option<OwnedFd>,
+) -> Result<Prepared, SandboxError> {
+    let user = User::from_name(run_as)
+        .map_err(|e| SandboxError::Other(format!("cannot look up run-as account {run_as:?}: {e}")))?
+        .ok_or_else(|| SandboxError::UnknownUser(run_as.to_string()))?;
+
+    let mut caps_mask = 0u64;
+    let mut cap_list = Vec::new();
+    for name in capabilities {
+        let cap = parse_capability(name)?;
+        if !caps::has_cap(None, caps::CapSet::Permitted, cap).unwrap_or(false) {
+            return Err(SandboxError::Other(format!(
+                "{cap} is declared for this program but keyhole itself does not hold it, so it cannot pass it on"
+            )));
+        }
+        let idx = u32::from(cap.index());
+        if idx < 64 && caps_mask & (1u64 << idx) == 0 {
+            caps_mask |= 1u64 << idx;
+            cap_list.push(idx);
+        }
+    }
+
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        for (cap, why) in [
+            (
+                caps::Capability::CAP_SETPCAP,
+                "to drop capabilities from the bounding set",
+            ),
+            (
+                caps::Capability::CAP_SETUID,
+                "to change to the run-as account",
+            ),
+            (
+                caps::Capability::CAP_SETGID,
+                "to set the run-as account's groups",
+            ),
+        ] {
+            if !caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(false) {
+                return Err(SandboxError::Other(format!(
+                    "keyhole runs as root but without {cap}, which it needs {why}; \
+                     give the service that capability (systemd: do not remove it with CapabilityBoundingSet=)"
+                )));
+            }
+        }
+    }
+    let identity = if root {
+        let cname = CString::new(user.name.as_bytes()).map_err(|_| {
+            SandboxError::Other(format!(
+                "run-as account name {run_as:?} contains a NUL byte"
+            ))
+        })?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid).map_err(|e| {
+            SandboxError::Other(format!(
+                "cannot list the groups of run-as account {run_as:?}: {e}"
+            ))
+        })?;
+        if groups.len() > MAX_GROUPS {
+            return Err(SandboxError::Other(format!(
+                "run-as account {run_as:?} has {} groups, more than the {MAX_GROUPS} keyhole accepts",
+                groups.len()
+            )));
+        }
+        Identity::Switch {
+            uid: user.uid,
+            gid: user.gid,
+            groups: groups.iter().map(|g| g.as_raw()).collect(),
+        }
+    } else {
+        if user.uid != nix::unistd::getuid() || user.uid != nix::unistd::geteuid() {
+            return Err(SandboxError::Other(format!(
+                "keyhole is not running as root, so it cannot run programs as {run_as:?}: \
+                 run keyhole as root or set the endpoint's run_as to the account keyhole runs as"
+            )));
+        }
+        if caps_mask != 0 {
+            return Err(SandboxError::Other(format!(
+                "capabilities {capabilities:?} can only be granted when keyhole runs as root"
+            )));
+        }
+        Identity::Keep
+    };
+
+    let wanted: [(libc::__rlimit_resource_t, u64); 4] = [
+        (libc::RLIMIT_NOFILE, RLIMIT_NOFILE_MAX),
+        (libc::RLIMIT_NPROC, RLIMIT_NPROC_MAX),
+        (libc::RLIMIT_CORE, RLIMIT_CORE_MAX),
+        (libc::RLIMIT_AS, RLIMIT_AS_MAX),
+    ];
+    let mut rlimits = Vec::with_capacity(wanted.len());
+    for (res, want) in wanted {
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one `rlimit` into the valid, exclusively borrowed `cur`.
+        let rc = unsafe { libc::getrlimit(res, &mut cur) };
+        let limit = if rc == 0 && !root {
+            want.min(cur.rlim_max)
+        } else {
+            want
+        };
+        rlimits.push((res, limit));
+    }
+
+    Ok(Prepared {
+        identity,
+        caps: caps_mask,
+        cap_list,
+        last_cap: last_cap(),
+        drop_bounding: root,
+        rlimits,
+        parent: nix::unistd::getpid(),
+        cgroup_procs,
+    })
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs in the child between `fork` and `exec`. Only async-signal-safe system calls on data
+/// prepared before the fork; errors are `last_os_error` (no allocation).
+///
+/// Order: join the command's cgroup first (while still root: the cgroup files belong to root),
+/// then the process group, resource limits (as root, so hard limits can be set to any value),
+/// then [`set_target_user`], and PR_SET_PDEATHSIG last because a credential change clears it.
+pub(crate) fn child_setup(p: &Prepared) -> io::Result<()> {
+    if let Some(fd) = &p.cgroup_procs {
+        let zero = b"0";
+        // SAFETY: writes 1 byte from a static buffer to an fd the parent opened and keeps open
+        // (owned by `p`, which outlives this call); writing "0" moves the calling process.
+        let n = unsafe { libc::write(fd.as_raw_fd(), zero.as_ptr().cast(), zero.len()) };
+        if n != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: setpgid(0, 0) only changes this process's group; no memory is touched.
+    check(unsafe { libc::setpgid(0, 0) })?;
+    for (res, limit) in &p.rlimits {
+        let rl = libc::rlimit {
+            rlim_cur: *limit,
+            rlim_max: *limit,
+        };
+        // SAFETY: setrlimit reads one `rlimit` from a valid stack value.
+        check(unsafe { libc::setrlimit(*res, &rl) })?;
+    }
+    set_target_user(p)?;
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
+    // The parent may have died before PR_SET_PDEATHSIG: then nobody supervises us; give up.
+    // SAFETY: getppid has no arguments and cannot fail.
+    if unsafe { libc::getppid() } != p.parent.as_raw() {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// The one audited privilege change. Order and why:
+/// 1. drop every undeclared capability from the bounding set — needs CAP_SETPCAP in the
+///    effective set, which `setuid` to a non-root account would clear; and with a reduced
+///    bounding set even a root run-as account cannot regain the others at `exec`;
+/// 2. `setgroups` → 3. `setresgid` → 4. `setresuid`: groups and gid first because changing them
+///    needs CAP_SETGID, which is gone once the uid is not 0; PR_SET_KEEPCAPS keeps the
+///    permitted set across the uid change so that declared capabilities survive;
+/// 5. permitted = effective = inheritable = declared (capset can only lower them), and the
+///    declared ones raised as ambient (needs them in permitted and inheritable) so they survive
+///    `exec` of an ordinary file;
+/// 6. PR_SET_NO_NEW_PRIVS: no setuid bit or file capability can add anything at or after `exec`.
+pub(crate) fn set_target_user(p: &Prepared) -> io::Result<()> {
+    if p.drop_bounding {
+        for cap in 0..=p.last_cap {
+            if p.caps & (1u64 << cap) != 0 {
+                continue;
+            }
+            // SAFETY: prctl with integer arguments only.
+            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            if rc == -1 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    break; // beyond the kernel's last capability
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    if let Identity::Switch { uid, gid, groups } = &p.identity {
+        // SAFETY: `groups` is a live Vec owned by `p`; setgroups reads `len` gid_t from it.
+        check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+        let g = gid.as_raw();
+        // SAFETY: integer arguments only.
+        check(unsafe { libc::setresgid(g, g, g) })?;
+        if p.caps != 0 {
+            // SAFETY: integer arguments only.
+            check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, 0, 0, 0) })?;
+        }
+        let u = uid.as_raw();
+        // SAFETY: integer arguments only.
+        check(unsafe { libc::setresuid(u, u, u) })?;
+        if p.caps != 0 {
+            // SAFETY: integer arguments only.
+            check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0 as libc::c_ulong, 0, 0, 0) })?;
+        }
+    }
+
+    let lo = (p.caps & 0xffff_ffff) as u32;
+    let hi = (p.caps >> 32) as u32;
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: lo,
+            permitted: lo,
+            inheritable: lo,
+        },
+        CapData {
+            effective: hi,
+            permitted: hi,
+            inheritable: hi,
+        },
+    ];
+    // SAFETY: capset reads a valid header and two CapData (the V3 layout) from live stack values.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
+    for cap in &p.cap_list {
+        // SAFETY: prctl with integer arguments only.
+        check(unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                *cap as libc::c_ulong,
+                0,
+                0,
+            )
+        })?;
+    }
+
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) })?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_names() {
+        assert_eq!(parse_capability("CAP_NET_RAW").unwrap().index(), 13);
+        assert_eq!(parse_capability("net_bind_service").unwrap().index(), 10);
+        assert_eq!(parse_capability("cap_sys_admin").unwrap().index(), 21);
+        assert!(parse_capability("CAP_FOO").is_err());
+        assert!(parse_capability("").is_err());
+    }
+
+    #[test]
+    fn unknown_account_is_refused() {
+        let e = prepare("no-such-account-keyhole-xyz", &[], None).unwrap_err();
+        assert!(matches!(e, SandboxError::UnknownUser(_)));
+    }
+}

@@ -1,0 +1,351 @@
+//! The sandbox as root: credentials, capabilities, no-new-privs, limits, environment, timeout,
+//! cancellation, output cap, and no process outliving its command. Runs as root (CI does too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod sandbox_common;
+
+use std::time::{Duration, Instant};
+
+use keyhole::engine::CancelToken;
+use keyhole::sandbox::{self, SandboxError, Termination};
+use sandbox_common::*;
+
+fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+        .trim()
+}
+
+#[test]
+fn runs_as_account_with_its_groups_no_caps_and_no_new_privs() {
+    require_root();
+    let acct = Account::create();
+    let res = run_ok(&spec(&acct.name, "/usr/bin/cat", &["/proc/self/status"]));
+    assert_eq!(res.termination, Termination::Exited(0));
+    let st = String::from_utf8(res.stdout).unwrap();
+    let uid = acct.uid.to_string();
+    let gid = acct.gid.to_string();
+    assert_eq!(
+        status_field(&st, "Uid")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        vec![uid.as_str(); 4]
+    );
+    assert_eq!(
+        status_field(&st, "Gid")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        vec![gid.as_str(); 4]
+    );
+    let mut groups: Vec<u32> = status_field(&st, "Groups")
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    groups.sort_unstable();
+    let mut expected = vec![acct.gid, acct.extra_gid];
+    expected.sort_unstable();
+    assert_eq!(
+        groups, expected,
+        "supplementary groups must be exactly the account's"
+    );
+    for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            status_field(&st, f),
+            "0000000000000000",
+            "{f} must be empty"
+        );
+    }
+    assert_eq!(status_field(&st, "NoNewPrivs"), "1");
+}
+
+#[test]
+fn declared_capability_is_the_only_one_kept() {
+    require_root();
+    let acct = Account::create();
+    let mut s = spec(&acct.name, "/usr/bin/cat", &["/proc/self/status"]);
+    s.capabilities = vec!["cap_net_raw".into()];
+    let res = run_ok(&s);
+    let st = String::from_utf8(res.stdout).unwrap();
+    // CAP_NET_RAW is capability 13.
+    for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            status_field(&st, f),
+            "0000000000002000",
+            "{f} must hold exactly CAP_NET_RAW"
+        );
+    }
+    assert_eq!(
+        status_field(&st, "Uid").split_whitespace().next(),
+        Some(acct.uid.to_string().as_str())
+    );
+    assert_eq!(status_field(&st, "NoNewPrivs"), "1");
+}
+
+#[test]
+fn root_run_as_keeps_only_declared_capabilities() {
+    require_root();
+    let res = run_ok(&spec("root", "/usr/bin/cat", &["/proc/self/status"]));
+    let st = String::from_utf8(res.stdout).unwrap();
+    for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            status_field(&st, f),
+            "0000000000000000",
+            "{f} must be empty even for root"
+        );
+    }
+}
+
+#[test]
+fn environment_is_exactly_path_lang_and_declared() {
+    require_root();
+    let acct = Account::create();
+    let mut s = spec(&acct.name, "/usr/bin/env", &[]);
+    s.env = vec![("KH_DECLARED".into(), "a value; with $(stuff)".into())];
+    let res = run_ok(&s);
+    let mut lines: Vec<String> = String::from_utf8(res.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if !matches!(sandbox::init(), sandbox::contain::Mechanism::Cgroup(_)) {
+        // The fallback marks the command's processes through their environment.
+        lines.retain(|l| !l.starts_with("KEYHOLE_RUN="));
+    }
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec![
+            "KH_DECLARED=a value; with $(stuff)",
+            "LANG=C.UTF-8",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+        ]
+    );
+}
+
+#[test]
+fn working_directory_is_root_and_stdin_is_empty() {
+    require_root();
+    let acct = Account::create();
+    let res = run_ok(&spec(&acct.name, "/usr/bin/pwd", &[]));
+    assert_eq!(res.stdout, b"/\n");
+    // stdin is /dev/null: cat ends at once with nothing.
+    let res = run_ok(&spec(&acct.name, "/usr/bin/cat", &[]));
+    assert_eq!(res.termination, Termination::Exited(0));
+    assert!(res.stdout.is_empty());
+    // given bytes arrive on stdin
+    let mut s = spec(&acct.name, "/usr/bin/cat", &[]);
+    s.stdin = Some(b"fed\nthrough stdin".to_vec());
+    assert_eq!(run_ok(&s).stdout, b"fed\nthrough stdin");
+}
+
+#[test]
+fn resource_limits_are_set() {
+    require_root();
+    let acct = Account::create();
+    let res = run_ok(&spec(&acct.name, "/usr/bin/cat", &["/proc/self/limits"]));
+    let text = String::from_utf8(res.stdout).unwrap();
+    let limit = |name: &str| -> (String, String) {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing in {text}"));
+        let rest: Vec<&str> = line[name.len()..].split_whitespace().collect();
+        (rest[0].to_string(), rest[1].to_string())
+    };
+    assert_eq!(limit("Max open files"), ("1024".into(), "1024".into()));
+    assert_eq!(limit("Max processes"), ("256".into(), "256".into()));
+    assert_eq!(limit("Max core file size"), ("0".into(), "0".into()));
+    assert_eq!(
+        limit("Max address space"),
+        ("4294967296".into(), "4294967296".into())
+    );
+}
+
+#[test]
+fn exit_code_and_stderr_are_reported() {
+    require_root();
+    let acct = Account::create();
+    let res = run_ok(&spec(
+        &acct.name,
+        "/bin/sh",
+        &["-c", "echo out; echo oops >&2; exit 3"],
+    ));
+    assert_eq!(res.termination, Termination::Exited(3));
+    assert_eq!(res.stdout, b"out\n");
+    assert_eq!(res.stderr, b"oops\n");
+    let res = run_ok(&spec(&acct.name, "/bin/sh", &["-c", "kill -9 $$"]));
+    assert_eq!(res.termination, Termination::Signaled(9));
+}
+
+#[test]
+fn timeout_kills_program_and_descendants() {
+    require_root();
+    let acct = Account::create();
+    let mut s = spec(&acct.name, "/bin/sh", &["-c", "sleep 2719 & sleep 2719"]);
+    s.timeout = Duration::from_secs(1);
+    let t = Instant::now();
+    let res = run_ok(&s);
+    assert_eq!(res.termination, Termination::TimedOut);
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_no_survivor("2719");
+}
+
+#[test]
+fn setsid_and_double_fork_do_not_survive() {
+    require_root();
+    let acct = Account::create();
+    let s = spec(
+        &acct.name,
+        "/bin/sh",
+        &[
+            "-c",
+            "setsid sleep 2718 & (setsid sleep 2717 &) ; sleep 0.3; exit 0",
+        ],
+    );
+    let t = Instant::now();
+    let res = run_ok(&s);
+    assert_eq!(res.termination, Termination::Exited(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_no_survivor("2718");
+    assert_no_survivor("2717");
+}
+
+#[test]
+fn output_cap_stops_the_program() {
+    require_root();
+    let acct = Account::create();
+    let mut s = spec(&acct.name, "/usr/bin/yes", &["keyhole"]);
+    s.max_output_bytes = 100_000;
+    let mut streamed = 0usize;
+    let res = sandbox::run(&s, &CancelToken::new(), &mut |c| streamed += c.len()).unwrap();
+    assert_eq!(res.termination, Termination::OutputLimit);
+    assert_eq!(res.stdout.len(), 100_000);
+    assert_eq!(streamed, 100_000);
+}
+
+#[test]
+fn output_cap_counts_stderr_too() {
+    require_root();
+    let acct = Account::create();
+    let mut s = spec(&acct.name, "/bin/sh", &["-c", "yes err >&2"]);
+    s.max_output_bytes = 5_000;
+    let res = run_ok(&s);
+    assert_eq!(res.termination, Termination::OutputLimit);
+    assert_eq!(res.stderr.len() + res.stdout.len(), 5_000);
+}
+
+#[test]
+fn cancellation_kills_everything() {
+    require_root();
+    let acct = Account::create();
+    let s = spec(
+        &acct.name,
+        "/bin/sh",
+        &["-c", "setsid sleep 2716 & sleep 2716"],
+    );
+    let cancel = CancelToken::new();
+    let c2 = cancel.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        c2.cancel();
+    });
+    let t = Instant::now();
+    let res = sandbox::run(&s, &cancel, &mut |_| {}).unwrap();
+    stopper.join().unwrap();
+    assert_eq!(res.termination, Termination::Cancelled);
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_no_survivor("2716");
+}
+
+#[test]
+fn streaming_delivers_chunks_before_the_end() {
+    require_root();
+    let acct = Account::create();
+    let s = spec(
+        &acct.name,
+        "/bin/sh",
+        &["-c", "echo first; sleep 1; echo second"],
+    );
+    let t = Instant::now();
+    let mut first_at = None;
+    let res = sandbox::run(&s, &CancelToken::new(), &mut |c| {
+        if first_at.is_none() && c.starts_with(b"first") {
+            first_at = Some(t.elapsed());
+        }
+    })
+    .unwrap();
+    assert_eq!(res.stdout, b"first\nsecond\n");
+    // the program sleeps 1 s between its lines: the first must arrive well before the end
+    let total = t.elapsed();
+    assert!(
+        first_at.unwrap() + Duration::from_millis(600) <= total,
+        "first chunk at {first_at:?}, run ended at {total:?}"
+    );
+}
+
+#[test]
+fn unknown_account_and_relative_program_are_refused() {
+    let e = sandbox::run(
+        &spec("no-such-keyhole-account", "/usr/bin/true", &[]),
+        &CancelToken::new(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(e, SandboxError::UnknownUser(_)), "{e}");
+    let e = sandbox::run(&spec("root", "true", &[]), &CancelToken::new(), &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("absolute"), "{e}");
+    let e = sandbox::run(
+        &spec("root", "/usr/bin/echo", &["a\0b"]),
+        &CancelToken::new(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("NUL"), "{e}");
+    let mut s = spec("root", "/usr/bin/true", &[]);
+    s.capabilities = vec!["CAP_NOPE".into()];
+    assert!(sandbox::run(&s, &CancelToken::new(), &mut |_| {}).is_err());
+}
+
+#[test]
+fn missing_program_is_a_spawn_error() {
+    require_root();
+    let e = sandbox::run(
+        &spec("root", "/nonexistent/keyhole-prog", &[]),
+        &CancelToken::new(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(e, SandboxError::Spawn { .. }), "{e}");
+}
+
+#[test]
+fn arguments_arrive_verbatim() {
+    require_root();
+    let acct = Account::create();
+    let nasty = [
+        "a b",
+        "'q'",
+        "\"d\"",
+        "x; rm -rf /",
+        "line\nbreak",
+        "-n",
+        "$(id)",
+        "*",
+        "",
+    ];
+    let mut args = vec!["%s|\\n"];
+    args.extend(nasty.iter());
+    let res = run_ok(&spec(&acct.name, "/usr/bin/printf", &args));
+    let expected: String = nasty.iter().map(|a| format!("{a}|\n")).collect();
+    assert_eq!(String::from_utf8(res.stdout).unwrap(), expected);
+}
