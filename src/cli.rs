@@ -635,8 +635,34 @@ fn cmd_run(path: &Path, who: &WhoArgs, line: &str) -> Result<ExitCode> {
         user: who.user.clone(),
         groups,
     };
-    // TODO(transcripts): write a transcript for `keyhole run` once the audit module lands.
-    let audit: Box<dyn engine::Audit> = Box::new(engine::NoAudit);
+    // `keyhole run` is a session like any other: it writes a transcript (client `local`) and
+    // refuses to run unaudited.
+    let dir = if ep.transcript_directory.is_empty() {
+        cfg.resolve(&cfg.server.transcript_directory)
+    } else {
+        cfg.resolve(&ep.transcript_directory)
+    };
+    let header = crate::audit::TranscriptHeader {
+        user: who.user.clone(),
+        groups: host.groups.clone(),
+        run_as: ep.run_as.clone(),
+        endpoint: ep.name.clone(),
+        client_address: None,
+        start_time: chrono::Utc::now(),
+        session_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let transcript = match crate::audit::Transcript::create(&dir, &header) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "keyhole run: cannot write a transcript in {}: {e}\nkeyhole never runs a command unaudited: make the directory writable by keyhole or set transcript_directory in {}",
+                dir.display(),
+                path.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let audit: Box<dyn engine::Audit> = Box::new(transcript);
     let mut session = engine::Session::new(
         &cap,
         SessionOptions {
