@@ -102,13 +102,7 @@ pub trait Shell: Send {
     /// Start a command; returns its CommandId (the client's if it chose one).
     fn command(&mut self, req: CommandRequest) -> Result<String, ShellError>;
     /// Deliver input (`stream` is "stdin" or "pr"; `command_id` None addresses the shell itself).
-    fn send(
-        &mut self,
-        command_id: Option<&str>,
-        stream: &str,
-        data: Vec<u8>,
-        end: bool,
-    ) -> Result<(), ShellError>;
+    fn send(&mut self, command_id: Option<&str>, stream: &str, data: Vec<u8>, end: bool) -> Result<(), ShellError>;
     /// What is ready to return for this command (or the shell when None); empty = nothing yet.
     fn receive(&mut self, command_id: Option<&str>) -> Result<ReceiveResponse, ShellError>;
     /// Signal a command (codes: "ctrl_c", "terminate", PSRP's ps_crtl_c); kills its programs.
