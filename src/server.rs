@@ -42,7 +42,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// client can read the fault), then the connection is closed.
 pub const OVERSIZE_DRAIN_FACTOR: usize = 8;
 /// How often idle shells are looked for.
-pub const REAP_INTERVAL: Duration = Duration::from_secs(5);
+pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// Connections allowed per configured concurrent user.
 pub const CONNECTIONS_PER_USER: usize = 4;
 

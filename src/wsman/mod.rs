@@ -7,4 +7,5 @@ pub mod registry;
 pub mod response;
 pub mod service;
 pub mod shell;
+pub mod testing;
 pub mod xml;
