@@ -28,13 +28,15 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn shutdown(mut self) {
+    /// Stop the server; returns its state directory (deleted when dropped).
+    pub async fn shutdown(mut self) -> tempfile::TempDir {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         if let Some(h) = self.handle.take() {
             let _ = h.await;
         }
+        self.state
     }
 }
 
