@@ -19,6 +19,8 @@ pub struct ShellEntry {
     pub resource_uri: String,
     pub input_streams: String,
     pub output_streams: String,
+    /// The client's environment variables (shown back in Create/Get responses).
+    pub environment: Vec<(String, String)>,
     pub idle_timeout: Duration,
     pub created: Instant,
     shell: Mutex<Box<dyn Shell>>,
@@ -46,6 +48,7 @@ impl ShellEntry {
             resource_uri,
             input_streams,
             output_streams,
+            environment: Vec::new(),
             idle_timeout,
             created: Instant::now(),
             shell: Mutex::new(shell),

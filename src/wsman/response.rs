@@ -64,6 +64,8 @@ pub struct ShellInfo {
     pub resource_uri: String,
     pub owner: String,
     pub client_ip: String,
+    /// The client's `rsp:Environment` variables, echoed as Windows does.
+    pub environment: Vec<(String, String)>,
     pub idle_timeout: std::time::Duration,
     pub input_streams: String,
     pub output_streams: String,
@@ -82,16 +84,34 @@ fn windows_period(d: std::time::Duration) -> String {
     )
 }
 
+fn environment_element(vars: &[(String, String)]) -> String {
+    if vars.is_empty() {
+        return String::new();
+    }
+    let inner: String = vars
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<rsp:Variable Name=\"{}\">{}</rsp:Variable>",
+                esc(k),
+                esc(v)
+            )
+        })
+        .collect();
+    format!("<rsp:Environment>{inner}</rsp:Environment>")
+}
+
 /// `<rsp:Shell>` as Windows describes a shell; `state` adds `rsp:State` (GetResponse).
 pub fn shell_element(info: &ShellInfo, state: Option<&str>) -> String {
     let mut s = format!(
         "<rsp:Shell><rsp:ShellId>{}</rsp:ShellId><rsp:ResourceUri>{}</rsp:ResourceUri><rsp:Owner>{}</rsp:Owner>\
-         <rsp:ClientIP>{}</rsp:ClientIP><rsp:IdleTimeOut>{}</rsp:IdleTimeOut><rsp:InputStreams>{}</rsp:InputStreams>\
+         <rsp:ClientIP>{}</rsp:ClientIP>{}<rsp:IdleTimeOut>{}</rsp:IdleTimeOut><rsp:InputStreams>{}</rsp:InputStreams>\
          <rsp:OutputStreams>{}</rsp:OutputStreams>",
         esc(&info.shell_id),
         esc(&info.resource_uri),
         esc(&info.owner),
         esc(&info.client_ip),
+        environment_element(&info.environment),
         super::envelope::format_duration(info.idle_timeout),
         esc(&info.input_streams),
         esc(&info.output_streams),

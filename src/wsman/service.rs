@@ -248,7 +248,7 @@ impl WsmanService {
         } else {
             req.output_streams.join(" ")
         };
-        let entry = ShellEntry::new(
+        let mut entry = ShellEntry::new(
             shell_id.clone(),
             owner.clone(),
             uri.clone(),
@@ -257,6 +257,7 @@ impl WsmanService {
             idle,
             shell,
         );
+        entry.environment = req.environment.clone();
         let entry = match self.registry.insert(entry, max_shells) {
             Ok(e) => e,
             Err((err, entry)) => {
@@ -283,6 +284,7 @@ impl WsmanService {
             resource_uri: e.resource_uri.clone(),
             owner: e.owner.user.clone(),
             client_ip: e.owner.client.clone(),
+            environment: e.environment.clone(),
             idle_timeout: e.idle_timeout,
             input_streams: e.input_streams.clone(),
             output_streams: e.output_streams.clone(),
