@@ -62,9 +62,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let state = tempfile::tempdir()?;
-    let mut cfg = ServerConfig::default();
-    cfg.computer_name = "localhost".into();
-    cfg.winrs_endpoint = "WinRS".into();
+    let mut cfg = ServerConfig {
+        computer_name: "localhost".into(),
+        winrs_endpoint: "WinRS".into(),
+        ..Default::default()
+    };
     cfg.listener.http = if http == "off" {
         String::new()
     } else {

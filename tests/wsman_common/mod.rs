@@ -41,12 +41,14 @@ impl TestServer {
 }
 
 pub fn runtime(state: &std::path::Path, winrs: &str) -> ServerRuntime {
-    let mut cfg = ServerConfig::default();
-    cfg.computer_name = "testhost".into();
-    cfg.winrs_endpoint = winrs.into();
+    let mut cfg = ServerConfig {
+        computer_name: "testhost".into(),
+        winrs_endpoint: winrs.into(),
+        state_directory: state.to_string_lossy().into_owned(),
+        ..Default::default()
+    };
     cfg.listener.https = String::new();
     cfg.listener.http = "127.0.0.1:0".into();
-    cfg.state_directory = state.to_string_lossy().into_owned();
     ServerRuntime::from_config(&cfg, state)
 }
 
