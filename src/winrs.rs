@@ -388,7 +388,21 @@ fn run_line(
         if cancel.is_cancelled() {
             RunOutcome::Stopped
         } else {
-            s.run_line(line, &mut sink, &cancel)
+            // An engine bug must not leave the client polling forever: report it as a failure.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                s.run_line(line, &mut sink, &cancel)
+            }));
+            match run {
+                Ok(o) => o,
+                Err(_) => {
+                    tracing::error!("WinRS: the engine panicked while running a line; reported to the client as an internal error");
+                    RunOutcome::Failed(ErrorRecord::new(
+                        "keyhole hit an internal error while running this line; the administrator can find details in the server log",
+                        "InternalError",
+                        crate::engine::ErrorCategory::NotSpecified,
+                    ))
+                }
+            }
         }
     };
     let tail = sink.formatter.finish();
