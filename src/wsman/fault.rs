@@ -17,7 +17,9 @@ pub enum Fault {
     InvalidSelectors,
     /// Too many shells (per user) or commands (per shell).
     QuotaLimit,
-    /// The request envelope is larger than the configured limit.
+    /// The request envelope is larger than the configured limit. (Windows' numeric code for
+    /// this fault is not in the recordings; keyhole's `Code` is its own choice, the subcode and
+    /// FaultDetail follow DSP0226.)
     EncodingLimit,
     /// Malformed XML, DTD, limits, invalid UTF-8, wrong Content-Type, bad header values.
     InvalidMessage,
@@ -66,7 +68,7 @@ impl Fault {
             Fault::EncodingLimit => Shape {
                 code: "s:Sender",
                 subcode: "w:EncodingLimit",
-                reason: "The WS-Management service cannot process the request because the envelope size in the request is too large. ",
+                reason: "The WS-Management service cannot process the request because the request size exceeded the configured MaxEnvelopeSize quota. ",
                 detail: Some("http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/MaxEnvelopeSize"),
                 wsman_code: 2150858817,
             },
