@@ -36,5 +36,8 @@ proptest! {
 #[test]
 fn the_sample_parses() {
     let e = Envelope::parse(SAMPLE.as_bytes()).unwrap();
-    assert_eq!(e.selector("ShellId"), Some("44AF9A2C-624E-4975-AB20-CEB406E440B9"));
+    assert_eq!(
+        e.selector("ShellId"),
+        Some("44AF9A2C-624E-4975-AB20-CEB406E440B9")
+    );
 }

@@ -637,3 +637,68 @@ async fn plain_http_on_a_public_address_refuses_to_start() {
     rt.listener.ip_allow = vec!["not-a-cidr".into()];
     assert!(keyhole::server::Server::bind(rt, gate()).await.is_err());
 }
+
+/// Read one HTTP response (headers + Content-Length body) from a kept-alive connection.
+async fn read_one(c: &mut tokio::net::TcpStream) -> HttpReply {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = c.read(&mut byte).await.unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed early: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    let mut r = parse_http(&buf);
+    let len: usize = r
+        .header_values("content-length")
+        .first()
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).await.unwrap();
+    r.body = body;
+    r
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_survives_an_oversized_envelope() {
+    use tokio::io::AsyncWriteExt;
+    let s = start_with(
+        gate(),
+        |rt| rt.limits.max_envelope_size_kb.0 = 16,
+        Vec::new(),
+    )
+    .await;
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let send = |body: String| {
+        format!(
+            "POST /wsman HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/soap+xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+            alice(),
+            body.len()
+        )
+    };
+    let (_, big) = envelope(
+        ACTION_CREATE,
+        URI_CMD,
+        None,
+        None,
+        &format!(
+            "<rsp:Shell><rsp:Name>{}</rsp:Name></rsp:Shell>",
+            "A".repeat(20_000)
+        ),
+    );
+    c.write_all(send(big).as_bytes()).await.unwrap();
+    let r = read_one(&mut c).await;
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("w:EncodingLimit"));
+    let (_, small) = envelope(ACTION_CREATE, URI_CMD, None, None, CREATE_CMD_BODY);
+    c.write_all(send(small).as_bytes()).await.unwrap();
+    let r = read_one(&mut c).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    s.shutdown().await;
+}
