@@ -70,6 +70,11 @@ pub struct SessionGrant {
 }
 
 /// Gates 2–4, implemented by the integrator over auth, gateway, capability and audit.
+///
+/// Only Create opens a session (gates 3–4); every other operation needs only gate 2, and an
+/// authenticated caller gets WS-Man faults (e.g. InvalidSelectors) where an unauthenticated
+/// one gets the 401. So that a fault never tells a stranger its password was right,
+/// `authenticate` should also refuse (None) a user whom no gateway rule admits to any endpoint.
 pub trait Gatekeeper: Send + Sync + 'static {
     /// Gate 2 (CPU-heavy: called on a blocking thread). None → the generic 401.
     fn authenticate(
@@ -724,6 +729,26 @@ enum BodyError {
     Io(String),
 }
 
+/// Read and discard at most `cap` bytes of body; true when the whole body was read.
+async fn drain_body(body: &mut Incoming, cap: usize) -> bool {
+    let mut seen = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen > cap {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .unwrap_or(false)
+}
+
 /// Read the body, never holding more than `limit` bytes.
 async fn read_body(body: &mut Incoming, limit: usize) -> Result<Vec<u8>, BodyError> {
     let mut buf: Vec<u8> = Vec::new();
@@ -780,7 +805,23 @@ async fn handle_http(
         .ok()
         .flatten();
     let Some(ident) = ident else {
-        return unauthorized(ctx.gate.as_ref());
+        // Read (and discard) the body as an authenticated request would have been read, so
+        // that a refusal at gate 2 keeps the connection exactly as one at gates 3-4 does.
+        let mut body = req.into_body();
+        let drained = drain_body(
+            &mut body,
+            ctx.max_body.saturating_mul(OVERSIZE_DRAIN_FACTOR),
+        )
+        .await;
+        tracing::debug!(%peer, "gate 2: authentication refused (401)");
+        let mut r = unauthorized(ctx.gate.as_ref());
+        if !drained {
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        return r;
     };
     let content_type = req
         .headers()

@@ -702,3 +702,27 @@ async fn a_kept_alive_connection_survives_an_oversized_envelope() {
     assert_eq!(r.status, 200, "{}", r.text());
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn refusals_at_every_gate_keep_the_connection_alike() {
+    use tokio::io::AsyncWriteExt;
+    let s = start(gate()).await;
+    let (_, create) = envelope(ACTION_CREATE, URI_CMD, None, None, CREATE_CMD_BODY);
+    let send = |auth: String| {
+        format!(
+            "POST /wsman HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/soap+xml;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{create}",
+            create.len()
+        )
+    };
+    for refused in [basic("alice", "wrong"), basic("carol", "pw-carol")] {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(send(refused).as_bytes()).await.unwrap();
+        let r = read_one(&mut c).await;
+        assert_eq!(r.status, 401);
+        assert!(r.header_values("connection").is_empty(), "{:?}", r.headers);
+        // The same connection still serves.
+        c.write_all(send(alice()).as_bytes()).await.unwrap();
+        assert_eq!(read_one(&mut c).await.status, 200);
+    }
+    s.shutdown().await;
+}
