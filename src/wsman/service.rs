@@ -149,6 +149,14 @@ impl WsmanService {
         }
         env.require_addressing()?;
         *relates = Some(env.message_id.clone());
+        tracing::debug!(
+            user = %id.user,
+            %peer,
+            action = %env.action,
+            resource = %env.resource_uri,
+            shell = env.selector("ShellId").unwrap_or(""),
+            "wsman request"
+        );
         match env.action.as_str() {
             ACTION_CREATE => self.create(id, peer, &env, address).await,
             ACTION_COMMAND => self.command(id, &env),
