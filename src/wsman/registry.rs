@@ -1,0 +1,228 @@
+//! The shell registry: every open shell keyed by ShellId, owned by one user. Another user's
+//! ShellId looks exactly like an unknown one. Enforces the per-user shell quota and the idle
+//! timeout (closing a shell kills what runs in it).
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::shell::{Shell, ShellError, ShellOwner};
+
+/// One open shell.
+pub struct ShellEntry {
+    pub id: String,
+    pub owner: ShellOwner,
+    pub resource_uri: String,
+    pub input_streams: String,
+    pub output_streams: String,
+    /// The client's environment variables (shown back in Create/Get responses).
+    pub environment: Vec<(String, String)>,
+    pub idle_timeout: Duration,
+    pub created: Instant,
+    shell: Mutex<Box<dyn Shell>>,
+    notify: Arc<Notify>,
+    last_used: Mutex<Instant>,
+    /// Requests currently using this shell (a long-polling Receive keeps it alive).
+    busy: AtomicUsize,
+}
+
+impl ShellEntry {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        owner: ShellOwner,
+        resource_uri: String,
+        input_streams: String,
+        output_streams: String,
+        idle_timeout: Duration,
+        shell: Box<dyn Shell>,
+    ) -> ShellEntry {
+        let notify = shell.notify();
+        ShellEntry {
+            id,
+            owner,
+            resource_uri,
+            input_streams,
+            output_streams,
+            environment: Vec::new(),
+            idle_timeout,
+            created: Instant::now(),
+            shell: Mutex::new(shell),
+            notify,
+            last_used: Mutex::new(Instant::now()),
+            busy: AtomicUsize::new(0),
+        }
+    }
+
+    /// The shell, locked (shell methods never block, so a std mutex is right here).
+    pub fn shell(&self) -> MutexGuard<'_, Box<dyn Shell>> {
+        self.shell.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn notify(&self) -> Arc<Notify> {
+        self.notify.clone()
+    }
+
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    pub fn inactivity(&self) -> Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+
+    /// Mark the shell in use until the guard drops.
+    pub fn use_guard(self: &Arc<Self>) -> UseGuard {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        UseGuard(self.clone())
+    }
+
+    fn close(&self) {
+        self.shell().close();
+        self.notify.notify_waiters();
+    }
+}
+
+/// Keeps a shell from being reaped while a request uses it.
+pub struct UseGuard(Arc<ShellEntry>);
+impl Drop for UseGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn key(id: &str) -> String {
+    id.to_ascii_uppercase()
+}
+
+fn same_user(a: &str, b: &str) -> bool {
+    a.to_lowercase() == b.to_lowercase()
+}
+
+/// Every open shell.
+#[derive(Default)]
+pub struct Registry {
+    shells: Mutex<HashMap<String, Arc<ShellEntry>>>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<ShellEntry>>> {
+        self.shells.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Add a shell unless its owner already has `max_shells` (checked and inserted atomically).
+    /// On refusal the shell is handed back so the caller can close it.
+    pub fn insert(
+        &self,
+        entry: ShellEntry,
+        max_shells: usize,
+    ) -> Result<Arc<ShellEntry>, (ShellError, Box<ShellEntry>)> {
+        let mut map = self.map();
+        let count = map
+            .values()
+            .filter(|e| same_user(&e.owner.user, &entry.owner.user))
+            .count();
+        if count >= max_shells {
+            return Err((
+                ShellError::QuotaLimit(format!(
+                    "user {} already has {count} shells",
+                    entry.owner.user
+                )),
+                Box::new(entry),
+            ));
+        }
+        let k = key(&entry.id);
+        if map.contains_key(&k) {
+            return Err((
+                ShellError::Malformed(format!("ShellId {} is already in use", entry.id)),
+                Box::new(entry),
+            ));
+        }
+        let e = Arc::new(entry);
+        map.insert(k, e.clone());
+        Ok(e)
+    }
+
+    /// The shell `id` if `user` owns it; None for unknown shells and other users' shells alike.
+    pub fn get(&self, id: &str, user: &str) -> Option<Arc<ShellEntry>> {
+        self.map()
+            .get(&key(id))
+            .filter(|e| same_user(&e.owner.user, user))
+            .cloned()
+    }
+
+    /// Remove and close the shell `id` if `user` owns it.
+    pub fn delete(&self, id: &str, user: &str) -> bool {
+        let removed = {
+            let mut map = self.map();
+            match map.get(&key(id)) {
+                Some(e) if same_user(&e.owner.user, user) => map.remove(&key(id)),
+                _ => None,
+            }
+        };
+        match removed {
+            Some(e) => {
+                e.close();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of shells `user` has open.
+    pub fn count_for(&self, user: &str) -> usize {
+        self.map()
+            .values()
+            .filter(|e| same_user(&e.owner.user, user))
+            .count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+
+    /// Close every shell idle longer than its idle timeout (and not in use); returns their ids.
+    pub fn reap_idle(&self) -> Vec<String> {
+        let expired: Vec<Arc<ShellEntry>> = {
+            let mut map = self.map();
+            let ids: Vec<String> = map
+                .iter()
+                .filter(|(_, e)| {
+                    e.busy.load(Ordering::SeqCst) == 0 && e.inactivity() >= e.idle_timeout
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            ids.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for e in &expired {
+            tracing::info!(shell = %e.id, user = %e.owner.user, "closing idle shell after {:?}", e.idle_timeout);
+            e.close();
+        }
+        expired.iter().map(|e| e.id.clone()).collect()
+    }
+
+    /// Close every shell (shutdown).
+    pub fn close_all(&self) {
+        let all: Vec<Arc<ShellEntry>> = self.map().drain().map(|(_, e)| e).collect();
+        for e in all {
+            e.close();
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The WinRS shell on its own (no HTTP): command lifecycle, End markers once, Done repeated,
+//! signals, stdin, close, and the per-shell command limit.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use keyhole::server::{Gatekeeper, Identity};
+use keyhole::winrs::{WinrsShell, MAX_COMMANDS_PER_SHELL};
+use keyhole::wsman::shell::*;
+use keyhole::wsman::testing::StaticGatekeeper;
+
+fn shell() -> WinrsShell {
+    let g = StaticGatekeeper::new("alice", "pw", &["WinRS"]);
+    let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let id = Identity {
+        user: "alice".into(),
+        groups: Vec::new(),
+    };
+    let grant = g.open_session(&id, "WinRS", peer).unwrap();
+    let owner = ShellOwner {
+        user: "alice".into(),
+        groups: Vec::new(),
+        client: "127.0.0.1".into(),
+    };
+    WinrsShell::new(grant, owner, 153_600)
+}
+
+fn cmd(s: &mut WinrsShell, line: &str) -> String {
+    s.command(CommandRequest {
+        command_id: None,
+        command: line.into(),
+        arguments: Vec::new(),
+    })
+    .unwrap()
+}
+
+/// Receive until Done, as the WS-Man layer does (waiting on notify between polls).
+fn run_to_done(s: &mut WinrsShell, id: &str) -> (Vec<u8>, Vec<u8>, i32, Vec<String>) {
+    let (mut out, mut err, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = s.receive(Some(id)).unwrap();
+        for c in r.streams {
+            assert_eq!(c.command_id.as_deref(), Some(id));
+            if c.end {
+                ends.push(c.name.clone());
+            }
+            match c.name.as_str() {
+                "stdout" => out.extend(c.data),
+                "stderr" => err.extend(c.data),
+                o => panic!("stream {o}"),
+            }
+        }
+        if let Some(st) = r.command_state {
+            if st.state == CommandStateKind::Done {
+                return (out, err, st.exit_code.unwrap(), ends);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "command never finished"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_line_runs_and_ends_with_both_streams_closed_once() {
+    let mut s = shell();
+    let id = cmd(&mut s, "Get-NoSuchCommand -Name x");
+    let (out, err, code, ends) = run_to_done(&mut s, &id);
+    assert!([0, 1, 2].contains(&code));
+    if code == 2 {
+        assert!(out.is_empty());
+        assert!(String::from_utf8(err)
+            .unwrap()
+            .contains("FullyQualifiedErrorId"));
+    }
+    assert_eq!(ends, vec!["stdout".to_string(), "stderr".to_string()]);
+    // Asking again: Done again, without repeating the End markers.
+    let again = s.receive(Some(&id)).unwrap();
+    assert!(again.streams.is_empty());
+    assert_eq!(again.command_state.unwrap().exit_code, Some(code));
+}
+
+#[test]
+fn client_chosen_command_ids_are_kept_and_duplicates_refused() {
+    let mut s = shell();
+    let req = |id: &str| CommandRequest {
+        command_id: Some(id.into()),
+        command: "Get-Date".into(),
+        arguments: Vec::new(),
+    };
+    assert_eq!(
+        s.command(req("b1b2c3d4-0000-4000-8000-000000000002"))
+            .unwrap(),
+        "B1B2C3D4-0000-4000-8000-000000000002"
+    );
+    assert!(matches!(
+        s.command(req("B1B2C3D4-0000-4000-8000-000000000002")),
+        Err(ShellError::Malformed(_))
+    ));
+    assert!(matches!(
+        s.command(req("../../etc")),
+        Err(ShellError::Malformed(_))
+    ));
+}
+
+#[test]
+fn unknown_commands_are_invalid_selectors() {
+    let mut s = shell();
+    assert_eq!(
+        s.receive(Some("nope")).unwrap_err(),
+        ShellError::InvalidSelectors
+    );
+    assert_eq!(s.receive(None).unwrap_err(), ShellError::InvalidSelectors);
+    assert_eq!(
+        s.signal(Some("nope"), "ctrl_c").unwrap_err(),
+        ShellError::InvalidSelectors
+    );
+    assert_eq!(
+        s.send(Some("nope"), "stdin", b"x".to_vec(), true)
+            .unwrap_err(),
+        ShellError::InvalidSelectors
+    );
+}
+
+#[test]
+fn stdin_is_accepted_until_end_and_bounded() {
+    let mut s = shell();
+    let id = cmd(&mut s, "Get-Date");
+    s.send(Some(&id), "stdin", b"abc".to_vec(), false).unwrap();
+    assert!(matches!(
+        s.send(Some(&id), "pr", b"x".to_vec(), false),
+        Err(ShellError::Malformed(_))
+    ));
+    s.send(Some(&id), "stdin", b"def".to_vec(), true).unwrap();
+    assert!(matches!(
+        s.send(Some(&id), "stdin", b"more".to_vec(), false),
+        Err(ShellError::QuotaLimit(_))
+    ));
+}
+
+#[test]
+fn signals_and_terminate_clean_up_finished_commands() {
+    let mut s = shell();
+    let id = cmd(&mut s, "Get-Date");
+    let _ = run_to_done(&mut s, &id);
+    s.signal(Some(&id), "ctrl_c").unwrap();
+    assert!(matches!(
+        s.signal(Some(&id), "bogus"),
+        Err(ShellError::Malformed(_))
+    ));
+    s.signal(Some(&id), "terminate").unwrap();
+    // Forgotten after terminate.
+    assert_eq!(
+        s.receive(Some(&id)).unwrap_err(),
+        ShellError::InvalidSelectors
+    );
+}
+
+#[test]
+fn close_refuses_everything_after() {
+    let mut s = shell();
+    let id = cmd(&mut s, "Get-Date");
+    s.close();
+    assert_eq!(
+        s.receive(Some(&id)).unwrap_err(),
+        ShellError::InvalidSelectors
+    );
+    assert_eq!(
+        s.command(CommandRequest {
+            command_id: None,
+            command: "Get-Date".into(),
+            arguments: Vec::new()
+        })
+        .unwrap_err(),
+        ShellError::InvalidSelectors
+    );
+}
+
+#[test]
+fn finished_commands_make_room_for_new_ones() {
+    let mut s = shell();
+    for _ in 0..(MAX_COMMANDS_PER_SHELL * 2) {
+        let id = cmd(&mut s, "Get-Date");
+        let _ = run_to_done(&mut s, &id);
+    }
+}
+
+#[test]
+fn notify_wakes_a_waiting_receive() {
+    let mut s = shell();
+    let n = s.notify();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let woke = rt.block_on(async {
+        let notified = n.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let _id = cmd(&mut s, "Get-Date");
+        tokio::time::timeout(Duration::from_secs(10), notified)
+            .await
+            .is_ok()
+    });
+    assert!(woke);
+}
