@@ -91,8 +91,10 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "LINE")]
         line: Vec<String>,
     },
-    // TODO(serve): `keyhole serve [--config PATH]` — the server helper adds its variant here.
-    // TODO(demo): `keyhole demo` — loopback demo server with a throwaway account.
+    /// Run the server in the foreground (SIGHUP or a changed file reloads; SIGTERM/Ctrl+C stops)
+    Serve(ConfigArg),
+    /// A loopback-only server on the shipped endpoints with a throwaway account, and the exact client commands to connect
+    Demo,
     /// Manage local accounts in users.toml (passwords are read from the terminal or stdin)
     #[command(subcommand)]
     User(UserCommand),
@@ -226,8 +228,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Check(c) => cmd_check(&c.path()),
         Command::Capability { who, json, config } => cmd_capability(&config.path(), &who, json),
         Command::Run { who, config, line } => cmd_run(&config.path(), &who, &line.join(" ")),
-        // Command::Serve(..) => crate::server::... ,   (serve helper)
-        // Command::Demo(..) => ... ,                   (demo helper)
+        Command::Serve(c) => cmd_serve(&c.path()),
+        Command::Demo => {
+            crate::demo::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::User(u) => cmd_user(u),
         Command::Rule(r) => cmd_rule(r),
     }
@@ -721,6 +726,31 @@ fn resolve_in(base: &Path, p: &str) -> PathBuf {
     } else {
         base.join(pb)
     }
+}
+
+/// `keyhole serve`.
+fn cmd_serve(path: &Path) -> Result<ExitCode> {
+    crate::daemon::init_logging();
+    let cfg = match crate::daemon::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keyhole serve: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    crate::daemon::serve(path, cfg, |s| {
+        if let Some(a) = s.https {
+            println!("keyhole: listening on https://{a}/wsman");
+        }
+        if let Some(fp) = &s.fingerprint {
+            println!("keyhole: TLS certificate SHA-256 {fp}");
+        }
+        if let Some(a) = s.http {
+            println!("keyhole: listening on http://{a}/wsman");
+        }
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `keyhole user ...`.

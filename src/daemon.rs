@@ -1,0 +1,195 @@
+//! `daemon`: the server process around the library — load and validate the configuration,
+//! start the listeners with the real gates, reload on SIGHUP or a changed file (a bad
+//! configuration never replaces a good one; open sessions are never dropped), and stop
+//! gracefully on SIGTERM/SIGINT.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::config::{self, LoadedConfig, Severity};
+use crate::gates::{Gates, ServerGates};
+use crate::server::{Server, ServerError, ServerRuntime};
+
+/// How often configuration files are checked for changes.
+pub const RELOAD_POLL: Duration = Duration::from_secs(2);
+
+/// What `serve` prints once the listeners are up (the demo adds its own lines).
+pub struct Started {
+    pub https: Option<std::net::SocketAddr>,
+    pub http: Option<std::net::SocketAddr>,
+    pub fingerprint: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("the configuration has errors (run `keyhole check --config {0}` to see them again)")]
+    Config(String),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Set up logging to standard error (`RUST_LOG` overrides the `info` default). Idempotent.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Print every diagnostic; true when any is an error.
+pub fn report(diags: &[config::Diagnostic]) -> bool {
+    for d in diags {
+        eprintln!("{}", d.rendered.trim_end());
+    }
+    diags.iter().any(|d| d.severity == Severity::Error)
+}
+
+/// Load, or print every diagnostic and fail.
+pub fn load(path: &Path) -> Result<LoadedConfig, DaemonError> {
+    match config::load(path) {
+        Ok(cfg) => {
+            report(&cfg.warnings);
+            Ok(cfg)
+        }
+        Err(diags) => {
+            report(&diags);
+            Err(DaemonError::Config(path.display().to_string()))
+        }
+    }
+}
+
+/// Every file the configuration is read from, with its modification time (for reload).
+fn snapshot(cfg: &LoadedConfig) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let mut paths = vec![
+        cfg.path.clone(),
+        cfg.resolve(&cfg.server.users),
+        cfg.resolve(&cfg.server.authorization_rules),
+    ];
+    for dir in [&cfg.server.endpoints_dir, &cfg.server.role_capabilities_dir] {
+        let d = cfg.resolve(dir);
+        paths.push(d.clone());
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            paths.extend(files);
+        }
+    }
+    paths
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, m)
+        })
+        .collect()
+}
+
+/// Reload from `path`; keeps the running configuration when the new one fails validation.
+pub fn reload(gates: &Gates, path: &Path) -> bool {
+    match config::load(path) {
+        Ok(new) => {
+            for w in &new.warnings {
+                tracing::warn!("{}", w.rendered.trim_end());
+            }
+            if new.rules.rules.is_empty() {
+                tracing::error!("no authorization rules after reload: nobody gets in");
+            }
+            gates.reload(new);
+            tracing::info!(config = %path.display(), "configuration reloaded; open sessions keep the one they started with");
+            true
+        }
+        Err(diags) => {
+            for d in &diags {
+                tracing::error!("{}", d.rendered.trim_end());
+            }
+            tracing::error!(config = %path.display(), "reload refused: the new configuration has errors; the running configuration stays in force");
+            false
+        }
+    }
+}
+
+/// Run the server until SIGTERM/SIGINT. `on_started` is called once the listeners are bound.
+pub fn serve(
+    path: &Path,
+    cfg: LoadedConfig,
+    on_started: impl FnOnce(&Started),
+) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve_async(path.to_path_buf(), cfg, on_started))
+}
+
+async fn serve_async(
+    path: PathBuf,
+    cfg: LoadedConfig,
+    on_started: impl FnOnce(&Started),
+) -> Result<(), DaemonError> {
+    if cfg.rules.rules.is_empty() {
+        tracing::error!("no authorization rules: NOBODY GETS IN. Add one with `keyhole rule add`.");
+        eprintln!("keyhole: WARNING: no authorization rules: nobody gets in (add one with `keyhole rule add`)");
+    }
+    let runtime = ServerRuntime::from_config(&cfg.server, &cfg.base_dir);
+    let mech = crate::sandbox::init();
+    tracing::info!(containment = ?mech, "sandbox ready");
+    let gates = Arc::new(Gates::new(cfg)?);
+    let mut server = Server::bind(runtime, Arc::new(ServerGates(gates.clone()))).await?;
+    crate::psrp_factory::register(&mut server, gates.clone());
+    let started = Started {
+        https: server.https_addr,
+        http: server.http_addr,
+        fingerprint: server.tls_fingerprint.clone(),
+    };
+    if let Some(a) = started.https {
+        tracing::info!(address = %a, fingerprint = started.fingerprint.as_deref().unwrap_or(""), "listening (HTTPS)");
+    }
+    if let Some(a) = started.http {
+        tracing::info!(address = %a, "listening (HTTP, loopback or allow_unencrypted)");
+    }
+    on_started(&started);
+
+    // Reload on SIGHUP or when a file changes.
+    let reload_gates = gates.clone();
+    let reload_path = path.clone();
+    let reloader = tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot watch SIGHUP: {e}; reload on file change only");
+                None
+            }
+        };
+        let mut seen = snapshot(&reload_gates.config());
+        loop {
+            let by_signal = tokio::select! {
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
+                _ = tokio::time::sleep(RELOAD_POLL) => false,
+            };
+            let now = snapshot(&reload_gates.config());
+            if by_signal || now != seen {
+                let g = reload_gates.clone();
+                let p = reload_path.clone();
+                let _ = tokio::task::spawn_blocking(move || reload(&g, &p)).await;
+                seen = snapshot(&reload_gates.config());
+            }
+        }
+    });
+
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+        }
+        tracing::info!("shutting down: finishing requests, stopping programs, closing transcripts");
+    };
+    let result = server.run(shutdown).await;
+    reloader.abort();
+    result.map_err(DaemonError::from)
+}

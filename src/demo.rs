@@ -1,0 +1,179 @@
+//! `demo`: a loopback-only server on the shipped endpoints and role capabilities (embedded in
+//! the binary), with a throwaway account whose random password is printed, rules that admit
+//! it, and the exact client commands to connect. Everything lives in a private temporary
+//! directory removed at exit.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use rand::distributions::{Alphanumeric, DistString};
+
+use crate::daemon::{self, DaemonError, Started};
+
+/// The shipped examples, embedded so that `keyhole demo` works from any directory.
+const SHIPPED: &[(&str, &str)] = &[
+    (
+        "endpoints/Helpdesk.toml",
+        include_str!("../endpoints/Helpdesk.toml"),
+    ),
+    (
+        "endpoints/Vendor.toml",
+        include_str!("../endpoints/Vendor.toml"),
+    ),
+    (
+        "role-capabilities/ServiceOperator.toml",
+        include_str!("../role-capabilities/ServiceOperator.toml"),
+    ),
+    (
+        "role-capabilities/Diagnostics.toml",
+        include_str!("../role-capabilities/Diagnostics.toml"),
+    ),
+    (
+        "role-capabilities/VendorReadOnly.toml",
+        include_str!("../role-capabilities/VendorReadOnly.toml"),
+    ),
+];
+
+/// The demo account's name.
+pub const DEMO_USER: &str = "demo";
+
+/// A demo directory, removed when dropped.
+pub struct DemoDir {
+    pub dir: PathBuf,
+    pub password: String,
+    pub run_as: String,
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The account programs run as in the demo: `nobody` when keyhole is root (the shipped
+/// endpoints name accounts a fresh machine does not have), else keyhole's own account.
+fn demo_run_as() -> String {
+    if nix::unistd::geteuid().is_root() {
+        return "nobody".to_string();
+    }
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "nobody".to_string())
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// Lay out the demo configuration in a fresh private directory.
+/// `https`/`http` are listener addresses ("127.0.0.1:0" picks a free port).
+pub fn prepare(https: &str, http: &str) -> Result<DemoDir, DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("keyhole-demo-{}", uuid::Uuid::new_v4()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let password = Alphanumeric.sample_string(&mut rand::thread_rng(), 20);
+    let run_as = demo_run_as();
+    let demo = DemoDir {
+        dir: dir.clone(),
+        password: password.clone(),
+        run_as: run_as.clone(),
+    };
+    for (rel, text) in SHIPPED {
+        let text = if rel.starts_with("endpoints/") {
+            let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| {
+                DaemonError::Io(std::io::Error::other(format!("embedded {rel}: {e}")))
+            })?;
+            doc["run_as"] = toml_edit::value(run_as.as_str());
+            doc.to_string()
+        } else {
+            text.to_string()
+        };
+        write_private(&dir.join(rel), &text)?;
+    }
+    let hash = crate::auth::hash_password(&password)
+        .map_err(|e| DaemonError::Io(std::io::Error::other(e.to_string())))?;
+    write_private(
+        &dir.join("users.toml"),
+        &format!("[users.{DEMO_USER}]\npassword = \"{hash}\"\ngroups = [\"helpdesk\", \"acme-vendor\"]\n"),
+    )?;
+    write_private(
+        &dir.join("authorization-rules.toml"),
+        &format!(
+            "[[rule]]\nid = 1\nname = \"demo account to every demo endpoint\"\nuser = \"{DEMO_USER}\"\ncomputer = \"*\"\nconfiguration = \"*\"\n"
+        ),
+    )?;
+    write_private(
+        &dir.join("keyhole.toml"),
+        &format!(
+            "computer_name = \"localhost\"\ncomputer_aliases = [\"127.0.0.1\"]\nwinrs_endpoint = \"Helpdesk\"\n\n[listener]\nhttps = \"{https}\"\nhttp = \"{http}\"\n\n[auth]\nmax_failed_logins = 20\n"
+        ),
+    )?;
+    Ok(demo)
+}
+
+/// The client snippets printed by `keyhole demo`.
+pub fn snippets(demo: &DemoDir, s: &Started) -> String {
+    let mut out = String::new();
+    let pw = &demo.password;
+    out.push_str("\nkeyhole demo — a loopback-only JEA endpoint server\n");
+    out.push_str(&format!("  account:  {DEMO_USER}   password: {pw}\n"));
+    out.push_str(&format!("  programs run as: {}\n", demo.run_as));
+    out.push_str(&format!("  configuration:   {}\n", demo.dir.display()));
+    if let Some(fp) = &s.fingerprint {
+        out.push_str(&format!("  TLS certificate SHA-256: {fp}\n"));
+    }
+    if let Some(a) = s.https {
+        let port = a.port();
+        out.push_str("\npywinrm (WinRS, lands in the Helpdesk endpoint):\n");
+        out.push_str(&format!(
+            "  python3 -c \"import winrm; s = winrm.Session('https://127.0.0.1:{port}/wsman', auth=('{DEMO_USER}', '{pw}'), transport='basic', server_cert_validation='ignore'); r = s.run_cmd('Get-Process -Id 1'); print(r.status_code, r.std_out.decode(), r.std_err.decode())\"\n"
+        ));
+        out.push_str("\npypsrp (PSRP, endpoint Helpdesk):\n");
+        out.push_str(&format!(
+            "  python3 -c \"from pypsrp.client import Client; c = Client('127.0.0.1', port={port}, username='{DEMO_USER}', password='{pw}', ssl=True, cert_validation=False, auth='basic', configuration_name='Helpdesk'); out, streams, had_errors = c.execute_ps('Get-Uptime'); print(out, had_errors)\"\n"
+        ));
+        out.push_str("\nPowerShell 7 / Windows PowerShell:\n");
+        out.push_str(&format!(
+            "  $c = Get-Credential {DEMO_USER}\n  Enter-PSSession -ComputerName 127.0.0.1 -Port {port} -UseSSL -Authentication Basic -Credential $c -ConfigurationName Helpdesk -SessionOption (New-PSSessionOption -SkipCACheck -SkipCNCheck)\n"
+        ));
+    }
+    if let Some(a) = s.http {
+        out.push_str(&format!("\nplain HTTP (loopback only): http://{a}/wsman\n"));
+    }
+    out.push_str("\nTry: Get-Command · Get-Service · Restart-Service cron · Get-Journal -Newest 5 · Get-DiskUsage /var · Invoke-Expression 'id' (refused)\nCtrl+C stops the server.\n");
+    out
+}
+
+/// `keyhole demo`.
+pub fn run() -> Result<(), DaemonError> {
+    daemon::init_logging();
+    let demo = match prepare("127.0.0.1:5986", "127.0.0.1:5985") {
+        Ok(d) => d,
+        Err(e) => return Err(e),
+    };
+    let path = demo.dir.join("keyhole.toml");
+    let cfg = daemon::load(&path)?;
+    let result = daemon::serve(&path, cfg, |s| println!("{}", snippets(&demo, s)));
+    if let Err(DaemonError::Server(crate::server::ServerError::Bind { .. })) = &result {
+        // The WinRM ports are taken: start again on free ports.
+        drop(demo);
+        let demo = prepare("127.0.0.1:0", "127.0.0.1:0")?;
+        let path = demo.dir.join("keyhole.toml");
+        let cfg = daemon::load(&path)?;
+        return daemon::serve(&path, cfg, |s| println!("{}", snippets(&demo, s)));
+    }
+    result
+}
