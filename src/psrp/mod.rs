@@ -4,6 +4,10 @@
 pub mod clixml;
 pub mod fragment;
 pub mod message;
+pub mod objects;
+pub mod pool;
+
+pub use pool::{PsrpEngine, PsrpShell};
 
 /// What can be wrong with what a PSRP client sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
