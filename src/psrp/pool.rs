@@ -478,7 +478,7 @@ impl<E: PsrpEngine> PsrpShell<E> {
             match o {
                 PoolOutput::Send { message_type, body, zero_rpid } => {
                     lock(&self.shared.inner).queue_pool(message_type, &body, zero_rpid);
-                    self.wake(&shared.notify);
+                    wake(&self.shared.notify);
                 }
                 PoolOutput::CreatePipeline(cp) => {
                     let cid = cid.ok_or_else(|| ShellError::Malformed("CREATE_PIPELINE arrived without a CommandId".into()))?.to_string();
@@ -530,7 +530,7 @@ impl<E: PsrpEngine> PsrpShell<E> {
                 }
                 PipelineAction::SendState(st) => {
                     lock(&self.shared.inner).queue_pipe(cid, MessageType::PipelineState, &objects::pipeline_state(st, None));
-                    self.wake(&shared.notify);
+                    wake(&self.shared.notify);
                 }
             }
         }
@@ -569,7 +569,7 @@ impl<E: PsrpEngine> PsrpShell<E> {
                 }
             }
         }
-        self.wake(&shared.notify);
+        wake(&self.shared.notify);
     }
 
     fn evict_finished(inner: &mut Inner) {
@@ -643,7 +643,7 @@ impl<E> PipeSink<'_, E> {
                 inner.queue_pipe(self.cid, t, &body);
             }
         }
-        self.wake(&shared.notify);
+        wake(&self.shared.notify);
         // Back-pressure: wait for the client to Receive before producing more.
         loop {
             let (bytes, closed) = {
@@ -853,7 +853,7 @@ impl<E: PsrpEngine> Shell for PsrpShell<E> {
         }
         inner.pool_queue.clear();
         drop(inner);
-        self.wake(&shared.notify);
+        wake(&self.shared.notify);
     }
 
     fn notify(&self) -> Arc<Notify> {
