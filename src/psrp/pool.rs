@@ -557,10 +557,18 @@ impl<E: PsrpEngine> PsrpShell<E> {
                 let identity = self.identity.clone();
                 let cid_owned = cid.to_string();
                 let spawned = std::thread::Builder::new().name("psrp-pipeline".into()).spawn(move || {
-                    let outcome = {
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let mut engine = lock(&shared.engine);
                         run_plan(&mut *engine, &shared, &cid_owned, &identity, plan, input, &cancel)
-                    };
+                    }));
+                    let outcome = run.unwrap_or_else(|_| {
+                        tracing::error!(command_id = %cid_owned, "PSRP pipeline thread panicked");
+                        RunOutcome::Failed(ErrorRecord::new(
+                            "keyhole hit an internal error while running this pipeline; see the server log",
+                            "InternalError",
+                            ErrorCategory::NotSpecified,
+                        ))
+                    });
                     finish(&shared, &cid_owned, outcome);
                 });
                 if let Err(e) = spawned {
@@ -628,6 +636,9 @@ struct PipeSink<'a, E> {
 }
 
 fn lines(text: &str) -> Vec<String> {
+    if text.is_empty() {
+        return Vec::new();
+    }
     let mut v: Vec<String> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l).to_string()).collect();
     if text.ends_with('\n') {
         v.pop();

@@ -143,7 +143,7 @@ impl Writer {
             },
             Value::Double(d) => self.prim("Db", name, &format_xml_double(*d)),
             Value::String(s) => self.string(name, s),
-            Value::DateTime(d) => self.prim("DT", name, &d.format("%Y-%m-%dT%H:%M:%S%.7f%:z").to_string()),
+            Value::DateTime(d) => self.prim("DT", name, &format_datetime(d)),
             Value::TimeSpan(t) => self.prim("TS", name, &format_duration(*t)),
             Value::Enum(e) => {
                 let tn: Vec<&str> = e.type_names.iter().map(String::as_str).collect();
@@ -245,6 +245,13 @@ impl Writer {
     }
 }
 
+/// xs:dateTime as .NET round-trips it: 7 fractional digits and the offset.
+pub fn format_datetime(d: &chrono::DateTime<chrono::FixedOffset>) -> String {
+    use chrono::Timelike;
+    let ticks = d.nanosecond() % 1_000_000_000 / 100;
+    format!("{}.{ticks:07}{}", d.format("%Y-%m-%dT%H:%M:%S"), d.format("%:z"))
+}
+
 /// xs:double text as .NET writes it ("INF", "-INF", "NaN", shortest round-trip otherwise).
 pub fn format_xml_double(d: f64) -> String {
     if d.is_nan() {
@@ -297,9 +304,10 @@ mod tests {
         w.value(None, &Value::Null);
         w.value(None, &Value::Double(1.5));
         w.value(None, &Value::TimeSpan(std::time::Duration::from_millis(90_061_500)));
+        w.value(None, &Value::DateTime(chrono::DateTime::parse_from_rfc3339("2018-06-13T23:46:12.1316332+02:00").unwrap()));
         assert_eq!(
             w.finish(),
-            "<S>hello</S><I32 N=\"n\">5</I32><I64>1099511627776</I64><B>true</B><Nil /><Db>1.5</Db><TS>P1DT1H1M1.5S</TS>"
+            "<S>hello</S><I32 N=\"n\">5</I32><I64>1099511627776</I64><B>true</B><Nil /><Db>1.5</Db><TS>P1DT1H1M1.5S</TS><DT>2018-06-13T23:46:12.1316332+02:00</DT>"
         );
     }
 
