@@ -5,21 +5,80 @@
 use keyhole::engine::{PsObject, Value};
 use keyhole::psrp::clixml::read::{parse, parse_default, ClixmlLimits};
 use keyhole::psrp::clixml::Writer;
-use keyhole::psrp::fragment::{fragment_message, Fragment, Reassembler, MAX_MESSAGE_SIZE, MAX_OBJECTS_IN_FLIGHT};
+use keyhole::psrp::fragment::{
+    fragment_message, Fragment, Reassembler, MAX_MESSAGE_SIZE, MAX_OBJECTS_IN_FLIGHT,
+};
 use keyhole::psrp::message::Message;
 use proptest::prelude::*;
 
 fn arb_fragment() -> impl Strategy<Value = Fragment> {
-    (0u64..24, 0u64..4, any::<bool>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..64))
-        .prop_map(|(object_id, fragment_id, start, end, blob)| Fragment { object_id, fragment_id, start, end, blob })
+    (
+        0u64..24,
+        0u64..4,
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(object_id, fragment_id, start, end, blob)| Fragment {
+            object_id,
+            fragment_id,
+            start,
+            end,
+            blob,
+        })
 }
 
 const TOKENS: &[&str] = &[
-    "<Obj RefId=\"0\">", "<Obj RefId=\"1\">", "</Obj>", "<MS>", "</MS>", "<Props>", "</Props>", "<LST>", "</LST>", "<DCT>", "</DCT>",
-    "<En>", "</En>", "<S N=\"Key\">", "<S>", "</S>", "<I32>", "</I32>", "<I32 N=\"Value\">", "1", "-7", "x", "_x000A_", "_x",
-    "<TN RefId=\"0\">", "</TN>", "<T>System.Enum</T>", "<TNRef RefId=\"0\" />", "<Ref RefId=\"0\" />", "<Ref RefId=\"1\" />", "<Nil />",
-    "<B>true</B>", "<DT>", "</DT>", "<TS>", "</TS>", "PT1S", "&amp;", "&bogus;", "<![CDATA[z]]>", "<!DOCTYPE a>", "<?xml version=\"1.0\"?>",
-    "<ToString>", "</ToString>", "<Db>", "</Db>", "NaN", "<U64>", "</U64>", "99999999999999999999",
+    "<Obj RefId=\"0\">",
+    "<Obj RefId=\"1\">",
+    "</Obj>",
+    "<MS>",
+    "</MS>",
+    "<Props>",
+    "</Props>",
+    "<LST>",
+    "</LST>",
+    "<DCT>",
+    "</DCT>",
+    "<En>",
+    "</En>",
+    "<S N=\"Key\">",
+    "<S>",
+    "</S>",
+    "<I32>",
+    "</I32>",
+    "<I32 N=\"Value\">",
+    "1",
+    "-7",
+    "x",
+    "_x000A_",
+    "_x",
+    "<TN RefId=\"0\">",
+    "</TN>",
+    "<T>System.Enum</T>",
+    "<TNRef RefId=\"0\" />",
+    "<Ref RefId=\"0\" />",
+    "<Ref RefId=\"1\" />",
+    "<Nil />",
+    "<B>true</B>",
+    "<DT>",
+    "</DT>",
+    "<TS>",
+    "</TS>",
+    "PT1S",
+    "&amp;",
+    "&bogus;",
+    "<![CDATA[z]]>",
+    "<!DOCTYPE a>",
+    "<?xml version=\"1.0\"?>",
+    "<ToString>",
+    "</ToString>",
+    "<Db>",
+    "</Db>",
+    "NaN",
+    "<U64>",
+    "</U64>",
+    "99999999999999999999",
 ];
 
 fn arb_clixmlish() -> impl Strategy<Value = String> {

@@ -108,7 +108,13 @@ pub fn decode_fragments(mut data: &[u8]) -> Result<Vec<Fragment>, ProtocolError>
                 data.len()
             ))
         })?;
-        out.push(Fragment { object_id, fragment_id, start: flags & FLAG_START != 0, end: flags & FLAG_END != 0, blob: blob.to_vec() });
+        out.push(Fragment {
+            object_id,
+            fragment_id,
+            start: flags & FLAG_START != 0,
+            end: flags & FLAG_END != 0,
+            blob: blob.to_vec(),
+        });
     }
     Ok(out)
 }
@@ -117,14 +123,26 @@ pub fn decode_fragments(mut data: &[u8]) -> Result<Vec<Fragment>, ProtocolError>
 pub fn fragment_message(object_id: u64, message: &[u8], max_blob: usize) -> Vec<Fragment> {
     let max_blob = max_blob.max(1);
     if message.is_empty() {
-        return vec![Fragment { object_id, fragment_id: 0, start: true, end: true, blob: Vec::new() }];
+        return vec![Fragment {
+            object_id,
+            fragment_id: 0,
+            start: true,
+            end: true,
+            blob: Vec::new(),
+        }];
     }
     let chunks: Vec<&[u8]> = message.chunks(max_blob).collect();
     let last = chunks.len().saturating_sub(1);
     chunks
         .into_iter()
         .enumerate()
-        .map(|(i, c)| Fragment { object_id, fragment_id: i as u64, start: i == 0, end: i == last, blob: c.to_vec() })
+        .map(|(i, c)| Fragment {
+            object_id,
+            fragment_id: i as u64,
+            start: i == 0,
+            end: i == last,
+            blob: c.to_vec(),
+        })
         .collect()
 }
 
@@ -133,7 +151,9 @@ pub fn fragment_message(object_id: u64, message: &[u8], max_blob: usize) -> Vec<
 /// [`MAX_SEND_BLOB`] and never below [`MIN_SEND_BLOB`].
 pub fn max_blob_for_envelope(max_envelope_size: usize) -> usize {
     let payload = max_envelope_size.saturating_sub(ENVELOPE_OVERHEAD) / 4 * 3;
-    payload.saturating_sub(FRAGMENT_HEADER_LEN).clamp(MIN_SEND_BLOB, MAX_SEND_BLOB)
+    payload
+        .saturating_sub(FRAGMENT_HEADER_LEN)
+        .clamp(MIN_SEND_BLOB, MAX_SEND_BLOB)
 }
 
 #[derive(Debug)]
@@ -160,10 +180,14 @@ impl Reassembler {
         let fid = f.fragment_id;
         if f.start {
             if fid != 0 {
-                return Err(ProtocolError::Fragment(format!("object {oid}: start fragment has FragmentId {fid}, expected 0")));
+                return Err(ProtocolError::Fragment(format!(
+                    "object {oid}: start fragment has FragmentId {fid}, expected 0"
+                )));
             }
             if self.partial.contains_key(&oid) {
-                return Err(ProtocolError::Fragment(format!("object {oid}: a second start fragment arrived before the end of the first")));
+                return Err(ProtocolError::Fragment(format!(
+                    "object {oid}: a second start fragment arrived before the end of the first"
+                )));
             }
             if f.blob.len() > MAX_MESSAGE_SIZE {
                 return Err(too_big(oid));
@@ -177,11 +201,19 @@ impl Reassembler {
                 )));
             }
             self.reserve(oid, f.blob.len())?;
-            self.partial.insert(oid, Partial { next_fragment: 1, data: f.blob });
+            self.partial.insert(
+                oid,
+                Partial {
+                    next_fragment: 1,
+                    data: f.blob,
+                },
+            );
             return Ok(None);
         }
         let Some(p) = self.partial.get_mut(&oid) else {
-            return Err(ProtocolError::Fragment(format!("object {oid}: fragment {fid} arrived without a start fragment")));
+            return Err(ProtocolError::Fragment(format!(
+                "object {oid}: fragment {fid} arrived without a start fragment"
+            )));
         };
         if fid != p.next_fragment {
             let expected = p.next_fragment;
@@ -197,7 +229,9 @@ impl Reassembler {
         }
         if self.buffered.saturating_add(len) > MAX_BUFFERED_BYTES {
             self.drop_object(oid);
-            return Err(ProtocolError::Fragment(format!("object {oid}: more than {MAX_BUFFERED_BYTES} bytes of partial messages buffered")));
+            return Err(ProtocolError::Fragment(format!(
+                "object {oid}: more than {MAX_BUFFERED_BYTES} bytes of partial messages buffered"
+            )));
         }
         if let Some(p) = self.partial.get_mut(&oid) {
             p.data.extend_from_slice(&f.blob);
@@ -205,7 +239,11 @@ impl Reassembler {
         }
         self.buffered = self.buffered.saturating_add(len);
         if f.end {
-            let done = self.partial.remove(&oid).map(|p| p.data).unwrap_or_default();
+            let done = self
+                .partial
+                .remove(&oid)
+                .map(|p| p.data)
+                .unwrap_or_default();
             self.buffered = self.buffered.saturating_sub(done.len());
             return Ok(Some(done));
         }
@@ -230,7 +268,9 @@ impl Reassembler {
 
     fn reserve(&mut self, oid: u64, len: usize) -> Result<(), ProtocolError> {
         if self.buffered.saturating_add(len) > MAX_BUFFERED_BYTES {
-            return Err(ProtocolError::Fragment(format!("object {oid}: more than {MAX_BUFFERED_BYTES} bytes of partial messages buffered")));
+            return Err(ProtocolError::Fragment(format!(
+                "object {oid}: more than {MAX_BUFFERED_BYTES} bytes of partial messages buffered"
+            )));
         }
         self.buffered = self.buffered.saturating_add(len);
         Ok(())
@@ -244,7 +284,9 @@ impl Reassembler {
 }
 
 fn too_big(oid: u64) -> ProtocolError {
-    ProtocolError::Fragment(format!("object {oid}: message larger than {MAX_MESSAGE_SIZE} bytes; send smaller objects"))
+    ProtocolError::Fragment(format!(
+        "object {oid}: message larger than {MAX_MESSAGE_SIZE} bytes; send smaller objects"
+    ))
 }
 
 #[cfg(test)]
@@ -268,7 +310,13 @@ mod tests {
 
     #[test]
     fn header_layout_matches_notes() {
-        let f = Fragment { object_id: 4, fragment_id: 0, start: true, end: true, blob: vec![0u8; 0x37] };
+        let f = Fragment {
+            object_id: 4,
+            fragment_id: 0,
+            start: true,
+            end: true,
+            blob: vec![0u8; 0x37],
+        };
         let e = f.encode();
         assert_eq!(&e[..8], &[0, 0, 0, 0, 0, 0, 0, 4]);
         assert_eq!(&e[8..16], &[0; 8]);
@@ -296,10 +344,24 @@ mod tests {
     #[test]
     fn refuses_truncated_and_bad_flags() {
         assert!(decode_fragments(&[0; 10]).is_err());
-        let mut e = Fragment { object_id: 1, fragment_id: 0, start: true, end: true, blob: vec![1, 2] }.encode();
+        let mut e = Fragment {
+            object_id: 1,
+            fragment_id: 0,
+            start: true,
+            end: true,
+            blob: vec![1, 2],
+        }
+        .encode();
         e.pop();
         assert!(decode_fragments(&e).is_err());
-        let mut e = Fragment { object_id: 1, fragment_id: 0, start: true, end: true, blob: vec![] }.encode();
+        let mut e = Fragment {
+            object_id: 1,
+            fragment_id: 0,
+            start: true,
+            end: true,
+            blob: vec![],
+        }
+        .encode();
         e[16] = 0x7;
         assert!(decode_fragments(&e).is_err());
     }
@@ -308,16 +370,31 @@ mod tests {
     fn limits_objects_in_flight() {
         let mut r = Reassembler::new();
         for oid in 0..MAX_OBJECTS_IN_FLIGHT as u64 {
-            r.push(Fragment { object_id: oid, fragment_id: 0, start: true, end: false, blob: vec![0] }).unwrap();
+            r.push(Fragment {
+                object_id: oid,
+                fragment_id: 0,
+                start: true,
+                end: false,
+                blob: vec![0],
+            })
+            .unwrap();
         }
-        assert!(r.push(Fragment { object_id: 999, fragment_id: 0, start: true, end: false, blob: vec![0] }).is_err());
+        assert!(r
+            .push(Fragment {
+                object_id: 999,
+                fragment_id: 0,
+                start: true,
+                end: false,
+                blob: vec![0]
+            })
+            .is_err());
     }
 
     #[test]
     fn blob_size_from_envelope() {
         assert_eq!(max_blob_for_envelope(512_000), MAX_SEND_BLOB);
         let b = max_blob_for_envelope(8192);
-        assert!(b < 8192 && b >= MIN_SEND_BLOB);
+        assert!((MIN_SEND_BLOB..8192).contains(&b));
         // base64 of the blob plus header fits in what is left of the envelope
         assert!((b + FRAGMENT_HEADER_LEN).div_ceil(3) * 4 + ENVELOPE_OVERHEAD <= 8192);
         assert_eq!(max_blob_for_envelope(0), MIN_SEND_BLOB);

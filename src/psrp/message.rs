@@ -27,7 +27,9 @@ impl Destination {
         match c {
             1 => Ok(Destination::Client),
             2 => Ok(Destination::Server),
-            other => Err(ProtocolError::Message(format!("unknown message destination {other} (expected 1 client or 2 server)"))),
+            other => Err(ProtocolError::Message(format!(
+                "unknown message destination {other} (expected 1 client or 2 server)"
+            ))),
         }
     }
 }
@@ -113,12 +115,29 @@ fn guid_bytes(b: &[u8]) -> [u8; 16] {
 }
 
 impl Message {
-    pub fn new(destination: Destination, message_type: MessageType, rpid: [u8; 16], pid: [u8; 16], data: Vec<u8>) -> Self {
-        Message { destination, message_type, rpid, pid, data }
+    pub fn new(
+        destination: Destination,
+        message_type: MessageType,
+        rpid: [u8; 16],
+        pid: [u8; 16],
+        data: Vec<u8>,
+    ) -> Self {
+        Message {
+            destination,
+            message_type,
+            rpid,
+            pid,
+            data,
+        }
     }
 
     /// Server → client message with a body.
-    pub fn to_client(message_type: MessageType, rpid: [u8; 16], pid: [u8; 16], data: impl Into<Vec<u8>>) -> Self {
+    pub fn to_client(
+        message_type: MessageType,
+        rpid: [u8; 16],
+        pid: [u8; 16],
+        data: impl Into<Vec<u8>>,
+    ) -> Self {
         Message::new(Destination::Client, message_type, rpid, pid, data.into())
     }
 
@@ -136,7 +155,13 @@ impl Message {
         let rpid = guid_bytes(header.get(8..24).unwrap_or_default());
         let pid = guid_bytes(header.get(24..40).unwrap_or_default());
         let body = body.strip_prefix(BOM).unwrap_or(body);
-        Ok(Message { destination, message_type, rpid, pid, data: body.to_vec() })
+        Ok(Message {
+            destination,
+            message_type,
+            rpid,
+            pid,
+            data: body.to_vec(),
+        })
     }
 
     /// Encode with a BOM before a non-empty body (as Windows does).
@@ -155,8 +180,12 @@ impl Message {
 
     /// The body as UTF-8 text.
     pub fn text(&self) -> Result<&str, ProtocolError> {
-        std::str::from_utf8(&self.data)
-            .map_err(|e| ProtocolError::Message(format!("{} body is not UTF-8: {e}", self.message_type.name())))
+        std::str::from_utf8(&self.data).map_err(|e| {
+            ProtocolError::Message(format!(
+                "{} body is not UTF-8: {e}",
+                self.message_type.name()
+            ))
+        })
     }
 
     /// RPID read as a .NET (little-endian) GUID.
@@ -187,21 +216,32 @@ mod tests {
         assert_eq!(MessageType::ProgressRecord.code(), 0x00041010);
         assert_eq!(MessageType::InformationRecord.code(), 0x00041011);
         assert_eq!(MessageType::PipelineHostResponse.code(), 0x00041101);
-        assert_eq!(MessageType::from_code(0x00041006).unwrap(), MessageType::PipelineState);
+        assert_eq!(
+            MessageType::from_code(0x00041006).unwrap(),
+            MessageType::PipelineState
+        );
         assert!(MessageType::from_code(0x12345678).is_err());
     }
 
     #[test]
     fn roundtrip_and_bom() {
         let rpid = guid_to_net_bytes("A1B2C3D4-0000-4000-8000-000000000001").unwrap();
-        let m = Message::to_client(MessageType::PipelineOutput, rpid, [0; 16], b"<S>hello</S>".to_vec());
+        let m = Message::to_client(
+            MessageType::PipelineOutput,
+            rpid,
+            [0; 16],
+            b"<S>hello</S>".to_vec(),
+        );
         let e = m.encode();
         assert_eq!(&e[0..8], &[1, 0, 0, 0, 0x04, 0x10, 0x04, 0x00]);
         assert_eq!(&e[8..12], &[0xD4, 0xC3, 0xB2, 0xA1]);
         assert_eq!(&e[40..43], BOM);
         let d = Message::decode(&e).unwrap();
         assert_eq!(d, m);
-        assert_eq!(d.rpid_uuid().to_string().to_uppercase(), "A1B2C3D4-0000-4000-8000-000000000001");
+        assert_eq!(
+            d.rpid_uuid().to_string().to_uppercase(),
+            "A1B2C3D4-0000-4000-8000-000000000001"
+        );
         assert!(Message::decode(&e[..39]).is_err());
     }
 }

@@ -2,7 +2,9 @@
 //! metadata) and what it reads from clients (capability, pool init, pipelines, metadata queries).
 #![forbid(unsafe_code)]
 
-use crate::engine::{CommandArg, CommandKind, ErrorRecord, ParamType, StructuredCommand, Value, VisibleCommand};
+use crate::engine::{
+    CommandArg, CommandKind, ErrorRecord, ParamType, StructuredCommand, Value, VisibleCommand,
+};
 
 use super::clixml::write::Writer;
 use super::ProtocolError;
@@ -45,14 +47,21 @@ pub fn session_capability() -> String {
     w.raw("<MS>");
     w.prim("Version", Some("protocolversion"), PROTOCOL_VERSION);
     w.prim("Version", Some("PSVersion"), PS_VERSION);
-    w.prim("Version", Some("SerializationVersion"), SERIALIZATION_VERSION);
+    w.prim(
+        "Version",
+        Some("SerializationVersion"),
+        SERIALIZATION_VERSION,
+    );
     w.raw("</MS>");
     w.end_obj();
     w.finish()
 }
 
-const PRIMITIVE_DICT: &[&str] =
-    &["System.Management.Automation.PSPrimitiveDictionary", "System.Collections.Hashtable", "System.Object"];
+const PRIMITIVE_DICT: &[&str] = &[
+    "System.Management.Automation.PSPrimitiveDictionary",
+    "System.Collections.Hashtable",
+    "System.Object",
+];
 
 /// APPLICATION_PRIVATE_DATA with a PSVersionTable (PowerShell clients read
 /// PSRemotingProtocolVersion from it).
@@ -75,7 +84,10 @@ pub fn application_private_data() -> String {
     entry(&mut w, "PSEdition", "S", "Desktop");
     w.raw("<En>");
     w.string(Some("Key"), "PSCompatibleVersions");
-    w.begin_obj(Some("Value"), &["System.Version[]", "System.Array", "System.Object"]);
+    w.begin_obj(
+        Some("Value"),
+        &["System.Version[]", "System.Array", "System.Object"],
+    );
     w.raw("<LST>");
     for v in ["1.0", "2.0", "3.0", "4.0", "5.0", "5.1.0.0"] {
         w.prim("Version", None, v);
@@ -86,8 +98,18 @@ pub fn application_private_data() -> String {
     entry(&mut w, "CLRVersion", "Version", "4.0.30319.42000");
     entry(&mut w, "BuildVersion", "Version", "10.0.0.0");
     entry(&mut w, "WSManStackVersion", "Version", "3.0");
-    entry(&mut w, "PSRemotingProtocolVersion", "Version", PROTOCOL_VERSION);
-    entry(&mut w, "SerializationVersion", "Version", SERIALIZATION_VERSION);
+    entry(
+        &mut w,
+        "PSRemotingProtocolVersion",
+        "Version",
+        PROTOCOL_VERSION,
+    );
+    entry(
+        &mut w,
+        "SerializationVersion",
+        "Version",
+        SERIALIZATION_VERSION,
+    );
     w.raw("</DCT>");
     w.end_obj();
     w.raw("</En></DCT>");
@@ -162,7 +184,14 @@ pub fn informational(kind: InfoKind, msg: &str) -> String {
         InfoKind::Debug => "System.Management.Automation.DebugRecord",
     };
     let mut w = Writer::new();
-    w.begin_obj(None, &[t, "System.Management.Automation.InformationalRecord", "System.Object"]);
+    w.begin_obj(
+        None,
+        &[
+            t,
+            "System.Management.Automation.InformationalRecord",
+            "System.Object",
+        ],
+    );
     w.prim("ToString", None, msg);
     w.raw("<MS>");
     w.string(Some("InformationalRecord_Message"), msg);
@@ -196,12 +225,19 @@ pub fn information(msg: &str, user: &str, computer: &str) -> String {
     w.finish()
 }
 
-const SELECTED_PSCUSTOM_TAIL: [&str; 2] = ["System.Management.Automation.PSCustomObject", "System.Object"];
+const SELECTED_PSCUSTOM_TAIL: [&str; 2] = [
+    "System.Management.Automation.PSCustomObject",
+    "System.Object",
+];
 
 /// The first GET_COMMAND_METADATA output: how many commands follow.
 pub fn command_metadata_count(n: usize) -> String {
     let mut w = Writer::new();
-    let tn = ["Selected.Microsoft.PowerShell.Commands.GenericMeasureInfo", SELECTED_PSCUSTOM_TAIL[0], SELECTED_PSCUSTOM_TAIL[1]];
+    let tn = [
+        "Selected.Microsoft.PowerShell.Commands.GenericMeasureInfo",
+        SELECTED_PSCUSTOM_TAIL[0],
+        SELECTED_PSCUSTOM_TAIL[1],
+    ];
     w.begin_obj(None, &tn);
     w.raw("<MS>");
     w.i32(Some("Count"), i32::try_from(n).unwrap_or(i32::MAX));
@@ -235,12 +271,26 @@ const STRING_COLLECTION: &str =
 fn param_metadata(w: &mut Writer, name: &str, ty: &str, aliases: &[String], switch: bool) {
     w.raw("<En>");
     w.string(Some("Key"), name);
-    w.begin_obj(Some("Value"), &["System.Management.Automation.ParameterMetadata", "System.Object"]);
-    w.prim("ToString", None, "System.Management.Automation.ParameterMetadata");
+    w.begin_obj(
+        Some("Value"),
+        &[
+            "System.Management.Automation.ParameterMetadata",
+            "System.Object",
+        ],
+    );
+    w.prim(
+        "ToString",
+        None,
+        "System.Management.Automation.ParameterMetadata",
+    );
     w.raw("<Props>");
     w.string(Some("Name"), name);
     w.string(Some("ParameterType"), ty);
-    w.string_list(Some("Aliases"), &[STRING_COLLECTION, "System.Object"], aliases);
+    w.string_list(
+        Some("Aliases"),
+        &[STRING_COLLECTION, "System.Object"],
+        aliases,
+    );
     w.bool(Some("IsDynamic"), false);
     w.bool(Some("SwitchParameter"), switch);
     w.raw("</Props>");
@@ -253,14 +303,26 @@ fn param_metadata(w: &mut Writer, name: &str, ty: &str, aliases: &[String], swit
 pub fn command_metadata(c: &VisibleCommand) -> String {
     let d = &c.decl;
     let mut w = Writer::new();
-    w.begin_obj(None, &[info_type(d.kind), SELECTED_PSCUSTOM_TAIL[0], SELECTED_PSCUSTOM_TAIL[1]]);
+    w.begin_obj(
+        None,
+        &[
+            info_type(d.kind),
+            SELECTED_PSCUSTOM_TAIL[0],
+            SELECTED_PSCUSTOM_TAIL[1],
+        ],
+    );
     w.raw("<MS>");
     w.string(Some("Name"), &d.name);
     w.string(Some("Namespace"), &d.module);
     w.nil(Some("HelpUri"));
     w.enum_value(
         Some("CommandType"),
-        &["System.Management.Automation.CommandTypes", "System.Enum", "System.ValueType", "System.Object"],
+        &[
+            "System.Management.Automation.CommandTypes",
+            "System.Enum",
+            "System.ValueType",
+            "System.Object",
+        ],
         d.kind.as_str(),
         command_type_code(d.kind),
     );
@@ -282,7 +344,13 @@ pub fn command_metadata(c: &VisibleCommand) -> String {
         );
         w.raw("<DCT>");
         for p in &d.params {
-            param_metadata(&mut w, &p.name, p.ty.dotnet_name(), &p.aliases, p.ty == ParamType::Switch);
+            param_metadata(
+                &mut w,
+                &p.name,
+                p.ty.dotnet_name(),
+                &p.aliases,
+                p.ty == ParamType::Switch,
+            );
         }
         let sw = ParamType::Switch.dotnet_name();
         let pref = "System.Management.Automation.ActionPreference";
@@ -327,7 +395,11 @@ pub struct SessionCapability {
 
 impl SessionCapability {
     pub fn from_value(v: &Value) -> Result<Self, ProtocolError> {
-        let get = |n: &str| v.property(n).map(Value::to_ps_string).ok_or_else(|| missing(n, "SESSION_CAPABILITY"));
+        let get = |n: &str| {
+            v.property(n)
+                .map(Value::to_ps_string)
+                .ok_or_else(|| missing(n, "SESSION_CAPABILITY"))
+        };
         Ok(SessionCapability {
             protocol_version: get("protocolversion")?,
             ps_version: get("PSVersion")?,
@@ -354,8 +426,10 @@ pub struct InitRunspacePool {
 impl InitRunspacePool {
     pub fn from_value(v: &Value) -> Result<Self, ProtocolError> {
         Ok(InitRunspacePool {
-            min_runspaces: int_of(v.property("MinRunspaces")).ok_or_else(|| missing("MinRunspaces", "INIT_RUNSPACEPOOL"))?,
-            max_runspaces: int_of(v.property("MaxRunspaces")).ok_or_else(|| missing("MaxRunspaces", "INIT_RUNSPACEPOOL"))?,
+            min_runspaces: int_of(v.property("MinRunspaces"))
+                .ok_or_else(|| missing("MinRunspaces", "INIT_RUNSPACEPOOL"))?,
+            max_runspaces: int_of(v.property("MaxRunspaces"))
+                .ok_or_else(|| missing("MaxRunspaces", "INIT_RUNSPACEPOOL"))?,
         })
     }
 }
@@ -391,7 +465,10 @@ fn list_of<'a>(v: Option<&'a Value>, what: &str) -> Result<&'a [Value], Protocol
     match v {
         Some(Value::Array(items)) => Ok(items),
         Some(Value::Null) | None => Ok(&[]),
-        Some(other) => Err(ProtocolError::Malformed(format!("CREATE_PIPELINE: {what} is a {} instead of a list", other.type_name()))),
+        Some(other) => Err(ProtocolError::Malformed(format!(
+            "CREATE_PIPELINE: {what} is a {} instead of a list",
+            other.type_name()
+        ))),
     }
 }
 
@@ -403,12 +480,16 @@ fn command_of(v: &Value) -> Result<PipelineCommand, ProtocolError> {
     let is_script = bool_of(v.property("IsScript"));
     let raw_args = list_of(v.property("Args"), "Args")?;
     if raw_args.len() > MAX_ARGS {
-        return Err(ProtocolError::Malformed(format!("command {cmd:?} has more than {MAX_ARGS} arguments")));
+        return Err(ProtocolError::Malformed(format!(
+            "command {cmd:?} has more than {MAX_ARGS} arguments"
+        )));
     }
     let mut args = Vec::with_capacity(raw_args.len());
     for a in raw_args {
         let name = match a.property("N") {
-            Some(Value::String(s)) => Some(s.trim_start_matches('-').trim_end_matches(':').to_string()),
+            Some(Value::String(s)) => {
+                Some(s.trim_start_matches('-').trim_end_matches(':').to_string())
+            }
             _ => None,
         };
         let value = match (a.property("V"), &name) {
@@ -419,7 +500,11 @@ fn command_of(v: &Value) -> Result<PipelineCommand, ProtocolError> {
         };
         args.push(CommandArg { name, value });
     }
-    Ok(PipelineCommand { cmd, is_script, args })
+    Ok(PipelineCommand {
+        cmd,
+        is_script,
+        args,
+    })
 }
 
 fn commands_of(v: Option<&Value>) -> Result<Vec<PipelineCommand>, ProtocolError> {
@@ -428,7 +513,9 @@ fn commands_of(v: Option<&Value>) -> Result<Vec<PipelineCommand>, ProtocolError>
 
 impl CreatePipeline {
     pub fn from_value(v: &Value) -> Result<Self, ProtocolError> {
-        let ps = v.property("PowerShell").ok_or_else(|| missing("PowerShell", "CREATE_PIPELINE"))?;
+        let ps = v
+            .property("PowerShell")
+            .ok_or_else(|| missing("PowerShell", "CREATE_PIPELINE"))?;
         let mut statements = Vec::new();
         let extra = list_of(ps.property("ExtraCmds"), "ExtraCmds")?;
         if extra.is_empty() {
@@ -440,14 +527,21 @@ impl CreatePipeline {
         }
         let total: usize = statements.iter().map(Vec::len).sum();
         if total > MAX_COMMANDS {
-            return Err(ProtocolError::Malformed(format!("CREATE_PIPELINE holds {total} commands, more than {MAX_COMMANDS}")));
+            return Err(ProtocolError::Malformed(format!(
+                "CREATE_PIPELINE holds {total} commands, more than {MAX_COMMANDS}"
+            )));
         }
         statements.retain(|s| !s.is_empty());
         if statements.is_empty() {
-            return Err(ProtocolError::Malformed("CREATE_PIPELINE holds no command".into()));
+            return Err(ProtocolError::Malformed(
+                "CREATE_PIPELINE holds no command".into(),
+            ));
         }
         Ok(CreatePipeline {
-            no_input: v.property("NoInput").map(|b| matches!(b, Value::Bool(true))).unwrap_or(true),
+            no_input: v
+                .property("NoInput")
+                .map(|b| matches!(b, Value::Bool(true)))
+                .unwrap_or(true),
             add_to_history: bool_of(v.property("AddToHistory")),
             is_nested: bool_of(v.property("IsNested")),
             statements,
@@ -456,17 +550,34 @@ impl CreatePipeline {
 
     /// pypsrp `Client.execute_ps(TEXT)`: exactly `Invoke-Expression -Command TEXT | Out-String -Stream`.
     pub fn execute_ps_text(&self) -> Option<&str> {
-        let [stmt] = self.statements.as_slice() else { return None };
-        let [iex, out] = stmt.as_slice() else { return None };
-        if iex.is_script || out.is_script || !iex.cmd.eq_ignore_ascii_case("Invoke-Expression") || !out.cmd.eq_ignore_ascii_case("Out-String") {
+        let [stmt] = self.statements.as_slice() else {
+            return None;
+        };
+        let [iex, out] = stmt.as_slice() else {
+            return None;
+        };
+        if iex.is_script
+            || out.is_script
+            || !iex.cmd.eq_ignore_ascii_case("Invoke-Expression")
+            || !out.cmd.eq_ignore_ascii_case("Out-String")
+        {
             return None;
         }
-        let [CommandArg { name: Some(n), value: Some(Value::String(text)) }] = iex.args.as_slice() else { return None };
+        let [CommandArg {
+            name: Some(n),
+            value: Some(Value::String(text)),
+        }] = iex.args.as_slice()
+        else {
+            return None;
+        };
         if !n.eq_ignore_ascii_case("Command") {
             return None;
         }
         match out.args.as_slice() {
-            [CommandArg { name: Some(n), value: None | Some(Value::Bool(true)) }] if n.eq_ignore_ascii_case("Stream") => Some(text),
+            [CommandArg {
+                name: Some(n),
+                value: None | Some(Value::Bool(true)),
+            }] if n.eq_ignore_ascii_case("Stream") => Some(text),
             _ => None,
         }
     }
@@ -474,7 +585,10 @@ impl CreatePipeline {
 
 /// One structured command for the engine.
 pub fn to_structured(c: &PipelineCommand) -> StructuredCommand {
-    StructuredCommand { name: c.cmd.clone(), args: c.args.clone() }
+    StructuredCommand {
+        name: c.cmd.clone(),
+        args: c.args.clone(),
+    }
 }
 
 /// GET_COMMAND_METADATA, decoded.
@@ -492,10 +606,18 @@ impl GetCommandMetadata {
             Some(Value::Array(items)) => items.iter().map(Value::to_ps_string).collect(),
             Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Null) | None => Vec::new(),
-            Some(other) => return Err(ProtocolError::Malformed(format!("GET_COMMAND_METADATA: Name is a {}", other.type_name()))),
+            Some(other) => {
+                return Err(ProtocolError::Malformed(format!(
+                    "GET_COMMAND_METADATA: Name is a {}",
+                    other.type_name()
+                )))
+            }
         };
         let command_type = int_of(v.property("CommandType")).unwrap_or(0x1FF);
-        Ok(GetCommandMetadata { names, command_type })
+        Ok(GetCommandMetadata {
+            names,
+            command_type,
+        })
     }
 
     /// The visible commands this query selects, in the session's order.
@@ -503,7 +625,9 @@ impl GetCommandMetadata {
         visible
             .iter()
             .filter(|c| command_type_code(c.decl.kind) & self.command_type != 0)
-            .filter(|c| self.names.is_empty() || self.names.iter().any(|p| wildcard_match(p, &c.decl.name)))
+            .filter(|c| {
+                self.names.is_empty() || self.names.iter().any(|p| wildcard_match(p, &c.decl.name))
+            })
             .collect()
     }
 }
@@ -543,7 +667,9 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
             },
         }
     }
-    p.get(pi..).map(|rest| rest.iter().all(|c| *c == '*')).unwrap_or(true)
+    p.get(pi..)
+        .map(|rest| rest.iter().all(|c| *c == '*'))
+        .unwrap_or(true)
 }
 
 /// Match `[...]` at `pi`; returns the index after `]` when `c` is in the class.
@@ -604,17 +730,27 @@ mod tests {
 
     #[test]
     fn metadata_shape() {
-        let decl = CommandDecl::cmdlet("Get-Service", "keyhole", "x").param(ParamDecl::new("Name", ParamType::StringArray).alias("ServiceName"));
-        let vc = VisibleCommand { decl, resolved: None };
+        let decl = CommandDecl::cmdlet("Get-Service", "keyhole", "x")
+            .param(ParamDecl::new("Name", ParamType::StringArray).alias("ServiceName"));
+        let vc = VisibleCommand {
+            decl,
+            resolved: None,
+        };
         let s = command_metadata(&vc);
         assert!(s.contains("<T>Selected.System.Management.Automation.CmdletInfo</T>"));
         assert!(s.contains("<ToString>Cmdlet</ToString><I32>8</I32>"));
         assert!(s.contains("<S N=\"ParameterType\">System.String[]</S>"));
         let v = parse_default(&s).unwrap();
         assert_eq!(v.property("Name"), Some(&Value::from("Get-Service")));
-        let q = GetCommandMetadata { names: vec!["get-s*".into()], command_type: 8 };
+        let q = GetCommandMetadata {
+            names: vec!["get-s*".into()],
+            command_type: 8,
+        };
         assert_eq!(q.select(std::slice::from_ref(&vc)).len(), 1);
-        let q = GetCommandMetadata { names: vec![], command_type: 2 };
+        let q = GetCommandMetadata {
+            names: vec![],
+            command_type: 2,
+        };
         assert!(q.select(std::slice::from_ref(&vc)).is_empty());
     }
 }

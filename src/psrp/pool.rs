@@ -14,16 +14,21 @@ use tokio::sync::Notify;
 
 use crate::engine::format::Formatter;
 use crate::engine::{
-    CancelToken, ErrorCategory, ErrorRecord, Event, EventSink, RunOutcome, Session, StructuredPipeline, Value, VisibleCommand,
+    CancelToken, ErrorCategory, ErrorRecord, Event, EventSink, RunOutcome, Session,
+    StructuredPipeline, Value, VisibleCommand,
 };
 use crate::wsman::shell::{
-    CommandRequest, CommandState, CommandStateKind, CreateRequest, ReceiveResponse, Shell, ShellError, StreamChunk,
+    CommandRequest, CommandState, CommandStateKind, CreateRequest, ReceiveResponse, Shell,
+    ShellError, StreamChunk,
 };
 
 use super::clixml::read::parse_default;
 use super::fragment::{fragment_message, max_blob_for_envelope, Reassembler, ENVELOPE_OVERHEAD};
 use super::message::{guid_to_net_bytes, Destination, Message, MessageType};
-use super::objects::{self, CreatePipeline, GetCommandMetadata, InfoKind, InitRunspacePool, InvocationState, PoolStateCode, SessionCapability};
+use super::objects::{
+    self, CreatePipeline, GetCommandMetadata, InfoKind, InitRunspacePool, InvocationState,
+    PoolStateCode, SessionCapability,
+};
 use super::ProtocolError;
 
 /// Unfinished pipelines one pool may hold.
@@ -47,7 +52,11 @@ const STREAM_ELEMENT_OVERHEAD: usize = 160;
 #[derive(Debug, Clone, PartialEq)]
 pub enum PoolOutput {
     /// Queue this message on the pool's Receive. `zero_rpid`: Windows sends SESSION_CAPABILITY with RPID zero.
-    Send { message_type: MessageType, body: String, zero_rpid: bool },
+    Send {
+        message_type: MessageType,
+        body: String,
+        zero_rpid: bool,
+    },
     /// Create a pipeline (CREATE_PIPELINE).
     CreatePipeline(CreatePipeline),
     /// Answer GET_COMMAND_METADATA as a pipeline.
@@ -60,8 +69,13 @@ pub enum PoolOutput {
 pub enum RunspacePool {
     BeforeOpen,
     /// SESSION_CAPABILITY exchanged, waiting for INIT_RUNSPACEPOOL.
-    NegotiationSucceeded { client: SessionCapability },
-    Opened { min: i64, max: i64 },
+    NegotiationSucceeded {
+        client: SessionCapability,
+    },
+    Opened {
+        min: i64,
+        max: i64,
+    },
     Closed,
 }
 
@@ -70,7 +84,10 @@ fn body_value(msg: &Message) -> Result<Value, ProtocolError> {
 }
 
 fn invalid(msg: &Message, state: &str) -> ProtocolError {
-    ProtocolError::InvalidState { message: msg.message_type.name().to_string(), state: state.to_string() }
+    ProtocolError::InvalidState {
+        message: msg.message_type.name().to_string(),
+        state: state.to_string(),
+    }
 }
 
 impl RunspacePool {
@@ -87,26 +104,56 @@ impl RunspacePool {
     pub fn handle(self, msg: &Message) -> Result<(RunspacePool, Vec<PoolOutput>), ProtocolError> {
         use MessageType as T;
         if msg.destination != Destination::Server {
-            return Err(ProtocolError::Message(format!("{} is addressed to the client, not the server", msg.message_type.name())));
+            return Err(ProtocolError::Message(format!(
+                "{} is addressed to the client, not the server",
+                msg.message_type.name()
+            )));
         }
-        let send = |t: MessageType, body: String| PoolOutput::Send { message_type: t, body, zero_rpid: false };
+        let send = |t: MessageType, body: String| PoolOutput::Send {
+            message_type: t,
+            body,
+            zero_rpid: false,
+        };
         match (self, msg.message_type) {
             (RunspacePool::BeforeOpen, T::SessionCapability) => {
                 let client = SessionCapability::from_value(&body_value(msg)?)?;
-                let major = client.protocol_version.split('.').next().and_then(|m| m.parse::<u32>().ok());
+                let major = client
+                    .protocol_version
+                    .split('.')
+                    .next()
+                    .and_then(|m| m.parse::<u32>().ok());
                 if major != Some(2) {
-                    return Err(ProtocolError::Unsupported(format!("PSRP protocol version {:?} (keyhole speaks 2.x)", client.protocol_version)));
+                    return Err(ProtocolError::Unsupported(format!(
+                        "PSRP protocol version {:?} (keyhole speaks 2.x)",
+                        client.protocol_version
+                    )));
                 }
-                let out = PoolOutput::Send { message_type: T::SessionCapability, body: objects::session_capability(), zero_rpid: true };
+                let out = PoolOutput::Send {
+                    message_type: T::SessionCapability,
+                    body: objects::session_capability(),
+                    zero_rpid: true,
+                };
                 Ok((RunspacePool::NegotiationSucceeded { client }, vec![out]))
             }
             (RunspacePool::NegotiationSucceeded { .. }, T::InitRunspacePool) => {
                 let init = InitRunspacePool::from_value(&body_value(msg)?)?;
                 let out = vec![
-                    send(T::ApplicationPrivateData, objects::application_private_data()),
-                    send(T::RunspacePoolState, objects::runspace_pool_state(PoolStateCode::Opened, None)),
+                    send(
+                        T::ApplicationPrivateData,
+                        objects::application_private_data(),
+                    ),
+                    send(
+                        T::RunspacePoolState,
+                        objects::runspace_pool_state(PoolStateCode::Opened, None),
+                    ),
                 ];
-                Ok((RunspacePool::Opened { min: init.min_runspaces, max: init.max_runspaces }, out))
+                Ok((
+                    RunspacePool::Opened {
+                        min: init.min_runspaces,
+                        max: init.max_runspaces,
+                    },
+                    out,
+                ))
             }
             (s @ RunspacePool::Opened { .. }, T::CreatePipeline) => {
                 let cp = CreatePipeline::from_value(&body_value(msg)?)?;
@@ -118,27 +165,75 @@ impl RunspacePool {
             }
             (RunspacePool::Opened { min, max }, t @ (T::SetMaxRunspaces | T::SetMinRunspaces)) => {
                 let v = body_value(msg)?;
-                let ci = objects::call_id(&v).ok_or_else(|| ProtocolError::Malformed(format!("{} lacks ci", t.name())))?;
-                let (field, is_max) = if t == T::SetMaxRunspaces { ("MaxRunspaces", true) } else { ("MinRunspaces", false) };
+                let ci = objects::call_id(&v)
+                    .ok_or_else(|| ProtocolError::Malformed(format!("{} lacks ci", t.name())))?;
+                let (field, is_max) = if t == T::SetMaxRunspaces {
+                    ("MaxRunspaces", true)
+                } else {
+                    ("MinRunspaces", false)
+                };
                 let n = match v.property(field) {
                     Some(Value::Int(n)) => *n,
-                    _ => return Err(ProtocolError::Malformed(format!("{} lacks {field}", t.name()))),
+                    _ => {
+                        return Err(ProtocolError::Malformed(format!(
+                            "{} lacks {field}",
+                            t.name()
+                        )))
+                    }
                 };
-                let (ok, min2, max2) = if is_max { (n >= 1 && n >= min, min, if n >= 1 && n >= min { n } else { max }) } else { (n >= 1 && n <= max, if n >= 1 && n <= max { n } else { min }, max) };
-                let out = send(T::RunspaceAvailability, objects::runspace_availability(&Value::Bool(ok), ci));
-                Ok((RunspacePool::Opened { min: min2, max: max2 }, vec![out]))
+                let (ok, min2, max2) = if is_max {
+                    (
+                        n >= 1 && n >= min,
+                        min,
+                        if n >= 1 && n >= min { n } else { max },
+                    )
+                } else {
+                    (
+                        n >= 1 && n <= max,
+                        if n >= 1 && n <= max { n } else { min },
+                        max,
+                    )
+                };
+                let out = send(
+                    T::RunspaceAvailability,
+                    objects::runspace_availability(&Value::Bool(ok), ci),
+                );
+                Ok((
+                    RunspacePool::Opened {
+                        min: min2,
+                        max: max2,
+                    },
+                    vec![out],
+                ))
             }
             (s @ RunspacePool::Opened { max, .. }, T::GetAvailableRunspaces) => {
-                let ci = objects::call_id(&body_value(msg)?).ok_or_else(|| ProtocolError::Malformed("GET_AVAILABLE_RUNSPACES lacks ci".into()))?;
-                let out = send(T::RunspaceAvailability, objects::runspace_availability(&Value::Int(max), ci));
+                let ci = objects::call_id(&body_value(msg)?).ok_or_else(|| {
+                    ProtocolError::Malformed("GET_AVAILABLE_RUNSPACES lacks ci".into())
+                })?;
+                let out = send(
+                    T::RunspaceAvailability,
+                    objects::runspace_availability(&Value::Int(max), ci),
+                );
                 Ok((s, vec![out]))
             }
             (s @ RunspacePool::Opened { .. }, T::ResetRunspaceState) => {
-                let ci = objects::call_id(&body_value(msg)?).ok_or_else(|| ProtocolError::Malformed("RESET_RUNSPACE_STATE lacks ci".into()))?;
-                Ok((s, vec![send(T::RunspaceAvailability, objects::runspace_availability(&Value::Bool(true), ci))]))
+                let ci = objects::call_id(&body_value(msg)?).ok_or_else(|| {
+                    ProtocolError::Malformed("RESET_RUNSPACE_STATE lacks ci".into())
+                })?;
+                Ok((
+                    s,
+                    vec![send(
+                        T::RunspaceAvailability,
+                        objects::runspace_availability(&Value::Bool(true), ci),
+                    )],
+                ))
             }
-            (s, T::RunspacePoolHostResponse | T::PipelineHostResponse) => Ok((s, vec![PoolOutput::Ignore])),
-            (_, t @ (T::PublicKey | T::ConnectRunspacePool)) => Err(ProtocolError::Unsupported(t.name().to_string())),
+            (s, T::RunspacePoolHostResponse | T::PipelineHostResponse) => {
+                Ok((s, vec![PoolOutput::Ignore]))
+            }
+            (_, t @ (T::PublicKey | T::ConnectRunspacePool)) => {
+                Err(ProtocolError::Unsupported(t.name().to_string()))
+            }
             (s, _) => Err(invalid(msg, s.state_name())),
         }
     }
@@ -195,7 +290,9 @@ impl Plan {
                 }
                 segments.push(Segment::Script(only.cmd.clone()));
             } else {
-                let p = StructuredPipeline { commands: stmt.iter().map(objects::to_structured).collect() };
+                let p = StructuredPipeline {
+                    commands: stmt.iter().map(objects::to_structured).collect(),
+                };
                 match segments.last_mut() {
                     Some(Segment::Structured(v)) => v.push(p),
                     _ => segments.push(Segment::Structured(vec![p])),
@@ -212,7 +309,11 @@ pub enum Pipeline {
     /// Command received, CREATE_PIPELINE not complete yet (more fragments to come on Send).
     AwaitingCreate,
     /// Waiting for PIPELINE_INPUT ... END_OF_PIPELINE_INPUT.
-    AwaitingInput { plan: Plan, input: Vec<Value>, bytes: usize },
+    AwaitingInput {
+        plan: Plan,
+        input: Vec<Value>,
+        bytes: usize,
+    },
     Running,
     /// Signalled; waiting for the engine to stop.
     Stopping,
@@ -250,13 +351,48 @@ impl Pipeline {
         matches!(self, Pipeline::Done(_))
     }
 
-    pub fn handle(self, ev: PipelineEvent) -> Result<(Pipeline, Vec<PipelineAction>), ProtocolError> {
+    pub fn handle(
+        self,
+        ev: PipelineEvent,
+    ) -> Result<(Pipeline, Vec<PipelineAction>), ProtocolError> {
         use PipelineEvent as E;
-        let bad = |what: &str, s: &Pipeline| ProtocolError::InvalidState { message: what.to_string(), state: s.state_name().to_string() };
+        let bad = |what: &str, s: &Pipeline| ProtocolError::InvalidState {
+            message: what.to_string(),
+            state: s.state_name().to_string(),
+        };
         match (self, ev) {
-            (Pipeline::AwaitingCreate, E::Created { plan, no_input: true }) => Ok((Pipeline::Running, vec![PipelineAction::Start(plan, Vec::new())])),
-            (Pipeline::AwaitingCreate, E::Created { plan, no_input: false }) => Ok((Pipeline::AwaitingInput { plan, input: Vec::new(), bytes: 0 }, Vec::new())),
-            (Pipeline::AwaitingInput { plan, mut input, bytes }, E::Input(m)) => match m.message_type {
+            (
+                Pipeline::AwaitingCreate,
+                E::Created {
+                    plan,
+                    no_input: true,
+                },
+            ) => Ok((
+                Pipeline::Running,
+                vec![PipelineAction::Start(plan, Vec::new())],
+            )),
+            (
+                Pipeline::AwaitingCreate,
+                E::Created {
+                    plan,
+                    no_input: false,
+                },
+            ) => Ok((
+                Pipeline::AwaitingInput {
+                    plan,
+                    input: Vec::new(),
+                    bytes: 0,
+                },
+                Vec::new(),
+            )),
+            (
+                Pipeline::AwaitingInput {
+                    plan,
+                    mut input,
+                    bytes,
+                },
+                E::Input(m),
+            ) => match m.message_type {
                 MessageType::PipelineInput => {
                     let bytes = bytes.saturating_add(m.data.len());
                     if input.len() >= MAX_INPUT_OBJECTS || bytes > MAX_INPUT_BYTES {
@@ -267,17 +403,22 @@ impl Pipeline {
                     input.push(body_value(&m)?);
                     Ok((Pipeline::AwaitingInput { plan, input, bytes }, Vec::new()))
                 }
-                MessageType::EndOfPipelineInput => Ok((Pipeline::Running, vec![PipelineAction::Start(plan, input)])),
+                MessageType::EndOfPipelineInput => {
+                    Ok((Pipeline::Running, vec![PipelineAction::Start(plan, input)]))
+                }
                 _ => Err(invalid(&m, "AwaitingInput")),
             },
             (s, E::Input(m)) => Err(invalid(&m, s.state_name())),
-            (Pipeline::AwaitingCreate | Pipeline::AwaitingInput { .. }, E::Stop) => {
-                Ok((Pipeline::Done(InvocationState::Stopped), vec![PipelineAction::SendState(InvocationState::Stopped)]))
-            }
+            (Pipeline::AwaitingCreate | Pipeline::AwaitingInput { .. }, E::Stop) => Ok((
+                Pipeline::Done(InvocationState::Stopped),
+                vec![PipelineAction::SendState(InvocationState::Stopped)],
+            )),
             (Pipeline::Running, E::Stop) => Ok((Pipeline::Stopping, vec![PipelineAction::Cancel])),
             (s @ (Pipeline::Stopping | Pipeline::Done(_)), E::Stop) => Ok((s, Vec::new())),
             (Pipeline::Running, E::Finished(st)) => Ok((Pipeline::Done(st), Vec::new())),
-            (Pipeline::Stopping, E::Finished(_)) => Ok((Pipeline::Done(InvocationState::Stopped), Vec::new())),
+            (Pipeline::Stopping, E::Finished(_)) => {
+                Ok((Pipeline::Done(InvocationState::Stopped), Vec::new()))
+            }
             (s, E::Created { .. }) => Err(bad("CREATE_PIPELINE", &s)),
             (s, E::Finished(_)) => Err(bad("end of run", &s)),
         }
@@ -289,16 +430,38 @@ impl Pipeline {
 
 /// What PSRP needs from an engine session (implemented by [`Session`]; tests use fakes).
 pub trait PsrpEngine: Send + 'static {
-    fn run_line(&mut self, line: &str, sink: &mut dyn EventSink, cancel: &CancelToken) -> RunOutcome;
-    fn run_structured(&mut self, statements: &[StructuredPipeline], input: Vec<Value>, sink: &mut dyn EventSink, cancel: &CancelToken) -> RunOutcome;
+    fn run_line(
+        &mut self,
+        line: &str,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> RunOutcome;
+    fn run_structured(
+        &mut self,
+        statements: &[StructuredPipeline],
+        input: Vec<Value>,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> RunOutcome;
     fn visible(&self) -> Vec<VisibleCommand>;
 }
 
 impl PsrpEngine for Session {
-    fn run_line(&mut self, line: &str, sink: &mut dyn EventSink, cancel: &CancelToken) -> RunOutcome {
+    fn run_line(
+        &mut self,
+        line: &str,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> RunOutcome {
         Session::run_line(self, line, sink, cancel)
     }
-    fn run_structured(&mut self, statements: &[StructuredPipeline], input: Vec<Value>, sink: &mut dyn EventSink, cancel: &CancelToken) -> RunOutcome {
+    fn run_structured(
+        &mut self,
+        statements: &[StructuredPipeline],
+        input: Vec<Value>,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> RunOutcome {
         Session::run_structured(self, statements, input, sink, cancel)
     }
     fn visible(&self) -> Vec<VisibleCommand> {
@@ -337,7 +500,10 @@ impl Inner {
     fn fragments(&mut self, m: &Message) -> Vec<Vec<u8>> {
         let oid = self.next_object_id;
         self.next_object_id = self.next_object_id.saturating_add(1);
-        fragment_message(oid, &m.encode(), self.max_blob).iter().map(|f| f.encode()).collect()
+        fragment_message(oid, &m.encode(), self.max_blob)
+            .iter()
+            .map(|f| f.encode())
+            .collect()
     }
 
     fn queue_pool(&mut self, t: MessageType, body: &str, zero_rpid: bool) {
@@ -351,7 +517,9 @@ impl Inner {
         if self.closed {
             return;
         }
-        let Some(pid) = self.pipes.get(cid).map(|p| p.pid) else { return };
+        let Some(pid) = self.pipes.get(cid).map(|p| p.pid) else {
+            return;
+        };
         let m = Message::to_client(t, self.rpid, pid, body.as_bytes().to_vec());
         let frags = self.fragments(&m);
         if let Some(p) = self.pipes.get_mut(cid) {
@@ -378,7 +546,11 @@ struct Shared<E> {
 
 impl<E> Clone for Shared<E> {
     fn clone(&self) -> Self {
-        Shared { inner: self.inner.clone(), notify: self.notify.clone(), engine: self.engine.clone() }
+        Shared {
+            inner: self.inner.clone(),
+            notify: self.notify.clone(),
+            engine: self.engine.clone(),
+        }
     }
 }
 
@@ -411,7 +583,9 @@ fn malformed(e: ProtocolError) -> ShellError {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 impl<E: PsrpEngine> PsrpShell<E> {
@@ -437,7 +611,10 @@ impl<E: PsrpEngine> PsrpShell<E> {
                 engine: Arc::new(Mutex::new(engine)),
             },
             visible,
-            identity: PsrpIdentity { user: user.to_string(), computer: hostname() },
+            identity: PsrpIdentity {
+                user: user.to_string(),
+                computer: hostname(),
+            },
         }
     }
 
@@ -461,7 +638,10 @@ impl<E: PsrpEngine> PsrpShell<E> {
 
     fn dispatch(&mut self, cid: Option<&str>, msg: Message) -> Result<(), ShellError> {
         let t = msg.message_type;
-        if matches!(t, MessageType::PipelineInput | MessageType::EndOfPipelineInput) {
+        if matches!(
+            t,
+            MessageType::PipelineInput | MessageType::EndOfPipelineInput
+        ) {
             let cid = self.pipe_for(cid, &msg)?;
             return self.pipe_event(&cid, PipelineEvent::Input(msg));
         }
@@ -476,20 +656,48 @@ impl<E: PsrpEngine> PsrpShell<E> {
         };
         for o in outputs {
             match o {
-                PoolOutput::Send { message_type, body, zero_rpid } => {
+                PoolOutput::Send {
+                    message_type,
+                    body,
+                    zero_rpid,
+                } => {
                     lock(&self.shared.inner).queue_pool(message_type, &body, zero_rpid);
                     wake(&self.shared.notify);
                 }
                 PoolOutput::CreatePipeline(cp) => {
-                    let cid = cid.ok_or_else(|| ShellError::Malformed("CREATE_PIPELINE arrived without a CommandId".into()))?.to_string();
+                    let cid = cid
+                        .ok_or_else(|| {
+                            ShellError::Malformed(
+                                "CREATE_PIPELINE arrived without a CommandId".into(),
+                            )
+                        })?
+                        .to_string();
                     self.set_pid(&cid, msg.pid);
                     let no_input = cp.no_input;
-                    self.pipe_event(&cid, PipelineEvent::Created { plan: Plan::from_create(&cp), no_input })?;
+                    self.pipe_event(
+                        &cid,
+                        PipelineEvent::Created {
+                            plan: Plan::from_create(&cp),
+                            no_input,
+                        },
+                    )?;
                 }
                 PoolOutput::CommandMetadata(q) => {
-                    let cid = cid.ok_or_else(|| ShellError::Malformed("GET_COMMAND_METADATA arrived without a CommandId".into()))?.to_string();
+                    let cid = cid
+                        .ok_or_else(|| {
+                            ShellError::Malformed(
+                                "GET_COMMAND_METADATA arrived without a CommandId".into(),
+                            )
+                        })?
+                        .to_string();
                     self.set_pid(&cid, msg.pid);
-                    self.pipe_event(&cid, PipelineEvent::Created { plan: Plan::Metadata(q), no_input: true })?;
+                    self.pipe_event(
+                        &cid,
+                        PipelineEvent::Created {
+                            plan: Plan::Metadata(q),
+                            no_input: true,
+                        },
+                    )?;
                 }
                 PoolOutput::Ignore => {}
             }
@@ -509,13 +717,21 @@ impl<E: PsrpEngine> PsrpShell<E> {
             return Ok(c.to_string());
         }
         let inner = lock(&self.shared.inner);
-        inner.pipes.iter().find(|(_, p)| p.pid == msg.pid).map(|(k, _)| k.clone()).ok_or(ShellError::InvalidSelectors)
+        inner
+            .pipes
+            .iter()
+            .find(|(_, p)| p.pid == msg.pid)
+            .map(|(k, _)| k.clone())
+            .ok_or(ShellError::InvalidSelectors)
     }
 
     fn pipe_event(&mut self, cid: &str, ev: PipelineEvent) -> Result<(), ShellError> {
         let actions = {
             let mut inner = lock(&self.shared.inner);
-            let p = inner.pipes.get_mut(cid).ok_or(ShellError::InvalidSelectors)?;
+            let p = inner
+                .pipes
+                .get_mut(cid)
+                .ok_or(ShellError::InvalidSelectors)?;
             let (state, actions) = p.state.clone().handle(ev).map_err(malformed)?;
             p.state = state;
             actions
@@ -529,7 +745,11 @@ impl<E: PsrpEngine> PsrpShell<E> {
                     }
                 }
                 PipelineAction::SendState(st) => {
-                    lock(&self.shared.inner).queue_pipe(cid, MessageType::PipelineState, &objects::pipeline_state(st, None));
+                    lock(&self.shared.inner).queue_pipe(
+                        cid,
+                        MessageType::PipelineState,
+                        &objects::pipeline_state(st, None),
+                    );
                     wake(&self.shared.notify);
                 }
             }
@@ -543,17 +763,33 @@ impl<E: PsrpEngine> PsrpShell<E> {
                 let selected = q.select(&self.visible);
                 {
                     let mut inner = lock(&self.shared.inner);
-                    inner.queue_pipe(cid, MessageType::PipelineOutput, &objects::command_metadata_count(selected.len()));
+                    inner.queue_pipe(
+                        cid,
+                        MessageType::PipelineOutput,
+                        &objects::command_metadata_count(selected.len()),
+                    );
                     for c in selected {
-                        inner.queue_pipe(cid, MessageType::PipelineOutput, &objects::command_metadata(c));
+                        inner.queue_pipe(
+                            cid,
+                            MessageType::PipelineOutput,
+                            &objects::command_metadata(c),
+                        );
                     }
                 }
-                finish(&self.shared, cid, RunOutcome::Completed { had_errors: false });
+                finish(
+                    &self.shared,
+                    cid,
+                    RunOutcome::Completed { had_errors: false },
+                );
             }
             Plan::Refuse(e) => finish(&self.shared, cid, RunOutcome::Failed(e)),
             plan => {
                 let shared = self.shared.clone();
-                let cancel = lock(&shared.inner).pipes.get(cid).map(|p| p.cancel.clone()).unwrap_or_default();
+                let cancel = lock(&shared.inner)
+                    .pipes
+                    .get(cid)
+                    .map(|p| p.cancel.clone())
+                    .unwrap_or_default();
                 let identity = self.identity.clone();
                 let cid_owned = cid.to_string();
                 let spawned = std::thread::Builder::new().name("psrp-pipeline".into()).spawn(move || {
@@ -572,7 +808,11 @@ impl<E: PsrpEngine> PsrpShell<E> {
                     finish(&shared, &cid_owned, outcome);
                 });
                 if let Err(e) = spawned {
-                    let er = ErrorRecord::new(format!("keyhole could not start the pipeline: {e}"), "PipelineStartFailed", ErrorCategory::ResourceUnavailable);
+                    let er = ErrorRecord::new(
+                        format!("keyhole could not start the pipeline: {e}"),
+                        "PipelineStartFailed",
+                        ErrorCategory::ResourceUnavailable,
+                    );
                     finish(&self.shared, cid, RunOutcome::Failed(er));
                 }
             }
@@ -615,12 +855,28 @@ fn finish<E>(shared: &Shared<E>, cid: &str, outcome: RunOutcome) {
     let (state, err) = end_state(&outcome);
     {
         let mut inner = lock(&shared.inner);
-        let Some(p) = inner.pipes.get_mut(cid) else { return };
-        let Ok((next, _)) = p.state.clone().handle(PipelineEvent::Finished(state)) else { return };
+        let Some(p) = inner.pipes.get_mut(cid) else {
+            return;
+        };
+        let Ok((next, _)) = p.state.clone().handle(PipelineEvent::Finished(state)) else {
+            return;
+        };
         p.state = next.clone();
-        let final_state = if let Pipeline::Done(s) = next { s } else { state };
-        let err = if final_state == InvocationState::Failed { err } else { None };
-        inner.queue_pipe(cid, MessageType::PipelineState, &objects::pipeline_state(final_state, err.as_ref()));
+        let final_state = if let Pipeline::Done(s) = next {
+            s
+        } else {
+            state
+        };
+        let err = if final_state == InvocationState::Failed {
+            err
+        } else {
+            None
+        };
+        inner.queue_pipe(
+            cid,
+            MessageType::PipelineState,
+            &objects::pipeline_state(final_state, err.as_ref()),
+        );
     }
     wake(&shared.notify);
 }
@@ -639,7 +895,10 @@ fn lines(text: &str) -> Vec<String> {
     if text.is_empty() {
         return Vec::new();
     }
-    let mut v: Vec<String> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l).to_string()).collect();
+    let mut v: Vec<String> = text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+        .collect();
     if text.ends_with('\n') {
         v.pop();
     }
@@ -671,7 +930,15 @@ impl<E> PipeSink<'_, E> {
     fn flush_formatter(&mut self) {
         if let Some(f) = self.formatter.as_mut() {
             let text = f.finish();
-            let msgs = lines(&text).into_iter().map(|l| (MessageType::PipelineOutput, objects::output(&Value::String(l)))).collect();
+            let msgs = lines(&text)
+                .into_iter()
+                .map(|l| {
+                    (
+                        MessageType::PipelineOutput,
+                        objects::output(&Value::String(l)),
+                    )
+                })
+                .collect();
             self.emit(msgs);
         }
     }
@@ -681,14 +948,34 @@ impl<E> EventSink for PipeSink<'_, E> {
     fn event(&mut self, e: Event) {
         let msgs = match e {
             Event::Output(v) => match self.formatter.as_mut() {
-                Some(f) => lines(&f.push(&v)).into_iter().map(|l| (MessageType::PipelineOutput, objects::output(&Value::String(l)))).collect(),
+                Some(f) => lines(&f.push(&v))
+                    .into_iter()
+                    .map(|l| {
+                        (
+                            MessageType::PipelineOutput,
+                            objects::output(&Value::String(l)),
+                        )
+                    })
+                    .collect(),
                 None => vec![(MessageType::PipelineOutput, objects::output(&v))],
             },
             Event::Error(er) => vec![(MessageType::ErrorRecord, objects::error_record(&er))],
-            Event::Warning(s) => vec![(MessageType::WarningRecord, objects::informational(InfoKind::Warning, &s))],
-            Event::Verbose(s) => vec![(MessageType::VerboseRecord, objects::informational(InfoKind::Verbose, &s))],
-            Event::Debug(s) => vec![(MessageType::DebugRecord, objects::informational(InfoKind::Debug, &s))],
-            Event::Information(s) => vec![(MessageType::InformationRecord, objects::information(&s, &self.identity.user, &self.identity.computer))],
+            Event::Warning(s) => vec![(
+                MessageType::WarningRecord,
+                objects::informational(InfoKind::Warning, &s),
+            )],
+            Event::Verbose(s) => vec![(
+                MessageType::VerboseRecord,
+                objects::informational(InfoKind::Verbose, &s),
+            )],
+            Event::Debug(s) => vec![(
+                MessageType::DebugRecord,
+                objects::informational(InfoKind::Debug, &s),
+            )],
+            Event::Information(s) => vec![(
+                MessageType::InformationRecord,
+                objects::information(&s, &self.identity.user, &self.identity.computer),
+            )],
         };
         self.emit(msgs);
     }
@@ -703,7 +990,13 @@ fn run_plan<E: PsrpEngine>(
     input: Vec<Value>,
     cancel: &CancelToken,
 ) -> RunOutcome {
-    let mut sink = PipeSink { shared, cid, identity, formatter: None, cancel };
+    let mut sink = PipeSink {
+        shared,
+        cid,
+        identity,
+        formatter: None,
+        cancel,
+    };
     match plan {
         Plan::ExecutePs(text) => {
             sink.formatter = Some(Formatter::new());
@@ -720,7 +1013,12 @@ fn run_plan<E: PsrpEngine>(
                 }
                 let out = match seg {
                     Segment::Script(text) => engine.run_line(&text, &mut sink, cancel),
-                    Segment::Structured(stmts) => engine.run_structured(&stmts, input.take().unwrap_or_default(), &mut sink, cancel),
+                    Segment::Structured(stmts) => engine.run_structured(
+                        &stmts,
+                        input.take().unwrap_or_default(),
+                        &mut sink,
+                        cancel,
+                    ),
                 };
                 match out {
                     RunOutcome::Completed { had_errors: h } => had_errors |= h,
@@ -747,31 +1045,47 @@ impl<E: PsrpEngine> Shell for PsrpShell<E> {
                 inner.max_blob = max_blob_for_envelope(req.max_envelope_size);
             }
         }
-        let data = req.creation_xml.as_deref().ok_or_else(|| ShellError::Malformed("PSRP Create without creationXml".into()))?;
+        let data = req
+            .creation_xml
+            .as_deref()
+            .ok_or_else(|| ShellError::Malformed("PSRP Create without creationXml".into()))?;
         self.feed(None, data)
     }
 
     fn command(&mut self, req: CommandRequest) -> Result<String, ShellError> {
-        let cid = req.command_id.clone().map(|c| c.trim().to_ascii_uppercase()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string().to_ascii_uppercase());
+        let cid = req
+            .command_id
+            .clone()
+            .map(|c| c.trim().to_ascii_uppercase())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().to_ascii_uppercase());
         let mut data = Vec::new();
         for a in &req.arguments {
             let compact: String = a.chars().filter(|c| !c.is_ascii_whitespace()).collect();
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(compact.as_bytes())
-                .map_err(|e| ShellError::Malformed(format!("PSRP command arguments are not base64: {e}")))?;
+                .map_err(|e| {
+                    ShellError::Malformed(format!("PSRP command arguments are not base64: {e}"))
+                })?;
             data.extend_from_slice(&bytes);
         }
         {
             let mut inner = lock(&self.shared.inner);
             if !matches!(inner.pool, RunspacePool::Opened { .. }) {
-                return Err(ShellError::Malformed(format!("a pipeline is invalid in runspace pool state {}", inner.pool.state_name())));
+                return Err(ShellError::Malformed(format!(
+                    "a pipeline is invalid in runspace pool state {}",
+                    inner.pool.state_name()
+                )));
             }
             if inner.pipes.contains_key(&cid) {
-                return Err(ShellError::Malformed(format!("CommandId {cid} is already in use in this runspace pool")));
+                return Err(ShellError::Malformed(format!(
+                    "CommandId {cid} is already in use in this runspace pool"
+                )));
             }
             let active = inner.pipes.values().filter(|p| !p.state.is_done()).count();
             if active >= MAX_ACTIVE_PIPELINES {
-                return Err(ShellError::QuotaLimit(format!("more than {MAX_ACTIVE_PIPELINES} pipelines at once in one runspace pool")));
+                return Err(ShellError::QuotaLimit(format!(
+                    "more than {MAX_ACTIVE_PIPELINES} pipelines at once in one runspace pool"
+                )));
             }
             Self::evict_finished(&mut inner);
             let seq = inner.next_seq;
@@ -779,7 +1093,15 @@ impl<E: PsrpEngine> Shell for PsrpShell<E> {
             let pid = guid_to_net_bytes(&cid).unwrap_or([0u8; 16]);
             inner.pipes.insert(
                 cid.clone(),
-                Pipe { seq, pid, state: Pipeline::AwaitingCreate, queue: VecDeque::new(), queued_bytes: 0, cancel: CancelToken::new(), final_queued: false },
+                Pipe {
+                    seq,
+                    pid,
+                    state: Pipeline::AwaitingCreate,
+                    queue: VecDeque::new(),
+                    queued_bytes: 0,
+                    cancel: CancelToken::new(),
+                    final_queued: false,
+                },
             );
         }
         if let Err(e) = self.feed(Some(&cid), &data) {
@@ -789,9 +1111,17 @@ impl<E: PsrpEngine> Shell for PsrpShell<E> {
         Ok(cid)
     }
 
-    fn send(&mut self, command_id: Option<&str>, stream: &str, data: Vec<u8>, _end: bool) -> Result<(), ShellError> {
+    fn send(
+        &mut self,
+        command_id: Option<&str>,
+        stream: &str,
+        data: Vec<u8>,
+        _end: bool,
+    ) -> Result<(), ShellError> {
         if stream != "stdin" && stream != "pr" {
-            return Err(ShellError::Malformed(format!("PSRP input stream {stream:?} is neither stdin nor pr")));
+            return Err(ShellError::Malformed(format!(
+                "PSRP input stream {stream:?} is neither stdin nor pr"
+            )));
         }
         let cid = command_id.map(|c| c.trim().to_ascii_uppercase());
         if let Some(c) = &cid {
@@ -816,14 +1146,25 @@ impl<E: PsrpEngine> Shell for PsrpShell<E> {
                     }
                     used += cost(f.len());
                     if let Some(f) = inner.pool_queue.pop_front() {
-                        streams.push(StreamChunk { name: "stdout".into(), command_id: None, data: f, end: false });
+                        streams.push(StreamChunk {
+                            name: "stdout".into(),
+                            command_id: None,
+                            data: f,
+                            end: false,
+                        });
                     }
                 }
-                Ok(ReceiveResponse { streams, command_state: None })
+                Ok(ReceiveResponse {
+                    streams,
+                    command_state: None,
+                })
             }
             Some(c) => {
                 let cid = c.trim().to_ascii_uppercase();
-                let p = inner.pipes.get_mut(&cid).ok_or(ShellError::InvalidSelectors)?;
+                let p = inner
+                    .pipes
+                    .get_mut(&cid)
+                    .ok_or(ShellError::InvalidSelectors)?;
                 while let Some(f) = p.queue.front() {
                     if !streams.is_empty() && used + cost(f.len()) > budget {
                         break;
@@ -831,19 +1172,32 @@ impl<E: PsrpEngine> Shell for PsrpShell<E> {
                     used += cost(f.len());
                     if let Some(f) = p.queue.pop_front() {
                         p.queued_bytes = p.queued_bytes.saturating_sub(f.len());
-                        streams.push(StreamChunk { name: "stdout".into(), command_id: Some(cid.clone()), data: f, end: false });
+                        streams.push(StreamChunk {
+                            name: "stdout".into(),
+                            command_id: Some(cid.clone()),
+                            data: f,
+                            end: false,
+                        });
                     }
                 }
-                let command_state = (p.final_queued && p.queue.is_empty())
-                    .then(|| CommandState { command_id: cid.clone(), state: CommandStateKind::Done, exit_code: Some(0) });
-                Ok(ReceiveResponse { streams, command_state })
+                let command_state = (p.final_queued && p.queue.is_empty()).then(|| CommandState {
+                    command_id: cid.clone(),
+                    state: CommandStateKind::Done,
+                    exit_code: Some(0),
+                });
+                Ok(ReceiveResponse {
+                    streams,
+                    command_state,
+                })
             }
         }
     }
 
     fn signal(&mut self, command_id: Option<&str>, code: &str) -> Result<(), ShellError> {
         if !is_stop_signal(code) {
-            return Err(ShellError::Malformed(format!("unknown signal code {code:?}")));
+            return Err(ShellError::Malformed(format!(
+                "unknown signal code {code:?}"
+            )));
         }
         let Some(c) = command_id else { return Ok(()) };
         let cid = c.trim().to_ascii_uppercase();

@@ -1,10 +1,17 @@
 //! Helpers shared by the PSRP integration tests: a scripted fake engine and a minimal client.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyhole::engine::{CancelToken, Event, EventSink, RunOutcome, StructuredPipeline, Value, VisibleCommand};
+use keyhole::engine::{
+    CancelToken, Event, EventSink, RunOutcome, StructuredPipeline, Value, VisibleCommand,
+};
 use keyhole::psrp::fragment::{fragment_message, Fragment, Reassembler};
 use keyhole::psrp::message::{Destination, Message, MessageType};
 use keyhole::psrp::PsrpEngine;
@@ -21,7 +28,11 @@ pub struct Step {
 
 impl Step {
     pub fn ok(events: Vec<Event>) -> Self {
-        Step { events, outcome: RunOutcome::Completed { had_errors: false }, wait_cancel: false }
+        Step {
+            events,
+            outcome: RunOutcome::Completed { had_errors: false },
+            wait_cancel: false,
+        }
     }
 }
 
@@ -40,7 +51,10 @@ pub struct FakeEngine {
 
 impl FakeEngine {
     pub fn with_steps(steps: Vec<Step>) -> Self {
-        FakeEngine { steps: Arc::new(Mutex::new(steps)), ..Default::default() }
+        FakeEngine {
+            steps: Arc::new(Mutex::new(steps)),
+            ..Default::default()
+        }
     }
     fn run(&mut self, sink: &mut dyn EventSink, cancel: &CancelToken) -> RunOutcome {
         let step = {
@@ -66,12 +80,29 @@ impl FakeEngine {
 }
 
 impl PsrpEngine for FakeEngine {
-    fn run_line(&mut self, line: &str, sink: &mut dyn EventSink, cancel: &CancelToken) -> RunOutcome {
-        self.calls.lock().unwrap().push(Call::Line(line.to_string()));
+    fn run_line(
+        &mut self,
+        line: &str,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> RunOutcome {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Call::Line(line.to_string()));
         self.run(sink, cancel)
     }
-    fn run_structured(&mut self, statements: &[StructuredPipeline], input: Vec<Value>, sink: &mut dyn EventSink, cancel: &CancelToken) -> RunOutcome {
-        self.calls.lock().unwrap().push(Call::Structured(statements.to_vec(), input));
+    fn run_structured(
+        &mut self,
+        statements: &[StructuredPipeline],
+        input: Vec<Value>,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> RunOutcome {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Call::Structured(statements.to_vec(), input));
         self.run(sink, cancel)
     }
     fn visible(&self) -> Vec<VisibleCommand> {
@@ -79,7 +110,9 @@ impl PsrpEngine for FakeEngine {
     }
 }
 
-pub const RPID: [u8; 16] = [0xD4, 0xC3, 0xB2, 0xA1, 0, 0, 0, 0x40, 0x80, 0, 0, 0, 0, 0, 0, 1];
+pub const RPID: [u8; 16] = [
+    0xD4, 0xC3, 0xB2, 0xA1, 0, 0, 0, 0x40, 0x80, 0, 0, 0, 0, 0, 0, 1,
+];
 
 /// A minimal PSRP client: numbers its objects and fragments its messages.
 pub struct Client {
@@ -89,7 +122,10 @@ pub struct Client {
 
 impl Default for Client {
     fn default() -> Self {
-        Client { next_oid: 1, max_blob: 32_000 }
+        Client {
+            next_oid: 1,
+            max_blob: 32_000,
+        }
     }
 }
 
@@ -98,7 +134,10 @@ impl Client {
         let m = Message::new(Destination::Server, t, RPID, pid, body.as_bytes().to_vec());
         let oid = self.next_oid;
         self.next_oid += 1;
-        fragment_message(oid, &m.encode(), self.max_blob).iter().flat_map(Fragment::encode).collect()
+        fragment_message(oid, &m.encode(), self.max_blob)
+            .iter()
+            .flat_map(Fragment::encode)
+            .collect()
     }
 }
 
@@ -141,7 +180,11 @@ pub fn decode(r: &mut Reassembler, resp: &ReceiveResponse) -> Vec<Message> {
 
 /// Receive for `cid` until PIPELINE_STATE arrives (or 10 s); returns the messages and whether
 /// CommandState Done was reported.
-pub fn receive_until_state<S: Shell>(shell: &mut S, r: &mut Reassembler, cid: &str) -> (Vec<Message>, bool) {
+pub fn receive_until_state<S: Shell>(
+    shell: &mut S,
+    r: &mut Reassembler,
+    cid: &str,
+) -> (Vec<Message>, bool) {
     let start = Instant::now();
     let mut all = Vec::new();
     let mut done = false;
@@ -151,7 +194,9 @@ pub fn receive_until_state<S: Shell>(shell: &mut S, r: &mut Reassembler, cid: &s
             assert_eq!(c.command_id.as_deref(), Some(cid));
         }
         let msgs = decode(r, &resp);
-        let has_state = msgs.iter().any(|m| m.message_type == MessageType::PipelineState);
+        let has_state = msgs
+            .iter()
+            .any(|m| m.message_type == MessageType::PipelineState);
         all.extend(msgs);
         if let Some(s) = resp.command_state {
             done = s.state == keyhole::wsman::shell::CommandStateKind::Done;
@@ -166,7 +211,10 @@ pub fn receive_until_state<S: Shell>(shell: &mut S, r: &mut Reassembler, cid: &s
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    panic!("no PIPELINE_STATE within 10 s; got {:?}", all.iter().map(|m| m.message_type).collect::<Vec<_>>());
+    panic!(
+        "no PIPELINE_STATE within 10 s; got {:?}",
+        all.iter().map(|m| m.message_type).collect::<Vec<_>>()
+    );
 }
 
 pub fn types(msgs: &[Message]) -> Vec<MessageType> {

@@ -54,7 +54,10 @@ pub fn decode_string(s: &str) -> String {
     let mut rest = s;
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix("_x") {
-            if let (Some(h), Some('_')) = (after.get(0..4).and_then(hex4), after.get(4..5).and_then(|t| t.chars().next())) {
+            if let (Some(h), Some('_')) = (
+                after.get(0..4).and_then(hex4),
+                after.get(4..5).and_then(|t| t.chars().next()),
+            ) {
                 units.push(h);
                 rest = after.get(5..).unwrap_or("");
                 continue;

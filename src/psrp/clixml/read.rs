@@ -29,8 +29,13 @@ pub struct ClixmlLimits {
 
 /// Default limits: generous for anything a PowerShell client sends as commands and input,
 /// small enough that one message cannot exhaust memory.
-pub const DEFAULT_LIMITS: ClixmlLimits =
-    ClixmlLimits { max_depth: 64, max_elements: 200_000, max_string_len: 8 * 1024 * 1024, max_refs: 50_000, max_values: 500_000 };
+pub const DEFAULT_LIMITS: ClixmlLimits = ClixmlLimits {
+    max_depth: 64,
+    max_elements: 200_000,
+    max_string_len: 8 * 1024 * 1024,
+    max_refs: 50_000,
+    max_values: 500_000,
+};
 
 /// One parsed element.
 #[derive(Debug, Clone, Default)]
@@ -43,7 +48,10 @@ pub struct Node {
 
 impl Node {
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
     /// Decoded `N` attribute (property name).
     pub fn name(&self) -> Option<String> {
@@ -64,10 +72,18 @@ fn start_node(e: &BytesStart<'_>) -> Result<Node, ProtocolError> {
     for a in e.attributes() {
         let a = a.map_err(|x| err(format!("bad attribute in <{tag}>: {x}")))?;
         let k = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
-        let v = a.unescape_value().map_err(|x| err(format!("bad attribute value in <{tag}>: {x}")))?.into_owned();
+        let v = a
+            .unescape_value()
+            .map_err(|x| err(format!("bad attribute value in <{tag}>: {x}")))?
+            .into_owned();
         attrs.push((k, v));
     }
-    Ok(Node { tag, attrs, children: Vec::new(), text: String::new() })
+    Ok(Node {
+        tag,
+        attrs,
+        children: Vec::new(),
+        text: String::new(),
+    })
 }
 
 /// Parse XML text into one root element tree, within `limits`.
@@ -78,7 +94,12 @@ pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolErr
     let mut root: Option<Node> = None;
     let mut elements = 0usize;
     loop {
-        let ev = reader.read_event().map_err(|e| err(format!("XML error at byte {}: {e}", reader.buffer_position())))?;
+        let ev = reader.read_event().map_err(|e| {
+            err(format!(
+                "XML error at byte {}: {e}",
+                reader.buffer_position()
+            ))
+        })?;
         match ev {
             XmlEvent::Start(e) | XmlEvent::Empty(e) if root.is_some() => {
                 let _ = e;
@@ -90,7 +111,10 @@ pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolErr
                     return Err(err(format!("more than {} elements", limits.max_elements)));
                 }
                 if stack.len() >= limits.max_depth {
-                    return Err(err(format!("nesting deeper than {} elements", limits.max_depth)));
+                    return Err(err(format!(
+                        "nesting deeper than {} elements",
+                        limits.max_depth
+                    )));
                 }
                 stack.push(start_node(&e)?);
             }
@@ -100,7 +124,10 @@ pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolErr
                     return Err(err(format!("more than {} elements", limits.max_elements)));
                 }
                 if stack.len() >= limits.max_depth {
-                    return Err(err(format!("nesting deeper than {} elements", limits.max_depth)));
+                    return Err(err(format!(
+                        "nesting deeper than {} elements",
+                        limits.max_depth
+                    )));
                 }
                 let n = start_node(&e)?;
                 match stack.last_mut() {
@@ -119,7 +146,10 @@ pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolErr
                 let s = t.unescape().map_err(|e| err(format!("bad text: {e}")))?;
                 if let Some(cur) = stack.last_mut() {
                     if cur.text.len().saturating_add(s.len()) > limits.max_string_len {
-                        return Err(err(format!("a text longer than {} bytes", limits.max_string_len)));
+                        return Err(err(format!(
+                            "a text longer than {} bytes",
+                            limits.max_string_len
+                        )));
                     }
                     cur.text.push_str(&s);
                 } else if !s.trim().is_empty() {
@@ -130,7 +160,10 @@ pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolErr
                 let s = String::from_utf8_lossy(&t);
                 if let Some(cur) = stack.last_mut() {
                     if cur.text.len().saturating_add(s.len()) > limits.max_string_len {
-                        return Err(err(format!("a text longer than {} bytes", limits.max_string_len)));
+                        return Err(err(format!(
+                            "a text longer than {} bytes",
+                            limits.max_string_len
+                        )));
                     }
                     cur.text.push_str(&s);
                 }
@@ -155,7 +188,10 @@ struct Conv<'l> {
 }
 
 fn parse_int(n: &Node) -> Result<i64, ProtocolError> {
-    n.text.trim().parse::<i64>().map_err(|_| err(format!("<{}> holds {:?}, not an integer", n.tag, n.text)))
+    n.text
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| err(format!("<{}> holds {:?}, not an integer", n.tag, n.text)))
 }
 
 /// Parse an xs:duration (`[-]P[nD][T[nH][nM][n[.f]S]]`).
@@ -191,7 +227,7 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
         secs += num.parse::<f64>().ok()? * mult;
         num.clear();
     }
-    if !num.is_empty() || !secs.is_finite() || secs < 0.0 || secs > 1e15 {
+    if !num.is_empty() || !secs.is_finite() || !(0.0..=1e15).contains(&secs) {
         return None;
     }
     Some(std::time::Duration::from_secs_f64(secs))
@@ -201,7 +237,10 @@ impl Conv<'_> {
     fn count(&mut self, n: usize) -> Result<(), ProtocolError> {
         self.values = self.values.saturating_add(n);
         if self.values > self.limits.max_values {
-            return Err(err(format!("more than {} values after expanding references", self.limits.max_values)));
+            return Err(err(format!(
+                "more than {} values after expanding references",
+                self.limits.max_values
+            )));
         }
         Ok(())
     }
@@ -211,10 +250,18 @@ impl Conv<'_> {
         let text = || decode_string(&n.text);
         Ok(match n.tag.as_str() {
             "Nil" => Value::Null,
-            "S" | "ToString" | "Version" | "URI" | "G" | "XD" | "SBK" | "SS" | "BA" => Value::String(text()),
+            "S" | "ToString" | "Version" | "URI" | "G" | "XD" | "SBK" | "SS" | "BA" => {
+                Value::String(text())
+            }
             "C" => {
                 let c = parse_int(n)?;
-                Value::String(u32::try_from(c).ok().and_then(char::from_u32).map(String::from).unwrap_or_default())
+                Value::String(
+                    u32::try_from(c)
+                        .ok()
+                        .and_then(char::from_u32)
+                        .map(String::from)
+                        .unwrap_or_default(),
+                )
             }
             "B" => match n.text.trim() {
                 "true" | "1" | "True" => Value::Bool(true),
@@ -223,7 +270,11 @@ impl Conv<'_> {
             },
             "By" | "SB" | "U16" | "I16" | "U32" | "I32" | "I64" => Value::Int(parse_int(n)?),
             "U64" => {
-                let u = n.text.trim().parse::<u64>().map_err(|_| err(format!("<U64> holds {:?}", n.text)))?;
+                let u = n
+                    .text
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| err(format!("<U64> holds {:?}", n.text)))?;
                 Value::from(u)
             }
             "Db" | "Sg" | "D" => {
@@ -231,7 +282,9 @@ impl Conv<'_> {
                 let d = match t {
                     "INF" => f64::INFINITY,
                     "-INF" => f64::NEG_INFINITY,
-                    _ => t.parse::<f64>().map_err(|_| err(format!("<{}> holds {:?}, not a number", n.tag, n.text)))?,
+                    _ => t.parse::<f64>().map_err(|_| {
+                        err(format!("<{}> holds {:?}, not a number", n.tag, n.text))
+                    })?,
                 };
                 Value::Double(d)
             }
@@ -239,10 +292,15 @@ impl Conv<'_> {
                 Ok(d) => Value::DateTime(d),
                 Err(_) => Value::String(text()),
             },
-            "TS" => parse_duration(&n.text).map(Value::TimeSpan).unwrap_or_else(|| Value::String(text())),
+            "TS" => parse_duration(&n.text)
+                .map(Value::TimeSpan)
+                .unwrap_or_else(|| Value::String(text())),
             "Ref" => {
                 let id = n.attr("RefId").ok_or_else(|| err("<Ref> without RefId"))?;
-                let (v, weight) = self.objs.get(id).cloned().ok_or_else(|| err(format!("<Ref RefId=\"{id}\"> names no earlier object")))?;
+                let (v, weight) =
+                    self.objs.get(id).cloned().ok_or_else(|| {
+                        err(format!("<Ref RefId=\"{id}\"> names no earlier object"))
+                    })?;
                 self.count(weight)?;
                 v
             }
@@ -264,7 +322,12 @@ impl Conv<'_> {
 
     fn type_names(&mut self, n: &Node) -> Result<Vec<String>, ProtocolError> {
         if let Some(tn) = n.child("TN") {
-            let names: Vec<String> = tn.children.iter().filter(|c| c.tag == "T").map(|c| decode_string(&c.text)).collect();
+            let names: Vec<String> = tn
+                .children
+                .iter()
+                .filter(|c| c.tag == "T")
+                .map(|c| decode_string(&c.text))
+                .collect();
             if let Some(id) = tn.attr("RefId") {
                 if self.objs.len() + self.tns.len() >= self.limits.max_refs {
                     return Err(err(format!("more than {} RefIds", self.limits.max_refs)));
@@ -274,8 +337,14 @@ impl Conv<'_> {
             return Ok(names);
         }
         if let Some(r) = n.child("TNRef") {
-            let id = r.attr("RefId").ok_or_else(|| err("<TNRef> without RefId"))?;
-            return self.tns.get(id).cloned().ok_or_else(|| err(format!("<TNRef RefId=\"{id}\"> names no earlier type list")));
+            let id = r
+                .attr("RefId")
+                .ok_or_else(|| err("<TNRef> without RefId"))?;
+            return self
+                .tns
+                .get(id)
+                .cloned()
+                .ok_or_else(|| err(format!("<TNRef RefId=\"{id}\"> names no earlier type list")));
         }
         Ok(Vec::new())
     }
@@ -317,7 +386,9 @@ impl Conv<'_> {
                             match kv.attr("N") {
                                 Some("Key") => key = Some(self.value(kv)?.to_ps_string()),
                                 Some("Value") => val = self.value(kv)?,
-                                _ => return Err(err("<En> child without N=\"Key\" or N=\"Value\"")),
+                                _ => {
+                                    return Err(err("<En> child without N=\"Key\" or N=\"Value\""))
+                                }
                             }
                         }
                         entries.push((key.ok_or_else(|| err("<En> without a Key"))?, val));
@@ -336,21 +407,35 @@ impl Conv<'_> {
         if let Some(p) = prim {
             if type_names.iter().any(|t| t == "System.Enum") {
                 if let Value::Int(i) = p {
-                    return Ok(Value::Enum(EnumValue { type_names, name: to_string.unwrap_or_else(|| i.to_string()), value: i }));
+                    return Ok(Value::Enum(EnumValue {
+                        type_names,
+                        name: to_string.unwrap_or_else(|| i.to_string()),
+                        value: i,
+                    }));
                 }
             }
             if props.is_empty() {
                 return Ok(p);
             }
         }
-        Ok(Value::Object(Box::new(PsObject { type_names, properties: props, to_string, display: Vec::new() })))
+        Ok(Value::Object(Box::new(PsObject {
+            type_names,
+            properties: props,
+            to_string,
+            display: Vec::new(),
+        })))
     }
 }
 
 /// Parse one CLIXML message body (a single root value) into an engine value.
 pub fn parse(text: &str, limits: &ClixmlLimits) -> Result<Value, ProtocolError> {
     let root = parse_tree(text, limits)?;
-    let mut c = Conv { limits, objs: HashMap::new(), tns: HashMap::new(), values: 0 };
+    let mut c = Conv {
+        limits,
+        objs: HashMap::new(),
+        tns: HashMap::new(),
+        values: 0,
+    };
     c.value(&root)
 }
 
@@ -367,12 +452,21 @@ mod tests {
 
     #[test]
     fn primitives_and_escapes() {
-        assert_eq!(parse_default("<S>a_x000A_b &amp; c</S>").unwrap(), Value::from("a\nb & c"));
+        assert_eq!(
+            parse_default("<S>a_x000A_b &amp; c</S>").unwrap(),
+            Value::from("a\nb & c")
+        );
         assert_eq!(parse_default("<I32>-5</I32>").unwrap(), Value::Int(-5));
         assert_eq!(parse_default("<B>true</B>").unwrap(), Value::Bool(true));
         assert_eq!(parse_default("<Nil />").unwrap(), Value::Null);
-        assert!(matches!(parse_default("<DT>2018-06-13T23:46:12.1316332+00:00</DT>").unwrap(), Value::DateTime(_)));
-        assert_eq!(parse_default("<TS>PT1M30S</TS>").unwrap(), Value::TimeSpan(std::time::Duration::from_secs(90)));
+        assert!(matches!(
+            parse_default("<DT>2018-06-13T23:46:12.1316332+00:00</DT>").unwrap(),
+            Value::DateTime(_)
+        ));
+        assert_eq!(
+            parse_default("<TS>PT1M30S</TS>").unwrap(),
+            Value::TimeSpan(std::time::Duration::from_secs(90))
+        );
         assert!(parse_default("<I32>x</I32>").is_err());
         assert!(parse_default("<Foo/>").is_err());
     }
@@ -392,7 +486,11 @@ mod tests {
         // reference expansion bomb
         let mut s = String::from("<Obj RefId=\"0\"><LST><S>x</S><S>x</S></LST></Obj>");
         for i in 1..40 {
-            s = format!("<Obj RefId=\"{i}\"><LST>{s}<Ref RefId=\"{}\" /><Ref RefId=\"{}\" /></LST></Obj>", i - 1, i - 1);
+            s = format!(
+                "<Obj RefId=\"{i}\"><LST>{s}<Ref RefId=\"{}\" /><Ref RefId=\"{}\" /></LST></Obj>",
+                i - 1,
+                i - 1
+            );
         }
         assert!(parse_default(&s).is_err());
     }
@@ -401,7 +499,10 @@ mod tests {
     fn objects_lists_dicts_enums_refs() {
         let xml = r#"<Obj RefId="0"><MS><Obj N="Name" RefId="1"><TN RefId="0"><T>System.String[]</T><T>System.Array</T><T>System.Object</T></TN><LST><S>get-*</S></LST></Obj><Obj N="E" RefId="2"><TN RefId="1"><T>X.Kind</T><T>System.Enum</T></TN><ToString>Two</ToString><I32>2</I32></Obj><Obj N="E2" RefId="3"><TNRef RefId="1" /><ToString>One</ToString><I32>1</I32></Obj><Obj N="D" RefId="4"><DCT><En><S N="Key">a</S><I32 N="Value">1</I32></En></DCT></Obj><Ref N="again" RefId="1" /></MS></Obj>"#;
         let v = parse_default(xml).unwrap();
-        assert_eq!(v.property("Name"), Some(&Value::Array(vec![Value::from("get-*")])));
+        assert_eq!(
+            v.property("Name"),
+            Some(&Value::Array(vec![Value::from("get-*")]))
+        );
         match v.property("E2") {
             Some(Value::Enum(e)) => {
                 assert_eq!(e.value, 1);
@@ -410,9 +511,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(v.property("D"), Some(&Value::Dict(vec![("a".into(), Value::Int(1))])));
+        assert_eq!(
+            v.property("D"),
+            Some(&Value::Dict(vec![("a".into(), Value::Int(1))]))
+        );
         assert_eq!(v.property("again"), v.property("Name"));
-        assert!(parse_default("<Obj RefId=\"0\"><MS><Ref N=\"x\" RefId=\"9\" /></MS></Obj>").is_err());
+        assert!(
+            parse_default("<Obj RefId=\"0\"><MS><Ref N=\"x\" RefId=\"9\" /></MS></Obj>").is_err()
+        );
     }
 
     #[test]
@@ -420,7 +526,10 @@ mod tests {
         let v = crate::engine::PsObject::custom()
             .with("s", "a_x\r\n<&>")
             .with("n", 1i64 << 40)
-            .with("l", Value::Array(vec![Value::Int(1), Value::Null, Value::Bool(false)]))
+            .with(
+                "l",
+                Value::Array(vec![Value::Int(1), Value::Null, Value::Bool(false)]),
+            )
             .with("d", Value::Dict(vec![("k".into(), Value::from("v"))]))
             .into_value();
         let mut w = Writer::new();
@@ -430,8 +539,18 @@ mod tests {
             Value::Object(o) => {
                 assert_eq!(o.get("s"), Some(&Value::from("a_x\r\n<&>")));
                 assert_eq!(o.get("n"), Some(&Value::Int(1 << 40)));
-                assert_eq!(o.get("l"), Some(&Value::Array(vec![Value::Int(1), Value::Null, Value::Bool(false)])));
-                assert_eq!(o.get("d"), Some(&Value::Dict(vec![("k".into(), Value::from("v"))])));
+                assert_eq!(
+                    o.get("l"),
+                    Some(&Value::Array(vec![
+                        Value::Int(1),
+                        Value::Null,
+                        Value::Bool(false)
+                    ]))
+                );
+                assert_eq!(
+                    o.get("d"),
+                    Some(&Value::Dict(vec![("k".into(), Value::from("v"))]))
+                );
             }
             other => panic!("{other:?}"),
         }

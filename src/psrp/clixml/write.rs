@@ -9,7 +9,10 @@ use super::encode_string;
 /// but a client must never receive something its deserializer refuses).
 pub const MAX_WRITE_DEPTH: usize = 48;
 
-pub const PSCUSTOMOBJECT: &[&str] = &["System.Management.Automation.PSCustomObject", "System.Object"];
+pub const PSCUSTOMOBJECT: &[&str] = &[
+    "System.Management.Automation.PSCustomObject",
+    "System.Object",
+];
 pub const OBJECT_ARRAY: &[&str] = &["System.Object[]", "System.Array", "System.Object"];
 pub const HASHTABLE: &[&str] = &["System.Collections.Hashtable", "System.Object"];
 
@@ -45,7 +48,8 @@ impl Writer {
     /// A primitive element with encoded text, e.g. `<S N="x">text</S>`.
     pub fn prim(&mut self, tag: &str, name: Option<&str>, text: &str) {
         let n = name_attr(name);
-        self.out.push_str(&format!("<{tag}{n}>{}</{tag}>", encode_string(text)));
+        self.out
+            .push_str(&format!("<{tag}{n}>{}</{tag}>", encode_string(text)));
     }
 
     pub fn nil(&mut self, name: Option<&str>) {
@@ -79,12 +83,15 @@ impl Writer {
         if type_names.is_empty() {
             return;
         }
-        let pos = self.type_lists.iter().position(|l| l.len() == type_names.len() && l.iter().zip(type_names).all(|(a, b)| a == b));
+        let pos = self.type_lists.iter().position(|l| {
+            l.len() == type_names.len() && l.iter().zip(type_names).all(|(a, b)| a == b)
+        });
         match pos {
             Some(p) => self.out.push_str(&format!("<TNRef RefId=\"{p}\" />")),
             None => {
                 let p = self.type_lists.len();
-                self.type_lists.push(type_names.iter().map(|s| s.to_string()).collect());
+                self.type_lists
+                    .push(type_names.iter().map(|s| s.to_string()).collect());
                 self.out.push_str(&format!("<TN RefId=\"{p}\">"));
                 for t in type_names {
                     self.out.push_str(&format!("<T>{}</T>", encode_string(t)));
@@ -114,7 +121,13 @@ impl Writer {
     }
 
     /// An enum value as Windows writes it: TN, ToString, then the numeric value.
-    pub fn enum_value(&mut self, name: Option<&str>, type_names: &[&str], member: &str, value: i64) {
+    pub fn enum_value(
+        &mut self,
+        name: Option<&str>,
+        type_names: &[&str],
+        member: &str,
+        value: i64,
+    ) {
         self.begin_obj(name, type_names);
         self.prim("ToString", None, member);
         match i32::try_from(value) {
@@ -169,7 +182,11 @@ impl Writer {
             }
             Value::Object(o) => {
                 let custom = o.is_custom();
-                let tn: Vec<&str> = if o.type_names.is_empty() { PSCUSTOMOBJECT.to_vec() } else { o.type_names.iter().map(String::as_str).collect() };
+                let tn: Vec<&str> = if o.type_names.is_empty() {
+                    PSCUSTOMOBJECT.to_vec()
+                } else {
+                    o.type_names.iter().map(String::as_str).collect()
+                };
                 self.begin_obj(name, &tn);
                 self.prim("ToString", None, &v.to_ps_string());
                 // Windows: PSCustomObject properties are notes (<MS>); a .NET object's are adapted (<Props>).
@@ -208,15 +225,38 @@ impl Writer {
     /// An ErrorRecord with the properties PowerShell and pypsrp read (shape of Windows'
     /// `test_psrp_error_failed`), InvocationInfo omitted (`SerializeExtendedInfo` false).
     pub fn error_record(&mut self, name: Option<&str>, e: &ErrorRecord) {
-        let short_type = e.exception_type.rsplit('.').next().unwrap_or(&e.exception_type).to_string();
-        let target_name = e.target.as_ref().map(Value::to_ps_string).unwrap_or_default();
+        let short_type = e
+            .exception_type
+            .rsplit('.')
+            .next()
+            .unwrap_or(&e.exception_type)
+            .to_string();
+        let target_name = e
+            .target
+            .as_ref()
+            .map(Value::to_ps_string)
+            .unwrap_or_default();
         let target_type = e.target.as_ref().map(Value::type_name).unwrap_or_default();
         let activity = e.command.clone().unwrap_or_default();
-        self.begin_obj(name, &["System.Management.Automation.ErrorRecord", "System.Object"]);
+        self.begin_obj(
+            name,
+            &["System.Management.Automation.ErrorRecord", "System.Object"],
+        );
         self.prim("ToString", None, &e.message);
         self.raw("<MS>");
-        self.begin_obj(Some("Exception"), &[e.exception_type.as_str(), "System.Exception", "System.Object"]);
-        self.prim("ToString", None, &format!("{}: {}", e.exception_type, e.message));
+        self.begin_obj(
+            Some("Exception"),
+            &[
+                e.exception_type.as_str(),
+                "System.Exception",
+                "System.Object",
+            ],
+        );
+        self.prim(
+            "ToString",
+            None,
+            &format!("{}: {}", e.exception_type, e.message),
+        );
         self.raw("<Props>");
         self.string(Some("Message"), &e.message);
         self.nil(Some("InnerException"));
@@ -236,10 +276,16 @@ impl Writer {
         self.string(Some("ErrorCategory_TargetType"), &target_type);
         self.string(
             Some("ErrorCategory_Message"),
-            &format!("{}: ({target_name}:{target_type}) [{activity}], {short_type}", e.category.as_str()),
+            &format!(
+                "{}: ({target_name}:{target_type}) [{activity}], {short_type}",
+                e.category.as_str()
+            ),
         );
         self.bool(Some("SerializeExtendedInfo"), false);
-        self.string(Some("ErrorDetails_ScriptStackTrace"), "at <ScriptBlock>, <No file>: line 1");
+        self.string(
+            Some("ErrorDetails_ScriptStackTrace"),
+            "at <ScriptBlock>, <No file>: line 1",
+        );
         self.raw("</MS>");
         self.end_obj();
     }
@@ -249,7 +295,11 @@ impl Writer {
 pub fn format_datetime(d: &chrono::DateTime<chrono::FixedOffset>) -> String {
     use chrono::Timelike;
     let ticks = d.nanosecond() % 1_000_000_000 / 100;
-    format!("{}.{ticks:07}{}", d.format("%Y-%m-%dT%H:%M:%S"), d.format("%:z"))
+    format!(
+        "{}.{ticks:07}{}",
+        d.format("%Y-%m-%dT%H:%M:%S"),
+        d.format("%:z")
+    )
 }
 
 /// xs:double text as .NET writes it ("INF", "-INF", "NaN", shortest round-trip otherwise).
@@ -257,7 +307,11 @@ pub fn format_xml_double(d: f64) -> String {
     if d.is_nan() {
         "NaN".into()
     } else if d.is_infinite() {
-        if d > 0.0 { "INF".into() } else { "-INF".into() }
+        if d > 0.0 {
+            "INF".into()
+        } else {
+            "-INF".into()
+        }
     } else {
         format!("{d}")
     }
@@ -266,7 +320,12 @@ pub fn format_xml_double(d: f64) -> String {
 /// xs:duration as XmlConvert writes a TimeSpan: `P1DT2H3M4.5S`, `PT0S`.
 pub fn format_duration(t: std::time::Duration) -> String {
     let total = t.as_secs();
-    let (d, h, m, s) = (total / 86_400, (total % 86_400) / 3600, (total % 3600) / 60, total % 60);
+    let (d, h, m, s) = (
+        total / 86_400,
+        (total % 86_400) / 3600,
+        (total % 3600) / 60,
+        total % 60,
+    );
     let ticks = t.subsec_nanos() / 100;
     let mut out = String::from("P");
     if d > 0 {
@@ -303,8 +362,16 @@ mod tests {
         w.value(None, &Value::Bool(true));
         w.value(None, &Value::Null);
         w.value(None, &Value::Double(1.5));
-        w.value(None, &Value::TimeSpan(std::time::Duration::from_millis(90_061_500)));
-        w.value(None, &Value::DateTime(chrono::DateTime::parse_from_rfc3339("2018-06-13T23:46:12.1316332+02:00").unwrap()));
+        w.value(
+            None,
+            &Value::TimeSpan(std::time::Duration::from_millis(90_061_500)),
+        );
+        w.value(
+            None,
+            &Value::DateTime(
+                chrono::DateTime::parse_from_rfc3339("2018-06-13T23:46:12.1316332+02:00").unwrap(),
+            ),
+        );
         assert_eq!(
             w.finish(),
             "<S>hello</S><I32 N=\"n\">5</I32><I64>1099511627776</I64><B>true</B><Nil /><Db>1.5</Db><TS>P1DT1H1M1.5S</TS><DT>2018-06-13T23:46:12.1316332+02:00</DT>"
@@ -327,7 +394,12 @@ mod tests {
     #[test]
     fn enum_shape() {
         let e = EnumValue {
-            type_names: vec!["System.ServiceProcess.ServiceControllerStatus".into(), "System.Enum".into(), "System.ValueType".into(), "System.Object".into()],
+            type_names: vec![
+                "System.ServiceProcess.ServiceControllerStatus".into(),
+                "System.Enum".into(),
+                "System.ValueType".into(),
+                "System.Object".into(),
+            ],
             name: "Running".into(),
             value: 4,
         };
@@ -340,9 +412,13 @@ mod tests {
 
     #[test]
     fn error_record_fields() {
-        let e = ErrorRecord::new("no such command", "CommandNotFoundException", ErrorCategory::ObjectNotFound)
-            .exception("System.Management.Automation.CommandNotFoundException")
-            .target("Foo");
+        let e = ErrorRecord::new(
+            "no such command",
+            "CommandNotFoundException",
+            ErrorCategory::ObjectNotFound,
+        )
+        .exception("System.Management.Automation.CommandNotFoundException")
+        .target("Foo");
         let mut w = Writer::new();
         w.error_record(None, &e);
         let s = w.finish();
