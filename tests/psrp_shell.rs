@@ -540,3 +540,29 @@ fn bad_input_is_a_clear_error_never_a_panic() {
     )
     .is_err());
 }
+
+#[test]
+fn close_cancels_running_and_queued_pipelines() {
+    let engine = FakeEngine::with_steps(vec![Step {
+        events: vec![Event::Output(sv("started"))],
+        outcome: RunOutcome::Completed { had_errors: false },
+        wait_cancel: true,
+    }]);
+    let calls = engine.calls.clone();
+    let mut client = Client::default();
+    let (mut shell, mut r) = open(engine, &mut client, 153_600);
+    let xml = create_pipeline_xml(true, &[command_xml("Get-Journal", false, &[])]);
+    command(&mut shell, &mut client, CID, T::CreatePipeline, &xml).unwrap();
+    let c2 = "B1B2C3D4-0000-4000-8000-000000000003";
+    command(&mut shell, &mut client, c2, T::CreatePipeline, &xml).unwrap();
+    for _ in 0..1000 {
+        if !decode(&mut r, &shell.receive(Some(CID)).unwrap()).is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    shell.close();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(calls.lock().unwrap().len(), 1, "the queued pipeline never runs after close");
+    assert_eq!(shell.pool_state(), "Closed");
+}

@@ -795,6 +795,10 @@ impl<E: PsrpEngine> PsrpShell<E> {
                 let spawned = std::thread::Builder::new().name("psrp-pipeline".into()).spawn(move || {
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let mut engine = lock(&shared.engine);
+                        // Signalled or closed while waiting for an earlier pipeline: never start.
+                        if cancel.is_cancelled() {
+                            return RunOutcome::Stopped;
+                        }
                         run_plan(&mut *engine, &shared, &cid_owned, &identity, plan, input, &cancel)
                     }));
                     let outcome = run.unwrap_or_else(|_| {
