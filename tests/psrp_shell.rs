@@ -563,6 +563,45 @@ fn close_cancels_running_and_queued_pipelines() {
     }
     shell.close();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(calls.lock().unwrap().len(), 1, "the queued pipeline never runs after close");
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        1,
+        "the queued pipeline never runs after close"
+    );
     assert_eq!(shell.pool_state(), "Closed");
+}
+
+#[test]
+fn merged_error_stream_arrives_as_output() {
+    let engine = FakeEngine::with_steps(vec![Step::ok(vec![
+        Event::Output(sv("a")),
+        Event::Error(ErrorRecord::new(
+            "boom",
+            "Boom",
+            ErrorCategory::NotSpecified,
+        )),
+        Event::Warning("w".into()),
+    ])]);
+    let mut client = Client::default();
+    let (mut shell, mut r) = open(engine, &mut client, 153_600);
+    // pypsrp merge_error("output"): MergeMyResult=Error(2), MergeToResult=Output(1)
+    let cmd = command_xml("Get-Thing", false, &[]).replace(
+        "<Nil N=\"UseLocalScope\" />",
+        "<Nil N=\"UseLocalScope\" /><Obj N=\"MergeMyResult\" RefId=\"60\"><TN RefId=\"9\"><T>System.Management.Automation.Runspaces.PipelineResultTypes</T><T>System.Enum</T></TN><ToString>Error</ToString><I32>2</I32></Obj><Obj N=\"MergeToResult\" RefId=\"61\"><TNRef RefId=\"9\" /><ToString>Output</ToString><I32>1</I32></Obj>",
+    );
+    let xml = create_pipeline_xml(true, &[cmd]);
+    command(&mut shell, &mut client, CID, T::CreatePipeline, &xml).unwrap();
+    let (msgs, _) = receive_until_state(&mut shell, &mut r, CID);
+    assert_eq!(
+        types(&msgs),
+        vec![
+            T::PipelineOutput,
+            T::PipelineOutput,
+            T::WarningRecord,
+            T::PipelineState
+        ]
+    );
+    let e = parse_default(&body(&msgs[1])).unwrap();
+    assert_eq!(e.property("writeErrorStream"), Some(&Value::Bool(true)));
+    assert_eq!(e.property("FullyQualifiedErrorId"), Some(&sv("Boom")));
 }

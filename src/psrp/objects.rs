@@ -169,6 +169,13 @@ pub fn error_record(e: &ErrorRecord) -> String {
     w.finish()
 }
 
+/// An error record merged into the output stream (`2>&1`), as PIPELINE_OUTPUT.
+pub fn merged_error_record(e: &ErrorRecord) -> String {
+    let mut w = Writer::new();
+    w.error_record_merged(None, e, true);
+    w.finish()
+}
+
 /// Which informational record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InfoKind {
@@ -439,12 +446,50 @@ pub fn call_id(v: &Value) -> Option<i64> {
     int_of(v.property("ci"))
 }
 
+/// Streams a client asked to merge into the output stream (`2>&1`, pypsrp `merge_error`, the
+/// Merge* properties of each command; PipelineResultTypes 1 = Output, 2 = Error ... 7 = All).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Merge {
+    pub error: bool,
+    pub warning: bool,
+    pub verbose: bool,
+    pub debug: bool,
+    pub information: bool,
+}
+
+impl Merge {
+    fn of(v: &Value) -> Merge {
+        let get = |n: &str| int_of(v.property(n)).unwrap_or(0);
+        let (my, to) = (get("MergeMyResult"), get("MergeToResult"));
+        let to_output =
+            |own: &str, code: i64| get(own) == 1 || (to == 1 && (my == code || my == 7));
+        Merge {
+            error: to_output("MergeError", 2),
+            warning: to_output("MergeWarning", 3),
+            verbose: to_output("MergeVerbose", 4),
+            debug: to_output("MergeDebug", 5),
+            information: to_output("MergeInformation", 6),
+        }
+    }
+
+    pub fn union(self, o: Merge) -> Merge {
+        Merge {
+            error: self.error || o.error,
+            warning: self.warning || o.warning,
+            verbose: self.verbose || o.verbose,
+            debug: self.debug || o.debug,
+            information: self.information || o.information,
+        }
+    }
+}
+
 /// One command of a CREATE_PIPELINE.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineCommand {
     pub cmd: String,
     pub is_script: bool,
     pub args: Vec<CommandArg>,
+    pub merge: Merge,
 }
 
 /// CREATE_PIPELINE, decoded.
@@ -504,6 +549,7 @@ fn command_of(v: &Value) -> Result<PipelineCommand, ProtocolError> {
         cmd,
         is_script,
         args,
+        merge: Merge::of(v),
     })
 }
 
@@ -546,6 +592,14 @@ impl CreatePipeline {
             is_nested: bool_of(v.property("IsNested")),
             statements,
         })
+    }
+
+    /// The streams merged into output by any command (keyhole applies merges pipeline-wide).
+    pub fn merge(&self) -> Merge {
+        self.statements
+            .iter()
+            .flatten()
+            .fold(Merge::default(), |m, c| m.union(c.merge))
     }
 
     /// pypsrp `Client.execute_ps(TEXT)`: exactly `Invoke-Expression -Command TEXT | Out-String -Stream`.

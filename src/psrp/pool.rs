@@ -26,7 +26,7 @@ use super::clixml::read::parse_default;
 use super::fragment::{fragment_message, max_blob_for_envelope, Reassembler, ENVELOPE_OVERHEAD};
 use super::message::{guid_to_net_bytes, Destination, Message, MessageType};
 use super::objects::{
-    self, CreatePipeline, GetCommandMetadata, InfoKind, InitRunspacePool, InvocationState,
+    self, CreatePipeline, GetCommandMetadata, InfoKind, InitRunspacePool, InvocationState, Merge,
     PoolStateCode, SessionCapability,
 };
 use super::ProtocolError;
@@ -248,7 +248,7 @@ pub enum Plan {
     /// pypsrp execute_ps: one restricted line, output formatted to strings.
     ExecutePs(String),
     /// Statements in order: script lines (IsScript) and structured pipelines.
-    Segments(Vec<Segment>),
+    Segments(Vec<Segment>, Merge),
     /// GET_COMMAND_METADATA.
     Metadata(GetCommandMetadata),
     /// Refused before running (shape keyhole does not accept).
@@ -299,7 +299,7 @@ impl Plan {
                 }
             }
         }
-        Plan::Segments(segments)
+        Plan::Segments(segments, cp.merge())
     }
 }
 
@@ -893,6 +893,8 @@ struct PipeSink<'a, E> {
     /// execute_ps: format output objects to lines (Out-String -Stream).
     formatter: Option<Formatter>,
     cancel: &'a CancelToken,
+    /// Streams merged into output.
+    merge: Merge,
 }
 
 fn lines(text: &str) -> Vec<String> {
@@ -950,36 +952,43 @@ impl<E> PipeSink<'_, E> {
 
 impl<E> EventSink for PipeSink<'_, E> {
     fn event(&mut self, e: Event) {
+        use MessageType as T;
+        let m = self.merge;
+        let info = |kind: InfoKind, s: &str, merged: bool| {
+            let t = match (merged, kind) {
+                (true, _) => T::PipelineOutput,
+                (false, InfoKind::Warning) => T::WarningRecord,
+                (false, InfoKind::Verbose) => T::VerboseRecord,
+                (false, InfoKind::Debug) => T::DebugRecord,
+            };
+            vec![(t, objects::informational(kind, s))]
+        };
         let msgs = match e {
             Event::Output(v) => match self.formatter.as_mut() {
                 Some(f) => lines(&f.push(&v))
                     .into_iter()
-                    .map(|l| {
-                        (
-                            MessageType::PipelineOutput,
-                            objects::output(&Value::String(l)),
-                        )
-                    })
+                    .map(|l| (T::PipelineOutput, objects::output(&Value::String(l))))
                     .collect(),
-                None => vec![(MessageType::PipelineOutput, objects::output(&v))],
+                None => vec![(T::PipelineOutput, objects::output(&v))],
             },
-            Event::Error(er) => vec![(MessageType::ErrorRecord, objects::error_record(&er))],
-            Event::Warning(s) => vec![(
-                MessageType::WarningRecord,
-                objects::informational(InfoKind::Warning, &s),
-            )],
-            Event::Verbose(s) => vec![(
-                MessageType::VerboseRecord,
-                objects::informational(InfoKind::Verbose, &s),
-            )],
-            Event::Debug(s) => vec![(
-                MessageType::DebugRecord,
-                objects::informational(InfoKind::Debug, &s),
-            )],
-            Event::Information(s) => vec![(
-                MessageType::InformationRecord,
-                objects::information(&s, &self.identity.user, &self.identity.computer),
-            )],
+            Event::Error(er) if m.error => {
+                vec![(T::PipelineOutput, objects::merged_error_record(&er))]
+            }
+            Event::Error(er) => vec![(T::ErrorRecord, objects::error_record(&er))],
+            Event::Warning(s) => info(InfoKind::Warning, &s, m.warning),
+            Event::Verbose(s) => info(InfoKind::Verbose, &s, m.verbose),
+            Event::Debug(s) => info(InfoKind::Debug, &s, m.debug),
+            Event::Information(s) => {
+                let t = if m.information {
+                    T::PipelineOutput
+                } else {
+                    T::InformationRecord
+                };
+                vec![(
+                    t,
+                    objects::information(&s, &self.identity.user, &self.identity.computer),
+                )]
+            }
         };
         self.emit(msgs);
     }
@@ -1000,6 +1009,7 @@ fn run_plan<E: PsrpEngine>(
         identity,
         formatter: None,
         cancel,
+        merge: Merge::default(),
     };
     match plan {
         Plan::ExecutePs(text) => {
@@ -1008,7 +1018,8 @@ fn run_plan<E: PsrpEngine>(
             sink.flush_formatter();
             out
         }
-        Plan::Segments(segments) => {
+        Plan::Segments(segments, merge) => {
+            sink.merge = merge;
             let mut input = Some(input);
             let mut had_errors = false;
             for seg in segments {

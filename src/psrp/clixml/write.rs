@@ -225,6 +225,16 @@ impl Writer {
     /// An ErrorRecord with the properties PowerShell and pypsrp read (shape of Windows'
     /// `test_psrp_error_failed`), InvocationInfo omitted (`SerializeExtendedInfo` false).
     pub fn error_record(&mut self, name: Option<&str>, e: &ErrorRecord) {
+        self.error_record_merged(name, e, false);
+    }
+
+    /// An ErrorRecord; `write_error_stream` marks one merged into output (Windows' `writeErrorStream`).
+    pub fn error_record_merged(
+        &mut self,
+        name: Option<&str>,
+        e: &ErrorRecord,
+        write_error_stream: bool,
+    ) {
         let short_type = e
             .exception_type
             .rsplit('.')
@@ -244,6 +254,9 @@ impl Writer {
         );
         self.prim("ToString", None, &e.message);
         self.raw("<MS>");
+        if write_error_stream {
+            self.bool(Some("writeErrorStream"), true);
+        }
         self.begin_obj(
             Some("Exception"),
             &[
