@@ -605,3 +605,124 @@ fn merged_error_stream_arrives_as_output() {
     assert_eq!(e.property("writeErrorStream"), Some(&Value::Bool(true)));
     assert_eq!(e.property("FullyQualifiedErrorId"), Some(&sv("Boom")));
 }
+
+/// With `KEYHOLE_PSRP_DUMP=<dir>`, writes every server message of a rich conversation to
+/// `<dir>/NNN.bin` (whole messages) for `tests/interop/check_pypsrp_messages.py`, which feeds
+/// them to pypsrp's own deserializer. Does nothing otherwise.
+#[test]
+fn dump_messages_for_pypsrp() {
+    let Ok(dir) = std::env::var("KEYHOLE_PSRP_DUMP") else {
+        return;
+    };
+    let status = Value::Enum(keyhole::engine::EnumValue {
+        type_names: vec![
+            "System.ServiceProcess.ServiceControllerStatus".into(),
+            "System.Enum".into(),
+            "System.ValueType".into(),
+            "System.Object".into(),
+        ],
+        name: "Running".into(),
+        value: 4,
+    });
+    let mut svc = PsObject::new("System.ServiceProcess.ServiceController");
+    svc.push("Name", "sshd");
+    svc.push("Status", status);
+    svc.to_string = Some("System.ServiceProcess.ServiceController".into());
+    let when = chrono::DateTime::parse_from_rfc3339("2024-01-02T03:04:05.5+01:00").unwrap();
+    let engine = FakeEngine {
+        steps: std::sync::Arc::new(std::sync::Mutex::new(vec![
+            Step::ok(vec![
+                Event::Output(sv("line\r\nwith _x0041_ <xml> & stuff")),
+                Event::Output(Value::Int(42)),
+                Event::Output(Value::Int(1 << 40)),
+                Event::Output(Value::Double(2.5)),
+                Event::Output(Value::Bool(true)),
+                Event::Output(Value::Null),
+                Event::Output(Value::DateTime(when)),
+                Event::Output(Value::TimeSpan(std::time::Duration::from_millis(3_723_500))),
+                Event::Output(PsObject::custom().with("Name", "foo").with("Value", 1).into_value()),
+                Event::Output(svc.into_value()),
+                Event::Output(Value::Array(vec![sv("a"), Value::Int(2)])),
+                Event::Output(Value::Dict(vec![("k".into(), sv("v"))])),
+                Event::Error(
+                    ErrorRecord::new("Cannot find a service with name 'x'.", "NoServiceFoundForGivenName,Get-Service", ErrorCategory::ObjectNotFound)
+                        .target("x"),
+                ),
+                Event::Warning("warn".into()),
+                Event::Verbose("verb".into()),
+                Event::Debug("dbg".into()),
+                Event::Information("info".into()),
+            ]),
+            Step {
+                events: vec![],
+                outcome: RunOutcome::Refused(Refusal {
+                    message: "The syntax is not supported by this runspace. This can occur if the runspace is in no-language mode.".into(),
+                    id: "ScriptsNotAllowed".into(),
+                    category: ErrorCategory::ParserError,
+                    column: Some(3),
+                }),
+                wait_cancel: false,
+            },
+        ])),
+        calls: Default::default(),
+        visible: vec![
+            VisibleCommand {
+                decl: CommandDecl::cmdlet("Get-Service", "keyhole", "")
+                    .param(ParamDecl::new("Name", ParamType::StringArray).alias("ServiceName"))
+                    .param(ParamDecl::new("Force", ParamType::Switch))
+                    .outputs("System.ServiceProcess.ServiceController"),
+                resolved: None,
+            },
+            VisibleCommand {
+                decl: CommandDecl { kind: keyhole::engine::CommandKind::Application, ..CommandDecl::cmdlet("uptime", "", "") },
+                resolved: None,
+            },
+        ],
+    };
+    let mut client = Client::default();
+    let (mut shell, mut r) = open(engine, &mut client, 153_600);
+    let mut all = Vec::new();
+    // pool messages again, for pypsrp: open() consumed them, so rebuild them from a second shell
+    {
+        let mut c2 = Client::default();
+        let mut s2 = PsrpShell::new(FakeEngine::default(), "alice");
+        let mut xml = c2.encode(T::SessionCapability, [0; 16], CAPABILITY);
+        xml.extend(c2.encode(T::InitRunspacePool, [0; 16], INIT));
+        s2.on_create(&CreateRequest {
+            creation_xml: Some(xml),
+            max_envelope_size: 153_600,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut r2 = Reassembler::new();
+        all.extend(decode(&mut r2, &s2.receive(None).unwrap()));
+    }
+    let xml = create_pipeline_xml(true, &[command_xml("Get-Service", false, &[])]);
+    command(&mut shell, &mut client, CID, T::CreatePipeline, &xml).unwrap();
+    all.extend(receive_until_state(&mut shell, &mut r, CID).0);
+    let c2 = "B1B2C3D4-0000-4000-8000-000000000003";
+    command(
+        &mut shell,
+        &mut client,
+        c2,
+        T::CreatePipeline,
+        &create_pipeline_xml(true, &[command_xml("$x = 1", true, &[])]),
+    )
+    .unwrap();
+    all.extend(receive_until_state(&mut shell, &mut r, c2).0);
+    let c3 = "B1B2C3D4-0000-4000-8000-000000000004";
+    let meta = r#"<Obj RefId="0"><MS><Obj N="Name" RefId="1"><TN RefId="0"><T>System.String[]</T><T>System.Array</T><T>System.Object</T></TN><LST><S>*</S></LST></Obj><I32 N="CommandType">511</I32><Nil N="Namespace" /><Nil N="ArgumentList" /></MS></Obj>"#;
+    command(&mut shell, &mut client, c3, T::GetCommandMetadata, meta).unwrap();
+    all.extend(receive_until_state(&mut shell, &mut r, c3).0);
+    let d = client.encode(
+        T::SetMaxRunspaces,
+        [0; 16],
+        r#"<Obj RefId="0"><MS><I32 N="MaxRunspaces">5</I32><I64 N="CI">1</I64></MS></Obj>"#,
+    );
+    shell.send(None, "stdin", d, false).unwrap();
+    all.extend(decode(&mut r, &shell.receive(None).unwrap()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, m) in all.iter().enumerate() {
+        std::fs::write(format!("{dir}/{i:03}.bin"), m.encode()).unwrap();
+    }
+}
