@@ -576,6 +576,8 @@ pub struct PsrpShell<E: PsrpEngine = Session> {
     shared: Shared<E>,
     visible: Vec<VisibleCommand>,
     identity: PsrpIdentity,
+    /// Dropped with the shell (the opener's session slot, transcript, audit "session end").
+    _guard: Option<Box<dyn Send>>,
 }
 
 fn malformed(e: ProtocolError) -> ShellError {
@@ -611,11 +613,18 @@ impl<E: PsrpEngine> PsrpShell<E> {
                 engine: Arc::new(Mutex::new(engine)),
             },
             visible,
+            _guard: None,
             identity: PsrpIdentity {
                 user: user.to_string(),
                 computer: hostname(),
             },
         }
+    }
+
+    /// Keep `guard` alive as long as the shell (e.g. `SessionGrant::guard`).
+    pub fn with_guard(mut self, guard: Option<Box<dyn Send>>) -> Self {
+        self._guard = guard;
+        self
     }
 
     /// The pool's state name (for logs and tests).
@@ -1247,5 +1256,105 @@ impl<E: PsrpEngine> Drop for PsrpShell<E> {
         for p in inner.pipes.values() {
             p.cancel.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signal_codes_from_the_wsman_layer() {
+        for c in [
+            "ps_crtl_c",
+            "ctrl_c",
+            "terminate",
+            "http://schemas.microsoft.com/powershell/signal/crtl_c",
+        ] {
+            assert!(is_stop_signal(c), "{c}");
+        }
+        assert!(!is_stop_signal("ps_nope"));
+    }
+
+    #[test]
+    fn pool_state_machine_orders_negotiation() {
+        let cap = Message::new(
+            Destination::Server,
+            MessageType::SessionCapability,
+            [1; 16],
+            [0; 16],
+            objects::session_capability().into_bytes(),
+        );
+        let init = Message::new(
+            Destination::Server,
+            MessageType::InitRunspacePool,
+            [1; 16],
+            [0; 16],
+            br#"<Obj RefId="0"><MS><I32 N="MinRunspaces">1</I32><I32 N="MaxRunspaces">2</I32></MS></Obj>"#.to_vec(),
+        );
+        let e = RunspacePool::BeforeOpen.handle(&init).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "PSRP: INIT_RUNSPACEPOOL is invalid in state BeforeOpen"
+                .replace("INIT_RUNSPACEPOOL", "InitRunspacePool")
+        );
+        let (s, out) = RunspacePool::BeforeOpen.handle(&cap).unwrap();
+        assert!(matches!(
+            out.as_slice(),
+            [PoolOutput::Send {
+                message_type: MessageType::SessionCapability,
+                zero_rpid: true,
+                ..
+            }]
+        ));
+        let (s, out) = s.handle(&init).unwrap();
+        assert_eq!(s, RunspacePool::Opened { min: 1, max: 2 });
+        assert_eq!(out.len(), 2);
+        assert!(s.handle(&cap).is_err());
+    }
+
+    #[test]
+    fn pipeline_state_machine() {
+        let plan = Plan::Segments(Vec::new(), Merge::default());
+        let (p, a) = Pipeline::AwaitingCreate
+            .handle(PipelineEvent::Created {
+                plan: plan.clone(),
+                no_input: false,
+            })
+            .unwrap();
+        assert!(a.is_empty());
+        let (p, a) = p.handle(PipelineEvent::Stop).unwrap();
+        assert_eq!(p, Pipeline::Done(InvocationState::Stopped));
+        assert_eq!(a, vec![PipelineAction::SendState(InvocationState::Stopped)]);
+        let (p, _) = Pipeline::AwaitingCreate
+            .handle(PipelineEvent::Created {
+                plan,
+                no_input: true,
+            })
+            .unwrap();
+        assert_eq!(p, Pipeline::Running);
+        let (p, a) = p.handle(PipelineEvent::Stop).unwrap();
+        assert_eq!(
+            (p.clone(), a),
+            (Pipeline::Stopping, vec![PipelineAction::Cancel])
+        );
+        let (p, _) = p
+            .handle(PipelineEvent::Finished(InvocationState::Completed))
+            .unwrap();
+        assert_eq!(p, Pipeline::Done(InvocationState::Stopped));
+        let input = Message::new(
+            Destination::Server,
+            MessageType::PipelineInput,
+            [0; 16],
+            [0; 16],
+            b"<S>x</S>".to_vec(),
+        );
+        let e = p.handle(PipelineEvent::Input(input)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("PipelineInput is invalid in state Done"),
+            "{e}"
+        );
     }
 }
