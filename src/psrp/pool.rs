@@ -636,11 +636,23 @@ impl<E: PsrpEngine> PsrpShell<E> {
     fn feed(&mut self, cid: Option<&str>, data: &[u8]) -> Result<(), ShellError> {
         let messages = {
             let mut inner = lock(&self.shared.inner);
-            inner.reassembler.push_bytes(data).map_err(malformed)?
+            inner.reassembler.push_bytes(data).map_err(|e| {
+                tracing::warn!(command_id = cid.unwrap_or("-"), error = %e, "PSRP fragments refused");
+                malformed(e)
+            })?
         };
         for bytes in messages {
             let msg = Message::decode(&bytes).map_err(malformed)?;
-            self.dispatch(cid, msg)?;
+            let t = msg.message_type;
+            tracing::debug!(
+                message = t.name(),
+                command_id = cid.unwrap_or("-"),
+                "PSRP message from client"
+            );
+            if let Err(e) = self.dispatch(cid, msg) {
+                tracing::warn!(message = t.name(), command_id = cid.unwrap_or("-"), error = %e, "PSRP message refused");
+                return Err(e);
+            }
         }
         Ok(())
     }

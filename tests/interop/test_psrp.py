@@ -35,10 +35,7 @@ def wsman(server):
 @pytest.fixture
 def client(server):
     host, port = _host_port(server)
-    return Client(
-        host, port=port, username=USER, password=PASSWORD, ssl=False, auth="basic", encryption="never",
-        configuration_name=CONFIGURATION,
-    )
+    return Client(host, port=port, username=USER, password=PASSWORD, ssl=False, auth="basic", encryption="never")
 
 
 def test_pool_opens_and_closes(wsman):
@@ -81,7 +78,7 @@ def test_script_text_outside_the_language_is_refused(wsman):
 
 
 def test_execute_ps_refusal(client):
-    out, streams, had_errors = client.execute_ps("$env:PATH")
+    out, streams, had_errors = client.execute_ps("$env:PATH", configuration_name=CONFIGURATION)
     assert had_errors
     assert out == ""
     assert streams.error
@@ -90,7 +87,7 @@ def test_execute_ps_refusal(client):
 def test_execute_ps_runs_a_granted_line(client, engine_ready):
     if not engine_ready:
         pytest.skip("the engine does not run granted commands yet (stub session)")
-    out, streams, had_errors = client.execute_ps("Get-Date")
+    out, streams, had_errors = client.execute_ps("Get-Date", configuration_name=CONFIGURATION)
     assert not had_errors, [str(e) for e in streams.error]
     assert out.strip()
 
