@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 use crate::engine::Command;
 
+pub mod objects;
+pub mod programs;
+pub mod proxies;
+
 /// Every cmdlet keyhole itself provides; role capabilities may grant these (and wildcards match
 /// only these). The restricted proxies are present in every restricted-remote-server session.
 pub const BUILTIN_CMDLETS: &[&str] = &[
@@ -79,7 +83,10 @@ pub const NEVER_PROVIDED: &[&str] = &[
 
 /// Every built-in command object.
 pub fn all_builtins() -> Vec<Arc<dyn Command>> {
-    Vec::new()
+    let mut v: Vec<Arc<dyn Command>> = Vec::new();
+    v.extend(proxies::commands());
+    v.extend(objects::commands());
+    v
 }
 
 /// The built-in command of that name (case-insensitive).

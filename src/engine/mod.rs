@@ -6,10 +6,17 @@
 pub mod command;
 pub mod value;
 
+mod bind;
+pub mod format;
+mod pipeline;
+mod session;
+mod table;
+
+pub use session::Session;
+
 pub use command::*;
 pub use value::*;
 
-use crate::capability::EffectiveCapability;
 use crate::config::SessionType;
 
 /// Records what a session does (transcripts). Every method is called *before* the thing it
@@ -119,77 +126,3 @@ pub struct SessionOptions {
     pub host: HostEnv,
 }
 
-/// A session: one user's command table in one endpoint. Lines run one at a time.
-pub struct Session {
-    #[allow(dead_code)]
-    opts: SessionOptions,
-    audit: Box<dyn Audit>,
-    visible: Vec<VisibleCommand>,
-}
-
-impl Session {
-    /// Build the command table from the effective capability, and nothing else.
-    pub fn new(_cap: &EffectiveCapability, opts: SessionOptions, audit: Box<dyn Audit>) -> Session {
-        Session { opts, audit, visible: Vec::new() }
-    }
-
-    /// Parse, check and run one line of the language (SPEC §4.1).
-    pub fn run_line(&mut self, line: &str, _sink: &mut dyn EventSink, _cancel: &CancelToken) -> RunOutcome {
-        let _ = self.audit.line(line);
-        RunOutcome::Refused(Refusal {
-            message: "not implemented yet".into(),
-            id: "NotImplemented".into(),
-            category: ErrorCategory::NotImplemented,
-            column: None,
-        })
-    }
-
-    /// Run structured pipelines (PSRP, IsScript false): statements run in order; `input` feeds
-    /// the first command of the first statement.
-    pub fn run_structured(
-        &mut self,
-        _statements: &[StructuredPipeline],
-        _input: Vec<Value>,
-        _sink: &mut dyn EventSink,
-        _cancel: &CancelToken,
-    ) -> RunOutcome {
-        RunOutcome::Completed { had_errors: false }
-    }
-
-    /// The commands this session can see (Get-Command, GET_COMMAND_METADATA).
-    pub fn visible(&self) -> &[VisibleCommand] {
-        &self.visible
-    }
-}
-
-pub mod format {
-    //! Out-Default text formatting.
-    use super::Value;
-
-    /// Streaming formatter: feed values in order, get text (tables for up to four properties,
-    /// lists otherwise, a header each time the shape changes).
-    #[derive(Default)]
-    pub struct Formatter {}
-
-    impl Formatter {
-        pub fn new() -> Self {
-            Formatter {}
-        }
-        /// Text for this value (may include a table header).
-        pub fn push(&mut self, v: &Value) -> String {
-            format!("{}\n", v.to_ps_string())
-        }
-        /// Text to end the stream (trailing blank line of a table, ...).
-        pub fn finish(&mut self) -> String {
-            String::new()
-        }
-    }
-
-    /// Format a whole list of values as Out-Default would.
-    pub fn format_values(values: &[Value]) -> String {
-        let mut f = Formatter::new();
-        let mut s: String = values.iter().map(|v| f.push(v)).collect();
-        s.push_str(&f.finish());
-        s
-    }
-}
