@@ -6,7 +6,7 @@
 pub mod command;
 pub mod value;
 
-mod bind;
+pub(crate) mod bind;
 pub mod format;
 mod pipeline;
 mod session;
