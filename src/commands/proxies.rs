@@ -17,6 +17,8 @@ use crate::engine::{
 pub const CORE: &str = "Microsoft.PowerShell.Core";
 /// Module name of the utility commands.
 pub const UTILITY: &str = "Microsoft.PowerShell.Utility";
+/// Longest name Get-Help accepts (as PowerShell's restricted proxy).
+pub const MAX_HELP_NAME: usize = 100;
 /// Most objects Select-Object -Unique / -Last keeps in memory.
 pub const MAX_BUFFERED_OBJECTS: usize = 100_000;
 
@@ -76,7 +78,9 @@ pub fn commands() -> Vec<Arc<dyn Command>> {
                     let mut p = ParamDecl::new("Name", ParamType::String)
                         .position(0)
                         .help("Name of a command (wildcards list matching commands).");
-                    p.patterns = vec![r"[-._:\\\p{Ll}\p{Lu}\p{Lt}\p{Lo}\p{Nd}\p{Lm}*?]{1,100}".to_string()];
+                    // PowerShell's proxy says {1,100}; counted repetition of Unicode classes is too big
+                    // for the regex size limit, so the length is checked by Get-Help itself.
+                    p.patterns = vec![r"[-._:\\\p{Ll}\p{Lu}\p{Lt}\p{Lo}\p{Nd}\p{Lm}*?]+".to_string()];
                     p
                 })
                 .param(
@@ -425,6 +429,13 @@ impl Invocation for GetHelp {
         let cat_ok = |d: &CommandDecl| {
             cats.is_empty() || cats.iter().any(|c| c.eq_ignore_ascii_case("All") || c.eq_ignore_ascii_case(help_category(d.kind)))
         };
+        if args.string("Name").is_some_and(|n| n.chars().count() > MAX_HELP_NAME) {
+            return Err(ErrorRecord::new(
+                format!("Cannot validate argument on parameter 'Name'. The argument is longer than {MAX_HELP_NAME} characters."),
+                "ParameterArgumentValidationError,Get-Help",
+                ErrorCategory::InvalidArgument,
+            ));
+        }
         let Some(name) = args.string("Name") else {
             let mut s = String::from("\nTOPIC\n    keyhole restricted session\n\nSHORT DESCRIPTION\n    This session runs only the commands listed below, with literal arguments.\n    Type Get-Help <command> for the help of one command.\n\nCOMMANDS\n");
             for v in ctx.visible.iter().filter(|v| cat_ok(&v.decl)) {
