@@ -360,8 +360,8 @@ fn run_line_cases() {
     assert_eq!(o, RunOutcome::Completed { had_errors: false });
     let (o, ev) = line(&mut s, "Write-Output cups; Write-Output sshd");
     let r = refused(&o);
-    assert_eq!(r.column, Some(32));
-    assert!(r.message.contains("(at column 32)"), "{}", r.message);
+    assert_eq!(r.column, Some(33));
+    assert!(r.message.contains("(at column 33)"), "{}", r.message);
     assert!(ev.is_empty(), "the first statement did not run");
     let (o, _) = line(&mut s, "Get-Date -Format:'yyyy' -ErrorAction:SilentlyContinue");
     assert_eq!(o, RunOutcome::Completed { had_errors: false });
