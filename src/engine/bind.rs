@@ -573,33 +573,43 @@ pub(crate) fn bind_input(entry: &Entry, cmdline: &BoundArgs, input: &Value) -> R
     let free = |p: &&ParamSpec| !cmdline.has(&p.decl.name);
     let mut args = cmdline.clone();
     let mut bound: Vec<&ParamSpec> = Vec::new();
+    let is_obj = matches!(input, Value::Object(_) | Value::Dict(_));
+    let any_type = |p: &ParamSpec| matches!(p.decl.ty, ParamType::Object | ParamType::ObjectArray);
+    // Order: ByValue to a typed parameter without conversion, then ByPropertyName (so a
+    // constrained -Name is what binds an object's Name), then ByValue to an untyped
+    // (object) parameter, then ByValue with conversion for scalars.
     if let Some(p) = entry
         .params
         .iter()
         .filter(free)
-        .find(|p| p.decl.pipeline.by_value && accepts_without_conversion(p.decl.ty, input))
+        .find(|p| p.decl.pipeline.by_value && !any_type(p) && accepts_without_conversion(p.decl.ty, input))
     {
         let v = convert(input, p.decl.ty).map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
         args.set(&p.decl.name, v);
         bound.push(p);
-    } else {
-        let is_obj = matches!(input, Value::Object(_) | Value::Dict(_));
-        if is_obj {
-            for p in entry.params.iter().filter(free).filter(|p| p.decl.pipeline.by_property_name) {
-                let prop = std::iter::once(&p.decl.name).chain(p.decl.aliases.iter()).find_map(|n| input.property(n));
-                if let Some(pv) = prop {
-                    let v = convert(pv, p.decl.ty).map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
-                    args.set(&p.decl.name, v);
-                    bound.push(p);
-                }
+    }
+    if bound.is_empty() && is_obj {
+        for p in entry.params.iter().filter(free).filter(|p| p.decl.pipeline.by_property_name) {
+            let prop = std::iter::once(&p.decl.name).chain(p.decl.aliases.iter()).find_map(|n| input.property(n));
+            if let Some(pv) = prop {
+                let v = convert(pv, p.decl.ty).map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
+                args.set(&p.decl.name, v);
+                bound.push(p);
             }
         }
-        if bound.is_empty() && !is_obj {
-            if let Some(p) = entry.params.iter().filter(free).find(|p| p.decl.pipeline.by_value) {
-                if let Ok(v) = convert(input, p.decl.ty) {
-                    args.set(&p.decl.name, v);
-                    bound.push(p);
-                }
+    }
+    if bound.is_empty() {
+        if let Some(p) = entry.params.iter().filter(free).find(|p| p.decl.pipeline.by_value && any_type(p)) {
+            let v = convert(input, p.decl.ty).map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
+            args.set(&p.decl.name, v);
+            bound.push(p);
+        }
+    }
+    if bound.is_empty() && !is_obj {
+        if let Some(p) = entry.params.iter().filter(free).find(|p| p.decl.pipeline.by_value) {
+            if let Ok(v) = convert(input, p.decl.ty) {
+                args.set(&p.decl.name, v);
+                bound.push(p);
             }
         }
     }

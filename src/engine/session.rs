@@ -370,3 +370,175 @@ fn out_string_stream() -> Option<Stage> {
     bound.audit.set("Stream", Value::Bool(true));
     Some(Stage { entry, bound, inv: None })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::capability::EffectiveCapability;
+    use crate::config::SessionType;
+    use crate::engine::{
+        BoundArgs, Command, CommandDecl, Ctx, Event, HostEnv, Invocation, NoAudit, ParamDecl, ParamType, PsObject, VecSink,
+    };
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    struct Fake {
+        decl: CommandDecl,
+        log: Log,
+        fail: bool,
+    }
+    struct FakeRun {
+        name: String,
+        log: Log,
+        fail: bool,
+    }
+    impl Invocation for FakeRun {
+        fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, input: Option<Value>) -> Result<(), ErrorRecord> {
+            if self.fail {
+                return Err(ErrorRecord::new("boom", "Boom", ErrorCategory::NotSpecified));
+            }
+            match input {
+                None => {
+                    for i in 0..3 {
+                        self.log.lock().unwrap().push(format!("{} emits {i}", self.name));
+                        ctx.output(Value::Int(i));
+                    }
+                }
+                Some(v) => {
+                    let name = args.strings("Name").join(",");
+                    self.log.lock().unwrap().push(format!("{} got {} name={name}", self.name, v.to_ps_string()));
+                    ctx.output(v);
+                }
+            }
+            Ok(())
+        }
+    }
+    impl Command for Fake {
+        fn decl(&self) -> &CommandDecl {
+            &self.decl
+        }
+        fn start(&self, _args: &BoundArgs) -> Box<dyn Invocation> {
+            Box::new(FakeRun { name: self.decl.name.clone(), log: self.log.clone(), fail: self.fail })
+        }
+    }
+
+    fn session() -> (Session, Log) {
+        let host = HostEnv {
+            run_as: "nobody".into(),
+            command_timeout: Duration::from_secs(1),
+            max_output_bytes: 1000,
+            endpoint: "e".into(),
+            user: "u".into(),
+            groups: Vec::new(),
+        };
+        let mut s = Session::new(
+            &EffectiveCapability::default(),
+            SessionOptions { session_type: SessionType::Empty, host },
+            Box::new(NoAudit),
+        );
+        let log: Log = Arc::default();
+        for (name, state, fail) in [("Restart-Thing", true, false), ("Emit-Thing", false, false), ("Fail-Thing", false, true)] {
+            let mut decl = CommandDecl::cmdlet(name, "Test", "test").param(
+                ParamDecl::new("Name", ParamType::StringArray).position(0).by_property_name().alias("ServiceName"),
+            );
+            decl = decl.param(ParamDecl::new("InputObject", ParamType::Object).by_value());
+            if state {
+                decl = decl.changes_state();
+            }
+            let cmd: Arc<dyn Command> = Arc::new(Fake { decl, log: log.clone(), fail });
+            s.table.entries.push(apply_grant(cmd, &ParamsGrant::All));
+        }
+        (s, log)
+    }
+
+    fn sc(name: &str, args: Vec<(Option<&str>, Option<Value>)>) -> StructuredCommand {
+        StructuredCommand {
+            name: name.into(),
+            args: args.into_iter().map(|(n, v)| CommandArg { name: n.map(str::to_string), value: v }).collect(),
+        }
+    }
+
+    fn run(s: &mut Session, p: Vec<Vec<StructuredCommand>>, input: Vec<Value>) -> (RunOutcome, Vec<Event>) {
+        let mut sink = VecSink::default();
+        let st: Vec<StructuredPipeline> = p.into_iter().map(|commands| StructuredPipeline { commands }).collect();
+        let o = s.run_structured(&st, input, &mut sink, &CancelToken::new());
+        (o, sink.0)
+    }
+
+    #[test]
+    fn whatif_never_calls_the_command() {
+        let (mut s, log) = session();
+        let names = Value::Array(vec!["a".into(), "b".into()]);
+        let (o, ev) = run(&mut s, vec![vec![sc("Restart-Thing", vec![(None, Some(names)), (Some("WhatIf"), None)])]], vec![]);
+        assert_eq!(o, RunOutcome::Completed { had_errors: false });
+        assert!(log.lock().unwrap().is_empty());
+        assert_eq!(
+            ev,
+            vec![Event::Information("What if: Performing the operation \"Restart-Thing\" on target \"a, b\".".into())]
+        );
+        // -Confirm:$false is accepted on a state-changing command and the command runs
+        let (o, _) = run(&mut s, vec![vec![sc("Restart-Thing", vec![(Some("Confirm"), Some(Value::Bool(false)))])]], vec![]);
+        assert_eq!(o, RunOutcome::Completed { had_errors: false });
+        assert_eq!(log.lock().unwrap().len(), 3);
+        // ... but not on one that changes nothing
+        let (o, _) = run(&mut s, vec![vec![sc("Emit-Thing", vec![(Some("WhatIf"), None)])]], vec![]);
+        assert!(matches!(o, RunOutcome::Refused(r) if r.id == "NamedParameterNotFound,Emit-Thing"));
+    }
+
+    #[test]
+    fn objects_stream_from_stage_to_stage() {
+        let (mut s, log) = session();
+        let (o, ev) = run(&mut s, vec![vec![sc("Emit-Thing", vec![]), sc("Restart-Thing", vec![])]], vec![]);
+        assert_eq!(o, RunOutcome::Completed { had_errors: false });
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![
+                "Emit-Thing emits 0",
+                "Restart-Thing got 0 name=",
+                "Emit-Thing emits 1",
+                "Restart-Thing got 1 name=",
+                "Emit-Thing emits 2",
+                "Restart-Thing got 2 name=",
+            ]
+        );
+        assert_eq!(ev.len(), 3);
+    }
+
+    #[test]
+    fn by_property_name_binding_uses_names_and_aliases() {
+        let (mut s, log) = session();
+        let a = PsObject::new("T").with("Name", "nginx").into_value();
+        let b = PsObject::new("T").with("ServiceName", "cups").into_value();
+        let (o, _) = run(&mut s, vec![vec![sc("Restart-Thing", vec![])]], vec![a, b]);
+        assert_eq!(o, RunOutcome::Completed { had_errors: false });
+        let l = log.lock().unwrap();
+        assert!(l[0].ends_with("name=nginx") && l[1].ends_with("name=cups"), "{l:?}");
+    }
+
+    #[test]
+    fn terminating_error_stops_the_line() {
+        let (mut s, log) = session();
+        let (o, ev) = run(&mut s, vec![vec![sc("Fail-Thing", vec![])], vec![sc("Emit-Thing", vec![])]], vec![]);
+        match o {
+            RunOutcome::Failed(r) => assert!(r.terminating && r.message == "boom"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ev.len(), 1);
+        assert!(log.lock().unwrap().is_empty(), "the second statement did not run");
+    }
+
+    #[test]
+    fn structured_rendering_for_the_transcript() {
+        let p = StructuredPipeline {
+            commands: vec![
+                sc("Get-Service", vec![(Some("Name"), Some(Value::Array(vec!["a b".into(), "c".into()])))]),
+                sc("Select-Object", vec![(None, Some("Name".into())), (Some("Unique"), None)]),
+            ],
+        };
+        assert_eq!(render_structured(&[p]), "Get-Service -Name 'a b',c | Select-Object Name -Unique");
+    }
+}
