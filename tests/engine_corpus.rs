@@ -11,15 +11,25 @@ use support::*;
 
 #[test]
 fn refused_corpus() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus/engine_refused.txt")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/corpus/engine_refused.txt"
+    ))
+    .unwrap();
     let cases: Vec<(&str, &str)> = text
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|l| l.split_once('\t').unwrap_or_else(|| panic!("no tab in corpus line {l:?}")))
+        .map(|l| {
+            l.split_once('\t')
+                .unwrap_or_else(|| panic!("no tab in corpus line {l:?}"))
+        })
         .collect();
     assert!(cases.len() >= 40, "the corpus needs at least 40 lines");
     if !parser_ready() {
-        eprintln!("refused_corpus skipped: lang::parse is still the placeholder ({} lines waiting)", cases.len());
+        eprintln!(
+            "refused_corpus skipped: lang::parse is still the placeholder ({} lines waiting)",
+            cases.len()
+        );
         return;
     }
     let mut failures = Vec::new();
@@ -31,8 +41,16 @@ fn refused_corpus() {
             _ => false,
         };
         if !ok || !events.is_empty() || !rec.lock().unwrap().commands.is_empty() {
-            failures.push(format!("{line_text:?}: expected {expected:?}, got {outcome:?} with {} events", events.len()));
+            failures.push(format!(
+                "{line_text:?}: expected {expected:?}, got {outcome:?} with {} events",
+                events.len()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} corpus lines not refused as expected:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} corpus lines not refused as expected:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

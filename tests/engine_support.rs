@@ -8,27 +8,43 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyhole::capability::{
-    CommandGrant, EffectiveCapability, ExternalGrant, FunctionGrant, ParamGrant, ParamsGrant, ValueConstraint,
+    CommandGrant, EffectiveCapability, ExternalGrant, FunctionGrant, ParamGrant, ParamsGrant,
+    ValueConstraint,
 };
 use keyhole::config::{
-    ExternalCommandDef, FunctionDef, FunctionParam, FunctionParamType, OutputFormat, ResolvedFunction, SessionType,
+    ExternalCommandDef, FunctionDef, FunctionParam, FunctionParamType, OutputFormat,
+    ResolvedFunction, SessionType,
 };
 use keyhole::engine::{
-    Audit, BoundArgs, CancelToken, CommandArg, Event, HostEnv, RunOutcome, Session, SessionOptions, StructuredCommand,
-    StructuredPipeline, Value, VecSink,
+    Audit, BoundArgs, CancelToken, CommandArg, Event, HostEnv, RunOutcome, Session, SessionOptions,
+    StructuredCommand, StructuredPipeline, Value, VecSink,
 };
 
 fn only(params: &[(&str, ValueConstraint)]) -> ParamsGrant {
     ParamsGrant::Only(
         params
             .iter()
-            .map(|(n, c)| (n.to_lowercase(), ParamGrant { name: n.to_string(), constraint: c.clone() }))
+            .map(|(n, c)| {
+                (
+                    n.to_lowercase(),
+                    ParamGrant {
+                        name: n.to_string(),
+                        constraint: c.clone(),
+                    },
+                )
+            })
             .collect(),
     )
 }
 
 fn grant(cap: &mut EffectiveCapability, name: &str, params: ParamsGrant) {
-    cap.cmdlets.insert(name.to_lowercase(), CommandGrant { name: name.to_string(), params });
+    cap.cmdlets.insert(
+        name.to_lowercase(),
+        CommandGrant {
+            name: name.to_string(),
+            params,
+        },
+    );
 }
 
 fn function(name: &str, params: Vec<(String, FunctionParam)>) -> ResolvedFunction {
@@ -50,7 +66,12 @@ fn function(name: &str, params: Vec<(String, FunctionParam)>) -> ResolvedFunctio
     }
 }
 
-fn fparam(ty: FunctionParamType, mandatory: bool, position: Option<u32>, pattern: Option<&str>) -> FunctionParam {
+fn fparam(
+    ty: FunctionParamType,
+    mandatory: bool,
+    position: Option<u32>,
+    pattern: Option<&str>,
+) -> FunctionParam {
     FunctionParam {
         ty,
         mandatory,
@@ -77,25 +98,72 @@ pub fn capability() -> EffectiveCapability {
         &mut cap,
         "Write-Output",
         only(&[
-            ("InputObject", ValueConstraint::Set(vec!["nginx".into(), "cups".into()])),
+            (
+                "InputObject",
+                ValueConstraint::Set(vec!["nginx".into(), "cups".into()]),
+            ),
             ("NoEnumerate", ValueConstraint::Any),
         ]),
     );
-    grant(&mut cap, "Get-Date", only(&[("Format", ValueConstraint::Any)]));
-    for c in ["Where-Object", "Sort-Object", "Format-Table", "Format-List", "Out-String", "ConvertTo-Json", "Get-Member"] {
+    grant(
+        &mut cap,
+        "Get-Date",
+        only(&[("Format", ValueConstraint::Any)]),
+    );
+    for c in [
+        "Where-Object",
+        "Sort-Object",
+        "Format-Table",
+        "Format-List",
+        "Out-String",
+        "ConvertTo-Json",
+        "Get-Member",
+    ] {
         grant(&mut cap, c, ParamsGrant::All);
     }
-    let site = function("Get-Site", vec![("Name".into(), fparam(FunctionParamType::String, true, Some(0), None))]);
+    let site = function(
+        "Get-Site",
+        vec![(
+            "Name".into(),
+            fparam(FunctionParamType::String, true, Some(0), None),
+        )],
+    );
     cap.functions.insert(
         "get-site".into(),
-        FunctionGrant { function: site, params: only(&[("Name", ValueConstraint::Patterns(vec!["acme-[a-z]+".into()]))]) },
+        FunctionGrant {
+            function: site,
+            params: only(&[(
+                "Name",
+                ValueConstraint::Patterns(vec!["acme-[a-z]+".into()]),
+            )]),
+        },
     );
     let disk = function(
         "Get-DiskUsage",
-        vec![("Mount".into(), fparam(FunctionParamType::String, false, Some(0), Some("/(srv|var)(/[a-z0-9_-]+)*")))],
+        vec![(
+            "Mount".into(),
+            fparam(
+                FunctionParamType::String,
+                false,
+                Some(0),
+                Some("/(srv|var)(/[a-z0-9_-]+)*"),
+            ),
+        )],
     );
-    cap.functions.insert("get-diskusage".into(), FunctionGrant { function: disk, params: ParamsGrant::All });
-    for (path, args) in [("/usr/bin/uptime", vec![]), ("/usr/bin/systemd-analyze", vec!["blame".to_string(), "time".to_string()])] {
+    cap.functions.insert(
+        "get-diskusage".into(),
+        FunctionGrant {
+            function: disk,
+            params: ParamsGrant::All,
+        },
+    );
+    for (path, args) in [
+        ("/usr/bin/uptime", vec![]),
+        (
+            "/usr/bin/systemd-analyze",
+            vec!["blame".to_string(), "time".to_string()],
+        ),
+    ] {
         cap.external.insert(
             path.into(),
             ExternalGrant {
@@ -111,7 +179,8 @@ pub fn capability() -> EffectiveCapability {
             },
         );
     }
-    cap.aliases.insert("wo".into(), ("wo".into(), "Write-Output".into()));
+    cap.aliases
+        .insert("wo".into(), ("wo".into(), "Write-Output".into()));
     cap.roles.push("TestRole".into());
     cap
 }
@@ -137,7 +206,11 @@ impl Audit for RecordingAudit {
         if self.1 {
             return Err(std::io::Error::other("disk full"));
         }
-        self.0.lock().unwrap().commands.push((name.to_string(), args.clone()));
+        self.0
+            .lock()
+            .unwrap()
+            .commands
+            .push((name.to_string(), args.clone()));
         Ok(())
     }
     fn refused(&mut self, reason: &str) -> std::io::Result<()> {
@@ -167,7 +240,14 @@ pub fn host() -> HostEnv {
 
 pub fn session_with(cap: &EffectiveCapability, ty: SessionType) -> (Session, Arc<Mutex<Record>>) {
     let rec = Arc::new(Mutex::new(Record::default()));
-    let s = Session::new(cap, SessionOptions { session_type: ty, host: host() }, Box::new(RecordingAudit(rec.clone(), false)));
+    let s = Session::new(
+        cap,
+        SessionOptions {
+            session_type: ty,
+            host: host(),
+        },
+        Box::new(RecordingAudit(rec.clone(), false)),
+    );
     (s, rec)
 }
 
@@ -177,7 +257,9 @@ pub fn session() -> (Session, Arc<Mutex<Record>>) {
 
 /// True once the real parser has landed (the placeholder parses everything to nothing).
 pub fn parser_ready() -> bool {
-    keyhole::lang::parse("Get-Date").map(|s| !s.statements.is_empty()).unwrap_or(false)
+    keyhole::lang::parse("Get-Date")
+        .map(|s| !s.statements.is_empty())
+        .unwrap_or(false)
 }
 
 pub fn line(s: &mut Session, text: &str) -> (RunOutcome, Vec<Event>) {
@@ -190,22 +272,55 @@ pub fn line(s: &mut Session, text: &str) -> (RunOutcome, Vec<Event>) {
 pub fn sc(name: &str, args: Vec<(Option<&str>, Option<Value>)>) -> StructuredCommand {
     StructuredCommand {
         name: name.to_string(),
-        args: args.into_iter().map(|(n, v)| CommandArg { name: n.map(str::to_string), value: v }).collect(),
+        args: args
+            .into_iter()
+            .map(|(n, v)| CommandArg {
+                name: n.map(str::to_string),
+                value: v,
+            })
+            .collect(),
     }
 }
 
-pub fn run(s: &mut Session, cmds: Vec<StructuredCommand>, input: Vec<Value>) -> (RunOutcome, Vec<Event>) {
+pub fn run(
+    s: &mut Session,
+    cmds: Vec<StructuredCommand>,
+    input: Vec<Value>,
+) -> (RunOutcome, Vec<Event>) {
     let mut sink = VecSink::default();
-    let out = s.run_structured(&[StructuredPipeline { commands: cmds }], input, &mut sink, &CancelToken::new());
+    let out = s.run_structured(
+        &[StructuredPipeline { commands: cmds }],
+        input,
+        &mut sink,
+        &CancelToken::new(),
+    );
     (out, sink.0)
 }
 
 pub fn outputs(events: &[Event]) -> Vec<Value> {
-    events.iter().filter_map(|e| if let Event::Output(v) = e { Some(v.clone()) } else { None }).collect()
+    events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Output(v) = e {
+                Some(v.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 pub fn errors(events: &[Event]) -> Vec<keyhole::engine::ErrorRecord> {
-    events.iter().filter_map(|e| if let Event::Error(r) = e { Some(r.clone()) } else { None }).collect()
+    events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Error(r) = e {
+                Some(r.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 pub fn st(v: &str) -> Option<Value> {

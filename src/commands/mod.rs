@@ -70,15 +70,58 @@ pub const DEFAULT_ALIASES: &[(&str, &str)] = &[
 
 /// Names keyhole never provides, whatever a file says (SPEC §4.3). Wildcards: `*` matches any run.
 pub const NEVER_PROVIDED: &[&str] = &[
-    "Import-Module", "ipmo", "Install-Module", "Add-PSSnapin", "*-Module", "*-PSSnapin",
-    "*-Job", "Start-Process", "saps", "start", "Invoke-Expression", "iex", "Invoke-Command", "icm",
-    "New-PSSession", "Enter-PSSession", "etsn", "*-PSSession", "Connect-PSSession", "Receive-PSSession",
-    "Add-Type", "New-Object", "Trace-Command", "Set-PSDebug", "*-PSBreakpoint", "Debug-*", "Wait-Debugger",
-    "Register-*Event", "*-PSDrive", "*-Item", "*-ItemProperty", "*-Content", "Set-Location", "Push-Location",
-    "Pop-Location", "*-Variable", "Get-ChildItem", "*-PSProvider", "*-RunspaceDebug", "*-Runspace",
-    "New-PSSessionConfigurationFile", "Register-PSSessionConfiguration", "Update-TypeData",
-    "Remove-TypeData", "Update-FormatData", "*-TypeData", "Invoke-Item", "Invoke-RestMethod",
-    "Invoke-WebRequest", "ForEach-Object", "%", "Invoke-Script",
+    "Import-Module",
+    "ipmo",
+    "Install-Module",
+    "Add-PSSnapin",
+    "*-Module",
+    "*-PSSnapin",
+    "*-Job",
+    "Start-Process",
+    "saps",
+    "start",
+    "Invoke-Expression",
+    "iex",
+    "Invoke-Command",
+    "icm",
+    "New-PSSession",
+    "Enter-PSSession",
+    "etsn",
+    "*-PSSession",
+    "Connect-PSSession",
+    "Receive-PSSession",
+    "Add-Type",
+    "New-Object",
+    "Trace-Command",
+    "Set-PSDebug",
+    "*-PSBreakpoint",
+    "Debug-*",
+    "Wait-Debugger",
+    "Register-*Event",
+    "*-PSDrive",
+    "*-Item",
+    "*-ItemProperty",
+    "*-Content",
+    "Set-Location",
+    "Push-Location",
+    "Pop-Location",
+    "*-Variable",
+    "Get-ChildItem",
+    "*-PSProvider",
+    "*-RunspaceDebug",
+    "*-Runspace",
+    "New-PSSessionConfigurationFile",
+    "Register-PSSessionConfiguration",
+    "Update-TypeData",
+    "Remove-TypeData",
+    "Update-FormatData",
+    "*-TypeData",
+    "Invoke-Item",
+    "Invoke-RestMethod",
+    "Invoke-WebRequest",
+    "ForEach-Object",
+    "%",
+    "Invoke-Script",
 ];
 
 /// Every built-in command object.
@@ -91,7 +134,9 @@ pub fn all_builtins() -> Vec<Arc<dyn Command>> {
 
 /// The built-in command of that name (case-insensitive).
 pub fn builtin(name: &str) -> Option<Arc<dyn Command>> {
-    all_builtins().into_iter().find(|c| c.decl().name.eq_ignore_ascii_case(name))
+    all_builtins()
+        .into_iter()
+        .find(|c| c.decl().name.eq_ignore_ascii_case(name))
 }
 
 /// Case-insensitive wildcard match with `*` (any run) and `?` (one char); used for names.

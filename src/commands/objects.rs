@@ -12,7 +12,8 @@ use super::proxies::{cmd, input_object, output_lines, UTILITY};
 use crate::engine::bind::parse_date;
 use crate::engine::format::{format_forced, Forced, Formatter};
 use crate::engine::{
-    BoundArgs, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, Invocation, ParamDecl, ParamType, PsObject, Value,
+    BoundArgs, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, Invocation, ParamDecl,
+    ParamType, PsObject, Value,
 };
 
 /// Most objects Sort-Object, Format-*, Out-String, ConvertTo-Json and Get-Member hold.
@@ -80,78 +81,159 @@ fn collect_decl(name: &str, synopsis: &str) -> CommandDecl {
 
 /// The object cmdlets.
 pub fn commands() -> Vec<Arc<dyn Command>> {
-    let mut where_decl = collect_decl("Where-Object", "Selects objects whose property compares to a value (comparison form only).")
-        .param(ParamDecl::new("Property", ParamType::String).position(0).help("The property to compare."))
-        .param(ParamDecl::new("Value", ParamType::Object).position(1).help("The value to compare with."))
-        .param(input_object("Objects to filter."));
+    let mut where_decl = collect_decl(
+        "Where-Object",
+        "Selects objects whose property compares to a value (comparison form only).",
+    )
+    .param(
+        ParamDecl::new("Property", ParamType::String)
+            .position(0)
+            .help("The property to compare."),
+    )
+    .param(
+        ParamDecl::new("Value", ParamType::Object)
+            .position(1)
+            .help("The value to compare with."),
+    )
+    .param(input_object("Objects to filter."));
     for (name, op, _) in OPERATORS {
-        let help = if *op == Op::Not { "True when the property is absent or false.".to_string() } else { format!("Compare with -{name}.") };
+        let help = if *op == Op::Not {
+            "True when the property is absent or false.".to_string()
+        } else {
+            format!("Compare with -{name}.")
+        };
         where_decl = where_decl.param(ParamDecl::new(name, ParamType::Switch).help(&help));
     }
     vec![
         cmd(where_decl, |_| Box::new(WhereObject { re: None })),
         cmd(
             collect_decl("Sort-Object", "Sorts objects by property values.")
-                .param(ParamDecl::new("Property", ParamType::StringArray).position(0).help("Properties to sort by."))
-                .param(ParamDecl::new("Descending", ParamType::Switch).help("Sort in descending order."))
+                .param(
+                    ParamDecl::new("Property", ParamType::StringArray)
+                        .position(0)
+                        .help("Properties to sort by."),
+                )
+                .param(
+                    ParamDecl::new("Descending", ParamType::Switch)
+                        .help("Sort in descending order."),
+                )
                 .param(ParamDecl::new("Unique", ParamType::Switch).help("Drop duplicates."))
-                .param(ParamDecl::new("CaseSensitive", ParamType::Switch).help("Compare strings case-sensitively."))
+                .param(
+                    ParamDecl::new("CaseSensitive", ParamType::Switch)
+                        .help("Compare strings case-sensitively."),
+                )
                 .param(input_object("Objects to sort.")),
             |_| Box::new(Collect::new(Kind::Sort)),
         ),
         cmd(
             collect_decl("Format-Table", "Formats objects as a table.")
-                .param(ParamDecl::new("Property", ParamType::StringArray).position(0).help("Properties to show (wildcards)."))
-                .param(ParamDecl::new("AutoSize", ParamType::Switch).help("Size columns to the data (always done)."))
-                .param(ParamDecl::new("Wrap", ParamType::Switch).help("Accepted for compatibility."))
+                .param(
+                    ParamDecl::new("Property", ParamType::StringArray)
+                        .position(0)
+                        .help("Properties to show (wildcards)."),
+                )
+                .param(
+                    ParamDecl::new("AutoSize", ParamType::Switch)
+                        .help("Size columns to the data (always done)."),
+                )
+                .param(
+                    ParamDecl::new("Wrap", ParamType::Switch).help("Accepted for compatibility."),
+                )
                 .param(input_object("Objects to format."))
                 .outputs("System.String"),
             |_| Box::new(Collect::new(Kind::Table)),
         ),
         cmd(
             collect_decl("Format-List", "Formats objects as a list of properties.")
-                .param(ParamDecl::new("Property", ParamType::StringArray).position(0).help("Properties to show (wildcards)."))
+                .param(
+                    ParamDecl::new("Property", ParamType::StringArray)
+                        .position(0)
+                        .help("Properties to show (wildcards)."),
+                )
                 .param(input_object("Objects to format."))
                 .outputs("System.String"),
             |_| Box::new(Collect::new(Kind::List)),
         ),
         cmd(
             collect_decl("Out-String", "Formats objects as text.")
-                .param(ParamDecl::new("Stream", ParamType::Switch).help("One string per line, as they are produced."))
+                .param(
+                    ParamDecl::new("Stream", ParamType::Switch)
+                        .help("One string per line, as they are produced."),
+                )
                 .param(ParamDecl::new("Width", ParamType::Int).help("Accepted for compatibility."))
                 .param(input_object("Objects to format."))
                 .outputs("System.String"),
-            |_| Box::new(OutString { fmt: Formatter::new(), values: Vec::new(), stream: None }),
+            |_| {
+                Box::new(OutString {
+                    fmt: Formatter::new(),
+                    values: Vec::new(),
+                    stream: None,
+                })
+            },
         ),
         cmd(
             collect_decl("ConvertTo-Json", "Converts objects to JSON.")
                 .param(input_object("Objects to convert.").position(0))
-                .param(ParamDecl::new("Depth", ParamType::Int).help("Levels of contained objects included (default 2)."))
+                .param(
+                    ParamDecl::new("Depth", ParamType::Int)
+                        .help("Levels of contained objects included (default 2)."),
+                )
                 .param(ParamDecl::new("Compress", ParamType::Switch).help("No white space."))
-                .param(ParamDecl::new("EnumsAsStrings", ParamType::Switch).help("Enums as their names."))
+                .param(
+                    ParamDecl::new("EnumsAsStrings", ParamType::Switch)
+                        .help("Enums as their names."),
+                )
                 .param(ParamDecl::new("AsArray", ParamType::Switch).help("Always output an array."))
                 .outputs("System.String"),
             |_| Box::new(Collect::new(Kind::Json)),
         ),
         cmd(
-            collect_decl("Get-Date", "Gets the current date and time, or formats a date.")
-                .param(ParamDecl::new("Date", ParamType::DateTime).position(0).by_value().alias("LastWriteTime").help("The date to use instead of now."))
-                .param(ParamDecl::new("Format", ParamType::String).help(".NET format string (yyyy-MM-dd HH:mm:ss, o, s, u, ...)."))
-                .param(ParamDecl::new("UFormat", ParamType::String).help("Unix format string (%Y-%m-%d ...)."))
-                .outputs("System.DateTime"),
+            collect_decl(
+                "Get-Date",
+                "Gets the current date and time, or formats a date.",
+            )
+            .param(
+                ParamDecl::new("Date", ParamType::DateTime)
+                    .position(0)
+                    .by_value()
+                    .alias("LastWriteTime")
+                    .help("The date to use instead of now."),
+            )
+            .param(
+                ParamDecl::new("Format", ParamType::String)
+                    .help(".NET format string (yyyy-MM-dd HH:mm:ss, o, s, u, ...)."),
+            )
+            .param(
+                ParamDecl::new("UFormat", ParamType::String)
+                    .help("Unix format string (%Y-%m-%d ...)."),
+            )
+            .outputs("System.DateTime"),
             |_| Box::new(GetDate),
         ),
         cmd(
             collect_decl("Get-Member", "Gets the properties and methods of objects.")
-                .param(ParamDecl::new("Name", ParamType::StringArray).position(0).help("Member names (wildcards)."))
+                .param(
+                    ParamDecl::new("Name", ParamType::StringArray)
+                        .position(0)
+                        .help("Member names (wildcards)."),
+                )
                 .param(input_object("Objects to inspect."))
                 .outputs("Microsoft.PowerShell.Commands.MemberDefinition"),
             |_| Box::new(Collect::new(Kind::Member)),
         ),
         cmd(
             collect_decl("Write-Output", "Writes objects to the pipeline.")
-                .param(ParamDecl::new("InputObject", ParamType::ObjectArray).position(0).by_value().mandatory().help("Objects to write."))
-                .param(ParamDecl::new("NoEnumerate", ParamType::Switch).help("Write a collection as one object.")),
+                .param(
+                    ParamDecl::new("InputObject", ParamType::ObjectArray)
+                        .position(0)
+                        .by_value()
+                        .mandatory()
+                        .help("Objects to write."),
+                )
+                .param(
+                    ParamDecl::new("NoEnumerate", ParamType::Switch)
+                        .help("Write a collection as one object."),
+                ),
             |_| Box::new(WriteOutput),
         ),
     ]
@@ -226,8 +308,16 @@ fn compare(left: &Value, right: &Value, cs: bool) -> Option<Ordering> {
         }
         Value::Bool(b) => {
             let r = match right {
-                Value::String(s) if s.eq_ignore_ascii_case("false") || s.eq_ignore_ascii_case("$false") => false,
-                Value::String(s) if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("$true") => true,
+                Value::String(s)
+                    if s.eq_ignore_ascii_case("false") || s.eq_ignore_ascii_case("$false") =>
+                {
+                    false
+                }
+                Value::String(s)
+                    if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("$true") =>
+                {
+                    true
+                }
                 other => truthy(other),
             };
             Some(b.cmp(&r))
@@ -360,28 +450,46 @@ struct WhereObject {
 }
 
 impl WhereObject {
+    #[allow(clippy::result_large_err)]
     fn regex(&mut self, pattern: &str, cs: bool) -> Result<&Regex, ErrorRecord> {
         let fresh = !matches!(&self.re, Some((p, c, _)) if p == pattern && *c == cs);
         if fresh {
-            let re = RegexBuilder::new(pattern).case_insensitive(!cs).size_limit(MAX_MATCH_REGEX).build().map_err(|e| {
-                ErrorRecord::new(
-                    format!("The regular expression pattern {pattern} is not valid: {e}"),
-                    "InvalidRegularExpression,Microsoft.PowerShell.Commands.WhereObjectCommand",
-                    ErrorCategory::InvalidArgument,
-                )
-            })?;
+            let re = RegexBuilder::new(pattern)
+                .case_insensitive(!cs)
+                .size_limit(MAX_MATCH_REGEX)
+                .build()
+                .map_err(|e| {
+                    ErrorRecord::new(
+                        format!("The regular expression pattern {pattern} is not valid: {e}"),
+                        "InvalidRegularExpression,Microsoft.PowerShell.Commands.WhereObjectCommand",
+                        ErrorCategory::InvalidArgument,
+                    )
+                })?;
             self.re = Some((pattern.to_string(), cs, re));
         }
         match &self.re {
             Some((_, _, re)) => Ok(re),
-            None => Err(ErrorRecord::new("internal: regex cache empty", "InvalidRegularExpression", ErrorCategory::NotSpecified)),
+            None => Err(ErrorRecord::new(
+                "internal: regex cache empty",
+                "InvalidRegularExpression",
+                ErrorCategory::NotSpecified,
+            )),
         }
     }
 }
 
 impl Invocation for WhereObject {
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, input: Option<Value>) -> Result<(), ErrorRecord> {
-        let ops: Vec<(Op, bool)> = OPERATORS.iter().filter(|(n, _, _)| args.switch(n)).map(|(_, o, c)| (*o, *c)).collect();
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
+        let ops: Vec<(Op, bool)> = OPERATORS
+            .iter()
+            .filter(|(n, _, _)| args.switch(n))
+            .map(|(_, o, c)| (*o, *c))
+            .collect();
         if ops.len() > 1 {
             return Err(ErrorRecord::new(
                 "Where-Object takes one comparison operator at a time (for example: Where-Object Status -eq Running).",
@@ -389,7 +497,9 @@ impl Invocation for WhereObject {
                 ErrorCategory::InvalidArgument,
             ));
         }
-        let Some(obj) = input_or_arg(args, input) else { return Ok(()) };
+        let Some(obj) = input_or_arg(args, input) else {
+            return Ok(());
+        };
         let Some(prop) = args.string("Property") else {
             return Err(ErrorRecord::new(
                 "Where-Object needs a property to compare (script blocks are not available in this session): Where-Object <Property> -eq <Value>.",
@@ -410,17 +520,37 @@ impl Invocation for WhereObject {
                         Value::Array(items) => items.iter().any(|l| !equal(l, &right, cs)),
                         l => !equal(l, &right, cs),
                     },
-                    Op::Gt => elements(&left).iter().any(|l| compare(l, &right, cs) == Some(Ordering::Greater)),
-                    Op::Ge => elements(&left).iter().any(|l| matches!(compare(l, &right, cs), Some(Ordering::Greater | Ordering::Equal))),
-                    Op::Lt => elements(&left).iter().any(|l| compare(l, &right, cs) == Some(Ordering::Less)),
-                    Op::Le => elements(&left).iter().any(|l| matches!(compare(l, &right, cs), Some(Ordering::Less | Ordering::Equal))),
-                    Op::Like => elements(&left).iter().any(|l| like(&right.to_ps_string(), &l.to_ps_string(), cs)),
-                    Op::NotLike => elements(&left).iter().any(|l| !like(&right.to_ps_string(), &l.to_ps_string(), cs)),
+                    Op::Gt => elements(&left)
+                        .iter()
+                        .any(|l| compare(l, &right, cs) == Some(Ordering::Greater)),
+                    Op::Ge => elements(&left).iter().any(|l| {
+                        matches!(
+                            compare(l, &right, cs),
+                            Some(Ordering::Greater | Ordering::Equal)
+                        )
+                    }),
+                    Op::Lt => elements(&left)
+                        .iter()
+                        .any(|l| compare(l, &right, cs) == Some(Ordering::Less)),
+                    Op::Le => elements(&left).iter().any(|l| {
+                        matches!(
+                            compare(l, &right, cs),
+                            Some(Ordering::Less | Ordering::Equal)
+                        )
+                    }),
+                    Op::Like => elements(&left)
+                        .iter()
+                        .any(|l| like(&right.to_ps_string(), &l.to_ps_string(), cs)),
+                    Op::NotLike => elements(&left)
+                        .iter()
+                        .any(|l| !like(&right.to_ps_string(), &l.to_ps_string(), cs)),
                     Op::Match | Op::NotMatch => {
                         let pattern = right.to_ps_string();
                         let re = self.regex(&pattern, cs)?;
                         let want = *op == Op::Match;
-                        elements(&left).iter().any(|l| re.is_match(&l.to_ps_string()) == want)
+                        elements(&left)
+                            .iter()
+                            .any(|l| re.is_match(&l.to_ps_string()) == want)
                     }
                     Op::Contains => elements(&left).iter().any(|l| equal(l, &right, cs)),
                     Op::NotContains => !elements(&left).iter().any(|l| equal(l, &right, cs)),
@@ -456,14 +586,21 @@ struct Collect {
 
 impl Collect {
     fn new(kind: Kind) -> Self {
-        Collect { kind, values: Vec::new(), args: None, warned: false }
+        Collect {
+            kind,
+            values: Vec::new(),
+            args: None,
+            warned: false,
+        }
     }
 }
 
 fn too_many(ctx: &mut Ctx<'_>, warned: &mut bool) {
     if !*warned {
         *warned = true;
-        ctx.warning(format!("More than {MAX_COLLECTED} objects: the rest are dropped."));
+        ctx.warning(format!(
+            "More than {MAX_COLLECTED} objects: the rest are dropped."
+        ));
     }
 }
 
@@ -474,8 +611,12 @@ fn sort_key_cmp(a: &Value, b: &Value, cs: bool) -> Ordering {
         (_, Value::Null) => Ordering::Greater,
         _ => {
             if let (Some(x), Some(y)) = (
-                matches!(a, Value::Int(_) | Value::Double(_) | Value::Enum(_)).then(|| number(a)).flatten(),
-                matches!(b, Value::Int(_) | Value::Double(_) | Value::Enum(_)).then(|| number(b)).flatten(),
+                matches!(a, Value::Int(_) | Value::Double(_) | Value::Enum(_))
+                    .then(|| number(a))
+                    .flatten(),
+                matches!(b, Value::Int(_) | Value::Double(_) | Value::Enum(_))
+                    .then(|| number(b))
+                    .flatten(),
             ) {
                 return x.partial_cmp(&y).unwrap_or(Ordering::Equal);
             }
@@ -500,17 +641,31 @@ fn sort_key_cmp(a: &Value, b: &Value, cs: bool) -> Ordering {
     }
 }
 
-fn sort_values(values: &mut Vec<Value>, props: &[String], descending: bool, unique: bool, cs: bool) {
+fn sort_values(
+    values: &mut Vec<Value>,
+    props: &[String],
+    descending: bool,
+    unique: bool,
+    cs: bool,
+) {
     let keys = |v: &Value| -> Vec<Value> {
         if props.is_empty() {
             vec![v.clone()]
         } else {
-            props.iter().map(|p| v.property(p).cloned().unwrap_or(Value::Null)).collect()
+            props
+                .iter()
+                .map(|p| v.property(p).cloned().unwrap_or(Value::Null))
+                .collect()
         }
     };
     let mut keyed: Vec<(Vec<Value>, Value)> = values.drain(..).map(|v| (keys(&v), v)).collect();
     keyed.sort_by(|(a, _), (b, _)| {
-        let o = a.iter().zip(b.iter()).map(|(x, y)| sort_key_cmp(x, y, cs)).find(|o| *o != Ordering::Equal).unwrap_or(Ordering::Equal);
+        let o = a
+            .iter()
+            .zip(b.iter())
+            .map(|(x, y)| sort_key_cmp(x, y, cs))
+            .find(|o| *o != Ordering::Equal)
+            .unwrap_or(Ordering::Equal);
         if descending {
             o.reverse()
         } else {
@@ -518,17 +673,28 @@ fn sort_values(values: &mut Vec<Value>, props: &[String], descending: bool, uniq
         }
     });
     if unique {
-        keyed.dedup_by(|(a, _), (b, _)| a.iter().zip(b.iter()).all(|(x, y)| sort_key_cmp(x, y, cs) == Ordering::Equal));
+        keyed.dedup_by(|(a, _), (b, _)| {
+            a.iter()
+                .zip(b.iter())
+                .all(|(x, y)| sort_key_cmp(x, y, cs) == Ordering::Equal)
+        });
     }
     values.extend(keyed.into_iter().map(|(_, v)| v));
 }
 
 impl Invocation for Collect {
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, input: Option<Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
         if self.args.is_none() {
             self.args = Some(args.clone());
         }
-        let Some(v) = input_or_arg(args, input) else { return Ok(()) };
+        let Some(v) = input_or_arg(args, input) else {
+            return Ok(());
+        };
         if self.values.len() >= MAX_COLLECTED {
             too_many(ctx, &mut self.warned);
             return Ok(());
@@ -541,7 +707,13 @@ impl Invocation for Collect {
         let mut values = std::mem::take(&mut self.values);
         match self.kind {
             Kind::Sort => {
-                sort_values(&mut values, &args.strings("Property"), args.switch("Descending"), args.switch("Unique"), args.switch("CaseSensitive"));
+                sort_values(
+                    &mut values,
+                    &args.strings("Property"),
+                    args.switch("Descending"),
+                    args.switch("Unique"),
+                    args.switch("CaseSensitive"),
+                );
                 for v in values {
                     ctx.output(v);
                 }
@@ -557,23 +729,42 @@ impl Invocation for Collect {
                 } else {
                     Some(props)
                 };
-                let text = format_forced(&values, Forced { table: self.kind == Kind::Table, props });
+                let text = format_forced(
+                    &values,
+                    Forced {
+                        table: self.kind == Kind::Table,
+                        props,
+                    },
+                );
                 output_lines(ctx, &text);
             }
             Kind::Json => {
                 let depth = args.int("Depth").unwrap_or(2).clamp(0, MAX_JSON_DEPTH);
                 let enums = args.switch("EnumsAsStrings");
                 let doc = if values.len() == 1 && !args.switch("AsArray") {
-                    values.first().map(|v| to_json(v, depth, enums)).unwrap_or(serde_json::Value::Null)
+                    values
+                        .first()
+                        .map(|v| to_json(v, depth, enums))
+                        .unwrap_or(serde_json::Value::Null)
                 } else {
-                    serde_json::Value::Array(values.iter().map(|v| to_json(v, depth, enums)).collect())
+                    serde_json::Value::Array(
+                        values.iter().map(|v| to_json(v, depth, enums)).collect(),
+                    )
                 };
                 if values.is_empty() && !args.switch("AsArray") {
                     return Ok(());
                 }
-                let text = if args.switch("Compress") { serde_json::to_string(&doc) } else { serde_json::to_string_pretty(&doc) };
+                let text = if args.switch("Compress") {
+                    serde_json::to_string(&doc)
+                } else {
+                    serde_json::to_string_pretty(&doc)
+                };
                 let text = text.map_err(|e| {
-                    ErrorRecord::new(format!("The objects could not be converted to JSON: {e}"), "JsonConversionFailed", ErrorCategory::InvalidData)
+                    ErrorRecord::new(
+                        format!("The objects could not be converted to JSON: {e}"),
+                        "JsonConversionFailed",
+                        ErrorCategory::InvalidData,
+                    )
                 })?;
                 ctx.output(Value::String(text));
             }
@@ -595,7 +786,9 @@ impl Invocation for Collect {
                     seen.push(tn.clone());
                     for m in members(v) {
                         let keep = names.is_empty()
-                            || m.get("Name").map(|n| names.iter().any(|p| like(p, &n.to_ps_string(), false))).unwrap_or(false);
+                            || m.get("Name")
+                                .map(|n| names.iter().any(|p| like(p, &n.to_ps_string(), false)))
+                                .unwrap_or(false);
                         if keep {
                             ctx.output(m.into_value());
                         }
@@ -616,9 +809,16 @@ struct OutString {
 }
 
 impl Invocation for OutString {
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, input: Option<Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
         let stream = *self.stream.get_or_insert(args.switch("Stream"));
-        let Some(v) = input_or_arg(args, input) else { return Ok(()) };
+        let Some(v) = input_or_arg(args, input) else {
+            return Ok(());
+        };
         if stream {
             let text = self.fmt.push(&v);
             output_lines(ctx, &text);
@@ -656,7 +856,9 @@ pub fn to_json(v: &Value, remaining: i64, enums_as_strings: bool) -> serde_json:
             if d.fract() == 0.0 && d.abs() < 9.0e15 {
                 J::from(*d as i64)
             } else {
-                serde_json::Number::from_f64(*d).map(J::Number).unwrap_or_else(|| J::String(v.to_ps_string()))
+                serde_json::Number::from_f64(*d)
+                    .map(J::Number)
+                    .unwrap_or_else(|| J::String(v.to_ps_string()))
             }
         }
         Value::String(s) => J::String(s.clone()),
@@ -671,7 +873,12 @@ pub fn to_json(v: &Value, remaining: i64, enums_as_strings: bool) -> serde_json:
             m.insert("Milliseconds".into(), J::from(t.subsec_millis()));
             m.insert("Minutes".into(), J::from((secs % 3600) / 60));
             m.insert("Seconds".into(), J::from(secs % 60));
-            m.insert("TotalSeconds".into(), serde_json::Number::from_f64(t.as_secs_f64()).map(J::Number).unwrap_or(J::Null));
+            m.insert(
+                "TotalSeconds".into(),
+                serde_json::Number::from_f64(t.as_secs_f64())
+                    .map(J::Number)
+                    .unwrap_or(J::Null),
+            );
             J::Object(m)
         }
         Value::Enum(e) => {
@@ -681,18 +888,33 @@ pub fn to_json(v: &Value, remaining: i64, enums_as_strings: bool) -> serde_json:
                 J::from(e.value)
             }
         }
-        Value::Array(items) => J::Array(items.iter().map(|i| to_json(i, remaining, enums_as_strings)).collect()),
+        Value::Array(items) => J::Array(
+            items
+                .iter()
+                .map(|i| to_json(i, remaining, enums_as_strings))
+                .collect(),
+        ),
         Value::Dict(entries) => {
             if remaining < 0 {
                 return J::String(v.to_ps_string());
             }
-            J::Object(entries.iter().map(|(k, x)| (k.clone(), to_json(x, remaining - 1, enums_as_strings))).collect())
+            J::Object(
+                entries
+                    .iter()
+                    .map(|(k, x)| (k.clone(), to_json(x, remaining - 1, enums_as_strings)))
+                    .collect(),
+            )
         }
         Value::Object(o) => {
             if remaining < 0 {
                 return J::String(v.to_ps_string());
             }
-            J::Object(o.properties.iter().map(|(k, x)| (k.clone(), to_json(x, remaining - 1, enums_as_strings))).collect())
+            J::Object(
+                o.properties
+                    .iter()
+                    .map(|(k, x)| (k.clone(), to_json(x, remaining - 1, enums_as_strings)))
+                    .collect(),
+            )
         }
     }
 }
@@ -728,7 +950,12 @@ pub fn dotnet_format(d: &DateTime<FixedOffset>, fmt: &str) -> String {
     let mut out = String::new();
     let mut i = 0usize;
     while let Some(&c) = chars.get(i) {
-        let run = chars.get(i..).unwrap_or(&[]).iter().take_while(|x| **x == c).count();
+        let run = chars
+            .get(i..)
+            .unwrap_or(&[])
+            .iter()
+            .take_while(|x| **x == c)
+            .count();
         let spec: Option<&str> = match (c, run) {
             ('y', 1) => Some("%-y"),
             ('y', 2) => Some("%y"),
@@ -774,15 +1001,27 @@ pub fn dotnet_format(d: &DateTime<FixedOffset>, fmt: &str) -> String {
                     out.push_str(&digits);
                 }
             }
-            ('t', None) => out.push_str(&d.format("%p").to_string().chars().take(1).collect::<String>()),
+            ('t', None) => out.push_str(
+                &d.format("%p")
+                    .to_string()
+                    .chars()
+                    .take(1)
+                    .collect::<String>(),
+            ),
             ('z', None) => {
                 let secs = d.offset().local_minus_utc();
                 let sign = if secs < 0 { '-' } else { '+' };
                 let h = secs.abs() / 3600;
-                out.push_str(&if run == 1 { format!("{sign}{h}") } else { format!("{sign}{h:02}") });
+                out.push_str(&if run == 1 {
+                    format!("{sign}{h}")
+                } else {
+                    format!("{sign}{h:02}")
+                });
             }
             ('\'' | '"', None) => {
-                let close = chars.get(i + 1..).and_then(|rest| rest.iter().position(|x| *x == c));
+                let close = chars
+                    .get(i + 1..)
+                    .and_then(|rest| rest.iter().position(|x| *x == c));
                 match close {
                     Some(n) => {
                         out.extend(chars.get(i + 1..i + 1 + n).unwrap_or(&[]).iter());
@@ -828,7 +1067,11 @@ pub fn uformat(d: &DateTime<FixedOffset>, fmt: &str) -> String {
             Some('%') => out.push('%'),
             Some('Z') => {
                 let secs = d.offset().local_minus_utc();
-                out.push_str(&format!("{}{:02}", if secs < 0 { '-' } else { '+' }, secs.abs() / 3600));
+                out.push_str(&format!(
+                    "{}{:02}",
+                    if secs < 0 { '-' } else { '+' },
+                    secs.abs() / 3600
+                ));
             }
             Some(x) if KNOWN.contains(x) => out.push_str(&d.format(&format!("%{x}")).to_string()),
             Some(x) => {
@@ -844,7 +1087,12 @@ pub fn uformat(d: &DateTime<FixedOffset>, fmt: &str) -> String {
 struct GetDate;
 
 impl Invocation for GetDate {
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, _input: Option<Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        _input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
         let d = match args.get("Date") {
             Some(Value::DateTime(d)) => *d,
             _ => chrono::Local::now().fixed_offset(),
@@ -896,7 +1144,12 @@ fn member(type_name: &str, name: &str, kind: &str, def: String) -> PsObject {
 fn members(v: &Value) -> Vec<PsObject> {
     let tn = v.type_name();
     let mut out = vec![
-        member(&tn, "Equals", "Method", "bool Equals(System.Object obj)".into()),
+        member(
+            &tn,
+            "Equals",
+            "Method",
+            "bool Equals(System.Object obj)".into(),
+        ),
         member(&tn, "GetHashCode", "Method", "int GetHashCode()".into()),
         member(&tn, "GetType", "Method", "type GetType()".into()),
         member(&tn, "ToString", "Method", "string ToString()".into()),
@@ -910,20 +1163,49 @@ fn members(v: &Value) -> Vec<PsObject> {
                 } else {
                     format!("{} {k} {{get;}}", short_type_name(pv))
                 };
-                out.push(member(&tn, k, if note { "NoteProperty" } else { "Property" }, def));
+                out.push(member(
+                    &tn,
+                    k,
+                    if note { "NoteProperty" } else { "Property" },
+                    def,
+                ));
             }
         }
         Value::Dict(d) => {
-            out.push(member(&tn, "Count", "Property", format!("int Count {{get;}}={}", d.len())));
-            out.push(member(&tn, "Keys", "Property", "System.Collections.ICollection Keys {get;}".into()));
-            out.push(member(&tn, "Values", "Property", "System.Collections.ICollection Values {get;}".into()));
+            out.push(member(
+                &tn,
+                "Count",
+                "Property",
+                format!("int Count {{get;}}={}", d.len()),
+            ));
+            out.push(member(
+                &tn,
+                "Keys",
+                "Property",
+                "System.Collections.ICollection Keys {get;}".into(),
+            ));
+            out.push(member(
+                &tn,
+                "Values",
+                "Property",
+                "System.Collections.ICollection Values {get;}".into(),
+            ));
         }
-        Value::String(_) => out.push(member(&tn, "Length", "Property", "int Length {get;}".into())),
+        Value::String(_) => out.push(member(
+            &tn,
+            "Length",
+            "Property",
+            "int Length {get;}".into(),
+        )),
         _ => {}
     }
-    let kind = |m: &PsObject| m.get("MemberType").map(Value::to_ps_string).unwrap_or_default();
+    let kind = |m: &PsObject| {
+        m.get("MemberType")
+            .map(Value::to_ps_string)
+            .unwrap_or_default()
+    };
     let name = |m: &PsObject| m.get("Name").map(Value::to_ps_string).unwrap_or_default();
-    out.sort_by(|a, b| (kind(a), name(a).to_lowercase()).cmp(&(kind(b), name(b).to_lowercase())));
+    out.sort_by_key(|a| (kind(a), name(a).to_lowercase()));
     out
 }
 
@@ -932,7 +1214,12 @@ fn members(v: &Value) -> Vec<PsObject> {
 struct WriteOutput;
 
 impl Invocation for WriteOutput {
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, input: Option<Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
         if let Some(v) = input {
             ctx.output(v);
             return Ok(());
@@ -957,7 +1244,10 @@ mod tests {
     use chrono::TimeZone;
 
     fn date() -> DateTime<FixedOffset> {
-        FixedOffset::east_opt(3600).unwrap().with_ymd_and_hms(2026, 3, 7, 14, 5, 9).unwrap()
+        FixedOffset::east_opt(3600)
+            .unwrap()
+            .with_ymd_and_hms(2026, 3, 7, 14, 5, 9)
+            .unwrap()
     }
 
     #[test]
@@ -974,7 +1264,10 @@ mod tests {
         check("s", "2026-03-07T14:05:09");
         check("u", "2026-03-07 13:05:09Z");
         check("zzz", "+01:00");
-        assert_eq!(uformat(&d, "%Y/%m/%d %H:%M %Z %q"), "2026/03/07 14:05 +01 %q");
+        assert_eq!(
+            uformat(&d, "%Y/%m/%d %H:%M %Z %q"),
+            "2026/03/07 14:05 +01 %q"
+        );
     }
 
     #[test]
@@ -992,7 +1285,10 @@ mod tests {
     #[test]
     fn comparisons() {
         assert!(equal(&Value::Int(5), &"5".into(), false));
-        assert_eq!(compare(&Value::Int(10), &"9".into(), false), Some(Ordering::Greater));
+        assert_eq!(
+            compare(&Value::Int(10), &"9".into(), false),
+            Some(Ordering::Greater)
+        );
         assert!(equal(&"Running".into(), &"running".into(), false));
         assert!(!equal(&"Running".into(), &"running".into(), true));
         assert!(equal(&Value::Bool(false), &"false".into(), false));
@@ -1000,8 +1296,14 @@ mod tests {
 
     #[test]
     fn json_layout_and_depth() {
-        let inner = PsObject::custom().with("c", PsObject::custom().with("d", 1).into_value()).into_value();
-        let o = PsObject::custom().with("a", 1).with("b", inner).with("e", Value::Array(vec![1.into(), 2.5.into()])).into_value();
+        let inner = PsObject::custom()
+            .with("c", PsObject::custom().with("d", 1).into_value())
+            .into_value();
+        let o = PsObject::custom()
+            .with("a", 1)
+            .with("b", inner)
+            .with("e", Value::Array(vec![1.into(), 2.5.into()]))
+            .into_value();
         let j = serde_json::to_string_pretty(&to_json(&o, 2, false)).unwrap();
         assert_eq!(j, "{\n  \"a\": 1,\n  \"b\": {\n    \"c\": {\n      \"d\": 1\n    }\n  },\n  \"e\": [\n    1,\n    2.5\n  ]\n}");
         let j1 = serde_json::to_string(&to_json(&o, 1, false)).unwrap();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::config::{ExternalCommandDef, FunctionParamType, ResolvedFunction};
 use crate::engine::{
-    BoundArgs, Command, CommandDecl, CommandKind, Ctx, ErrorCategory, ErrorRecord, Invocation, ParamDecl, ParamType,
-    Value,
+    BoundArgs, Command, CommandDecl, CommandKind, Ctx, ErrorCategory, ErrorRecord, Invocation,
+    ParamDecl, ParamType, Value,
 };
 
 struct Placeholder {
@@ -18,7 +18,12 @@ struct Placeholder {
 struct PlaceholderRun;
 
 impl Invocation for PlaceholderRun {
-    fn process(&mut self, ctx: &mut Ctx<'_>, _args: &BoundArgs, _input: Option<Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        _args: &BoundArgs,
+        _input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
         ctx.write_error(ErrorRecord::new(
             "programs are not available yet (placeholder build)",
             "ProgramsNotAvailable",
@@ -66,6 +71,7 @@ pub fn external_command(def: &ExternalCommandDef) -> Arc<dyn Command> {
     let mut decl = CommandDecl::cmdlet(file, "", &def.synopsis);
     decl.kind = CommandKind::Application;
     decl.path = Some(def.path.clone());
-    decl.params.push(ParamDecl::new("Arguments", ParamType::StringArray).position(0));
+    decl.params
+        .push(ParamDecl::new("Arguments", ParamType::StringArray).position(0));
     Arc::new(Placeholder { decl })
 }

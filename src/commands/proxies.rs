@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::commands::wildcard_match;
 use crate::engine::format::{resolve_props, Formatter};
 use crate::engine::{
-    BoundArgs, Command, CommandDecl, CommandKind, Ctx, EnumValue, ErrorCategory, ErrorRecord, Invocation, ParamDecl,
-    ParamType, PsObject, Value, VisibleCommand,
+    BoundArgs, Command, CommandDecl, CommandKind, Ctx, EnumValue, ErrorCategory, ErrorRecord,
+    Invocation, ParamDecl, ParamType, PsObject, Value, VisibleCommand,
 };
 
 /// Module name of the core commands.
@@ -37,13 +37,18 @@ impl Command for Builtin {
     }
 }
 
-pub(crate) fn cmd(decl: CommandDecl, start: fn(&BoundArgs) -> Box<dyn Invocation>) -> Arc<dyn Command> {
+pub(crate) fn cmd(
+    decl: CommandDecl,
+    start: fn(&BoundArgs) -> Box<dyn Invocation>,
+) -> Arc<dyn Command> {
     Arc::new(Builtin { decl, start })
 }
 
 /// An InputObject parameter taking pipeline input by value.
 pub(crate) fn input_object(help: &str) -> ParamDecl {
-    ParamDecl::new("InputObject", ParamType::Object).by_value().help(help)
+    ParamDecl::new("InputObject", ParamType::Object)
+        .by_value()
+        .help(help)
 }
 
 /// Send text to the output one line per string (what Out-String -Stream and Out-Default do).
@@ -57,82 +62,184 @@ pub(crate) fn output_lines(ctx: &mut Ctx<'_>, text: &str) {
 pub fn commands() -> Vec<Arc<dyn Command>> {
     vec![
         cmd(
-            CommandDecl::cmdlet("Get-Command", CORE, "Gets the commands this session can run.")
-                .param(ParamDecl::new("Name", ParamType::StringArray).position(0).help("Names or wildcard patterns of commands to get."))
-                .param(ParamDecl::new("Module", ParamType::StringArray).help("Only commands from these modules (wildcards)."))
-                .param(ParamDecl::new("ArgumentList", ParamType::ObjectArray).help("Accepted for compatibility; ignored."))
-                .param(
-                    ParamDecl::new("CommandType", ParamType::StringArray)
-                        .alias("Type")
-                        .set(&["Alias", "Function", "Filter", "Cmdlet", "ExternalScript", "Application", "Script", "Configuration", "All"])
-                        .help("Only commands of these types."),
-                )
-                .param(ParamDecl::new("ListImported", ParamType::Switch).help("Accepted for compatibility: every command is imported."))
-                .param(ParamDecl::new("ShowCommandInfo", ParamType::Switch).help("Accepted for compatibility."))
-                .outputs("System.Management.Automation.CommandInfo"),
+            CommandDecl::cmdlet(
+                "Get-Command",
+                CORE,
+                "Gets the commands this session can run.",
+            )
+            .param(
+                ParamDecl::new("Name", ParamType::StringArray)
+                    .position(0)
+                    .help("Names or wildcard patterns of commands to get."),
+            )
+            .param(
+                ParamDecl::new("Module", ParamType::StringArray)
+                    .help("Only commands from these modules (wildcards)."),
+            )
+            .param(
+                ParamDecl::new("ArgumentList", ParamType::ObjectArray)
+                    .help("Accepted for compatibility; ignored."),
+            )
+            .param(
+                ParamDecl::new("CommandType", ParamType::StringArray)
+                    .alias("Type")
+                    .set(&[
+                        "Alias",
+                        "Function",
+                        "Filter",
+                        "Cmdlet",
+                        "ExternalScript",
+                        "Application",
+                        "Script",
+                        "Configuration",
+                        "All",
+                    ])
+                    .help("Only commands of these types."),
+            )
+            .param(
+                ParamDecl::new("ListImported", ParamType::Switch)
+                    .help("Accepted for compatibility: every command is imported."),
+            )
+            .param(
+                ParamDecl::new("ShowCommandInfo", ParamType::Switch)
+                    .help("Accepted for compatibility."),
+            )
+            .outputs("System.Management.Automation.CommandInfo"),
             |_| Box::new(GetCommand { done: false }),
         ),
         cmd(
-            CommandDecl::cmdlet("Get-Help", CORE, "Displays information about the commands this session can run.")
-                .param({
-                    let mut p = ParamDecl::new("Name", ParamType::String)
-                        .position(0)
-                        .help("Name of a command (wildcards list matching commands).");
-                    // PowerShell's proxy says {1,100}; counted repetition of Unicode classes is too big
-                    // for the regex size limit, so the length is checked by Get-Help itself.
-                    p.patterns = vec![r"[-._:\\\p{Ll}\p{Lu}\p{Lt}\p{Lo}\p{Nd}\p{Lm}*?]+".to_string()];
-                    p
-                })
-                .param(
-                    ParamDecl::new("Category", ParamType::StringArray)
-                        .set(&[
-                            "Alias", "Cmdlet", "Provider", "General", "FAQ", "Glossary", "HelpFile", "ScriptCommand", "Function", "Filter",
-                            "ExternalScript", "All", "DefaultHelp", "DscResource", "Class", "Configuration",
-                        ])
-                        .help("Only help of these categories."),
-                )
-                .outputs("System.String"),
+            CommandDecl::cmdlet(
+                "Get-Help",
+                CORE,
+                "Displays information about the commands this session can run.",
+            )
+            .param({
+                let mut p = ParamDecl::new("Name", ParamType::String)
+                    .position(0)
+                    .help("Name of a command (wildcards list matching commands).");
+                // PowerShell's proxy says {1,100}; counted repetition of Unicode classes is too big
+                // for the regex size limit, so the length is checked by Get-Help itself.
+                p.patterns = vec![r"[-._:\\\p{Ll}\p{Lu}\p{Lt}\p{Lo}\p{Nd}\p{Lm}*?]+".to_string()];
+                p
+            })
+            .param(
+                ParamDecl::new("Category", ParamType::StringArray)
+                    .set(&[
+                        "Alias",
+                        "Cmdlet",
+                        "Provider",
+                        "General",
+                        "FAQ",
+                        "Glossary",
+                        "HelpFile",
+                        "ScriptCommand",
+                        "Function",
+                        "Filter",
+                        "ExternalScript",
+                        "All",
+                        "DefaultHelp",
+                        "DscResource",
+                        "Class",
+                        "Configuration",
+                    ])
+                    .help("Only help of these categories."),
+            )
+            .outputs("System.String"),
             |_| Box::new(GetHelp { done: false }),
         ),
         cmd(
-            CommandDecl::cmdlet("Get-FormatData", UTILITY, "Gets formatting data (none in this session).")
-                .param(ParamDecl::new("TypeName", ParamType::StringArray).position(0).help("Type names."))
-                .param(ParamDecl::new("PowerShellVersion", ParamType::String).help("Accepted for compatibility.")),
+            CommandDecl::cmdlet(
+                "Get-FormatData",
+                UTILITY,
+                "Gets formatting data (none in this session).",
+            )
+            .param(
+                ParamDecl::new("TypeName", ParamType::StringArray)
+                    .position(0)
+                    .help("Type names."),
+            )
+            .param(
+                ParamDecl::new("PowerShellVersion", ParamType::String)
+                    .help("Accepted for compatibility."),
+            ),
             |_| Box::new(Nothing),
         ),
         cmd(
-            CommandDecl::cmdlet("Out-Default", CORE, "Formats objects as text, as the console shows them.")
-                .param(input_object("Objects to format."))
-                .outputs("System.String"),
-            |_| Box::new(OutDefault { fmt: Formatter::new() }),
+            CommandDecl::cmdlet(
+                "Out-Default",
+                CORE,
+                "Formats objects as text, as the console shows them.",
+            )
+            .param(input_object("Objects to format."))
+            .outputs("System.String"),
+            |_| {
+                Box::new(OutDefault {
+                    fmt: Formatter::new(),
+                })
+            },
         ),
-        cmd(CommandDecl::cmdlet("Exit-PSSession", CORE, "Ends the session."), |_| Box::new(Nothing)),
-        cmd(CommandDecl::cmdlet("Clear-Host", CORE, "Clears the display (does nothing remotely)."), |_| Box::new(Nothing)),
         cmd(
-            CommandDecl::cmdlet("Select-Object", UTILITY, "Selects properties of objects, or the first, last or unique objects.")
-                .param(ParamDecl::new("Property", ParamType::StringArray).position(0).help("Property names or wildcards (no calculated properties)."))
-                .param(ParamDecl::new("ExcludeProperty", ParamType::StringArray).help("Properties to leave out (wildcards)."))
-                .param(ParamDecl::new("ExpandProperty", ParamType::String).help("Output the value of this property instead of the object."))
-                .param(ParamDecl::new("First", ParamType::Int).help("Only the first N objects."))
-                .param(ParamDecl::new("Last", ParamType::Int).help("Only the last N objects."))
-                .param(ParamDecl::new("Skip", ParamType::Int).help("Skip the first N objects."))
-                .param(ParamDecl::new("Unique", ParamType::Switch).help("Drop duplicate objects."))
-                .param(input_object("Objects to select from.")),
+            CommandDecl::cmdlet("Exit-PSSession", CORE, "Ends the session."),
+            |_| Box::new(Nothing),
+        ),
+        cmd(
+            CommandDecl::cmdlet(
+                "Clear-Host",
+                CORE,
+                "Clears the display (does nothing remotely).",
+            ),
+            |_| Box::new(Nothing),
+        ),
+        cmd(
+            CommandDecl::cmdlet(
+                "Select-Object",
+                UTILITY,
+                "Selects properties of objects, or the first, last or unique objects.",
+            )
+            .param(
+                ParamDecl::new("Property", ParamType::StringArray)
+                    .position(0)
+                    .help("Property names or wildcards (no calculated properties)."),
+            )
+            .param(
+                ParamDecl::new("ExcludeProperty", ParamType::StringArray)
+                    .help("Properties to leave out (wildcards)."),
+            )
+            .param(
+                ParamDecl::new("ExpandProperty", ParamType::String)
+                    .help("Output the value of this property instead of the object."),
+            )
+            .param(ParamDecl::new("First", ParamType::Int).help("Only the first N objects."))
+            .param(ParamDecl::new("Last", ParamType::Int).help("Only the last N objects."))
+            .param(ParamDecl::new("Skip", ParamType::Int).help("Skip the first N objects."))
+            .param(ParamDecl::new("Unique", ParamType::Switch).help("Drop duplicate objects."))
+            .param(input_object("Objects to select from.")),
             |_| Box::new(SelectObject::default()),
         ),
         cmd(
-            CommandDecl::cmdlet("Measure-Object", UTILITY, "Counts objects and computes sums, averages, minimums and maximums.")
-                .param(ParamDecl::new("Property", ParamType::StringArray).position(0).help("Properties to measure."))
-                .param(ParamDecl::new("Sum", ParamType::Switch).help("Sum of the values."))
-                .param(ParamDecl::new("Average", ParamType::Switch).help("Average of the values."))
-                .param(ParamDecl::new("Minimum", ParamType::Switch).help("Smallest value."))
-                .param(ParamDecl::new("Maximum", ParamType::Switch).help("Largest value."))
-                .param(ParamDecl::new("Line", ParamType::Switch).help("Count lines of text."))
-                .param(ParamDecl::new("Word", ParamType::Switch).help("Count words of text."))
-                .param(ParamDecl::new("Character", ParamType::Switch).help("Count characters of text."))
-                .param(ParamDecl::new("IgnoreWhiteSpace", ParamType::Switch).help("Do not count white space as characters."))
-                .param(input_object("Objects to measure."))
-                .outputs("Microsoft.PowerShell.Commands.GenericMeasureInfo"),
+            CommandDecl::cmdlet(
+                "Measure-Object",
+                UTILITY,
+                "Counts objects and computes sums, averages, minimums and maximums.",
+            )
+            .param(
+                ParamDecl::new("Property", ParamType::StringArray)
+                    .position(0)
+                    .help("Properties to measure."),
+            )
+            .param(ParamDecl::new("Sum", ParamType::Switch).help("Sum of the values."))
+            .param(ParamDecl::new("Average", ParamType::Switch).help("Average of the values."))
+            .param(ParamDecl::new("Minimum", ParamType::Switch).help("Smallest value."))
+            .param(ParamDecl::new("Maximum", ParamType::Switch).help("Largest value."))
+            .param(ParamDecl::new("Line", ParamType::Switch).help("Count lines of text."))
+            .param(ParamDecl::new("Word", ParamType::Switch).help("Count words of text."))
+            .param(ParamDecl::new("Character", ParamType::Switch).help("Count characters of text."))
+            .param(
+                ParamDecl::new("IgnoreWhiteSpace", ParamType::Switch)
+                    .help("Do not count white space as characters."),
+            )
+            .param(input_object("Objects to measure."))
+            .outputs("Microsoft.PowerShell.Commands.GenericMeasureInfo"),
             |_| Box::new(MeasureObject::default()),
         ),
     ]
@@ -141,7 +248,12 @@ pub fn commands() -> Vec<Arc<dyn Command>> {
 /// Does nothing (Exit-PSSession, Clear-Host, Get-FormatData).
 struct Nothing;
 impl Invocation for Nothing {
-    fn process(&mut self, _: &mut Ctx<'_>, _: &BoundArgs, _: Option<Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        _: &mut Ctx<'_>,
+        _: &BoundArgs,
+        _: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
         Ok(())
     }
 }
@@ -209,18 +321,30 @@ pub fn syntax(decl: &CommandDecl) -> String {
 
 fn parameter_metadata(p: &ParamDecl) -> Value {
     let set = PsObject::new("System.Management.Automation.ParameterSetMetadata")
-        .with("Position", p.position.map(|x| x as i64).unwrap_or(i64::from(i32::MIN)))
+        .with(
+            "Position",
+            p.position.map(|x| x as i64).unwrap_or(i64::from(i32::MIN)),
+        )
         .with("IsMandatory", p.mandatory)
         .with("ValueFromPipeline", p.pipeline.by_value)
-        .with("ValueFromPipelineByPropertyName", p.pipeline.by_property_name)
+        .with(
+            "ValueFromPipelineByPropertyName",
+            p.pipeline.by_property_name,
+        )
         .with("ValueFromRemainingArguments", false)
         .with("HelpMessage", Value::Null);
     let mut o = PsObject::new("System.Management.Automation.ParameterMetadata")
         .with("Name", p.name.as_str())
         .with("ParameterType", p.ty.dotnet_name())
-        .with("ParameterSets", Value::Dict(vec![("__AllParameterSets".to_string(), set.into_value())]))
+        .with(
+            "ParameterSets",
+            Value::Dict(vec![("__AllParameterSets".to_string(), set.into_value())]),
+        )
         .with("IsDynamic", false)
-        .with("Aliases", Value::Array(p.aliases.iter().map(|a| Value::String(a.clone())).collect()))
+        .with(
+            "Aliases",
+            Value::Array(p.aliases.iter().map(|a| Value::String(a.clone())).collect()),
+        )
         .with("Attributes", Value::Array(Vec::new()))
         .with("SwitchParameter", p.ty == ParamType::Switch);
     o.to_string = Some(p.name.clone());
@@ -249,14 +373,24 @@ pub fn command_info(v: &VisibleCommand) -> Value {
         .output_type
         .iter()
         .map(|t| {
-            let mut o = PsObject::new("System.Management.Automation.PSTypeName").with("Name", t.as_str()).with("Type", t.as_str());
+            let mut o = PsObject::new("System.Management.Automation.PSTypeName")
+                .with("Name", t.as_str())
+                .with("Type", t.as_str());
             o.to_string = Some(t.clone());
             o.into_value()
         })
         .collect();
-    let params: Vec<(String, Value)> = d.params.iter().map(|p| (p.name.clone(), parameter_metadata(p))).collect();
+    let params: Vec<(String, Value)> = d
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), parameter_metadata(p)))
+        .collect();
     let mut o = PsObject {
-        type_names: vec![ty.to_string(), "System.Management.Automation.CommandInfo".to_string(), "System.Object".to_string()],
+        type_names: vec![
+            ty.to_string(),
+            "System.Management.Automation.CommandInfo".to_string(),
+            "System.Object".to_string(),
+        ],
         ..Default::default()
     };
     o.push("HelpUri", "");
@@ -267,7 +401,10 @@ pub fn command_info(v: &VisibleCommand) -> Value {
     o.push("Source", source);
     o.push("ModuleName", d.module.as_str());
     o.push("Namespace", d.module.as_str());
-    o.push("ResolvedCommandName", v.resolved.clone().map(Value::String).unwrap_or(Value::Null));
+    o.push(
+        "ResolvedCommandName",
+        v.resolved.clone().map(Value::String).unwrap_or(Value::Null),
+    );
     o.push("OutputType", Value::Array(output_type));
     o.push("Parameters", Value::Dict(params));
     o.push("DefaultParameterSet", Value::Null);
@@ -276,7 +413,12 @@ pub fn command_info(v: &VisibleCommand) -> Value {
     if let Some(p) = &d.path {
         o.push("Path", p.as_str());
     }
-    o.display = vec!["CommandType".into(), "Name".into(), "Version".into(), "Source".into()];
+    o.display = vec![
+        "CommandType".into(),
+        "Name".into(),
+        "Version".into(),
+        "Source".into(),
+    ];
     o.to_string = Some(d.name.clone());
     o.into_value()
 }
@@ -297,7 +439,12 @@ struct GetCommand {
 }
 
 impl Invocation for GetCommand {
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, _input: Option<Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        _input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
         if self.done {
             return Ok(());
         }
@@ -310,12 +457,21 @@ impl Invocation for GetCommand {
             if types.is_empty() {
                 return !names.is_empty() || d.kind != CommandKind::Application;
             }
-            all_types || types.iter().any(|t| t.eq_ignore_ascii_case(d.kind.as_str()))
+            all_types
+                || types
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(d.kind.as_str()))
         };
-        let module_ok = |d: &CommandDecl| modules.is_empty() || modules.iter().any(|m| wildcard_match(m, &d.module));
+        let module_ok = |d: &CommandDecl| {
+            modules.is_empty() || modules.iter().any(|m| wildcard_match(m, &d.module))
+        };
         let mut found: Vec<&VisibleCommand> = Vec::new();
         if names.is_empty() {
-            found.extend(ctx.visible.iter().filter(|v| type_ok(&v.decl) && module_ok(&v.decl)));
+            found.extend(
+                ctx.visible
+                    .iter()
+                    .filter(|v| type_ok(&v.decl) && module_ok(&v.decl)),
+            );
         } else {
             for n in &names {
                 let matched: Vec<&VisibleCommand> = ctx
@@ -342,7 +498,8 @@ impl Invocation for GetCommand {
             }
         }
         found.sort_by(|a, b| {
-            (kind_value(a.decl.kind), a.decl.name.to_lowercase()).cmp(&(kind_value(b.decl.kind), b.decl.name.to_lowercase()))
+            (kind_value(a.decl.kind), a.decl.name.to_lowercase())
+                .cmp(&(kind_value(b.decl.kind), b.decl.name.to_lowercase()))
         });
         let infos: Vec<Value> = found.iter().map(|v| command_info(v)).collect();
         for i in infos {
@@ -371,11 +528,22 @@ pub fn help_text(v: &VisibleCommand) -> String {
     if let Some(r) = &v.resolved {
         s.push_str(&format!("\nALIAS FOR\n    {r}\n"));
     }
-    s.push_str(&format!("\nSYNOPSIS\n    {}\n", if d.synopsis.is_empty() { "(no synopsis)" } else { &d.synopsis }));
+    s.push_str(&format!(
+        "\nSYNOPSIS\n    {}\n",
+        if d.synopsis.is_empty() {
+            "(no synopsis)"
+        } else {
+            &d.synopsis
+        }
+    ));
     s.push_str(&format!("\n\nSYNTAX\n    {}\n", syntax(d)));
     s.push_str("\n\nPARAMETERS\n");
     for p in &d.params {
-        let ty = if p.ty == ParamType::Switch { String::new() } else { format!(" <{}>", short_type(p.ty)) };
+        let ty = if p.ty == ParamType::Switch {
+            String::new()
+        } else {
+            format!(" <{}>", short_type(p.ty))
+        };
         s.push_str(&format!("    -{}{ty}\n", p.name));
         if !p.help.is_empty() {
             s.push_str(&format!("        {}\n", p.help));
@@ -384,15 +552,27 @@ pub fn help_text(v: &VisibleCommand) -> String {
             s.push_str(&format!("        Allowed values: {}\n", p.set.join(", ")));
         }
         s.push('\n');
-        s.push_str(&format!("        Required?                    {}\n", if p.mandatory { "true" } else { "false" }));
+        s.push_str(&format!(
+            "        Required?                    {}\n",
+            if p.mandatory { "true" } else { "false" }
+        ));
         s.push_str(&format!(
             "        Position?                    {}\n",
-            p.position.map(|x| x.to_string()).unwrap_or_else(|| "named".into())
+            p.position
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "named".into())
         ));
-        s.push_str(&format!("        Accept pipeline input?       {}\n", pipeline_text(p)));
+        s.push_str(&format!(
+            "        Accept pipeline input?       {}\n",
+            pipeline_text(p)
+        ));
         s.push_str(&format!(
             "        Aliases                      {}\n",
-            if p.aliases.is_empty() { "None".to_string() } else { p.aliases.join(", ") }
+            if p.aliases.is_empty() {
+                "None".to_string()
+            } else {
+                p.aliases.join(", ")
+            }
         ));
         s.push('\n');
     }
@@ -420,16 +600,27 @@ struct GetHelp {
 }
 
 impl Invocation for GetHelp {
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, _input: Option<Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        _input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
         if self.done {
             return Ok(());
         }
         self.done = true;
         let cats = args.strings("Category");
         let cat_ok = |d: &CommandDecl| {
-            cats.is_empty() || cats.iter().any(|c| c.eq_ignore_ascii_case("All") || c.eq_ignore_ascii_case(help_category(d.kind)))
+            cats.is_empty()
+                || cats.iter().any(|c| {
+                    c.eq_ignore_ascii_case("All") || c.eq_ignore_ascii_case(help_category(d.kind))
+                })
         };
-        if args.string("Name").is_some_and(|n| n.chars().count() > MAX_HELP_NAME) {
+        if args
+            .string("Name")
+            .is_some_and(|n| n.chars().count() > MAX_HELP_NAME)
+        {
             return Err(ErrorRecord::new(
                 format!("Cannot validate argument on parameter 'Name'. The argument is longer than {MAX_HELP_NAME} characters."),
                 "ParameterArgumentValidationError,Get-Help",
@@ -444,7 +635,11 @@ impl Invocation for GetHelp {
             ctx.output(Value::String(s));
             return Ok(());
         };
-        let matched: Vec<&VisibleCommand> = ctx.visible.iter().filter(|v| name_matches(&name, &v.decl) && cat_ok(&v.decl)).collect();
+        let matched: Vec<&VisibleCommand> = ctx
+            .visible
+            .iter()
+            .filter(|v| name_matches(&name, &v.decl) && cat_ok(&v.decl))
+            .collect();
         match matched.as_slice() {
             [] => {
                 ctx.write_error(
@@ -488,7 +683,12 @@ struct OutDefault {
 }
 
 impl Invocation for OutDefault {
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, input: Option<Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
         let v = match input {
             Some(v) => v,
             None => match args.get("InputObject") {
@@ -521,11 +721,18 @@ struct SelectObject {
 /// Select-Object -Property on one object: a new PSCustomObject with those properties.
 pub fn select_properties(v: &Value, props: &[String], exclude: &[String]) -> Value {
     let (available, type_name): (Vec<String>, String) = match v {
-        Value::Object(o) => (o.properties.iter().map(|(k, _)| k.clone()).collect(), o.type_name().to_string()),
+        Value::Object(o) => (
+            o.properties.iter().map(|(k, _)| k.clone()).collect(),
+            o.type_name().to_string(),
+        ),
         Value::Dict(d) => (d.iter().map(|(k, _)| k.clone()).collect(), v.type_name()),
         other => (Vec::new(), other.type_name()),
     };
-    let patterns: Vec<String> = if props.is_empty() { vec!["*".to_string()] } else { props.to_vec() };
+    let patterns: Vec<String> = if props.is_empty() {
+        vec!["*".to_string()]
+    } else {
+        props.to_vec()
+    };
     let names = resolve_props(&patterns, &available);
     let mut o = PsObject {
         type_names: vec![
@@ -542,7 +749,11 @@ pub fn select_properties(v: &Value, props: &[String], exclude: &[String]) -> Val
         let val = v.property(&n).cloned().unwrap_or(Value::Null);
         o.push(&n, val);
     }
-    let parts: Vec<String> = o.properties.iter().map(|(k, v)| format!("{k}={}", v.to_ps_string())).collect();
+    let parts: Vec<String> = o
+        .properties
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.to_ps_string()))
+        .collect();
     o.to_string = Some(format!("@{{{}}}", parts.join("; ")));
     o.into_value()
 }
@@ -576,7 +787,12 @@ impl SelectObject {
 }
 
 impl Invocation for SelectObject {
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, input: Option<Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
         let v = match input {
             Some(v) => v,
             None => match args.get("InputObject") {
@@ -599,7 +815,9 @@ impl Invocation for SelectObject {
                 }
             }
             if let Some(n) = args.int("Last") {
-                let keep = usize::try_from(n.saturating_add(skip).max(0)).unwrap_or(0).min(MAX_BUFFERED_OBJECTS);
+                let keep = usize::try_from(n.saturating_add(skip).max(0))
+                    .unwrap_or(0)
+                    .min(MAX_BUFFERED_OBJECTS);
                 self.last.push_back(out);
                 while self.last.len() > keep {
                     self.last.pop_front();
@@ -618,8 +836,15 @@ impl Invocation for SelectObject {
         Ok(())
     }
     fn end(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ErrorRecord> {
-        let skip = self.last_args.as_ref().and_then(|a| a.int("Skip")).unwrap_or(0);
-        let keep = self.last.len().saturating_sub(usize::try_from(skip.max(0)).unwrap_or(0));
+        let skip = self
+            .last_args
+            .as_ref()
+            .and_then(|a| a.int("Skip"))
+            .unwrap_or(0);
+        let keep = self
+            .last
+            .len()
+            .saturating_sub(usize::try_from(skip.max(0)).unwrap_or(0));
         for v in self.last.drain(..).take(keep) {
             ctx.output(v);
         }
@@ -661,7 +886,10 @@ fn number(v: &Value) -> Option<f64> {
 fn order(a: &Value, b: &Value) -> std::cmp::Ordering {
     match (number(a), number(b)) {
         (Some(x), Some(y)) => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
-        _ => a.to_ps_string().to_lowercase().cmp(&b.to_ps_string().to_lowercase()),
+        _ => a
+            .to_ps_string()
+            .to_lowercase()
+            .cmp(&b.to_ps_string().to_lowercase()),
     }
 }
 
@@ -688,11 +916,19 @@ impl MeasureObject {
         if stat.count == 1 {
             stat.numeric = n.is_some();
         }
-        let better_min = stat.min.as_ref().map(|m| order(v, m).is_lt()).unwrap_or(true);
+        let better_min = stat
+            .min
+            .as_ref()
+            .map(|m| order(v, m).is_lt())
+            .unwrap_or(true);
         if better_min {
             stat.min = Some(v.clone());
         }
-        let better_max = stat.max.as_ref().map(|m| order(v, m).is_gt()).unwrap_or(true);
+        let better_max = stat
+            .max
+            .as_ref()
+            .map(|m| order(v, m).is_gt())
+            .unwrap_or(true);
         if better_max {
             stat.max = Some(v.clone());
         }
@@ -700,7 +936,12 @@ impl MeasureObject {
 }
 
 impl Invocation for MeasureObject {
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, input: Option<Value>) -> Result<(), ErrorRecord> {
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        input: Option<Value>,
+    ) -> Result<(), ErrorRecord> {
         if self.args.is_none() {
             self.args = Some(args.clone());
         }
@@ -718,7 +959,11 @@ impl Invocation for MeasureObject {
             let texts: Vec<String> = if props.is_empty() {
                 vec![v.to_ps_string()]
             } else {
-                props.iter().filter_map(|p| v.property(p)).map(Value::to_ps_string).collect()
+                props
+                    .iter()
+                    .filter_map(|p| v.property(p))
+                    .map(Value::to_ps_string)
+                    .collect()
             };
             for t in texts {
                 self.lines += t.lines().count() as i64;
@@ -744,11 +989,17 @@ impl Invocation for MeasureObject {
             return Ok(());
         }
         for p in props {
-            let Some(pv) = v.property(&p).cloned() else { continue };
+            let Some(pv) = v.property(&p).cloned() else {
+                continue;
+            };
             if !self.stats.iter().any(|(n, _)| n.eq_ignore_ascii_case(&p)) {
                 self.stats.push((p.clone(), Stat::default()));
             }
-            if let Some((_, st)) = self.stats.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(&p)) {
+            if let Some((_, st)) = self
+                .stats
+                .iter_mut()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&p))
+            {
                 Self::add(st, &pv, want_numbers, ctx);
             }
         }
@@ -774,7 +1025,14 @@ impl Invocation for MeasureObject {
             let on = |name: &str, v: Value| if args.switch(name) { v } else { Value::Null };
             let (avg, sum, max, min) = match st {
                 Some(s) => (
-                    on("Average", if s.count > 0 { Value::Double(s.sum / s.count as f64) } else { Value::Null }),
+                    on(
+                        "Average",
+                        if s.count > 0 {
+                            Value::Double(s.sum / s.count as f64)
+                        } else {
+                            Value::Null
+                        },
+                    ),
                     on("Sum", Value::Double(s.sum)),
                     on("Maximum", numeric_or(&s.max)),
                     on("Minimum", numeric_or(&s.min)),

@@ -84,6 +84,8 @@ impl LoadedConfig {
     }
     /// Endpoint by name, case-insensitive.
     pub fn endpoint(&self, name: &str) -> Option<&LoadedEndpoint> {
-        self.endpoints.iter().find(|e| e.config.name.eq_ignore_ascii_case(name))
+        self.endpoints
+            .iter()
+            .find(|e| e.config.name.eq_ignore_ascii_case(name))
     }
 }

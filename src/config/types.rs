@@ -19,7 +19,9 @@ impl<'de> Deserialize<'de> for Dur {
             ))
         })?;
         if parsed.is_zero() {
-            return Err(serde::de::Error::custom(format!("duration {s:?} must be greater than zero")));
+            return Err(serde::de::Error::custom(format!(
+                "duration {s:?} must be greater than zero"
+            )));
         }
         Ok(Dur(parsed))
     }
@@ -45,7 +47,9 @@ impl<'de> Deserialize<'de> for Positive {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = i64::deserialize(d)?;
         if v <= 0 {
-            return Err(serde::de::Error::custom(format!("must be a positive integer, got {v}")));
+            return Err(serde::de::Error::custom(format!(
+                "must be a positive integer, got {v}"
+            )));
         }
         Ok(Positive(v as u64))
     }

@@ -17,8 +17,16 @@ pub const MAX_BOUND_ARRAY: usize = 4096;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ArgIn {
     /// `-Name`, `-Name:value` (value Some) — the value after `-Name x` arrives as the next Positional.
-    Named { name: String, value: Option<Value>, col: Option<usize>, attached_col: Option<usize> },
-    Positional { value: Value, col: Option<usize> },
+    Named {
+        name: String,
+        value: Option<Value>,
+        col: Option<usize>,
+        attached_col: Option<usize>,
+    },
+    Positional {
+        value: Value,
+        col: Option<usize>,
+    },
 }
 
 /// ErrorAction and its siblings.
@@ -116,14 +124,15 @@ fn refusal(msg: String, id: &str, cmd: &str, col: Option<usize>) -> Refusal {
 fn resolve<'a>(entry: &'a Entry, name: &str, col: Option<usize>) -> Result<Target<'a>, Refusal> {
     let cmd = &entry.decl.name;
     let commons = || COMMON.iter().filter(|c| !c.3 || entry.decl.changes_state);
-    if let Some(p) = entry
-        .params
-        .iter()
-        .find(|p| p.decl.name.eq_ignore_ascii_case(name) || p.decl.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))
-    {
+    if let Some(p) = entry.params.iter().find(|p| {
+        p.decl.name.eq_ignore_ascii_case(name)
+            || p.decl.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+    }) {
         return Ok(Target::Param(p));
     }
-    if let Some(c) = commons().find(|c| c.0.eq_ignore_ascii_case(name) || c.1.eq_ignore_ascii_case(name)) {
+    if let Some(c) =
+        commons().find(|c| c.0.eq_ignore_ascii_case(name) || c.1.eq_ignore_ascii_case(name))
+    {
         return Ok(Target::Common(c.0, c.2));
     }
     let lower = name.to_lowercase();
@@ -155,7 +164,10 @@ fn resolve<'a>(entry: &'a Entry, name: &str, col: Option<usize>) -> Result<Targe
     }
     found.pop().ok_or_else(|| {
         refusal(
-            format!("A parameter cannot be found that matches parameter name '{}'.", show_value(name)),
+            format!(
+                "A parameter cannot be found that matches parameter name '{}'.",
+                show_value(name)
+            ),
             "NamedParameterNotFound",
             cmd,
             col,
@@ -164,7 +176,10 @@ fn resolve<'a>(entry: &'a Entry, name: &str, col: Option<usize>) -> Result<Targe
 }
 
 fn conv_err(v: &Value, ty: &str, why: &str) -> String {
-    format!("Cannot convert value \"{}\" to type \"{ty}\". Error: \"{why}\"", show_value(&v.to_ps_string()))
+    format!(
+        "Cannot convert value \"{}\" to type \"{ty}\". Error: \"{why}\"",
+        show_value(&v.to_ps_string())
+    )
 }
 
 fn to_string_value(v: &Value) -> Result<Value, String> {
@@ -190,7 +205,11 @@ fn to_int(v: &Value) -> Result<Value, String> {
         Value::Int(i) => *i,
         Value::Double(d) => {
             if !d.is_finite() {
-                return Err(conv_err(v, ty, "Value was either too large or too small for an Int32."));
+                return Err(conv_err(
+                    v,
+                    ty,
+                    "Value was either too large or too small for an Int32.",
+                ));
             }
             d.round_ties_even() as i64
         }
@@ -206,7 +225,11 @@ fn to_int(v: &Value) -> Result<Value, String> {
         _ => return Err(conv_err(v, ty, "Input value has no integer form.")),
     };
     if i32::try_from(n).is_err() {
-        return Err(conv_err(v, ty, "Value was either too large or too small for an Int32."));
+        return Err(conv_err(
+            v,
+            ty,
+            "Value was either too large or too small for an Int32.",
+        ));
     }
     Ok(Value::Int(n))
 }
@@ -215,12 +238,18 @@ fn to_double(v: &Value) -> Result<Value, String> {
     match v {
         Value::Int(i) => Ok(Value::Double(*i as f64)),
         Value::Double(d) => Ok(Value::Double(*d)),
-        Value::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .map(Value::Double)
-            .map_err(|_| conv_err(v, "System.Double", "Input string was not in a correct format.")),
-        _ => Err(conv_err(v, "System.Double", "Input value has no number form.")),
+        Value::String(s) => s.trim().parse::<f64>().map(Value::Double).map_err(|_| {
+            conv_err(
+                v,
+                "System.Double",
+                "Input string was not in a correct format.",
+            )
+        }),
+        _ => Err(conv_err(
+            v,
+            "System.Double",
+            "Input value has no number form.",
+        )),
     }
 }
 
@@ -240,8 +269,19 @@ pub(crate) fn parse_date(s: &str) -> Option<DateTime<FixedOffset>> {
     if let Ok(d) = DateTime::parse_from_rfc3339(t) {
         return Some(d);
     }
-    let local = |n: NaiveDateTime| chrono::Local.from_local_datetime(&n).single().map(|d| d.fixed_offset());
-    for f in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M"] {
+    let local = |n: NaiveDateTime| {
+        chrono::Local
+            .from_local_datetime(&n)
+            .single()
+            .map(|d| d.fixed_offset())
+    };
+    for f in [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%m/%d/%Y %H:%M:%S",
+        "%m/%d/%Y %H:%M",
+    ] {
         if let Ok(n) = NaiveDateTime::parse_from_str(t, f) {
             return local(n);
         }
@@ -261,7 +301,10 @@ fn elements(v: &Value) -> Result<Vec<Value>, String> {
         other => vec![other.clone()],
     };
     if items.len() > MAX_BOUND_ARRAY {
-        return Err(format!("An array of {} values is longer than this session accepts ({MAX_BOUND_ARRAY}).", items.len()));
+        return Err(format!(
+            "An array of {} values is longer than this session accepts ({MAX_BOUND_ARRAY}).",
+            items.len()
+        ));
     }
     Ok(items)
 }
@@ -270,19 +313,31 @@ fn elements(v: &Value) -> Result<Vec<Value>, String> {
 pub(crate) fn convert(v: &Value, ty: ParamType) -> Result<Value, String> {
     match ty {
         ParamType::String => to_string_value(v),
-        ParamType::StringArray => {
-            Ok(Value::Array(elements(v)?.iter().map(to_string_value).collect::<Result<Vec<_>, _>>()?))
-        }
+        ParamType::StringArray => Ok(Value::Array(
+            elements(v)?
+                .iter()
+                .map(to_string_value)
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
         ParamType::Int => to_int(v),
-        ParamType::IntArray => Ok(Value::Array(elements(v)?.iter().map(to_int).collect::<Result<Vec<_>, _>>()?)),
+        ParamType::IntArray => Ok(Value::Array(
+            elements(v)?
+                .iter()
+                .map(to_int)
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
         ParamType::Double => to_double(v),
         ParamType::Bool => to_bool(v, "System.Boolean"),
         ParamType::Switch => to_bool(v, "System.Management.Automation.SwitchParameter"),
         ParamType::DateTime => match v {
             Value::DateTime(d) => Ok(Value::DateTime(*d)),
-            Value::String(s) => parse_date(s)
-                .map(Value::DateTime)
-                .ok_or_else(|| conv_err(v, "System.DateTime", "String was not recognized as a valid DateTime.")),
+            Value::String(s) => parse_date(s).map(Value::DateTime).ok_or_else(|| {
+                conv_err(
+                    v,
+                    "System.DateTime",
+                    "String was not recognized as a valid DateTime.",
+                )
+            }),
             _ => Err(conv_err(v, "System.DateTime", "Input value is not a date.")),
         },
         ParamType::Object => Ok(v.clone()),
@@ -353,7 +408,9 @@ fn bind_application(entry: &Entry, args: &[ArgIn]) -> Result<Bound, Refusal> {
     let mut argv: Vec<(String, Option<usize>)> = Vec::new();
     for a in args {
         match a {
-            ArgIn::Named { name, value, col, .. } => match value {
+            ArgIn::Named {
+                name, value, col, ..
+            } => match value {
                 Some(v) => argv.push((format!("-{name}:{}", v.to_ps_string()), *col)),
                 None => argv.push((format!("-{name}"), *col)),
             },
@@ -365,7 +422,12 @@ fn bind_application(entry: &Entry, args: &[ArgIn]) -> Result<Bound, Refusal> {
         }
     }
     if argv.len() > MAX_BOUND_ARRAY {
-        return Err(refusal(format!("Too many arguments (more than {MAX_BOUND_ARRAY})."), "TooManyArguments", cmd, None));
+        return Err(refusal(
+            format!("Too many arguments (more than {MAX_BOUND_ARRAY})."),
+            "TooManyArguments",
+            cmd,
+            None,
+        ));
     }
     for (a, col) in &argv {
         let none_allowed = match &entry.arg_patterns {
@@ -381,10 +443,14 @@ fn bind_application(entry: &Entry, args: &[ArgIn]) -> Result<Bound, Refusal> {
             let why = if none_allowed {
                 "this program takes no arguments in this session".to_string()
             } else {
-                "it does not fully match any argument pattern the role capability allows".to_string()
+                "it does not fully match any argument pattern the role capability allows"
+                    .to_string()
             };
             return Err(refusal(
-                format!("The argument '{}' is not allowed for '{cmd}': {why}.", show_value(a)),
+                format!(
+                    "The argument '{}' is not allowed for '{cmd}': {why}.",
+                    show_value(a)
+                ),
                 "ArgumentNotAllowed",
                 cmd,
                 *col,
@@ -416,7 +482,12 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
                 positionals.push((value.clone(), *col));
                 continue;
             }
-            ArgIn::Named { name, value, col, attached_col } => (name, value, *col, *attached_col),
+            ArgIn::Named {
+                name,
+                value,
+                col,
+                attached_col,
+            } => (name, value, *col, *attached_col),
         };
         let target = resolve(entry, name, col)?;
         let canonical = target.name().to_string();
@@ -430,7 +501,10 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
         }
         seen.push(canonical.clone());
         let (value, vcol) = if target.is_switch() {
-            (attached.clone().unwrap_or(Value::Bool(true)), attached_col.or(col))
+            (
+                attached.clone().unwrap_or(Value::Bool(true)),
+                attached_col.or(col),
+            )
         } else if let Some(v) = attached {
             (v.clone(), attached_col.or(col))
         } else if let Some(ArgIn::Positional { value, col: vc }) = args.get(i) {
@@ -452,9 +526,15 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
         match target {
             Target::Param(spec) => {
                 let v = convert(&value, spec.decl.ty).map_err(|m| {
-                    refusal(format!("Cannot bind parameter '{canonical}'. {m}"), "ParameterArgumentTransformationError", cmd, vcol)
+                    refusal(
+                        format!("Cannot bind parameter '{canonical}'. {m}"),
+                        "ParameterArgumentTransformationError",
+                        cmd,
+                        vcol,
+                    )
                 })?;
-                validate(spec, &v).map_err(|m| refusal(m, "ParameterArgumentValidationError", cmd, vcol))?;
+                validate(spec, &v)
+                    .map_err(|m| refusal(m, "ParameterArgumentValidationError", cmd, vcol))?;
                 out.audit.set(&canonical, v.clone());
                 out.args.set(&canonical, v);
             }
@@ -469,7 +549,10 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
                         ));
                     }
                     CommonKind::Switch => {
-                        let on = matches!(to_bool(&value, "System.Management.Automation.SwitchParameter"), Ok(Value::Bool(true)));
+                        let on = matches!(
+                            to_bool(&value, "System.Management.Automation.SwitchParameter"),
+                            Ok(Value::Bool(true))
+                        );
                         match cname {
                             "Verbose" => out.common.verbose = on,
                             "Debug" => out.common.debug = on,
@@ -480,12 +563,19 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
                     }
                     CommonKind::Int => {
                         let v = to_int(&value).map_err(|m| {
-                            refusal(format!("Cannot bind parameter '{cname}'. {m}"), "ParameterArgumentTransformationError", cmd, vcol)
+                            refusal(
+                                format!("Cannot bind parameter '{cname}'. {m}"),
+                                "ParameterArgumentTransformationError",
+                                cmd,
+                                vcol,
+                            )
                         })?;
                         out.audit.set(cname, v);
                     }
                     CommonKind::Action => {
-                        let act = parse_action(cname, &value).map_err(|m| refusal(m, "ParameterArgumentValidationError", cmd, vcol))?;
+                        let act = parse_action(cname, &value).map_err(|m| {
+                            refusal(m, "ParameterArgumentValidationError", cmd, vcol)
+                        })?;
                         match cname {
                             "ErrorAction" => out.common.error_action = act,
                             "WarningAction" => out.common.warning_action = act,
@@ -509,14 +599,22 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
     for (value, col) in positionals {
         let Some(spec) = slots.next() else {
             return Err(refusal(
-                format!("A positional parameter cannot be found that accepts argument '{}'.", show_value(&value.to_ps_string())),
+                format!(
+                    "A positional parameter cannot be found that accepts argument '{}'.",
+                    show_value(&value.to_ps_string())
+                ),
                 "PositionalParameterNotFound",
                 cmd,
                 col,
             ));
         };
         let v = convert(&value, spec.decl.ty).map_err(|m| {
-            refusal(format!("Cannot bind parameter '{}'. {m}", spec.decl.name), "ParameterArgumentTransformationError", cmd, col)
+            refusal(
+                format!("Cannot bind parameter '{}'. {m}", spec.decl.name),
+                "ParameterArgumentTransformationError",
+                cmd,
+                col,
+            )
         })?;
         validate(spec, &v).map_err(|m| refusal(m, "ParameterArgumentValidationError", cmd, col))?;
         out.audit.set(&spec.decl.name, v.clone());
@@ -568,7 +666,12 @@ fn not_bound(cmd: &str, input: &Value) -> ErrorRecord {
 
 /// Bind one pipeline object (ByValue, else ByPropertyName, else ByValue with conversion) on
 /// top of the command-line arguments, and validate it. Errors are non-terminating records.
-pub(crate) fn bind_input(entry: &Entry, cmdline: &BoundArgs, input: &Value) -> Result<BoundArgs, ErrorRecord> {
+#[allow(clippy::result_large_err)]
+pub(crate) fn bind_input(
+    entry: &Entry,
+    cmdline: &BoundArgs,
+    input: &Value,
+) -> Result<BoundArgs, ErrorRecord> {
     let cmd = &entry.decl.name;
     let free = |p: &&ParamSpec| !cmdline.has(&p.decl.name);
     let mut args = cmdline.clone();
@@ -578,35 +681,52 @@ pub(crate) fn bind_input(entry: &Entry, cmdline: &BoundArgs, input: &Value) -> R
     // Order: ByValue to a typed parameter without conversion, then ByPropertyName (so a
     // constrained -Name is what binds an object's Name), then ByValue to an untyped
     // (object) parameter, then ByValue with conversion for scalars.
-    if let Some(p) = entry
-        .params
-        .iter()
-        .filter(free)
-        .find(|p| p.decl.pipeline.by_value && !any_type(p) && accepts_without_conversion(p.decl.ty, input))
-    {
-        let v = convert(input, p.decl.ty).map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
+    if let Some(p) = entry.params.iter().filter(free).find(|p| {
+        p.decl.pipeline.by_value && !any_type(p) && accepts_without_conversion(p.decl.ty, input)
+    }) {
+        let v =
+            convert(input, p.decl.ty).map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
         args.set(&p.decl.name, v);
         bound.push(p);
     }
     if bound.is_empty() && is_obj {
-        for p in entry.params.iter().filter(free).filter(|p| p.decl.pipeline.by_property_name) {
-            let prop = std::iter::once(&p.decl.name).chain(p.decl.aliases.iter()).find_map(|n| input.property(n));
+        for p in entry
+            .params
+            .iter()
+            .filter(free)
+            .filter(|p| p.decl.pipeline.by_property_name)
+        {
+            let prop = std::iter::once(&p.decl.name)
+                .chain(p.decl.aliases.iter())
+                .find_map(|n| input.property(n));
             if let Some(pv) = prop {
-                let v = convert(pv, p.decl.ty).map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
+                let v = convert(pv, p.decl.ty)
+                    .map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
                 args.set(&p.decl.name, v);
                 bound.push(p);
             }
         }
     }
     if bound.is_empty() {
-        if let Some(p) = entry.params.iter().filter(free).find(|p| p.decl.pipeline.by_value && any_type(p)) {
-            let v = convert(input, p.decl.ty).map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
+        if let Some(p) = entry
+            .params
+            .iter()
+            .filter(free)
+            .find(|p| p.decl.pipeline.by_value && any_type(p))
+        {
+            let v = convert(input, p.decl.ty)
+                .map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
             args.set(&p.decl.name, v);
             bound.push(p);
         }
     }
     if bound.is_empty() && !is_obj {
-        if let Some(p) = entry.params.iter().filter(free).find(|p| p.decl.pipeline.by_value) {
+        if let Some(p) = entry
+            .params
+            .iter()
+            .filter(free)
+            .find(|p| p.decl.pipeline.by_value)
+        {
             if let Ok(v) = convert(input, p.decl.ty) {
                 args.set(&p.decl.name, v);
                 bound.push(p);
@@ -619,9 +739,13 @@ pub(crate) fn bind_input(entry: &Entry, cmdline: &BoundArgs, input: &Value) -> R
     for p in bound {
         if let Some(v) = args.get(&p.decl.name) {
             validate(p, v).map_err(|m| {
-                ErrorRecord::new(m, format!("ParameterArgumentValidationError,{cmd}"), ErrorCategory::InvalidData)
-                    .target(input.clone())
-                    .exception("System.Management.Automation.ParameterBindingValidationException")
+                ErrorRecord::new(
+                    m,
+                    format!("ParameterArgumentValidationError,{cmd}"),
+                    ErrorCategory::InvalidData,
+                )
+                .target(input.clone())
+                .exception("System.Management.Automation.ParameterBindingValidationException")
             })?;
         }
     }
@@ -633,7 +757,10 @@ pub(crate) fn bind_input(entry: &Entry, cmdline: &BoundArgs, input: &Value) -> R
         .collect();
     if !missing.is_empty() {
         return Err(ErrorRecord::new(
-            format!("The input object does not supply the mandatory parameters: {}.", missing.join(", ")),
+            format!(
+                "The input object does not supply the mandatory parameters: {}.",
+                missing.join(", ")
+            ),
             format!("MissingMandatoryParameter,{cmd}"),
             ErrorCategory::InvalidArgument,
         )

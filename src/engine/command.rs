@@ -41,7 +41,10 @@ impl ParamType {
         }
     }
     pub fn is_array(&self) -> bool {
-        matches!(self, ParamType::StringArray | ParamType::IntArray | ParamType::ObjectArray)
+        matches!(
+            self,
+            ParamType::StringArray | ParamType::IntArray | ParamType::ObjectArray
+        )
     }
 }
 
@@ -174,7 +177,9 @@ impl CommandDecl {
         self
     }
     pub fn find_param(&self, name: &str) -> Option<&ParamDecl> {
-        self.params.iter().find(|p| p.name.eq_ignore_ascii_case(name))
+        self.params
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -342,7 +347,10 @@ pub struct BoundArgs {
 
 impl BoundArgs {
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.values.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.values
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
     pub fn has(&self, name: &str) -> bool {
         self.get(name).is_some()
@@ -374,13 +382,26 @@ impl BoundArgs {
     }
     pub fn ints(&self, name: &str) -> Vec<i64> {
         match self.get(name) {
-            Some(Value::Array(items)) => items.iter().filter_map(|v| if let Value::Int(i) = v { Some(*i) } else { None }).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| {
+                    if let Value::Int(i) = v {
+                        Some(*i)
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
             Some(Value::Int(i)) => vec![*i],
             _ => Vec::new(),
         }
     }
     pub fn set(&mut self, name: &str, v: Value) {
-        if let Some(slot) = self.values.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        if let Some(slot) = self
+            .values
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             slot.1 = v;
         } else {
             self.values.push((name.to_string(), v));
@@ -447,8 +468,15 @@ pub trait Invocation {
     /// Called once per pipeline input object (`input` is Some, `args` has the parameters bound
     /// from it merged in) or once with `input` None when the command is first in its pipeline.
     /// Returning Err stops the whole pipeline (a terminating error).
-    fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, input: Option<Value>) -> Result<(), ErrorRecord>;
+    #[allow(clippy::result_large_err)] // an ErrorRecord is the natural terminating error; rare
+    fn process(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        args: &BoundArgs,
+        input: Option<Value>,
+    ) -> Result<(), ErrorRecord>;
     /// Called once after the last input.
+    #[allow(clippy::result_large_err)]
     fn end(&mut self, _ctx: &mut Ctx<'_>) -> Result<(), ErrorRecord> {
         Ok(())
     }

@@ -108,12 +108,18 @@ pub fn resolve_props(patterns: &[String], available: &[String]) -> Vec<String> {
     for p in patterns {
         if p.contains('*') || p.contains('?') {
             for a in available {
-                if crate::commands::wildcard_match(p, a) && !out.iter().any(|o| o.eq_ignore_ascii_case(a)) {
+                if crate::commands::wildcard_match(p, a)
+                    && !out.iter().any(|o| o.eq_ignore_ascii_case(a))
+                {
                     out.push(a.clone());
                 }
             }
         } else if !out.iter().any(|o| o.eq_ignore_ascii_case(p)) {
-            let name = available.iter().find(|a| a.eq_ignore_ascii_case(p)).cloned().unwrap_or_else(|| p.clone());
+            let name = available
+                .iter()
+                .find(|a| a.eq_ignore_ascii_case(p))
+                .cloned()
+                .unwrap_or_else(|| p.clone());
             out.push(name);
         }
     }
@@ -127,16 +133,28 @@ pub fn long_date(d: &chrono::DateTime<chrono::FixedOffset>) -> String {
 
 impl Formatter {
     pub fn new() -> Self {
-        Formatter { state: State::Idle, forced: None, buffer_rows: TABLE_BUFFER_ROWS }
+        Formatter {
+            state: State::Idle,
+            forced: None,
+            buffer_rows: TABLE_BUFFER_ROWS,
+        }
     }
 
     /// A formatter with a forced shape that sizes columns over everything it is given.
     pub fn forced(f: Forced) -> Self {
-        Formatter { state: State::Idle, forced: Some(f), buffer_rows: usize::MAX }
+        Formatter {
+            state: State::Idle,
+            forced: Some(f),
+            buffer_rows: usize::MAX,
+        }
     }
 
     fn whole() -> Self {
-        Formatter { state: State::Idle, forced: None, buffer_rows: usize::MAX }
+        Formatter {
+            state: State::Idle,
+            forced: None,
+            buffer_rows: usize::MAX,
+        }
     }
 
     /// Text for this value (may include a table header).
@@ -156,7 +174,9 @@ impl Formatter {
             }
             Value::Dict(entries) => {
                 for (k, val) in entries {
-                    let row = PsObject::new("System.Collections.DictionaryEntry").with("Name", k.as_str()).with("Value", val.clone());
+                    let row = PsObject::new("System.Collections.DictionaryEntry")
+                        .with("Name", k.as_str())
+                        .with("Value", val.clone());
                     self.object(&row, out);
                 }
             }
@@ -189,16 +209,31 @@ impl Formatter {
         } else {
             None
         };
-        let key = Key { type_name: o.type_name().to_string(), props: props.clone(), group };
-        let cells: Vec<&Value> = props.iter().map(|p| o.get(p).unwrap_or(&Value::Null)).collect();
+        let key = Key {
+            type_name: o.type_name().to_string(),
+            props: props.clone(),
+            group,
+        };
+        let cells: Vec<&Value> = props
+            .iter()
+            .map(|p| o.get(p).unwrap_or(&Value::Null))
+            .collect();
         if table {
             let same = matches!(&self.state, State::Table(t) if t.key == key);
             if !same {
                 self.close(out);
                 let right = cells.iter().map(|v| is_numeric(v)).collect();
-                self.state = State::Table(TableState { key, right, rows: Vec::new(), widths: None });
+                self.state = State::Table(TableState {
+                    key,
+                    right,
+                    rows: Vec::new(),
+                    widths: None,
+                });
             }
-            let row: Vec<String> = cells.iter().map(|v| cut(&cell_text(v), MAX_CELL_WIDTH)).collect();
+            let row: Vec<String> = cells
+                .iter()
+                .map(|v| cut(&cell_text(v), MAX_CELL_WIDTH))
+                .collect();
             let limit = self.buffer_rows;
             if let State::Table(t) = &mut self.state {
                 match &t.widths {
@@ -289,7 +324,10 @@ fn flush_table(t: &mut TableState, out: &mut String) {
         out.push_str(&format!("   TypeName: {g}\n\n"));
     }
     out.push_str(&render_row(headers, &widths, &t.right));
-    let dashes: Vec<String> = headers.iter().map(|h| "-".repeat(h.chars().count())).collect();
+    let dashes: Vec<String> = headers
+        .iter()
+        .map(|h| "-".repeat(h.chars().count()))
+        .collect();
     out.push_str(&render_row(&dashes, &widths, &t.right));
     for r in t.rows.drain(..) {
         out.push_str(&render_row(&r, &widths, &t.right));
@@ -323,12 +361,25 @@ mod tests {
     }
 
     fn svc(name: &str, status: &str, n: i64) -> Value {
-        PsObject::new("Svc").with("Name", name).with("Status", status).with("Pid", n).into_value()
+        PsObject::new("Svc")
+            .with("Name", name)
+            .with("Status", status)
+            .with("Pid", n)
+            .into_value()
     }
 
     #[test]
     fn scalars() {
-        check(&["a".into(), Value::Int(5), Value::Bool(true), Value::Null, Value::Bool(false)], "a\n5\nTrue\nFalse\n");
+        check(
+            &[
+                "a".into(),
+                Value::Int(5),
+                Value::Bool(true),
+                Value::Null,
+                Value::Bool(false),
+            ],
+            "a\n5\nTrue\nFalse\n",
+        );
     }
 
     #[test]
@@ -341,14 +392,22 @@ mod tests {
 
     #[test]
     fn display_set_and_right_aligned_header() {
-        let mut o = PsObject::new("P").with("Id", 7).with("Name", "sshd").with("Hidden", "x");
+        let mut o = PsObject::new("P")
+            .with("Id", 7)
+            .with("Name", "sshd")
+            .with("Hidden", "x");
         o.display = vec!["Id".into(), "Name".into()];
         check(&[o.into_value()], "\nId Name\n-- ----\n 7 sshd\n\n");
     }
 
     #[test]
     fn list_for_five_properties() {
-        let o = PsObject::custom().with("a", 1).with("bb", 2).with("c", "x").with("d", Value::Null).with("e", true);
+        let o = PsObject::custom()
+            .with("a", 1)
+            .with("bb", 2)
+            .with("c", "x")
+            .with("d", Value::Null)
+            .with("e", true);
         check(&[o.clone().into_value(), o.into_value()], "\na  : 1\nbb : 2\nc  : x\nd  :\ne  : True\n\na  : 1\nbb : 2\nc  : x\nd  :\ne  : True\n\n");
     }
 
@@ -361,9 +420,18 @@ mod tests {
 
     #[test]
     fn arrays_in_cells_and_forced_list() {
-        let o = PsObject::custom().with("n", "a").with("v", Value::Array(vec!["x".into(), "y".into()])).into_value();
+        let o = PsObject::custom()
+            .with("n", "a")
+            .with("v", Value::Array(vec!["x".into(), "y".into()]))
+            .into_value();
         check(std::slice::from_ref(&o), "\nn v\n- -\na {x, y}\n\n");
-        let f = format_forced(&[o], Forced { table: false, props: Some(vec!["v".into()]) });
+        let f = format_forced(
+            &[o],
+            Forced {
+                table: false,
+                props: Some(vec!["v".into()]),
+            },
+        );
         assert_eq!(f, "\nv : {x, y}\n\n");
     }
 
@@ -372,7 +440,10 @@ mod tests {
         let mut f = Formatter::new();
         f.buffer_rows = 1;
         let a = f.push(&svc("a", "Running", 1));
-        assert_eq!(a, "\nName Status  Pid\n---- ------  ---\na    Running   1\n");
+        assert_eq!(
+            a,
+            "\nName Status  Pid\n---- ------  ---\na    Running   1\n"
+        );
         let b = f.push(&svc("b", "Up", 22));
         assert_eq!(b, "b    Up       22\n");
         assert_eq!(f.finish(), "\n");

@@ -93,7 +93,9 @@ impl RunOutcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunOutcome::Completed { had_errors: false } | RunOutcome::Exit => 0,
-            RunOutcome::Completed { had_errors: true } | RunOutcome::Failed(_) | RunOutcome::Stopped => 1,
+            RunOutcome::Completed { had_errors: true }
+            | RunOutcome::Failed(_)
+            | RunOutcome::Stopped => 1,
             RunOutcome::Refused(_) => 2,
         }
     }
@@ -125,4 +127,3 @@ pub struct SessionOptions {
     pub session_type: SessionType,
     pub host: HostEnv,
 }
-

@@ -121,7 +121,10 @@ impl EventSink for StageSink<'_, '_> {
 }
 
 fn aborted(shared: &RefCell<Shared<'_>>) -> bool {
-    shared.try_borrow().map(|s| s.abort.is_some()).unwrap_or(true)
+    shared
+        .try_borrow()
+        .map(|s| s.abort.is_some())
+        .unwrap_or(true)
 }
 
 fn set_abort(shared: &RefCell<Shared<'_>>, a: Abort) {
@@ -145,22 +148,38 @@ fn whatif_text(stage: &Stage, args: &super::command::BoundArgs, input: Option<&V
                 .values
                 .iter()
                 .filter(|(k, _)| {
-                    stage.entry.param(k).map(|p| !matches!(p.decl.ty, ParamType::Switch | ParamType::Bool)).unwrap_or(true)
+                    stage
+                        .entry
+                        .param(k)
+                        .map(|p| !matches!(p.decl.ty, ParamType::Switch | ParamType::Bool))
+                        .unwrap_or(true)
                 })
                 .map(|(_, v)| match v {
-                    Value::Array(items) => items.iter().map(Value::to_ps_string).collect::<Vec<_>>().join(", "),
+                    Value::Array(items) => items
+                        .iter()
+                        .map(Value::to_ps_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     other => other.to_ps_string(),
                 })
                 .collect();
             parts.join(" ")
         }
     };
-    format!("What if: Performing the operation \"{}\" on target \"{}\".", stage.entry.decl.name, target)
+    format!(
+        "What if: Performing the operation \"{}\" on target \"{}\".",
+        stage.entry.decl.name, target
+    )
 }
 
 /// Push one object (or the single no-input call when `input` is None) into `stages[0]`; its
 /// output flows on into the rest, and out of the last stage to the sink.
-pub(crate) fn run_stage(stages: &mut [Stage], input: Option<Value>, shared: &RefCell<Shared<'_>>, env: &Env<'_>) {
+pub(crate) fn run_stage(
+    stages: &mut [Stage],
+    input: Option<Value>,
+    shared: &RefCell<Shared<'_>>,
+    env: &Env<'_>,
+) {
     if aborted(shared) {
         return;
     }
@@ -176,7 +195,12 @@ pub(crate) fn run_stage(stages: &mut [Stage], input: Option<Value>, shared: &Ref
         }
         return;
     };
-    let mut sink = StageSink { shared, common: &cur.bound.common, command: &cur.entry.decl.name, stop: None };
+    let mut sink = StageSink {
+        shared,
+        common: &cur.bound.common,
+        command: &cur.entry.decl.name,
+        stop: None,
+    };
     let args = match &input {
         Some(v) => match bind_input(&cur.entry, &cur.bound.args, v) {
             Ok(a) => a,
@@ -227,8 +251,15 @@ pub(crate) fn end_stages(stages: &mut [Stage], shared: &RefCell<Shared<'_>>, env
         if cur.bound.common.whatif {
             continue;
         }
-        let Some(inv) = cur.inv.as_mut() else { continue };
-        let mut sink = StageSink { shared, common: &cur.bound.common, command: &cur.entry.decl.name, stop: None };
+        let Some(inv) = cur.inv.as_mut() else {
+            continue;
+        };
+        let mut sink = StageSink {
+            shared,
+            common: &cur.bound.common,
+            command: &cur.entry.decl.name,
+            stop: None,
+        };
         let mut out = |v: Value| run_stage(after, Some(v), shared, env);
         let mut ignored = false;
         let result = {
@@ -251,7 +282,12 @@ pub(crate) fn end_stages(stages: &mut [Stage], shared: &RefCell<Shared<'_>>, env
 }
 
 /// Run a whole pipeline: the input objects (or one no-input call), then every `end`.
-pub(crate) fn run_pipeline(stages: &mut [Stage], input: Vec<Value>, shared: &RefCell<Shared<'_>>, env: &Env<'_>) {
+pub(crate) fn run_pipeline(
+    stages: &mut [Stage],
+    input: Vec<Value>,
+    shared: &RefCell<Shared<'_>>,
+    env: &Env<'_>,
+) {
     if input.is_empty() {
         run_stage(stages, None, shared, env);
     } else {

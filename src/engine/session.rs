@@ -13,7 +13,9 @@ use super::format::Formatter;
 use super::pipeline::{run_pipeline, Abort, Env, Shared, Stage};
 use super::table::{apply_grant, CommandTable, Entry};
 use super::value::Value;
-use super::{Audit, CommandArg, Refusal, RunOutcome, SessionOptions, StructuredCommand, StructuredPipeline};
+use super::{
+    Audit, CommandArg, Refusal, RunOutcome, SessionOptions, StructuredCommand, StructuredPipeline,
+};
 use crate::capability::ParamsGrant;
 use crate::lang::{self, CommandElement, Literal, LiteralValue, Statement};
 
@@ -58,16 +60,26 @@ fn structured_args(args: &[CommandArg]) -> Vec<ArgIn> {
         .map(|a| match &a.name {
             Some(n) => {
                 let n = n.strip_prefix('-').unwrap_or(n);
-                ArgIn::Named { name: n.to_string(), value: a.value.clone(), col: None, attached_col: None }
+                ArgIn::Named {
+                    name: n.to_string(),
+                    value: a.value.clone(),
+                    col: None,
+                    attached_col: None,
+                }
             }
-            None => ArgIn::Positional { value: a.value.clone().unwrap_or(Value::Null), col: None },
+            None => ArgIn::Positional {
+                value: a.value.clone().unwrap_or(Value::Null),
+                col: None,
+            },
         })
         .collect()
 }
 
 fn render_value(v: &Value) -> String {
     match v {
-        Value::String(s) if s.is_empty() || s.chars().any(|c| c.is_whitespace() || ",;|'\"".contains(c)) => {
+        Value::String(s)
+            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || ",;|'\"".contains(c)) =>
+        {
             format!("'{}'", s.replace('\'', "''"))
         }
         Value::Bool(true) => "$true".into(),
@@ -91,7 +103,10 @@ pub fn render_structured(statements: &[StructuredPipeline]) -> String {
                         match (&a.name, &a.value) {
                             (Some(n), Some(v)) => s.push_str(&format!(" -{n} {}", render_value(v))),
                             (Some(n), None) => s.push_str(&format!(" -{n}")),
-                            (None, v) => s.push_str(&format!(" {}", render_value(v.as_ref().unwrap_or(&Value::Null)))),
+                            (None, v) => s.push_str(&format!(
+                                " {}",
+                                render_value(v.as_ref().unwrap_or(&Value::Null))
+                            )),
                         }
                     }
                     s
@@ -106,31 +121,43 @@ pub fn render_structured(statements: &[StructuredPipeline]) -> String {
 /// pypsrp's `execute_ps(TEXT)`: exactly `Invoke-Expression -Command TEXT | Out-String -Stream`.
 fn execute_ps_text(statements: &[StructuredPipeline]) -> Option<String> {
     let [only] = statements else { return None };
-    let [iex, out] = only.commands.as_slice() else { return None };
-    if !iex.name.eq_ignore_ascii_case("Invoke-Expression") || !out.name.eq_ignore_ascii_case("Out-String") {
+    let [iex, out] = only.commands.as_slice() else {
+        return None;
+    };
+    if !iex.name.eq_ignore_ascii_case("Invoke-Expression")
+        || !out.name.eq_ignore_ascii_case("Out-String")
+    {
         return None;
     }
     let text = match iex.args.as_slice() {
-        [CommandArg { name, value: Some(Value::String(t)) }]
-            if name.as_deref().map(|n| n.trim_start_matches('-').eq_ignore_ascii_case("Command")).unwrap_or(true) =>
+        [CommandArg {
+            name,
+            value: Some(Value::String(t)),
+        }] if name
+            .as_deref()
+            .map(|n| n.trim_start_matches('-').eq_ignore_ascii_case("Command"))
+            .unwrap_or(true) =>
         {
             t.clone()
         }
         _ => return None,
     };
     match out.args.as_slice() {
-        [CommandArg { name: Some(n), value: None | Some(Value::Bool(true)) }]
-            if n.trim_start_matches('-').eq_ignore_ascii_case("Stream") =>
-        {
-            Some(text)
-        }
+        [CommandArg {
+            name: Some(n),
+            value: None | Some(Value::Bool(true)),
+        }] if n.trim_start_matches('-').eq_ignore_ascii_case("Stream") => Some(text),
         _ => None,
     }
 }
 
 impl Session {
     /// Build the command table from the effective capability, and nothing else.
-    pub fn new(cap: &crate::capability::EffectiveCapability, opts: SessionOptions, audit: Box<dyn Audit>) -> Session {
+    pub fn new(
+        cap: &crate::capability::EffectiveCapability,
+        opts: SessionOptions,
+        audit: Box<dyn Audit>,
+    ) -> Session {
         let table = CommandTable::build(cap, opts.session_type);
         Session { opts, audit, table }
     }
@@ -168,15 +195,20 @@ impl Session {
                                 .elements
                                 .iter()
                                 .map(|e| match e {
-                                    CommandElement::Parameter { name, value, span } => ArgIn::Named {
-                                        name: name.clone(),
-                                        value: value.as_ref().map(literal_value),
-                                        col: Some(span.column(line)),
-                                        attached_col: value.as_ref().map(|l| l.span.column(line)),
-                                    },
-                                    CommandElement::Argument(l) => {
-                                        ArgIn::Positional { value: literal_value(l), col: Some(l.span.column(line)) }
+                                    CommandElement::Parameter { name, value, span } => {
+                                        ArgIn::Named {
+                                            name: name.clone(),
+                                            value: value.as_ref().map(literal_value),
+                                            col: Some(span.column(line)),
+                                            attached_col: value
+                                                .as_ref()
+                                                .map(|l| l.span.column(line)),
+                                        }
                                     }
+                                    CommandElement::Argument(l) => ArgIn::Positional {
+                                        value: literal_value(l),
+                                        col: Some(l.span.column(line)),
+                                    },
                                 })
                                 .collect(),
                         })
@@ -188,12 +220,20 @@ impl Session {
         Ok(out)
     }
 
-    fn prepare(&self, statements: Vec<RawStatement>, first_has_input: bool, stream_text: bool) -> Result<Vec<Prepared>, Refusal> {
+    fn prepare(
+        &self,
+        statements: Vec<RawStatement>,
+        first_has_input: bool,
+        stream_text: bool,
+    ) -> Result<Vec<Prepared>, Refusal> {
         let mut out = Vec::new();
         for (si, st) in statements.into_iter().enumerate() {
             let cmds = match st {
                 RawStatement::Exit => {
-                    out.push(Prepared { stages: Vec::new(), exit: true });
+                    out.push(Prepared {
+                        stages: Vec::new(),
+                        exit: true,
+                    });
                     continue;
                 }
                 RawStatement::Pipeline(c) => c,
@@ -205,7 +245,11 @@ impl Session {
                 let has_input = i > 0 || (si == 0 && first_has_input);
                 let bound = bind(&entry, &c.args, has_input)?;
                 exit |= entry.decl.name.eq_ignore_ascii_case("Exit-PSSession");
-                stages.push(Stage { entry, bound, inv: None });
+                stages.push(Stage {
+                    entry,
+                    bound,
+                    inv: None,
+                });
             }
             if stream_text && !stages.is_empty() {
                 if let Some(s) = out_string_stream() {
@@ -225,7 +269,11 @@ impl Session {
         cancel: &CancelToken,
     ) -> RunOutcome {
         let Session { opts, audit, table } = self;
-        let env = Env { host: &opts.host, cancel, visible: &table.visible };
+        let env = Env {
+            host: &opts.host,
+            cancel,
+            visible: &table.visible,
+        };
         let shared = RefCell::new(Shared {
             sink,
             audit: audit.as_mut(),
@@ -240,7 +288,10 @@ impl Session {
                 return RunOutcome::Exit;
             }
             for st in p.stages.iter_mut() {
-                let res = shared.borrow_mut().audit.command(&st.entry.decl.name, &st.bound.audit);
+                let res = shared
+                    .borrow_mut()
+                    .audit
+                    .command(&st.entry.decl.name, &st.bound.audit);
                 if let Err(e) = res {
                     let msg = format!(
                         "The transcript could not be written ({e}); '{}' was not run because keyhole never runs unaudited.",
@@ -248,7 +299,12 @@ impl Session {
                     );
                     let mut s = shared.borrow_mut();
                     let _ = s.audit.refused(&msg);
-                    let rec = ErrorRecord::new(msg.clone(), "AuditWriteFailed", ErrorCategory::WriteError).terminating();
+                    let rec = ErrorRecord::new(
+                        msg.clone(),
+                        "AuditWriteFailed",
+                        ErrorCategory::WriteError,
+                    )
+                    .terminating();
                     if ran_any {
                         let _ = s.audit.end("Failed");
                         s.sink.event(super::command::Event::Error(rec.clone()));
@@ -296,15 +352,28 @@ impl Session {
             return RunOutcome::Failed(rec);
         }
         let _ = s.audit.end("Completed");
-        RunOutcome::Completed { had_errors: s.had_errors }
+        RunOutcome::Completed {
+            had_errors: s.had_errors,
+        }
     }
 
     /// Parse, check and run one line of the language (SPEC §4.1).
-    pub fn run_line(&mut self, line: &str, sink: &mut dyn EventSink, cancel: &CancelToken) -> RunOutcome {
+    pub fn run_line(
+        &mut self,
+        line: &str,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+    ) -> RunOutcome {
         self.run_text(line, sink, cancel, false)
     }
 
-    fn run_text(&mut self, line: &str, sink: &mut dyn EventSink, cancel: &CancelToken, stream_text: bool) -> RunOutcome {
+    fn run_text(
+        &mut self,
+        line: &str,
+        sink: &mut dyn EventSink,
+        cancel: &CancelToken,
+        stream_text: bool,
+    ) -> RunOutcome {
         if let Err(e) = self.audit.line(line) {
             return RunOutcome::Refused(Refusal {
                 message: format!("The transcript could not be written ({e}); nothing was run because keyhole never runs unaudited."),
@@ -348,7 +417,11 @@ impl Session {
                 RawStatement::Pipeline(
                     p.commands
                         .iter()
-                        .map(|c: &StructuredCommand| RawCommand { name: c.name.clone(), col: None, args: structured_args(&c.args) })
+                        .map(|c: &StructuredCommand| RawCommand {
+                            name: c.name.clone(),
+                            col: None,
+                            args: structured_args(&c.args),
+                        })
                         .collect(),
                 )
             })
@@ -368,7 +441,11 @@ fn out_string_stream() -> Option<Stage> {
     let mut bound = Bound::default();
     bound.args.set("Stream", Value::Bool(true));
     bound.audit.set("Stream", Value::Bool(true));
-    Some(Stage { entry, bound, inv: None })
+    Some(Stage {
+        entry,
+        bound,
+        inv: None,
+    })
 }
 
 #[cfg(test)]
@@ -381,7 +458,8 @@ mod tests {
     use crate::capability::EffectiveCapability;
     use crate::config::SessionType;
     use crate::engine::{
-        BoundArgs, Command, CommandDecl, Ctx, Event, HostEnv, Invocation, NoAudit, ParamDecl, ParamType, PsObject, VecSink,
+        BoundArgs, Command, CommandDecl, Ctx, Event, HostEnv, Invocation, NoAudit, ParamDecl,
+        ParamType, PsObject, VecSink,
     };
 
     type Log = Arc<Mutex<Vec<String>>>;
@@ -397,20 +475,36 @@ mod tests {
         fail: bool,
     }
     impl Invocation for FakeRun {
-        fn process(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs, input: Option<Value>) -> Result<(), ErrorRecord> {
+        fn process(
+            &mut self,
+            ctx: &mut Ctx<'_>,
+            args: &BoundArgs,
+            input: Option<Value>,
+        ) -> Result<(), ErrorRecord> {
             if self.fail {
-                return Err(ErrorRecord::new("boom", "Boom", ErrorCategory::NotSpecified));
+                return Err(ErrorRecord::new(
+                    "boom",
+                    "Boom",
+                    ErrorCategory::NotSpecified,
+                ));
             }
             match input {
                 None => {
                     for i in 0..3 {
-                        self.log.lock().unwrap().push(format!("{} emits {i}", self.name));
+                        self.log
+                            .lock()
+                            .unwrap()
+                            .push(format!("{} emits {i}", self.name));
                         ctx.output(Value::Int(i));
                     }
                 }
                 Some(v) => {
                     let name = args.strings("Name").join(",");
-                    self.log.lock().unwrap().push(format!("{} got {} name={name}", self.name, v.to_ps_string()));
+                    self.log.lock().unwrap().push(format!(
+                        "{} got {} name={name}",
+                        self.name,
+                        v.to_ps_string()
+                    ));
                     ctx.output(v);
                 }
             }
@@ -422,7 +516,11 @@ mod tests {
             &self.decl
         }
         fn start(&self, _args: &BoundArgs) -> Box<dyn Invocation> {
-            Box::new(FakeRun { name: self.decl.name.clone(), log: self.log.clone(), fail: self.fail })
+            Box::new(FakeRun {
+                name: self.decl.name.clone(),
+                log: self.log.clone(),
+                fail: self.fail,
+            })
         }
     }
 
@@ -437,19 +535,33 @@ mod tests {
         };
         let mut s = Session::new(
             &EffectiveCapability::default(),
-            SessionOptions { session_type: SessionType::Empty, host },
+            SessionOptions {
+                session_type: SessionType::Empty,
+                host,
+            },
             Box::new(NoAudit),
         );
         let log: Log = Arc::default();
-        for (name, state, fail) in [("Restart-Thing", true, false), ("Emit-Thing", false, false), ("Fail-Thing", false, true)] {
+        for (name, state, fail) in [
+            ("Restart-Thing", true, false),
+            ("Emit-Thing", false, false),
+            ("Fail-Thing", false, true),
+        ] {
             let mut decl = CommandDecl::cmdlet(name, "Test", "test").param(
-                ParamDecl::new("Name", ParamType::StringArray).position(0).by_property_name().alias("ServiceName"),
+                ParamDecl::new("Name", ParamType::StringArray)
+                    .position(0)
+                    .by_property_name()
+                    .alias("ServiceName"),
             );
             decl = decl.param(ParamDecl::new("InputObject", ParamType::Object).by_value());
             if state {
                 decl = decl.changes_state();
             }
-            let cmd: Arc<dyn Command> = Arc::new(Fake { decl, log: log.clone(), fail });
+            let cmd: Arc<dyn Command> = Arc::new(Fake {
+                decl,
+                log: log.clone(),
+                fail,
+            });
             s.table.entries.push(apply_grant(cmd, &ParamsGrant::All));
         }
         (s, log)
@@ -458,13 +570,26 @@ mod tests {
     fn sc(name: &str, args: Vec<(Option<&str>, Option<Value>)>) -> StructuredCommand {
         StructuredCommand {
             name: name.into(),
-            args: args.into_iter().map(|(n, v)| CommandArg { name: n.map(str::to_string), value: v }).collect(),
+            args: args
+                .into_iter()
+                .map(|(n, v)| CommandArg {
+                    name: n.map(str::to_string),
+                    value: v,
+                })
+                .collect(),
         }
     }
 
-    fn run(s: &mut Session, p: Vec<Vec<StructuredCommand>>, input: Vec<Value>) -> (RunOutcome, Vec<Event>) {
+    fn run(
+        s: &mut Session,
+        p: Vec<Vec<StructuredCommand>>,
+        input: Vec<Value>,
+    ) -> (RunOutcome, Vec<Event>) {
         let mut sink = VecSink::default();
-        let st: Vec<StructuredPipeline> = p.into_iter().map(|commands| StructuredPipeline { commands }).collect();
+        let st: Vec<StructuredPipeline> = p
+            .into_iter()
+            .map(|commands| StructuredPipeline { commands })
+            .collect();
         let o = s.run_structured(&st, input, &mut sink, &CancelToken::new());
         (o, sink.0)
     }
@@ -473,26 +598,50 @@ mod tests {
     fn whatif_never_calls_the_command() {
         let (mut s, log) = session();
         let names = Value::Array(vec!["a".into(), "b".into()]);
-        let (o, ev) = run(&mut s, vec![vec![sc("Restart-Thing", vec![(None, Some(names)), (Some("WhatIf"), None)])]], vec![]);
+        let (o, ev) = run(
+            &mut s,
+            vec![vec![sc(
+                "Restart-Thing",
+                vec![(None, Some(names)), (Some("WhatIf"), None)],
+            )]],
+            vec![],
+        );
         assert_eq!(o, RunOutcome::Completed { had_errors: false });
         assert!(log.lock().unwrap().is_empty());
         assert_eq!(
             ev,
-            vec![Event::Information("What if: Performing the operation \"Restart-Thing\" on target \"a, b\".".into())]
+            vec![Event::Information(
+                "What if: Performing the operation \"Restart-Thing\" on target \"a, b\".".into()
+            )]
         );
         // -Confirm:$false is accepted on a state-changing command and the command runs
-        let (o, _) = run(&mut s, vec![vec![sc("Restart-Thing", vec![(Some("Confirm"), Some(Value::Bool(false)))])]], vec![]);
+        let (o, _) = run(
+            &mut s,
+            vec![vec![sc(
+                "Restart-Thing",
+                vec![(Some("Confirm"), Some(Value::Bool(false)))],
+            )]],
+            vec![],
+        );
         assert_eq!(o, RunOutcome::Completed { had_errors: false });
         assert_eq!(log.lock().unwrap().len(), 3);
         // ... but not on one that changes nothing
-        let (o, _) = run(&mut s, vec![vec![sc("Emit-Thing", vec![(Some("WhatIf"), None)])]], vec![]);
+        let (o, _) = run(
+            &mut s,
+            vec![vec![sc("Emit-Thing", vec![(Some("WhatIf"), None)])]],
+            vec![],
+        );
         assert!(matches!(o, RunOutcome::Refused(r) if r.id == "NamedParameterNotFound,Emit-Thing"));
     }
 
     #[test]
     fn objects_stream_from_stage_to_stage() {
         let (mut s, log) = session();
-        let (o, ev) = run(&mut s, vec![vec![sc("Emit-Thing", vec![]), sc("Restart-Thing", vec![])]], vec![]);
+        let (o, ev) = run(
+            &mut s,
+            vec![vec![sc("Emit-Thing", vec![]), sc("Restart-Thing", vec![])]],
+            vec![],
+        );
         assert_eq!(o, RunOutcome::Completed { had_errors: false });
         assert_eq!(
             *log.lock().unwrap(),
@@ -516,29 +665,54 @@ mod tests {
         let (o, _) = run(&mut s, vec![vec![sc("Restart-Thing", vec![])]], vec![a, b]);
         assert_eq!(o, RunOutcome::Completed { had_errors: false });
         let l = log.lock().unwrap();
-        assert!(l[0].ends_with("name=nginx") && l[1].ends_with("name=cups"), "{l:?}");
+        assert!(
+            l[0].ends_with("name=nginx") && l[1].ends_with("name=cups"),
+            "{l:?}"
+        );
     }
 
     #[test]
     fn terminating_error_stops_the_line() {
         let (mut s, log) = session();
-        let (o, ev) = run(&mut s, vec![vec![sc("Fail-Thing", vec![])], vec![sc("Emit-Thing", vec![])]], vec![]);
+        let (o, ev) = run(
+            &mut s,
+            vec![
+                vec![sc("Fail-Thing", vec![])],
+                vec![sc("Emit-Thing", vec![])],
+            ],
+            vec![],
+        );
         match o {
             RunOutcome::Failed(r) => assert!(r.terminating && r.message == "boom"),
             other => panic!("{other:?}"),
         }
         assert_eq!(ev.len(), 1);
-        assert!(log.lock().unwrap().is_empty(), "the second statement did not run");
+        assert!(
+            log.lock().unwrap().is_empty(),
+            "the second statement did not run"
+        );
     }
 
     #[test]
     fn structured_rendering_for_the_transcript() {
         let p = StructuredPipeline {
             commands: vec![
-                sc("Get-Service", vec![(Some("Name"), Some(Value::Array(vec!["a b".into(), "c".into()])))]),
-                sc("Select-Object", vec![(None, Some("Name".into())), (Some("Unique"), None)]),
+                sc(
+                    "Get-Service",
+                    vec![(
+                        Some("Name"),
+                        Some(Value::Array(vec!["a b".into(), "c".into()])),
+                    )],
+                ),
+                sc(
+                    "Select-Object",
+                    vec![(None, Some("Name".into())), (Some("Unique"), None)],
+                ),
             ],
         };
-        assert_eq!(render_structured(&[p]), "Get-Service -Name 'a b',c | Select-Object Name -Unique");
+        assert_eq!(
+            render_structured(&[p]),
+            "Get-Service -Name 'a b',c | Select-Object Name -Unique"
+        );
     }
 }

@@ -21,7 +21,10 @@ const MAX_SHOWN_VALUE: usize = 200;
 #[derive(Debug, Clone)]
 pub(crate) enum Check {
     /// Case-insensitive membership (simple case folding of the exact characters).
-    Set { shown: Vec<String>, lower: Vec<String> },
+    Set {
+        shown: Vec<String>,
+        lower: Vec<String>,
+    },
     /// Whole-value match of any pattern, case-insensitive.
     Pattern { shown: String, re: Regex },
     /// A pattern that could not be compiled: every value fails (fail closed).
@@ -30,16 +33,30 @@ pub(crate) enum Check {
 
 impl Check {
     pub(crate) fn set(values: &[String]) -> Check {
-        Check::Set { shown: values.to_vec(), lower: values.iter().map(|v| v.to_lowercase()).collect() }
+        Check::Set {
+            shown: values.to_vec(),
+            lower: values.iter().map(|v| v.to_lowercase()).collect(),
+        }
     }
 
     /// `^(?:p1|p2)$`, case-insensitive, with a size limit.
     pub(crate) fn patterns(patterns: &[String], case_insensitive: bool) -> Check {
-        let joined = patterns.iter().map(|p| format!("(?:{p})")).collect::<Vec<_>>().join("|");
+        let joined = patterns
+            .iter()
+            .map(|p| format!("(?:{p})"))
+            .collect::<Vec<_>>()
+            .join("|");
         let src = format!("^(?:{joined})$");
-        match RegexBuilder::new(&src).case_insensitive(case_insensitive).size_limit(MAX_REGEX_SIZE).build() {
+        match RegexBuilder::new(&src)
+            .case_insensitive(case_insensitive)
+            .size_limit(MAX_REGEX_SIZE)
+            .build()
+        {
             Ok(re) => Check::Pattern { shown: src, re },
-            Err(e) => Check::Broken { shown: src, why: e.to_string() },
+            Err(e) => Check::Broken {
+                shown: src,
+                why: e.to_string(),
+            },
         }
     }
 
@@ -112,7 +129,9 @@ pub(crate) struct Entry {
 
 impl Entry {
     pub(crate) fn param(&self, canonical: &str) -> Option<&ParamSpec> {
-        self.params.iter().find(|p| p.decl.name.eq_ignore_ascii_case(canonical))
+        self.params
+            .iter()
+            .find(|p| p.decl.name.eq_ignore_ascii_case(canonical))
     }
 }
 
@@ -138,7 +157,9 @@ pub(crate) fn apply_grant(cmd: Arc<dyn Command>, grant: &ParamsGrant) -> Entry {
         match grant {
             ParamsGrant::All => {}
             ParamsGrant::Only(map) => {
-                let Some(g) = map.get(&p.name.to_lowercase()) else { continue };
+                let Some(g) = map.get(&p.name.to_lowercase()) else {
+                    continue;
+                };
                 match &g.constraint {
                     ValueConstraint::Any => {}
                     ValueConstraint::Set(values) => {
@@ -146,7 +167,14 @@ pub(crate) fn apply_grant(cmd: Arc<dyn Command>, grant: &ParamsGrant) -> Entry {
                         shown.set = if shown.set.is_empty() {
                             values.clone()
                         } else {
-                            shown.set.iter().filter(|v| values.iter().any(|w| w.to_lowercase() == v.to_lowercase())).cloned().collect()
+                            shown
+                                .set
+                                .iter()
+                                .filter(|v| {
+                                    values.iter().any(|w| w.to_lowercase() == v.to_lowercase())
+                                })
+                                .cloned()
+                                .collect()
                         };
                     }
                     ValueConstraint::Patterns(pats) => {
@@ -156,17 +184,27 @@ pub(crate) fn apply_grant(cmd: Arc<dyn Command>, grant: &ParamsGrant) -> Entry {
                 }
             }
         }
-        params.push(ParamSpec { decl: shown, checks });
+        params.push(ParamSpec {
+            decl: shown,
+            checks,
+        });
     }
     decl.params = params.iter().map(|p| p.decl.clone()).collect();
-    Entry { decl, params, cmd, arg_patterns: None }
+    Entry {
+        decl,
+        params,
+        cmd,
+        arg_patterns: None,
+    }
 }
 
 impl CommandTable {
     pub(crate) fn build(cap: &EffectiveCapability, session_type: SessionType) -> CommandTable {
         let mut entries: Vec<Entry> = Vec::new();
         let push = |e: Entry, entries: &mut Vec<Entry>| {
-            if !entries.iter().any(|x| x.decl.name.eq_ignore_ascii_case(&e.decl.name) && x.decl.path == e.decl.path) {
+            if !entries.iter().any(|x| {
+                x.decl.name.eq_ignore_ascii_case(&e.decl.name) && x.decl.path == e.decl.path
+            }) {
                 entries.push(e);
             }
         };
@@ -207,7 +245,11 @@ impl CommandTable {
             push(e, &mut entries);
         }
         let mut aliases: Vec<(String, usize)> = Vec::new();
-        let find = |entries: &[Entry], target: &str| entries.iter().position(|e| e.decl.name.eq_ignore_ascii_case(target));
+        let find = |entries: &[Entry], target: &str| {
+            entries
+                .iter()
+                .position(|e| e.decl.name.eq_ignore_ascii_case(target))
+        };
         if session_type == SessionType::RestrictedRemoteServer {
             for (a, t) in commands::DEFAULT_ALIASES {
                 if let Some(i) = find(&entries, t) {
@@ -216,29 +258,50 @@ impl CommandTable {
             }
         }
         for (lower, (written, target)) in &cap.aliases {
-            let shown = if written.eq_ignore_ascii_case(lower) { written.clone() } else { lower.clone() };
-            if commands::is_never_provided(&shown) || aliases.iter().any(|(a, _)| a.eq_ignore_ascii_case(&shown)) {
+            let shown = if written.eq_ignore_ascii_case(lower) {
+                written.clone()
+            } else {
+                lower.clone()
+            };
+            if commands::is_never_provided(&shown)
+                || aliases.iter().any(|(a, _)| a.eq_ignore_ascii_case(&shown))
+            {
                 continue;
             }
             // Tolerate either order of the pair: the target is the one naming a visible command.
             let idx = find(&entries, target).or_else(|| find(&entries, written));
             if let Some(i) = idx {
-                if !entries.iter().any(|e| e.decl.name.eq_ignore_ascii_case(&shown)) {
+                if !entries
+                    .iter()
+                    .any(|e| e.decl.name.eq_ignore_ascii_case(&shown))
+                {
                     aliases.push((shown, i));
                 }
             }
         }
-        let mut visible: Vec<VisibleCommand> =
-            entries.iter().map(|e| VisibleCommand { decl: e.decl.clone(), resolved: None }).collect();
+        let mut visible: Vec<VisibleCommand> = entries
+            .iter()
+            .map(|e| VisibleCommand {
+                decl: e.decl.clone(),
+                resolved: None,
+            })
+            .collect();
         for (a, i) in &aliases {
             if let Some(e) = entries.get(*i) {
                 let mut d = CommandDecl::cmdlet(a, &e.decl.module, &e.decl.synopsis);
                 d.kind = CommandKind::Alias;
                 d.params = e.decl.params.clone();
-                visible.push(VisibleCommand { decl: d, resolved: Some(e.decl.name.clone()) });
+                visible.push(VisibleCommand {
+                    decl: d,
+                    resolved: Some(e.decl.name.clone()),
+                });
             }
         }
-        CommandTable { entries, aliases, visible }
+        CommandTable {
+            entries,
+            aliases,
+            visible,
+        }
     }
 
     /// Resolve a command name as written (case-insensitive; aliases; applications by full path
@@ -249,7 +312,10 @@ impl CommandTable {
         } else {
             self.entries
                 .iter()
-                .find(|e| e.decl.kind != CommandKind::Application && e.decl.name.eq_ignore_ascii_case(name))
+                .find(|e| {
+                    e.decl.kind != CommandKind::Application
+                        && e.decl.name.eq_ignore_ascii_case(name)
+                })
                 .or_else(|| {
                     self.aliases
                         .iter()
@@ -260,7 +326,8 @@ impl CommandTable {
                     self.entries.iter().find(|e| {
                         e.decl.kind == CommandKind::Application
                             && e.decl.path.as_deref().is_some_and(|p| {
-                                p == name || (!name.contains('/') && p.rsplit('/').next() == Some(name))
+                                p == name
+                                    || (!name.contains('/') && p.rsplit('/').next() == Some(name))
                             })
                     })
                 })
@@ -308,7 +375,10 @@ mod tests {
         check(&c, "nginx\u{200B}", false);
         check(&c, "sshd", false);
         let m = c.failure("Name", "sshd").unwrap();
-        assert!(m.contains("does not belong to the set \"nginx,cups\""), "{m}");
+        assert!(
+            m.contains("does not belong to the set \"nginx,cups\""),
+            "{m}"
+        );
     }
 
     #[test]

@@ -47,7 +47,11 @@ pub struct PsObject {
 impl PsObject {
     pub fn new(type_name: &str) -> Self {
         PsObject {
-            type_names: if type_name.is_empty() { Vec::new() } else { vec![type_name.to_string(), "System.Object".to_string()] },
+            type_names: if type_name.is_empty() {
+                Vec::new()
+            } else {
+                vec![type_name.to_string(), "System.Object".to_string()]
+            },
             ..Default::default()
         }
     }
@@ -64,13 +68,20 @@ impl PsObject {
     }
     /// Case-insensitive property lookup, as PowerShell does.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.properties.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.properties
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
     pub fn type_name(&self) -> &str {
-        self.type_names.first().map(String::as_str).unwrap_or("System.Management.Automation.PSCustomObject")
+        self.type_names
+            .first()
+            .map(String::as_str)
+            .unwrap_or("System.Management.Automation.PSCustomObject")
     }
     pub fn is_custom(&self) -> bool {
-        self.type_names.is_empty() || self.type_name() == "System.Management.Automation.PSCustomObject"
+        self.type_names.is_empty()
+            || self.type_name() == "System.Management.Automation.PSCustomObject"
     }
     pub fn into_value(self) -> Value {
         Value::Object(Box::new(self))
@@ -85,7 +96,10 @@ impl Value {
     pub fn property(&self, name: &str) -> Option<&Value> {
         match self {
             Value::Object(o) => o.get(name),
-            Value::Dict(d) => d.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v),
+            Value::Dict(d) => d
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -94,12 +108,22 @@ impl Value {
         match self {
             Value::Null => "null".into(),
             Value::Bool(_) => "System.Boolean".into(),
-            Value::Int(i) => if i32::try_from(*i).is_ok() { "System.Int32".into() } else { "System.Int64".into() },
+            Value::Int(i) => {
+                if i32::try_from(*i).is_ok() {
+                    "System.Int32".into()
+                } else {
+                    "System.Int64".into()
+                }
+            }
             Value::Double(_) => "System.Double".into(),
             Value::String(_) => "System.String".into(),
             Value::DateTime(_) => "System.DateTime".into(),
             Value::TimeSpan(_) => "System.TimeSpan".into(),
-            Value::Enum(e) => e.type_names.first().cloned().unwrap_or_else(|| "System.Enum".into()),
+            Value::Enum(e) => e
+                .type_names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "System.Enum".into()),
             Value::Array(_) => "System.Object[]".into(),
             Value::Dict(_) => "System.Collections.Hashtable".into(),
             Value::Object(o) => o.type_name().to_string(),
@@ -117,12 +141,20 @@ impl Value {
             Value::DateTime(d) => d.format("%m/%d/%Y %H:%M:%S").to_string(),
             Value::TimeSpan(t) => format_timespan(*t),
             Value::Enum(e) => e.name.clone(),
-            Value::Array(items) => items.iter().map(Value::to_ps_string).collect::<Vec<_>>().join(" "),
+            Value::Array(items) => items
+                .iter()
+                .map(Value::to_ps_string)
+                .collect::<Vec<_>>()
+                .join(" "),
             Value::Dict(_) => "System.Collections.Hashtable".into(),
             Value::Object(o) => match &o.to_string {
                 Some(s) => s.clone(),
                 None if o.is_custom() => {
-                    let parts: Vec<String> = o.properties.iter().map(|(k, v)| format!("{k}={}", v.to_ps_string())).collect();
+                    let parts: Vec<String> = o
+                        .properties
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", v.to_ps_string()))
+                        .collect();
                     format!("@{{{}}}", parts.join("; "))
                 }
                 None => o.type_name().to_string(),
@@ -137,7 +169,11 @@ pub fn format_double(d: f64) -> String {
         return "NaN".into();
     }
     if d.is_infinite() {
-        return if d > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if d > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if d == d.trunc() && d.abs() < 1e15 {
         return format!("{}", d as i64);
@@ -195,7 +231,9 @@ impl From<u32> for Value {
 }
 impl From<u64> for Value {
     fn from(i: u64) -> Self {
-        i64::try_from(i).map(Value::Int).unwrap_or(Value::Double(i as f64))
+        i64::try_from(i)
+            .map(Value::Int)
+            .unwrap_or(Value::Double(i as f64))
     }
 }
 impl From<f64> for Value {

@@ -17,12 +17,19 @@ impl Span {
         let start = self.start.min(src.len());
         let before = src.get(..start).unwrap_or("");
         let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1
+        before
+            .get(line_start..)
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1
     }
     /// 1-based line number of `start` within `src`.
     pub fn line(&self, src: &str) -> usize {
         let start = self.start.min(src.len());
-        src.get(..start).map(|s| s.matches('\n').count()).unwrap_or(0) + 1
+        src.get(..start)
+            .map(|s| s.matches('\n').count())
+            .unwrap_or(0)
+            + 1
     }
 }
 

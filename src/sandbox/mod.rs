@@ -46,7 +46,10 @@ pub enum SandboxError {
     #[error("unknown run-as account {0:?}: create it (useradd --system --no-create-home --shell /usr/sbin/nologin {0}) or change the endpoint's run_as")]
     UnknownUser(String),
     #[error("cannot run {program}: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -55,7 +58,11 @@ pub enum SandboxError {
 /// streaming); the full output is also returned.
 ///
 /// PLACEHOLDER until the sandbox lands: spawns without dropping privileges. Not for release.
-pub fn run(spec: &ProgramSpec, _cancel: &CancelToken, on_stdout: &mut dyn FnMut(&[u8])) -> Result<ProgramResult, SandboxError> {
+pub fn run(
+    spec: &ProgramSpec,
+    _cancel: &CancelToken,
+    on_stdout: &mut dyn FnMut(&[u8]),
+) -> Result<ProgramResult, SandboxError> {
     let out = std::process::Command::new(&spec.program)
         .args(&spec.args)
         .env_clear()
@@ -65,7 +72,10 @@ pub fn run(spec: &ProgramSpec, _cancel: &CancelToken, on_stdout: &mut dyn FnMut(
         .current_dir("/")
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| SandboxError::Spawn { program: spec.program.display().to_string(), source: e })?;
+        .map_err(|e| SandboxError::Spawn {
+            program: spec.program.display().to_string(),
+            source: e,
+        })?;
     on_stdout(&out.stdout);
     Ok(ProgramResult {
         termination: match out.status.code() {
