@@ -793,3 +793,43 @@ fn events_sink_sees_information_for_whatif_free_commands() {
     assert_eq!(refused(&o).id, "NamedParameterNotFound,Write-Output");
     assert!(!ev.iter().any(|e| matches!(e, Event::Information(_))));
 }
+
+#[test]
+fn get_command_metadata_shape_from_powershell_clients() {
+    let (mut s, _) = session();
+    let types = Value::String("Alias, Function, Filter, Cmdlet, Configuration".into());
+    let (o, ev) = run(
+        &mut s,
+        vec![
+            sc(
+                "Get-Command",
+                vec![
+                    (Some("Name"), Some(Value::Array(vec!["*".into()]))),
+                    (Some("CommandType"), Some(types)),
+                    (Some("ListImported"), Some(Value::Bool(true))),
+                    (Some("ErrorAction"), st("SilentlyContinue")),
+                ],
+            ),
+            sc("Measure-Object", vec![]),
+            sc("Select-Object", vec![(Some("Property"), st("Count"))]),
+        ],
+        vec![],
+    );
+    assert_eq!(o, RunOutcome::Completed { had_errors: false });
+    let count = outputs(&ev)[0].property("Count").cloned().unwrap();
+    let expected = s
+        .visible()
+        .iter()
+        .filter(|v| v.decl.kind != CommandKind::Application)
+        .count();
+    assert_eq!(count, Value::Int(expected as i64));
+    let (_, ev) = run(
+        &mut s,
+        vec![sc(
+            "Get-Command",
+            vec![(Some("CommandType"), Some(Value::Int(32)))],
+        )],
+        vec![],
+    );
+    assert_eq!(outputs(&ev).len(), 2, "the two external commands");
+}

@@ -83,17 +83,6 @@ pub fn commands() -> Vec<Arc<dyn Command>> {
             .param(
                 ParamDecl::new("CommandType", ParamType::StringArray)
                     .alias("Type")
-                    .set(&[
-                        "Alias",
-                        "Function",
-                        "Filter",
-                        "Cmdlet",
-                        "ExternalScript",
-                        "Application",
-                        "Script",
-                        "Configuration",
-                        "All",
-                    ])
                     .help("Only commands of these types."),
             )
             .param(
@@ -423,6 +412,43 @@ pub fn command_info(v: &VisibleCommand) -> Value {
     o.into_value()
 }
 
+/// CommandTypes as names, from names, comma-joined flag names ("Alias, Function") or the
+/// numeric flags value (PowerShell clients send either).
+fn command_types(values: &[String]) -> Result<Vec<String>, String> {
+    const NAMES: &[(&str, i64)] = &[
+        ("Alias", 1),
+        ("Function", 2),
+        ("Filter", 4),
+        ("Cmdlet", 8),
+        ("ExternalScript", 16),
+        ("Application", 32),
+        ("Script", 64),
+        ("Configuration", 256),
+        ("All", 383),
+    ];
+    let mut out = Vec::new();
+    for v in values {
+        for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Ok(n) = part.parse::<i64>() {
+                out.extend(
+                    NAMES
+                        .iter()
+                        .filter(|(name, f)| *name != "All" && n & f != 0)
+                        .map(|(name, _)| name.to_string()),
+                );
+            } else if let Some((name, _)) = NAMES
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(part))
+            {
+                out.push(name.to_string());
+            } else {
+                return Err(part.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn name_matches(pattern: &str, d: &CommandDecl) -> bool {
     if wildcard_match(pattern, &d.name) {
         return true;
@@ -451,7 +477,16 @@ impl Invocation for GetCommand {
         self.done = true;
         let names = args.strings("Name");
         let modules = args.strings("Module");
-        let types = args.strings("CommandType");
+        let types = match command_types(&args.strings("CommandType")) {
+            Ok(t) => t,
+            Err(bad) => {
+                return Err(ErrorRecord::new(
+                    format!("Cannot bind parameter 'CommandType'. The value \"{bad}\" is not a command type: use Alias, Function, Filter, Cmdlet, ExternalScript, Application, Script, Configuration or All."),
+                    "ParameterArgumentTransformationError,Microsoft.PowerShell.Commands.GetCommandCommand",
+                    ErrorCategory::InvalidArgument,
+                ));
+            }
+        };
         let all_types = types.iter().any(|t| t.eq_ignore_ascii_case("All"));
         let type_ok = |d: &CommandDecl| {
             if types.is_empty() {

@@ -257,6 +257,11 @@ fn to_bool(v: &Value, ty: &str) -> Result<Value, String> {
     match v {
         Value::Bool(b) => Ok(Value::Bool(*b)),
         Value::Int(i) => Ok(Value::Bool(*i != 0)),
+        // A serialized SwitchParameter (PSRP clients send one for `-Force:$true`).
+        Value::Object(o) if matches!(o.get("IsPresent"), Some(Value::Bool(_))) => match o.get("IsPresent") {
+            Some(Value::Bool(b)) => Ok(Value::Bool(*b)),
+            _ => Ok(Value::Bool(false)),
+        },
         Value::String(s) if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("$true") => Ok(Value::Bool(true)),
         Value::String(s) if s.eq_ignore_ascii_case("false") || s.eq_ignore_ascii_case("$false") => Ok(Value::Bool(false)),
         _ => Err(conv_err(v, ty, "Boolean parameters accept only Boolean values and numbers, such as $True, $False, 1 or 0.")),
