@@ -1097,3 +1097,65 @@ impl Invocation for MeasureObject {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn check_syntax(decl: CommandDecl, expected: &str) {
+        assert_eq!(syntax(&decl), expected);
+    }
+
+    #[test]
+    fn syntax_lines() {
+        check_syntax(
+            CommandDecl::cmdlet("Get-Service", "m", "")
+                .param(ParamDecl::new("Name", ParamType::StringArray).position(0))
+                .param(ParamDecl::new("DisplayName", ParamType::StringArray)),
+            "Get-Service [[-Name] <String[]>] [-DisplayName <String[]>] [<CommonParameters>]",
+        );
+        check_syntax(
+            CommandDecl::cmdlet("Restart-Service", "m", "")
+                .param(ParamDecl::new("Force", ParamType::Switch))
+                .param(
+                    ParamDecl::new("Name", ParamType::StringArray)
+                        .position(0)
+                        .mandatory()
+                        .set(&["nginx", "cups"]),
+                )
+                .param(ParamDecl::new("Count", ParamType::Int).mandatory()),
+            "Restart-Service [-Name] {nginx | cups} -Count <Int32> [-Force] [<CommonParameters>]",
+        );
+    }
+
+    #[test]
+    fn command_types_accept_names_lists_and_flags() {
+        assert_eq!(
+            command_types(&["Alias, Cmdlet".into()]).unwrap(),
+            vec!["Alias", "Cmdlet"]
+        );
+        assert_eq!(
+            command_types(&["40".into()]).unwrap(),
+            vec!["Cmdlet", "Application"]
+        );
+        assert_eq!(command_types(&["bogus".into()]), Err("bogus".to_string()));
+    }
+
+    #[test]
+    fn select_properties_keeps_order_and_adds_missing() {
+        let o = PsObject::new("T")
+            .with("a", 1)
+            .with("b", 2)
+            .with("c", 3)
+            .into_value();
+        let v = select_properties(&o, &["c".into(), "zz".into(), "a".into()], &[]);
+        let Value::Object(p) = &v else { panic!() };
+        let names: Vec<&str> = p.properties.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, vec!["c", "zz", "a"]);
+        assert_eq!(p.type_names[0], "Selected.T");
+        assert_eq!(v.to_ps_string(), "@{c=3; zz=; a=1}");
+        let w = select_properties(&o, &["*".into()], &["b".into()]);
+        assert_eq!(w.to_ps_string(), "@{a=1; c=3}");
+    }
+}

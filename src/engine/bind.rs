@@ -784,3 +784,79 @@ fn transform_err(cmd: &str, param: &str, m: &str, input: &Value) -> ErrorRecord 
     .target(input.clone())
     .exception("System.Management.Automation.ParameterBindingException")
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn check(v: Value, ty: ParamType, expected: Result<Value, &str>) {
+        match (convert(&v, ty), expected) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b),
+            (Err(a), Err(b)) => assert!(a.contains(b), "{a}"),
+            (a, b) => panic!("{v:?} as {ty:?}: got {a:?}, expected {b:?}"),
+        }
+    }
+
+    #[test]
+    fn conversions() {
+        check("42".into(), ParamType::Int, Ok(Value::Int(42)));
+        check("0x10".into(), ParamType::Int, Ok(Value::Int(16)));
+        check(
+            "abc".into(),
+            ParamType::Int,
+            Err("Cannot convert value \"abc\" to type \"System.Int32\". Error: \"Input string was not in a correct format.\""),
+        );
+        check(Value::Int(1 << 40), ParamType::Int, Err("too large"));
+        check(Value::Double(2.5), ParamType::Int, Ok(Value::Int(2)));
+        check(
+            "x".into(),
+            ParamType::StringArray,
+            Ok(Value::Array(vec!["x".into()])),
+        );
+        check(Value::Int(5), ParamType::String, Ok("5".into()));
+        check(
+            Value::Dict(vec![]),
+            ParamType::String,
+            Err("calculated properties"),
+        );
+        check(
+            Value::Array(vec![1.into(), "2".into()]),
+            ParamType::IntArray,
+            Ok(Value::Array(vec![1.into(), 2.into()])),
+        );
+        check(
+            "yes".into(),
+            ParamType::Switch,
+            Err("Boolean parameters accept only"),
+        );
+        check(
+            "2026-01-02".into(),
+            ParamType::DateTime,
+            Ok(Value::DateTime(parse_date("2026-01-02").unwrap())),
+        );
+        let big = Value::Array(vec![Value::Null; MAX_BOUND_ARRAY + 1]);
+        check(
+            big,
+            ParamType::ObjectArray,
+            Err("longer than this session accepts"),
+        );
+    }
+
+    #[test]
+    fn actions() {
+        assert_eq!(
+            parse_action("ErrorAction", &"silentlycontinue".into()),
+            Ok(Action::SilentlyContinue)
+        );
+        assert_eq!(
+            parse_action("ErrorAction", &Value::Int(1)),
+            Ok(Action::Stop)
+        );
+        assert!(parse_action("ErrorAction", &"Inquire".into())
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(parse_action("ErrorAction", &"Break".into()).is_err());
+        assert!(parse_action("ErrorAction", &"Bogus".into()).is_err());
+    }
+}

@@ -78,7 +78,8 @@ impl Refusal {
 pub enum RunOutcome {
     /// Ran to the end; `had_errors` when any error record was written (exit 1).
     Completed { had_errors: bool },
-    /// Refused before anything ran (exit 2).
+    /// Refused before anything ran (exit 2). The engine emits nothing to the sink for a
+    /// refusal: the protocol adapter decides how to show it (see [`Refusal::to_error_record`]).
     Refused(Refusal),
     /// A terminating error stopped it after something ran (exit 1).
     Failed(ErrorRecord),
