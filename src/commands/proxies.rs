@@ -748,7 +748,8 @@ impl Invocation for OutDefault {
 struct SelectObject {
     skipped: i64,
     emitted: i64,
-    seen: Vec<Value>,
+    /// Debug renderings of the objects already written (-Unique).
+    seen: std::collections::HashSet<String>,
     last: VecDeque<Value>,
     last_args: Option<BoundArgs>,
 }
@@ -842,11 +843,12 @@ impl Invocation for SelectObject {
         }
         for out in self.transform(ctx, args, v) {
             if args.switch("Unique") {
-                if self.seen.contains(&out) {
+                let key = format!("{out:?}");
+                if self.seen.contains(&key) {
                     continue;
                 }
                 if self.seen.len() < MAX_BUFFERED_OBJECTS {
-                    self.seen.push(out.clone());
+                    self.seen.insert(key);
                 }
             }
             if let Some(n) = args.int("Last") {
@@ -1023,7 +1025,12 @@ impl Invocation for MeasureObject {
             }
             return Ok(());
         }
-        for p in props {
+        let available: Vec<String> = match &v {
+            Value::Object(o) => o.properties.iter().map(|(k, _)| k.clone()).collect(),
+            Value::Dict(d) => d.iter().map(|(k, _)| k.clone()).collect(),
+            _ => Vec::new(),
+        };
+        for p in resolve_props(&props, &available) {
             let Some(pv) = v.property(&p).cloned() else {
                 continue;
             };
@@ -1085,6 +1092,16 @@ impl Invocation for MeasureObject {
                 .into_value()
         };
         let props = args.strings("Property");
+        for p in &props {
+            let wildcard = p.contains('*') || p.contains('?');
+            if !wildcard && !self.stats.iter().any(|(n, _)| n.eq_ignore_ascii_case(p)) {
+                ctx.write_error(ErrorRecord::new(
+                    format!("The property \"{p}\" cannot be found in the input for any objects."),
+                    "GenericMeasurePropertyNotFound,Microsoft.PowerShell.Commands.MeasureObjectCommand",
+                    ErrorCategory::InvalidArgument,
+                ));
+            }
+        }
         if props.is_empty() {
             let v = make(self.count, self.stats.first().map(|(_, s)| s), Value::Null);
             ctx.output(v);
