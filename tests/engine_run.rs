@@ -833,3 +833,30 @@ fn get_command_metadata_shape_from_powershell_clients() {
     );
     assert_eq!(outputs(&ev).len(), 2, "the two external commands");
 }
+
+#[test]
+fn remaining_arguments_bind_to_write_output() {
+    let (mut s, _) = session();
+    let (o, ev) = run(
+        &mut s,
+        vec![sc(
+            "Write-Output",
+            vec![(None, st("nginx")), (None, st("CUPS"))],
+        )],
+        vec![],
+    );
+    assert_eq!(o, RunOutcome::Completed { had_errors: false });
+    assert_eq!(
+        outputs(&ev),
+        vec![Value::from("nginx"), Value::from("CUPS")]
+    );
+    let (o, _) = run(
+        &mut s,
+        vec![sc(
+            "Write-Output",
+            vec![(None, st("nginx")), (None, st("sshd"))],
+        )],
+        vec![],
+    );
+    assert!(refused(&o).message.contains("\"sshd\""));
+}

@@ -228,6 +228,7 @@ pub fn commands() -> Vec<Arc<dyn Command>> {
                         .position(0)
                         .by_value()
                         .mandatory()
+                        .remaining()
                         .help("Objects to write."),
                 )
                 .param(

@@ -601,17 +601,46 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
         .collect();
     slots.sort_by_key(|p| p.decl.position);
     let mut slots = slots.into_iter();
-    for (value, col) in positionals {
-        let Some(spec) = slots.next() else {
-            return Err(refusal(
-                format!(
-                    "A positional parameter cannot be found that accepts argument '{}'.",
-                    show_value(&value.to_ps_string())
-                ),
-                "PositionalParameterNotFound",
-                cmd,
-                col,
-            ));
+    let mut rest = positionals.into_iter();
+    while let Some((value, col)) = rest.next() {
+        let spec = match slots.next() {
+            Some(s) => s,
+            None => match entry
+                .params
+                .iter()
+                .find(|p| p.decl.remaining && !out.args.has(&p.decl.name))
+            {
+                Some(s) => s,
+                None => {
+                    return Err(refusal(
+                        format!(
+                            "A positional parameter cannot be found that accepts argument '{}'.",
+                            show_value(&value.to_ps_string())
+                        ),
+                        "PositionalParameterNotFound",
+                        cmd,
+                        col,
+                    ))
+                }
+            },
+        };
+        // ValueFromRemainingArguments: this parameter takes every argument left.
+        let value = if spec.decl.remaining {
+            let more: Vec<(Value, Option<usize>)> = rest.by_ref().collect();
+            if more.is_empty() {
+                value
+            } else {
+                let mut all = Vec::new();
+                for v in std::iter::once(value).chain(more.into_iter().map(|(v, _)| v)) {
+                    match v {
+                        Value::Array(items) => all.extend(items),
+                        other => all.push(other),
+                    }
+                }
+                Value::Array(all)
+            }
+        } else {
+            value
         };
         let v = convert(&value, spec.decl.ty).map_err(|m| {
             refusal(

@@ -69,6 +69,9 @@ pub struct ParamDecl {
     /// Anchored, case-insensitive patterns (any may match); empty: no pattern. Role constraints
     /// are applied on top of these by the command table.
     pub patterns: Vec<String>,
+    /// Takes every remaining positional argument (PowerShell's ValueFromRemainingArguments):
+    /// an external command's `ArgumentList` receives all its arguments through it.
+    pub remaining: bool,
 }
 
 impl ParamDecl {
@@ -83,6 +86,7 @@ impl ParamDecl {
             help: String::new(),
             set: Vec::new(),
             patterns: Vec::new(),
+            remaining: false,
         }
     }
     pub fn mandatory(mut self) -> Self {
@@ -107,6 +111,11 @@ impl ParamDecl {
     }
     pub fn help(mut self, h: &str) -> Self {
         self.help = h.to_string();
+        self
+    }
+    /// Mark as taking the remaining positional arguments.
+    pub fn remaining(mut self) -> Self {
+        self.remaining = true;
         self
     }
     pub fn set(mut self, values: &[&str]) -> Self {
