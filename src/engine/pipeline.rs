@@ -140,6 +140,16 @@ fn set_abort(shared: &RefCell<Shared<'_>>, a: Abort) {
     }
 }
 
+/// A terminating error; when the line was cancelled meanwhile (the program was killed), the
+/// line is Stopped instead and the error is not shown.
+fn fail_or_stop(shared: &RefCell<Shared<'_>>, env: &Env<'_>, rec: ErrorRecord) {
+    if env.cancel.is_cancelled() {
+        set_abort(shared, Abort::Stopped);
+    } else {
+        set_abort(shared, Abort::Failed(rec));
+    }
+}
+
 fn whatif_text(stage: &Stage, args: &super::command::BoundArgs, input: Option<&Value>) -> String {
     let target = match input {
         Some(v) => v.to_ps_string(),
@@ -207,7 +217,7 @@ pub(crate) fn run_stage(
             Err(rec) => {
                 sink.event(Event::Error(rec));
                 if let Some(rec) = sink.stop.take() {
-                    set_abort(shared, Abort::Failed(rec));
+                    fail_or_stop(shared, env, rec);
                 }
                 return;
             }
@@ -234,9 +244,9 @@ pub(crate) fn run_stage(
         inv.process(&mut ctx, &args, input)
     };
     if let Err(rec) = result {
-        set_abort(shared, Abort::Failed(rec));
+        fail_or_stop(shared, env, rec);
     } else if let Some(rec) = sink.stop.take() {
-        set_abort(shared, Abort::Failed(rec));
+        fail_or_stop(shared, env, rec);
     }
 }
 
@@ -274,9 +284,9 @@ pub(crate) fn end_stages(stages: &mut [Stage], shared: &RefCell<Shared<'_>>, env
             inv.end(&mut ctx)
         };
         if let Err(rec) = result {
-            set_abort(shared, Abort::Failed(rec));
+            fail_or_stop(shared, env, rec);
         } else if let Some(rec) = sink.stop.take() {
-            set_abort(shared, Abort::Failed(rec));
+            fail_or_stop(shared, env, rec);
         }
     }
 }
@@ -302,4 +312,7 @@ pub(crate) fn run_pipeline(
         set_abort(shared, Abort::Stopped);
     }
     end_stages(stages, shared, env);
+    if env.cancel.is_cancelled() {
+        set_abort(shared, Abort::Stopped);
+    }
 }

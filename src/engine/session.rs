@@ -496,6 +496,9 @@ mod tests {
                             .unwrap()
                             .push(format!("{} emits {i}", self.name));
                         ctx.output(Value::Int(i));
+                        if self.name == "Cancel-Thing" {
+                            ctx.cancel.cancel();
+                        }
                     }
                 }
                 Some(v) => {
@@ -546,6 +549,7 @@ mod tests {
             ("Restart-Thing", true, false),
             ("Emit-Thing", false, false),
             ("Fail-Thing", false, true),
+            ("Cancel-Thing", false, false),
         ] {
             let mut decl = CommandDecl::cmdlet(name, "Test", "test").param(
                 ParamDecl::new("Name", ParamType::StringArray)
@@ -668,6 +672,29 @@ mod tests {
         assert!(
             l[0].ends_with("name=nginx") && l[1].ends_with("name=cups"),
             "{l:?}"
+        );
+    }
+
+    #[test]
+    fn cancellation_between_objects_stops() {
+        let (mut s, log) = session();
+        let (o, ev) = run(
+            &mut s,
+            vec![vec![
+                sc("Cancel-Thing", vec![]),
+                sc("Restart-Thing", vec![]),
+            ]],
+            vec![],
+        );
+        assert_eq!(o, RunOutcome::Stopped);
+        assert_eq!(ev, vec![Event::Output(Value::Int(0))]);
+        assert_eq!(
+            log.lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.starts_with("Restart-Thing"))
+                .count(),
+            1
         );
     }
 
