@@ -10,7 +10,7 @@ use regex::{Regex, RegexBuilder};
 
 use super::proxies::{cmd, input_object, output_lines, UTILITY};
 use crate::engine::bind::parse_date;
-use crate::engine::format::{format_forced, Forced, Formatter};
+use crate::engine::format::{date_text, format_forced, Forced, Formatter};
 use crate::engine::{
     BoundArgs, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, Invocation, ParamDecl,
     ParamType, PsObject, Value,
@@ -843,7 +843,12 @@ impl Invocation for OutString {
 // ---------------------------------------------------------------- ConvertTo-Json
 
 fn json_date(d: &DateTime<FixedOffset>) -> String {
-    d.format("%Y-%m-%dT%H:%M:%S%.7f%:z").to_string()
+    let ticks = d.timestamp_subsec_nanos() / 100;
+    format!(
+        "{}.{ticks:07}{}",
+        date_text(d, "%Y-%m-%dT%H:%M:%S"),
+        date_text(d, "%:z")
+    )
 }
 
 /// A value as JSON the way PowerShell 7's ConvertTo-Json writes it.
@@ -940,9 +945,9 @@ pub fn dotnet_format(d: &DateTime<FixedOffset>, fmt: &str) -> String {
         "u" | "r" | "R" => {
             let utc = d.with_timezone(&chrono::Utc);
             return if fmt == "u" {
-                utc.format("%Y-%m-%d %H:%M:%SZ").to_string()
+                date_text(&utc, "%Y-%m-%d %H:%M:%SZ")
             } else {
-                utc.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+                date_text(&utc, "%a, %d %b %Y %H:%M:%S GMT")
             };
         }
         other => other,
@@ -986,7 +991,7 @@ pub fn dotnet_format(d: &DateTime<FixedOffset>, fmt: &str) -> String {
         };
         match (c, spec) {
             (_, Some(s)) => {
-                out.push_str(&d.format(s).to_string());
+                out.push_str(&date_text(d, s));
                 if c == 'K' {
                     i += 1;
                     continue;
@@ -1002,13 +1007,7 @@ pub fn dotnet_format(d: &DateTime<FixedOffset>, fmt: &str) -> String {
                     out.push_str(&digits);
                 }
             }
-            ('t', None) => out.push_str(
-                &d.format("%p")
-                    .to_string()
-                    .chars()
-                    .take(1)
-                    .collect::<String>(),
-            ),
+            ('t', None) => out.push_str(&date_text(d, "%p").chars().take(1).collect::<String>()),
             ('z', None) => {
                 let secs = d.offset().local_minus_utc();
                 let sign = if secs < 0 { '-' } else { '+' };
@@ -1074,7 +1073,7 @@ pub fn uformat(d: &DateTime<FixedOffset>, fmt: &str) -> String {
                     secs.abs() / 3600
                 ));
             }
-            Some(x) if KNOWN.contains(x) => out.push_str(&d.format(&format!("%{x}")).to_string()),
+            Some(x) if KNOWN.contains(x) => out.push_str(&date_text(d, &format!("%{x}"))),
             Some(x) => {
                 out.push('%');
                 out.push(x);

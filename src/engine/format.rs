@@ -126,9 +126,23 @@ pub fn resolve_props(patterns: &[String], available: &[String]) -> Vec<String> {
     out
 }
 
+/// Format a date with a chrono format string without ever panicking: an unsupported
+/// specifier gives an empty string instead of the panic `to_string()` would raise.
+pub fn date_text<Tz: chrono::TimeZone>(d: &chrono::DateTime<Tz>, spec: &str) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    use std::fmt::Write;
+    let mut out = String::new();
+    match write!(out, "{}", d.format(spec)) {
+        Ok(()) => out,
+        Err(_) => String::new(),
+    }
+}
+
 /// A date as Out-Default shows it (long date and time).
 pub fn long_date(d: &chrono::DateTime<chrono::FixedOffset>) -> String {
-    d.format("%A, %B %-d, %Y %-I:%M:%S %p").to_string()
+    date_text(d, "%A, %B %-d, %Y %-I:%M:%S %p")
 }
 
 impl Formatter {
