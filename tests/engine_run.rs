@@ -860,3 +860,38 @@ fn remaining_arguments_bind_to_write_output() {
     );
     assert!(refused(&o).message.contains("\"sshd\""));
 }
+
+#[test]
+fn restricted_defaults_are_fixed_but_constrainable_in_empty_sessions() {
+    let mut cap = capability();
+    let mut only = std::collections::BTreeMap::new();
+    only.insert(
+        "first".to_string(),
+        keyhole::capability::ParamGrant {
+            name: "First".into(),
+            constraint: keyhole::capability::ValueConstraint::Any,
+        },
+    );
+    cap.cmdlets.insert(
+        "select-object".into(),
+        keyhole::capability::CommandGrant {
+            name: "Select-Object".into(),
+            params: keyhole::capability::ParamsGrant::Only(only),
+        },
+    );
+    let (s, _) = session_with(&cap, SessionType::RestrictedRemoteServer);
+    let sel = s
+        .visible()
+        .iter()
+        .find(|v| v.decl.name == "Select-Object")
+        .unwrap();
+    assert!(sel.decl.find_param("Property").is_some());
+    let (s, _) = session_with(&cap, SessionType::Empty);
+    let sel = s
+        .visible()
+        .iter()
+        .find(|v| v.decl.name == "Select-Object")
+        .unwrap();
+    assert!(sel.decl.find_param("Property").is_none());
+    assert!(!s.visible().iter().any(|v| v.decl.name == "Get-Command"));
+}

@@ -210,10 +210,9 @@ impl CommandTable {
         };
         if session_type == SessionType::RestrictedRemoteServer {
             for name in commands::RESTRICTED_DEFAULTS {
-                // A role grant of the same cmdlet (possibly constrained) replaces the default.
-                if cap.cmdlets.contains_key(&name.to_lowercase()) {
-                    continue;
-                }
+                // The defaults are fixed, as JEA's proxies are: a role grant of the same name
+                // (possibly constrained) is ignored here (`push` keeps the first entry), so
+                // implicit remoting and Exit-PSSession always work.
                 if let Some(c) = commands::builtin(name) {
                     push(apply_grant(c, &ParamsGrant::All), &mut entries);
                 }
