@@ -895,3 +895,15 @@ fn restricted_defaults_are_fixed_but_constrainable_in_empty_sessions() {
     assert!(sel.decl.find_param("Property").is_none());
     assert!(!s.visible().iter().any(|v| v.decl.name == "Get-Command"));
 }
+
+#[test]
+fn pipeline_length_is_limited() {
+    let (mut s, _) = session();
+    let cmds: Vec<_> = (0..65).map(|_| sc("Sort-Object", vec![])).collect();
+    let (o, _) = run(&mut s, cmds, vec![]);
+    assert_eq!(refused(&o).id, "TooManyCommands");
+    let cmds: Vec<_> = (0..64).map(|_| sc("Sort-Object", vec![])).collect();
+    let (o, ev) = run(&mut s, cmds, vec![Value::Int(2), Value::Int(1)]);
+    assert_eq!(o, RunOutcome::Completed { had_errors: false });
+    assert_eq!(outputs(&ev), vec![Value::Int(1), Value::Int(2)]);
+}

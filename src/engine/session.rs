@@ -19,6 +19,11 @@ use super::{
 use crate::capability::ParamsGrant;
 use crate::lang::{self, CommandElement, Literal, LiteralValue, Statement};
 
+/// Most statements one line (or one structured request) may hold.
+pub const MAX_STATEMENTS: usize = 256;
+/// Most commands in one pipeline (objects are pushed stage to stage by recursion).
+pub const MAX_PIPELINE_STAGES: usize = 64;
+
 /// A command as written, before lookup.
 struct RawCommand {
     name: String,
@@ -226,6 +231,17 @@ impl Session {
         first_has_input: bool,
         stream_text: bool,
     ) -> Result<Vec<Prepared>, Refusal> {
+        let too_many = |what: &str, n: usize, max: usize| {
+            Refusal {
+            message: format!("The line has {n} {what}; this session accepts at most {max}. Split it into several lines."),
+            id: "TooManyCommands".into(),
+            category: ErrorCategory::LimitsExceeded,
+            column: None,
+        }
+        };
+        if statements.len() > MAX_STATEMENTS {
+            return Err(too_many("statements", statements.len(), MAX_STATEMENTS));
+        }
         let mut out = Vec::new();
         for (si, st) in statements.into_iter().enumerate() {
             let cmds = match st {
@@ -238,6 +254,13 @@ impl Session {
                 }
                 RawStatement::Pipeline(c) => c,
             };
+            if cmds.len() > MAX_PIPELINE_STAGES {
+                return Err(too_many(
+                    "commands in one pipeline",
+                    cmds.len(),
+                    MAX_PIPELINE_STAGES,
+                ));
+            }
             let mut stages = Vec::new();
             let mut exit = false;
             for (i, c) in cmds.iter().enumerate() {
