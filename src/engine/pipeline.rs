@@ -151,30 +151,40 @@ fn fail_or_stop(shared: &RefCell<Shared<'_>>, env: &Env<'_>, rec: ErrorRecord) {
 }
 
 fn whatif_text(stage: &Stage, args: &super::command::BoundArgs, input: Option<&Value>) -> String {
+    let render = |v: &Value| match v {
+        Value::Array(items) => items
+            .iter()
+            .map(Value::to_ps_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_ps_string(),
+    };
+    // The values of the non-switch, non-object parameters (for pipeline input: those bound
+    // from the object); else the input object itself.
+    let parts: Vec<String> = args
+        .values
+        .iter()
+        .filter(|(k, _)| input.is_none() || !stage.bound.args.has(k))
+        .filter(|(k, _)| {
+            stage
+                .entry
+                .param(k)
+                .map(|p| {
+                    !matches!(
+                        p.decl.ty,
+                        ParamType::Switch
+                            | ParamType::Bool
+                            | ParamType::Object
+                            | ParamType::ObjectArray
+                    )
+                })
+                .unwrap_or(true)
+        })
+        .map(|(_, v)| render(v))
+        .collect();
     let target = match input {
-        Some(v) => v.to_ps_string(),
-        None => {
-            let parts: Vec<String> = args
-                .values
-                .iter()
-                .filter(|(k, _)| {
-                    stage
-                        .entry
-                        .param(k)
-                        .map(|p| !matches!(p.decl.ty, ParamType::Switch | ParamType::Bool))
-                        .unwrap_or(true)
-                })
-                .map(|(_, v)| match v {
-                    Value::Array(items) => items
-                        .iter()
-                        .map(Value::to_ps_string)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    other => other.to_ps_string(),
-                })
-                .collect();
-            parts.join(" ")
-        }
+        Some(v) if parts.is_empty() => v.to_ps_string(),
+        _ => parts.join(" "),
     };
     format!(
         "What if: Performing the operation \"{}\" on target \"{}\".",

@@ -662,6 +662,31 @@ mod tests {
     }
 
     #[test]
+    fn whatif_with_pipeline_input_names_the_bound_values() {
+        let (mut s, log) = session();
+        let a = PsObject::new("T").with("Name", "nginx").into_value();
+        let (o, ev) = run(
+            &mut s,
+            vec![vec![sc("Restart-Thing", vec![(Some("WhatIf"), None)])]],
+            vec![a, Value::Int(5)],
+        );
+        assert_eq!(o, RunOutcome::Completed { had_errors: false });
+        assert!(log.lock().unwrap().is_empty());
+        assert_eq!(
+            ev,
+            vec![
+                Event::Information(
+                    "What if: Performing the operation \"Restart-Thing\" on target \"nginx\"."
+                        .into()
+                ),
+                Event::Information(
+                    "What if: Performing the operation \"Restart-Thing\" on target \"5\".".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn objects_stream_from_stage_to_stage() {
         let (mut s, log) = session();
         let (o, ev) = run(
