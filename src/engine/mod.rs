@@ -1,6 +1,25 @@
 //! `engine` owns the object model, the command table built from an effective capability,
 //! parameter binding and validation, pipelines, and the text formatter. It knows nothing of
 //! WS-Man, PSRP or HTTP; its output is a stream of [`Event`]s.
+//!
+//! Files: `table` (the command table: restricted defaults, granted cmdlets, functions, external
+//! commands and aliases; role constraints compiled into per-parameter checks), `bind` (names,
+//! prefixes, positions, types, common parameters, value checks, pipeline input), `pipeline`
+//! (the push model: each object goes to the next stage as soon as it is written), `session`
+//! (parse → resolve and bind every statement → run), `format` (Out-Default text).
+//!
+//! Choices worth knowing (PowerShell does not pin them down, or cannot apply here):
+//! - A refusal emits nothing to the sink; the adapter shows [`RunOutcome::Refused`] itself.
+//! - `-WhatIf` never calls the command; its "What if: ..." line is an [`Event::Information`].
+//! - `-Confirm` is accepted on state-changing commands and ignored: there is no host to prompt.
+//! - Errors dropped by `-ErrorAction SilentlyContinue`/`Ignore` do not make the line fail.
+//! - A terminating error (or `-ErrorAction Stop`) ends the whole line: later statements do not run.
+//! - In restricted-remote-server sessions the eight restricted defaults are fixed: a role
+//!   grant of the same name does not constrain them (implicit remoting must keep working).
+//! - An external command's arguments are bound verbatim as `Arguments` (a string array), each
+//!   already checked against the entry's `arguments` patterns (anchored, case-sensitive).
+//! - Pipeline input binds ByValue to a typed parameter first, then ByPropertyName, then ByValue
+//!   to an object parameter, so a role-constrained `-Name` is what an object's Name binds to.
 #![forbid(unsafe_code)]
 
 pub mod command;
