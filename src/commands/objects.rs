@@ -325,6 +325,9 @@ fn compare(left: &Value, right: &Value, cs: bool) -> Option<Ordering> {
         }
         Value::Enum(e) => match right {
             Value::Int(i) => Some(e.value.cmp(i)),
+            Value::String(t) if t.trim().parse::<i64>().is_ok() => {
+                t.trim().parse::<i64>().ok().map(|i| e.value.cmp(&i))
+            }
             _ => {
                 let rs = right.to_ps_string();
                 if e.name.eq_ignore_ascii_case(&rs) {
@@ -1292,6 +1295,17 @@ mod tests {
         assert!(equal(&"Running".into(), &"running".into(), false));
         assert!(!equal(&"Running".into(), &"running".into(), true));
         assert!(equal(&Value::Bool(false), &"false".into(), false));
+        let running = Value::Enum(crate::engine::EnumValue {
+            type_names: vec![],
+            name: "Running".into(),
+            value: 4,
+        });
+        assert!(equal(&running, &"running".into(), false));
+        assert!(equal(&running, &"4".into(), false));
+        assert_eq!(
+            compare(&running, &Value::Int(1), false),
+            Some(Ordering::Greater)
+        );
     }
 
     #[test]
