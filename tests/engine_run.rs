@@ -907,3 +907,34 @@ fn pipeline_length_is_limited() {
     assert_eq!(o, RunOutcome::Completed { had_errors: false });
     assert_eq!(outputs(&ev), vec![Value::Int(1), Value::Int(2)]);
 }
+
+#[test]
+fn objects_never_pass_a_set_by_their_text() {
+    let (mut s, rec) = session();
+    let mut o = PsObject::new("Fake").with("Name", "sshd");
+    o.to_string = Some("nginx".into());
+    let (out, _) = run(
+        &mut s,
+        vec![sc(
+            "Write-Output",
+            vec![(None, Some(o.clone().into_value()))],
+        )],
+        vec![],
+    );
+    assert_eq!(
+        refused(&out).id,
+        "ParameterArgumentValidationError,Write-Output"
+    );
+    let (out, ev) = run(
+        &mut s,
+        vec![sc("Write-Output", vec![])],
+        vec![o.into_value()],
+    );
+    assert_eq!(out, RunOutcome::Completed { had_errors: true });
+    assert!(outputs(&ev).is_empty());
+    assert_eq!(
+        rec.lock().unwrap().commands.len(),
+        1,
+        "only the second line started"
+    );
+}

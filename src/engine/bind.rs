@@ -366,6 +366,15 @@ pub(crate) fn validate(spec: &ParamSpec, v: &Value) -> Result<(), String> {
         ));
     }
     for item in values {
+        // An object could show one text (its ToString) and carry other properties the command
+        // uses: a constrained parameter takes plain values only.
+        if matches!(item, Value::Object(_) | Value::Dict(_) | Value::Array(_)) {
+            return Err(format!(
+                "Cannot validate argument on parameter '{}'. The argument is an object ({}); this parameter is constrained to plain values by a set or pattern.",
+                spec.decl.name,
+                item.type_name()
+            ));
+        }
         let s = item.to_ps_string();
         for c in &spec.checks {
             if let Some(m) = c.failure(&spec.decl.name, &s) {
