@@ -622,6 +622,12 @@ mod tests {
     }
 
     #[test]
+    fn session_moves_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Session>();
+    }
+
+    #[test]
     fn whatif_never_calls_the_command() {
         let (mut s, log) = session();
         let names = Value::Array(vec!["a".into(), "b".into()]);
