@@ -224,7 +224,7 @@ impl Formatter {
             None
         };
         let key = Key {
-            type_name: o.type_name().to_string(),
+            type_name: view_family(o),
             props: props.clone(),
             group,
         };
@@ -355,6 +355,18 @@ pub fn format_values(values: &[Value]) -> String {
     let mut s: String = values.iter().map(|v| f.push(v)).collect();
     s.push_str(&f.finish());
     s
+}
+
+/// The type whose view formats `o`: objects of one family (CmdletInfo, FunctionInfo, AliasInfo
+/// and ApplicationInfo are all CommandInfo) share one table, as PowerShell's views do.
+fn view_family(o: &PsObject) -> String {
+    const FAMILIES: &[&str] = &["System.Management.Automation.CommandInfo"];
+    for f in FAMILIES {
+        if o.type_names.iter().any(|t| t == f) {
+            return (*f).to_string();
+        }
+    }
+    o.type_name().to_string()
 }
 
 /// Format a whole list of values in a forced shape (Format-Table / Format-List).

@@ -100,7 +100,8 @@ pub enum RunOutcome {
     /// Refused before anything ran (exit 2). The engine emits nothing to the sink for a
     /// refusal: the protocol adapter decides how to show it (see [`Refusal::to_error_record`]).
     Refused(Refusal),
-    /// A terminating error stopped it after something ran (exit 1).
+    /// A terminating error stopped it after something ran (exit 1). The engine has already
+    /// emitted the record as an [`Event::Error`]; adapters must not show it twice.
     Failed(ErrorRecord),
     /// Cancelled (Signal / session close).
     Stopped,
