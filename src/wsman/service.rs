@@ -483,7 +483,10 @@ pub fn signal_code(uri: &str) -> Option<String> {
         .next()
         .filter(|s| !s.is_empty())?
         .to_string();
-    if lower.starts_with("http://schemas.microsoft.com/powershell/signal/") {
+    // pypsrp 0.9.1 sends the PSRP stop signal as the relative `powershell/signal/ctrl_c`.
+    if lower.starts_with("http://schemas.microsoft.com/powershell/signal/")
+        || lower.starts_with("powershell/signal/")
+    {
         return Some(format!("ps_{last}"));
     }
     if lower.starts_with("http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/") {
@@ -578,6 +581,10 @@ mod tests {
         assert_eq!(
             signal_code("http://schemas.microsoft.com/powershell/signal/crtl_c").as_deref(),
             Some("ps_crtl_c")
+        );
+        assert_eq!(
+            signal_code("powershell/signal/ctrl_c").as_deref(),
+            Some("ps_ctrl_c")
         );
         assert_eq!(signal_code("urn:x"), None);
     }
