@@ -400,3 +400,7 @@ def http_log(monkeypatch):
 
     monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
     return log
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "psrp: PowerShell Remoting Protocol tests (pypsrp)")

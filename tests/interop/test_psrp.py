@@ -1,0 +1,298 @@
+"""pypsrp 0.9.1 against the real `keyhole serve` over PSRP (marker `psrp`).
+
+While `keyhole::psrp_factory::register` is a no-op (the server answers a Create on
+http://schemas.microsoft.com/powershell/<Name> with a "resource URI is not supported" fault),
+every test here is marked xfail(strict=False) at run time by `_xfail_while_psrp_is_not_wired`.
+Once PSRP is wired, delete that fixture: the tests must then pass as they are.
+"""
+import os
+import re
+import time
+
+import pytest
+from pypsrp.client import Client
+from pypsrp.complex_objects import PSInvocationState, RunspacePoolState
+from pypsrp.exceptions import AuthenticationError, WinRMError, WSManFaultError
+from pypsrp.powershell import PowerShell, RunspacePool
+from pypsrp.wsman import WSMan
+
+from conftest import SEQ_COUNT, processes_matching, wait_until
+
+pytestmark = pytest.mark.psrp
+
+ENDPOINT = "Helpdesk"
+
+
+def make_wsman(server, user="alice", password=None):
+    if password is None:
+        password = server.password(user)
+    return WSMan("127.0.0.1", port=server.https_port, username=user, password=password, ssl=True,
+                 cert_validation=False, auth="basic")
+
+
+def make_client(server, user="alice", password=None):
+    if password is None:
+        password = server.password(user)
+    return Client("127.0.0.1", port=server.https_port, username=user, password=password, ssl=True,
+                  cert_validation=False, auth="basic")
+
+
+@pytest.fixture(scope="session")
+def psrp_wired(server):
+    """False while the server does not serve the PowerShell resource URI at all."""
+    pool = RunspacePool(make_wsman(server), configuration_name=ENDPOINT)
+    try:
+        pool.open()
+    except WSManFaultError as e:
+        text = "%s %s" % (e, getattr(e, "reason", ""))
+        if re.search(r"resource URI is not supported|DestinationUnreachable|not served", text, re.I):
+            return False
+        raise
+    try:
+        pool.close()
+    except WinRMError:
+        pass
+    return True
+
+
+@pytest.fixture(autouse=True)
+def _xfail_while_psrp_is_not_wired(request, psrp_wired):
+    # TEMPORARY: remove once keyhole::psrp_factory::register wires PSRP (see the module docstring).
+    if not psrp_wired:
+        request.node.add_marker(pytest.mark.xfail(
+            reason="PSRP is not wired into keyhole serve yet (psrp_factory::register is a no-op)",
+            strict=False))
+
+
+@pytest.fixture
+def wsman(server):
+    return make_wsman(server)
+
+
+@pytest.fixture
+def pool(wsman, psrp_wired):
+    p = RunspacePool(wsman, configuration_name=ENDPOINT)
+    try:
+        p.open()
+    except WinRMError:
+        if not psrp_wired:  # TEMPORARY, with _xfail_while_psrp_is_not_wired
+            pytest.xfail("PSRP is not wired into keyhole serve yet (psrp_factory::register is a no-op)")
+        raise
+    yield p
+    p.close()
+
+
+def props(obj):
+    d = {}
+    d.update(getattr(obj, "adapted_properties", {}) or {})
+    d.update(getattr(obj, "extended_properties", {}) or {})
+    return d
+
+
+def error_text(streams_error):
+    return "\n".join(
+        "%s | %s | %s" % (e, getattr(e, "fq_error", ""), getattr(e, "message", "")) for e in streams_error)
+
+
+# --- Client.execute_ps ----------------------------------------------------------------------------
+
+def test_execute_ps_runs_a_granted_line(server):
+    out, streams, had_errors = make_client(server).execute_ps("Get-Uptime", configuration_name=ENDPOINT)
+    assert not had_errors, error_text(streams.error)
+    assert re.search(r"Days\s*:\s*\d+|\d+:\d\d:\d\d", out), out
+
+
+def test_execute_ps_refuses_invoke_expression(server):
+    out, streams, had_errors = make_client(server).execute_ps("Invoke-Expression id", configuration_name=ENDPOINT)
+    assert had_errors
+    assert out.strip() == ""
+    text = error_text(streams.error)
+    assert re.search(r"Invoke-Expression.*not recognized|CommandNotFound", text, re.I | re.S), text
+
+
+def test_execute_ps_refuses_a_variable(server):
+    out, streams, had_errors = make_client(server).execute_ps("$env:PATH", configuration_name=ENDPOINT)
+    assert had_errors
+    assert out.strip() == ""
+    assert re.search(r"variable", error_text(streams.error), re.I)
+
+
+# --- structured pipelines -------------------------------------------------------------------------
+
+def test_restart_service_outside_the_set_is_a_validation_error(pool):
+    ps = PowerShell(pool).add_cmdlet("Restart-Service").add_parameter("Name", "sshd")
+    out = ps.invoke()
+    assert ps.had_errors
+    assert out == []
+    text = error_text(ps.streams.error)
+    assert re.search(r"ValidateSet|does not belong to the set|ParameterArgumentValidationError", text, re.I), text
+    assert "sshd" in text
+
+
+def test_invoke_expression_as_a_structured_command_is_refused(pool):
+    ps = PowerShell(pool).add_cmdlet("Invoke-Expression").add_parameter("Command", "Get-Uptime")
+    out = ps.invoke()
+    assert ps.had_errors
+    assert out == []
+
+
+def test_add_script_in_the_language_runs_and_outside_it_is_refused(pool):
+    ps = PowerShell(pool).add_script("Get-Process -Id %d" % os.getpid())
+    out = ps.invoke()
+    assert not ps.had_errors, error_text(ps.streams.error)
+    assert len(out) == 1
+    ps = PowerShell(pool).add_script("$x = Get-Uptime; $x")
+    out = ps.invoke()
+    assert ps.had_errors
+    assert out == []
+
+
+def test_get_process_objects_carry_their_properties(pool):
+    pid = os.getpid()
+    ps = PowerShell(pool).add_cmdlet("Get-Process").add_parameter("Id", pid)
+    out = ps.invoke()
+    assert not ps.had_errors, error_text(ps.streams.error)
+    assert len(out) == 1
+    p = props(out[0])
+    assert int(p["Id"]) == pid, p
+    assert "python" in str(p["ProcessName"]), p
+    assert any("Process" in t for t in (getattr(out[0], "types", None) or [])), getattr(out[0], "types", None)
+
+
+def test_get_service_objects_carry_name_and_status(pool):
+    ps = PowerShell(pool).add_cmdlet("Get-Service")
+    out = ps.invoke()
+    if os.path.isdir("/run/systemd/system"):
+        assert not ps.had_errors, error_text(ps.streams.error)
+        assert out
+        for o in out:
+            p = props(o)
+            assert p.get("Name"), p
+            assert "Status" in p, p
+    else:
+        # No systemd here: a clear error record, not a crash or an empty success.
+        assert ps.had_errors
+        assert error_text(ps.streams.error).strip()
+
+
+def test_command_metadata_lists_only_granted_commands(pool):
+    names = {m.name.lower() for m in pool.get_command_metadata("*")}
+    granted = {
+        "get-service", "restart-service", "start-service", "get-journal", "get-process", "get-uptime",
+        "get-volume", "get-nettcpconnection", "select-object", "sort-object", "where-object",
+        "format-table", "measure-object", "get-diskusage", "get-numbers",
+    }
+    always = {"get-command", "get-help", "get-formatdata", "out-default", "exit-pssession", "clear-host"}
+    external = {"uptime", "sleep", "/usr/bin/uptime", "/usr/bin/sleep"}
+    assert granted <= names, sorted(granted - names)
+    assert names & external, "neither uptime nor sleep listed: %r" % sorted(names)
+    for never in ("invoke-expression", "get-content", "stop-service", "stop-process", "import-module",
+                  "invoke-command", "new-object", "start-process", "add-type", "get-date"):
+        assert never not in names
+    assert names <= granted | always | external, sorted(names - granted - always - external)
+
+
+def test_two_pipelines_in_one_pool(pool):
+    first = PowerShell(pool).add_cmdlet("Get-Uptime")
+    second = PowerShell(pool).add_cmdlet("Get-Process").add_parameter("Id", os.getpid())
+    first.begin_invoke()
+    second.begin_invoke()
+    out1 = first.end_invoke()
+    out2 = second.end_invoke()
+    assert not first.had_errors and not second.had_errors
+    assert len(out1) == 1 and len(out2) == 1
+    # And again, one after the other, in the same pool.
+    again = PowerShell(pool).add_cmdlet("Get-Uptime")
+    again.invoke()
+    assert not again.had_errors
+
+
+# --- limits and gates -----------------------------------------------------------------------------
+
+def test_a_fourth_pool_for_the_same_user_is_refused(server):
+    pools = []
+    try:
+        for _ in range(3):
+            p = RunspacePool(make_wsman(server, user="carol"), configuration_name=ENDPOINT)
+            p.open()
+            pools.append(p)
+        fourth = RunspacePool(make_wsman(server, user="carol"), configuration_name=ENDPOINT)
+        with pytest.raises(WinRMError):
+            fourth.open()
+        assert fourth.state != RunspacePoolState.OPENED
+        # Closing one makes room again.
+        pools.pop().close()
+        again = RunspacePool(make_wsman(server, user="carol"), configuration_name=ENDPOINT)
+        again.open()
+        pools.append(again)
+    finally:
+        for p in pools:
+            try:
+                p.close()
+            except WinRMError:
+                pass
+
+
+def _fingerprint(resp):
+    return (resp.status_code,
+            {k.lower(): v for k, v in resp.headers.items() if k.lower() != "date"},
+            resp.content)
+
+
+def test_an_endpoint_without_a_role_is_refused_like_a_wrong_password(server, http_log):
+    seen = {}
+    for label, user, password, endpoint in [
+        ("wrong password", "alice", "wrong-" + server.password("alice"), ENDPOINT),
+        ("no role in Vendor", "alice", None, "Vendor"),
+        ("no such endpoint", "alice", None, "NoSuchEndpoint"),
+        ("no rule", "nobody-rule", None, ENDPOINT),
+    ]:
+        del http_log[:]
+        pool = RunspacePool(make_wsman(server, user=user, password=password), configuration_name=endpoint)
+        with pytest.raises(WinRMError) as exc:
+            pool.open()
+        seen[label] = (type(exc.value), _fingerprint(http_log[-1][1]))
+    ref_type, ref = seen["wrong password"]
+    assert ref_type is AuthenticationError
+    assert ref[0] == 401
+    for label, (t, fp) in seen.items():
+        assert t is ref_type, "%s raised %s, a wrong password %s" % (label, t, ref_type)
+        assert fp == ref, "%s answered differently from a wrong password" % label
+
+
+def test_vendor_user_reaches_the_vendor_endpoint_only(server):
+    with RunspacePool(make_wsman(server, user="victor"), configuration_name="Vendor") as pool:
+        ps = PowerShell(pool).add_cmdlet("Get-Process")
+        ps.invoke()
+        assert ps.had_errors, "Get-Process is not granted to the vendor"
+        names = {m.name.lower() for m in pool.get_command_metadata("*")}
+        assert "get-osrelease" in names and "restart-service" not in names
+
+
+# --- stop and large output ------------------------------------------------------------------------
+
+def test_stop_kills_the_running_program(pool):
+    argv = ["sleep", "301"]
+    assert not processes_matching(argv)
+    ps = PowerShell(pool).add_cmdlet("/usr/bin/sleep").add_argument("301")
+    ps.begin_invoke()
+    assert wait_until(lambda: processes_matching(argv), 15), "sleep 301 never started"
+    t0 = time.monotonic()
+    ps.stop()
+    assert ps.state == PSInvocationState.STOPPED
+    assert wait_until(lambda: not processes_matching(argv), 10), processes_matching(argv)
+    assert time.monotonic() - t0 < 10
+    # The pool stays usable.
+    ps2 = PowerShell(pool).add_cmdlet("Get-Uptime")
+    ps2.invoke()
+    assert not ps2.had_errors
+
+
+def test_large_output_across_many_fragments_arrives_whole(pool):
+    ps = PowerShell(pool).add_cmdlet("Get-Numbers")
+    out = ps.invoke()
+    assert not ps.had_errors, error_text(ps.streams.error)
+    assert len(out) == SEQ_COUNT
+    assert [str(o) for o in out[:3]] == ["1", "2", "3"]
+    assert str(out[-1]) == str(SEQ_COUNT)
+    assert [str(o) for o in out] == [str(i) for i in range(1, SEQ_COUNT + 1)]
