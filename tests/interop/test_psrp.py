@@ -298,3 +298,27 @@ def test_large_output_across_many_fragments_arrives_whole(pool):
     assert [str(o) for o in out[:3]] == ["1", "2", "3"]
     assert str(out[-1]) == str(SEQ_COUNT)
     assert [str(o) for o in out] == [str(i) for i in range(1, SEQ_COUNT + 1)]
+
+
+# --- what evil-jea tries (its "call", "function" and "rev_shell" bypasses, raw and structured) ---
+
+EVIL_JEA = [
+    ("script", "&{ id }"),                      # call_bypass, raw
+    ("script", "function gl {id}; gl"),         # function_bypass, raw
+    ("script", "powershell -e " + "JABjAD0AMQA="),  # rev_shell's payload shape, raw
+    ("cmdlet", "&{"),                           # call_bypass, structured: the command name is "&{"
+    ("cmdlet", "function"),                     # function_bypass, structured
+]
+
+
+@pytest.mark.parametrize("kind,text", EVIL_JEA, ids=["%s:%s" % k for k in EVIL_JEA])
+def test_evil_jea_bypasses_are_refused_with_an_error_record(pool, kind, text):
+    ps = PowerShell(pool)
+    if kind == "script":
+        ps.add_script(text)
+    else:
+        ps.add_cmdlet(text).add_argument("id").add_argument("}")
+    out = ps.invoke()
+    assert ps.had_errors, "refused silently: %r" % out
+    assert out == []
+    assert ps.streams.error, "no error record"
