@@ -684,7 +684,8 @@ fn cmd_run(path: &Path, who: &WhoArgs, line: &str) -> Result<ExitCode> {
     print!("{tail}");
     match &outcome {
         RunOutcome::Refused(r) => eprint!("{}", render_error(&r.to_error_record())),
-        RunOutcome::Failed(rec) => eprint!("{}", render_error(rec)),
+        // Already printed: the engine emits a terminating error as an event before returning it.
+        RunOutcome::Failed(_) => {}
         RunOutcome::Stopped => eprintln!("The pipeline has been stopped."),
         _ => {}
     }

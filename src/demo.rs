@@ -143,7 +143,7 @@ pub fn snippets(demo: &DemoDir, s: &Started) -> String {
         ));
         out.push_str("\npypsrp (PSRP, endpoint Helpdesk):\n");
         out.push_str(&format!(
-            "  python3 -c \"from pypsrp.client import Client; c = Client('127.0.0.1', port={port}, username='{DEMO_USER}', password='{pw}', ssl=True, cert_validation=False, auth='basic', configuration_name='Helpdesk'); out, streams, had_errors = c.execute_ps('Get-Uptime'); print(out, had_errors)\"\n"
+            "  python3 -c \"from pypsrp.client import Client; c = Client('127.0.0.1', port={port}, username='{DEMO_USER}', password='{pw}', ssl=True, cert_validation=False, auth='basic'); out, streams, had_errors = c.execute_ps('Get-Uptime', configuration_name='Helpdesk'); print(out, had_errors)\"\n"
         ));
         out.push_str("\nPowerShell 7 / Windows PowerShell:\n");
         out.push_str(&format!(

@@ -56,7 +56,6 @@ fn line_is_required() {
 }
 
 #[test]
-#[ignore = "needs the engine (integrator: --include-ignored)"]
 fn engine_visible_command_runs() {
     let d = shipped_copy();
     let (code, out, err) = keyhole(
@@ -77,7 +76,6 @@ fn engine_visible_command_runs() {
 }
 
 #[test]
-#[ignore = "needs the engine (integrator: --include-ignored)"]
 fn engine_invisible_and_language_refusals_exit_2() {
     let d = shipped_copy();
     for line in [
@@ -106,7 +104,6 @@ fn engine_invisible_and_language_refusals_exit_2() {
 }
 
 #[test]
-#[ignore = "needs the engine (integrator: --include-ignored)"]
 fn engine_vendor_function_output() {
     let d = shipped_copy();
     let (code, out, err) = keyhole(
@@ -119,7 +116,6 @@ fn engine_vendor_function_output() {
 }
 
 #[test]
-#[ignore = "needs the engine (integrator: --include-ignored)"]
 fn engine_runtime_error_exits_1() {
     let d = shipped_copy();
     let (code, _, err) = keyhole(

@@ -8,9 +8,11 @@ pub mod processes;
 pub mod services;
 pub mod system;
 
-use std::sync::Arc;
-
+pub mod objects;
 pub mod programs;
+pub mod proxies;
+
+use std::sync::Arc;
 
 use crate::engine::Command;
 
@@ -131,6 +133,8 @@ pub const NEVER_PROVIDED: &[&str] = &[
 /// Every built-in command object.
 pub fn all_builtins() -> Vec<Arc<dyn Command>> {
     let mut v: Vec<Arc<dyn Command>> = Vec::new();
+    v.extend(proxies::commands());
+    v.extend(objects::commands());
     v.extend(services::commands());
     v.extend(processes::commands());
     v.extend(journal::commands());

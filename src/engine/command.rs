@@ -477,6 +477,7 @@ pub trait Invocation {
     /// Called once per pipeline input object (`input` is Some, `args` has the parameters bound
     /// from it merged in) or once with `input` None when the command is first in its pipeline.
     /// Returning Err stops the whole pipeline (a terminating error).
+    #[allow(clippy::result_large_err)] // an ErrorRecord is the natural terminating error; rare
     fn process(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -484,6 +485,7 @@ pub trait Invocation {
         input: Option<Value>,
     ) -> Result<(), ErrorRecord>;
     /// Called once after the last input.
+    #[allow(clippy::result_large_err)]
     fn end(&mut self, _ctx: &mut Ctx<'_>) -> Result<(), ErrorRecord> {
         Ok(())
     }

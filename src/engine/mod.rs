@@ -1,15 +1,41 @@
 //! `engine` owns the object model, the command table built from an effective capability,
 //! parameter binding and validation, pipelines, and the text formatter. It knows nothing of
 //! WS-Man, PSRP or HTTP; its output is a stream of [`Event`]s.
+//!
+//! Files: `table` (the command table: restricted defaults, granted cmdlets, functions, external
+//! commands and aliases; role constraints compiled into per-parameter checks), `bind` (names,
+//! prefixes, positions, types, common parameters, value checks, pipeline input), `pipeline`
+//! (the push model: each object goes to the next stage as soon as it is written), `session`
+//! (parse → resolve and bind every statement → run), `format` (Out-Default text).
+//!
+//! Choices worth knowing (PowerShell does not pin them down, or cannot apply here):
+//! - A refusal emits nothing to the sink; the adapter shows [`RunOutcome::Refused`] itself.
+//! - `-WhatIf` never calls the command; its "What if: ..." line is an [`Event::Information`].
+//! - `-Confirm` is accepted on state-changing commands and ignored: there is no host to prompt.
+//! - Errors dropped by `-ErrorAction SilentlyContinue`/`Ignore` do not make the line fail.
+//! - A terminating error (or `-ErrorAction Stop`) ends the whole line: later statements do not run.
+//! - In restricted-remote-server sessions the eight restricted defaults are fixed: a role
+//!   grant of the same name does not constrain them (implicit remoting must keep working).
+//! - An external command's arguments are bound verbatim as `Arguments` (a string array), each
+//!   already checked against the entry's `arguments` patterns (anchored, case-sensitive).
+//! - Pipeline input binds ByValue to a typed parameter first, then ByPropertyName, then ByValue
+//!   to an object parameter, so a role-constrained `-Name` is what an object's Name binds to.
 #![forbid(unsafe_code)]
 
 pub mod command;
 pub mod value;
 
+pub(crate) mod bind;
+pub mod format;
+mod pipeline;
+mod session;
+mod table;
+
+pub use session::Session;
+
 pub use command::*;
 pub use value::*;
 
-use crate::capability::EffectiveCapability;
 use crate::config::SessionType;
 
 /// Records what a session does (transcripts). Every method is called *before* the thing it
@@ -71,9 +97,11 @@ impl Refusal {
 pub enum RunOutcome {
     /// Ran to the end; `had_errors` when any error record was written (exit 1).
     Completed { had_errors: bool },
-    /// Refused before anything ran (exit 2).
+    /// Refused before anything ran (exit 2). The engine emits nothing to the sink for a
+    /// refusal: the protocol adapter decides how to show it (see [`Refusal::to_error_record`]).
     Refused(Refusal),
-    /// A terminating error stopped it after something ran (exit 1).
+    /// A terminating error stopped it after something ran (exit 1). The engine has already
+    /// emitted the record as an [`Event::Error`]; adapters must not show it twice.
     Failed(ErrorRecord),
     /// Cancelled (Signal / session close).
     Stopped,
@@ -119,88 +147,4 @@ pub struct StructuredPipeline {
 pub struct SessionOptions {
     pub session_type: SessionType,
     pub host: HostEnv,
-}
-
-/// A session: one user's command table in one endpoint. Lines run one at a time.
-pub struct Session {
-    #[allow(dead_code)]
-    opts: SessionOptions,
-    audit: Box<dyn Audit>,
-    visible: Vec<VisibleCommand>,
-}
-
-impl Session {
-    /// Build the command table from the effective capability, and nothing else.
-    pub fn new(_cap: &EffectiveCapability, opts: SessionOptions, audit: Box<dyn Audit>) -> Session {
-        Session {
-            opts,
-            audit,
-            visible: Vec::new(),
-        }
-    }
-
-    /// Parse, check and run one line of the language (SPEC §4.1).
-    pub fn run_line(
-        &mut self,
-        line: &str,
-        _sink: &mut dyn EventSink,
-        _cancel: &CancelToken,
-    ) -> RunOutcome {
-        let _ = self.audit.line(line);
-        RunOutcome::Refused(Refusal {
-            message: "not implemented yet".into(),
-            id: "NotImplemented".into(),
-            category: ErrorCategory::NotImplemented,
-            column: None,
-        })
-    }
-
-    /// Run structured pipelines (PSRP, IsScript false): statements run in order; `input` feeds
-    /// the first command of the first statement.
-    pub fn run_structured(
-        &mut self,
-        _statements: &[StructuredPipeline],
-        _input: Vec<Value>,
-        _sink: &mut dyn EventSink,
-        _cancel: &CancelToken,
-    ) -> RunOutcome {
-        RunOutcome::Completed { had_errors: false }
-    }
-
-    /// The commands this session can see (Get-Command, GET_COMMAND_METADATA).
-    pub fn visible(&self) -> &[VisibleCommand] {
-        &self.visible
-    }
-}
-
-pub mod format {
-    //! Out-Default text formatting.
-    use super::Value;
-
-    /// Streaming formatter: feed values in order, get text (tables for up to four properties,
-    /// lists otherwise, a header each time the shape changes).
-    #[derive(Default)]
-    pub struct Formatter {}
-
-    impl Formatter {
-        pub fn new() -> Self {
-            Formatter {}
-        }
-        /// Text for this value (may include a table header).
-        pub fn push(&mut self, v: &Value) -> String {
-            format!("{}\n", v.to_ps_string())
-        }
-        /// Text to end the stream (trailing blank line of a table, ...).
-        pub fn finish(&mut self) -> String {
-            String::new()
-        }
-    }
-
-    /// Format a whole list of values as Out-Default would.
-    pub fn format_values(values: &[Value]) -> String {
-        let mut f = Formatter::new();
-        let mut s: String = values.iter().map(|v| f.push(v)).collect();
-        s.push_str(&f.finish());
-        s
-    }
 }

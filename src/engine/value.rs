@@ -178,11 +178,12 @@ pub fn format_double(d: f64) -> String {
     if d == d.trunc() && d.abs() < 1e15 {
         return format!("{}", d as i64);
     }
-    let s = format!("{:.15}", d);
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    // limit to 15 significant digits
-    let sig: String = s.to_string();
-    sig
+    // Round to 15 significant digits as .NET's default formatting does, then print the
+    // shortest representation of that (45.079999999999998 → 45.08).
+    let magnitude = d.abs().log10().floor() as i32;
+    let decimals = (14 - magnitude).clamp(0, 15) as usize;
+    let rounded: f64 = format!("{d:.decimals$}").parse().unwrap_or(d);
+    format!("{rounded}")
 }
 
 /// TimeSpan's ToString: `[-][d.]hh:mm:ss[.fffffff]`.
@@ -264,5 +265,27 @@ impl From<PsObject> for Value {
 impl From<DateTime<FixedOffset>> for Value {
     fn from(d: DateTime<FixedOffset>) -> Self {
         Value::DateTime(d)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_print_as_powershell_does() {
+        for (d, want) in [
+            (45.08, "45.08"),
+            (45.079999999999998, "45.08"),
+            (0.1 + 0.2, "0.3"),
+            (1.5, "1.5"),
+            (3.0, "3"),
+            (-2.25, "-2.25"),
+            (123456.789, "123456.789"),
+            (f64::NAN, "NaN"),
+        ] {
+            assert_eq!(format_double(d), want, "{d}");
+        }
     }
 }

@@ -1,0 +1,399 @@
+//! The command table of a session: built from the effective capability and nothing else, with
+//! each parameter's value checks (the command's own set/patterns plus the role's constraint).
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use regex::{Regex, RegexBuilder};
+
+use super::command::{Command, CommandDecl, CommandKind, ErrorCategory, ParamDecl, VisibleCommand};
+use super::Refusal;
+use crate::capability::{EffectiveCapability, ParamsGrant, ValueConstraint};
+use crate::commands;
+use crate::config::SessionType;
+
+/// Compiled size limit of one validation regex (bytes of the compiled program).
+pub const MAX_REGEX_SIZE: usize = 1 << 20;
+/// Longest value (characters) shown back in a validation message.
+const MAX_SHOWN_VALUE: usize = 200;
+
+/// One check on a parameter's values.
+#[derive(Debug, Clone)]
+pub(crate) enum Check {
+    /// Case-insensitive membership (simple case folding of the exact characters).
+    Set {
+        shown: Vec<String>,
+        lower: Vec<String>,
+    },
+    /// Whole-value match of any pattern, case-insensitive.
+    Pattern { shown: String, re: Regex },
+    /// A pattern that could not be compiled: every value fails (fail closed).
+    Broken { shown: String, why: String },
+}
+
+impl Check {
+    pub(crate) fn set(values: &[String]) -> Check {
+        Check::Set {
+            shown: values.to_vec(),
+            lower: values.iter().map(|v| v.to_lowercase()).collect(),
+        }
+    }
+
+    /// `^(?:p1|p2)$`, case-insensitive, with a size limit.
+    pub(crate) fn patterns(patterns: &[String], case_insensitive: bool) -> Check {
+        let joined = patterns
+            .iter()
+            .map(|p| format!("(?:{p})"))
+            .collect::<Vec<_>>()
+            .join("|");
+        let src = format!("^(?:{joined})$");
+        match RegexBuilder::new(&src)
+            .case_insensitive(case_insensitive)
+            .size_limit(MAX_REGEX_SIZE)
+            .build()
+        {
+            Ok(re) => Check::Pattern { shown: src, re },
+            Err(e) => Check::Broken {
+                shown: src,
+                why: e.to_string(),
+            },
+        }
+    }
+
+    /// None when `value` passes; else the reason in PowerShell's words.
+    pub(crate) fn failure(&self, param: &str, value: &str) -> Option<String> {
+        let shown_value = show_value(value);
+        match self {
+            Check::Set { shown, lower } => {
+                if lower.iter().any(|l| *l == value.to_lowercase()) {
+                    None
+                } else {
+                    Some(format!(
+                        "Cannot validate argument on parameter '{param}'. The argument \"{shown_value}\" does not belong to the set \"{}\" specified by the ValidateSet attribute. Supply an argument that is in the set and then try the command again.",
+                        shown.join(",")
+                    ))
+                }
+            }
+            Check::Pattern { shown, re } => {
+                if re.is_match(value) {
+                    None
+                } else {
+                    Some(format!(
+                        "Cannot validate argument on parameter '{param}'. The argument \"{shown_value}\" does not match the \"{shown}\" pattern. Supply an argument that matches \"{shown}\" and try the command again."
+                    ))
+                }
+            }
+            Check::Broken { shown, why } => Some(format!(
+                "Cannot validate argument on parameter '{param}'. The pattern \"{shown}\" is not usable ({why}); every value is refused until the role capability is fixed."
+            )),
+        }
+    }
+}
+
+/// A value as shown back in a message: control and invisible characters escaped, length capped.
+pub(crate) fn show_value(v: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in v.chars().enumerate() {
+        if i >= MAX_SHOWN_VALUE {
+            out.push('…');
+            break;
+        }
+        let invisible = c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{00AD}');
+        if invisible {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A parameter as this session sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct ParamSpec {
+    pub decl: ParamDecl,
+    pub checks: Vec<Check>,
+}
+
+/// One command of the table.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    /// The declaration with only the granted parameters.
+    pub decl: CommandDecl,
+    pub params: Vec<ParamSpec>,
+    pub cmd: Arc<dyn Command>,
+    /// Applications: argument patterns (each argument must fully match one; empty: no arguments).
+    pub arg_patterns: Option<Check>,
+}
+
+impl Entry {
+    pub(crate) fn param(&self, canonical: &str) -> Option<&ParamSpec> {
+        self.params
+            .iter()
+            .find(|p| p.decl.name.eq_ignore_ascii_case(canonical))
+    }
+}
+
+pub(crate) struct CommandTable {
+    pub entries: Vec<Entry>,
+    /// (alias as written, index of the target entry).
+    pub aliases: Vec<(String, usize)>,
+    pub visible: Vec<VisibleCommand>,
+}
+
+pub(crate) fn apply_grant(cmd: Arc<dyn Command>, grant: &ParamsGrant) -> Entry {
+    let mut decl = cmd.decl().clone();
+    let mut params = Vec::new();
+    for p in &decl.params {
+        let mut checks = Vec::new();
+        if !p.set.is_empty() {
+            checks.push(Check::set(&p.set));
+        }
+        if !p.patterns.is_empty() {
+            checks.push(Check::patterns(&p.patterns, true));
+        }
+        let mut shown = p.clone();
+        match grant {
+            ParamsGrant::All => {}
+            ParamsGrant::Only(map) => {
+                let Some(g) = map.get(&p.name.to_lowercase()) else {
+                    continue;
+                };
+                match &g.constraint {
+                    ValueConstraint::Any => {}
+                    ValueConstraint::Set(values) => {
+                        checks.push(Check::set(values));
+                        shown.set = if shown.set.is_empty() {
+                            values.clone()
+                        } else {
+                            shown
+                                .set
+                                .iter()
+                                .filter(|v| {
+                                    values.iter().any(|w| w.to_lowercase() == v.to_lowercase())
+                                })
+                                .cloned()
+                                .collect()
+                        };
+                    }
+                    ValueConstraint::Patterns(pats) => {
+                        checks.push(Check::patterns(pats, true));
+                        shown.patterns.extend(pats.iter().cloned());
+                    }
+                }
+            }
+        }
+        params.push(ParamSpec {
+            decl: shown,
+            checks,
+        });
+    }
+    decl.params = params.iter().map(|p| p.decl.clone()).collect();
+    Entry {
+        decl,
+        params,
+        cmd,
+        arg_patterns: None,
+    }
+}
+
+impl CommandTable {
+    pub(crate) fn build(cap: &EffectiveCapability, session_type: SessionType) -> CommandTable {
+        let mut entries: Vec<Entry> = Vec::new();
+        let push = |e: Entry, entries: &mut Vec<Entry>| {
+            if !entries.iter().any(|x| {
+                x.decl.name.eq_ignore_ascii_case(&e.decl.name) && x.decl.path == e.decl.path
+            }) {
+                entries.push(e);
+            }
+        };
+        if session_type == SessionType::RestrictedRemoteServer {
+            for name in commands::RESTRICTED_DEFAULTS {
+                // The defaults are fixed, as JEA's proxies are: a role grant of the same name
+                // (possibly constrained) is ignored here (`push` keeps the first entry), so
+                // implicit remoting and Exit-PSSession always work.
+                if let Some(c) = commands::builtin(name) {
+                    push(apply_grant(c, &ParamsGrant::All), &mut entries);
+                }
+            }
+        }
+        for g in cap.cmdlets.values() {
+            if commands::is_never_provided(&g.name) {
+                continue;
+            }
+            if let Some(c) = commands::builtin(&g.name) {
+                push(apply_grant(c, &g.params), &mut entries);
+            }
+        }
+        for f in cap.functions.values() {
+            if commands::is_never_provided(&f.function.name) {
+                continue;
+            }
+            let c = commands::programs::function_command(&f.function);
+            push(apply_grant(c, &f.params), &mut entries);
+        }
+        for x in cap.external.values() {
+            let c = commands::programs::external_command(&x.def);
+            let mut e = apply_grant(c, &ParamsGrant::All);
+            e.decl.kind = CommandKind::Application;
+            if e.decl.path.is_none() {
+                e.decl.path = Some(x.def.path.clone());
+            }
+            e.arg_patterns = Some(Check::patterns(&x.def.arguments, false));
+            push(e, &mut entries);
+        }
+        let mut aliases: Vec<(String, usize)> = Vec::new();
+        let find = |entries: &[Entry], target: &str| {
+            entries
+                .iter()
+                .position(|e| e.decl.name.eq_ignore_ascii_case(target))
+        };
+        if session_type == SessionType::RestrictedRemoteServer {
+            for (a, t) in commands::DEFAULT_ALIASES {
+                if let Some(i) = find(&entries, t) {
+                    aliases.push((a.to_string(), i));
+                }
+            }
+        }
+        for (lower, (written, target)) in &cap.aliases {
+            let shown = if written.eq_ignore_ascii_case(lower) {
+                written.clone()
+            } else {
+                lower.clone()
+            };
+            if commands::is_never_provided(&shown)
+                || aliases.iter().any(|(a, _)| a.eq_ignore_ascii_case(&shown))
+            {
+                continue;
+            }
+            // Tolerate either order of the pair: the target is the one naming a visible command.
+            let idx = find(&entries, target).or_else(|| find(&entries, written));
+            if let Some(i) = idx {
+                if !entries
+                    .iter()
+                    .any(|e| e.decl.name.eq_ignore_ascii_case(&shown))
+                {
+                    aliases.push((shown, i));
+                }
+            }
+        }
+        let mut visible: Vec<VisibleCommand> = entries
+            .iter()
+            .map(|e| VisibleCommand {
+                decl: e.decl.clone(),
+                resolved: None,
+            })
+            .collect();
+        for (a, i) in &aliases {
+            if let Some(e) = entries.get(*i) {
+                let mut d = CommandDecl::cmdlet(a, &e.decl.module, &e.decl.synopsis);
+                d.kind = CommandKind::Alias;
+                d.params = e.decl.params.clone();
+                visible.push(VisibleCommand {
+                    decl: d,
+                    resolved: Some(e.decl.name.clone()),
+                });
+            }
+        }
+        CommandTable {
+            entries,
+            aliases,
+            visible,
+        }
+    }
+
+    /// Resolve a command name as written (case-insensitive; aliases; applications by full path
+    /// or file name). Module-qualified names are never resolved.
+    pub(crate) fn lookup(&self, name: &str, column: Option<usize>) -> Result<&Entry, Refusal> {
+        let found = if name.contains('\\') || name.is_empty() {
+            None
+        } else {
+            self.entries
+                .iter()
+                .find(|e| {
+                    e.decl.kind != CommandKind::Application
+                        && e.decl.name.eq_ignore_ascii_case(name)
+                })
+                .or_else(|| {
+                    self.aliases
+                        .iter()
+                        .find(|(a, _)| a.eq_ignore_ascii_case(name))
+                        .and_then(|(_, i)| self.entries.get(*i))
+                })
+                .or_else(|| {
+                    self.entries.iter().find(|e| {
+                        e.decl.kind == CommandKind::Application
+                            && e.decl.path.as_deref().is_some_and(|p| {
+                                p == name
+                                    || (!name.contains('/') && p.rsplit('/').next() == Some(name))
+                            })
+                    })
+                })
+        };
+        found.ok_or_else(|| Refusal {
+            message: with_column(
+                &format!(
+                    "The term '{}' is not recognized as a name of a cmdlet, function, script file, or executable program. Check the spelling of the name, or if a path was included, verify that the path is correct and try again.",
+                    show_value(name)
+                ),
+                column,
+            ),
+            id: "CommandNotFoundException".into(),
+            category: ErrorCategory::ObjectNotFound,
+            column,
+        })
+    }
+}
+
+/// Append the column to a refusal message.
+pub(crate) fn with_column(msg: &str, column: Option<usize>) -> String {
+    match column {
+        Some(c) => format!("{msg} (at column {c})"),
+        None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn check(c: &Check, v: &str, ok: bool) {
+        assert_eq!(c.failure("Name", v).is_none(), ok, "value {v:?}");
+    }
+
+    #[test]
+    fn set_is_case_insensitive_exact() {
+        let c = Check::set(&["nginx".to_string(), "cups".to_string()]);
+        check(&c, "nginx", true);
+        check(&c, "NGINX", true);
+        check(&c, "nginx ", false);
+        check(&c, "nginx\n", false);
+        check(&c, "ngin*", false);
+        check(&c, "nginx\u{200B}", false);
+        check(&c, "sshd", false);
+        let m = c.failure("Name", "sshd").unwrap();
+        assert!(
+            m.contains("does not belong to the set \"nginx,cups\""),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn patterns_are_anchored() {
+        let c = Check::patterns(&["acme-[a-z]+".to_string(), "x".to_string()], true);
+        check(&c, "acme-web", true);
+        check(&c, "ACME-WEB", true);
+        check(&c, "acme-web; rm", false);
+        check(&c, "xx", false);
+        check(&c, "x", true);
+        let b = Check::patterns(&["(".to_string()], true);
+        check(&b, "(", false);
+    }
+
+    #[test]
+    fn show_value_escapes_invisible() {
+        assert_eq!(show_value("a\nb\u{200B}"), "a\\u{a}b\\u{200b}");
+    }
+}

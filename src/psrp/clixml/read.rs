@@ -1,0 +1,558 @@
+//! Bounded CLIXML reader: what clients send (creationXml, CREATE_PIPELINE, input objects,
+//! command metadata requests) to engine values. No DTD, named limits on every dimension.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+
+use chrono::DateTime;
+use quick_xml::events::{BytesStart, Event as XmlEvent};
+use quick_xml::Reader;
+
+use super::decode_string;
+use crate::engine::{EnumValue, PsObject, Value};
+use crate::psrp::ProtocolError;
+
+/// Limits applied to one message body.
+#[derive(Debug, Clone, Copy)]
+pub struct ClixmlLimits {
+    /// Deepest element nesting (CREATE_PIPELINE nests about 8 deep).
+    pub max_depth: usize,
+    /// Elements in one body.
+    pub max_elements: usize,
+    /// Characters in one text node (one string).
+    pub max_string_len: usize,
+    /// `RefId`s defined in one body (objects and type-name lists together).
+    pub max_refs: usize,
+    /// Values produced after expanding `<Ref>`s (stops reference "billion laughs").
+    pub max_values: usize,
+}
+
+/// Default limits: generous for anything a PowerShell client sends as commands and input,
+/// small enough that one message cannot exhaust memory.
+pub const DEFAULT_LIMITS: ClixmlLimits = ClixmlLimits {
+    max_depth: 64,
+    max_elements: 200_000,
+    max_string_len: 8 * 1024 * 1024,
+    max_refs: 50_000,
+    max_values: 500_000,
+};
+
+/// One parsed element.
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    pub tag: String,
+    pub attrs: Vec<(String, String)>,
+    pub children: Vec<Node>,
+    pub text: String,
+}
+
+impl Node {
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    /// Decoded `N` attribute (property name).
+    pub fn name(&self) -> Option<String> {
+        self.attr("N").map(decode_string)
+    }
+    pub fn child(&self, tag: &str) -> Option<&Node> {
+        self.children.iter().find(|c| c.tag == tag)
+    }
+}
+
+fn err(msg: impl Into<String>) -> ProtocolError {
+    ProtocolError::Clixml(msg.into())
+}
+
+fn start_node(e: &BytesStart<'_>) -> Result<Node, ProtocolError> {
+    let tag = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+    let mut attrs = Vec::new();
+    for a in e.attributes() {
+        let a = a.map_err(|x| err(format!("bad attribute in <{tag}>: {x}")))?;
+        let k = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
+        let v = a
+            .unescape_value()
+            .map_err(|x| err(format!("bad attribute value in <{tag}>: {x}")))?
+            .into_owned();
+        attrs.push((k, v));
+    }
+    Ok(Node {
+        tag,
+        attrs,
+        children: Vec::new(),
+        text: String::new(),
+    })
+}
+
+/// Parse XML text into one root element tree, within `limits`.
+pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolError> {
+    let mut reader = Reader::from_str(text);
+    reader.config_mut().trim_text(false);
+    let mut stack: Vec<Node> = Vec::new();
+    let mut root: Option<Node> = None;
+    let mut elements = 0usize;
+    loop {
+        let ev = reader.read_event().map_err(|e| {
+            err(format!(
+                "XML error at byte {}: {e}",
+                reader.buffer_position()
+            ))
+        })?;
+        match ev {
+            XmlEvent::Start(e) | XmlEvent::Empty(e) if root.is_some() => {
+                let _ = e;
+                return Err(err("more than one root element"));
+            }
+            XmlEvent::Start(e) => {
+                elements += 1;
+                if elements > limits.max_elements {
+                    return Err(err(format!("more than {} elements", limits.max_elements)));
+                }
+                if stack.len() >= limits.max_depth {
+                    return Err(err(format!(
+                        "nesting deeper than {} elements",
+                        limits.max_depth
+                    )));
+                }
+                stack.push(start_node(&e)?);
+            }
+            XmlEvent::Empty(e) => {
+                elements += 1;
+                if elements > limits.max_elements {
+                    return Err(err(format!("more than {} elements", limits.max_elements)));
+                }
+                if stack.len() >= limits.max_depth {
+                    return Err(err(format!(
+                        "nesting deeper than {} elements",
+                        limits.max_depth
+                    )));
+                }
+                let n = start_node(&e)?;
+                match stack.last_mut() {
+                    Some(p) => p.children.push(n),
+                    None => root = Some(n),
+                }
+            }
+            XmlEvent::End(_) => {
+                let n = stack.pop().ok_or_else(|| err("unbalanced end tag"))?;
+                match stack.last_mut() {
+                    Some(p) => p.children.push(n),
+                    None => root = Some(n),
+                }
+            }
+            XmlEvent::Text(t) => {
+                let s = t.unescape().map_err(|e| err(format!("bad text: {e}")))?;
+                if let Some(cur) = stack.last_mut() {
+                    if cur.text.len().saturating_add(s.len()) > limits.max_string_len {
+                        return Err(err(format!(
+                            "a text longer than {} bytes",
+                            limits.max_string_len
+                        )));
+                    }
+                    cur.text.push_str(&s);
+                } else if !s.trim().is_empty() {
+                    return Err(err("text outside the root element"));
+                }
+            }
+            XmlEvent::CData(t) => {
+                let s = String::from_utf8_lossy(&t);
+                if let Some(cur) = stack.last_mut() {
+                    if cur.text.len().saturating_add(s.len()) > limits.max_string_len {
+                        return Err(err(format!(
+                            "a text longer than {} bytes",
+                            limits.max_string_len
+                        )));
+                    }
+                    cur.text.push_str(&s);
+                }
+            }
+            XmlEvent::DocType(_) => return Err(err("DTDs are not accepted in CLIXML")),
+            XmlEvent::Decl(_) | XmlEvent::PI(_) | XmlEvent::Comment(_) => {}
+            XmlEvent::Eof => break,
+        }
+    }
+    if !stack.is_empty() {
+        return Err(err("unexpected end of CLIXML (unclosed element)"));
+    }
+    root.ok_or_else(|| err("empty CLIXML body"))
+}
+
+/// Converts element trees to values, resolving `Ref`/`TNRef` within one body.
+struct Conv<'l> {
+    limits: &'l ClixmlLimits,
+    objs: HashMap<String, (Value, usize)>,
+    tns: HashMap<String, Vec<String>>,
+    values: usize,
+}
+
+fn parse_int(n: &Node) -> Result<i64, ProtocolError> {
+    n.text
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| err(format!("<{}> holds {:?}, not an integer", n.tag, n.text)))
+}
+
+/// Parse an xs:duration (`[-]P[nD][T[nH][nM][n[.f]S]]`).
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim().strip_prefix('P')?;
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, t),
+        None => (s, ""),
+    };
+    let mut secs = 0f64;
+    let mut num = String::new();
+    for c in date.chars() {
+        match c {
+            '0'..='9' | '.' => num.push(c),
+            'D' => secs += num.parse::<f64>().ok()? * 86_400.0,
+            _ => return None,
+        }
+        if c == 'D' {
+            num.clear();
+        }
+    }
+    for c in time.chars() {
+        let mult = match c {
+            '0'..='9' | '.' => {
+                num.push(c);
+                continue;
+            }
+            'H' => 3600.0,
+            'M' => 60.0,
+            'S' => 1.0,
+            _ => return None,
+        };
+        secs += num.parse::<f64>().ok()? * mult;
+        num.clear();
+    }
+    if !num.is_empty() || !secs.is_finite() || !(0.0..=1e15).contains(&secs) {
+        return None;
+    }
+    Some(std::time::Duration::from_secs_f64(secs))
+}
+
+impl Conv<'_> {
+    fn count(&mut self, n: usize) -> Result<(), ProtocolError> {
+        self.values = self.values.saturating_add(n);
+        if self.values > self.limits.max_values {
+            return Err(err(format!(
+                "more than {} values after expanding references",
+                self.limits.max_values
+            )));
+        }
+        Ok(())
+    }
+
+    fn value(&mut self, n: &Node) -> Result<Value, ProtocolError> {
+        self.count(1)?;
+        let text = || decode_string(&n.text);
+        Ok(match n.tag.as_str() {
+            "Nil" => Value::Null,
+            "S" | "ToString" | "Version" | "URI" | "G" | "XD" | "SBK" | "SS" | "BA" => {
+                Value::String(text())
+            }
+            "C" => {
+                let c = parse_int(n)?;
+                Value::String(
+                    u32::try_from(c)
+                        .ok()
+                        .and_then(char::from_u32)
+                        .map(String::from)
+                        .unwrap_or_default(),
+                )
+            }
+            "B" => match n.text.trim() {
+                "true" | "1" | "True" => Value::Bool(true),
+                "false" | "0" | "False" => Value::Bool(false),
+                other => return Err(err(format!("<B> holds {other:?}, not true/false"))),
+            },
+            "By" | "SB" | "U16" | "I16" | "U32" | "I32" | "I64" => Value::Int(parse_int(n)?),
+            "U64" => {
+                let u = n
+                    .text
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| err(format!("<U64> holds {:?}", n.text)))?;
+                Value::from(u)
+            }
+            "Db" | "Sg" | "D" => {
+                let t = n.text.trim();
+                let d = match t {
+                    "INF" => f64::INFINITY,
+                    "-INF" => f64::NEG_INFINITY,
+                    _ => t.parse::<f64>().map_err(|_| {
+                        err(format!("<{}> holds {:?}, not a number", n.tag, n.text))
+                    })?,
+                };
+                Value::Double(d)
+            }
+            "DT" => match DateTime::parse_from_rfc3339(n.text.trim()) {
+                Ok(d) => Value::DateTime(d),
+                Err(_) => Value::String(text()),
+            },
+            "TS" => parse_duration(&n.text)
+                .map(Value::TimeSpan)
+                .unwrap_or_else(|| Value::String(text())),
+            "Ref" => {
+                let id = n.attr("RefId").ok_or_else(|| err("<Ref> without RefId"))?;
+                let (v, weight) =
+                    self.objs.get(id).cloned().ok_or_else(|| {
+                        err(format!("<Ref RefId=\"{id}\"> names no earlier object"))
+                    })?;
+                self.count(weight)?;
+                v
+            }
+            "Obj" => {
+                let before = self.values;
+                let v = self.object(n)?;
+                if let Some(id) = n.attr("RefId") {
+                    if self.objs.len() + self.tns.len() >= self.limits.max_refs {
+                        return Err(err(format!("more than {} RefIds", self.limits.max_refs)));
+                    }
+                    let weight = self.values.saturating_sub(before).max(1);
+                    self.objs.insert(id.to_string(), (v.clone(), weight));
+                }
+                v
+            }
+            other => return Err(err(format!("unknown CLIXML element <{other}>"))),
+        })
+    }
+
+    fn type_names(&mut self, n: &Node) -> Result<Vec<String>, ProtocolError> {
+        if let Some(tn) = n.child("TN") {
+            let names: Vec<String> = tn
+                .children
+                .iter()
+                .filter(|c| c.tag == "T")
+                .map(|c| decode_string(&c.text))
+                .collect();
+            if let Some(id) = tn.attr("RefId") {
+                if self.objs.len() + self.tns.len() >= self.limits.max_refs {
+                    return Err(err(format!("more than {} RefIds", self.limits.max_refs)));
+                }
+                self.tns.insert(id.to_string(), names.clone());
+            }
+            return Ok(names);
+        }
+        if let Some(r) = n.child("TNRef") {
+            let id = r
+                .attr("RefId")
+                .ok_or_else(|| err("<TNRef> without RefId"))?;
+            return self
+                .tns
+                .get(id)
+                .cloned()
+                .ok_or_else(|| err(format!("<TNRef RefId=\"{id}\"> names no earlier type list")));
+        }
+        Ok(Vec::new())
+    }
+
+    fn object(&mut self, n: &Node) -> Result<Value, ProtocolError> {
+        let type_names = self.type_names(n)?;
+        let mut to_string = None;
+        let mut props: Vec<(String, Value)> = Vec::new();
+        let mut list: Option<Vec<Value>> = None;
+        let mut dict: Option<Vec<(String, Value)>> = None;
+        let mut prim: Option<Value> = None;
+        for c in &n.children {
+            match c.tag.as_str() {
+                "TN" | "TNRef" => {}
+                "ToString" => to_string = Some(decode_string(&c.text)),
+                "MS" | "Props" => {
+                    for p in &c.children {
+                        let name = p.name().unwrap_or_default();
+                        let v = self.value(p)?;
+                        props.push((name, v));
+                    }
+                }
+                "LST" | "IE" | "STK" | "QUE" => {
+                    let mut items = Vec::with_capacity(c.children.len());
+                    for i in &c.children {
+                        items.push(self.value(i)?);
+                    }
+                    list = Some(items);
+                }
+                "DCT" => {
+                    let mut entries = Vec::new();
+                    for en in &c.children {
+                        if en.tag != "En" {
+                            return Err(err(format!("<DCT> holds <{}>, expected <En>", en.tag)));
+                        }
+                        let mut key = None;
+                        let mut val = Value::Null;
+                        for kv in &en.children {
+                            match kv.attr("N") {
+                                Some("Key") => key = Some(self.value(kv)?.to_ps_string()),
+                                Some("Value") => val = self.value(kv)?,
+                                _ => {
+                                    return Err(err("<En> child without N=\"Key\" or N=\"Value\""))
+                                }
+                            }
+                        }
+                        entries.push((key.ok_or_else(|| err("<En> without a Key"))?, val));
+                    }
+                    dict = Some(entries);
+                }
+                _ => prim = Some(self.value(c)?),
+            }
+        }
+        if let Some(items) = list {
+            return Ok(Value::Array(items));
+        }
+        if let Some(entries) = dict {
+            return Ok(Value::Dict(entries));
+        }
+        if let Some(p) = prim {
+            if type_names.iter().any(|t| t == "System.Enum") {
+                if let Value::Int(i) = p {
+                    return Ok(Value::Enum(EnumValue {
+                        type_names,
+                        name: to_string.unwrap_or_else(|| i.to_string()),
+                        value: i,
+                    }));
+                }
+            }
+            if props.is_empty() {
+                return Ok(p);
+            }
+        }
+        Ok(Value::Object(Box::new(PsObject {
+            type_names,
+            properties: props,
+            to_string,
+            display: Vec::new(),
+        })))
+    }
+}
+
+/// Parse one CLIXML message body (a single root value) into an engine value.
+pub fn parse(text: &str, limits: &ClixmlLimits) -> Result<Value, ProtocolError> {
+    let root = parse_tree(text, limits)?;
+    let mut c = Conv {
+        limits,
+        objs: HashMap::new(),
+        tns: HashMap::new(),
+        values: 0,
+    };
+    c.value(&root)
+}
+
+/// Parse with [`DEFAULT_LIMITS`].
+pub fn parse_default(text: &str) -> Result<Value, ProtocolError> {
+    parse(text, &DEFAULT_LIMITS)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::psrp::clixml::Writer;
+
+    #[test]
+    fn primitives_and_escapes() {
+        assert_eq!(
+            parse_default("<S>a_x000A_b &amp; c</S>").unwrap(),
+            Value::from("a\nb & c")
+        );
+        assert_eq!(parse_default("<I32>-5</I32>").unwrap(), Value::Int(-5));
+        assert_eq!(parse_default("<B>true</B>").unwrap(), Value::Bool(true));
+        assert_eq!(parse_default("<Nil />").unwrap(), Value::Null);
+        assert!(matches!(
+            parse_default("<DT>2018-06-13T23:46:12.1316332+00:00</DT>").unwrap(),
+            Value::DateTime(_)
+        ));
+        assert_eq!(
+            parse_default("<TS>PT1M30S</TS>").unwrap(),
+            Value::TimeSpan(std::time::Duration::from_secs(90))
+        );
+        assert!(parse_default("<I32>x</I32>").is_err());
+        assert!(parse_default("<Foo/>").is_err());
+    }
+
+    #[test]
+    fn refuses_dtd_and_garbage() {
+        assert!(parse_default("<!DOCTYPE x [<!ENTITY a \"b\">]><S>&a;</S>").is_err());
+        assert!(parse_default("<S>x</S><S>y</S>").is_err());
+        assert!(parse_default("<S>").is_err());
+        assert!(parse_default("").is_err());
+    }
+
+    #[test]
+    fn limits_depth_and_refs() {
+        let deep = "<Obj RefId=\"0\"><MS>".repeat(100) + &"</MS></Obj>".repeat(100);
+        assert!(parse_default(&deep).is_err());
+        // reference expansion bomb
+        let mut s = String::from("<Obj RefId=\"0\"><LST><S>x</S><S>x</S></LST></Obj>");
+        for i in 1..40 {
+            s = format!(
+                "<Obj RefId=\"{i}\"><LST>{s}<Ref RefId=\"{}\" /><Ref RefId=\"{}\" /></LST></Obj>",
+                i - 1,
+                i - 1
+            );
+        }
+        assert!(parse_default(&s).is_err());
+    }
+
+    #[test]
+    fn objects_lists_dicts_enums_refs() {
+        let xml = r#"<Obj RefId="0"><MS><Obj N="Name" RefId="1"><TN RefId="0"><T>System.String[]</T><T>System.Array</T><T>System.Object</T></TN><LST><S>get-*</S></LST></Obj><Obj N="E" RefId="2"><TN RefId="1"><T>X.Kind</T><T>System.Enum</T></TN><ToString>Two</ToString><I32>2</I32></Obj><Obj N="E2" RefId="3"><TNRef RefId="1" /><ToString>One</ToString><I32>1</I32></Obj><Obj N="D" RefId="4"><DCT><En><S N="Key">a</S><I32 N="Value">1</I32></En></DCT></Obj><Ref N="again" RefId="1" /></MS></Obj>"#;
+        let v = parse_default(xml).unwrap();
+        assert_eq!(
+            v.property("Name"),
+            Some(&Value::Array(vec![Value::from("get-*")]))
+        );
+        match v.property("E2") {
+            Some(Value::Enum(e)) => {
+                assert_eq!(e.value, 1);
+                assert_eq!(e.name, "One");
+                assert_eq!(e.type_names[0], "X.Kind");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            v.property("D"),
+            Some(&Value::Dict(vec![("a".into(), Value::Int(1))]))
+        );
+        assert_eq!(v.property("again"), v.property("Name"));
+        assert!(
+            parse_default("<Obj RefId=\"0\"><MS><Ref N=\"x\" RefId=\"9\" /></MS></Obj>").is_err()
+        );
+    }
+
+    #[test]
+    fn writer_reader_roundtrip() {
+        let v = crate::engine::PsObject::custom()
+            .with("s", "a_x\r\n<&>")
+            .with("n", 1i64 << 40)
+            .with(
+                "l",
+                Value::Array(vec![Value::Int(1), Value::Null, Value::Bool(false)]),
+            )
+            .with("d", Value::Dict(vec![("k".into(), Value::from("v"))]))
+            .into_value();
+        let mut w = Writer::new();
+        w.value(None, &v);
+        let back = parse_default(&w.finish()).unwrap();
+        match back {
+            Value::Object(o) => {
+                assert_eq!(o.get("s"), Some(&Value::from("a_x\r\n<&>")));
+                assert_eq!(o.get("n"), Some(&Value::Int(1 << 40)));
+                assert_eq!(
+                    o.get("l"),
+                    Some(&Value::Array(vec![
+                        Value::Int(1),
+                        Value::Null,
+                        Value::Bool(false)
+                    ]))
+                );
+                assert_eq!(
+                    o.get("d"),
+                    Some(&Value::Dict(vec![("k".into(), Value::from("v"))]))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

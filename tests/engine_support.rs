@@ -1,0 +1,328 @@
+//! Shared fixtures of the engine tests: the capability the engine tests and the refused corpus
+//! (`tests/corpus/engine_refused.txt`) assume, a recording audit, and helpers to run lines.
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keyhole::capability::{
+    CommandGrant, EffectiveCapability, ExternalGrant, FunctionGrant, ParamGrant, ParamsGrant,
+    ValueConstraint,
+};
+use keyhole::config::{
+    ExternalCommandDef, FunctionDef, FunctionParam, FunctionParamType, OutputFormat,
+    ResolvedFunction, SessionType,
+};
+use keyhole::engine::{
+    Audit, BoundArgs, CancelToken, CommandArg, Event, HostEnv, RunOutcome, Session, SessionOptions,
+    StructuredCommand, StructuredPipeline, Value, VecSink,
+};
+
+fn only(params: &[(&str, ValueConstraint)]) -> ParamsGrant {
+    ParamsGrant::Only(
+        params
+            .iter()
+            .map(|(n, c)| {
+                (
+                    n.to_lowercase(),
+                    ParamGrant {
+                        name: n.to_string(),
+                        constraint: c.clone(),
+                    },
+                )
+            })
+            .collect(),
+    )
+}
+
+fn grant(cap: &mut EffectiveCapability, name: &str, params: ParamsGrant) {
+    cap.cmdlets.insert(
+        name.to_lowercase(),
+        CommandGrant {
+            name: name.to_string(),
+            params,
+        },
+    );
+}
+
+fn function(name: &str, params: Vec<(String, FunctionParam)>) -> ResolvedFunction {
+    ResolvedFunction {
+        name: name.to_string(),
+        def: FunctionDef {
+            synopsis: format!("{name} (test function)"),
+            program: "/usr/bin/true".into(),
+            args: Vec::new(),
+            output: OutputFormat::Lines,
+            timeout: None,
+            capabilities: Vec::new(),
+            environment: BTreeMap::new(),
+            allow_unsafe: false,
+            parameters: toml::Table::new(),
+        },
+        params,
+        capability: "TestRole".into(),
+    }
+}
+
+fn fparam(
+    ty: FunctionParamType,
+    mandatory: bool,
+    position: Option<u32>,
+    pattern: Option<&str>,
+) -> FunctionParam {
+    FunctionParam {
+        ty,
+        mandatory,
+        position,
+        validate_set: None,
+        validate_pattern: pattern.map(str::to_string),
+        help: "test parameter".into(),
+    }
+}
+
+/// The capability every engine test and the refused corpus assume:
+/// - restricted-remote-server defaults (Get-Command, Get-Help, Get-FormatData, Out-Default,
+///   Exit-PSSession, Clear-Host, Select-Object, Measure-Object; aliases cls clear exsn gcm measure select);
+/// - Write-Output with only -InputObject (validate_set nginx, cups) and -NoEnumerate;
+/// - Get-Date with only -Format (any value);
+/// - Where-Object, Sort-Object, Format-Table, Format-List, Out-String, ConvertTo-Json, Get-Member: whole;
+/// - function Get-Site -Name (mandatory, position 0) constrained by the role to the pattern `acme-[a-z]+`;
+/// - function Get-DiskUsage -Mount (position 0) with its own validate_pattern `/(srv|var)(/[a-z0-9_-]+)*`;
+/// - external commands /usr/bin/uptime (no arguments) and /usr/bin/systemd-analyze (arguments `blame`, `time`);
+/// - alias wo → Write-Output.
+pub fn capability() -> EffectiveCapability {
+    let mut cap = EffectiveCapability::default();
+    grant(
+        &mut cap,
+        "Write-Output",
+        only(&[
+            (
+                "InputObject",
+                ValueConstraint::Set(vec!["nginx".into(), "cups".into()]),
+            ),
+            ("NoEnumerate", ValueConstraint::Any),
+        ]),
+    );
+    grant(
+        &mut cap,
+        "Get-Date",
+        only(&[("Format", ValueConstraint::Any)]),
+    );
+    for c in [
+        "Where-Object",
+        "Sort-Object",
+        "Format-Table",
+        "Format-List",
+        "Out-String",
+        "ConvertTo-Json",
+        "Get-Member",
+    ] {
+        grant(&mut cap, c, ParamsGrant::All);
+    }
+    let site = function(
+        "Get-Site",
+        vec![(
+            "Name".into(),
+            fparam(FunctionParamType::String, true, Some(0), None),
+        )],
+    );
+    cap.functions.insert(
+        "get-site".into(),
+        FunctionGrant {
+            function: site,
+            params: only(&[(
+                "Name",
+                ValueConstraint::Patterns(vec!["acme-[a-z]+".into()]),
+            )]),
+        },
+    );
+    let disk = function(
+        "Get-DiskUsage",
+        vec![(
+            "Mount".into(),
+            fparam(
+                FunctionParamType::String,
+                false,
+                Some(0),
+                Some("/(srv|var)(/[a-z0-9_-]+)*"),
+            ),
+        )],
+    );
+    cap.functions.insert(
+        "get-diskusage".into(),
+        FunctionGrant {
+            function: disk,
+            params: ParamsGrant::All,
+        },
+    );
+    for (path, args) in [
+        ("/usr/bin/uptime", vec![]),
+        (
+            "/usr/bin/systemd-analyze",
+            vec!["blame".to_string(), "time".to_string()],
+        ),
+    ] {
+        cap.external.insert(
+            path.into(),
+            ExternalGrant {
+                def: ExternalCommandDef {
+                    path: path.into(),
+                    arguments: args,
+                    timeout: None,
+                    capabilities: Vec::new(),
+                    environment: BTreeMap::new(),
+                    allow_unsafe: false,
+                    synopsis: String::new(),
+                },
+            },
+        );
+    }
+    cap.aliases
+        .insert("wo".into(), ("wo".into(), "Write-Output".into()));
+    cap.roles.push("TestRole".into());
+    cap
+}
+
+/// What a recording audit saw.
+#[derive(Debug, Default, Clone)]
+pub struct Record {
+    pub lines: Vec<String>,
+    pub commands: Vec<(String, BoundArgs)>,
+    pub refused: Vec<String>,
+    pub output: String,
+    pub ends: Vec<String>,
+}
+
+pub struct RecordingAudit(pub Arc<Mutex<Record>>, pub bool);
+
+impl Audit for RecordingAudit {
+    fn line(&mut self, line: &str) -> std::io::Result<()> {
+        self.0.lock().unwrap().lines.push(line.to_string());
+        Ok(())
+    }
+    fn command(&mut self, name: &str, args: &BoundArgs) -> std::io::Result<()> {
+        if self.1 {
+            return Err(std::io::Error::other("disk full"));
+        }
+        self.0
+            .lock()
+            .unwrap()
+            .commands
+            .push((name.to_string(), args.clone()));
+        Ok(())
+    }
+    fn refused(&mut self, reason: &str) -> std::io::Result<()> {
+        self.0.lock().unwrap().refused.push(reason.to_string());
+        Ok(())
+    }
+    fn output(&mut self, text: &str) -> std::io::Result<()> {
+        self.0.lock().unwrap().output.push_str(text);
+        Ok(())
+    }
+    fn end(&mut self, state: &str) -> std::io::Result<()> {
+        self.0.lock().unwrap().ends.push(state.to_string());
+        Ok(())
+    }
+}
+
+pub fn host() -> HostEnv {
+    HostEnv {
+        run_as: "nobody".into(),
+        command_timeout: Duration::from_secs(10),
+        max_output_bytes: 1 << 20,
+        endpoint: "test".into(),
+        user: "alice".into(),
+        groups: vec!["ops".into()],
+    }
+}
+
+pub fn session_with(cap: &EffectiveCapability, ty: SessionType) -> (Session, Arc<Mutex<Record>>) {
+    let rec = Arc::new(Mutex::new(Record::default()));
+    let s = Session::new(
+        cap,
+        SessionOptions {
+            session_type: ty,
+            host: host(),
+        },
+        Box::new(RecordingAudit(rec.clone(), false)),
+    );
+    (s, rec)
+}
+
+pub fn session() -> (Session, Arc<Mutex<Record>>) {
+    session_with(&capability(), SessionType::RestrictedRemoteServer)
+}
+
+/// True once the real parser has landed (the placeholder parses everything to nothing).
+pub fn parser_ready() -> bool {
+    keyhole::lang::parse("Get-Date")
+        .map(|s| !s.statements.is_empty())
+        .unwrap_or(false)
+}
+
+pub fn line(s: &mut Session, text: &str) -> (RunOutcome, Vec<Event>) {
+    let mut sink = VecSink::default();
+    let out = s.run_line(text, &mut sink, &CancelToken::new());
+    (out, sink.0)
+}
+
+/// A structured command: `("Name", [(Some("Param"), Some(value)), (None, Some(positional))])`.
+pub fn sc(name: &str, args: Vec<(Option<&str>, Option<Value>)>) -> StructuredCommand {
+    StructuredCommand {
+        name: name.to_string(),
+        args: args
+            .into_iter()
+            .map(|(n, v)| CommandArg {
+                name: n.map(str::to_string),
+                value: v,
+            })
+            .collect(),
+    }
+}
+
+pub fn run(
+    s: &mut Session,
+    cmds: Vec<StructuredCommand>,
+    input: Vec<Value>,
+) -> (RunOutcome, Vec<Event>) {
+    let mut sink = VecSink::default();
+    let out = s.run_structured(
+        &[StructuredPipeline { commands: cmds }],
+        input,
+        &mut sink,
+        &CancelToken::new(),
+    );
+    (out, sink.0)
+}
+
+pub fn outputs(events: &[Event]) -> Vec<Value> {
+    events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Output(v) = e {
+                Some(v.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+pub fn errors(events: &[Event]) -> Vec<keyhole::engine::ErrorRecord> {
+    events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Error(r) = e {
+                Some(r.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+pub fn st(v: &str) -> Option<Value> {
+    Some(Value::String(v.to_string()))
+}
