@@ -30,6 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 MAX_ENVELOPE_KB = 150
 MAX_SESSIONS_PER_USER = 3
+MAX_SHELLS_PER_USER = 4
 SEQ_COUNT = 20000
 
 PAM_SERVICE = "keyhole-interop"
@@ -217,9 +218,9 @@ def _layout(dirpath, pam):
         'audit_log = "state/audit.jsonl"\n'
     )
     text = top + text + (
-        "\n[limits]\nmax_sessions_per_user = %d\nmax_envelope_size_kb = %d\n"
+        "\n[limits]\nmax_sessions_per_user = %d\nmax_shells_per_user = %d\nmax_envelope_size_kb = %d\n"
         "\n[auth]\n# Many wrong passwords come from 127.0.0.1 in these tests.\nmax_failed_logins = 1000\n"
-        % (MAX_SESSIONS_PER_USER, MAX_ENVELOPE_KB)
+        % (MAX_SESSIONS_PER_USER, MAX_SHELLS_PER_USER, MAX_ENVELOPE_KB)
     )
     if pam:
         text += 'pam_service = "%s"\n' % PAM_SERVICE

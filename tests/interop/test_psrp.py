@@ -1,10 +1,6 @@
-"""pypsrp 0.9.1 against the real `keyhole serve` over PSRP (marker `psrp`).
-
-While `keyhole::psrp_factory::register` is a no-op (the server answers a Create on
-http://schemas.microsoft.com/powershell/<Name> with a "resource URI is not supported" fault),
-every test here is marked xfail(strict=False) at run time by `_xfail_while_psrp_is_not_wired`.
-Once PSRP is wired, delete that fixture: the tests must then pass as they are.
-"""
+"""pypsrp 0.9.1 against the real `keyhole serve` over PSRP (marker `psrp`): execute_ps,
+structured pipelines, add_script, objects and their properties, command metadata, session limits,
+refusals that look like a wrong password, stop, large output, and what evil-jea tries."""
 import os
 import re
 import time
@@ -12,7 +8,7 @@ import time
 import pytest
 from pypsrp.client import Client
 from pypsrp.complex_objects import PSInvocationState, RunspacePoolState
-from pypsrp.exceptions import AuthenticationError, WinRMError, WSManFaultError
+from pypsrp.exceptions import AuthenticationError, WinRMError
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
@@ -37,49 +33,15 @@ def make_client(server, user="alice", password=None):
                   cert_validation=False, auth="basic")
 
 
-@pytest.fixture(scope="session")
-def psrp_wired(server):
-    """False while the server does not serve the PowerShell resource URI at all."""
-    pool = RunspacePool(make_wsman(server), configuration_name=ENDPOINT)
-    try:
-        pool.open()
-    except WSManFaultError as e:
-        text = "%s %s" % (e, getattr(e, "reason", ""))
-        if re.search(r"resource URI is not supported|DestinationUnreachable|not served", text, re.I):
-            return False
-        raise
-    try:
-        pool.close()
-    except WinRMError:
-        pass
-    return True
-
-
-@pytest.fixture(autouse=True)
-def _xfail_while_psrp_is_not_wired(request, psrp_wired):
-    # TEMPORARY: remove once keyhole::psrp_factory::register wires PSRP (see the module docstring).
-    if not psrp_wired:
-        request.node.add_marker(pytest.mark.xfail(
-            reason="PSRP is not wired into keyhole serve yet (psrp_factory::register is a no-op)",
-            strict=False))
-
-
 @pytest.fixture
 def wsman(server):
     return make_wsman(server)
 
 
 @pytest.fixture
-def pool(wsman, psrp_wired):
-    p = RunspacePool(wsman, configuration_name=ENDPOINT)
-    try:
-        p.open()
-    except WinRMError:
-        if not psrp_wired:  # TEMPORARY, with _xfail_while_psrp_is_not_wired
-            pytest.xfail("PSRP is not wired into keyhole serve yet (psrp_factory::register is a no-op)")
-        raise
-    yield p
-    p.close()
+def pool(wsman):
+    with RunspacePool(wsman, configuration_name=ENDPOINT) as p:
+        yield p
 
 
 def props(obj):
