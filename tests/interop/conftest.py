@@ -405,3 +405,6 @@ def http_log(monkeypatch):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "psrp: PowerShell Remoting Protocol tests (pypsrp)")
+    # pywinrm 0.5.0 warns on every plain-HTTP session when REQUESTS_CA_BUNDLE is set (Debian's CI).
+    config.addinivalue_line("filterwarnings", "ignore:'pywinrm' will use an environment variable:DeprecationWarning")
+    config.addinivalue_line("filterwarnings", "ignore:Unverified HTTPS request")
