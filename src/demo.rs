@@ -96,7 +96,7 @@ pub fn prepare(https: &str, http: &str) -> Result<DemoDir, DaemonError> {
             let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| {
                 DaemonError::Io(std::io::Error::other(format!("embedded {rel}: {e}")))
             })?;
-            doc["run_as"] = toml_edit::value(run_as.as_str());
+            doc.insert("run_as", toml_edit::value(run_as.as_str()));
             doc.to_string()
         } else {
             text.to_string()
@@ -160,10 +160,7 @@ pub fn snippets(demo: &DemoDir, s: &Started) -> String {
 /// `keyhole demo`.
 pub fn run() -> Result<(), DaemonError> {
     daemon::init_logging();
-    let demo = match prepare("127.0.0.1:5986", "127.0.0.1:5985") {
-        Ok(d) => d,
-        Err(e) => return Err(e),
-    };
+    let demo = prepare("127.0.0.1:5986", "127.0.0.1:5985")?;
     let path = demo.dir.join("keyhole.toml");
     let cfg = daemon::load(&path)?;
     let result = daemon::serve(&path, cfg, |s| println!("{}", snippets(&demo, s)));

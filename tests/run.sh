@@ -22,7 +22,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check pywinrm==0.5.0 pypsrp==0.9.1 pytest==8.3.4
 
-# Rust: unit + integration tests.
+# Rust: lints, then unit + integration tests (root-only tests run when root, as in CI).
+cargo clippy --all-targets -- -D warnings
 cargo build --bins
 cargo test --all-targets -- --test-threads=2
 

@@ -1,6 +1,7 @@
 //! Declared functions and external commands run through the sandbox: argv from typed
 //! parameters (no injection), output formats, failures, timeout, output cap, cancellation and
 //! the defence-in-depth argument checks.
+#![allow(clippy::result_large_err)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod sandbox_common;
