@@ -27,5 +27,6 @@ cargo clippy --all-targets -- -D warnings
 cargo build --bins
 cargo test --all-targets -- --test-threads=2
 
-# Real-client interop against the keyhole binary just built.
-KEYHOLE_BIN="$PWD/target/debug/keyhole" .venv/bin/python -m pytest -q tests/interop
+# Real-client interop (pywinrm, pypsrp) against the real `keyhole serve` just built; as root it also
+# creates, and removes again, a PAM test account (see tests/interop/README.md).
+KEYHOLE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/keyhole" timeout 600 .venv/bin/python -m pytest -q -rfEx tests/interop

@@ -1,132 +1,286 @@
-"""pypsrp 0.9.1 against a live keyhole over PSRP: pool open/close, structured pipelines,
-execute_ps, add_script, refusals as error records, GET_COMMAND_METADATA, stop.
-
-Uses the `server` and `engine_ready` fixtures of conftest.py (test-only WS-Man server). The
-configuration name is the endpoint the test server grants (KEYHOLE_PSRP_CONFIGURATION, default
-"WinRS", the only endpoint of examples/wsman_testserver.rs). Needs `pip install pypsrp==0.9.1`.
-"""
+"""pypsrp 0.9.1 against the real `keyhole serve` over PSRP (marker `psrp`): execute_ps,
+structured pipelines, add_script, objects and their properties, command metadata, session limits,
+refusals that look like a wrong password, stop, large output, and what evil-jea tries."""
 import os
+import re
 import time
 
 import pytest
+from pypsrp.client import Client
+from pypsrp.complex_objects import PSInvocationState, RunspacePoolState
+from pypsrp.exceptions import AuthenticationError, WinRMError
+from pypsrp.powershell import PowerShell, RunspacePool
+from pypsrp.wsman import WSMan
 
-pypsrp = pytest.importorskip("pypsrp")
-from pypsrp.client import Client  # noqa: E402
-from pypsrp.complex_objects import PSInvocationState, RunspacePoolState  # noqa: E402
-from pypsrp.powershell import PowerShell, RunspacePool  # noqa: E402
-from pypsrp.wsman import WSMan  # noqa: E402
+from conftest import SEQ_COUNT, processes_matching, wait_until
 
-from conftest import PASSWORD, USER  # noqa: E402
+pytestmark = pytest.mark.psrp
 
-CONFIGURATION = os.environ.get("KEYHOLE_PSRP_CONFIGURATION", "WinRS")
+ENDPOINT = "Helpdesk"
 
 
-def _host_port(server):
-    host, port = server["http"].rsplit(":", 1)
-    return host, int(port)
+def make_wsman(server, user="alice", password=None):
+    if password is None:
+        password = server.password(user)
+    return WSMan("127.0.0.1", port=server.https_port, username=user, password=password, ssl=True,
+                 cert_validation=False, auth="basic")
+
+
+def make_client(server, user="alice", password=None):
+    if password is None:
+        password = server.password(user)
+    return Client("127.0.0.1", port=server.https_port, username=user, password=password, ssl=True,
+                  cert_validation=False, auth="basic")
 
 
 @pytest.fixture
 def wsman(server):
-    host, port = _host_port(server)
-    return WSMan(host, port=port, username=USER, password=PASSWORD, ssl=False, auth="basic", encryption="never")
+    return make_wsman(server)
 
 
 @pytest.fixture
-def client(server):
-    host, port = _host_port(server)
-    return Client(host, port=port, username=USER, password=PASSWORD, ssl=False, auth="basic", encryption="never")
+def pool(wsman):
+    with RunspacePool(wsman, configuration_name=ENDPOINT) as p:
+        yield p
 
 
-def test_pool_opens_and_closes(wsman):
-    with RunspacePool(wsman, configuration_name=CONFIGURATION) as pool:
-        assert pool.state == RunspacePoolState.OPENED
-    assert pool.state == RunspacePoolState.CLOSED
+def props(obj):
+    d = {}
+    d.update(getattr(obj, "adapted_properties", {}) or {})
+    d.update(getattr(obj, "extended_properties", {}) or {})
+    return d
 
 
-def test_unknown_command_fails_with_an_error_record_not_a_fault(wsman, engine_ready):
-    if not engine_ready:
-        pytest.skip("the engine does not bind structured commands yet (stub session)")
-    with RunspacePool(wsman, configuration_name=CONFIGURATION) as pool:
-        ps = PowerShell(pool)
-        ps.add_cmdlet("Get-NoSuchThing").add_parameter("Name", "x")
-        ps.invoke()
-        assert ps.had_errors
-        assert ps.state == PSInvocationState.FAILED
-        assert ps.streams.error, "the refusal arrives as an error record"
-        assert ps.streams.error[-1].fq_error
+def error_text(streams_error):
+    return "\n".join(
+        "%s | %s | %s" % (e, getattr(e, "fq_error", ""), getattr(e, "message", "")) for e in streams_error)
 
 
-def test_invoke_expression_stays_unavailable_outside_the_execute_ps_shape(wsman, engine_ready):
-    if not engine_ready:
-        pytest.skip("the engine does not bind structured commands yet (stub session)")
-    with RunspacePool(wsman, configuration_name=CONFIGURATION) as pool:
-        ps = PowerShell(pool)
-        ps.add_cmdlet("Invoke-Expression").add_parameter("Command", "Get-Date")
-        ps.invoke()
-        assert ps.had_errors
-        assert ps.output == []
+# --- Client.execute_ps ----------------------------------------------------------------------------
+
+def test_execute_ps_runs_a_granted_line(server):
+    out, streams, had_errors = make_client(server).execute_ps("Get-Uptime", configuration_name=ENDPOINT)
+    assert not had_errors, error_text(streams.error)
+    assert re.search(r"Days\s*:\s*\d+|\d+:\d\d:\d\d", out), out
 
 
-def test_script_text_outside_the_language_is_refused(wsman):
-    with RunspacePool(wsman, configuration_name=CONFIGURATION) as pool:
-        ps = PowerShell(pool)
-        ps.add_script("$x = Get-Date; $x")
-        ps.invoke()
-        assert ps.had_errors
-        assert ps.output == []
-
-
-def test_execute_ps_refusal(client):
-    out, streams, had_errors = client.execute_ps("$env:PATH", configuration_name=CONFIGURATION)
+def test_execute_ps_refuses_invoke_expression(server):
+    out, streams, had_errors = make_client(server).execute_ps("Invoke-Expression id", configuration_name=ENDPOINT)
     assert had_errors
-    assert out == ""
-    assert streams.error
+    assert out.strip() == ""
+    text = error_text(streams.error)
+    assert re.search(r"Invoke-Expression.*not recognized|CommandNotFound", text, re.I | re.S), text
 
 
-def test_execute_ps_runs_a_granted_line(client, engine_ready):
-    if not engine_ready:
-        pytest.skip("the engine does not run granted commands yet (stub session)")
-    out, streams, had_errors = client.execute_ps("Get-Date", configuration_name=CONFIGURATION)
-    assert not had_errors, [str(e) for e in streams.error]
-    assert out.strip()
+def test_execute_ps_refuses_a_variable(server):
+    out, streams, had_errors = make_client(server).execute_ps("$env:PATH", configuration_name=ENDPOINT)
+    assert had_errors
+    assert out.strip() == ""
+    assert re.search(r"variable", error_text(streams.error), re.I)
 
 
-def test_two_pipelines_in_one_pool(wsman, engine_ready):
-    if not engine_ready:
-        pytest.skip("the engine does not run granted commands yet (stub session)")
-    with RunspacePool(wsman, configuration_name=CONFIGURATION) as pool:
-        for _ in range(2):
-            ps = PowerShell(pool)
-            ps.add_cmdlet("Get-Date")
-            out = ps.invoke()
-            assert not ps.had_errors
-            assert len(out) == 1
+# --- structured pipelines -------------------------------------------------------------------------
+
+def test_restart_service_outside_the_set_is_a_validation_error(pool):
+    ps = PowerShell(pool).add_cmdlet("Restart-Service").add_parameter("Name", "sshd")
+    out = ps.invoke()
+    assert ps.had_errors
+    assert out == []
+    text = error_text(ps.streams.error)
+    assert re.search(r"ValidateSet|does not belong to the set|ParameterArgumentValidationError", text, re.I), text
+    assert "sshd" in text
 
 
-def test_get_command_metadata_lists_only_visible_commands(wsman, engine_ready):
-    if not engine_ready:
-        pytest.skip("the engine does not list commands yet (stub session)")
-    with RunspacePool(wsman, configuration_name=CONFIGURATION) as pool:
-        names = [c.name for c in pool.get_command_metadata("*")]
-        assert "Get-Date" in names
-        assert "Invoke-Expression" not in names
-        assert all(not n.lower().startswith("import-module") for n in names)
+def test_invoke_expression_as_a_structured_command_is_refused(pool):
+    ps = PowerShell(pool).add_cmdlet("Invoke-Expression").add_parameter("Command", "Get-Uptime")
+    out = ps.invoke()
+    assert ps.had_errors
+    assert out == []
 
 
-def test_stop_kills_a_running_program_and_the_pool_stays_usable(wsman, engine_ready):
-    if not engine_ready:
-        pytest.skip("the engine does not run granted commands yet (stub session)")
-    with RunspacePool(wsman, configuration_name=CONFIGURATION) as pool:
-        ps = PowerShell(pool)
-        ps.add_cmdlet("/usr/bin/sleep").add_argument("30")
-        start = time.monotonic()
-        ps.begin_invoke()
-        time.sleep(1)
-        ps.stop()
-        assert ps.state == PSInvocationState.STOPPED
-        ps2 = PowerShell(pool)
-        ps2.add_cmdlet("Get-Date")
-        ps2.invoke()
-        assert not ps2.had_errors
-        assert time.monotonic() - start < 20
+def test_add_script_in_the_language_runs_and_outside_it_is_refused(pool):
+    ps = PowerShell(pool).add_script("Get-Process -Id %d" % os.getpid())
+    out = ps.invoke()
+    assert not ps.had_errors, error_text(ps.streams.error)
+    assert len(out) == 1
+    ps = PowerShell(pool).add_script("$x = Get-Uptime; $x")
+    out = ps.invoke()
+    assert ps.had_errors
+    assert out == []
+
+
+def test_get_process_objects_carry_their_properties(pool):
+    pid = os.getpid()
+    ps = PowerShell(pool).add_cmdlet("Get-Process").add_parameter("Id", pid)
+    out = ps.invoke()
+    assert not ps.had_errors, error_text(ps.streams.error)
+    assert len(out) == 1
+    p = props(out[0])
+    assert int(p["Id"]) == pid, p
+    assert "python" in str(p["ProcessName"]), p
+    assert any("Process" in t for t in (getattr(out[0], "types", None) or [])), getattr(out[0], "types", None)
+
+
+def test_get_service_objects_carry_name_and_status(pool):
+    ps = PowerShell(pool).add_cmdlet("Get-Service")
+    out = ps.invoke()
+    if os.path.isdir("/run/systemd/system"):
+        assert not ps.had_errors, error_text(ps.streams.error)
+        assert out
+        for o in out:
+            p = props(o)
+            assert p.get("Name"), p
+            assert "Status" in p, p
+    else:
+        # No systemd here: a clear error record, not a crash or an empty success.
+        assert ps.had_errors
+        assert error_text(ps.streams.error).strip()
+
+
+def test_command_metadata_lists_only_granted_commands(pool):
+    names = {m.name.lower() for m in pool.get_command_metadata("*")}
+    granted = {
+        "get-service", "restart-service", "start-service", "get-journal", "get-process", "get-uptime",
+        "get-volume", "get-nettcpconnection", "select-object", "sort-object", "where-object",
+        "format-table", "measure-object", "get-diskusage", "get-numbers",
+    }
+    always = {"get-command", "get-help", "get-formatdata", "out-default", "exit-pssession", "clear-host",
+              # the aliases a restricted session has on Windows too
+              "clear", "cls", "exsn", "gcm", "measure", "select"}
+    external = {"uptime", "sleep", "/usr/bin/uptime", "/usr/bin/sleep"}
+    assert granted <= names, sorted(granted - names)
+    assert names & external, "neither uptime nor sleep listed: %r" % sorted(names)
+    for never in ("invoke-expression", "get-content", "stop-service", "stop-process", "import-module",
+                  "invoke-command", "new-object", "start-process", "add-type", "get-date"):
+        assert never not in names
+    assert names <= granted | always | external, sorted(names - granted - always - external)
+
+
+def test_two_pipelines_in_one_pool(pool):
+    first = PowerShell(pool).add_cmdlet("Get-Uptime")
+    second = PowerShell(pool).add_cmdlet("Get-Process").add_parameter("Id", os.getpid())
+    first.begin_invoke()
+    second.begin_invoke()
+    out1 = first.end_invoke()
+    out2 = second.end_invoke()
+    assert not first.had_errors and not second.had_errors
+    assert len(out1) == 1 and len(out2) == 1
+    # And again, one after the other, in the same pool.
+    again = PowerShell(pool).add_cmdlet("Get-Uptime")
+    again.invoke()
+    assert not again.had_errors
+
+
+# --- limits and gates -----------------------------------------------------------------------------
+
+def test_a_fourth_pool_for_the_same_user_is_refused(server):
+    pools = []
+    try:
+        for _ in range(3):
+            p = RunspacePool(make_wsman(server, user="carol"), configuration_name=ENDPOINT)
+            p.open()
+            pools.append(p)
+        fourth = RunspacePool(make_wsman(server, user="carol"), configuration_name=ENDPOINT)
+        with pytest.raises(WinRMError):
+            fourth.open()
+        assert fourth.state != RunspacePoolState.OPENED
+        # Closing one makes room again.
+        pools.pop().close()
+        again = RunspacePool(make_wsman(server, user="carol"), configuration_name=ENDPOINT)
+        again.open()
+        pools.append(again)
+    finally:
+        for p in pools:
+            try:
+                p.close()
+            except WinRMError:
+                pass
+
+
+def _fingerprint(resp):
+    return (resp.status_code,
+            {k.lower(): v for k, v in resp.headers.items() if k.lower() != "date"},
+            resp.content)
+
+
+def test_an_endpoint_without_a_role_is_refused_like_a_wrong_password(server, http_log):
+    seen = {}
+    for label, user, password, endpoint in [
+        ("wrong password", "alice", "wrong-" + server.password("alice"), ENDPOINT),
+        ("no role in Vendor", "alice", None, "Vendor"),
+        ("no such endpoint", "alice", None, "NoSuchEndpoint"),
+        ("no rule", "nobody-rule", None, ENDPOINT),
+    ]:
+        del http_log[:]
+        pool = RunspacePool(make_wsman(server, user=user, password=password), configuration_name=endpoint)
+        with pytest.raises(WinRMError) as exc:
+            pool.open()
+        seen[label] = (type(exc.value), _fingerprint(http_log[-1][1]))
+    ref_type, ref = seen["wrong password"]
+    assert ref_type is AuthenticationError
+    assert ref[0] == 401
+    for label, (t, fp) in seen.items():
+        assert t is ref_type, "%s raised %s, a wrong password %s" % (label, t, ref_type)
+        assert fp == ref, "%s answered differently from a wrong password" % label
+
+
+def test_vendor_user_reaches_the_vendor_endpoint_only(server):
+    with RunspacePool(make_wsman(server, user="victor"), configuration_name="Vendor") as pool:
+        ps = PowerShell(pool).add_cmdlet("Get-Process")
+        ps.invoke()
+        assert ps.had_errors, "Get-Process is not granted to the vendor"
+        names = {m.name.lower() for m in pool.get_command_metadata("*")}
+        assert "get-osrelease" in names and "restart-service" not in names
+
+
+# --- stop and large output ------------------------------------------------------------------------
+
+def test_stop_kills_the_running_program(pool):
+    argv = ["sleep", "301"]
+    assert not processes_matching(argv)
+    ps = PowerShell(pool).add_cmdlet("/usr/bin/sleep").add_argument("301")
+    ps.begin_invoke()
+    assert wait_until(lambda: processes_matching(argv), 15), "sleep 301 never started"
+    t0 = time.monotonic()
+    ps.stop()
+    assert ps.state == PSInvocationState.STOPPED
+    assert wait_until(lambda: not processes_matching(argv), 10), processes_matching(argv)
+    assert time.monotonic() - t0 < 10
+    # The pool stays usable.
+    ps2 = PowerShell(pool).add_cmdlet("Get-Uptime")
+    ps2.invoke()
+    assert not ps2.had_errors
+
+
+def test_large_output_across_many_fragments_arrives_whole(pool):
+    ps = PowerShell(pool).add_cmdlet("Get-Numbers")
+    out = ps.invoke()
+    assert not ps.had_errors, error_text(ps.streams.error)
+    assert len(out) == SEQ_COUNT
+    assert [str(o) for o in out[:3]] == ["1", "2", "3"]
+    assert str(out[-1]) == str(SEQ_COUNT)
+    assert [str(o) for o in out] == [str(i) for i in range(1, SEQ_COUNT + 1)]
+
+
+# --- what evil-jea tries (its "call", "function" and "rev_shell" bypasses, raw and structured) ---
+
+EVIL_JEA = [
+    ("script", "&{ id }"),                      # call_bypass, raw
+    ("script", "function gl {id}; gl"),         # function_bypass, raw
+    ("script", "powershell -e " + "JABjAD0AMQA="),  # rev_shell's payload shape, raw
+    ("cmdlet", "&{"),                           # call_bypass, structured: the command name is "&{"
+    ("cmdlet", "function"),                     # function_bypass, structured
+]
+
+
+@pytest.mark.parametrize("kind,text", EVIL_JEA, ids=["%s:%s" % k for k in EVIL_JEA])
+def test_evil_jea_bypasses_are_refused_with_an_error_record(pool, kind, text):
+    ps = PowerShell(pool)
+    if kind == "script":
+        ps.add_script(text)
+    else:
+        ps.add_cmdlet(text).add_argument("id").add_argument("}")
+    out = ps.invoke()
+    assert ps.had_errors, "refused silently: %r" % out
+    assert out == []
+    assert ps.streams.error, "no error record"
