@@ -9,42 +9,8 @@ mod shipped;
 
 use shipped::{keyhole, shipped_copy};
 
-/// Undo the corpus escapes `\n`, `\r`, `\t`, `\u{HEX}` and `\*{N}{TEXT}` (as lang_corpus.rs).
-fn unescape(line: &str) -> String {
-    let mut out = String::new();
-    let mut rest = line;
-    while let Some(i) = rest.find('\\') {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        if let Some(after) = tail.strip_prefix("\\n") {
-            out.push('\n');
-            rest = after;
-        } else if let Some(after) = tail.strip_prefix("\\r") {
-            out.push('\r');
-            rest = after;
-        } else if let Some(after) = tail.strip_prefix("\\t") {
-            out.push('\t');
-            rest = after;
-        } else if let Some(after) = tail.strip_prefix("\\u{") {
-            let close = after.find('}').unwrap();
-            let code = u32::from_str_radix(&after[..close], 16).unwrap();
-            out.push(char::from_u32(code).unwrap());
-            rest = &after[close + 1..];
-        } else if let Some(after) = tail.strip_prefix("\\*{") {
-            let close = after.find('}').unwrap();
-            let n: usize = after[..close].parse().unwrap();
-            let body = after[close + 1..].strip_prefix('{').unwrap();
-            let end = body.find('}').unwrap();
-            out.push_str(&unescape(&body[..end]).repeat(n));
-            rest = &body[end + 1..];
-        } else {
-            out.push('\\');
-            rest = &tail[1..];
-        }
-    }
-    out.push_str(rest);
-    out
-}
+mod corpus_support;
+use corpus_support::unescape;
 
 fn lines(text: &str) -> Vec<(usize, Vec<&str>)> {
     text.lines()

@@ -588,13 +588,6 @@ struct FunctionCommand {
     program: Arc<Program>,
 }
 
-struct FunctionInvocation {
-    cmd: Arc<FunctionCommand>,
-    /// The arguments bound from the command line (for a run at `end`).
-    start_args: BoundArgs,
-    ran: bool,
-}
-
 fn validation_error(cmd: &str, msg: String) -> ErrorRecord {
     let mut e = ErrorRecord::new(
         msg,
@@ -651,21 +644,43 @@ impl FunctionCommand {
     }
 }
 
-impl FunctionInvocation {
+impl RunsOnce for FunctionCommand {
+    fn decl(&self) -> &CommandDecl {
+        &self.decl
+    }
+    fn run(&self, ctx: &mut Ctx<'_>, args: &BoundArgs) -> Result<(), ErrorRecord> {
+        self.check(args)?;
+        let argv = build_argv(&self.templates, &self.decl.params, args);
+        self.program.execute(ctx, argv)
+    }
+}
+
+/// A declared program (function or external command): runs once per invocation, at its first
+/// `process` call or at `end` when no input ever reached it. Standard input stays closed
+/// (SPEC §4.4), so pipeline input is not passed to the program.
+trait RunsOnce: Send + Sync + 'static {
+    fn decl(&self) -> &CommandDecl;
+    fn run(&self, ctx: &mut Ctx<'_>, args: &BoundArgs) -> Result<(), ErrorRecord>;
+}
+
+struct Once<T> {
+    cmd: Arc<T>,
+    /// The arguments bound from the command line (for a run at `end`).
+    start_args: BoundArgs,
+    ran: bool,
+}
+
+impl<T: RunsOnce> Once<T> {
     fn run_once(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs) -> Result<(), ErrorRecord> {
         if self.ran {
             return Ok(());
         }
         self.ran = true;
-        self.cmd.check(args)?;
-        let argv = build_argv(&self.cmd.templates, &self.cmd.decl.params, args);
-        self.cmd.program.execute(ctx, argv)
+        self.cmd.run(ctx, args)
     }
 }
 
-/// A declared function runs once per invocation: at its first `process` call, or at `end`
-/// when no input ever reached it. Pipeline input is not passed to the program.
-impl Invocation for FunctionInvocation {
+impl<T: RunsOnce> Invocation for Once<T> {
     fn process(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -680,14 +695,14 @@ impl Invocation for FunctionInvocation {
     }
 }
 
-struct FunctionHandle(Arc<FunctionCommand>);
+struct Handle<T>(Arc<T>);
 
-impl Command for FunctionHandle {
+impl<T: RunsOnce> Command for Handle<T> {
     fn decl(&self) -> &CommandDecl {
-        &self.0.decl
+        self.0.decl()
     }
     fn start(&self, args: &BoundArgs) -> Box<dyn Invocation> {
-        Box::new(FunctionInvocation {
+        Box::new(Once {
             cmd: Arc::clone(&self.0),
             start_args: args.clone(),
             ran: false,
@@ -751,7 +766,7 @@ pub fn function_command(f: &ResolvedFunction) -> Arc<dyn Command> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     });
-    Arc::new(FunctionHandle(Arc::new(FunctionCommand {
+    Arc::new(Handle(Arc::new(FunctionCommand {
         decl,
         templates,
         checks,
@@ -770,12 +785,6 @@ struct ExternalCommand {
     /// Anchored, case-sensitive; each argument must fully match one.
     patterns: Vec<(String, Result<Regex, String>)>,
     program: Arc<Program>,
-}
-
-struct ExternalInvocation {
-    cmd: Arc<ExternalCommand>,
-    start_args: BoundArgs,
-    ran: bool,
 }
 
 impl ExternalCommand {
@@ -812,12 +821,11 @@ impl ExternalCommand {
     }
 }
 
-impl ExternalInvocation {
-    fn run_once(&mut self, ctx: &mut Ctx<'_>, args: &BoundArgs) -> Result<(), ErrorRecord> {
-        if self.ran {
-            return Ok(());
-        }
-        self.ran = true;
+impl RunsOnce for ExternalCommand {
+    fn decl(&self) -> &CommandDecl {
+        &self.decl
+    }
+    fn run(&self, ctx: &mut Ctx<'_>, args: &BoundArgs) -> Result<(), ErrorRecord> {
         // The engine's binder hands an application its verbatim arguments as `Arguments`;
         // `ArgumentList` is the declared parameter (Get-Command, a binder that uses it).
         let argv = if args.has(ENGINE_ARGUMENTS) {
@@ -825,40 +833,8 @@ impl ExternalInvocation {
         } else {
             args.strings(ARGUMENT_LIST)
         };
-        self.cmd.check(&argv)?;
-        self.cmd.program.execute(ctx, argv)
-    }
-}
-
-/// Runs once, like a function; standard input stays closed (SPEC §4.4), so pipeline input is
-/// not passed to the program.
-impl Invocation for ExternalInvocation {
-    fn process(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        args: &BoundArgs,
-        _input: Option<Value>,
-    ) -> Result<(), ErrorRecord> {
-        self.run_once(ctx, args)
-    }
-    fn end(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ErrorRecord> {
-        let args = self.start_args.clone();
-        self.run_once(ctx, &args)
-    }
-}
-
-struct ExternalHandle(Arc<ExternalCommand>);
-
-impl Command for ExternalHandle {
-    fn decl(&self) -> &CommandDecl {
-        &self.0.decl
-    }
-    fn start(&self, args: &BoundArgs) -> Box<dyn Invocation> {
-        Box::new(ExternalInvocation {
-            cmd: Arc::clone(&self.0),
-            start_args: args.clone(),
-            ran: false,
-        })
+        self.check(&argv)?;
+        self.program.execute(ctx, argv)
     }
 }
 
@@ -915,7 +891,7 @@ pub fn external_command(def: &ExternalCommandDef) -> Arc<dyn Command> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     });
-    Arc::new(ExternalHandle(Arc::new(ExternalCommand {
+    Arc::new(Handle(Arc::new(ExternalCommand {
         decl,
         patterns,
         program,
