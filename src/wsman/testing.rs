@@ -1,4 +1,4 @@
-//! A fixed-account [`Gatekeeper`] for tests and `examples/wsman_testserver.rs`: Basic auth
+//! A fixed-account [`Gatekeeper`] for the in-process server tests: Basic auth
 //! against in-memory passwords and an empty effective capability. `keyhole serve` never uses it.
 #![forbid(unsafe_code)]
 
