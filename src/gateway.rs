@@ -349,16 +349,8 @@ where
 
 /// Reads a whole UTF-8 file of at most `max` bytes (`InvalidData` beyond).
 pub(crate) fn read_bounded(path: &Path, max: u64) -> io::Result<String> {
-    use std::io::Read as _;
-    let f = fs::File::open(path)?;
-    let mut buf = Vec::new();
-    f.take(max.saturating_add(1)).read_to_end(&mut buf)?;
-    if buf.len() as u64 > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the file is larger than {max} bytes; is it the right file?"),
-        ));
-    }
+    let buf = crate::config::read_regular_file(path, max)?
+        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
     String::from_utf8(buf)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the file is not UTF-8 text"))
 }

@@ -181,11 +181,14 @@ pub fn self_signed_fingerprint(state_directory: &Path) -> Result<Option<String>,
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, ServerError> {
-    std::fs::read(path).map_err(|source| ServerError::File {
+    let err = |source| ServerError::File {
         what,
         path: path.to_path_buf(),
         source,
-    })
+    };
+    crate::config::read_regular_file(path, crate::config::MAX_PEM_BYTES)
+        .map_err(err)?
+        .ok_or_else(|| err(std::io::Error::from(std::io::ErrorKind::NotFound)))
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> {

@@ -1006,3 +1006,64 @@ fn a_cmdlet_listed_as_function_gets_a_hint() {
         "it is a cmdlet: list it in visible_cmdlets",
     );
 }
+
+/// Found by fuzzing: a configured path naming a device or a FIFO must be refused, not read
+/// forever (`/dev/zero` exhausted memory; a FIFO blocked `check`, `serve` and reload).
+#[test]
+fn configured_paths_must_be_regular_files() {
+    /// Point `key` (a top-level setting of the shipped keyhole.toml) at `value`.
+    fn set(dir: &Path, key: &str, value: &str) {
+        let path = dir.join("keyhole.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
+        doc.insert(key, toml_edit::value(value));
+        std::fs::write(&path, doc.to_string()).unwrap();
+    }
+    for (key, value) in [
+        ("users", "/dev/zero"),
+        ("authorization_rules", "/dev/urandom"),
+    ] {
+        let d = shipped_copy();
+        set(d.path(), key, value);
+        let all: String = errors(d.path())
+            .iter()
+            .map(|d| d.rendered.clone())
+            .collect();
+        assert!(all.contains("not a regular file"), "{key} = {value}: {all}");
+    }
+    let d = shipped_copy();
+    let fifo = d.path().join("users-fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    set(d.path(), "users", &fifo.display().to_string());
+    let all: String = errors(d.path())
+        .iter()
+        .map(|d| d.rendered.clone())
+        .collect();
+    assert!(all.contains("not a regular file"), "{all}");
+}
+
+/// Found by fuzzing: a NUL in a TOML comment gave a diagnostic with an empty message.
+#[test]
+fn control_character_in_a_comment_has_a_message() {
+    let d = shipped_copy();
+    let ep = d.path().join("endpoints/Helpdesk.toml");
+    let text = std::fs::read_to_string(&ep).unwrap();
+    std::fs::write(&ep, format!("# a\0b\n{text}")).unwrap();
+    let errs = errors(d.path());
+    assert!(!errs.is_empty());
+    for e in &errs {
+        assert!(
+            !e.message.trim().is_empty(),
+            "empty message: {}",
+            e.rendered
+        );
+    }
+    assert!(
+        errs.iter().any(|e| e.message.contains("control character")),
+        "{errs:?}"
+    );
+}

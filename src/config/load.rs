@@ -86,21 +86,24 @@ impl Ctx {
 
 /// Read a file with the size limit; `Ok(None)` when it does not exist.
 fn read_text(path: &Path) -> Result<Option<String>, String> {
-    match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read: {e}")),
-        Ok(m) if m.len() > MAX_CONFIG_FILE_BYTES => {
-            return Err(format!(
-                "file is {} bytes, more than the {MAX_CONFIG_FILE_BYTES}-byte limit for configuration files",
-                m.len()
-            ))
-        }
-        Ok(m) if m.is_dir() => return Err("is a directory, not a file".to_string()),
-        Ok(_) => {}
+    match super::read_regular_file(path, MAX_CONFIG_FILE_BYTES) {
+        Ok(None) => Ok(None),
+        Ok(Some(bytes)) => String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| "cannot read: the file is not UTF-8 text".to_string()),
+        Err(e) => Err(format!("cannot read: {e}")),
     }
-    std::fs::read_to_string(path)
-        .map(Some)
-        .map_err(|e| format!("cannot read: {e}"))
+}
+
+/// A TOML error's message; some (a control character in a comment) come with none.
+fn toml_message(e: &toml::de::Error) -> String {
+    let m = e.message().trim();
+    if m.is_empty() {
+        "invalid TOML here (a control character such as NUL is not allowed, even in a comment)"
+            .to_string()
+    } else {
+        m.to_string()
+    }
 }
 
 /// Deserialize `text` as `T`, turning serde errors into located diagnostics.
@@ -108,7 +111,7 @@ fn parse<T: DeserializeOwned>(ctx: &mut Ctx, file: &Path, text: &str) -> Option<
     match toml::from_str::<T>(text) {
         Ok(v) => Some(v),
         Err(e) => {
-            let (span, msg) = refine(text, e.span(), e.message().trim().to_string(), 0);
+            let (span, msg) = refine(text, e.span(), toml_message(&e), 0);
             ctx.span_err(file, span, msg);
             None
         }
@@ -165,7 +168,7 @@ impl Kind {
         }?;
         let span =
             e_span(&err).map(|s| s.start.saturating_sub(PREFIX)..s.end.saturating_sub(PREFIX));
-        Some((span, err.message().trim().to_string()))
+        Some((span, toml_message(&err)))
     }
 }
 

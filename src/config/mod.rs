@@ -12,6 +12,53 @@ pub use types::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Read a file named by the configuration: it must be a regular file (a FIFO would block, a
+/// device such as `/dev/zero` would never end) of at most `max` bytes. `Ok(None)` when it does
+/// not exist.
+pub fn read_regular_file(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is a directory, not a file",
+        ));
+    }
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is not a regular file (a device, FIFO or socket); point the setting at a file",
+        ));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "file is {} bytes, more than the {max}-byte limit",
+                meta.len()
+            ),
+        ));
+    }
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("file grew past the {max}-byte limit while being read"),
+        ));
+    }
+    Ok(Some(buf))
+}
+
+/// Largest PEM file (certificate, key, CA bundle) keyhole reads.
+pub const MAX_PEM_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Severity of a configuration diagnostic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {

@@ -961,8 +961,14 @@ fn validate_server(ctx: &mut Ctx, cfg: &LoadedConfig) {
 }
 
 fn pem_problem(path: &Path, is_key: bool) -> Option<String> {
-    let data = match std::fs::read(path) {
-        Ok(d) => d,
+    let data = match super::read_regular_file(path, super::MAX_PEM_BYTES) {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return Some(format!(
+                "{} cannot be read: it does not exist",
+                path.display()
+            ))
+        }
         Err(e) => return Some(format!("{} cannot be read: {e}", path.display())),
     };
     let mut rd = std::io::BufReader::new(data.as_slice());
