@@ -237,7 +237,10 @@ fn bench_auth(mode: Mode) {
     let fresh = || Authenticator::new(&cfg, &users_path, users.clone());
 
     let check = fresh();
-    if !matches!(check.verify_basic(USER, PASSWORD, source), AuthResult::Ok(_)) {
+    if !matches!(
+        check.verify_basic(USER, PASSWORD, source),
+        AuthResult::Ok(_)
+    ) {
         println!("(b) skipped: the bench user is refused");
         return;
     }

@@ -1,6 +1,8 @@
 //! Runs every fuzz target's logic (fuzz/src/lib.rs) over its seed corpus in fuzz/corpus/<target>/
-//! and over the crashes kept in fuzz/artifacts-found/<target>/, on stable Rust, so that what
-//! fuzzing found stays fixed. (Fuzzing itself: fuzz/README.md.)
+//! and over the inputs kept in fuzz/artifacts-found/<target>/, on stable Rust, so that what
+//! fuzzing found stays fixed. Findings not fixed yet wait in fuzz/artifacts-found/<target>/open/:
+//! `cargo test --test fuzz_corpus -- --ignored` reproduces them; once fixed, move the file up one
+//! directory. (Fuzzing itself: fuzz/README.md.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "../fuzz/src/lib.rs"]
@@ -54,7 +56,9 @@ fn every_target_has_seeds_and_a_test() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     for name in names {
         assert!(
-            root.join("fuzz_targets").join(format!("{name}.rs")).is_file(),
+            root.join("fuzz_targets")
+                .join(format!("{name}.rs"))
+                .is_file(),
             "no fuzz/fuzz_targets/{name}.rs"
         );
         assert!(
@@ -119,4 +123,31 @@ fn proc_parsers_corpus() {
 #[test]
 fn basic_header_corpus() {
     assert!(run_corpus("basic_header", fuzz_logic::basic_header) >= 5);
+}
+
+/// The findings in fuzz/artifacts-found/*/open/ are bugs outside fuzz/ not fixed yet: this test
+/// reproduces them (it fails while any is open). Run with `-- --ignored`.
+#[test]
+#[ignore = "open fuzzing findings (fuzz/artifacts-found/*/open/): run with --ignored"]
+fn open_findings() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/artifacts-found");
+    let tree = tempfile::tempdir().unwrap();
+    fuzz_logic::write_config_tree(tree.path()).unwrap();
+    let mut failing = Vec::new();
+    for (name, run) in fuzz_logic::TARGETS {
+        for file in files_in(&root.join(name).join("open")) {
+            let data = std::fs::read(&file).unwrap();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if *name == "config_toml" {
+                    fuzz_logic::config_toml_in(tree.path(), &data);
+                } else {
+                    run(&data);
+                }
+            }));
+            if outcome.is_err() {
+                failing.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(failing.is_empty(), "still failing: {failing:#?}");
 }

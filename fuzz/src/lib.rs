@@ -9,8 +9,11 @@ use std::sync::OnceLock;
 
 use keyhole::lang::{self, CommandElement, Literal, LiteralValue, Script, Span, Statement};
 
+/// The entry point of one target.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for drivers that run all of them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("lang_parse", lang_parse),
     ("config_toml", config_toml),
     ("proc_parsers", proc_parsers),
@@ -45,8 +48,10 @@ pub fn lang_parse(data: &[u8]) {
 }
 
 /// Characters an unquoted word of an accepted script can never start with: each would begin a
-/// variable, `$(...)`, `(...)`, `{...}`, `@(...)`/splatting, `[type]` or `&` invocation.
-const FORBIDDEN_WORD_STARTS: &[char] = &['$', '(', ')', '{', '}', '@', '[', ']', '&', '<', '>'];
+/// variable, `$(...)`, `(...)`, `{...}`, `@(...)`/splatting, `[type]`, `&` invocation or a
+/// redirection. (`]` is not here: a lone `]` starts nothing, and the parser takes `]x` as a
+/// plain word; fuzzing found that, see fuzz/README.md.)
+pub const FORBIDDEN_WORD_STARTS: &[char] = &['$', '(', ')', '{', '}', '@', '[', '&', '<', '>'];
 
 fn check_span(src: &str, span: Span, what: &str) {
     assert!(
@@ -97,7 +102,10 @@ pub fn check_script(src: &str, script: &Script) {
         for call in &pipeline.commands {
             check_span(src, call.span, "command");
             check_span(src, call.name_span, "command name");
-            assert!(!call.name.is_empty(), "accepted an empty command name: {src:?}");
+            assert!(
+                !call.name.is_empty(),
+                "accepted an empty command name: {src:?}"
+            );
             let written = source_at(src, call.name_span);
             if let Some(c) = written.chars().next() {
                 assert!(
@@ -109,7 +117,10 @@ pub fn check_script(src: &str, script: &Script) {
                 match element {
                     CommandElement::Parameter { name, value, span } => {
                         check_span(src, *span, "parameter");
-                        assert!(!name.is_empty(), "accepted an empty parameter name: {src:?}");
+                        assert!(
+                            !name.is_empty(),
+                            "accepted an empty parameter name: {src:?}"
+                        );
                         if let Some(v) = value {
                             check_literal(src, v, 0);
                         }
@@ -169,7 +180,10 @@ fn check_literal(src: &str, lit: &Literal, depth: usize) {
 const SHIPPED_KEYHOLE: &str = include_str!("../../keyhole.toml");
 const SHIPPED_RULES: &str = include_str!("../../authorization-rules.toml");
 const SHIPPED_ENDPOINTS: &[(&str, &str)] = &[
-    ("Helpdesk.toml", include_str!("../../endpoints/Helpdesk.toml")),
+    (
+        "Helpdesk.toml",
+        include_str!("../../endpoints/Helpdesk.toml"),
+    ),
     ("Vendor.toml", include_str!("../../endpoints/Vendor.toml")),
 ];
 const SHIPPED_CAPABILITIES: &[(&str, &str)] = &[
@@ -269,11 +283,18 @@ pub fn config_toml_in(root: &Path, data: &[u8]) {
     }
 }
 
+/// Set (to anything) to let `config_toml` fuzz past the open finding "a control character in a
+/// TOML comment gives a diagnostic with an empty message" (fuzz/README.md, finding 2).
+pub const KNOWN_OPEN_ENV: &str = "KEYHOLE_FUZZ_SKIP_KNOWN_OPEN";
+
 fn check_diagnostic(d: &keyhole::config::Diagnostic) {
     assert!(
-        !d.message.is_empty() && !d.rendered.is_empty(),
-        "empty diagnostic {d:?}"
+        !d.rendered.is_empty(),
+        "diagnostic without a rendering {d:?}"
     );
+    if std::env::var_os(KNOWN_OPEN_ENV).is_none() {
+        assert!(!d.message.is_empty(), "diagnostic without a message {d:?}");
+    }
     assert!(
         d.line > 0 || d.col == 0,
         "diagnostic with a column but no line: {d:?}"
@@ -303,7 +324,11 @@ pub fn proc_parsers(data: &[u8]) {
     let _ = processes::parse_auxv_clktck(data);
 
     let mounts = system::parse_mountinfo(text);
-    assert!(mounts.len() <= system::MAX_MOUNTS, "{} mounts", mounts.len());
+    assert!(
+        mounts.len() <= system::MAX_MOUNTS,
+        "{} mounts",
+        mounts.len()
+    );
     for line in text.lines() {
         let _ = system::parse_mountinfo_line(line);
         let _ = system::unescape_mount(line);
