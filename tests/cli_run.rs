@@ -1,8 +1,7 @@
 //! `keyhole run`: one line as a remote session of that user would run it; exit 0 ran,
 //! 1 failed, 2 refused.
 //!
-//! Tests named `engine_*` need the real engine (src/engine is a stub on this branch): they are
-//! `#[ignore]`d here and the integrator runs them with `cargo test --test cli_run -- --include-ignored`.
+//! Tests named `engine_*` run lines through the real engine on the shipped examples.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "fixtures/config/shipped.rs"]

@@ -20,12 +20,16 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check pywinrm==0.5.0 pypsrp==0.9.1 pytest==8.3.4
+.venv/bin/pip install -q --disable-pip-version-check pywinrm==0.5.0 pypsrp==0.9.1 psrpcore==0.3.1 pytest==8.3.4
 
 # Rust: lints, then unit + integration tests (root-only tests run when root, as in CI).
 cargo clippy --all-targets -- -D warnings
 cargo build --bins
 cargo test --all-targets -- --test-threads=2
+
+# psrpcore's client state machine (modelled on PowerShell's own client) drives PsrpShell through
+# the line bridge in tests/psrp_stdio.rs.
+.venv/bin/python tests/interop/check_psrpcore_client.py
 
 # Real-client interop (pywinrm, pypsrp) against the real `keyhole serve` just built; as root it also
 # creates, and removes again, a PAM test account (see tests/interop/README.md).
