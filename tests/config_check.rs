@@ -7,66 +7,10 @@ use std::process::Command;
 
 use keyhole::config::{self, Diagnostic, Severity};
 
-const SHIPPED: &[&str] = &[
-    "keyhole.toml",
-    "authorization-rules.toml",
-    "endpoints/Helpdesk.toml",
-    "endpoints/Vendor.toml",
-    "role-capabilities/ServiceOperator.toml",
-    "role-capabilities/Diagnostics.toml",
-    "role-capabilities/VendorReadOnly.toml",
-];
+#[path = "fixtures/config/shipped.rs"]
+mod shipped;
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// The shipped run_as accounts exist when we are root (created like `keyhole check` says);
-/// otherwise the copy runs programs as the current user, the only account a non-root keyhole
-/// may use.
-fn prepare_accounts() {
-    if is_root() {
-        for u in ["keyhole-helpdesk", "keyhole-vendor"] {
-            if nix::unistd::User::from_name(u).ok().flatten().is_none() {
-                let _ = Command::new("useradd")
-                    .args([
-                        "--system",
-                        "--no-create-home",
-                        "--shell",
-                        "/usr/sbin/nologin",
-                        u,
-                    ])
-                    .status();
-            }
-        }
-    }
-}
-
-fn me() -> String {
-    nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .unwrap()
-        .unwrap()
-        .name
-}
-
-/// A temporary copy of the shipped configuration.
-fn shipped_copy() -> tempfile::TempDir {
-    prepare_accounts();
-    let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in SHIPPED {
-        let dst = dir.path().join(f);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        let mut text = std::fs::read_to_string(root.join(f)).unwrap();
-        if !is_root() {
-            text = text
-                .replace("\"keyhole-helpdesk\"", &format!("{:?}", me()))
-                .replace("\"keyhole-vendor\"", &format!("{:?}", me()));
-        }
-        std::fs::write(dst, text).unwrap();
-    }
-    dir
-}
+use shipped::{is_root, me, prepare_accounts, shipped_copy};
 
 fn edit(dir: &Path, rel: &str, from: &str, to: &str) {
     let p = dir.join(rel);
