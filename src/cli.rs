@@ -13,9 +13,7 @@ use crate::capability::{
     effective_capability, user_groups, EffectiveCapability, ParamsGrant, ValueConstraint,
 };
 use crate::config::{self, LoadedConfig, Severity};
-use crate::engine::{
-    self, CancelToken, ErrorRecord, Event, EventSink, HostEnv, RunOutcome, SessionOptions,
-};
+use crate::engine::{self, CancelToken, Event, EventSink, HostEnv, RunOutcome, SessionOptions};
 
 /// Where keyhole looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATHS: &[&str] = &["./keyhole.toml", "/etc/keyhole/keyhole.toml"];
@@ -567,37 +565,6 @@ fn cmd_capability(path: &Path, who: &WhoArgs, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Render an error record as PowerShell shows it.
-pub fn render_error(e: &ErrorRecord) -> String {
-    let prefix = e
-        .command
-        .as_deref()
-        .map(|c| format!("{c} : "))
-        .unwrap_or_default();
-    let target = e
-        .target
-        .as_ref()
-        .map(|t| t.to_ps_string())
-        .unwrap_or_default();
-    let target = if target.is_empty() {
-        ":".to_string()
-    } else {
-        target
-    };
-    let exception = e
-        .exception_type
-        .rsplit('.')
-        .next()
-        .unwrap_or(&e.exception_type);
-    format!(
-        "{prefix}{}\n    + CategoryInfo          : {}: ({target}) [{}], {exception}\n    + FullyQualifiedErrorId : {}\n",
-        e.message,
-        e.category.as_str(),
-        e.command.as_deref().unwrap_or(""),
-        e.fully_qualified_error_id
-    )
-}
-
 /// Prints events as they come: output formatted to stdout, everything else to stderr.
 struct PrintSink {
     fmt: engine::format::Formatter,
@@ -612,7 +579,7 @@ impl EventSink for PrintSink {
                 let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
             }
-            Event::Error(rec) => eprint!("{}", render_error(&rec)),
+            Event::Error(rec) => eprint!("{}", engine::format::error_text(&rec)),
             Event::Warning(w) => eprintln!("WARNING: {w}"),
             Event::Verbose(v) => eprintln!("VERBOSE: {v}"),
             Event::Debug(d) => eprintln!("DEBUG: {d}"),
@@ -683,7 +650,7 @@ fn cmd_run(path: &Path, who: &WhoArgs, line: &str) -> Result<ExitCode> {
     let tail = sink.fmt.finish();
     print!("{tail}");
     match &outcome {
-        RunOutcome::Refused(r) => eprint!("{}", render_error(&r.to_error_record())),
+        RunOutcome::Refused(r) => eprint!("{}", engine::format::error_text(&r.to_error_record())),
         // Already printed: the engine emits a terminating error as an event before returning it.
         RunOutcome::Failed(_) => {}
         RunOutcome::Stopped => eprintln!("The pipeline has been stopped."),
@@ -901,24 +868,5 @@ mod tests {
             }
             _ => panic!(),
         }
-    }
-
-    #[test]
-    fn error_rendering() {
-        let mut e = ErrorRecord::new(
-            "Cannot find a process with the name \"x\".",
-            "NoProcessFoundForGivenName,Get-Process",
-            engine::ErrorCategory::ObjectNotFound,
-        )
-        .target("x")
-        .exception("Microsoft.PowerShell.Commands.ProcessCommandException");
-        e.command = Some("Get-Process".into());
-        let s = render_error(&e);
-        assert!(s.starts_with("Get-Process : Cannot find"), "{s}");
-        assert!(s.contains("    + CategoryInfo          : ObjectNotFound: (x) [Get-Process], ProcessCommandException\n"), "{s}");
-        assert!(
-            s.contains("    + FullyQualifiedErrorId : NoProcessFoundForGivenName,Get-Process\n"),
-            "{s}"
-        );
     }
 }

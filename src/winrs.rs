@@ -11,7 +11,7 @@ use base64::Engine as _;
 use tokio::sync::Notify;
 
 use crate::engine::format::Formatter;
-use crate::engine::{CancelToken, ErrorRecord, Event, EventSink, RunOutcome, Session, Value};
+use crate::engine::{CancelToken, ErrorRecord, Event, EventSink, RunOutcome, Session};
 use crate::server::SessionGrant;
 use crate::wsman::service::ShellFactory;
 use crate::wsman::shell::{
@@ -356,7 +356,7 @@ impl EventSink for TextSink {
                 self.push(false, &t);
             }
             Event::Error(rec) => {
-                let t = format_error(&rec);
+                let t = crate::engine::format::error_text(&rec);
                 self.errors.push(rec);
                 self.push(true, &t);
             }
@@ -411,12 +411,12 @@ fn run_line(
         RunOutcome::Refused(r) => {
             let rec = r.to_error_record();
             if !sink.errors.iter().any(|e| e.message == rec.message) {
-                sink.push(true, &format_error(&rec));
+                sink.push(true, &crate::engine::format::error_text(&rec));
             }
         }
         RunOutcome::Failed(rec) => {
             if !sink.errors.iter().any(|e| e.message == rec.message) {
-                sink.push(true, &format_error(rec));
+                sink.push(true, &crate::engine::format::error_text(rec));
             }
         }
         RunOutcome::Stopped => sink.push(true, "The pipeline has been stopped.\n"),
@@ -424,38 +424,6 @@ fn run_line(
     }
     lock(&buf).exit = Some(outcome.exit_code());
     notify.notify_waiters();
-}
-
-/// An error record as PowerShell's console prints it.
-pub fn format_error(rec: &ErrorRecord) -> String {
-    let mut s = String::new();
-    if let Some(c) = &rec.command {
-        s.push_str(c);
-        s.push_str(" : ");
-    }
-    s.push_str(&rec.message);
-    s.push('\n');
-    let (target, ttype) = match &rec.target {
-        Some(Value::Null) | None => (String::new(), String::new()),
-        Some(v) => (
-            v.to_ps_string(),
-            v.type_name().rsplit('.').next().unwrap_or("").to_string(),
-        ),
-    };
-    let reason = rec.exception_type.rsplit('.').next().unwrap_or("");
-    s.push_str(&format!(
-        "    + CategoryInfo          : {}: ({}:{}) [{}], {}\n",
-        rec.category.as_str(),
-        target,
-        ttype,
-        rec.command.as_deref().unwrap_or(""),
-        reason
-    ));
-    s.push_str(&format!(
-        "    + FullyQualifiedErrorId : {}\n",
-        rec.fully_qualified_error_id
-    ));
-    s
 }
 
 /// Quote an argument for the language when it needs it (whitespace, quotes or empty).
@@ -647,19 +615,5 @@ mod tests {
             command_line("powershell Get-Date", &[]).unwrap(),
             "powershell Get-Date"
         );
-    }
-
-    #[test]
-    fn error_format_matches_powershell_layout() {
-        let rec = ErrorRecord::new(
-            "The term 'x' is not recognized",
-            "CommandNotFoundException",
-            crate::engine::ErrorCategory::ObjectNotFound,
-        )
-        .target("x")
-        .exception("System.Management.Automation.CommandNotFoundException");
-        let t = format_error(&rec);
-        assert!(t.contains("    + CategoryInfo          : ObjectNotFound: (x:String) [], CommandNotFoundException\n"), "{t}");
-        assert!(t.ends_with("    + FullyQualifiedErrorId : CommandNotFoundException\n"));
     }
 }

@@ -14,7 +14,8 @@ use super::pipeline::{run_pipeline, Abort, Env, Shared, Stage};
 use super::table::{apply_grant, CommandTable, Entry};
 use super::value::Value;
 use super::{
-    Audit, CommandArg, Refusal, RunOutcome, SessionOptions, StructuredCommand, StructuredPipeline,
+    Audit, CommandArg, EndState, Refusal, RunOutcome, SessionOptions, StructuredCommand,
+    StructuredPipeline,
 };
 use crate::capability::ParamsGrant;
 use crate::lang::{self, CommandElement, Literal, LiteralValue, Statement};
@@ -174,7 +175,7 @@ impl Session {
 
     fn refuse(&mut self, r: Refusal) -> RunOutcome {
         let _ = self.audit.refused(&r.message);
-        let _ = self.audit.end("Refused");
+        let _ = self.audit.end(EndState::Refused);
         RunOutcome::Refused(r)
     }
 
@@ -307,7 +308,7 @@ impl Session {
         let mut ran_any = false;
         for mut p in prepared {
             if p.stages.is_empty() && p.exit {
-                let _ = shared.borrow_mut().audit.end("Completed");
+                let _ = shared.borrow_mut().audit.end(EndState::Completed);
                 return RunOutcome::Exit;
             }
             for st in p.stages.iter_mut() {
@@ -329,11 +330,11 @@ impl Session {
                     )
                     .terminating();
                     if ran_any {
-                        let _ = s.audit.end("Failed");
+                        let _ = s.audit.end(EndState::Failed);
                         s.sink.event(super::command::Event::Error(rec.clone()));
                         return RunOutcome::Failed(rec);
                     }
-                    let _ = s.audit.end("Refused");
+                    let _ = s.audit.end(EndState::Refused);
                     return RunOutcome::Refused(Refusal {
                         message: msg,
                         id: "AuditWriteFailed".into(),
@@ -353,17 +354,17 @@ impl Session {
                     let mut s = shared.borrow_mut();
                     let tail = s.fmt.finish();
                     s.audit_text(&tail);
-                    let _ = s.audit.end("Failed");
+                    let _ = s.audit.end(EndState::Failed);
                     return RunOutcome::Failed(rec);
                 }
                 Some(Abort::Stopped) => {
-                    let _ = shared.borrow_mut().audit.end("Stopped");
+                    let _ = shared.borrow_mut().audit.end(EndState::Stopped);
                     return RunOutcome::Stopped;
                 }
                 None => {}
             }
             if p.exit {
-                let _ = shared.borrow_mut().audit.end("Completed");
+                let _ = shared.borrow_mut().audit.end(EndState::Completed);
                 return RunOutcome::Exit;
             }
         }
@@ -371,10 +372,10 @@ impl Session {
         let tail = s.fmt.finish();
         s.audit_text(&tail);
         if let Some(Abort::Failed(rec)) = s.abort.take() {
-            let _ = s.audit.end("Failed");
+            let _ = s.audit.end(EndState::Failed);
             return RunOutcome::Failed(rec);
         }
-        let _ = s.audit.end("Completed");
+        let _ = s.audit.end(EndState::Completed);
         RunOutcome::Completed {
             had_errors: s.had_errors,
         }
