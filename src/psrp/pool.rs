@@ -242,11 +242,34 @@ impl RunspacePool {
 // ---------------------------------------------------------------------------------------------
 // Pipeline state machine
 
+/// A wrapper a known client puts around the user's line, recognised by its exact shape here and
+/// nowhere else (SPEC §4.1, §5). The engine never sees the wrapper: it gets the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wrapper {
+    /// pypsrp `Client.execute_ps(TEXT)`: exactly `Invoke-Expression -Command TEXT | Out-String
+    /// -Stream`, `-Command` named (a positional TEXT is not that shape and reaches the engine as
+    /// the structured pipeline it is, where Invoke-Expression does not exist).
+    ExecutePs(String),
+    // Ansible's psrp connection (script text `LINE` + "\n" + `exit $LASTEXITCODE`, the exit
+    // code then being the line's) is the next arm (issue 11).
+}
+
+impl Wrapper {
+    /// The wrapper this CREATE_PIPELINE is, if it is exactly one.
+    pub fn recognise(cp: &CreatePipeline) -> Option<Wrapper> {
+        if let Some(text) = cp.execute_ps_text() {
+            return Some(Wrapper::ExecutePs(text.to_string()));
+        }
+        None
+    }
+}
+
 /// What a pipeline runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
-    /// pypsrp execute_ps: one restricted line, output formatted to strings.
-    ExecutePs(String),
+    /// One restricted line whose output objects are formatted to strings (`Out-String
+    /// -Stream`): what [`Wrapper::ExecutePs`] asks for.
+    LineAsStrings(String),
     /// Statements in order: script lines (IsScript) and structured pipelines.
     Segments(Vec<Segment>, Merge),
     /// GET_COMMAND_METADATA.
@@ -272,8 +295,9 @@ fn refusal(message: &str, id: &str) -> Plan {
 impl Plan {
     /// Decide how to run a CREATE_PIPELINE.
     pub fn from_create(cp: &CreatePipeline) -> Plan {
-        if let Some(text) = cp.execute_ps_text() {
-            return Plan::ExecutePs(text.to_string());
+        match Wrapper::recognise(cp) {
+            Some(Wrapper::ExecutePs(text)) => return Plan::LineAsStrings(text),
+            None => {}
         }
         let mut segments: Vec<Segment> = Vec::new();
         for stmt in &cp.statements {
@@ -1033,7 +1057,7 @@ fn run_plan<E: PsrpEngine>(
         merge: Merge::default(),
     };
     match plan {
-        Plan::ExecutePs(text) => {
+        Plan::LineAsStrings(text) => {
             sink.formatter = Some(Formatter::new());
             let out = engine.run_line(&text, &mut sink, cancel);
             sink.flush_formatter();
@@ -1368,5 +1392,56 @@ mod tests {
                 .contains("PipelineInput is invalid in state Done"),
             "{e}"
         );
+    }
+
+    fn cp(iex_named: bool, out_cmd: &str) -> CreatePipeline {
+        use crate::engine::CommandArg;
+        let cmd = |name: &str, args: Vec<CommandArg>| objects::PipelineCommand {
+            cmd: name.into(),
+            is_script: false,
+            args,
+            merge: Merge::default(),
+        };
+        CreatePipeline {
+            no_input: true,
+            add_to_history: false,
+            is_nested: false,
+            statements: vec![vec![
+                cmd(
+                    "Invoke-Expression",
+                    vec![CommandArg {
+                        name: iex_named.then(|| "Command".to_string()),
+                        value: Some(Value::String("Get-Date".into())),
+                    }],
+                ),
+                cmd(
+                    out_cmd,
+                    vec![CommandArg {
+                        name: Some("Stream".into()),
+                        value: None,
+                    }],
+                ),
+            ]],
+        }
+    }
+
+    #[test]
+    fn execute_ps_is_recognised_only_in_its_exact_shape() {
+        assert_eq!(
+            Wrapper::recognise(&cp(true, "Out-String")),
+            Some(Wrapper::ExecutePs("Get-Date".into()))
+        );
+        assert_eq!(
+            Plan::from_create(&cp(true, "out-string")),
+            Plan::LineAsStrings("Get-Date".into())
+        );
+        // A positional -Command is not pypsrp's shape: the engine gets the structured pipeline,
+        // where Invoke-Expression does not exist.
+        assert_eq!(Wrapper::recognise(&cp(false, "Out-String")), None);
+        assert!(matches!(
+            Plan::from_create(&cp(false, "Out-String")),
+            Plan::Segments(ref s, _) if matches!(s.as_slice(), [Segment::Structured(_)])
+        ));
+        assert_eq!(Wrapper::recognise(&cp(true, "Out-Default")), None);
     }
 }
