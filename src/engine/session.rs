@@ -411,10 +411,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::capability::ParamsGrant;
-    use crate::engine::table::apply_grant;
     use crate::capability::EffectiveCapability;
+    use crate::capability::ParamsGrant;
     use crate::config::SessionType;
+    use crate::engine::table::apply_grant;
     use crate::engine::{
         BoundArgs, Command, CommandDecl, Ctx, Event, HostEnv, Invocation, NoAudit, ParamDecl,
         ParamType, PsObject, VecSink,
