@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyhole::server::{Gatekeeper, SessionGrant};
+use keyhole::http::{Server, ServerRuntime};
 use keyhole::wsman::envelope::*;
-use keyhole::wsman::service::ShellFactory;
 use keyhole::wsman::shell::*;
-use keyhole::wsman::testing::StaticGatekeeper;
 use tokio::sync::Notify;
 use wsman_common::*;
 
@@ -45,7 +43,13 @@ impl Shell for QuietShell {
             .command_id
             .unwrap_or_else(|| "C0FFEE00-0000-4000-8000-000000000001".into()))
     }
-    fn send(&mut self, _: Option<&str>, _: &str, _: Vec<u8>, _: bool) -> Result<(), ShellError> {
+    fn send(
+        &mut self,
+        _: Option<&str>,
+        _: StreamName,
+        _: Vec<u8>,
+        _: bool,
+    ) -> Result<(), ShellError> {
         Ok(())
     }
     fn receive(&mut self, _: Option<&str>) -> Result<ReceiveResponse, ShellError> {
@@ -54,7 +58,7 @@ impl Shell for QuietShell {
         }
         Ok(ReceiveResponse::default())
     }
-    fn signal(&mut self, _: Option<&str>, _: &str) -> Result<(), ShellError> {
+    fn signal(&mut self, _: Option<&str>, _: Signal) -> Result<(), ShellError> {
         Ok(())
     }
     fn close(&mut self) {
@@ -65,31 +69,40 @@ impl Shell for QuietShell {
     }
 }
 
+/// Quiet shells on the endpoints the double's gates 3–4 admit.
 struct QuietFactory {
+    gate: Arc<StaticGatekeeper>,
     closed: Arc<AtomicBool>,
 }
 
 impl ShellFactory for QuietFactory {
     fn create(
         &self,
-        _: &str,
-        _: SessionGrant,
-        _: &ShellOwner,
+        id: &Identity,
+        _: std::net::SocketAddr,
+        endpoint: Option<&str>,
         _: &CreateRequest,
-    ) -> Result<Box<dyn Shell>, ShellError> {
-        Ok(Box::new(QuietShell {
-            notify: Arc::new(Notify::new()),
-            closed: self.closed.clone(),
-        }))
+    ) -> Result<NewShell, CreateError> {
+        if !endpoint.is_some_and(|e| self.gate.admits(id, e)) {
+            return Err(CreateError::Refused);
+        }
+        Ok(NewShell {
+            shell: Box::new(QuietShell {
+                notify: Arc::new(Notify::new()),
+                closed: self.closed.clone(),
+            }),
+            limits: self.gate.limits(),
+        })
     }
 }
 
 async fn start_quiet(
-    g: Arc<dyn Gatekeeper>,
-    tweak: impl FnOnce(&mut keyhole::server::ServerRuntime),
+    g: Arc<StaticGatekeeper>,
+    tweak: impl FnOnce(&mut ServerRuntime),
 ) -> (TestServer, Arc<AtomicBool>) {
     let closed = Arc::new(AtomicBool::new(false));
     let f: Arc<dyn ShellFactory> = Arc::new(QuietFactory {
+        gate: g.clone(),
         closed: closed.clone(),
     });
     (
@@ -500,7 +513,9 @@ async fn every_refusal_is_the_same_401() {
 
 #[tokio::test]
 async fn winrs_is_refused_with_the_generic_401_when_no_winrs_endpoint() {
-    let s = start_with(gate(), |rt| rt.winrs_endpoint.clear(), Vec::new()).await;
+    let mut g = StaticGatekeeper::new("alice", "pw-alice", &["WinRS", "Quiet"]);
+    g.winrs_endpoint.clear();
+    let s = start(Arc::new(g)).await;
     let r = create_shell(s.addr, &alice(), URI_CMD).await;
     assert_eq!(r.status, 401);
     assert!(r.body.is_empty());
@@ -624,18 +639,18 @@ async fn ip_allow_drops_other_addresses() {
 #[tokio::test]
 async fn plain_http_on_a_public_address_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rt = runtime(dir.path(), "WinRS");
+    let mut rt = runtime(dir.path());
     rt.listener.http = "0.0.0.0:0".into();
-    let err = keyhole::server::Server::bind(rt.clone(), gate())
+    let err = Server::bind(rt.clone(), gate())
         .await
         .err()
         .expect("must refuse");
     assert!(err.to_string().contains("allow_unencrypted"), "{err}");
     rt.listener.allow_unencrypted = true;
-    assert!(keyhole::server::Server::bind(rt, gate()).await.is_ok());
-    let mut rt = runtime(dir.path(), "WinRS");
+    assert!(Server::bind(rt, gate()).await.is_ok());
+    let mut rt = runtime(dir.path());
     rt.listener.ip_allow = vec!["not-a-cidr".into()];
-    assert!(keyhole::server::Server::bind(rt, gate()).await.is_err());
+    assert!(Server::bind(rt, gate()).await.is_err());
 }
 
 /// Read one HTTP response (headers + Content-Length body) from a kept-alive connection.
