@@ -84,8 +84,10 @@ impl std::fmt::Display for EndState {
     }
 }
 
-/// An audit that records nothing (unit tests only).
+/// An audit that records nothing (unit tests only: a real session always has a transcript).
+#[cfg(test)]
 pub struct NoAudit;
+#[cfg(test)]
 impl Audit for NoAudit {
     fn line(&mut self, _: &str) -> std::io::Result<()> {
         Ok(())
