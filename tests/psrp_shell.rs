@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod psrp_common;
+#[path = "engine_support.rs"]
+mod support;
 
 use base64::Engine as _;
 use keyhole::engine::{
@@ -11,7 +13,7 @@ use keyhole::engine::{
 use keyhole::psrp::clixml::read::parse_default;
 use keyhole::psrp::fragment::Reassembler;
 use keyhole::psrp::message::MessageType as T;
-use keyhole::shells::psrp::PsrpShell;
+use keyhole::shells::psrp::{PsrpEngine, PsrpShell};
 use keyhole::wsman::shell::{CommandRequest, CreateRequest, Shell, ShellError, Signal, StreamName};
 use psrp_common::*;
 
@@ -21,11 +23,11 @@ fn b64(d: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(d)
 }
 
-fn open(
-    engine: FakeEngine,
+fn open<E: PsrpEngine>(
+    engine: E,
     client: &mut Client,
     max_env: usize,
-) -> (PsrpShell<FakeEngine>, Reassembler) {
+) -> (PsrpShell<E>, Reassembler) {
     let mut shell = pool(engine, "alice");
     let mut xml = client.encode(T::SessionCapability, [0; 16], CAPABILITY);
     xml.extend(client.encode(T::InitRunspacePool, [0; 16], INIT));
@@ -68,8 +70,8 @@ fn open(
     (shell, r)
 }
 
-fn command(
-    shell: &mut PsrpShell<FakeEngine>,
+fn command<E: PsrpEngine>(
+    shell: &mut PsrpShell<E>,
     client: &mut Client,
     cid: &str,
     t: T,
@@ -240,6 +242,51 @@ fn invoke_expression_in_any_other_shape_goes_to_the_engine_as_a_command() {
     assert!(
         matches!(&calls.lock().unwrap()[0], Call::Structured(s, _) if s[0].commands[0].name == "Invoke-Expression")
     );
+}
+
+#[test]
+fn execute_ps_reaches_the_real_engine_as_its_line_and_no_other_shape_unlocks_invoke_expression() {
+    let (session, _) = support::session();
+    let mut client = Client::default();
+    let (mut shell, mut r) = open(session, &mut client, 153_600);
+    let iex = |named: bool| {
+        create_pipeline_xml(
+            true,
+            &[
+                command_xml(
+                    "Invoke-Expression",
+                    false,
+                    &[(
+                        named.then_some("Command"),
+                        "<S N=\"V\">Write-Output cups</S>",
+                    )],
+                ),
+                command_xml("Out-String", false, &[(Some("Stream"), "<Nil N=\"V\" />")]),
+            ],
+        )
+    };
+    // pypsrp's execute_ps: the line runs, its output arrives as strings.
+    command(&mut shell, &mut client, CID, T::CreatePipeline, &iex(true)).unwrap();
+    let (msgs, _) = receive_until_state(&mut shell, &mut r, CID);
+    assert_eq!(types(&msgs), vec![T::PipelineOutput, T::PipelineState]);
+    assert_eq!(body(&msgs[0]), "<S>cups</S>");
+    assert_eq!(
+        parse_default(&body(&msgs[1]))
+            .unwrap()
+            .property("PipelineState"),
+        Some(&Value::Int(4))
+    );
+    // The same with a positional TEXT is not that shape: Invoke-Expression is not found.
+    let c2 = "B1B2C3D4-0000-4000-8000-000000000003";
+    command(&mut shell, &mut client, c2, T::CreatePipeline, &iex(false)).unwrap();
+    let (msgs, _) = receive_until_state(&mut shell, &mut r, c2);
+    assert_eq!(types(&msgs), vec![T::PipelineState]);
+    let state = body(&msgs[0]);
+    assert_eq!(
+        parse_default(&state).unwrap().property("PipelineState"),
+        Some(&Value::Int(5))
+    );
+    assert!(state.contains("CommandNotFoundException"), "{state}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod wsman_common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,10 +28,12 @@ fn alice() -> String {
     basic("alice", "pw-alice")
 }
 
-/// A shell that never has anything to say (for Receive timeouts) and records being closed.
+/// A shell that never has anything to say (for Receive timeouts), not even after it was closed
+/// (so only the WS-Man layer can answer a Receive waiting on it), and records being closed.
 struct QuietShell {
     notify: Arc<Notify>,
     closed: Arc<AtomicBool>,
+    receives: Arc<AtomicUsize>,
 }
 
 impl Shell for QuietShell {
@@ -53,9 +55,7 @@ impl Shell for QuietShell {
         Ok(())
     }
     fn receive(&mut self, _: Option<&str>) -> Result<ReceiveResponse, ShellError> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(ShellError::InvalidSelectors);
-        }
+        self.receives.fetch_add(1, Ordering::SeqCst);
         Ok(ReceiveResponse::default())
     }
     fn signal(&mut self, _: Option<&str>, _: Signal) -> Result<(), ShellError> {
@@ -73,6 +73,7 @@ impl Shell for QuietShell {
 struct QuietFactory {
     gate: Arc<StaticGatekeeper>,
     closed: Arc<AtomicBool>,
+    receives: Arc<AtomicUsize>,
 }
 
 impl ShellFactory for QuietFactory {
@@ -90,6 +91,7 @@ impl ShellFactory for QuietFactory {
             shell: Box::new(QuietShell {
                 notify: Arc::new(Notify::new()),
                 closed: self.closed.clone(),
+                receives: self.receives.clone(),
             }),
             limits: self.gate.limits(),
         })
@@ -100,14 +102,26 @@ async fn start_quiet(
     g: Arc<StaticGatekeeper>,
     tweak: impl FnOnce(&mut ServerRuntime),
 ) -> (TestServer, Arc<AtomicBool>) {
+    let (s, closed, _) = start_quiet_counting(g, tweak).await;
+    (s, closed)
+}
+
+/// As `start_quiet`, also counting the Receives that reached a shell.
+async fn start_quiet_counting(
+    g: Arc<StaticGatekeeper>,
+    tweak: impl FnOnce(&mut ServerRuntime),
+) -> (TestServer, Arc<AtomicBool>, Arc<AtomicUsize>) {
     let closed = Arc::new(AtomicBool::new(false));
+    let receives = Arc::new(AtomicUsize::new(0));
     let f: Arc<dyn ShellFactory> = Arc::new(QuietFactory {
         gate: g.clone(),
         closed: closed.clone(),
+        receives: receives.clone(),
     });
     (
         start_with(g, tweak, vec![(URI_POWERSHELL_PREFIX, f)]).await,
         closed,
+        receives,
     )
 }
 
@@ -436,6 +450,75 @@ async fn receive_times_out_with_the_fault_clients_retry() {
         "{waited:?}"
     );
     s.shutdown().await;
+}
+
+/// Issue 11 item 5: psrp 1.0 and PowerShell keep a pool-level Receive open; when the shell is
+/// deleted (or expires, or the server stops) it is answered at once, as Windows does, not after
+/// its OperationTimeout.
+#[tokio::test]
+async fn a_waiting_receive_is_answered_at_once_when_its_shell_is_deleted() {
+    let (s, closed, receives) = start_quiet_counting(gate(), |_| {}).await;
+    let shell = shell_id_of(&create_shell(s.addr, &alice(), PS_URI).await);
+    let (mid, x) = envelope(
+        ACTION_RECEIVE,
+        PS_URI,
+        Some(&shell),
+        Some("PT60S"),
+        "<rsp:Receive><rsp:DesiredStream>stdout</rsp:DesiredStream></rsp:Receive>",
+    );
+    let addr = s.addr;
+    let waiting = tokio::spawn(async move { post(addr, &alice(), &x).await });
+    // Delete only once the Receive is waiting on the shell.
+    while receives.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (_, del) = envelope(ACTION_DELETE, PS_URI, Some(&shell), None, "");
+    assert_eq!(post(s.addr, &alice(), &del).await.status, 200);
+    assert!(closed.load(Ordering::SeqCst));
+    let r = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the waiting Receive was not answered when its shell was deleted")
+        .unwrap();
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(
+        r.fault_code().as_deref(),
+        Some("2150858843"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.relates_to().as_deref(), Some(mid.as_str()));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_waiting_receive_is_answered_at_once_when_the_server_stops() {
+    let (s, _, receives) = start_quiet_counting(gate(), |_| {}).await;
+    let shell = shell_id_of(&create_shell(s.addr, &alice(), PS_URI).await);
+    let (_, x) = envelope(
+        ACTION_RECEIVE,
+        PS_URI,
+        Some(&shell),
+        Some("PT60S"),
+        "<rsp:Receive/>",
+    );
+    let addr = s.addr;
+    let waiting = tokio::spawn(async move { post(addr, &alice(), &x).await });
+    while receives.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopping = tokio::spawn(s.shutdown());
+    // Well inside the shutdown grace period (the Receive does not hold shutdown up).
+    let r = tokio::time::timeout(keyhole::http::SHUTDOWN_GRACE / 2, waiting)
+        .await
+        .expect("the waiting Receive was not answered at shutdown")
+        .unwrap();
+    assert_eq!(
+        r.fault_code().as_deref(),
+        Some("2150858843"),
+        "{}",
+        r.text()
+    );
+    let _ = stopping.await;
 }
 
 #[tokio::test]

@@ -257,8 +257,8 @@ impl Server {
         self.service.register_prefix(prefix, factory);
     }
 
-    /// Serve until `shutdown` completes, then stop accepting, let in-flight requests finish
-    /// (at most [`SHUTDOWN_GRACE`]) and close every shell.
+    /// Serve until `shutdown` completes, then stop accepting, close every shell (answering the
+    /// Receives waiting on them) and let in-flight requests finish (at most [`SHUTDOWN_GRACE`]).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let registry = self.service.registry();
         let ctx = Arc::new(Ctx {
@@ -309,6 +309,9 @@ impl Server {
             let _ = t.await;
         }
         let _ = reaper.await;
+        // Close every shell now: running commands stop and every Receive waiting on a shell is
+        // answered at once, so the requests in flight end well inside the grace period.
+        registry.close_all();
         let total = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         if tokio::time::timeout(SHUTDOWN_GRACE, conns.acquire_many(total))
             .await
@@ -319,6 +322,7 @@ impl Server {
                 SHUTDOWN_GRACE
             );
         }
+        // Anything a request in flight created meanwhile.
         registry.close_all();
         Ok(())
     }
