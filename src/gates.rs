@@ -581,3 +581,194 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .mode(0o700)
         .create(dir)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn me() -> String {
+        nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap()
+            .name
+    }
+
+    /// A configuration in a temporary directory: endpoint E admits alice (role R); rules admit
+    /// alice to E; at most two PSRP sessions per user.
+    fn gates() -> (tempfile::TempDir, Arc<Gates>) {
+        let d = tempfile::tempdir().unwrap();
+        let w = |rel: &str, text: &str| {
+            let p = d.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        w(
+            "keyhole.toml",
+            "computer_name = \"testhost\"\nwinrs_endpoint = \"E\"\n[limits]\nmax_sessions_per_user = 2\nmax_shells_per_user = 7\n",
+        );
+        w(
+            "endpoints/E.toml",
+            &format!(
+                "name = \"E\"\nrun_as = {:?}\nidle_timeout = \"90s\"\n[[role]]\nuser = \"alice\"\nrole_capabilities = [\"R\"]\n",
+                me()
+            ),
+        );
+        w(
+            "role-capabilities/R.toml",
+            "visible_cmdlets = [\"Get-Date\"]\n",
+        );
+        w(
+            "authorization-rules.toml",
+            "[[rule]]\nid = 1\nname = \"alice\"\nuser = \"alice\"\ncomputer = \"*\"\nconfiguration = \"*\"\n\n[[rule]]\nid = 2\nname = \"bob\"\nuser = \"bob\"\ncomputer = \"*\"\nconfiguration = \"*\"\n",
+        );
+        let cfg =
+            crate::config::load(&d.path().join("keyhole.toml")).unwrap_or_else(|e| panic!("{e:?}"));
+        (d, Arc::new(Gates::local(cfg).unwrap()))
+    }
+
+    fn who(user: &str) -> Identity {
+        Identity {
+            user: user.into(),
+            groups: Vec::new(),
+        }
+    }
+
+    fn remote() -> Origin {
+        Origin::Remote("192.0.2.7:50000".parse().unwrap())
+    }
+
+    fn audit(d: &tempfile::TempDir) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(d.path().join("state/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn psrp_sessions_are_counted_per_user_in_one_place() {
+        let (_d, g) = gates();
+        let a = g
+            .open(&who("alice"), "E", remote(), SessionKind::Psrp)
+            .unwrap();
+        let b = g
+            .open(&who("ALICE"), "e", remote(), SessionKind::Psrp)
+            .unwrap();
+        assert_eq!(g.open_sessions("alice"), 2);
+        match g.open(&who("alice"), "E", remote(), SessionKind::Psrp) {
+            Err(OpenError::SessionLimit {
+                open: 2, limit: 2, ..
+            }) => {}
+            other => panic!("{:?}", other.err()),
+        }
+        // WinRS shells and keyhole run are not counted here.
+        let w = g
+            .open(&who("alice"), "E", remote(), SessionKind::Winrs)
+            .unwrap();
+        let r = g
+            .open(&who("alice"), "E", Origin::Local, SessionKind::Run)
+            .unwrap();
+        assert_eq!(g.open_sessions("alice"), 2);
+        // The limits come from the configuration the session opened with.
+        assert_eq!(
+            a.limits.shell,
+            ShellLimits {
+                max_shells: 7,
+                idle_timeout: Duration::from_secs(90)
+            }
+        );
+        drop(b);
+        assert_eq!(g.open_sessions("alice"), 1);
+        let c = g
+            .open(&who("alice"), "E", remote(), SessionKind::Psrp)
+            .unwrap();
+        drop((a, c, w, r));
+        assert_eq!(g.open_sessions("alice"), 0);
+    }
+
+    #[test]
+    fn every_open_and_refusal_is_audited_with_its_gate() {
+        let (d, g) = gates();
+        let grant = g
+            .open(&who("alice"), "E", remote(), SessionKind::Winrs)
+            .unwrap();
+        let id = grant.session_id.clone();
+        drop(grant);
+        // bob passes gate 3 (a rule admits him) and is refused at gate 4 (no role in E).
+        let e = g
+            .open(&who("bob"), "E", remote(), SessionKind::Psrp)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .starts_with("access denied at gate 4: no role applies to user bob"),
+            "{e}"
+        );
+        // mallory: no rule (gate 3); locally gate 3 is skipped and gate 4 refuses.
+        let e3 = g
+            .open(&who("mallory"), "E", remote(), SessionKind::Psrp)
+            .err()
+            .unwrap();
+        assert!(
+            e3.to_string().starts_with("access denied at gate 3: "),
+            "{e3}"
+        );
+        let e4 = g
+            .open(&who("mallory"), "E", Origin::Local, SessionKind::Run)
+            .err()
+            .unwrap();
+        assert!(
+            e4.to_string().starts_with("access denied at gate 4: "),
+            "{e4}"
+        );
+        let nowhere = g
+            .open(&who("alice"), "Nowhere", remote(), SessionKind::Psrp)
+            .err()
+            .unwrap();
+        assert!(nowhere
+            .to_string()
+            .contains("no endpoint named \"Nowhere\""));
+        assert_eq!(g.open_sessions("bob"), 0, "a refused session holds no slot");
+
+        let log = audit(&d);
+        let kinds: Vec<(String, Option<String>, Option<String>)> = log
+            .iter()
+            .map(|r| {
+                (
+                    r["kind"].as_str().unwrap().to_string(),
+                    r["gate"].as_str().map(str::to_string),
+                    r["decision"].as_str().map(str::to_string),
+                )
+            })
+            .collect();
+        let s = |k: &str, g: Option<&str>, d: Option<&str>| {
+            (k.to_string(), g.map(str::to_string), d.map(str::to_string))
+        };
+        assert_eq!(
+            kinds,
+            vec![
+                s("authorization", Some("gateway"), Some("allow")),
+                s("session_start", Some("endpoint"), Some("allow")),
+                s("session_end", None, None),
+                s("authorization", Some("gateway"), Some("allow")),
+                s("authorization", Some("endpoint"), Some("deny")),
+                s("authorization", Some("gateway"), Some("deny")),
+                s("authorization", Some("endpoint"), Some("deny")),
+                s("authorization", Some("gateway"), Some("allow")),
+                s("authorization", Some("endpoint"), Some("deny")),
+            ]
+        );
+        assert_eq!(log[1]["session_id"], log[2]["session_id"]);
+        assert_eq!(log[2]["session_id"].as_str(), Some(id.as_str()));
+        assert_eq!(log[1]["source"].as_str(), Some("192.0.2.7"));
+        assert_eq!(log[6]["source"].as_str(), Some("local"));
+        // The audit log says what the refusal said.
+        assert_eq!(
+            log[4]["reason"]
+                .as_str()
+                .map(|r| format!("access denied at gate 4: {r}")),
+            Some(e.to_string())
+        );
+    }
+}

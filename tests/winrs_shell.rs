@@ -207,3 +207,48 @@ fn notify_wakes_a_waiting_receive() {
     });
     assert!(woke);
 }
+
+/// Output beyond the budget waits for the client (as on Windows) instead of stopping the line.
+#[test]
+fn output_over_the_budget_waits_for_a_receive_instead_of_stopping_the_line() {
+    use keyhole::capability::{CommandGrant, ParamsGrant};
+    use keyhole::shells::runner::{Budget, OutputBudget};
+    let mut g = StaticGatekeeper::new("alice", "pw", &["WinRS"]);
+    g.capability.cmdlets.insert(
+        "write-output".into(),
+        CommandGrant {
+            name: "Write-Output".into(),
+            params: ParamsGrant::All,
+        },
+    );
+    let id = Identity {
+        user: "alice".into(),
+        groups: Vec::new(),
+    };
+    // One byte: every item after the first waits until the one before was received.
+    let budget = OutputBudget::new(1);
+    let setup = ShellSetup {
+        budget: Budget::Shared(budget.clone()),
+        ..ShellSetup::new("alice", Workers::new(2))
+    };
+    let mut s = WinrsShell::new(g.session(&id, "WinRS"), setup, "WinRS", 153_600);
+    let cid = cmd(&mut s, "Write-Output a,b,c,d,e");
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while budget.used() == 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Time for a producer that does not wait to queue everything.
+    std::thread::sleep(Duration::from_millis(200));
+    let first = s.receive(Some(&cid)).unwrap();
+    assert_eq!(first.streams.len(), 1, "{first:?}");
+    assert_eq!(first.streams[0].data, b"a\n", "only one item was queued");
+    assert_eq!(
+        first.command_state.map(|c| c.state),
+        Some(CommandStateKind::Running)
+    );
+    let (out, err, code, _) = run_to_done(&mut s, &cid);
+    assert_eq!(String::from_utf8(out).unwrap(), "b\nc\nd\ne\n");
+    assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
+    assert_eq!(code, 0);
+    assert_eq!(budget.used(), 0);
+}
