@@ -411,6 +411,38 @@ async fn malformed_requests_get_faults() {
     let r = post(s.addr, &alice(), &x).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.xml().find(NS_SHELL, "SendResponse").is_some());
+    // Stream names and signal codes keyhole does not serve.
+    let (_, x) = envelope(
+        ACTION_CREATE,
+        URI_CMD,
+        None,
+        None,
+        "<rsp:Shell><rsp:InputStreams>stdin</rsp:InputStreams><rsp:OutputStreams>stdout bogus</rsp:OutputStreams></rsp:Shell>",
+    );
+    let r = fault_for(&s, ct, x.as_bytes()).await;
+    assert!(r.text().contains("w:InvalidParameter"), "{}", r.text());
+    let (_, x) = envelope(
+        ACTION_RECEIVE,
+        URI_CMD,
+        Some(&shell),
+        Some("PT1S"),
+        &format!("<rsp:Receive><rsp:DesiredStream CommandId=\"{cmd}\">stdout nope</rsp:DesiredStream></rsp:Receive>"),
+    );
+    assert!(fault_for(&s, ct, x.as_bytes())
+        .await
+        .text()
+        .contains("w:InvalidParameter"));
+    let (_, x) = envelope(
+        ACTION_SIGNAL,
+        URI_CMD,
+        Some(&shell),
+        None,
+        &signal_body(&cmd, "self_destruct"),
+    );
+    assert!(fault_for(&s, ct, x.as_bytes())
+        .await
+        .text()
+        .contains("w:InvalidParameter"));
     // Bad -EncodedCommand.
     let (_, x) = envelope(
         ACTION_COMMAND,
