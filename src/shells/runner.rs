@@ -514,7 +514,9 @@ impl<T: Item> Outbox<T> {
         for item in items {
             let n = item.weight();
             // Counted so that taking it releases it; never waited for.
-            *lock(&self.budget.used) += n;
+            let mut used = lock(&self.budget.used);
+            *used = used.saturating_add(n);
+            drop(used);
             st.bytes = st.bytes.saturating_add(n);
             st.items.push_back(item);
         }
