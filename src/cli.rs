@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -13,9 +14,9 @@ use crate::capability::{
     effective_capability, user_groups, EffectiveCapability, ParamsGrant, ValueConstraint,
 };
 use crate::config::{self, LoadedConfig, Severity};
-use crate::engine::{
-    self, CancelToken, ErrorRecord, Event, EventSink, HostEnv, RunOutcome, SessionOptions,
-};
+use crate::engine::{self, CancelToken, Event, EventSink, RunOutcome};
+use crate::gates::{Gates, Grant, Origin, SessionKind};
+use crate::wsman::shell::Identity;
 
 /// Where keyhole looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATHS: &[&str] = &["./keyhole.toml", "/etc/keyhole/keyhole.toml"];
@@ -567,37 +568,6 @@ fn cmd_capability(path: &Path, who: &WhoArgs, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Render an error record as PowerShell shows it.
-pub fn render_error(e: &ErrorRecord) -> String {
-    let prefix = e
-        .command
-        .as_deref()
-        .map(|c| format!("{c} : "))
-        .unwrap_or_default();
-    let target = e
-        .target
-        .as_ref()
-        .map(|t| t.to_ps_string())
-        .unwrap_or_default();
-    let target = if target.is_empty() {
-        ":".to_string()
-    } else {
-        target
-    };
-    let exception = e
-        .exception_type
-        .rsplit('.')
-        .next()
-        .unwrap_or(&e.exception_type);
-    format!(
-        "{prefix}{}\n    + CategoryInfo          : {}: ({target}) [{}], {exception}\n    + FullyQualifiedErrorId : {}\n",
-        e.message,
-        e.category.as_str(),
-        e.command.as_deref().unwrap_or(""),
-        e.fully_qualified_error_id
-    )
-}
-
 /// Prints events as they come: output formatted to stdout, everything else to stderr.
 struct PrintSink {
     fmt: engine::format::Formatter,
@@ -612,7 +582,7 @@ impl EventSink for PrintSink {
                 let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
             }
-            Event::Error(rec) => eprint!("{}", render_error(&rec)),
+            Event::Error(rec) => eprint!("{}", engine::format::error_text(&rec)),
             Event::Warning(w) => eprintln!("WARNING: {w}"),
             Event::Verbose(v) => eprintln!("VERBOSE: {v}"),
             Event::Debug(d) => eprintln!("DEBUG: {d}"),
@@ -621,75 +591,77 @@ impl EventSink for PrintSink {
     }
 }
 
-/// `keyhole run`.
+/// `keyhole run`: a session like any other, opened through [`Gates::open`] (gate 3 is skipped:
+/// it is the administrator's own tool on this machine; gate 4, the transcript and the audit log
+/// apply), refused with the text the server logs, run with the server's `command_timeout`.
 fn cmd_run(path: &Path, who: &WhoArgs, line: &str) -> Result<ExitCode> {
     let cfg = load_or_report(path)?;
-    let Some((cap, groups)) = resolve_capability(&cfg, who)? else {
-        return Ok(ExitCode::from(2));
-    };
-    let ep = cfg
-        .endpoint(&who.endpoint)
-        .map(|e| &e.config)
-        .context("endpoint vanished")?;
-    let limits = &cfg.server.limits;
-    let host = HostEnv {
-        run_as: ep.run_as.clone(),
-        command_timeout: limits.command_timeout.0,
-        max_output_bytes: limits.max_output_bytes.0,
-        endpoint: ep.name.clone(),
-        user: who.user.clone(),
-        groups,
-    };
-    // `keyhole run` is a session like any other: it writes a transcript (client `local`) and
-    // refuses to run unaudited.
-    let dir = if ep.transcript_directory.is_empty() {
-        cfg.resolve(&cfg.server.transcript_directory)
-    } else {
-        cfg.resolve(&ep.transcript_directory)
-    };
-    let header = crate::audit::TranscriptHeader {
-        user: who.user.clone(),
-        groups: host.groups.clone(),
-        run_as: ep.run_as.clone(),
-        endpoint: ep.name.clone(),
-        client_address: None,
-        start_time: chrono::Utc::now(),
-        session_id: uuid::Uuid::new_v4().to_string(),
-    };
-    let transcript = match crate::audit::Transcript::create(&dir, &header) {
-        Ok(t) => t,
+    let groups = groups_for(&cfg, who);
+    let endpoints: Vec<String> = cfg
+        .endpoints
+        .iter()
+        .map(|e| e.config.name.clone())
+        .collect();
+    let gates = match Gates::local(cfg) {
+        Ok(g) => Arc::new(g),
         Err(e) => {
             eprintln!(
-                "keyhole run: cannot write a transcript in {}: {e}\nkeyhole never runs a command unaudited: make the directory writable by keyhole or set transcript_directory in {}",
-                dir.display(),
+                "keyhole run: {e}\nkeyhole records every session in the audit log: make it writable by this user or set audit_log in {}",
                 path.display()
             );
             return Ok(ExitCode::from(2));
         }
     };
-    let audit: Box<dyn engine::Audit> = Box::new(transcript);
-    let mut session = engine::Session::new(
-        &cap,
-        SessionOptions {
-            session_type: ep.session_type,
-            host,
-        },
-        audit,
-    );
+    let id = Identity {
+        user: who.user.clone(),
+        groups,
+    };
+    let grant = match gates.open(&id, &who.endpoint, Origin::Local, SessionKind::Run) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("keyhole run: {e}");
+            if !endpoints
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&who.endpoint))
+            {
+                eprintln!("keyhole run: endpoints: {}", endpoints.join(", "));
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let Grant {
+        mut session,
+        limits,
+        guard,
+        ..
+    } = grant;
     let mut sink = PrintSink {
         fmt: engine::format::Formatter::new(),
     };
-    let outcome = session.run_line(line, &mut sink, &CancelToken::new());
+    let cancel = CancelToken::new();
+    cancel.set_deadline(std::time::Instant::now() + limits.command_timeout);
+    let mut outcome = session.run_line(line, &mut sink, &cancel);
+    if outcome == RunOutcome::Stopped && cancel.timed_out() {
+        outcome = RunOutcome::Failed(crate::shells::runner::timeout_record(
+            limits.command_timeout,
+        ));
+        if let RunOutcome::Failed(rec) = &outcome {
+            eprint!("{}", engine::format::error_text(rec));
+        }
+    }
     let tail = sink.fmt.finish();
     print!("{tail}");
     match &outcome {
-        RunOutcome::Refused(r) => eprint!("{}", render_error(&r.to_error_record())),
+        RunOutcome::Refused(r) => eprint!("{}", engine::format::error_text(&r.to_error_record())),
         // Already printed: the engine emits a terminating error as an event before returning it.
         RunOutcome::Failed(_) => {}
         RunOutcome::Stopped => eprintln!("The pipeline has been stopped."),
         _ => {}
     }
     let _ = std::io::stdout().flush();
+    // The transcript ends, then the audit log records the session's end.
+    drop(session);
+    drop(guard);
     let code = u8::try_from(outcome.exit_code()).unwrap_or(1);
     Ok(ExitCode::from(code))
 }
@@ -901,24 +873,5 @@ mod tests {
             }
             _ => panic!(),
         }
-    }
-
-    #[test]
-    fn error_rendering() {
-        let mut e = ErrorRecord::new(
-            "Cannot find a process with the name \"x\".",
-            "NoProcessFoundForGivenName,Get-Process",
-            engine::ErrorCategory::ObjectNotFound,
-        )
-        .target("x")
-        .exception("Microsoft.PowerShell.Commands.ProcessCommandException");
-        e.command = Some("Get-Process".into());
-        let s = render_error(&e);
-        assert!(s.starts_with("Get-Process : Cannot find"), "{s}");
-        assert!(s.contains("    + CategoryInfo          : ObjectNotFound: (x) [Get-Process], ProcessCommandException\n"), "{s}");
-        assert!(
-            s.contains("    + FullyQualifiedErrorId : NoProcessFoundForGivenName,Get-Process\n"),
-            "{s}"
-        );
     }
 }

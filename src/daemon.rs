@@ -1,7 +1,7 @@
-//! `daemon`: the server process around the library — load and validate the configuration,
-//! start the listeners with the real gates, reload on SIGHUP or a changed file (a bad
-//! configuration never replaces a good one; open sessions are never dropped), and stop
-//! gracefully on SIGTERM/SIGINT.
+//! `daemon`: the server process and the composition root — load and validate the
+//! configuration, build the gates, the shared workers and the shell factories (WinRS, PSRP),
+//! start the listeners, reload on SIGHUP or a changed file (a bad configuration never replaces a
+//! good one; open sessions are never dropped), and stop gracefully on SIGTERM/SIGINT.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -9,8 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{self, LoadedConfig, Severity};
-use crate::gates::{Gates, ServerGates};
-use crate::server::{Server, ServerError, ServerRuntime};
+use crate::gates::Gates;
+use crate::http::{Server, ServerError, ServerRuntime};
+use crate::shells::psrp::PsrpFactory;
+use crate::shells::runner::{Workers, DEFAULT_MAX_WORKERS};
+use crate::shells::winrs::WinrsFactory;
+use crate::wsman::envelope::{URI_CMD, URI_POWERSHELL_PREFIX};
 
 /// How often configuration files are checked for changes.
 pub const RELOAD_POLL: Duration = Duration::from_secs(2);
@@ -138,8 +142,16 @@ async fn serve_async(
     let mech = crate::sandbox::init();
     tracing::info!(containment = ?mech, "sandbox ready");
     let gates = Arc::new(Gates::new(cfg)?);
-    let mut server = Server::bind(runtime, Arc::new(ServerGates(gates.clone()))).await?;
-    crate::psrp_factory::register(&mut server, gates.clone());
+    let mut server = Server::bind(runtime, gates.clone()).await?;
+    let workers = Workers::new(DEFAULT_MAX_WORKERS);
+    server.register_exact(
+        URI_CMD,
+        Arc::new(WinrsFactory::new(gates.clone(), workers.clone())),
+    );
+    server.register_prefix(
+        URI_POWERSHELL_PREFIX,
+        Arc::new(PsrpFactory::new(gates.clone(), workers)),
+    );
     let started = Started {
         https: server.https_addr,
         http: server.http_addr,

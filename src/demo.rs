@@ -164,7 +164,7 @@ pub fn run() -> Result<(), DaemonError> {
     let path = demo.dir.join("keyhole.toml");
     let cfg = daemon::load(&path)?;
     let result = daemon::serve(&path, cfg, |s| println!("{}", snippets(&demo, s)));
-    if let Err(DaemonError::Server(crate::server::ServerError::Bind { .. })) = &result {
+    if let Err(DaemonError::Server(crate::http::ServerError::Bind { .. })) = &result {
         // The WinRM ports are taken: start again on free ports.
         drop(demo);
         let demo = prepare("127.0.0.1:0", "127.0.0.1:0")?;

@@ -1,11 +1,14 @@
-//! `gates`: the server's gates 2–4 over `auth`, `gateway` and `capability`, with transcripts and
-//! the JSON audit log, on a configuration that reloads without dropping sessions. Every refusal
-//! is the same to the client; the log and the audit log say which gate refused and why.
+//! `gates`: the ONLY place a session is opened — for WinRS, PSRP, `keyhole run` (and, later,
+//! the web console). Gates 2–4 over `auth`, `gateway` and `capability`; the per-user session
+//! count; the transcript; the JSON audit log (authentication, authorization decisions, session
+//! start and end, refusals with gate and reason); all on a configuration that reloads without
+//! dropping sessions. Every refusal is the same to a remote client; the log and the audit log
+//! say which gate refused and why ([`Denied`]'s text, which `keyhole run` prints too).
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use crate::audit::{
@@ -16,43 +19,152 @@ use crate::capability;
 use crate::config::LoadedConfig;
 use crate::engine::{self, HostEnv, SessionOptions};
 use crate::gateway;
-use crate::server::{Gatekeeper, Identity, SessionGrant};
+use crate::wsman::shell::{Authenticate, Identity, ShellLimits};
 
 /// The `Authorization` value certificate-authenticating clients send (pypsrp, pywinrm).
 pub const CERT_AUTH_HEADER: &[u8] =
     b"http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/https/mutual";
 
-/// Why a session could not be opened (for the log and `keyhole run`; never for a client).
+/// Why a session could not be opened (for the log, the audit log and `keyhole run`; never for a
+/// remote client, who gets the generic 401).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("gate {gate} refused: {reason}")]
+#[error("access denied at gate {gate}: {reason}")]
 pub struct Denied {
     pub gate: u8,
     pub reason: String,
     pub rule_id: Option<u64>,
 }
 
-/// A session the gates let through, with what the server needs to run it.
-pub struct Opened {
+/// Why [`Gates::open`] opened nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// A gate refused (remote clients: the generic 401).
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// The user already has `limit` sessions of this kind open (remote clients: a QuotaLimit
+    /// fault, as Windows answers MaxShellsPerUser).
+    #[error("user {user} already has {open} open sessions (max_sessions_per_user = {limit})")]
+    SessionLimit {
+        user: String,
+        open: usize,
+        limit: usize,
+    },
+}
+
+/// Where a session comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A network client: all gates apply.
+    Remote(SocketAddr),
+    /// `keyhole run` on this machine: gate 3 (authorization rules, which match remote users by
+    /// computer name) is skipped, as it is the administrator's own tool; gate 4, the
+    /// transcript and the audit log apply as for any session.
+    Local,
+}
+
+impl Origin {
+    fn peer(self) -> Option<SocketAddr> {
+        match self {
+            Origin::Remote(p) => Some(p),
+            Origin::Local => None,
+        }
+    }
+    fn source(self) -> String {
+        match self {
+            Origin::Remote(p) => p.ip().to_string(),
+            Origin::Local => "local".into(),
+        }
+    }
+}
+
+/// What kind of session; decides which per-user count it takes a slot of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// A WinRS cmd shell (counted by the shell registry's `max_shells_per_user` only).
+    Winrs,
+    /// A PSRP runspace pool: counted against the endpoint's `max_sessions_per_user` (else
+    /// `[limits]`), across all of the user's pools.
+    Psrp,
+    /// `keyhole run`: not counted.
+    Run,
+}
+
+/// Limits a granted session runs with (from the configuration in force when it opened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// `[limits] max_shells_per_user` and the endpoint's (or `[limits]`) `idle_timeout`.
+    pub shell: ShellLimits,
+    /// `[limits] command_timeout`: the deadline of one pipeline.
+    pub command_timeout: Duration,
+}
+
+/// A session the gates let through: the engine session, its limits, and its guard.
+pub struct Grant {
     pub session: engine::Session,
+    /// The endpoint's name as configured.
     pub endpoint: String,
-    pub idle_timeout: Duration,
-    pub max_sessions: usize,
     pub session_id: String,
-    pub transcript: PathBuf,
+    pub limits: SessionLimits,
+    /// Keep it as long as the session lives (see [`SessionGuard`]).
+    pub guard: SessionGuard,
+}
+
+/// Ends a granted session when dropped: releases its per-user slot and writes the audit log's
+/// "session end" record.
+pub struct SessionGuard {
+    gates: Weak<Gates>,
+    user: String,
+    endpoint: String,
+    session_id: String,
+    source: String,
+    /// The per-user count this session holds a slot of (lower-case user name).
+    slot: Option<String>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let Some(g) = self.gates.upgrade() else {
+            return;
+        };
+        if let Some(key) = &self.slot {
+            g.release_slot(key);
+        }
+        g.audit(AuditEvent {
+            user: Some(self.user.clone()),
+            source: Some(self.source.clone()),
+            endpoint: Some(self.endpoint.clone()),
+            session_id: Some(self.session_id.clone()),
+            ..AuditEvent::new(AuditKind::SessionEnd)
+        });
+    }
 }
 
 /// Gates 2–4 and audit, shared by every connection.
 pub struct Gates {
     cfg: RwLock<Arc<LoadedConfig>>,
-    auth: Authenticator,
+    /// Gate 2; None for [`Gates::local`] (`keyhole run` authenticates nobody).
+    auth: Option<Authenticator>,
     audit: Option<AuditLog>,
+    /// Open sessions per user (lower-case name) of the kinds that count ([`SessionKind::Psrp`]).
+    sessions: Mutex<HashMap<String, usize>>,
 }
 
 impl Gates {
-    /// Build from a validated configuration; opens the audit log when one is configured.
+    /// The server's gates, from a validated configuration; opens the audit log when one is
+    /// configured.
     pub fn new(cfg: LoadedConfig) -> std::io::Result<Gates> {
         let users_path = cfg.resolve(&cfg.server.users);
         let auth = Authenticator::new(&cfg.server.auth, &users_path, cfg.users.clone());
+        Gates::build(cfg, Some(auth))
+    }
+
+    /// Gates for `keyhole run` on this machine: sessions open with [`Origin::Local`] only; gate 2
+    /// refuses everyone (no authenticator is built).
+    pub fn local(cfg: LoadedConfig) -> std::io::Result<Gates> {
+        Gates::build(cfg, None)
+    }
+
+    fn build(cfg: LoadedConfig, auth: Option<Authenticator>) -> std::io::Result<Gates> {
         let audit = if cfg.server.audit_log.is_empty() {
             None
         } else {
@@ -66,6 +178,7 @@ impl Gates {
             cfg: RwLock::new(Arc::new(cfg)),
             auth,
             audit,
+            sessions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -79,8 +192,10 @@ impl Gates {
 
     /// Swap in a new, already validated configuration. Open sessions are not touched.
     pub fn reload(&self, new: LoadedConfig) {
-        self.auth.replace_config(&new.server.auth);
-        self.auth.replace_users(new.users.clone());
+        if let Some(auth) = &self.auth {
+            auth.replace_config(&new.server.auth);
+            auth.replace_users(new.users.clone());
+        }
         let mut g = match self.cfg.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -100,17 +215,14 @@ impl Gates {
         kind: AuditKind,
         gate: AuditGate,
         user: &str,
-        peer: Option<SocketAddr>,
+        origin: Origin,
         endpoint: Option<&str>,
         d: &Denied,
     ) {
-        tracing::warn!(gate = d.gate, user, endpoint, rule = d.rule_id, reason = %d.reason, "refused");
+        tracing::warn!(user, endpoint, rule = d.rule_id, source = %origin.source(), "{d}");
         self.audit(AuditEvent {
             user: Some(user.to_string()),
-            source: Some(
-                peer.map(|p| p.ip().to_string())
-                    .unwrap_or_else(|| "local".into()),
-            ),
+            source: Some(origin.source()),
             gate: Some(gate),
             decision: Some(AuditDecision::Deny),
             reason: Some(d.reason.clone()),
@@ -120,17 +232,20 @@ impl Gates {
         });
     }
 
-    /// Gates 3 and 4 for `user` on `endpoint`, then a transcript; `peer` None is a local
-    /// session (`keyhole run`, which skips gate 3 as it is the administrator's own tool).
+    /// Open a session for `who` on `endpoint`: gate 3 (remote origins only), gate 4 (the
+    /// endpoint and the user's roles), the per-user session count for `kind`, then the
+    /// transcript (keyhole never runs unaudited). Every refusal is logged and audited here.
     pub fn open(
-        &self,
-        user: &str,
-        groups: &[String],
+        self: &Arc<Self>,
+        who: &Identity,
         endpoint: &str,
-        peer: Option<SocketAddr>,
-    ) -> Result<Opened, Denied> {
+        origin: Origin,
+        kind: SessionKind,
+    ) -> Result<Grant, OpenError> {
+        let user = who.user.as_str();
+        let groups = who.groups.as_slice();
         let cfg = self.config();
-        if peer.is_some() {
+        if let Origin::Remote(_) = origin {
             let mut names = vec![cfg.server.computer_name.clone()];
             names.extend(cfg.server.computer_aliases.iter().cloned());
             let d = gateway::evaluate(&cfg.rules, user, groups, &names, endpoint);
@@ -144,15 +259,15 @@ impl Gates {
                     AuditKind::Authorization,
                     AuditGate::Gateway,
                     user,
-                    peer,
+                    origin,
                     Some(endpoint),
                     &denied,
                 );
-                return Err(denied);
+                return Err(denied.into());
             }
             self.audit(AuditEvent {
                 user: Some(user.to_string()),
-                source: peer.map(|p| p.ip().to_string()),
+                source: Some(origin.source()),
                 gate: Some(AuditGate::Gateway),
                 decision: Some(AuditDecision::Allow),
                 rule_id: d.rule_id,
@@ -161,37 +276,63 @@ impl Gates {
                 ..AuditEvent::new(AuditKind::Authorization)
             });
         }
-        let gate4 = |reason: String| Denied {
-            gate: 4,
-            reason,
-            rule_id: None,
-        };
-        let Some(ep) = cfg.endpoint(endpoint) else {
-            let d = gate4(format!("no endpoint named {endpoint:?}"));
+        let refuse4 = |reason: String| -> OpenError {
+            let d = Denied {
+                gate: 4,
+                reason,
+                rule_id: None,
+            };
             self.deny(
                 AuditKind::Authorization,
                 AuditGate::Endpoint,
                 user,
-                peer,
+                origin,
                 Some(endpoint),
                 &d,
             );
-            return Err(d);
+            d.into()
+        };
+        let Some(ep) = cfg.endpoint(endpoint) else {
+            return Err(refuse4(format!("no endpoint named {endpoint:?}")));
         };
         let cap = match capability::effective_capability(&cfg, ep, user, groups) {
             Ok(c) => c,
-            Err(r) => {
-                let d = gate4(r.reason);
-                self.deny(
-                    AuditKind::Authorization,
-                    AuditGate::Endpoint,
-                    user,
-                    peer,
-                    Some(endpoint),
-                    &d,
-                );
-                return Err(d);
+            Err(r) => return Err(refuse4(r.reason)),
+        };
+        let limits = &cfg.server.limits;
+        let slot = match kind {
+            SessionKind::Psrp => {
+                let limit = ep
+                    .config
+                    .max_sessions_per_user
+                    .unwrap_or(limits.max_sessions_per_user)
+                    .0 as usize;
+                let key = user.to_lowercase();
+                let mut m = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                let n = m.entry(key.clone()).or_insert(0);
+                if *n >= limit {
+                    let e = OpenError::SessionLimit {
+                        user: user.to_string(),
+                        open: *n,
+                        limit,
+                    };
+                    drop(m);
+                    tracing::warn!(user, endpoint, source = %origin.source(), "refused: {e}");
+                    self.audit(AuditEvent {
+                        user: Some(user.to_string()),
+                        source: Some(origin.source()),
+                        gate: Some(AuditGate::Endpoint),
+                        decision: Some(AuditDecision::Deny),
+                        reason: Some(e.to_string()),
+                        endpoint: Some(ep.config.name.clone()),
+                        ..AuditEvent::new(AuditKind::Authorization)
+                    });
+                    return Err(e);
+                }
+                *n += 1;
+                Some(key)
             }
+            SessionKind::Winrs | SessionKind::Run => None,
         };
         let session_id = uuid::Uuid::new_v4().to_string();
         let dir = if ep.config.transcript_directory.is_empty() {
@@ -204,30 +345,31 @@ impl Gates {
             groups: groups.to_vec(),
             run_as: ep.config.run_as.clone(),
             endpoint: ep.config.name.clone(),
-            client_address: peer.map(|p| p.ip().to_string()),
+            client_address: origin.peer().map(|p| p.ip().to_string()),
             start_time: chrono::Utc::now(),
             session_id: session_id.clone(),
         };
         let transcript = match Transcript::create(&dir, &header) {
             Ok(t) => t,
             Err(e) => {
-                let d = gate4(format!(
+                if let Some(key) = &slot {
+                    self.release_slot(key);
+                }
+                return Err(refuse4(format!(
                     "cannot write a transcript in {}: {e}; keyhole refuses to run unaudited — fix the directory's ownership or transcript_directory",
                     dir.display()
-                ));
-                self.deny(
-                    AuditKind::Authorization,
-                    AuditGate::Endpoint,
-                    user,
-                    peer,
-                    Some(endpoint),
-                    &d,
-                );
-                return Err(d);
+                )));
             }
         };
-        let transcript_path = transcript.path().to_path_buf();
-        let limits = &cfg.server.limits;
+        // From here the guard releases the slot and writes "session end" whatever happens.
+        let guard = SessionGuard {
+            gates: Arc::downgrade(self),
+            user: user.to_string(),
+            endpoint: ep.config.name.clone(),
+            session_id: session_id.clone(),
+            source: origin.source(),
+            slot,
+        };
         let host = HostEnv {
             run_as: ep.config.run_as.clone(),
             command_timeout: limits.command_timeout.0,
@@ -246,10 +388,7 @@ impl Gates {
         );
         self.audit(AuditEvent {
             user: Some(user.to_string()),
-            source: Some(
-                peer.map(|p| p.ip().to_string())
-                    .unwrap_or_else(|| "local".into()),
-            ),
+            source: Some(origin.source()),
             gate: Some(AuditGate::Endpoint),
             decision: Some(AuditDecision::Allow),
             endpoint: Some(ep.config.name.clone()),
@@ -257,64 +396,91 @@ impl Gates {
             reason: Some(format!("roles: {}", cap.roles.join(", "))),
             ..AuditEvent::new(AuditKind::SessionStart)
         });
-        Ok(Opened {
+        Ok(Grant {
             session,
             endpoint: ep.config.name.clone(),
-            idle_timeout: ep
-                .config
-                .idle_timeout
-                .map(|d| d.0)
-                .unwrap_or(limits.idle_timeout.0),
-            max_sessions: ep
-                .config
-                .max_sessions_per_user
-                .map(|p| p.0)
-                .unwrap_or(limits.max_sessions_per_user.0) as usize,
             session_id,
-            transcript: transcript_path,
+            limits: SessionLimits {
+                shell: ShellLimits {
+                    max_shells: limits.max_shells_per_user.0 as usize,
+                    idle_timeout: ep
+                        .config
+                        .idle_timeout
+                        .map(|d| d.0)
+                        .unwrap_or(limits.idle_timeout.0),
+                },
+                command_timeout: limits.command_timeout.0,
+            },
+            guard,
         })
     }
-}
 
-/// Writes the audit log's session-end record when the shell built on a grant goes away.
-struct SessionEnd {
-    gates: std::sync::Weak<Gates>,
-    user: String,
-    endpoint: String,
-    session_id: String,
-}
+    /// A refusal a shell factory decides before any gate runs (WinRS switched off): logged and
+    /// audited as a gate-4 refusal, like the gates' own.
+    pub fn refuse(
+        &self,
+        who: &Identity,
+        origin: Origin,
+        endpoint: Option<&str>,
+        reason: &str,
+    ) -> Denied {
+        let d = Denied {
+            gate: 4,
+            reason: reason.to_string(),
+            rule_id: None,
+        };
+        self.deny(
+            AuditKind::Authorization,
+            AuditGate::Endpoint,
+            &who.user,
+            origin,
+            endpoint,
+            &d,
+        );
+        d
+    }
 
-impl Drop for SessionEnd {
-    fn drop(&mut self) {
-        if let Some(g) = self.gates.upgrade() {
-            g.audit(AuditEvent {
-                user: Some(self.user.clone()),
-                endpoint: Some(self.endpoint.clone()),
-                session_id: Some(self.session_id.clone()),
-                ..AuditEvent::new(AuditKind::SessionEnd)
-            });
+    fn release_slot(&self, key: &str) {
+        let mut m = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(key);
+            }
         }
+    }
+
+    /// Sessions of `user` that count against `max_sessions_per_user`, open now.
+    pub fn open_sessions(&self, user: &str) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&user.to_lowercase())
+            .copied()
+            .unwrap_or(0)
     }
 }
 
-/// The server's view of the gates.
-pub struct ServerGates(pub Arc<Gates>);
-
-impl Gatekeeper for ServerGates {
+/// Gate 2 for the WS-Man listener.
+impl Authenticate for Gates {
     fn authenticate(
         &self,
         authorization: Option<&[u8]>,
         peer: SocketAddr,
         client_cert_sha256: Option<[u8; 32]>,
     ) -> Option<Identity> {
-        let g = &self.0;
+        let origin = Origin::Remote(peer);
+        let Some(authn) = &self.auth else {
+            tracing::error!("gate 2: these gates were built for local sessions only");
+            return None;
+        };
         let result = match (authorization, client_cert_sha256) {
             (Some(h), Some(fp)) if h == CERT_AUTH_HEADER => {
-                g.auth.verify_certificate_fingerprint(&fp)
+                authn.verify_certificate_fingerprint(&fp)
             }
-            (None, Some(fp)) => g.auth.verify_certificate_fingerprint(&fp),
+            (None, Some(fp)) => authn.verify_certificate_fingerprint(&fp),
             (Some(h), _) => match auth::parse_basic_header(h) {
-                Some((user, pw)) => g.auth.verify_basic(&user, &pw, peer.ip()),
+                Some((user, pw)) => authn.verify_basic(&user, &pw, peer.ip()),
                 None => {
                     let d = Denied {
                         gate: 2,
@@ -322,11 +488,11 @@ impl Gatekeeper for ServerGates {
                             .into(),
                         rule_id: None,
                     };
-                    g.deny(
+                    self.deny(
                         AuditKind::Authentication,
                         AuditGate::Authentication,
                         "",
-                        Some(peer),
+                        origin,
                         None,
                         &d,
                     );
@@ -340,7 +506,7 @@ impl Gatekeeper for ServerGates {
                 // Only Create opens a session (gates 3–4); every other operation from a user who
                 // passed gate 2 would otherwise answer with a WS-Man fault and so reveal that the
                 // password was right. A user no rule admits on this computer is refused here.
-                let cfg = g.config();
+                let cfg = self.config();
                 let mut names = vec![cfg.server.computer_name.clone()];
                 names.extend(cfg.server.computer_aliases.iter().cloned());
                 let admitted = names
@@ -352,17 +518,17 @@ impl Gatekeeper for ServerGates {
                         reason: format!("no authorization rule admits {} on this computer for any configuration", id.user),
                         rule_id: None,
                     };
-                    g.deny(
+                    self.deny(
                         AuditKind::Authorization,
                         AuditGate::Gateway,
                         &id.user,
-                        Some(peer),
+                        origin,
                         None,
                         &d,
                     );
                     return None;
                 }
-                g.audit(AuditEvent {
+                self.audit(AuditEvent {
                     user: Some(id.user.clone()),
                     source: Some(peer.ip().to_string()),
                     gate: Some(AuditGate::Authentication),
@@ -385,11 +551,11 @@ impl Gatekeeper for ServerGates {
                     reason: reason.to_string(),
                     rule_id: None,
                 };
-                g.deny(
+                self.deny(
                     AuditKind::Authentication,
                     AuditGate::Authentication,
                     &user,
-                    Some(peer),
+                    origin,
                     None,
                     &d,
                 );
@@ -398,34 +564,8 @@ impl Gatekeeper for ServerGates {
         }
     }
 
-    fn open_session(
-        &self,
-        id: &Identity,
-        endpoint: &str,
-        peer: SocketAddr,
-    ) -> Option<SessionGrant> {
-        let opened = self
-            .0
-            .open(&id.user, &id.groups, endpoint, Some(peer))
-            .ok()?;
-        let cfg = self.0.config();
-        let guard = SessionEnd {
-            gates: Arc::downgrade(&self.0),
-            user: id.user.clone(),
-            endpoint: opened.endpoint.clone(),
-            session_id: opened.session_id.clone(),
-        };
-        Some(SessionGrant {
-            session: opened.session,
-            endpoint: opened.endpoint,
-            max_shells: cfg.server.limits.max_shells_per_user.0 as usize,
-            idle_timeout: opened.idle_timeout,
-            guard: Some(Box::new(guard)),
-        })
-    }
-
     fn challenges(&self) -> Vec<String> {
-        let cfg = self.0.config();
+        let cfg = self.config();
         auth::www_authenticate_headers(&cfg.server.auth, !cfg.server.listener.client_ca.is_empty())
     }
 }
@@ -440,4 +580,195 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn me() -> String {
+        nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap()
+            .name
+    }
+
+    /// A configuration in a temporary directory: endpoint E admits alice (role R); rules admit
+    /// alice to E; at most two PSRP sessions per user.
+    fn gates() -> (tempfile::TempDir, Arc<Gates>) {
+        let d = tempfile::tempdir().unwrap();
+        let w = |rel: &str, text: &str| {
+            let p = d.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        w(
+            "keyhole.toml",
+            "computer_name = \"testhost\"\nwinrs_endpoint = \"E\"\n[limits]\nmax_sessions_per_user = 2\nmax_shells_per_user = 7\n",
+        );
+        w(
+            "endpoints/E.toml",
+            &format!(
+                "name = \"E\"\nrun_as = {:?}\nidle_timeout = \"90s\"\n[[role]]\nuser = \"alice\"\nrole_capabilities = [\"R\"]\n",
+                me()
+            ),
+        );
+        w(
+            "role-capabilities/R.toml",
+            "visible_cmdlets = [\"Get-Date\"]\n",
+        );
+        w(
+            "authorization-rules.toml",
+            "[[rule]]\nid = 1\nname = \"alice\"\nuser = \"alice\"\ncomputer = \"*\"\nconfiguration = \"*\"\n\n[[rule]]\nid = 2\nname = \"bob\"\nuser = \"bob\"\ncomputer = \"*\"\nconfiguration = \"*\"\n",
+        );
+        let cfg =
+            crate::config::load(&d.path().join("keyhole.toml")).unwrap_or_else(|e| panic!("{e:?}"));
+        (d, Arc::new(Gates::local(cfg).unwrap()))
+    }
+
+    fn who(user: &str) -> Identity {
+        Identity {
+            user: user.into(),
+            groups: Vec::new(),
+        }
+    }
+
+    fn remote() -> Origin {
+        Origin::Remote("192.0.2.7:50000".parse().unwrap())
+    }
+
+    fn audit(d: &tempfile::TempDir) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(d.path().join("state/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn psrp_sessions_are_counted_per_user_in_one_place() {
+        let (_d, g) = gates();
+        let a = g
+            .open(&who("alice"), "E", remote(), SessionKind::Psrp)
+            .unwrap();
+        let b = g
+            .open(&who("ALICE"), "e", remote(), SessionKind::Psrp)
+            .unwrap();
+        assert_eq!(g.open_sessions("alice"), 2);
+        match g.open(&who("alice"), "E", remote(), SessionKind::Psrp) {
+            Err(OpenError::SessionLimit {
+                open: 2, limit: 2, ..
+            }) => {}
+            other => panic!("{:?}", other.err()),
+        }
+        // WinRS shells and keyhole run are not counted here.
+        let w = g
+            .open(&who("alice"), "E", remote(), SessionKind::Winrs)
+            .unwrap();
+        let r = g
+            .open(&who("alice"), "E", Origin::Local, SessionKind::Run)
+            .unwrap();
+        assert_eq!(g.open_sessions("alice"), 2);
+        // The limits come from the configuration the session opened with.
+        assert_eq!(
+            a.limits.shell,
+            ShellLimits {
+                max_shells: 7,
+                idle_timeout: Duration::from_secs(90)
+            }
+        );
+        drop(b);
+        assert_eq!(g.open_sessions("alice"), 1);
+        let c = g
+            .open(&who("alice"), "E", remote(), SessionKind::Psrp)
+            .unwrap();
+        drop((a, c, w, r));
+        assert_eq!(g.open_sessions("alice"), 0);
+    }
+
+    #[test]
+    fn every_open_and_refusal_is_audited_with_its_gate() {
+        let (d, g) = gates();
+        let grant = g
+            .open(&who("alice"), "E", remote(), SessionKind::Winrs)
+            .unwrap();
+        let id = grant.session_id.clone();
+        drop(grant);
+        // bob passes gate 3 (a rule admits him) and is refused at gate 4 (no role in E).
+        let e = g
+            .open(&who("bob"), "E", remote(), SessionKind::Psrp)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .starts_with("access denied at gate 4: no role applies to user bob"),
+            "{e}"
+        );
+        // mallory: no rule (gate 3); locally gate 3 is skipped and gate 4 refuses.
+        let e3 = g
+            .open(&who("mallory"), "E", remote(), SessionKind::Psrp)
+            .err()
+            .unwrap();
+        assert!(
+            e3.to_string().starts_with("access denied at gate 3: "),
+            "{e3}"
+        );
+        let e4 = g
+            .open(&who("mallory"), "E", Origin::Local, SessionKind::Run)
+            .err()
+            .unwrap();
+        assert!(
+            e4.to_string().starts_with("access denied at gate 4: "),
+            "{e4}"
+        );
+        let nowhere = g
+            .open(&who("alice"), "Nowhere", remote(), SessionKind::Psrp)
+            .err()
+            .unwrap();
+        assert!(nowhere
+            .to_string()
+            .contains("no endpoint named \"Nowhere\""));
+        assert_eq!(g.open_sessions("bob"), 0, "a refused session holds no slot");
+
+        let log = audit(&d);
+        let kinds: Vec<(String, Option<String>, Option<String>)> = log
+            .iter()
+            .map(|r| {
+                (
+                    r["kind"].as_str().unwrap().to_string(),
+                    r["gate"].as_str().map(str::to_string),
+                    r["decision"].as_str().map(str::to_string),
+                )
+            })
+            .collect();
+        let s = |k: &str, g: Option<&str>, d: Option<&str>| {
+            (k.to_string(), g.map(str::to_string), d.map(str::to_string))
+        };
+        assert_eq!(
+            kinds,
+            vec![
+                s("authorization", Some("gateway"), Some("allow")),
+                s("session_start", Some("endpoint"), Some("allow")),
+                s("session_end", None, None),
+                s("authorization", Some("gateway"), Some("allow")),
+                s("authorization", Some("endpoint"), Some("deny")),
+                s("authorization", Some("gateway"), Some("deny")),
+                s("authorization", Some("endpoint"), Some("deny")),
+                s("authorization", Some("gateway"), Some("allow")),
+                s("authorization", Some("endpoint"), Some("deny")),
+            ]
+        );
+        assert_eq!(log[1]["session_id"], log[2]["session_id"]);
+        assert_eq!(log[2]["session_id"].as_str(), Some(id.as_str()));
+        assert_eq!(log[1]["source"].as_str(), Some("192.0.2.7"));
+        assert_eq!(log[6]["source"].as_str(), Some("local"));
+        // The audit log says what the refusal said.
+        assert_eq!(
+            log[4]["reason"]
+                .as_str()
+                .map(|r| format!("access denied at gate 4: {r}")),
+            Some(e.to_string())
+        );
+    }
 }

@@ -136,3 +136,65 @@ fn engine_runtime_error_exits_1() {
         "{err}"
     );
 }
+
+fn audit_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("state/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `keyhole run` opens its session through the server's gates: the audit log gets the same
+/// records (session start and end, refusals with gate and reason, source "local"), and a
+/// refusal prints the text the server logs.
+#[test]
+fn run_writes_the_audit_log_and_refuses_with_the_servers_text() {
+    let d = shipped_copy();
+    let (code, out, err) = keyhole(
+        d.path(),
+        &[
+            "run",
+            "--endpoint",
+            "Helpdesk",
+            "--user",
+            "alice",
+            "--group",
+            "helpdesk",
+        ],
+        Some("Get-Uptime"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let log = audit_records(d.path());
+    let kinds: Vec<&str> = log.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["session_start", "session_end"], "{log:?}");
+    for r in &log {
+        assert_eq!(r["source"].as_str(), Some("local"));
+        assert_eq!(r["user"].as_str(), Some("alice"));
+        assert_eq!(r["endpoint"].as_str(), Some("Helpdesk"));
+    }
+    assert_eq!(log[0]["session_id"], log[1]["session_id"]);
+
+    let (code, out, err) = keyhole(
+        d.path(),
+        &["run", "--endpoint", "Helpdesk", "--user", "mallory"],
+        Some("Get-Service"),
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    let log = audit_records(d.path());
+    let denied = log.last().unwrap();
+    assert_eq!(denied["kind"].as_str(), Some("authorization"));
+    assert_eq!(denied["gate"].as_str(), Some("endpoint"));
+    assert_eq!(denied["decision"].as_str(), Some("deny"));
+    assert_eq!(denied["source"].as_str(), Some("local"));
+    let reason = denied["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no role applies to user mallory"),
+        "{reason}"
+    );
+    assert_eq!(
+        err.lines().next(),
+        Some(format!("keyhole run: access denied at gate 4: {reason}").as_str()),
+        "{err}"
+    );
+}

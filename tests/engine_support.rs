@@ -16,8 +16,8 @@ use keyhole::config::{
     ResolvedFunction, SessionType,
 };
 use keyhole::engine::{
-    Audit, BoundArgs, CancelToken, CommandArg, Event, HostEnv, RunOutcome, Session, SessionOptions,
-    StructuredCommand, StructuredPipeline, Value, VecSink,
+    Audit, BoundArgs, CancelToken, CommandArg, EndState, Event, HostEnv, RunOutcome, Session,
+    SessionOptions, StructuredCommand, StructuredPipeline, Value, VecSink,
 };
 
 fn only(params: &[(&str, ValueConstraint)]) -> ParamsGrant {
@@ -221,7 +221,7 @@ impl Audit for RecordingAudit {
         self.0.lock().unwrap().output.push_str(text);
         Ok(())
     }
-    fn end(&mut self, state: &str) -> std::io::Result<()> {
+    fn end(&mut self, state: EndState) -> std::io::Result<()> {
         self.0.lock().unwrap().ends.push(state.to_string());
         Ok(())
     }

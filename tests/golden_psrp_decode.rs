@@ -21,8 +21,10 @@ use keyhole::psrp::message::{Message, MessageType as T};
 use keyhole::psrp::objects::{
     CreatePipeline, GetCommandMetadata, InitRunspacePool, SessionCapability,
 };
-use keyhole::psrp::PsrpShell;
-use keyhole::wsman::shell::{CommandRequest, CreateRequest, Shell, ShellError};
+use keyhole::shells::psrp::PsrpShell;
+use keyhole::shells::runner::Workers;
+use keyhole::shells::ShellSetup;
+use keyhole::wsman::shell::{CommandRequest, CreateRequest, Shell, ShellError, Signal, StreamName};
 use psrp_common::{FakeEngine, Step};
 use regex::Regex;
 
@@ -455,7 +457,8 @@ fn keyhole_answers_like_windows() {
                 .unwrap_or(153_600);
             match action {
                 "Create" => {
-                    let mut s = PsrpShell::new(engine.clone(), "vagrant");
+                    let mut s =
+                        PsrpShell::new(engine.clone(), ShellSetup::new("vagrant", Workers::new(4)));
                     let creation = b64(cap(&p.creation, req).unwrap());
                     s.on_create(&CreateRequest {
                         creation_xml: Some(creation),
@@ -484,7 +487,8 @@ fn keyhole_answers_like_windows() {
                     for c in p.stream.captures_iter(req) {
                         let name = attr(&c[1], "Name").unwrap();
                         let cid = attr(&c[1], "CommandId").map(|c| resolve(&c, &issued));
-                        match s.send(cid.as_deref(), &name, b64(&c[2]), false) {
+                        let name = StreamName::parse(&name).unwrap();
+                        match s.send(cid.as_deref(), name, b64(&c[2]), false) {
                             Ok(()) => {}
                             Err(ShellError::Malformed(m)) if m.contains("not supported") => {
                                 unsupported = true
@@ -496,7 +500,8 @@ fn keyhole_answers_like_windows() {
                 "Signal" => {
                     let s = shell.as_mut().unwrap();
                     let c = p.signal.captures(req).unwrap();
-                    s.signal(Some(&resolve(&c[1], &issued)), &c[2]).unwrap();
+                    let sig = Signal::from_uri(&c[2]).unwrap();
+                    s.signal(Some(&resolve(&c[1], &issued)), sig).unwrap();
                 }
                 "Receive" => {
                     let s = shell.as_mut().unwrap();

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use keyhole::wsman::envelope::*;
-use keyhole::wsman::testing::StaticGatekeeper;
 use keyhole::wsman::xml::{self, Element};
 use wsman_common::*;
 

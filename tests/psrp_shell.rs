@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod psrp_common;
+#[path = "engine_support.rs"]
+mod support;
 
 use base64::Engine as _;
 use keyhole::engine::{
@@ -11,8 +13,8 @@ use keyhole::engine::{
 use keyhole::psrp::clixml::read::parse_default;
 use keyhole::psrp::fragment::Reassembler;
 use keyhole::psrp::message::MessageType as T;
-use keyhole::psrp::PsrpShell;
-use keyhole::wsman::shell::{CommandRequest, CreateRequest, Shell, ShellError};
+use keyhole::shells::psrp::{PsrpEngine, PsrpShell};
+use keyhole::wsman::shell::{CommandRequest, CreateRequest, Shell, ShellError, Signal, StreamName};
 use psrp_common::*;
 
 const CID: &str = "B1B2C3D4-0000-4000-8000-000000000002";
@@ -21,12 +23,12 @@ fn b64(d: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(d)
 }
 
-fn open(
-    engine: FakeEngine,
+fn open<E: PsrpEngine>(
+    engine: E,
     client: &mut Client,
     max_env: usize,
-) -> (PsrpShell<FakeEngine>, Reassembler) {
-    let mut shell = PsrpShell::new(engine, "alice");
+) -> (PsrpShell<E>, Reassembler) {
+    let mut shell = pool(engine, "alice");
     let mut xml = client.encode(T::SessionCapability, [0; 16], CAPABILITY);
     xml.extend(client.encode(T::InitRunspacePool, [0; 16], INIT));
     shell
@@ -65,12 +67,11 @@ fn open(
             .property("RunspaceState"),
         Some(&Value::Int(2))
     );
-    assert_eq!(shell.pool_state(), "Opened");
     (shell, r)
 }
 
-fn command(
-    shell: &mut PsrpShell<FakeEngine>,
+fn command<E: PsrpEngine>(
+    shell: &mut PsrpShell<E>,
     client: &mut Client,
     cid: &str,
     t: T,
@@ -244,6 +245,51 @@ fn invoke_expression_in_any_other_shape_goes_to_the_engine_as_a_command() {
 }
 
 #[test]
+fn execute_ps_reaches_the_real_engine_as_its_line_and_no_other_shape_unlocks_invoke_expression() {
+    let (session, _) = support::session();
+    let mut client = Client::default();
+    let (mut shell, mut r) = open(session, &mut client, 153_600);
+    let iex = |named: bool| {
+        create_pipeline_xml(
+            true,
+            &[
+                command_xml(
+                    "Invoke-Expression",
+                    false,
+                    &[(
+                        named.then_some("Command"),
+                        "<S N=\"V\">Write-Output cups</S>",
+                    )],
+                ),
+                command_xml("Out-String", false, &[(Some("Stream"), "<Nil N=\"V\" />")]),
+            ],
+        )
+    };
+    // pypsrp's execute_ps: the line runs, its output arrives as strings.
+    command(&mut shell, &mut client, CID, T::CreatePipeline, &iex(true)).unwrap();
+    let (msgs, _) = receive_until_state(&mut shell, &mut r, CID);
+    assert_eq!(types(&msgs), vec![T::PipelineOutput, T::PipelineState]);
+    assert_eq!(body(&msgs[0]), "<S>cups</S>");
+    assert_eq!(
+        parse_default(&body(&msgs[1]))
+            .unwrap()
+            .property("PipelineState"),
+        Some(&Value::Int(4))
+    );
+    // The same with a positional TEXT is not that shape: Invoke-Expression is not found.
+    let c2 = "B1B2C3D4-0000-4000-8000-000000000003";
+    command(&mut shell, &mut client, c2, T::CreatePipeline, &iex(false)).unwrap();
+    let (msgs, _) = receive_until_state(&mut shell, &mut r, c2);
+    assert_eq!(types(&msgs), vec![T::PipelineState]);
+    let state = body(&msgs[0]);
+    assert_eq!(
+        parse_default(&state).unwrap().property("PipelineState"),
+        Some(&Value::Int(5))
+    );
+    assert!(state.contains("CommandNotFoundException"), "{state}");
+}
+
+#[test]
 fn refusal_ends_failed_with_the_error_record() {
     let refusal = Refusal {
         message: "The term 'Foo' is not recognized".into(),
@@ -286,10 +332,10 @@ fn pipeline_input_is_collected_until_end_of_input() {
     assert!(shell.receive(Some(CID)).unwrap().streams.is_empty());
     for body in ["<S>1</S>", "<I32>2</I32>"] {
         let d = client.encode(T::PipelineInput, pid, body);
-        shell.send(Some(CID), "stdin", d, false).unwrap();
+        shell.send(Some(CID), StreamName::Stdin, d, false).unwrap();
     }
     let d = client.encode(T::EndOfPipelineInput, pid, "");
-    shell.send(Some(CID), "stdin", d, false).unwrap();
+    shell.send(Some(CID), StreamName::Stdin, d, false).unwrap();
     receive_until_state(&mut shell, &mut r, CID);
     let calls = calls.lock().unwrap();
     assert!(
@@ -364,7 +410,7 @@ fn signal_stops_a_running_pipeline() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     assert_eq!(types(&got), vec![T::PipelineOutput]);
-    shell.signal(Some(CID), "powershell/signal/crtl_c").unwrap();
+    shell.signal(Some(CID), Signal::PsrpStop).unwrap();
     let (msgs, _) = receive_until_state(&mut shell, &mut r, CID);
     let last = msgs.last().unwrap();
     assert_eq!(
@@ -423,7 +469,9 @@ fn small_envelopes_fragment_output_and_input() {
         })
         .unwrap();
     for f in &frags[1..] {
-        shell.send(Some(CID), "stdin", f.encode(), false).unwrap();
+        shell
+            .send(Some(CID), StreamName::Stdin, f.encode(), false)
+            .unwrap();
     }
     let mut n_chunks = 0;
     let mut msgs = Vec::new();
@@ -460,19 +508,19 @@ fn pool_level_runspace_requests_are_answered_on_the_pool() {
         r#"<Obj RefId="0"><MS><I32 N="MaxRunspaces">5</I32><I64 N="CI">1</I64></MS></Obj>"#,
     );
     // pypsrp sends "CI" upper-case; lookups are case-insensitive
-    shell.send(None, "stdin", d, false).unwrap();
+    shell.send(None, StreamName::Stdin, d, false).unwrap();
     let d = client.encode(
         T::SetMinRunspaces,
         [0; 16],
         r#"<Obj RefId="0"><MS><I32 N="MinRunspaces">9</I32><I64 N="CI">2</I64></MS></Obj>"#,
     );
-    shell.send(None, "stdin", d, false).unwrap();
+    shell.send(None, StreamName::Stdin, d, false).unwrap();
     let d = client.encode(
         T::GetAvailableRunspaces,
         [0; 16],
         r#"<Obj RefId="0"><MS><I64 N="ci">3</I64></MS></Obj>"#,
     );
-    shell.send(None, "stdin", d, false).unwrap();
+    shell.send(None, StreamName::Stdin, d, false).unwrap();
     let msgs = decode(&mut r, &shell.receive(None).unwrap());
     assert_eq!(types(&msgs), vec![T::RunspaceAvailability; 3]);
     let v: Vec<Value> = msgs
@@ -497,14 +545,14 @@ fn pool_level_runspace_requests_are_answered_on_the_pool() {
 
 #[test]
 fn bad_input_is_a_clear_error_never_a_panic() {
-    let mut shell = PsrpShell::new(FakeEngine::default(), "alice");
+    let mut shell = pool(FakeEngine::default(), "alice");
     assert!(matches!(
         shell.on_create(&CreateRequest::default()),
         Err(ShellError::Malformed(_))
     ));
     let mut client = Client::default();
     // a pipeline before the pool is open
-    let mut shell = PsrpShell::new(FakeEngine::default(), "alice");
+    let mut shell = pool(FakeEngine::default(), "alice");
     let d = client.encode(T::SessionCapability, [0; 16], CAPABILITY);
     shell
         .on_create(&CreateRequest {
@@ -568,7 +616,26 @@ fn close_cancels_running_and_queued_pipelines() {
         1,
         "the queued pipeline never runs after close"
     );
-    assert_eq!(shell.pool_state(), "Closed");
+    // Closed: every request on the pool is an unknown selector now, the pool's Receive too.
+    assert_eq!(
+        shell.receive(None).unwrap_err(),
+        ShellError::InvalidSelectors
+    );
+    assert_eq!(
+        shell.receive(Some(CID)).unwrap_err(),
+        ShellError::InvalidSelectors
+    );
+    assert_eq!(
+        command(
+            &mut shell,
+            &mut client,
+            "B1B2C3D4-0000-4000-8000-000000000004",
+            T::CreatePipeline,
+            &xml
+        )
+        .unwrap_err(),
+        ShellError::InvalidSelectors
+    );
 }
 
 #[test]
@@ -685,7 +752,7 @@ fn dump_messages_for_pypsrp() {
     // pool messages again, for pypsrp: open() consumed them, so rebuild them from a second shell
     {
         let mut c2 = Client::default();
-        let mut s2 = PsrpShell::new(FakeEngine::default(), "alice");
+        let mut s2 = pool(FakeEngine::default(), "alice");
         let mut xml = c2.encode(T::SessionCapability, [0; 16], CAPABILITY);
         xml.extend(c2.encode(T::InitRunspacePool, [0; 16], INIT));
         s2.on_create(&CreateRequest {
@@ -719,7 +786,7 @@ fn dump_messages_for_pypsrp() {
         [0; 16],
         r#"<Obj RefId="0"><MS><I32 N="MaxRunspaces">5</I32><I64 N="CI">1</I64></MS></Obj>"#,
     );
-    shell.send(None, "stdin", d, false).unwrap();
+    shell.send(None, StreamName::Stdin, d, false).unwrap();
     all.extend(decode(&mut r, &shell.receive(None).unwrap()));
     std::fs::create_dir_all(&dir).unwrap();
     for (i, m) in all.iter().enumerate() {

@@ -13,8 +13,10 @@ use keyhole::engine::{
     CancelToken, CommandDecl, ErrorCategory, ErrorRecord, Event, EventSink, ParamDecl, ParamType,
     PsObject, Refusal, RunOutcome, StructuredPipeline, Value, VisibleCommand,
 };
-use keyhole::psrp::{PsrpEngine, PsrpShell};
-use keyhole::wsman::shell::{CommandRequest, CreateRequest, Shell};
+use keyhole::shells::psrp::{PsrpEngine, PsrpShell};
+use keyhole::shells::runner::Workers;
+use keyhole::shells::ShellSetup;
+use keyhole::wsman::shell::{CommandRequest, CreateRequest, Shell, ShellError, Signal, StreamName};
 
 /// Echoes arguments and input; `Write-All` writes one record of every kind; `Refuse-Me` is refused.
 struct EchoEngine;
@@ -113,7 +115,7 @@ fn stdio_bridge() {
     if std::env::var("KEYHOLE_PSRP_STDIO").is_err() {
         return;
     }
-    let mut shell = PsrpShell::new(EchoEngine, "alice");
+    let mut shell = PsrpShell::new(EchoEngine, ShellSetup::new("alice", Workers::new(4)));
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     for line in stdin.lock().lines() {
@@ -133,10 +135,16 @@ fn stdio_bridge() {
                 command: String::new(),
                 arguments: vec![d.to_string()],
             }),
-            ["SEND", cid, stream, d] => shell
-                .send(opt(cid).as_deref(), stream, b64d(d), false)
-                .map(|_| String::new()),
-            ["SIGNAL", cid, code] => shell.signal(Some(cid), code).map(|_| String::new()),
+            ["SEND", cid, stream, d] => match StreamName::parse(stream) {
+                Some(stream) => shell
+                    .send(opt(cid).as_deref(), stream, b64d(d), false)
+                    .map(|_| String::new()),
+                None => Err(ShellError::Malformed(format!("unknown stream {stream}"))),
+            },
+            ["SIGNAL", cid, code] => match Signal::from_uri(code) {
+                Some(sig) => shell.signal(Some(cid), sig).map(|_| String::new()),
+                None => Err(ShellError::Malformed(format!("unknown signal {code}"))),
+            },
             ["RECV", cid] => {
                 let cid = opt(cid);
                 let start = Instant::now();

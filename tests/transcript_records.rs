@@ -12,7 +12,7 @@ use std::time::Duration;
 use keyhole::audit::{Transcript, TranscriptHeader};
 use keyhole::commands::programs::function_command;
 use keyhole::config::{FunctionDef, OutputFormat, ResolvedFunction};
-use keyhole::engine::{Audit, BoundArgs, CancelToken, Ctx, HostEnv, Value, VecSink};
+use keyhole::engine::{Audit, BoundArgs, CancelToken, Ctx, EndState, HostEnv, Value, VecSink};
 
 fn header(client: Option<&str>) -> TranscriptHeader {
     TranscriptHeader {
@@ -45,11 +45,11 @@ fn header_records_and_modes() {
         t.output("Status   Name\n------   ----\nRunning  nginx\n")
             .unwrap();
         t.output("PS>forged record\n\u{1b}[2Jclear screen").unwrap();
-        t.end("Completed").unwrap();
+        t.end(EndState::Completed).unwrap();
         t.line("Invoke-Expression x").unwrap();
         t.refused("The term 'Invoke-Expression' is not recognized")
             .unwrap();
-        t.end("Failed").unwrap();
+        t.end(EndState::Failed).unwrap();
     }
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&path), 0o600);

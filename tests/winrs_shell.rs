@@ -2,28 +2,29 @@
 //! signals, stdin, close, and the per-shell command limit.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use keyhole::server::{Gatekeeper, Identity};
-use keyhole::winrs::{WinrsShell, MAX_COMMANDS_PER_SHELL};
+#[path = "wsman_common/static_gate.rs"]
+mod static_gate;
+
+use keyhole::shells::runner::Workers;
+use keyhole::shells::winrs::{WinrsShell, MAX_COMMANDS_PER_SHELL};
+use keyhole::shells::ShellSetup;
 use keyhole::wsman::shell::*;
-use keyhole::wsman::testing::StaticGatekeeper;
+use static_gate::StaticGatekeeper;
 
 fn shell() -> WinrsShell {
     let g = StaticGatekeeper::new("alice", "pw", &["WinRS"]);
-    let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let id = Identity {
         user: "alice".into(),
         groups: Vec::new(),
     };
-    let grant = g.open_session(&id, "WinRS", peer).unwrap();
-    let owner = ShellOwner {
-        user: "alice".into(),
-        groups: Vec::new(),
-        client: "127.0.0.1".into(),
-    };
-    WinrsShell::new(grant, owner, 153_600)
+    WinrsShell::new(
+        g.session(&id, "WinRS"),
+        ShellSetup::new("alice", Workers::new(4)),
+        "WinRS",
+        153_600,
+    )
 }
 
 fn cmd(s: &mut WinrsShell, line: &str) -> String {
@@ -44,11 +45,11 @@ fn run_to_done(s: &mut WinrsShell, id: &str) -> (Vec<u8>, Vec<u8>, i32, Vec<Stri
         for c in r.streams {
             assert_eq!(c.command_id.as_deref(), Some(id));
             if c.end {
-                ends.push(c.name.clone());
+                ends.push(c.name.to_string());
             }
-            match c.name.as_str() {
-                "stdout" => out.extend(c.data),
-                "stderr" => err.extend(c.data),
+            match c.name {
+                StreamName::Stdout => out.extend(c.data),
+                StreamName::Stderr => err.extend(c.data),
                 o => panic!("stream {o}"),
             }
         }
@@ -116,11 +117,11 @@ fn unknown_commands_are_invalid_selectors() {
     );
     assert_eq!(s.receive(None).unwrap_err(), ShellError::InvalidSelectors);
     assert_eq!(
-        s.signal(Some("nope"), "ctrl_c").unwrap_err(),
+        s.signal(Some("nope"), Signal::CtrlC).unwrap_err(),
         ShellError::InvalidSelectors
     );
     assert_eq!(
-        s.send(Some("nope"), "stdin", b"x".to_vec(), true)
+        s.send(Some("nope"), StreamName::Stdin, b"x".to_vec(), true)
             .unwrap_err(),
         ShellError::InvalidSelectors
     );
@@ -130,14 +131,16 @@ fn unknown_commands_are_invalid_selectors() {
 fn stdin_is_accepted_until_end_and_bounded() {
     let mut s = shell();
     let id = cmd(&mut s, "Get-Date");
-    s.send(Some(&id), "stdin", b"abc".to_vec(), false).unwrap();
+    s.send(Some(&id), StreamName::Stdin, b"abc".to_vec(), false)
+        .unwrap();
     assert!(matches!(
-        s.send(Some(&id), "pr", b"x".to_vec(), false),
+        s.send(Some(&id), StreamName::Pr, b"x".to_vec(), false),
         Err(ShellError::Malformed(_))
     ));
-    s.send(Some(&id), "stdin", b"def".to_vec(), true).unwrap();
+    s.send(Some(&id), StreamName::Stdin, b"def".to_vec(), true)
+        .unwrap();
     assert!(matches!(
-        s.send(Some(&id), "stdin", b"more".to_vec(), false),
+        s.send(Some(&id), StreamName::Stdin, b"more".to_vec(), false),
         Err(ShellError::QuotaLimit(_))
     ));
 }
@@ -147,12 +150,8 @@ fn signals_and_terminate_clean_up_finished_commands() {
     let mut s = shell();
     let id = cmd(&mut s, "Get-Date");
     let _ = run_to_done(&mut s, &id);
-    s.signal(Some(&id), "ctrl_c").unwrap();
-    assert!(matches!(
-        s.signal(Some(&id), "bogus"),
-        Err(ShellError::Malformed(_))
-    ));
-    s.signal(Some(&id), "terminate").unwrap();
+    s.signal(Some(&id), Signal::CtrlC).unwrap();
+    s.signal(Some(&id), Signal::Terminate).unwrap();
     // Forgotten after terminate.
     assert_eq!(
         s.receive(Some(&id)).unwrap_err(),
@@ -207,4 +206,49 @@ fn notify_wakes_a_waiting_receive() {
             .is_ok()
     });
     assert!(woke);
+}
+
+/// Output beyond the budget waits for the client (as on Windows) instead of stopping the line.
+#[test]
+fn output_over_the_budget_waits_for_a_receive_instead_of_stopping_the_line() {
+    use keyhole::capability::{CommandGrant, ParamsGrant};
+    use keyhole::shells::runner::{Budget, OutputBudget};
+    let mut g = StaticGatekeeper::new("alice", "pw", &["WinRS"]);
+    g.capability.cmdlets.insert(
+        "write-output".into(),
+        CommandGrant {
+            name: "Write-Output".into(),
+            params: ParamsGrant::All,
+        },
+    );
+    let id = Identity {
+        user: "alice".into(),
+        groups: Vec::new(),
+    };
+    // One byte: every item after the first waits until the one before was received.
+    let budget = OutputBudget::new(1);
+    let setup = ShellSetup {
+        budget: Budget::Shared(budget.clone()),
+        ..ShellSetup::new("alice", Workers::new(2))
+    };
+    let mut s = WinrsShell::new(g.session(&id, "WinRS"), setup, "WinRS", 153_600);
+    let cid = cmd(&mut s, "Write-Output a,b,c,d,e");
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while budget.used() == 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Time for a producer that does not wait to queue everything.
+    std::thread::sleep(Duration::from_millis(200));
+    let first = s.receive(Some(&cid)).unwrap();
+    assert_eq!(first.streams.len(), 1, "{first:?}");
+    assert_eq!(first.streams[0].data, b"a\n", "only one item was queued");
+    assert_eq!(
+        first.command_state.map(|c| c.state),
+        Some(CommandStateKind::Running)
+    );
+    let (out, err, code, _) = run_to_done(&mut s, &cid);
+    assert_eq!(String::from_utf8(out).unwrap(), "b\nc\nd\ne\n");
+    assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
+    assert_eq!(code, 0);
+    assert_eq!(budget.used(), 0);
 }

@@ -4,15 +4,13 @@
 
 mod wsman_common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyhole::server::{Gatekeeper, SessionGrant};
+use keyhole::http::{Server, ServerRuntime};
 use keyhole::wsman::envelope::*;
-use keyhole::wsman::service::ShellFactory;
 use keyhole::wsman::shell::*;
-use keyhole::wsman::testing::StaticGatekeeper;
 use tokio::sync::Notify;
 use wsman_common::*;
 
@@ -30,10 +28,12 @@ fn alice() -> String {
     basic("alice", "pw-alice")
 }
 
-/// A shell that never has anything to say (for Receive timeouts) and records being closed.
+/// A shell that never has anything to say (for Receive timeouts), not even after it was closed
+/// (so only the WS-Man layer can answer a Receive waiting on it), and records being closed.
 struct QuietShell {
     notify: Arc<Notify>,
     closed: Arc<AtomicBool>,
+    receives: Arc<AtomicUsize>,
 }
 
 impl Shell for QuietShell {
@@ -45,16 +45,20 @@ impl Shell for QuietShell {
             .command_id
             .unwrap_or_else(|| "C0FFEE00-0000-4000-8000-000000000001".into()))
     }
-    fn send(&mut self, _: Option<&str>, _: &str, _: Vec<u8>, _: bool) -> Result<(), ShellError> {
+    fn send(
+        &mut self,
+        _: Option<&str>,
+        _: StreamName,
+        _: Vec<u8>,
+        _: bool,
+    ) -> Result<(), ShellError> {
         Ok(())
     }
     fn receive(&mut self, _: Option<&str>) -> Result<ReceiveResponse, ShellError> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(ShellError::InvalidSelectors);
-        }
+        self.receives.fetch_add(1, Ordering::SeqCst);
         Ok(ReceiveResponse::default())
     }
-    fn signal(&mut self, _: Option<&str>, _: &str) -> Result<(), ShellError> {
+    fn signal(&mut self, _: Option<&str>, _: Signal) -> Result<(), ShellError> {
         Ok(())
     }
     fn close(&mut self) {
@@ -65,36 +69,59 @@ impl Shell for QuietShell {
     }
 }
 
+/// Quiet shells on the endpoints the double's gates 3–4 admit.
 struct QuietFactory {
+    gate: Arc<StaticGatekeeper>,
     closed: Arc<AtomicBool>,
+    receives: Arc<AtomicUsize>,
 }
 
 impl ShellFactory for QuietFactory {
     fn create(
         &self,
-        _: &str,
-        _: SessionGrant,
-        _: &ShellOwner,
+        id: &Identity,
+        _: std::net::SocketAddr,
+        endpoint: Option<&str>,
         _: &CreateRequest,
-    ) -> Result<Box<dyn Shell>, ShellError> {
-        Ok(Box::new(QuietShell {
-            notify: Arc::new(Notify::new()),
-            closed: self.closed.clone(),
-        }))
+    ) -> Result<NewShell, CreateError> {
+        if !endpoint.is_some_and(|e| self.gate.admits(id, e)) {
+            return Err(CreateError::Refused);
+        }
+        Ok(NewShell {
+            shell: Box::new(QuietShell {
+                notify: Arc::new(Notify::new()),
+                closed: self.closed.clone(),
+                receives: self.receives.clone(),
+            }),
+            limits: self.gate.limits(),
+        })
     }
 }
 
 async fn start_quiet(
-    g: Arc<dyn Gatekeeper>,
-    tweak: impl FnOnce(&mut keyhole::server::ServerRuntime),
+    g: Arc<StaticGatekeeper>,
+    tweak: impl FnOnce(&mut ServerRuntime),
 ) -> (TestServer, Arc<AtomicBool>) {
+    let (s, closed, _) = start_quiet_counting(g, tweak).await;
+    (s, closed)
+}
+
+/// As `start_quiet`, also counting the Receives that reached a shell.
+async fn start_quiet_counting(
+    g: Arc<StaticGatekeeper>,
+    tweak: impl FnOnce(&mut ServerRuntime),
+) -> (TestServer, Arc<AtomicBool>, Arc<AtomicUsize>) {
     let closed = Arc::new(AtomicBool::new(false));
+    let receives = Arc::new(AtomicUsize::new(0));
     let f: Arc<dyn ShellFactory> = Arc::new(QuietFactory {
+        gate: g.clone(),
         closed: closed.clone(),
+        receives: receives.clone(),
     });
     (
         start_with(g, tweak, vec![(URI_POWERSHELL_PREFIX, f)]).await,
         closed,
+        receives,
     )
 }
 
@@ -384,6 +411,38 @@ async fn malformed_requests_get_faults() {
     let r = post(s.addr, &alice(), &x).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.xml().find(NS_SHELL, "SendResponse").is_some());
+    // Stream names and signal codes keyhole does not serve.
+    let (_, x) = envelope(
+        ACTION_CREATE,
+        URI_CMD,
+        None,
+        None,
+        "<rsp:Shell><rsp:InputStreams>stdin</rsp:InputStreams><rsp:OutputStreams>stdout bogus</rsp:OutputStreams></rsp:Shell>",
+    );
+    let r = fault_for(&s, ct, x.as_bytes()).await;
+    assert!(r.text().contains("w:InvalidParameter"), "{}", r.text());
+    let (_, x) = envelope(
+        ACTION_RECEIVE,
+        URI_CMD,
+        Some(&shell),
+        Some("PT1S"),
+        &format!("<rsp:Receive><rsp:DesiredStream CommandId=\"{cmd}\">stdout nope</rsp:DesiredStream></rsp:Receive>"),
+    );
+    assert!(fault_for(&s, ct, x.as_bytes())
+        .await
+        .text()
+        .contains("w:InvalidParameter"));
+    let (_, x) = envelope(
+        ACTION_SIGNAL,
+        URI_CMD,
+        Some(&shell),
+        None,
+        &signal_body(&cmd, "self_destruct"),
+    );
+    assert!(fault_for(&s, ct, x.as_bytes())
+        .await
+        .text()
+        .contains("w:InvalidParameter"));
     // Bad -EncodedCommand.
     let (_, x) = envelope(
         ACTION_COMMAND,
@@ -423,6 +482,75 @@ async fn receive_times_out_with_the_fault_clients_retry() {
         "{waited:?}"
     );
     s.shutdown().await;
+}
+
+/// Issue 11 item 5: psrp 1.0 and PowerShell keep a pool-level Receive open; when the shell is
+/// deleted (or expires, or the server stops) it is answered at once, as Windows does, not after
+/// its OperationTimeout.
+#[tokio::test]
+async fn a_waiting_receive_is_answered_at_once_when_its_shell_is_deleted() {
+    let (s, closed, receives) = start_quiet_counting(gate(), |_| {}).await;
+    let shell = shell_id_of(&create_shell(s.addr, &alice(), PS_URI).await);
+    let (mid, x) = envelope(
+        ACTION_RECEIVE,
+        PS_URI,
+        Some(&shell),
+        Some("PT60S"),
+        "<rsp:Receive><rsp:DesiredStream>stdout</rsp:DesiredStream></rsp:Receive>",
+    );
+    let addr = s.addr;
+    let waiting = tokio::spawn(async move { post(addr, &alice(), &x).await });
+    // Delete only once the Receive is waiting on the shell.
+    while receives.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (_, del) = envelope(ACTION_DELETE, PS_URI, Some(&shell), None, "");
+    assert_eq!(post(s.addr, &alice(), &del).await.status, 200);
+    assert!(closed.load(Ordering::SeqCst));
+    let r = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the waiting Receive was not answered when its shell was deleted")
+        .unwrap();
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(
+        r.fault_code().as_deref(),
+        Some("2150858843"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.relates_to().as_deref(), Some(mid.as_str()));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_waiting_receive_is_answered_at_once_when_the_server_stops() {
+    let (s, _, receives) = start_quiet_counting(gate(), |_| {}).await;
+    let shell = shell_id_of(&create_shell(s.addr, &alice(), PS_URI).await);
+    let (_, x) = envelope(
+        ACTION_RECEIVE,
+        PS_URI,
+        Some(&shell),
+        Some("PT60S"),
+        "<rsp:Receive/>",
+    );
+    let addr = s.addr;
+    let waiting = tokio::spawn(async move { post(addr, &alice(), &x).await });
+    while receives.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopping = tokio::spawn(s.shutdown());
+    // Well inside the shutdown grace period (the Receive does not hold shutdown up).
+    let r = tokio::time::timeout(keyhole::http::SHUTDOWN_GRACE / 2, waiting)
+        .await
+        .expect("the waiting Receive was not answered at shutdown")
+        .unwrap();
+    assert_eq!(
+        r.fault_code().as_deref(),
+        Some("2150858843"),
+        "{}",
+        r.text()
+    );
+    let _ = stopping.await;
 }
 
 #[tokio::test]
@@ -500,7 +628,9 @@ async fn every_refusal_is_the_same_401() {
 
 #[tokio::test]
 async fn winrs_is_refused_with_the_generic_401_when_no_winrs_endpoint() {
-    let s = start_with(gate(), |rt| rt.winrs_endpoint.clear(), Vec::new()).await;
+    let mut g = StaticGatekeeper::new("alice", "pw-alice", &["WinRS", "Quiet"]);
+    g.winrs_endpoint.clear();
+    let s = start(Arc::new(g)).await;
     let r = create_shell(s.addr, &alice(), URI_CMD).await;
     assert_eq!(r.status, 401);
     assert!(r.body.is_empty());
@@ -624,18 +754,18 @@ async fn ip_allow_drops_other_addresses() {
 #[tokio::test]
 async fn plain_http_on_a_public_address_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rt = runtime(dir.path(), "WinRS");
+    let mut rt = runtime(dir.path());
     rt.listener.http = "0.0.0.0:0".into();
-    let err = keyhole::server::Server::bind(rt.clone(), gate())
+    let err = Server::bind(rt.clone(), gate())
         .await
         .err()
         .expect("must refuse");
     assert!(err.to_string().contains("allow_unencrypted"), "{err}");
     rt.listener.allow_unencrypted = true;
-    assert!(keyhole::server::Server::bind(rt, gate()).await.is_ok());
-    let mut rt = runtime(dir.path(), "WinRS");
+    assert!(Server::bind(rt, gate()).await.is_ok());
+    let mut rt = runtime(dir.path());
     rt.listener.ip_allow = vec!["not-a-cidr".into()];
-    assert!(keyhole::server::Server::bind(rt, gate()).await.is_err());
+    assert!(Server::bind(rt, gate()).await.is_err());
 }
 
 /// Read one HTTP response (headers + Content-Length body) from a kept-alive connection.

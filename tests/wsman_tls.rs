@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 
-use keyhole::server::{self, Gatekeeper, Identity, SessionGrant};
+use keyhole::http as server;
 use keyhole::wsman::envelope::*;
-use keyhole::wsman::testing::StaticGatekeeper;
+use keyhole::wsman::shell::{Authenticate, Identity};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -114,7 +114,7 @@ async fn self_signed_certificate_is_generated_once_and_served() {
     let _keep = s.shutdown().await;
 
     // A second start reuses the certificate.
-    let mut rt = runtime(&dir, "WinRS");
+    let mut rt = runtime(&dir);
     rt.listener.https = "127.0.0.1:0".into();
     rt.listener.http = String::new();
     let again = server::Server::bind(rt, gate).await.unwrap();
@@ -123,12 +123,12 @@ async fn self_signed_certificate_is_generated_once_and_served() {
 
 /// Logs in whoever presents the expected client certificate.
 struct CertGate {
-    inner: StaticGatekeeper,
+    inner: Arc<StaticGatekeeper>,
     expected: [u8; 32],
     seen: Mutex<Vec<Option<[u8; 32]>>>,
 }
 
-impl Gatekeeper for CertGate {
+impl Authenticate for CertGate {
     fn authenticate(
         &self,
         authorization: Option<&[u8]>,
@@ -149,14 +149,6 @@ impl Gatekeeper for CertGate {
             });
         }
         self.inner.authenticate(authorization, peer, cert)
-    }
-    fn open_session(
-        &self,
-        id: &Identity,
-        endpoint: &str,
-        peer: SocketAddr,
-    ) -> Option<SessionGrant> {
-        self.inner.open_session(id, endpoint, peer)
     }
     fn challenges(&self) -> Vec<String> {
         self.inner.challenges()
@@ -184,14 +176,16 @@ async fn client_certificates_chained_to_client_ca_reach_the_gatekeeper() {
     let tmp = tempfile::tempdir().unwrap();
     let ca_path = tmp.path().join("ca.pem");
     std::fs::write(&ca_path, ca.pem()).unwrap();
+    let inner = Arc::new(StaticGatekeeper::new("alice", "pw", &["WinRS"]));
     let gate = Arc::new(CertGate {
-        inner: StaticGatekeeper::new("alice", "pw", &["WinRS"]),
+        inner: inner.clone(),
         expected,
         seen: Mutex::new(Vec::new()),
     });
     let ca_str = ca_path.to_string_lossy().into_owned();
-    let s = start_with(
+    let s = start_full(
         gate.clone(),
+        inner,
         move |rt| {
             rt.listener.https = "127.0.0.1:0".into();
             rt.listener.http = String::new();
@@ -225,7 +219,7 @@ async fn client_certificates_chained_to_client_ca_reach_the_gatekeeper() {
 #[tokio::test]
 async fn required_client_certificate_without_ca_refuses_to_start() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut rt = runtime(tmp.path(), "WinRS");
+    let mut rt = runtime(tmp.path());
     rt.listener.https = "127.0.0.1:0".into();
     rt.listener.require_client_certificate = true;
     let err = server::Server::bind(rt, Arc::new(StaticGatekeeper::new("a", "b", &[])))
@@ -241,7 +235,7 @@ async fn configured_certificate_files_are_loaded() {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(tmp.path().join("c.pem"), ck.cert.pem()).unwrap();
     std::fs::write(tmp.path().join("k.pem"), ck.key_pair.serialize_pem()).unwrap();
-    let mut rt = runtime(tmp.path(), "WinRS");
+    let mut rt = runtime(tmp.path());
     rt.listener.https = "127.0.0.1:0".into();
     rt.listener.tls_certificate = tmp.path().join("c.pem").to_string_lossy().into_owned();
     rt.listener.tls_private_key = tmp.path().join("k.pem").to_string_lossy().into_owned();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use crate::engine::{Audit, BoundArgs, Value};
+use crate::engine::{Audit, BoundArgs, EndState, Value};
 
 use super::KEYHOLE_VERSION;
 
@@ -317,8 +317,8 @@ impl Audit for Transcript {
         self.write(&out, false)
     }
 
-    fn end(&mut self, state: &str) -> io::Result<()> {
-        let text = format!("[end] {}\n", clean(state));
+    fn end(&mut self, state: EndState) -> io::Result<()> {
+        let text = format!("[end] {state}\n");
         self.write(&text, true)
     }
 }

@@ -434,7 +434,9 @@ impl Authenticator {
         *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = cfg.clone();
     }
 
-    /// How many argon2 verifications ran (real and dummy); for tests of the cache.
+    /// How many argon2 verifications ran (real and dummy); for tests and the benchmark of the
+    /// cache (the `test-util` feature, which only dev-dependencies turn on).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn verification_count(&self) -> u64 {
         self.verifications.load(Ordering::Relaxed)
     }

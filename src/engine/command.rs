@@ -332,19 +332,43 @@ impl EventSink for VecSink {
     }
 }
 
-/// Shared cancellation flag: set by Signal (Ctrl+C), session close or shutdown; the sandbox
-/// polls it and kills the running program's process group.
+/// Shared cancellation: set by Signal (Ctrl+C), session close or shutdown, and true by itself
+/// once the pipeline's deadline (`[limits] command_timeout`, armed by the shell runtime when the
+/// line starts) has passed. Built-ins check it in their loops; the sandbox polls it and kills
+/// the running program's process group.
 #[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+pub struct CancelToken(Arc<CancelState>);
+
+#[derive(Debug, Default)]
+struct CancelState {
+    cancelled: AtomicBool,
+    deadline: std::sync::OnceLock<std::time::Instant>,
+}
+
 impl CancelToken {
     pub fn new() -> Self {
         Self::default()
     }
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.cancelled.store(true, Ordering::SeqCst);
     }
+    /// Cancelled, or past the deadline.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.cancelled.load(Ordering::SeqCst) || self.timed_out()
+    }
+    /// Arm the deadline; the first call wins (a token is armed once, when its line starts).
+    pub fn set_deadline(&self, at: std::time::Instant) {
+        let _ = self.0.deadline.set(at);
+    }
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        self.0.deadline.get().copied()
+    }
+    /// The deadline has passed (whether or not someone also called [`CancelToken::cancel`]).
+    pub fn timed_out(&self) -> bool {
+        self.0
+            .deadline
+            .get()
+            .is_some_and(|d| std::time::Instant::now() >= *d)
     }
 }
 

@@ -377,6 +377,45 @@ pub fn format_forced(values: &[Value], forced: Forced) -> String {
     s
 }
 
+/// An error record as PowerShell's console prints it (the one rendering used by `keyhole run`,
+/// WinRS stderr and, later, the web console):
+///
+/// ```text
+/// Get-Process : Cannot find a process with the name "x".
+///     + CategoryInfo          : ObjectNotFound: (x:String) [Get-Process], ProcessCommandException
+///     + FullyQualifiedErrorId : NoProcessFoundForGivenName,Get-Process
+/// ```
+pub fn error_text(rec: &super::command::ErrorRecord) -> String {
+    let mut s = String::new();
+    if let Some(c) = &rec.command {
+        s.push_str(c);
+        s.push_str(" : ");
+    }
+    s.push_str(&rec.message);
+    s.push('\n');
+    let (target, ttype) = match &rec.target {
+        Some(Value::Null) | None => (String::new(), String::new()),
+        Some(v) => (
+            v.to_ps_string(),
+            v.type_name().rsplit('.').next().unwrap_or("").to_string(),
+        ),
+    };
+    let reason = rec.exception_type.rsplit('.').next().unwrap_or("");
+    s.push_str(&format!(
+        "    + CategoryInfo          : {}: ({}:{}) [{}], {}\n",
+        rec.category.as_str(),
+        target,
+        ttype,
+        rec.command.as_deref().unwrap_or(""),
+        reason
+    ));
+    s.push_str(&format!(
+        "    + FullyQualifiedErrorId : {}\n",
+        rec.fully_qualified_error_id
+    ));
+    s
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
@@ -473,5 +512,28 @@ mod tests {
         let b = f.push(&svc("b", "Up", 22));
         assert_eq!(b, "b    Up       22\n");
         assert_eq!(f.finish(), "\n");
+    }
+
+    #[test]
+    fn error_records_render_as_powershell_prints_them() {
+        use crate::engine::{ErrorCategory, ErrorRecord};
+        let mut e = ErrorRecord::new(
+            "Cannot find a process with the name \"x\".",
+            "NoProcessFoundForGivenName,Get-Process",
+            ErrorCategory::ObjectNotFound,
+        )
+        .target("x")
+        .exception("Microsoft.PowerShell.Commands.ProcessCommandException");
+        e.command = Some("Get-Process".into());
+        assert_eq!(
+            error_text(&e),
+            "Get-Process : Cannot find a process with the name \"x\".\n    + CategoryInfo          : ObjectNotFound: (x:String) [Get-Process], ProcessCommandException\n    + FullyQualifiedErrorId : NoProcessFoundForGivenName,Get-Process\n"
+        );
+        let bare = ErrorRecord::new("boom", "Boom", ErrorCategory::NotSpecified);
+        assert!(
+            error_text(&bare).contains("    + CategoryInfo          : NotSpecified: (:) [], "),
+            "{}",
+            error_text(&bare)
+        );
     }
 }

@@ -50,12 +50,44 @@ pub trait Audit: Send {
     fn refused(&mut self, reason: &str) -> std::io::Result<()>;
     /// Output, as text.
     fn output(&mut self, text: &str) -> std::io::Result<()>;
-    /// End state of the pipeline ("Completed", "Failed", "Stopped").
-    fn end(&mut self, state: &str) -> std::io::Result<()>;
+    /// How the pipeline ended.
+    fn end(&mut self, state: EndState) -> std::io::Result<()>;
 }
 
-/// An audit that records nothing (unit tests only).
+/// How a line ended, as the transcript records it (`[end] Completed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndState {
+    /// Ran to the end (errors written by commands do not change that).
+    Completed,
+    /// A terminating error stopped it after something ran.
+    Failed,
+    /// Cancelled: Signal, shell closed, or `command_timeout`.
+    Stopped,
+    /// Refused before anything ran (nothing ran).
+    Refused,
+}
+
+impl EndState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndState::Completed => "Completed",
+            EndState::Failed => "Failed",
+            EndState::Stopped => "Stopped",
+            EndState::Refused => "Refused",
+        }
+    }
+}
+
+impl std::fmt::Display for EndState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An audit that records nothing (unit tests only: a real session always has a transcript).
+#[cfg(test)]
 pub struct NoAudit;
+#[cfg(test)]
 impl Audit for NoAudit {
     fn line(&mut self, _: &str) -> std::io::Result<()> {
         Ok(())
@@ -69,7 +101,7 @@ impl Audit for NoAudit {
     fn output(&mut self, _: &str) -> std::io::Result<()> {
         Ok(())
     }
-    fn end(&mut self, _: &str) -> std::io::Result<()> {
+    fn end(&mut self, _: EndState) -> std::io::Result<()> {
         Ok(())
     }
 }

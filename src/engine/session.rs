@@ -7,16 +7,16 @@
 
 use std::cell::RefCell;
 
-use super::bind::{bind, ArgIn, Bound};
+use super::bind::{bind, ArgIn};
 use super::command::{CancelToken, ErrorCategory, ErrorRecord, EventSink, VisibleCommand};
 use super::format::Formatter;
 use super::pipeline::{run_pipeline, Abort, Env, Shared, Stage};
-use super::table::{apply_grant, CommandTable, Entry};
+use super::table::CommandTable;
 use super::value::Value;
 use super::{
-    Audit, CommandArg, Refusal, RunOutcome, SessionOptions, StructuredCommand, StructuredPipeline,
+    Audit, CommandArg, EndState, Refusal, RunOutcome, SessionOptions, StructuredCommand,
+    StructuredPipeline,
 };
-use crate::capability::ParamsGrant;
 use crate::lang::{self, CommandElement, Literal, LiteralValue, Statement};
 
 /// Most statements one line (or one structured request) may hold.
@@ -123,39 +123,6 @@ pub fn render_structured(statements: &[StructuredPipeline]) -> String {
         .join("; ")
 }
 
-/// pypsrp's `execute_ps(TEXT)`: exactly `Invoke-Expression -Command TEXT | Out-String -Stream`.
-fn execute_ps_text(statements: &[StructuredPipeline]) -> Option<String> {
-    let [only] = statements else { return None };
-    let [iex, out] = only.commands.as_slice() else {
-        return None;
-    };
-    if !iex.name.eq_ignore_ascii_case("Invoke-Expression")
-        || !out.name.eq_ignore_ascii_case("Out-String")
-    {
-        return None;
-    }
-    let text = match iex.args.as_slice() {
-        [CommandArg {
-            name,
-            value: Some(Value::String(t)),
-        }] if name
-            .as_deref()
-            .map(|n| n.trim_start_matches('-').eq_ignore_ascii_case("Command"))
-            .unwrap_or(true) =>
-        {
-            t.clone()
-        }
-        _ => return None,
-    };
-    match out.args.as_slice() {
-        [CommandArg {
-            name: Some(n),
-            value: None | Some(Value::Bool(true)),
-        }] if n.trim_start_matches('-').eq_ignore_ascii_case("Stream") => Some(text),
-        _ => None,
-    }
-}
-
 impl Session {
     /// Build the command table from the effective capability, and nothing else.
     pub fn new(
@@ -174,7 +141,7 @@ impl Session {
 
     fn refuse(&mut self, r: Refusal) -> RunOutcome {
         let _ = self.audit.refused(&r.message);
-        let _ = self.audit.end("Refused");
+        let _ = self.audit.end(EndState::Refused);
         RunOutcome::Refused(r)
     }
 
@@ -229,7 +196,6 @@ impl Session {
         &self,
         statements: Vec<RawStatement>,
         first_has_input: bool,
-        stream_text: bool,
     ) -> Result<Vec<Prepared>, Refusal> {
         let too_many = |what: &str, n: usize, max: usize| {
             Refusal {
@@ -274,11 +240,6 @@ impl Session {
                     inv: None,
                 });
             }
-            if stream_text && !stages.is_empty() {
-                if let Some(s) = out_string_stream() {
-                    stages.push(s);
-                }
-            }
             out.push(Prepared { stages, exit });
         }
         Ok(out)
@@ -307,7 +268,7 @@ impl Session {
         let mut ran_any = false;
         for mut p in prepared {
             if p.stages.is_empty() && p.exit {
-                let _ = shared.borrow_mut().audit.end("Completed");
+                let _ = shared.borrow_mut().audit.end(EndState::Completed);
                 return RunOutcome::Exit;
             }
             for st in p.stages.iter_mut() {
@@ -329,11 +290,11 @@ impl Session {
                     )
                     .terminating();
                     if ran_any {
-                        let _ = s.audit.end("Failed");
+                        let _ = s.audit.end(EndState::Failed);
                         s.sink.event(super::command::Event::Error(rec.clone()));
                         return RunOutcome::Failed(rec);
                     }
-                    let _ = s.audit.end("Refused");
+                    let _ = s.audit.end(EndState::Refused);
                     return RunOutcome::Refused(Refusal {
                         message: msg,
                         id: "AuditWriteFailed".into(),
@@ -353,17 +314,17 @@ impl Session {
                     let mut s = shared.borrow_mut();
                     let tail = s.fmt.finish();
                     s.audit_text(&tail);
-                    let _ = s.audit.end("Failed");
+                    let _ = s.audit.end(EndState::Failed);
                     return RunOutcome::Failed(rec);
                 }
                 Some(Abort::Stopped) => {
-                    let _ = shared.borrow_mut().audit.end("Stopped");
+                    let _ = shared.borrow_mut().audit.end(EndState::Stopped);
                     return RunOutcome::Stopped;
                 }
                 None => {}
             }
             if p.exit {
-                let _ = shared.borrow_mut().audit.end("Completed");
+                let _ = shared.borrow_mut().audit.end(EndState::Completed);
                 return RunOutcome::Exit;
             }
         }
@@ -371,10 +332,10 @@ impl Session {
         let tail = s.fmt.finish();
         s.audit_text(&tail);
         if let Some(Abort::Failed(rec)) = s.abort.take() {
-            let _ = s.audit.end("Failed");
+            let _ = s.audit.end(EndState::Failed);
             return RunOutcome::Failed(rec);
         }
-        let _ = s.audit.end("Completed");
+        let _ = s.audit.end(EndState::Completed);
         RunOutcome::Completed {
             had_errors: s.had_errors,
         }
@@ -387,16 +348,6 @@ impl Session {
         sink: &mut dyn EventSink,
         cancel: &CancelToken,
     ) -> RunOutcome {
-        self.run_text(line, sink, cancel, false)
-    }
-
-    fn run_text(
-        &mut self,
-        line: &str,
-        sink: &mut dyn EventSink,
-        cancel: &CancelToken,
-        stream_text: bool,
-    ) -> RunOutcome {
         if let Err(e) = self.audit.line(line) {
             return RunOutcome::Refused(Refusal {
                 message: format!("The transcript could not be written ({e}); nothing was run because keyhole never runs unaudited."),
@@ -405,7 +356,7 @@ impl Session {
                 column: None,
             });
         }
-        let prepared = Self::parse_line(line).and_then(|raw| self.prepare(raw, false, stream_text));
+        let prepared = Self::parse_line(line).and_then(|raw| self.prepare(raw, false));
         match prepared {
             Ok(p) => self.execute(p, Vec::new(), sink, cancel),
             Err(r) => self.refuse(r),
@@ -413,9 +364,9 @@ impl Session {
     }
 
     /// Run structured pipelines (PSRP, IsScript false): statements run in order; `input` feeds
-    /// the first command of the first statement. pypsrp's `execute_ps` shape
-    /// (`Invoke-Expression -Command TEXT | Out-String -Stream`) runs TEXT as one restricted line
-    /// whose output is formatted to strings; nothing else reaches Invoke-Expression.
+    /// the first command of the first statement. Nothing here reaches Invoke-Expression: the
+    /// wrappers known clients put around a line (pypsrp's `execute_ps`) are recognised by the
+    /// protocol layer (`psrp::pool::Plan`), which hands the engine the line itself.
     pub fn run_structured(
         &mut self,
         statements: &[StructuredPipeline],
@@ -423,9 +374,6 @@ impl Session {
         sink: &mut dyn EventSink,
         cancel: &CancelToken,
     ) -> RunOutcome {
-        if let Some(text) = execute_ps_text(statements) {
-            return self.run_text(&text, sink, cancel, true);
-        }
         if let Err(e) = self.audit.line(&render_structured(statements)) {
             return RunOutcome::Refused(Refusal {
                 message: format!("The transcript could not be written ({e}); nothing was run because keyhole never runs unaudited."),
@@ -449,26 +397,11 @@ impl Session {
                 )
             })
             .collect();
-        match self.prepare(raw, !input.is_empty(), false) {
+        match self.prepare(raw, !input.is_empty()) {
             Ok(p) => self.execute(p, input, sink, cancel),
             Err(r) => self.refuse(r),
         }
     }
-}
-
-/// The internal `Out-String -Stream` stage used for pypsrp's execute_ps shape (whether or not
-/// Out-String is visible: the user did not name it).
-fn out_string_stream() -> Option<Stage> {
-    let cmd = crate::commands::builtin("Out-String")?;
-    let entry: Entry = apply_grant(cmd, &ParamsGrant::All);
-    let mut bound = Bound::default();
-    bound.args.set("Stream", Value::Bool(true));
-    bound.audit.set("Stream", Value::Bool(true));
-    Some(Stage {
-        entry,
-        bound,
-        inv: None,
-    })
 }
 
 #[cfg(test)]
@@ -479,7 +412,9 @@ mod tests {
 
     use super::*;
     use crate::capability::EffectiveCapability;
+    use crate::capability::ParamsGrant;
     use crate::config::SessionType;
+    use crate::engine::table::apply_grant;
     use crate::engine::{
         BoundArgs, Command, CommandDecl, Ctx, Event, HostEnv, Invocation, NoAudit, ParamDecl,
         ParamType, PsObject, VecSink,

@@ -1,4 +1,6 @@
-//! `psrp` is sans-IO: fragments ↔ messages ↔ CLIXML ↔ engine calls. It never touches a socket.
+//! `psrp` is sans-IO: fragments ↔ messages ↔ CLIXML ↔ objects, and the runspace pool and
+//! pipeline state machines (`pool`). It never touches a socket, spawns a thread, sleeps or
+//! knows WS-Man: `shells::psrp` runs pipelines and answers WS-Man on top of it.
 #![forbid(unsafe_code)]
 
 pub mod clixml;
@@ -6,8 +8,6 @@ pub mod fragment;
 pub mod message;
 pub mod objects;
 pub mod pool;
-
-pub use pool::{PsrpEngine, PsrpShell};
 
 /// What can be wrong with what a PSRP client sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,25 +1,18 @@
-//! Runspace pool and pipeline state machines, and [`PsrpShell`]: the PSRP `Shell` behind
-//! WS-Man. Pipelines run on their own thread; events stream out as PSRP messages at once.
-//!
-//! One engine session serves the pool: pipelines run one at a time (a second pipeline waits
-//! for the first to end, then runs), which is what pypsrp and PowerShell clients do anyway.
+//! The runspace pool and pipeline state machines (consuming enums, psrpcore-style "X is invalid
+//! in state Y" errors), the one place that recognises the wrappers known clients put around a
+//! line ([`Wrapper`]), and [`PoolCore`]: one pool's protocol state, sans-IO. The caller feeds it
+//! the bytes a client sent and carries out the [`Effect`]s it returns (queue fragments, start or
+//! cancel a run); [`EventEncoder`] and [`Framer`] turn what a run produces into fragments.
+//! Nothing here waits, sleeps, spawns or knows WS-Man: `shells::psrp` does that.
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
-
-use base64::Engine as _;
-use tokio::sync::Notify;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::engine::format::Formatter;
 use crate::engine::{
-    CancelToken, ErrorCategory, ErrorRecord, Event, EventSink, RunOutcome, Session,
-    StructuredPipeline, Value, VisibleCommand,
-};
-use crate::wsman::shell::{
-    CommandRequest, CommandState, CommandStateKind, CreateRequest, ReceiveResponse, Shell,
-    ShellError, StreamChunk,
+    ErrorCategory, ErrorRecord, Event, RunOutcome, StructuredPipeline, Value, VisibleCommand,
 };
 
 use super::clixml::read::parse_default;
@@ -39,11 +32,10 @@ pub const MAX_FINISHED_PIPELINES: usize = 64;
 pub const MAX_INPUT_OBJECTS: usize = 100_000;
 /// Bytes of input one pipeline may buffer.
 pub const MAX_INPUT_BYTES: usize = 64 * 1024 * 1024;
-/// Output bytes queued for one pipeline before the running pipeline waits for the client to
-/// Receive (back-pressure instead of unbounded memory).
-pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 /// Per-`rsp:Stream` element overhead counted against the envelope in Receive.
-const STREAM_ELEMENT_OVERHEAD: usize = 160;
+pub const STREAM_ELEMENT_OVERHEAD: usize = 160;
+/// MaxEnvelopeSize assumed until the Create request says otherwise (pypsrp's and WinRM's).
+pub const DEFAULT_MAX_ENVELOPE: usize = 153_600;
 
 // ---------------------------------------------------------------------------------------------
 // Runspace pool state machine
@@ -242,11 +234,34 @@ impl RunspacePool {
 // ---------------------------------------------------------------------------------------------
 // Pipeline state machine
 
+/// A wrapper a known client puts around the user's line, recognised by its exact shape here and
+/// nowhere else (SPEC §4.1, §5). The engine never sees the wrapper: it gets the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wrapper {
+    /// pypsrp `Client.execute_ps(TEXT)`: exactly `Invoke-Expression -Command TEXT | Out-String
+    /// -Stream`, `-Command` named (a positional TEXT is not that shape and reaches the engine as
+    /// the structured pipeline it is, where Invoke-Expression does not exist).
+    ExecutePs(String),
+    // Ansible's psrp connection (script text `LINE` + "\n" + `exit $LASTEXITCODE`, the exit
+    // code then being the line's) is the next arm (issue 11).
+}
+
+impl Wrapper {
+    /// The wrapper this CREATE_PIPELINE is, if it is exactly one.
+    pub fn recognise(cp: &CreatePipeline) -> Option<Wrapper> {
+        if let Some(text) = cp.execute_ps_text() {
+            return Some(Wrapper::ExecutePs(text.to_string()));
+        }
+        None
+    }
+}
+
 /// What a pipeline runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
-    /// pypsrp execute_ps: one restricted line, output formatted to strings.
-    ExecutePs(String),
+    /// One restricted line whose output objects are formatted to strings (`Out-String
+    /// -Stream`): what [`Wrapper::ExecutePs`] asks for.
+    LineAsStrings(String),
     /// Statements in order: script lines (IsScript) and structured pipelines.
     Segments(Vec<Segment>, Merge),
     /// GET_COMMAND_METADATA.
@@ -272,8 +287,9 @@ fn refusal(message: &str, id: &str) -> Plan {
 impl Plan {
     /// Decide how to run a CREATE_PIPELINE.
     pub fn from_create(cp: &CreatePipeline) -> Plan {
-        if let Some(text) = cp.execute_ps_text() {
-            return Plan::ExecutePs(text.to_string());
+        match Wrapper::recognise(cp) {
+            Some(Wrapper::ExecutePs(text)) => return Plan::LineAsStrings(text),
+            None => {}
         }
         let mut segments: Vec<Segment> = Vec::new();
         for stmt in &cp.statements {
@@ -426,255 +442,268 @@ impl Pipeline {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The engine seen from PSRP
+// One pool's protocol state
 
-/// What PSRP needs from an engine session (implemented by [`Session`]; tests use fakes).
-pub trait PsrpEngine: Send + 'static {
-    fn run_line(
-        &mut self,
-        line: &str,
-        sink: &mut dyn EventSink,
-        cancel: &CancelToken,
-    ) -> RunOutcome;
-    fn run_structured(
-        &mut self,
-        statements: &[StructuredPipeline],
-        input: Vec<Value>,
-        sink: &mut dyn EventSink,
-        cancel: &CancelToken,
-    ) -> RunOutcome;
-    fn visible(&self) -> Vec<VisibleCommand>;
-}
-
-impl PsrpEngine for Session {
-    fn run_line(
-        &mut self,
-        line: &str,
-        sink: &mut dyn EventSink,
-        cancel: &CancelToken,
-    ) -> RunOutcome {
-        Session::run_line(self, line, sink, cancel)
-    }
-    fn run_structured(
-        &mut self,
-        statements: &[StructuredPipeline],
-        input: Vec<Value>,
-        sink: &mut dyn EventSink,
-        cancel: &CancelToken,
-    ) -> RunOutcome {
-        Session::run_structured(self, statements, input, sink, cancel)
-    }
-    fn visible(&self) -> Vec<VisibleCommand> {
-        Session::visible(self).to_vec()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The shell
-
-struct Pipe {
-    seq: u64,
-    pid: [u8; 16],
-    state: Pipeline,
-    queue: VecDeque<Vec<u8>>,
-    queued_bytes: usize,
-    cancel: CancelToken,
-    /// The PIPELINE_STATE message has been queued.
-    final_queued: bool,
-}
-
-struct Inner {
-    pool: RunspacePool,
-    reassembler: Reassembler,
-    next_object_id: u64,
-    next_seq: u64,
-    max_blob: usize,
-    max_envelope: usize,
+/// Numbers outgoing messages (one ObjectId counter per pool) and cuts them into fragments that
+/// fit the client's MaxEnvelopeSize. Cheap to clone: a run's encoder holds one.
+#[derive(Debug, Clone)]
+pub struct Framer {
     rpid: [u8; 16],
-    pool_queue: VecDeque<Vec<u8>>,
-    pipes: HashMap<String, Pipe>,
-    closed: bool,
+    max_blob: usize,
+    next_object_id: Arc<AtomicU64>,
 }
 
-impl Inner {
-    fn fragments(&mut self, m: &Message) -> Vec<Vec<u8>> {
-        let oid = self.next_object_id;
-        self.next_object_id = self.next_object_id.saturating_add(1);
+impl Framer {
+    fn new(max_envelope: usize) -> Framer {
+        Framer {
+            rpid: [0u8; 16],
+            max_blob: max_blob_for_envelope(max_envelope),
+            next_object_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// The fragments (encoded) of one message to the client.
+    pub fn fragments(
+        &self,
+        t: MessageType,
+        rpid: [u8; 16],
+        pid: [u8; 16],
+        body: &str,
+    ) -> Vec<Vec<u8>> {
+        let m = Message::to_client(t, rpid, pid, body.as_bytes().to_vec());
+        let oid = self.next_object_id.fetch_add(1, Ordering::Relaxed);
         fragment_message(oid, &m.encode(), self.max_blob)
             .iter()
             .map(|f| f.encode())
             .collect()
     }
+}
 
-    fn queue_pool(&mut self, t: MessageType, body: &str, zero_rpid: bool) {
-        let rpid = if zero_rpid { [0u8; 16] } else { self.rpid };
-        let m = Message::to_client(t, rpid, [0u8; 16], body.as_bytes().to_vec());
-        let frags = self.fragments(&m);
-        self.pool_queue.extend(frags);
+/// Fragments the messages of one pipeline (a [`Framer`] with the pipeline's ids).
+#[derive(Debug, Clone)]
+pub struct PipeFramer {
+    framer: Framer,
+    pid: [u8; 16],
+}
+
+impl PipeFramer {
+    pub fn fragments(&self, t: MessageType, body: &str) -> Vec<Vec<u8>> {
+        self.framer.fragments(t, self.framer.rpid, self.pid, body)
     }
+}
 
-    fn queue_pipe(&mut self, cid: &str, t: MessageType, body: &str) {
-        if self.closed {
-            return;
+/// What the caller of [`PoolCore`] must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Queue these fragments on the pool's Receive.
+    Pool(Vec<Vec<u8>>),
+    /// Queue these fragments on pipeline `cid`'s Receive; `last` when they end it (its
+    /// PIPELINE_STATE).
+    Pipe {
+        cid: String,
+        fragments: Vec<Vec<u8>>,
+        last: bool,
+    },
+    /// Run `plan` for pipeline `cid`, with `input` for its first command.
+    Start {
+        cid: String,
+        plan: Plan,
+        input: Vec<Value>,
+    },
+    /// Stop pipeline `cid`'s run.
+    Cancel { cid: String },
+}
+
+/// Why [`PoolCore`] refused what the client sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// No pipeline with that CommandId (or PID) in this pool.
+    #[error("no such pipeline in this runspace pool")]
+    UnknownPipeline,
+    #[error("a pipeline is invalid in runspace pool state {0}")]
+    NotOpened(&'static str),
+    #[error("CommandId {0} is already in use in this runspace pool")]
+    DuplicatePipeline(String),
+    #[error("more than {MAX_ACTIVE_PIPELINES} pipelines at once in one runspace pool")]
+    TooManyPipelines,
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+struct PipeCore {
+    seq: u64,
+    pid: [u8; 16],
+    state: Pipeline,
+}
+
+/// One runspace pool's protocol state (see the module documentation).
+pub struct PoolCore {
+    pool: RunspacePool,
+    reassembler: Reassembler,
+    framer: Framer,
+    max_envelope: usize,
+    pipes: HashMap<String, PipeCore>,
+    next_seq: u64,
+}
+
+impl Default for PoolCore {
+    fn default() -> Self {
+        PoolCore::new()
+    }
+}
+
+impl PoolCore {
+    pub fn new() -> PoolCore {
+        PoolCore {
+            pool: RunspacePool::BeforeOpen,
+            reassembler: Reassembler::new(),
+            framer: Framer::new(DEFAULT_MAX_ENVELOPE),
+            max_envelope: DEFAULT_MAX_ENVELOPE,
+            pipes: HashMap::new(),
+            next_seq: 0,
         }
-        let Some(pid) = self.pipes.get(cid).map(|p| p.pid) else {
-            return;
-        };
-        let m = Message::to_client(t, self.rpid, pid, body.as_bytes().to_vec());
-        let frags = self.fragments(&m);
-        if let Some(p) = self.pipes.get_mut(cid) {
-            for f in frags {
-                p.queued_bytes = p.queued_bytes.saturating_add(f.len());
-                p.queue.push_back(f);
-            }
-            if t == MessageType::PipelineState {
-                p.final_queued = true;
-            }
+    }
+
+    /// The client's MaxEnvelopeSize (from Create): fragments are cut to fit it.
+    pub fn set_max_envelope(&mut self, max_envelope: usize) {
+        if max_envelope > 0 {
+            self.max_envelope = max_envelope;
+            self.framer.max_blob = max_blob_for_envelope(max_envelope);
         }
     }
 
-    fn queued_bytes(&self, cid: &str) -> usize {
-        self.pipes.get(cid).map(|p| p.queued_bytes).unwrap_or(0)
+    /// Bytes of fragments (as base64 plus per-stream overhead) one Receive may carry.
+    pub fn receive_budget(&self) -> usize {
+        self.max_envelope.saturating_sub(ENVELOPE_OVERHEAD)
     }
-}
 
-struct Shared<E> {
-    inner: Arc<Mutex<Inner>>,
-    notify: Arc<Notify>,
-    engine: Arc<Mutex<E>>,
-}
+    /// What one fragment costs in a Receive.
+    pub fn receive_cost(fragment_len: usize) -> usize {
+        fragment_len.div_ceil(3) * 4 + STREAM_ELEMENT_OVERHEAD
+    }
 
-impl<E> Clone for Shared<E> {
-    fn clone(&self) -> Self {
-        Shared {
-            inner: self.inner.clone(),
-            notify: self.notify.clone(),
-            engine: self.engine.clone(),
+    pub fn state_name(&self) -> &'static str {
+        self.pool.state_name()
+    }
+
+    pub fn has_pipeline(&self, cid: &str) -> bool {
+        self.pipes.contains_key(cid)
+    }
+
+    /// The pool is closed: no pipeline starts and every message is refused.
+    pub fn close(&mut self) {
+        self.pool = RunspacePool::Closed;
+    }
+
+    /// Register pipeline `cid` (a Command arrived). Finished pipelines beyond
+    /// [`MAX_FINISHED_PIPELINES`] whose output the client has taken (`drained`) are forgotten;
+    /// their CommandIds are returned.
+    pub fn add_pipeline(
+        &mut self,
+        cid: &str,
+        drained: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, PoolError> {
+        if !matches!(self.pool, RunspacePool::Opened { .. }) {
+            return Err(PoolError::NotOpened(self.pool.state_name()));
         }
-    }
-}
-
-/// Wake a waiting Receive; also leaves a permit so a Receive about to wait does not miss it.
-fn wake(n: &Notify) {
-    n.notify_waiters();
-    n.notify_one();
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Identity shown in information records.
-#[derive(Debug, Clone, Default)]
-pub struct PsrpIdentity {
-    pub user: String,
-    pub computer: String,
-}
-
-/// A PSRP runspace pool served by one engine session.
-pub struct PsrpShell<E: PsrpEngine = Session> {
-    shared: Shared<E>,
-    visible: Vec<VisibleCommand>,
-    identity: PsrpIdentity,
-    /// Dropped with the shell (the opener's session slot, transcript, audit "session end").
-    _guard: Option<Box<dyn Send>>,
-}
-
-fn malformed(e: ProtocolError) -> ShellError {
-    ShellError::Malformed(e.to_string())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
-impl<E: PsrpEngine> PsrpShell<E> {
-    /// A pool over `engine` (an [`engine::Session`](crate::engine::Session)); `user` is shown in
-    /// information records.
-    pub fn new(engine: E, user: &str) -> Self {
-        let visible = engine.visible();
-        PsrpShell {
-            shared: Shared {
-                inner: Arc::new(Mutex::new(Inner {
-                    pool: RunspacePool::BeforeOpen,
-                    reassembler: Reassembler::new(),
-                    next_object_id: 1,
-                    next_seq: 0,
-                    max_blob: max_blob_for_envelope(153_600),
-                    max_envelope: 153_600,
-                    rpid: [0u8; 16],
-                    pool_queue: VecDeque::new(),
-                    pipes: HashMap::new(),
-                    closed: false,
-                })),
-                notify: Arc::new(Notify::new()),
-                engine: Arc::new(Mutex::new(engine)),
+        if self.pipes.contains_key(cid) {
+            return Err(PoolError::DuplicatePipeline(cid.to_string()));
+        }
+        let active = self.pipes.values().filter(|p| !p.state.is_done()).count();
+        if active >= MAX_ACTIVE_PIPELINES {
+            return Err(PoolError::TooManyPipelines);
+        }
+        let evicted = self.evict_finished(drained);
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.saturating_add(1);
+        self.pipes.insert(
+            cid.to_string(),
+            PipeCore {
+                seq,
+                pid: guid_to_net_bytes(cid).unwrap_or([0u8; 16]),
+                state: Pipeline::AwaitingCreate,
             },
-            visible,
-            _guard: None,
-            identity: PsrpIdentity {
-                user: user.to_string(),
-                computer: hostname(),
-            },
+        );
+        Ok(evicted)
+    }
+
+    /// Forget pipeline `cid` (its Command failed).
+    pub fn remove_pipeline(&mut self, cid: &str) {
+        self.pipes.remove(cid);
+    }
+
+    fn evict_finished(&mut self, drained: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut finished: Vec<(u64, String)> = self
+            .pipes
+            .iter()
+            .filter(|(k, p)| p.state.is_done() && drained(k))
+            .map(|(k, p)| (p.seq, k.clone()))
+            .collect();
+        if finished.len() <= MAX_FINISHED_PIPELINES {
+            return Vec::new();
         }
+        finished.sort();
+        let n = finished.len() - MAX_FINISHED_PIPELINES;
+        let gone: Vec<String> = finished.into_iter().take(n).map(|(_, k)| k).collect();
+        for k in &gone {
+            self.pipes.remove(k);
+        }
+        gone
     }
 
-    /// Keep `guard` alive as long as the shell (e.g. `SessionGrant::guard`).
-    pub fn with_guard(mut self, guard: Option<Box<dyn Send>>) -> Self {
-        self._guard = guard;
-        self
+    /// The framer for pipeline `cid`'s messages (a run's output).
+    pub fn framer_for(&self, cid: &str) -> Option<PipeFramer> {
+        self.pipes.get(cid).map(|p| PipeFramer {
+            framer: self.framer.clone(),
+            pid: p.pid,
+        })
     }
 
-    /// The pool's state name (for logs and tests).
-    pub fn pool_state(&self) -> &'static str {
-        lock(&self.shared.inner).pool.state_name()
-    }
-
-    /// Feed bytes (fragments) arriving for `cid` (or the pool) and act on every completed message.
-    fn feed(&mut self, cid: Option<&str>, data: &[u8]) -> Result<(), ShellError> {
-        let messages = {
-            let mut inner = lock(&self.shared.inner);
-            inner.reassembler.push_bytes(data).map_err(|e| {
-                tracing::warn!(command_id = cid.unwrap_or("-"), error = %e, "PSRP fragments refused");
-                malformed(e)
-            })?
-        };
+    /// Bytes (fragments) a client sent for pipeline `cid` (or the pool); every message they
+    /// complete is handled. `visible` answers GET_COMMAND_METADATA.
+    pub fn feed(
+        &mut self,
+        cid: Option<&str>,
+        data: &[u8],
+        visible: &[VisibleCommand],
+    ) -> Result<Vec<Effect>, PoolError> {
+        if self.pool == RunspacePool::Closed {
+            return Err(PoolError::NotOpened(self.pool.state_name()));
+        }
+        let messages = self.reassembler.push_bytes(data)?;
+        let mut effects = Vec::new();
         for bytes in messages {
-            let msg = Message::decode(&bytes).map_err(malformed)?;
-            let t = msg.message_type;
+            let msg = Message::decode(&bytes)?;
             tracing::debug!(
-                message = t.name(),
+                message = msg.message_type.name(),
                 command_id = cid.unwrap_or("-"),
                 "PSRP message from client"
             );
-            if let Err(e) = self.dispatch(cid, msg) {
-                tracing::warn!(message = t.name(), command_id = cid.unwrap_or("-"), error = %e, "PSRP message refused");
-                return Err(e);
-            }
+            self.dispatch(cid, msg, visible, &mut effects)?;
         }
-        Ok(())
+        Ok(effects)
     }
 
-    fn dispatch(&mut self, cid: Option<&str>, msg: Message) -> Result<(), ShellError> {
+    fn dispatch(
+        &mut self,
+        cid: Option<&str>,
+        msg: Message,
+        visible: &[VisibleCommand],
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), PoolError> {
         let t = msg.message_type;
         if matches!(
             t,
             MessageType::PipelineInput | MessageType::EndOfPipelineInput
         ) {
             let cid = self.pipe_for(cid, &msg)?;
-            return self.pipe_event(&cid, PipelineEvent::Input(msg));
+            return self.pipe_event(&cid, PipelineEvent::Input(msg), visible, effects);
         }
-        let outputs = {
-            let mut inner = lock(&self.shared.inner);
-            if t == MessageType::InitRunspacePool {
-                inner.rpid = msg.rpid;
-            }
-            let (state, outputs) = inner.pool.clone().handle(&msg).map_err(malformed)?;
-            inner.pool = state;
-            outputs
-        };
+        if t == MessageType::InitRunspacePool {
+            self.framer.rpid = msg.rpid;
+        }
+        let (state, outputs) = self.pool.clone().handle(&msg)?;
+        self.pool = state;
         for o in outputs {
             match o {
                 PoolOutput::Send {
@@ -682,43 +711,29 @@ impl<E: PsrpEngine> PsrpShell<E> {
                     body,
                     zero_rpid,
                 } => {
-                    lock(&self.shared.inner).queue_pool(message_type, &body, zero_rpid);
-                    wake(&self.shared.notify);
+                    let rpid = if zero_rpid {
+                        [0u8; 16]
+                    } else {
+                        self.framer.rpid
+                    };
+                    let f = self.framer.fragments(message_type, rpid, [0u8; 16], &body);
+                    effects.push(Effect::Pool(f));
                 }
                 PoolOutput::CreatePipeline(cp) => {
-                    let cid = cid
-                        .ok_or_else(|| {
-                            ShellError::Malformed(
-                                "CREATE_PIPELINE arrived without a CommandId".into(),
-                            )
-                        })?
-                        .to_string();
-                    self.set_pid(&cid, msg.pid);
-                    let no_input = cp.no_input;
-                    self.pipe_event(
-                        &cid,
-                        PipelineEvent::Created {
-                            plan: Plan::from_create(&cp),
-                            no_input,
-                        },
-                    )?;
+                    let cid = self.pipe_id(cid, "CREATE_PIPELINE", msg.pid)?;
+                    let ev = PipelineEvent::Created {
+                        plan: Plan::from_create(&cp),
+                        no_input: cp.no_input,
+                    };
+                    self.pipe_event(&cid, ev, visible, effects)?;
                 }
                 PoolOutput::CommandMetadata(q) => {
-                    let cid = cid
-                        .ok_or_else(|| {
-                            ShellError::Malformed(
-                                "GET_COMMAND_METADATA arrived without a CommandId".into(),
-                            )
-                        })?
-                        .to_string();
-                    self.set_pid(&cid, msg.pid);
-                    self.pipe_event(
-                        &cid,
-                        PipelineEvent::Created {
-                            plan: Plan::Metadata(q),
-                            no_input: true,
-                        },
-                    )?;
+                    let cid = self.pipe_id(cid, "GET_COMMAND_METADATA", msg.pid)?;
+                    let ev = PipelineEvent::Created {
+                        plan: Plan::Metadata(q),
+                        no_input: true,
+                    };
+                    self.pipe_event(&cid, ev, visible, effects)?;
                 }
                 PoolOutput::Ignore => {}
             }
@@ -726,142 +741,143 @@ impl<E: PsrpEngine> PsrpShell<E> {
         Ok(())
     }
 
-    fn set_pid(&self, cid: &str, pid: [u8; 16]) {
-        if let Some(p) = lock(&self.shared.inner).pipes.get_mut(cid) {
-            p.pid = pid;
-        }
+    /// The pipeline a pipeline-creating message belongs to (its Command's CommandId); records
+    /// the PID the client gave it.
+    fn pipe_id(
+        &mut self,
+        cid: Option<&str>,
+        what: &str,
+        pid: [u8; 16],
+    ) -> Result<String, PoolError> {
+        let cid = cid.ok_or_else(|| {
+            ProtocolError::Malformed(format!("{what} arrived without a CommandId"))
+        })?;
+        let p = self.pipes.get_mut(cid).ok_or(PoolError::UnknownPipeline)?;
+        p.pid = pid;
+        Ok(cid.to_string())
     }
 
     /// The pipeline a message belongs to: the Send's CommandId, else the one whose PID matches.
-    fn pipe_for(&self, cid: Option<&str>, msg: &Message) -> Result<String, ShellError> {
+    fn pipe_for(&self, cid: Option<&str>, msg: &Message) -> Result<String, PoolError> {
         if let Some(c) = cid {
             return Ok(c.to_string());
         }
-        let inner = lock(&self.shared.inner);
-        inner
-            .pipes
+        self.pipes
             .iter()
             .find(|(_, p)| p.pid == msg.pid)
             .map(|(k, _)| k.clone())
-            .ok_or(ShellError::InvalidSelectors)
+            .ok_or(PoolError::UnknownPipeline)
     }
 
-    fn pipe_event(&mut self, cid: &str, ev: PipelineEvent) -> Result<(), ShellError> {
-        let actions = {
-            let mut inner = lock(&self.shared.inner);
-            let p = inner
-                .pipes
-                .get_mut(cid)
-                .ok_or(ShellError::InvalidSelectors)?;
-            let (state, actions) = p.state.clone().handle(ev).map_err(malformed)?;
-            p.state = state;
-            actions
-        };
+    /// The client stopped pipeline `cid` (Signal).
+    pub fn stop(
+        &mut self,
+        cid: &str,
+        visible: &[VisibleCommand],
+    ) -> Result<Vec<Effect>, PoolError> {
+        let mut effects = Vec::new();
+        self.pipe_event(cid, PipelineEvent::Stop, visible, &mut effects)?;
+        Ok(effects)
+    }
+
+    fn pipe_event(
+        &mut self,
+        cid: &str,
+        ev: PipelineEvent,
+        visible: &[VisibleCommand],
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), PoolError> {
+        let p = self.pipes.get_mut(cid).ok_or(PoolError::UnknownPipeline)?;
+        let (state, actions) = p.state.clone().handle(ev)?;
+        p.state = state;
         for a in actions {
             match a {
-                PipelineAction::Start(plan, input) => self.start(cid, plan, input),
-                PipelineAction::Cancel => {
-                    if let Some(p) = lock(&self.shared.inner).pipes.get(cid) {
-                        p.cancel.cancel();
-                    }
-                }
-                PipelineAction::SendState(st) => {
-                    lock(&self.shared.inner).queue_pipe(
-                        cid,
-                        MessageType::PipelineState,
-                        &objects::pipeline_state(st, None),
+                PipelineAction::Start(Plan::Metadata(q), _) => {
+                    let framer = self.framer_for(cid).ok_or(PoolError::UnknownPipeline)?;
+                    let selected = q.select(visible);
+                    let mut f = framer.fragments(
+                        MessageType::PipelineOutput,
+                        &objects::command_metadata_count(selected.len()),
                     );
-                    wake(&self.shared.notify);
+                    for c in selected {
+                        f.extend(
+                            framer.fragments(
+                                MessageType::PipelineOutput,
+                                &objects::command_metadata(c),
+                            ),
+                        );
+                    }
+                    effects.push(Effect::Pipe {
+                        cid: cid.to_string(),
+                        fragments: f,
+                        last: false,
+                    });
+                    let end = self.finished(cid, &RunOutcome::Completed { had_errors: false });
+                    effects.push(Effect::Pipe {
+                        cid: cid.to_string(),
+                        fragments: end,
+                        last: true,
+                    });
+                }
+                PipelineAction::Start(Plan::Refuse(e), _) => {
+                    let end = self.finished(cid, &RunOutcome::Failed(e));
+                    effects.push(Effect::Pipe {
+                        cid: cid.to_string(),
+                        fragments: end,
+                        last: true,
+                    });
+                }
+                PipelineAction::Start(plan, input) => effects.push(Effect::Start {
+                    cid: cid.to_string(),
+                    plan,
+                    input,
+                }),
+                PipelineAction::Cancel => effects.push(Effect::Cancel {
+                    cid: cid.to_string(),
+                }),
+                PipelineAction::SendState(st) => {
+                    let framer = self.framer_for(cid).ok_or(PoolError::UnknownPipeline)?;
+                    effects.push(Effect::Pipe {
+                        cid: cid.to_string(),
+                        fragments: framer.fragments(
+                            MessageType::PipelineState,
+                            &objects::pipeline_state(st, None),
+                        ),
+                        last: true,
+                    });
                 }
             }
         }
         Ok(())
     }
 
-    fn start(&mut self, cid: &str, plan: Plan, input: Vec<Value>) {
-        match plan {
-            Plan::Metadata(q) => {
-                let selected = q.select(&self.visible);
-                {
-                    let mut inner = lock(&self.shared.inner);
-                    inner.queue_pipe(
-                        cid,
-                        MessageType::PipelineOutput,
-                        &objects::command_metadata_count(selected.len()),
-                    );
-                    for c in selected {
-                        inner.queue_pipe(
-                            cid,
-                            MessageType::PipelineOutput,
-                            &objects::command_metadata(c),
-                        );
-                    }
-                }
-                finish(
-                    &self.shared,
-                    cid,
-                    RunOutcome::Completed { had_errors: false },
-                );
-            }
-            Plan::Refuse(e) => finish(&self.shared, cid, RunOutcome::Failed(e)),
-            plan => {
-                let shared = self.shared.clone();
-                let cancel = lock(&shared.inner)
-                    .pipes
-                    .get(cid)
-                    .map(|p| p.cancel.clone())
-                    .unwrap_or_default();
-                let identity = self.identity.clone();
-                let cid_owned = cid.to_string();
-                let spawned = std::thread::Builder::new().name("psrp-pipeline".into()).spawn(move || {
-                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let mut engine = lock(&shared.engine);
-                        // Signalled or closed while waiting for an earlier pipeline: never start.
-                        if cancel.is_cancelled() {
-                            return RunOutcome::Stopped;
-                        }
-                        run_plan(&mut *engine, &shared, &cid_owned, &identity, plan, input, &cancel)
-                    }));
-                    let outcome = run.unwrap_or_else(|_| {
-                        tracing::error!(command_id = %cid_owned, "PSRP pipeline thread panicked");
-                        RunOutcome::Failed(ErrorRecord::new(
-                            "keyhole hit an internal error while running this pipeline; see the server log",
-                            "InternalError",
-                            ErrorCategory::NotSpecified,
-                        ))
-                    });
-                    finish(&shared, &cid_owned, outcome);
-                });
-                if let Err(e) = spawned {
-                    let er = ErrorRecord::new(
-                        format!("keyhole could not start the pipeline: {e}"),
-                        "PipelineStartFailed",
-                        ErrorCategory::ResourceUnavailable,
-                    );
-                    finish(&self.shared, cid, RunOutcome::Failed(er));
-                }
-            }
-        }
-        wake(&self.shared.notify);
-    }
-
-    fn evict_finished(inner: &mut Inner) {
-        loop {
-            let finished: Vec<(u64, String)> = inner
-                .pipes
-                .iter()
-                .filter(|(_, p)| p.state.is_done() && p.queue.is_empty())
-                .map(|(k, p)| (p.seq, k.clone()))
-                .collect();
-            if finished.len() <= MAX_FINISHED_PIPELINES {
-                return;
-            }
-            match finished.iter().min_by_key(|(s, _)| *s) {
-                Some((_, k)) => {
-                    inner.pipes.remove(k);
-                }
-                None => return,
-            }
+    /// Pipeline `cid`'s run ended with `outcome`: its PIPELINE_STATE fragments (empty when the
+    /// pipeline is gone or already done).
+    pub fn finished(&mut self, cid: &str, outcome: &RunOutcome) -> Vec<Vec<u8>> {
+        let (state, err) = end_state(outcome);
+        let Some(p) = self.pipes.get_mut(cid) else {
+            return Vec::new();
+        };
+        let Ok((next, _)) = p.state.clone().handle(PipelineEvent::Finished(state)) else {
+            return Vec::new();
+        };
+        p.state = next.clone();
+        let final_state = if let Pipeline::Done(s) = next {
+            s
+        } else {
+            state
+        };
+        let err = if final_state == InvocationState::Failed {
+            err
+        } else {
+            None
+        };
+        match self.framer_for(cid) {
+            Some(f) => f.fragments(
+                MessageType::PipelineState,
+                &objects::pipeline_state(final_state, err.as_ref()),
+            ),
+            None => Vec::new(),
         }
     }
 }
@@ -875,49 +891,20 @@ fn end_state(outcome: &RunOutcome) -> (InvocationState, Option<ErrorRecord>) {
     }
 }
 
-/// Queue PIPELINE_STATE for the end of a run and wake the waiter.
-fn finish<E>(shared: &Shared<E>, cid: &str, outcome: RunOutcome) {
-    let (state, err) = end_state(&outcome);
-    {
-        let mut inner = lock(&shared.inner);
-        let Some(p) = inner.pipes.get_mut(cid) else {
-            return;
-        };
-        let Ok((next, _)) = p.state.clone().handle(PipelineEvent::Finished(state)) else {
-            return;
-        };
-        p.state = next.clone();
-        let final_state = if let Pipeline::Done(s) = next {
-            s
-        } else {
-            state
-        };
-        let err = if final_state == InvocationState::Failed {
-            err
-        } else {
-            None
-        };
-        inner.queue_pipe(
-            cid,
-            MessageType::PipelineState,
-            &objects::pipeline_state(final_state, err.as_ref()),
-        );
-    }
-    wake(&shared.notify);
-}
+// ---------------------------------------------------------------------------------------------
+// Engine events → PSRP messages
 
-/// Streams engine events out as PSRP messages.
-struct PipeSink<'a, E> {
-    shared: &'a Shared<E>,
-    cid: &'a str,
-    identity: &'a PsrpIdentity,
-    /// execute_ps: format output objects to lines (Out-String -Stream).
-    formatter: Option<Formatter>,
-    cancel: &'a CancelToken,
-    /// Streams merged into output.
+/// Turns what a run produces into PSRP messages: output objects as they are (or formatted to
+/// strings for [`Plan::LineAsStrings`]), the other streams as their records or merged into
+/// output as the pipeline asked.
+pub struct EventEncoder {
     merge: Merge,
+    formatter: Option<Formatter>,
+    user: String,
+    computer: String,
 }
 
+/// Split formatted text into lines (no trailing empty line for a final newline).
 fn lines(text: &str) -> Vec<String> {
     if text.is_empty() {
         return Vec::new();
@@ -932,47 +919,34 @@ fn lines(text: &str) -> Vec<String> {
     v
 }
 
-impl<E> PipeSink<'_, E> {
-    fn emit(&mut self, msgs: Vec<(MessageType, String)>) {
-        {
-            let mut inner = lock(&self.shared.inner);
-            for (t, body) in msgs {
-                inner.queue_pipe(self.cid, t, &body);
-            }
-        }
-        wake(&self.shared.notify);
-        // Back-pressure: wait for the client to Receive before producing more.
-        loop {
-            let (bytes, closed) = {
-                let inner = lock(&self.shared.inner);
-                (inner.queued_bytes(self.cid), inner.closed)
-            };
-            if bytes <= MAX_QUEUED_BYTES || closed || self.cancel.is_cancelled() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+impl EventEncoder {
+    /// The encoder for `plan`; `user` and `computer` are shown in information records.
+    pub fn for_plan(plan: &Plan, user: &str, computer: &str) -> EventEncoder {
+        EventEncoder {
+            merge: match plan {
+                Plan::Segments(_, m) => *m,
+                _ => Merge::default(),
+            },
+            formatter: matches!(plan, Plan::LineAsStrings(_)).then(Formatter::new),
+            user: user.to_string(),
+            computer: computer.to_string(),
         }
     }
 
-    fn flush_formatter(&mut self) {
-        if let Some(f) = self.formatter.as_mut() {
-            let text = f.finish();
-            let msgs = lines(&text)
-                .into_iter()
-                .map(|l| {
-                    (
-                        MessageType::PipelineOutput,
-                        objects::output(&Value::String(l)),
-                    )
-                })
-                .collect();
-            self.emit(msgs);
-        }
+    fn strings(text: &str) -> Vec<(MessageType, String)> {
+        lines(text)
+            .into_iter()
+            .map(|l| {
+                (
+                    MessageType::PipelineOutput,
+                    objects::output(&Value::String(l)),
+                )
+            })
+            .collect()
     }
-}
 
-impl<E> EventSink for PipeSink<'_, E> {
-    fn event(&mut self, e: Event) {
+    /// The messages for one event.
+    pub fn encode(&mut self, e: Event) -> Vec<(MessageType, String)> {
         use MessageType as T;
         let m = self.merge;
         let info = |kind: InfoKind, s: &str, merged: bool| {
@@ -984,12 +958,9 @@ impl<E> EventSink for PipeSink<'_, E> {
             };
             vec![(t, objects::informational(kind, s))]
         };
-        let msgs = match e {
+        match e {
             Event::Output(v) => match self.formatter.as_mut() {
-                Some(f) => lines(&f.push(&v))
-                    .into_iter()
-                    .map(|l| (T::PipelineOutput, objects::output(&Value::String(l))))
-                    .collect(),
+                Some(f) => Self::strings(&f.push(&v)),
                 None => vec![(T::PipelineOutput, objects::output(&v))],
             },
             Event::Error(er) if m.error => {
@@ -1005,268 +976,16 @@ impl<E> EventSink for PipeSink<'_, E> {
                 } else {
                     T::InformationRecord
                 };
-                vec![(
-                    t,
-                    objects::information(&s, &self.identity.user, &self.identity.computer),
-                )]
-            }
-        };
-        self.emit(msgs);
-    }
-}
-
-fn run_plan<E: PsrpEngine>(
-    engine: &mut E,
-    shared: &Shared<E>,
-    cid: &str,
-    identity: &PsrpIdentity,
-    plan: Plan,
-    input: Vec<Value>,
-    cancel: &CancelToken,
-) -> RunOutcome {
-    let mut sink = PipeSink {
-        shared,
-        cid,
-        identity,
-        formatter: None,
-        cancel,
-        merge: Merge::default(),
-    };
-    match plan {
-        Plan::ExecutePs(text) => {
-            sink.formatter = Some(Formatter::new());
-            let out = engine.run_line(&text, &mut sink, cancel);
-            sink.flush_formatter();
-            out
-        }
-        Plan::Segments(segments, merge) => {
-            sink.merge = merge;
-            let mut input = Some(input);
-            let mut had_errors = false;
-            for seg in segments {
-                if cancel.is_cancelled() {
-                    return RunOutcome::Stopped;
-                }
-                let out = match seg {
-                    Segment::Script(text) => engine.run_line(&text, &mut sink, cancel),
-                    Segment::Structured(stmts) => engine.run_structured(
-                        &stmts,
-                        input.take().unwrap_or_default(),
-                        &mut sink,
-                        cancel,
-                    ),
-                };
-                match out {
-                    RunOutcome::Completed { had_errors: h } => had_errors |= h,
-                    other => return other,
-                }
-            }
-            RunOutcome::Completed { had_errors }
-        }
-        Plan::Metadata(_) | Plan::Refuse(_) => RunOutcome::Completed { had_errors: false },
-    }
-}
-
-fn is_stop_signal(code: &str) -> bool {
-    let c = code.to_ascii_lowercase();
-    c.ends_with("crtl_c") || c.ends_with("ctrl_c") || c.ends_with("terminate")
-}
-
-impl<E: PsrpEngine> Shell for PsrpShell<E> {
-    fn on_create(&mut self, req: &CreateRequest) -> Result<(), ShellError> {
-        {
-            let mut inner = lock(&self.shared.inner);
-            if req.max_envelope_size > 0 {
-                inner.max_envelope = req.max_envelope_size;
-                inner.max_blob = max_blob_for_envelope(req.max_envelope_size);
-            }
-        }
-        let data = req
-            .creation_xml
-            .as_deref()
-            .ok_or_else(|| ShellError::Malformed("PSRP Create without creationXml".into()))?;
-        self.feed(None, data)
-    }
-
-    fn command(&mut self, req: CommandRequest) -> Result<String, ShellError> {
-        let cid = req
-            .command_id
-            .clone()
-            .map(|c| c.trim().to_ascii_uppercase())
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().to_ascii_uppercase());
-        let mut data = Vec::new();
-        for a in &req.arguments {
-            let compact: String = a.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(compact.as_bytes())
-                .map_err(|e| {
-                    ShellError::Malformed(format!("PSRP command arguments are not base64: {e}"))
-                })?;
-            data.extend_from_slice(&bytes);
-        }
-        {
-            let mut inner = lock(&self.shared.inner);
-            if !matches!(inner.pool, RunspacePool::Opened { .. }) {
-                return Err(ShellError::Malformed(format!(
-                    "a pipeline is invalid in runspace pool state {}",
-                    inner.pool.state_name()
-                )));
-            }
-            if inner.pipes.contains_key(&cid) {
-                return Err(ShellError::Malformed(format!(
-                    "CommandId {cid} is already in use in this runspace pool"
-                )));
-            }
-            let active = inner.pipes.values().filter(|p| !p.state.is_done()).count();
-            if active >= MAX_ACTIVE_PIPELINES {
-                return Err(ShellError::QuotaLimit(format!(
-                    "more than {MAX_ACTIVE_PIPELINES} pipelines at once in one runspace pool"
-                )));
-            }
-            Self::evict_finished(&mut inner);
-            let seq = inner.next_seq;
-            inner.next_seq = inner.next_seq.saturating_add(1);
-            let pid = guid_to_net_bytes(&cid).unwrap_or([0u8; 16]);
-            inner.pipes.insert(
-                cid.clone(),
-                Pipe {
-                    seq,
-                    pid,
-                    state: Pipeline::AwaitingCreate,
-                    queue: VecDeque::new(),
-                    queued_bytes: 0,
-                    cancel: CancelToken::new(),
-                    final_queued: false,
-                },
-            );
-        }
-        if let Err(e) = self.feed(Some(&cid), &data) {
-            lock(&self.shared.inner).pipes.remove(&cid);
-            return Err(e);
-        }
-        Ok(cid)
-    }
-
-    fn send(
-        &mut self,
-        command_id: Option<&str>,
-        stream: &str,
-        data: Vec<u8>,
-        _end: bool,
-    ) -> Result<(), ShellError> {
-        if stream != "stdin" && stream != "pr" {
-            return Err(ShellError::Malformed(format!(
-                "PSRP input stream {stream:?} is neither stdin nor pr"
-            )));
-        }
-        let cid = command_id.map(|c| c.trim().to_ascii_uppercase());
-        if let Some(c) = &cid {
-            if !lock(&self.shared.inner).pipes.contains_key(c) {
-                return Err(ShellError::InvalidSelectors);
-            }
-        }
-        self.feed(cid.as_deref(), &data)
-    }
-
-    fn receive(&mut self, command_id: Option<&str>) -> Result<ReceiveResponse, ShellError> {
-        let mut inner = lock(&self.shared.inner);
-        let budget = inner.max_envelope.saturating_sub(ENVELOPE_OVERHEAD);
-        let cost = |n: usize| n.div_ceil(3) * 4 + STREAM_ELEMENT_OVERHEAD;
-        let mut streams = Vec::new();
-        let mut used = 0usize;
-        match command_id {
-            None => {
-                while let Some(f) = inner.pool_queue.front() {
-                    if !streams.is_empty() && used + cost(f.len()) > budget {
-                        break;
-                    }
-                    used += cost(f.len());
-                    if let Some(f) = inner.pool_queue.pop_front() {
-                        streams.push(StreamChunk {
-                            name: "stdout".into(),
-                            command_id: None,
-                            data: f,
-                            end: false,
-                        });
-                    }
-                }
-                Ok(ReceiveResponse {
-                    streams,
-                    command_state: None,
-                })
-            }
-            Some(c) => {
-                let cid = c.trim().to_ascii_uppercase();
-                let p = inner
-                    .pipes
-                    .get_mut(&cid)
-                    .ok_or(ShellError::InvalidSelectors)?;
-                while let Some(f) = p.queue.front() {
-                    if !streams.is_empty() && used + cost(f.len()) > budget {
-                        break;
-                    }
-                    used += cost(f.len());
-                    if let Some(f) = p.queue.pop_front() {
-                        p.queued_bytes = p.queued_bytes.saturating_sub(f.len());
-                        streams.push(StreamChunk {
-                            name: "stdout".into(),
-                            command_id: Some(cid.clone()),
-                            data: f,
-                            end: false,
-                        });
-                    }
-                }
-                let command_state = (p.final_queued && p.queue.is_empty()).then(|| CommandState {
-                    command_id: cid.clone(),
-                    state: CommandStateKind::Done,
-                    exit_code: Some(0),
-                });
-                Ok(ReceiveResponse {
-                    streams,
-                    command_state,
-                })
+                vec![(t, objects::information(&s, &self.user, &self.computer))]
             }
         }
     }
 
-    fn signal(&mut self, command_id: Option<&str>, code: &str) -> Result<(), ShellError> {
-        if !is_stop_signal(code) {
-            return Err(ShellError::Malformed(format!(
-                "unknown signal code {code:?}"
-            )));
-        }
-        let Some(c) = command_id else { return Ok(()) };
-        let cid = c.trim().to_ascii_uppercase();
-        if !lock(&self.shared.inner).pipes.contains_key(&cid) {
-            return Err(ShellError::InvalidSelectors);
-        }
-        self.pipe_event(&cid, PipelineEvent::Stop)
-    }
-
-    fn close(&mut self) {
-        let mut inner = lock(&self.shared.inner);
-        inner.closed = true;
-        inner.pool = RunspacePool::Closed;
-        for p in inner.pipes.values_mut() {
-            p.cancel.cancel();
-            p.queue.clear();
-            p.queued_bytes = 0;
-        }
-        inner.pool_queue.clear();
-        drop(inner);
-        wake(&self.shared.notify);
-    }
-
-    fn notify(&self) -> Arc<Notify> {
-        self.shared.notify.clone()
-    }
-}
-
-impl<E: PsrpEngine> Drop for PsrpShell<E> {
-    fn drop(&mut self) {
-        let inner = lock(&self.shared.inner);
-        for p in inner.pipes.values() {
-            p.cancel.cancel();
+    /// What is left when the run ends (the formatter's tail).
+    pub fn finish(&mut self) -> Vec<(MessageType, String)> {
+        match self.formatter.as_mut() {
+            Some(f) => Self::strings(&f.finish()),
+            None => Vec::new(),
         }
     }
 }
@@ -1275,19 +994,6 @@ impl<E: PsrpEngine> Drop for PsrpShell<E> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stop_signal_codes_from_the_wsman_layer() {
-        for c in [
-            "ps_crtl_c",
-            "ctrl_c",
-            "terminate",
-            "http://schemas.microsoft.com/powershell/signal/crtl_c",
-        ] {
-            assert!(is_stop_signal(c), "{c}");
-        }
-        assert!(!is_stop_signal("ps_nope"));
-    }
 
     #[test]
     fn pool_state_machine_orders_negotiation() {
@@ -1368,5 +1074,56 @@ mod tests {
                 .contains("PipelineInput is invalid in state Done"),
             "{e}"
         );
+    }
+
+    fn cp(iex_named: bool, out_cmd: &str) -> CreatePipeline {
+        use crate::engine::CommandArg;
+        let cmd = |name: &str, args: Vec<CommandArg>| objects::PipelineCommand {
+            cmd: name.into(),
+            is_script: false,
+            args,
+            merge: Merge::default(),
+        };
+        CreatePipeline {
+            no_input: true,
+            add_to_history: false,
+            is_nested: false,
+            statements: vec![vec![
+                cmd(
+                    "Invoke-Expression",
+                    vec![CommandArg {
+                        name: iex_named.then(|| "Command".to_string()),
+                        value: Some(Value::String("Get-Date".into())),
+                    }],
+                ),
+                cmd(
+                    out_cmd,
+                    vec![CommandArg {
+                        name: Some("Stream".into()),
+                        value: None,
+                    }],
+                ),
+            ]],
+        }
+    }
+
+    #[test]
+    fn execute_ps_is_recognised_only_in_its_exact_shape() {
+        assert_eq!(
+            Wrapper::recognise(&cp(true, "Out-String")),
+            Some(Wrapper::ExecutePs("Get-Date".into()))
+        );
+        assert_eq!(
+            Plan::from_create(&cp(true, "out-string")),
+            Plan::LineAsStrings("Get-Date".into())
+        );
+        // A positional -Command is not pypsrp's shape: the engine gets the structured pipeline,
+        // where Invoke-Expression does not exist.
+        assert_eq!(Wrapper::recognise(&cp(false, "Out-String")), None);
+        assert!(matches!(
+            Plan::from_create(&cp(false, "Out-String")),
+            Plan::Segments(ref s, _) if matches!(s.as_slice(), [Segment::Structured(_)])
+        ));
+        assert_eq!(Wrapper::recognise(&cp(true, "Out-Default")), None);
     }
 }

@@ -65,8 +65,9 @@ pub fn mechanism() -> &'static Mechanism {
 }
 
 /// Use the fallback in this process even where cgroups work (tests of the fallback). Only
-/// effective before the first command; returns whether the fallback is now in use.
-#[doc(hidden)]
+/// effective before the first command; returns whether the fallback is now in use. Exists only
+/// in test builds (the `test-util` feature, which only the tests' dev-dependency turns on).
+#[cfg(any(test, feature = "test-util"))]
 pub fn force_fallback() -> bool {
     MECHANISM.get_or_init(|| Mechanism::Fallback) == &Mechanism::Fallback
 }

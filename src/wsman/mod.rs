@@ -1,4 +1,6 @@
-//! `wsman` is the HTTP service: SOAP envelopes, operations, faults, limits, shell registry.
+//! `wsman`: WS-Management over authenticated request bodies — SOAP envelopes, operations,
+//! faults, limits, the shell registry, and `shell`, the contract with what sits above (gate 2,
+//! shell factories, shells). It knows no HTTP listener, no engine and no shell implementation.
 #![forbid(unsafe_code)]
 
 pub mod envelope;
@@ -7,5 +9,4 @@ pub mod registry;
 pub mod response;
 pub mod service;
 pub mod shell;
-pub mod testing;
 pub mod xml;

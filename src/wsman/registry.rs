@@ -1,24 +1,31 @@
 //! The shell registry: every open shell keyed by ShellId, owned by one user. Another user's
 //! ShellId looks exactly like an unknown one. Enforces the per-user shell quota and the idle
-//! timeout (closing a shell kills what runs in it).
+//! timeout (closing a shell kills what runs in it and answers every Receive waiting on it).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::shell::{Shell, ShellError, ShellOwner};
+use super::shell::{Shell, ShellError, ShellLimits, StreamName};
+
+/// Who opened a shell (user name as authenticated, client address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellOwner {
+    pub user: String,
+    pub client: String,
+}
 
 /// One open shell.
 pub struct ShellEntry {
     pub id: String,
     pub owner: ShellOwner,
     pub resource_uri: String,
-    pub input_streams: String,
-    pub output_streams: String,
+    pub input_streams: Vec<StreamName>,
+    pub output_streams: Vec<StreamName>,
     /// The client's environment variables (shown back in Create/Get responses).
     pub environment: Vec<(String, String)>,
     pub idle_timeout: Duration,
@@ -28,19 +35,20 @@ pub struct ShellEntry {
     last_used: Mutex<Instant>,
     /// Requests currently using this shell (a long-polling Receive keeps it alive).
     busy: AtomicUsize,
+    /// Deleted, expired or shut down: a Receive still waiting answers at once.
+    closed: AtomicBool,
 }
 
 impl ShellEntry {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: String,
         owner: ShellOwner,
         resource_uri: String,
-        input_streams: String,
-        output_streams: String,
-        idle_timeout: Duration,
+        streams: (Vec<StreamName>, Vec<StreamName>),
+        limits: ShellLimits,
         shell: Box<dyn Shell>,
     ) -> ShellEntry {
+        let (input_streams, output_streams) = streams;
         let notify = shell.notify();
         ShellEntry {
             id,
@@ -49,12 +57,13 @@ impl ShellEntry {
             input_streams,
             output_streams,
             environment: Vec::new(),
-            idle_timeout,
+            idle_timeout: limits.idle_timeout,
             created: Instant::now(),
             shell: Mutex::new(shell),
             notify,
             last_used: Mutex::new(Instant::now()),
             busy: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -85,7 +94,14 @@ impl ShellEntry {
         UseGuard(self.clone())
     }
 
+    /// The shell was deleted, expired or shut down.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Close the shell and answer every Receive waiting on it (they see `is_closed`).
     fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         self.shell().close();
         self.notify.notify_waiters();
     }

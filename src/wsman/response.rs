@@ -67,8 +67,8 @@ pub struct ShellInfo {
     /// The client's `rsp:Environment` variables, echoed as Windows does.
     pub environment: Vec<(String, String)>,
     pub idle_timeout: std::time::Duration,
-    pub input_streams: String,
-    pub output_streams: String,
+    pub input_streams: Vec<super::shell::StreamName>,
+    pub output_streams: Vec<super::shell::StreamName>,
     pub run_time: std::time::Duration,
     pub inactivity: std::time::Duration,
 }
@@ -113,8 +113,8 @@ pub fn shell_element(info: &ShellInfo, state: Option<&str>) -> String {
         esc(&info.client_ip),
         environment_element(&info.environment),
         super::envelope::format_duration(info.idle_timeout),
-        esc(&info.input_streams),
-        esc(&info.output_streams),
+        super::shell::StreamName::join(&info.input_streams),
+        super::shell::StreamName::join(&info.output_streams),
     );
     if let Some(st) = state {
         s.push_str(&format!("<rsp:State>{}</rsp:State>", esc(st)));
@@ -149,7 +149,7 @@ pub fn receive_response(r: &super::shell::ReceiveResponse) -> String {
     let mut s = String::from("<rsp:ReceiveResponse>");
     for c in &r.streams {
         s.push_str("<rsp:Stream Name=\"");
-        s.push_str(&esc(&c.name));
+        s.push_str(c.name.as_str());
         s.push('"');
         if let Some(id) = &c.command_id {
             s.push_str(" CommandId=\"");

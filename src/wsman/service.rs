@@ -1,6 +1,7 @@
 //! WS-Man operations after authentication: decode the envelope, dispatch by Action and
 //! ResourceURI to the shell registry, and answer with a response or exactly one fault.
-//! HTTP-agnostic: `server` feeds it authenticated request bodies.
+//! HTTP-agnostic: the listener (`http`) feeds it authenticated request bodies; the shell
+//! factories it dispatches Create to are registered by the composition root.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -11,36 +12,24 @@ use base64::Engine as _;
 
 use super::envelope::*;
 use super::fault::{Fault, WsmanError};
-use super::registry::{Registry, ShellEntry};
+use super::registry::{Registry, ShellEntry, ShellOwner};
 use super::response::{self, ShellInfo};
-use super::shell::{CommandRequest, CreateRequest, ReceiveResponse, Shell, ShellError, ShellOwner};
+use super::shell::{
+    CommandRequest, CreateError, CreateRequest, Identity, NewShell, ReceiveResponse, ShellError,
+    ShellFactory, Signal, StreamName,
+};
 use super::xml::Element;
-use crate::server::{Gatekeeper, Identity, SessionGrant};
 
 /// Default MaxEnvelopeSize when the client sends none (pypsrp's and WinRM's default).
 pub const DEFAULT_CLIENT_ENVELOPE: usize = 153_600;
 /// Most bytes of stdin one command keeps.
 pub const MAX_CREATION_XML: usize = 1024 * 1024;
 
-/// Creates shells for a family of resource URIs (WinRS built in; PSRP registers one).
-pub trait ShellFactory: Send + Sync {
-    /// Build a shell for `resource_uri` in the session the gates granted.
-    fn create(
-        &self,
-        resource_uri: &str,
-        grant: SessionGrant,
-        owner: &ShellOwner,
-        req: &CreateRequest,
-    ) -> Result<Box<dyn Shell>, ShellError>;
-}
-
 /// What the service needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     /// Shown as `Machine` in faults.
     pub computer_name: String,
-    /// Endpoint WinRS shells land in; empty refuses them (with the generic 401).
-    pub winrs_endpoint: String,
     /// Largest request body accepted, bytes.
     pub max_envelope_size: usize,
     pub max_operation_timeout: Duration,
@@ -58,12 +47,20 @@ pub enum Reply {
     Unauthorized,
 }
 
+/// Which resource URIs a factory serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Serves {
+    /// Exactly this URI (WinRS's cmd shell); the factory knows its endpoint.
+    Exact(String),
+    /// URIs starting with this prefix; the rest is the endpoint (PSRP's configuration name).
+    Prefix(String),
+}
+
 /// The WS-Man service.
 pub struct WsmanService {
     pub cfg: ServiceConfig,
-    gate: Arc<dyn Gatekeeper>,
     registry: Arc<Registry>,
-    factories: Vec<(String, Arc<dyn ShellFactory>)>,
+    factories: Vec<(Serves, Arc<dyn ShellFactory>)>,
 }
 
 enum Outcome {
@@ -74,25 +71,38 @@ enum Outcome {
 type OpResult = Result<Outcome, WsmanError>;
 
 impl WsmanService {
-    pub fn new(cfg: ServiceConfig, gate: Arc<dyn Gatekeeper>) -> WsmanService {
+    /// A service with no shell factory: register them with [`WsmanService::register_exact`]
+    /// and [`WsmanService::register_prefix`] (until then Create answers DestinationUnreachable).
+    pub fn new(cfg: ServiceConfig) -> WsmanService {
         WsmanService {
             cfg,
-            gate,
             registry: Arc::new(Registry::new()),
-            factories: vec![(
-                URI_CMD.to_string(),
-                Arc::new(crate::winrs::WinrsFactory) as Arc<dyn ShellFactory>,
-            )],
+            factories: Vec::new(),
         }
     }
 
-    /// Serve resource URIs starting with `prefix` with `factory`. For a prefix ending in `/`
-    /// (e.g. `http://schemas.microsoft.com/powershell/`), the rest of the URI is the endpoint
-    /// name handed to gate 4. Later registrations of the same prefix replace earlier ones.
-    pub fn register_factory(&mut self, prefix: &str, factory: Arc<dyn ShellFactory>) {
-        self.factories
-            .retain(|(p, _)| !p.eq_ignore_ascii_case(prefix));
-        self.factories.push((prefix.to_string(), factory));
+    /// Serve the resource URI `uri` (case-insensitive) with `factory`; it gets no endpoint
+    /// name. A later registration of the same URI replaces the earlier one.
+    pub fn register_exact(&mut self, uri: &str, factory: Arc<dyn ShellFactory>) {
+        self.register(Serves::Exact(uri.to_string()), factory);
+    }
+
+    /// Serve resource URIs starting with `prefix` (case-insensitive, e.g.
+    /// `http://schemas.microsoft.com/powershell/`) with `factory`; the rest of the URI is the
+    /// endpoint name it gets. A later registration of the same prefix replaces the earlier one.
+    pub fn register_prefix(&mut self, prefix: &str, factory: Arc<dyn ShellFactory>) {
+        self.register(Serves::Prefix(prefix.to_string()), factory);
+    }
+
+    fn register(&mut self, serves: Serves, factory: Arc<dyn ShellFactory>) {
+        let same = |a: &Serves, b: &Serves| match (a, b) {
+            (Serves::Exact(x), Serves::Exact(y)) | (Serves::Prefix(x), Serves::Prefix(y)) => {
+                x.eq_ignore_ascii_case(y)
+            }
+            _ => false,
+        };
+        self.factories.retain(|(s, _)| !same(s, &serves));
+        self.factories.push((serves, factory));
     }
 
     pub fn registry(&self) -> Arc<Registry> {
@@ -178,24 +188,31 @@ impl WsmanService {
             .ok_or(WsmanError::Shell(ShellError::InvalidSelectors))
     }
 
-    fn factory_for(&self, uri: &str) -> Option<(String, Arc<dyn ShellFactory>)> {
-        if uri.eq_ignore_ascii_case(URI_CMD) {
-            let f = self
-                .factories
-                .iter()
-                .find(|(p, _)| p.eq_ignore_ascii_case(URI_CMD))?;
-            return Some((self.cfg.winrs_endpoint.clone(), f.1.clone()));
+    /// The factory for `uri` and the endpoint name it gets: an exact registration first, then
+    /// the longest prefix with something after it.
+    fn factory_for(&self, uri: &str) -> Option<(Option<String>, Arc<dyn ShellFactory>)> {
+        let exact = self.factories.iter().find_map(|(s, f)| match s {
+            Serves::Exact(u) if u.eq_ignore_ascii_case(uri) => Some((None, f.clone())),
+            _ => None,
+        });
+        if exact.is_some() {
+            return exact;
         }
         self.factories
             .iter()
-            .filter(|(p, _)| !p.eq_ignore_ascii_case(URI_CMD))
-            .find(|(p, _)| {
-                uri.len() > p.len()
-                    && uri
-                        .get(..p.len())
-                        .is_some_and(|h| h.eq_ignore_ascii_case(p))
+            .filter_map(|(s, f)| match s {
+                Serves::Prefix(p)
+                    if uri.len() > p.len()
+                        && uri
+                            .get(..p.len())
+                            .is_some_and(|h| h.eq_ignore_ascii_case(p)) =>
+                {
+                    Some((p.len(), f))
+                }
+                _ => None,
             })
-            .map(|(p, f)| (uri.get(p.len()..).unwrap_or("").to_string(), f.clone()))
+            .max_by_key(|(n, _)| *n)
+            .map(|(n, f)| (Some(uri.get(n..).unwrap_or("").to_string()), f.clone()))
     }
 
     async fn create(
@@ -209,35 +226,31 @@ impl WsmanService {
         let (endpoint, factory) = self
             .factory_for(&uri)
             .ok_or_else(|| WsmanError::UnknownResource(uri.clone()))?;
-        if endpoint.is_empty() {
-            tracing::info!(user = %id.user, %peer, "gate 4: WinRS refused: winrs_endpoint is empty in keyhole.toml");
-            return Ok(Outcome::Unauthorized);
-        }
         let req = parse_create(env, self.cfg.max_envelope_size)?;
-        let gate = self.gate.clone();
         let ident = id.clone();
-        let ep = endpoint.clone();
-        let grant = tokio::task::spawn_blocking(move || gate.open_session(&ident, &ep, peer))
-            .await
-            .map_err(|e| WsmanError::Internal(format!("open_session task failed: {e}")))?;
-        let Some(grant) = grant else {
-            return Ok(Outcome::Unauthorized);
+        let req2 = req.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            factory.create(&ident, peer, endpoint.as_deref(), &req2)
+        })
+        .await
+        .map_err(|e| WsmanError::Internal(format!("shell factory task failed: {e}")))?;
+        let NewShell { mut shell, limits } = match made {
+            Ok(n) => n,
+            Err(CreateError::Refused) => return Ok(Outcome::Unauthorized),
+            Err(CreateError::Shell(e)) => return Err(e.into()),
         };
         let owner = ShellOwner {
             user: id.user.clone(),
-            groups: id.groups.clone(),
             client: peer.ip().to_string(),
         };
-        let max_shells = grant.max_shells;
-        let idle = grant.idle_timeout;
         // Cheap early refusal; the registry re-checks atomically on insert.
-        if self.registry.count_for(&id.user) >= max_shells {
+        if self.registry.count_for(&id.user) >= limits.max_shells {
+            shell.close();
             return Err(WsmanError::ShellQuota(format!(
-                "user {} has {max_shells} shells open",
-                id.user
+                "user {} has {} shells open",
+                id.user, limits.max_shells
             )));
         }
-        let mut shell = factory.create(&uri, grant, &owner, &req)?;
         if let Err(e) = shell.on_create(&req) {
             shell.close();
             return Err(e.into());
@@ -247,33 +260,32 @@ impl WsmanService {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().to_uppercase());
         let inputs = if req.input_streams.is_empty() {
-            "stdin".to_string()
+            vec![StreamName::Stdin]
         } else {
-            req.input_streams.join(" ")
+            req.input_streams.clone()
         };
         let outputs = if req.output_streams.is_empty() {
-            "stdout stderr".to_string()
+            vec![StreamName::Stdout, StreamName::Stderr]
         } else {
-            req.output_streams.join(" ")
+            req.output_streams.clone()
         };
         let mut entry = ShellEntry::new(
             shell_id.clone(),
-            owner.clone(),
+            owner,
             uri.clone(),
-            inputs,
-            outputs,
-            idle,
+            (inputs, outputs),
+            limits,
             shell,
         );
         entry.environment = req.environment.clone();
-        let entry = match self.registry.insert(entry, max_shells) {
+        let entry = match self.registry.insert(entry, limits.max_shells) {
             Ok(e) => e,
             Err((err, entry)) => {
                 entry.shell().close();
                 return Err(err.into());
             }
         };
-        tracing::info!(user = %id.user, shell = %shell_id, endpoint = %endpoint, "shell created");
+        tracing::info!(user = %id.user, shell = %shell_id, resource = %uri, "shell created");
         let info = self.info(&entry);
         let body = format!(
             "{}{}",
@@ -338,7 +350,9 @@ impl WsmanService {
             let end = s
                 .attr("End")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-            let name = s.attr("Name").unwrap_or("stdin");
+            let raw = s.attr("Name").unwrap_or("stdin");
+            let name = StreamName::parse(raw)
+                .ok_or_else(|| WsmanError::Body(format!("unknown input stream {raw:?}")))?;
             entry.shell().send(s.attr("CommandId"), name, data, end)?;
         }
         Ok(Outcome::Body(
@@ -358,14 +372,14 @@ impl WsmanService {
         let command_id = desired
             .and_then(|d| d.attr("CommandId"))
             .map(str::to_string);
-        let wanted: Option<Vec<String>> = desired
-            .map(|d| {
-                d.text
-                    .split_whitespace()
-                    .map(str::to_ascii_lowercase)
-                    .collect()
-            })
-            .filter(|v: &Vec<String>| !v.is_empty());
+        let wanted: Option<Vec<StreamName>> = match desired {
+            Some(d) => Some(
+                StreamName::parse_list(&d.text)
+                    .map_err(|n| WsmanError::Body(format!("unknown output stream {n:?}")))?,
+            ),
+            None => None,
+        }
+        .filter(|v| !v.is_empty());
         let timeout = env
             .operation_timeout
             .unwrap_or(self.cfg.max_operation_timeout)
@@ -376,10 +390,13 @@ impl WsmanService {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Deleted, expired or shut down while waiting: answer now, as Windows does.
+            if entry.is_closed() {
+                return Err(ShellError::InvalidSelectors.into());
+            }
             let mut r: ReceiveResponse = entry.shell().receive(command_id.as_deref())?;
             if let Some(w) = &wanted {
-                r.streams
-                    .retain(|c| w.iter().any(|n| n.eq_ignore_ascii_case(&c.name)));
+                r.streams.retain(|c| w.contains(&c.name));
             }
             if !r.streams.is_empty() || r.command_state.is_some() {
                 return Ok(Outcome::Body(
@@ -405,9 +422,9 @@ impl WsmanService {
             .child(NS_SHELL, "Code")
             .map(|c| c.text.trim().to_string())
             .unwrap_or_default();
-        let code = signal_code(&code_uri)
+        let signal = Signal::from_uri(&code_uri)
             .ok_or_else(|| WsmanError::Body(format!("unknown signal code {code_uri:?}")))?;
-        entry.shell().signal(sig.attr("CommandId"), &code)?;
+        entry.shell().signal(sig.attr("CommandId"), signal)?;
         Ok(Outcome::Body(
             "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/SignalResponse",
             "<rsp:SignalResponse/>".into(),
@@ -474,30 +491,12 @@ pub fn decode_b64(text: &str) -> Result<Vec<u8>, WsmanError> {
         .map_err(|e| WsmanError::Body(format!("invalid base64: {e}")))
 }
 
-/// Map a signal URI to the short code shells understand: `.../windows/shell/signal/ctrl_c` →
-/// `ctrl_c`, `.../signal/Terminate` → `terminate`, PSRP's `powershell/signal/crtl_c` → `ps_crtl_c`.
-pub fn signal_code(uri: &str) -> Option<String> {
-    let lower = uri.to_ascii_lowercase();
-    let last = lower
-        .rsplit('/')
-        .next()
-        .filter(|s| !s.is_empty())?
-        .to_string();
-    // pypsrp 0.9.1 sends the PSRP stop signal as the relative `powershell/signal/ctrl_c`.
-    if lower.starts_with("http://schemas.microsoft.com/powershell/signal/")
-        || lower.starts_with("powershell/signal/")
-    {
-        return Some(format!("ps_{last}"));
+fn stream_list(e: Option<&Element>, what: &str) -> Result<Vec<StreamName>, WsmanError> {
+    match e {
+        Some(e) => StreamName::parse_list(&e.text)
+            .map_err(|n| WsmanError::Body(format!("{what}: keyhole serves no stream {n:?}"))),
+        None => Ok(Vec::new()),
     }
-    if lower.starts_with("http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/") {
-        return Some(last);
-    }
-    None
-}
-
-fn text_list(e: Option<&Element>) -> Vec<String> {
-    e.map(|e| e.text.split_whitespace().map(str::to_string).collect())
-        .unwrap_or_default()
 }
 
 /// Decode a Create request (`rsp:Shell`).
@@ -536,8 +535,8 @@ pub fn parse_create(env: &Envelope, server_max: usize) -> Result<CreateRequest, 
     Ok(CreateRequest {
         resource_uri: env.resource_uri.clone(),
         shell_id,
-        input_streams: text_list(shell.child(NS_SHELL, "InputStreams")),
-        output_streams: text_list(shell.child(NS_SHELL, "OutputStreams")),
+        input_streams: stream_list(shell.child(NS_SHELL, "InputStreams"), "InputStreams")?,
+        output_streams: stream_list(shell.child(NS_SHELL, "OutputStreams"), "OutputStreams")?,
         creation_xml,
         environment,
         working_directory: shell
@@ -564,29 +563,6 @@ mod tests {
         assert!(check_content_type(Some("application/soap+xml;charset=UTF-16")).is_err());
         assert!(check_content_type(Some("text/xml")).is_err());
         assert!(check_content_type(None).is_err());
-    }
-
-    #[test]
-    fn signal_codes() {
-        assert_eq!(
-            signal_code("http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/Terminate")
-                .as_deref(),
-            Some("terminate")
-        );
-        assert_eq!(
-            signal_code("http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/ctrl_c")
-                .as_deref(),
-            Some("ctrl_c")
-        );
-        assert_eq!(
-            signal_code("http://schemas.microsoft.com/powershell/signal/crtl_c").as_deref(),
-            Some("ps_crtl_c")
-        );
-        assert_eq!(
-            signal_code("powershell/signal/ctrl_c").as_deref(),
-            Some("ps_ctrl_c")
-        );
-        assert_eq!(signal_code("urn:x"), None);
     }
 
     #[test]

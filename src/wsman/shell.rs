@@ -1,19 +1,180 @@
-//! The contract between the WS-Man layer and the shells behind it (WinRS cmd shells and PSRP
-//! runspace pools). The WS-Man layer owns XML, HTTP, faults and long-polling; a shell owns its
-//! protocol state. Methods never block: `receive` returns what is ready, and `notify` wakes a
-//! waiting Receive when more becomes ready.
+//! The contract between the WS-Man layer and what sits above it: who the caller is (gate 2,
+//! [`Authenticate`]), how a shell is made ([`ShellFactory`], which opens the session through the
+//! gates itself and hands back the shell with its limits), what a shell does ([`Shell`]), and
+//! the values that cross the layer as enums ([`Signal`], [`StreamName`], [`CommandStateKind`]).
+//!
+//! The WS-Man layer owns XML, HTTP faults and long-polling; a shell owns its protocol state and
+//! its runtime. Shell methods never block: `receive` returns what is ready, and `notify` wakes a
+//! waiting Receive when more becomes ready. This module knows no engine, no shell and no
+//! listener: the composition root (`daemon`) registers every factory.
 #![forbid(unsafe_code)]
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
-/// Who opened the shell, after gates 2–4 (the engine session is built by the opener).
+/// Who the caller is, after gate 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShellOwner {
+pub struct Identity {
     pub user: String,
     pub groups: Vec<String>,
-    pub client: String,
+}
+
+/// Gate 2: who sent this request. Only Create opens a session (gates 3–4, in the factory);
+/// every other operation needs only this, and an authenticated caller gets WS-Man faults where
+/// an unauthenticated one gets the 401. So that a fault never tells a stranger the password was
+/// right, an implementation also refuses (None) a user who could open no session at all.
+pub trait Authenticate: Send + Sync + 'static {
+    /// CPU-heavy (password hashing): called on a blocking thread. None → the generic 401.
+    fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        peer: SocketAddr,
+        client_cert_sha256: Option<[u8; 32]>,
+    ) -> Option<Identity>;
+    /// `WWW-Authenticate` header values, e.g. `Basic realm="WSMAN"`.
+    fn challenges(&self) -> Vec<String>;
+}
+
+/// The limits of a shell, set by the factory that opened its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShellLimits {
+    /// The user's shell quota (`[limits] max_shells_per_user`), checked by the registry.
+    pub max_shells: usize,
+    /// A shell idle this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// A shell a factory made, with its limits.
+pub struct NewShell {
+    pub shell: Box<dyn Shell>,
+    pub limits: ShellLimits,
+}
+
+/// Why a factory made no shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateError {
+    /// Gates 3–4 (or the factory's own policy) refused: the client gets the same 401 as for a
+    /// wrong password; the log already says why.
+    Refused,
+    /// The request itself is wrong or over a quota: a WS-Man fault.
+    Shell(ShellError),
+}
+
+impl From<ShellError> for CreateError {
+    fn from(e: ShellError) -> Self {
+        CreateError::Shell(e)
+    }
+}
+
+/// Makes shells for the resource URIs it is registered for.
+pub trait ShellFactory: Send + Sync {
+    /// Open a session for `id` (through the gates) and build a shell on it. Called on a
+    /// blocking thread. `endpoint` is the rest of the resource URI after a prefix registration
+    /// (PSRP: the configuration name), None for an exact registration (WinRS: the factory knows
+    /// its endpoint).
+    fn create(
+        &self,
+        id: &Identity,
+        peer: SocketAddr,
+        endpoint: Option<&str>,
+        req: &CreateRequest,
+    ) -> Result<NewShell, CreateError>;
+}
+
+/// The streams of the WinRS and PSRP shells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamName {
+    Stdin,
+    Stdout,
+    Stderr,
+    /// PSRP's prompt-response input stream (host responses).
+    Pr,
+}
+
+impl StreamName {
+    /// The name as sent on the wire (case-insensitive on input).
+    pub fn parse(s: &str) -> Option<StreamName> {
+        [
+            StreamName::Stdin,
+            StreamName::Stdout,
+            StreamName::Stderr,
+            StreamName::Pr,
+        ]
+        .into_iter()
+        .find(|n| n.as_str().eq_ignore_ascii_case(s))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamName::Stdin => "stdin",
+            StreamName::Stdout => "stdout",
+            StreamName::Stderr => "stderr",
+            StreamName::Pr => "pr",
+        }
+    }
+
+    /// A whitespace-separated list (`rsp:InputStreams`, `rsp:DesiredStream`); the first name
+    /// keyhole does not serve is the error.
+    pub fn parse_list(s: &str) -> Result<Vec<StreamName>, String> {
+        s.split_whitespace()
+            .map(|n| StreamName::parse(n).ok_or_else(|| n.to_string()))
+            .collect()
+    }
+
+    /// A list as sent on the wire: names separated by one space.
+    pub fn join(list: &[StreamName]) -> String {
+        list.iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl fmt::Display for StreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `rsp:Signal` code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// WinRS `.../windows/shell/signal/ctrl_c`.
+    CtrlC,
+    /// WinRS `.../windows/shell/signal/ctrl_break`.
+    CtrlBreak,
+    /// WinRS `.../windows/shell/signal/Terminate`: stop, and forget a finished command.
+    Terminate,
+    /// PSRP's stop: `http://schemas.microsoft.com/powershell/signal/crtl_c` (sic, as Windows
+    /// spells it), or the relative `powershell/signal/ctrl_c` pypsrp 0.9.1 sends.
+    PsrpStop,
+}
+
+const WINRS_SIGNAL: &str = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/";
+const PSRP_SIGNAL: &str = "http://schemas.microsoft.com/powershell/signal/";
+const PSRP_SIGNAL_RELATIVE: &str = "powershell/signal/";
+
+impl Signal {
+    /// The signal a `rsp:Code` URI names (case-insensitive); None for any other.
+    pub fn from_uri(uri: &str) -> Option<Signal> {
+        let lower = uri.trim().to_ascii_lowercase();
+        if let Some(code) = lower.strip_prefix(WINRS_SIGNAL) {
+            return match code {
+                "ctrl_c" => Some(Signal::CtrlC),
+                "ctrl_break" => Some(Signal::CtrlBreak),
+                "terminate" => Some(Signal::Terminate),
+                _ => None,
+            };
+        }
+        let code = lower
+            .strip_prefix(PSRP_SIGNAL)
+            .or_else(|| lower.strip_prefix(PSRP_SIGNAL_RELATIVE))?;
+        matches!(code, "crtl_c" | "ctrl_c").then_some(Signal::PsrpStop)
+    }
 }
 
 /// wst:Create body and options, decoded.
@@ -22,8 +183,8 @@ pub struct CreateRequest {
     pub resource_uri: String,
     /// ShellId the client chose (PSRP sends one as a `ShellId` attribute), if any.
     pub shell_id: Option<String>,
-    pub input_streams: Vec<String>,
-    pub output_streams: Vec<String>,
+    pub input_streams: Vec<StreamName>,
+    pub output_streams: Vec<StreamName>,
     /// PSRP: the `creationXml` element's base64-decoded bytes (PSRP fragments).
     pub creation_xml: Option<Vec<u8>>,
     /// WinRS: `<rsp:Environment><rsp:Variable Name=...>`.
@@ -49,8 +210,7 @@ pub struct CommandRequest {
 /// One chunk of one stream in a ReceiveResponse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamChunk {
-    /// "stdout", "stderr", "pr".
-    pub name: String,
+    pub name: StreamName,
     pub command_id: Option<String>,
     pub data: Vec<u8>,
     pub end: bool,
@@ -80,7 +240,8 @@ pub struct ReceiveResponse {
 /// Errors a shell reports; the WS-Man layer maps each to one fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShellError {
-    /// Unknown shell or command (or one that belongs to another user): w:InvalidSelectors.
+    /// Unknown shell or command (or one that belongs to another user, or a shell closed while
+    /// the request waited): w:InvalidSelectors.
     #[error("unknown shell or command")]
     InvalidSelectors,
     /// Too many shells/commands: QuotaLimit.
@@ -96,25 +257,78 @@ pub enum ShellError {
 
 /// A shell instance (a WinRS cmd shell or a PSRP runspace pool).
 pub trait Shell: Send {
-    /// Called once after creation; returns the body extras for the Create response, if any
-    /// (PSRP returns nothing special; WinRS nothing).
+    /// Called once after creation, with the Create request.
     fn on_create(&mut self, req: &CreateRequest) -> Result<(), ShellError>;
     /// Start a command; returns its CommandId (the client's if it chose one).
     fn command(&mut self, req: CommandRequest) -> Result<String, ShellError>;
-    /// Deliver input (`stream` is "stdin" or "pr"; `command_id` None addresses the shell itself).
+    /// Deliver input (`command_id` None addresses the shell itself).
     fn send(
         &mut self,
         command_id: Option<&str>,
-        stream: &str,
+        stream: StreamName,
         data: Vec<u8>,
         end: bool,
     ) -> Result<(), ShellError>;
     /// What is ready to return for this command (or the shell when None); empty = nothing yet.
     fn receive(&mut self, command_id: Option<&str>) -> Result<ReceiveResponse, ShellError>;
-    /// Signal a command (codes: "ctrl_c", "terminate", PSRP's ps_crtl_c); kills its programs.
-    fn signal(&mut self, command_id: Option<&str>, code: &str) -> Result<(), ShellError>;
-    /// Close the shell and everything running in it.
+    /// Signal a command (or the shell when None); stopping kills its programs.
+    fn signal(&mut self, command_id: Option<&str>, signal: Signal) -> Result<(), ShellError>;
+    /// Close the shell and everything running in it; wakes every waiting Receive.
     fn close(&mut self);
     /// Woken whenever `receive` may have something new.
     fn notify(&self) -> Arc<Notify>;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_codes() {
+        let s = |u: &str| Signal::from_uri(u);
+        assert_eq!(
+            s("http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/Terminate"),
+            Some(Signal::Terminate)
+        );
+        assert_eq!(
+            s("http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/ctrl_c"),
+            Some(Signal::CtrlC)
+        );
+        assert_eq!(
+            s("http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/ctrl_break"),
+            Some(Signal::CtrlBreak)
+        );
+        assert_eq!(
+            s("http://schemas.microsoft.com/powershell/signal/crtl_c"),
+            Some(Signal::PsrpStop)
+        );
+        assert_eq!(s("powershell/signal/ctrl_c"), Some(Signal::PsrpStop));
+        for bad in [
+            "urn:x",
+            "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/nope",
+            "http://schemas.microsoft.com/powershell/signal/terminate",
+            "http://evil/crtl_c",
+            "",
+        ] {
+            assert_eq!(s(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stream_names() {
+        assert_eq!(
+            StreamName::parse_list(" stdout\tSTDERR "),
+            Ok(vec![StreamName::Stdout, StreamName::Stderr])
+        );
+        assert_eq!(
+            StreamName::parse_list("stdin pr"),
+            Ok(vec![StreamName::Stdin, StreamName::Pr])
+        );
+        assert_eq!(StreamName::parse_list("stdout bogus"), Err("bogus".into()));
+        assert_eq!(
+            StreamName::join(&[StreamName::Stdout, StreamName::Stderr]),
+            "stdout stderr"
+        );
+    }
 }

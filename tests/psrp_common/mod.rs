@@ -14,8 +14,15 @@ use keyhole::engine::{
 };
 use keyhole::psrp::fragment::{fragment_message, Fragment, Reassembler};
 use keyhole::psrp::message::{Destination, Message, MessageType};
-use keyhole::psrp::PsrpEngine;
-use keyhole::wsman::shell::{ReceiveResponse, Shell};
+use keyhole::shells::psrp::{PsrpEngine, PsrpShell};
+use keyhole::shells::runner::Workers;
+use keyhole::shells::ShellSetup;
+use keyhole::wsman::shell::{ReceiveResponse, Shell, StreamName};
+
+/// A runspace pool over `engine` for `user`, on workers of its own.
+pub fn pool<E: PsrpEngine>(engine: E, user: &str) -> PsrpShell<E> {
+    PsrpShell::new(engine, ShellSetup::new(user, Workers::new(4)))
+}
 
 /// One scripted run: events to emit, then the outcome. `wait_cancel` blocks until cancelled
 /// and then returns Stopped.
@@ -170,7 +177,7 @@ pub fn create_pipeline_xml(no_input: bool, commands: &[String]) -> String {
 pub fn decode(r: &mut Reassembler, resp: &ReceiveResponse) -> Vec<Message> {
     let mut out = Vec::new();
     for c in &resp.streams {
-        assert_eq!(c.name, "stdout");
+        assert_eq!(c.name, StreamName::Stdout);
         for m in r.push_bytes(&c.data).unwrap() {
             out.push(Message::decode(&m).unwrap());
         }

@@ -12,11 +12,15 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use keyhole::config::ServerConfig;
-use keyhole::server::{Gatekeeper, Server, ServerRuntime};
+use keyhole::http::{Server, ServerRuntime};
+use keyhole::shells::runner::Workers;
 use keyhole::wsman::envelope::*;
-use keyhole::wsman::service::ShellFactory;
+use keyhole::wsman::shell::{Authenticate, ShellFactory};
 use keyhole::wsman::xml::{self, Element};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub mod static_gate;
+pub use static_gate::{StaticGatekeeper, StaticWinrs};
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -40,10 +44,9 @@ impl TestServer {
     }
 }
 
-pub fn runtime(state: &std::path::Path, winrs: &str) -> ServerRuntime {
+pub fn runtime(state: &std::path::Path) -> ServerRuntime {
     let mut cfg = ServerConfig {
         computer_name: "testhost".into(),
-        winrs_endpoint: winrs.into(),
         state_directory: state.to_string_lossy().into_owned(),
         ..Default::default()
     };
@@ -52,17 +55,27 @@ pub fn runtime(state: &std::path::Path, winrs: &str) -> ServerRuntime {
     ServerRuntime::from_config(&cfg, state)
 }
 
-pub async fn start_with(
-    gate: Arc<dyn Gatekeeper>,
+/// A server with `auth` as gate 2, WinRS shells opened by `gate` (the double's gates 3–4), and
+/// `factories` registered for their resource URI prefixes.
+pub async fn start_full(
+    auth: Arc<dyn Authenticate>,
+    gate: Arc<StaticGatekeeper>,
     tweak: impl FnOnce(&mut ServerRuntime),
     factories: Vec<(&str, Arc<dyn ShellFactory>)>,
 ) -> TestServer {
     let state = tempfile::tempdir().unwrap();
-    let mut rt = runtime(state.path(), "WinRS");
+    let mut rt = runtime(state.path());
     tweak(&mut rt);
-    let mut server = Server::bind(rt, gate).await.unwrap();
+    let mut server = Server::bind(rt, auth).await.unwrap();
+    server.register_exact(
+        URI_CMD,
+        Arc::new(StaticWinrs {
+            gate,
+            workers: Workers::new(8),
+        }),
+    );
     for (p, f) in factories {
-        server.register_shell_factory(p, f);
+        server.register_prefix(p, f);
     }
     let addr = server.http_addr.or(server.https_addr).unwrap();
     let https = server.https_addr;
@@ -86,7 +99,15 @@ pub async fn start_with(
     }
 }
 
-pub async fn start(gate: Arc<dyn Gatekeeper>) -> TestServer {
+pub async fn start_with(
+    gate: Arc<StaticGatekeeper>,
+    tweak: impl FnOnce(&mut ServerRuntime),
+    factories: Vec<(&str, Arc<dyn ShellFactory>)>,
+) -> TestServer {
+    start_full(gate.clone(), gate, tweak, factories).await
+}
+
+pub async fn start(gate: Arc<StaticGatekeeper>) -> TestServer {
     start_with(gate, |_| {}, Vec::new()).await
 }
 

@@ -1,29 +1,28 @@
-//! `winrs`: the WinRS cmd shell. Each Command is one line of the language (pywinrm `run_cmd`
-//! command + arguments, or `powershell -EncodedCommand <base64 UTF-16LE>` as `run_ps` sends),
-//! run through the engine session on its own thread; output streams back as text on stdout,
-//! errors on stderr, and the exit code is `keyhole run`'s (0 ran, 1 failed, 2 refused).
+//! `shells::winrs`: the WinRS cmd shell. Each Command is one line of the language (pywinrm
+//! `run_cmd` command + arguments, or `powershell -EncodedCommand <base64 UTF-16LE>` as `run_ps`
+//! sends), run on the shared runtime (`runner`); output streams back as text on stdout, errors
+//! on stderr, and the exit code is `keyhole run`'s (0 ran, 1 failed, 2 refused).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use tokio::sync::Notify;
 
-use crate::engine::format::Formatter;
-use crate::engine::{CancelToken, ErrorRecord, Event, EventSink, RunOutcome, Session, Value};
-use crate::server::SessionGrant;
-use crate::wsman::service::ShellFactory;
+use super::runner::{wake, Item, Lane, Line, Outbox, Workers};
+use super::ShellSetup;
+use crate::engine::format::{error_text, Formatter};
+use crate::engine::{CancelToken, ErrorRecord, Event, EventSink, RunOutcome, Session};
+use crate::gates::{Gates, OpenError, Origin, SessionKind};
 use crate::wsman::shell::{
-    CommandRequest, CommandState, CommandStateKind, CreateRequest, ReceiveResponse, Shell,
-    ShellError, ShellOwner, StreamChunk,
+    CommandRequest, CommandState, CommandStateKind, CreateError, CreateRequest, Identity, NewShell,
+    ReceiveResponse, Shell, ShellError, ShellFactory, Signal, StreamChunk, StreamName,
 };
 
 /// Commands one shell keeps (running or finished and not yet cleaned up by `terminate`).
 pub const MAX_COMMANDS_PER_SHELL: usize = 64;
-/// Output a command may buffer while the client is not receiving; beyond it the command is
-/// stopped and told why.
-pub const MAX_BUFFERED_OUTPUT: usize = 16 * 1024 * 1024;
 /// Stdin kept per command.
 pub const MAX_STDIN: usize = 1024 * 1024;
 /// Longest command line accepted, in bytes (after decoding -EncodedCommand).
@@ -31,73 +30,131 @@ pub const MAX_LINE: usize = 256 * 1024;
 /// Smallest chunk of output returned by one Receive.
 const MIN_CHUNK: usize = 4096;
 
-/// Builds WinRS shells.
-pub struct WinrsFactory;
+/// Opens WinRS sessions (in `[server] winrs_endpoint`) through the gates and builds shells.
+pub struct WinrsFactory {
+    gates: Arc<Gates>,
+    workers: Arc<Workers>,
+}
+
+impl WinrsFactory {
+    pub fn new(gates: Arc<Gates>, workers: Arc<Workers>) -> WinrsFactory {
+        WinrsFactory { gates, workers }
+    }
+}
 
 impl ShellFactory for WinrsFactory {
     fn create(
         &self,
-        _uri: &str,
-        grant: SessionGrant,
-        owner: &ShellOwner,
+        id: &Identity,
+        peer: SocketAddr,
+        _endpoint: Option<&str>,
         req: &CreateRequest,
-    ) -> Result<Box<dyn Shell>, ShellError> {
-        Ok(Box::new(WinrsShell::new(
-            grant,
-            owner.clone(),
-            req.max_envelope_size,
-        )))
+    ) -> Result<NewShell, CreateError> {
+        let origin = Origin::Remote(peer);
+        let endpoint = self.gates.config().server.winrs_endpoint.clone();
+        if endpoint.is_empty() {
+            self.gates.refuse(
+                id,
+                origin,
+                None,
+                "WinRS is off: winrs_endpoint is empty in keyhole.toml",
+            );
+            return Err(CreateError::Refused);
+        }
+        let grant = match self.gates.open(id, &endpoint, origin, SessionKind::Winrs) {
+            Ok(g) => g,
+            Err(OpenError::Denied(_)) => return Err(CreateError::Refused),
+            Err(e @ OpenError::SessionLimit { .. }) => {
+                return Err(ShellError::QuotaLimit(e.to_string()).into())
+            }
+        };
+        let limits = grant.limits.shell;
+        let setup = ShellSetup {
+            command_timeout: Some(grant.limits.command_timeout),
+            keep: Some(Box::new(grant.guard)),
+            ..ShellSetup::new(&id.user, self.workers.clone())
+        };
+        Ok(NewShell {
+            shell: Box::new(WinrsShell::new(
+                grant.session,
+                setup,
+                &grant.endpoint,
+                req.max_envelope_size,
+            )),
+            limits,
+        })
     }
 }
 
-#[derive(Default)]
-struct Buffers {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    /// Exit code once the line has finished.
+/// Output of one WinRS command, in order.
+#[derive(Debug)]
+enum Chunk {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The line ended with this exit code (always last).
+    Exit(i32),
+}
+
+impl Item for Chunk {
+    fn weight(&self) -> usize {
+        match self {
+            Chunk::Stdout(b) | Chunk::Stderr(b) => b.len(),
+            Chunk::Exit(_) => 0,
+        }
+    }
+    fn split_front(&mut self, max_cost: usize) -> Option<Self> {
+        match self {
+            Chunk::Stdout(b) => Some(Chunk::Stdout(b.drain(..max_cost.min(b.len())).collect())),
+            Chunk::Stderr(b) => Some(Chunk::Stderr(b.drain(..max_cost.min(b.len())).collect())),
+            Chunk::Exit(_) => None,
+        }
+    }
+}
+
+struct CommandSlot {
+    out: Arc<Outbox<Chunk>>,
+    cancel: CancelToken,
+    stdin: Vec<u8>,
+    stdin_closed: bool,
+    /// The exit code, once a Receive has taken it.
     exit: Option<i32>,
     /// Done (with End streams) already delivered.
     reported: bool,
 }
 
-struct CommandSlot {
-    buf: Arc<Mutex<Buffers>>,
-    cancel: CancelToken,
-    stdin: Vec<u8>,
-    stdin_closed: bool,
-}
-
-fn lock(b: &Mutex<Buffers>) -> MutexGuard<'_, Buffers> {
-    b.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A WinRS cmd shell over one engine session. Lines of one shell run one at a time.
 pub struct WinrsShell {
-    session: Arc<Mutex<Session>>,
-    owner: ShellOwner,
+    lane: Lane<Session>,
+    setup_budget: super::runner::Budget,
+    user: String,
     endpoint: String,
     commands: HashMap<String, CommandSlot>,
     order: Vec<String>,
     notify: Arc<Notify>,
     chunk: usize,
     closed: bool,
-    _guard: Option<Box<dyn Send>>,
 }
 
 impl WinrsShell {
-    pub fn new(grant: SessionGrant, owner: ShellOwner, max_envelope_size: usize) -> WinrsShell {
+    /// A shell over `session` (opened by the gates); `max_envelope_size` sizes Receives.
+    pub fn new(
+        session: Session,
+        setup: ShellSetup,
+        endpoint: &str,
+        max_envelope_size: usize,
+    ) -> WinrsShell {
         // Base64 grows data by 4/3; keep well inside the client's MaxEnvelopeSize.
         let chunk = (max_envelope_size.saturating_sub(8192) / 4 * 3 / 2).max(MIN_CHUNK);
         WinrsShell {
-            session: Arc::new(Mutex::new(grant.session)),
-            owner,
-            endpoint: grant.endpoint,
+            lane: Lane::new(session, setup.workers, setup.command_timeout, setup.keep),
+            setup_budget: setup.budget,
+            user: setup.user,
+            endpoint: endpoint.to_string(),
             commands: HashMap::new(),
             order: Vec::new(),
             notify: Arc::new(Notify::new()),
             chunk,
             closed: false,
-            _guard: grant.guard,
         }
     }
 
@@ -106,12 +163,14 @@ impl WinrsShell {
             let Some(pos) = self.order.iter().position(|id| {
                 self.commands
                     .get(id)
-                    .is_some_and(|c| lock(&c.buf).exit.is_some())
+                    .is_some_and(|c| c.exit.is_some() || c.out.ended())
             }) else {
                 return;
             };
             let id = self.order.remove(pos);
-            self.commands.remove(&id);
+            if let Some(c) = self.commands.remove(&id) {
+                c.out.close();
+            }
         }
     }
 
@@ -130,7 +189,7 @@ impl WinrsShell {
 impl Shell for WinrsShell {
     fn on_create(&mut self, req: &CreateRequest) -> Result<(), ShellError> {
         if !req.environment.is_empty() || req.working_directory.is_some() {
-            tracing::info!(user = %self.owner.user, "WinRS: client environment and working directory are ignored");
+            tracing::info!(user = %self.user, "WinRS: client environment and working directory are ignored");
         }
         Ok(())
     }
@@ -166,25 +225,28 @@ impl Shell for WinrsShell {
                 "CommandId {id} is already in use"
             )));
         }
-        let buf = Arc::new(Mutex::new(Buffers::default()));
+        let out = Outbox::new(self.setup_budget.for_line(), self.notify.clone());
         let cancel = CancelToken::new();
-        let session = self.session.clone();
-        let notify = self.notify.clone();
-        let (b2, c2) = (buf.clone(), cancel.clone());
-        tracing::info!(user = %self.owner.user, endpoint = %self.endpoint, command = %id, "WinRS command");
-        std::thread::Builder::new()
-            .name("keyhole-winrs".into())
-            .spawn(move || run_line(&session, &line, b2, c2, notify))
-            .map_err(|e| {
-                ShellError::Internal(format!("cannot start a thread for the command: {e}"))
-            })?;
+        tracing::info!(user = %self.user, endpoint = %self.endpoint, command = %id, "WinRS command");
+        self.lane.run(
+            cancel.clone(),
+            Box::new(TextLine {
+                line,
+                out: out.clone(),
+                cancel: cancel.clone(),
+                formatter: Formatter::new(),
+                errors: Vec::new(),
+            }),
+        );
         self.commands.insert(
             id.clone(),
             CommandSlot {
-                buf,
+                out,
                 cancel,
                 stdin: Vec::new(),
                 stdin_closed: false,
+                exit: None,
+                reported: false,
             },
         );
         self.order.push(id.clone());
@@ -194,13 +256,13 @@ impl Shell for WinrsShell {
     fn send(
         &mut self,
         command_id: Option<&str>,
-        stream: &str,
+        stream: StreamName,
         data: Vec<u8>,
         end: bool,
     ) -> Result<(), ShellError> {
-        if !stream.eq_ignore_ascii_case("stdin") {
+        if stream != StreamName::Stdin {
             return Err(ShellError::Malformed(format!(
-                "WinRS shells take input on stdin, not {stream:?}"
+                "WinRS shells take input on stdin, not {stream}"
             )));
         }
         let slot = self.slot(command_id)?;
@@ -220,39 +282,38 @@ impl Shell for WinrsShell {
         let chunk = self.chunk;
         let slot = self.slot(command_id)?;
         let id = command_id.unwrap_or_default().to_ascii_uppercase();
-        let mut b = lock(&slot.buf);
+        let taken = slot.out.take(chunk, Chunk::weight);
+        let (mut so, mut se) = (Vec::new(), Vec::new());
+        for c in taken.items {
+            match c {
+                Chunk::Stdout(b) => so.extend(b),
+                Chunk::Stderr(b) => se.extend(b),
+                Chunk::Exit(code) => slot.exit = Some(code),
+            }
+        }
         let mut out = ReceiveResponse::default();
-        let mut budget = chunk;
-        let take = |v: &mut Vec<u8>, budget: &mut usize| -> Vec<u8> {
-            let n = v.len().min(*budget);
-            *budget -= n;
-            v.drain(..n).collect()
-        };
-        let so = take(&mut b.stdout, &mut budget);
-        let se = take(&mut b.stderr, &mut budget);
-        for (name, data) in [("stdout", so), ("stderr", se)] {
+        for (name, data) in [(StreamName::Stdout, so), (StreamName::Stderr, se)] {
             if !data.is_empty() {
                 out.streams.push(StreamChunk {
-                    name: name.into(),
+                    name,
                     command_id: Some(id.clone()),
                     data,
                     end: false,
                 });
             }
         }
-        let drained = b.stdout.is_empty() && b.stderr.is_empty();
-        match b.exit {
-            Some(code) if drained => {
-                if !b.reported {
-                    for name in ["stdout", "stderr"] {
+        match slot.exit {
+            Some(code) if taken.finished || slot.reported => {
+                if !slot.reported {
+                    for name in [StreamName::Stdout, StreamName::Stderr] {
                         out.streams.push(StreamChunk {
-                            name: name.into(),
+                            name,
                             command_id: Some(id.clone()),
                             data: Vec::new(),
                             end: true,
                         });
                     }
-                    b.reported = true;
+                    slot.reported = true;
                 }
                 out.command_state = Some(CommandState {
                     command_id: id,
@@ -272,19 +333,17 @@ impl Shell for WinrsShell {
         Ok(out)
     }
 
-    fn signal(&mut self, command_id: Option<&str>, code: &str) -> Result<(), ShellError> {
+    fn signal(&mut self, command_id: Option<&str>, signal: Signal) -> Result<(), ShellError> {
         let key = command_id.map(str::to_ascii_uppercase);
         let slot = self.slot(command_id)?;
-        match code {
-            "ctrl_c" | "ctrl_break" | "terminate" | "ps_crtl_c" | "ps_ctrl_c" => {
-                slot.cancel.cancel()
-            }
-            other => return Err(ShellError::Malformed(format!("unknown signal {other:?}"))),
-        }
+        // Every signal stops the line (and kills its programs).
+        slot.out.cancel(&slot.cancel);
         // `terminate` after the command finished is the client's clean-up: forget it.
-        if code == "terminate" && lock(&slot.buf).exit.is_some() {
+        if signal == Signal::Terminate && (slot.exit.is_some() || slot.out.ended()) {
             if let Some(k) = key {
-                self.commands.remove(&k);
+                if let Some(c) = self.commands.remove(&k) {
+                    c.out.close();
+                }
                 self.order.retain(|i| *i != k);
             }
         }
@@ -295,8 +354,9 @@ impl Shell for WinrsShell {
         self.closed = true;
         for c in self.commands.values() {
             c.cancel.cancel();
+            c.out.close();
         }
-        self.notify.notify_waiters();
+        wake(&self.notify);
     }
 
     fn notify(&self) -> Arc<Notify> {
@@ -310,45 +370,56 @@ impl Drop for WinrsShell {
     }
 }
 
-/// Appends engine events to a command's buffers as text and wakes a waiting Receive.
-struct TextSink {
-    buf: Arc<Mutex<Buffers>>,
-    notify: Arc<Notify>,
+/// One WinRS line: engine events become text on stdout/stderr as they come.
+struct TextLine {
+    line: String,
+    out: Arc<Outbox<Chunk>>,
     cancel: CancelToken,
     formatter: Formatter,
     errors: Vec<ErrorRecord>,
-    overflow: bool,
 }
 
-impl TextSink {
+impl TextLine {
     fn push(&mut self, stderr: bool, text: &str) {
         if text.is_empty() {
             return;
         }
-        {
-            let mut b = lock(&self.buf);
-            if b.stdout.len() + b.stderr.len() + text.len() > MAX_BUFFERED_OUTPUT {
-                if !self.overflow {
-                    self.overflow = true;
-                    self.cancel.cancel();
-                    b.stderr.extend_from_slice(
-                        format!("keyhole: the command was stopped: more than {MAX_BUFFERED_OUTPUT} bytes of output were waiting for the client\n")
-                            .as_bytes(),
-                    );
-                }
-                return;
-            }
-            if stderr {
-                b.stderr.extend_from_slice(text.as_bytes());
-            } else {
-                b.stdout.extend_from_slice(text.as_bytes());
+        let bytes = text.as_bytes().to_vec();
+        let c = if stderr {
+            Chunk::Stderr(bytes)
+        } else {
+            Chunk::Stdout(bytes)
+        };
+        // Waits while the client is not receiving (back-pressure); dropped once stopped.
+        self.out.push(c, &self.cancel);
+    }
+
+    /// The text that ends the line (what the engine did not already emit), and its exit code.
+    fn ending(&mut self, outcome: &RunOutcome) -> Vec<Chunk> {
+        let mut v = Vec::new();
+        let tail = self.formatter.finish();
+        if !tail.is_empty() {
+            v.push(Chunk::Stdout(tail.into_bytes()));
+        }
+        let record = match outcome {
+            RunOutcome::Refused(r) => Some(r.to_error_record()),
+            RunOutcome::Failed(rec) => Some(rec.clone()),
+            _ => None,
+        };
+        if let Some(rec) = record {
+            if !self.errors.iter().any(|e| e.message == rec.message) {
+                v.push(Chunk::Stderr(error_text(&rec).into_bytes()));
             }
         }
-        self.notify.notify_waiters();
+        if *outcome == RunOutcome::Stopped {
+            v.push(Chunk::Stderr(b"The pipeline has been stopped.\n".to_vec()));
+        }
+        v.push(Chunk::Exit(outcome.exit_code()));
+        v
     }
 }
 
-impl EventSink for TextSink {
+impl EventSink for TextLine {
     fn event(&mut self, e: Event) {
         match e {
             Event::Output(v) => {
@@ -356,7 +427,7 @@ impl EventSink for TextSink {
                 self.push(false, &t);
             }
             Event::Error(rec) => {
-                let t = format_error(&rec);
+                let t = error_text(&rec);
                 self.errors.push(rec);
                 self.push(true, &t);
             }
@@ -368,94 +439,16 @@ impl EventSink for TextSink {
     }
 }
 
-fn run_line(
-    session: &Mutex<Session>,
-    line: &str,
-    buf: Arc<Mutex<Buffers>>,
-    cancel: CancelToken,
-    notify: Arc<Notify>,
-) {
-    let mut sink = TextSink {
-        buf: buf.clone(),
-        notify: notify.clone(),
-        cancel: cancel.clone(),
-        formatter: Formatter::new(),
-        errors: Vec::new(),
-        overflow: false,
-    };
-    let outcome = {
-        let mut s = session.lock().unwrap_or_else(|e| e.into_inner());
-        if cancel.is_cancelled() {
-            RunOutcome::Stopped
-        } else {
-            // An engine bug must not leave the client polling forever: report it as a failure.
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                s.run_line(line, &mut sink, &cancel)
-            }));
-            match run {
-                Ok(o) => o,
-                Err(_) => {
-                    tracing::error!("WinRS: the engine panicked while running a line; reported to the client as an internal error");
-                    RunOutcome::Failed(ErrorRecord::new(
-                        "keyhole hit an internal error while running this line; the administrator can find details in the server log",
-                        "InternalError",
-                        crate::engine::ErrorCategory::NotSpecified,
-                    ))
-                }
-            }
-        }
-    };
-    let tail = sink.formatter.finish();
-    sink.push(false, &tail);
-    match &outcome {
-        RunOutcome::Refused(r) => {
-            let rec = r.to_error_record();
-            if !sink.errors.iter().any(|e| e.message == rec.message) {
-                sink.push(true, &format_error(&rec));
-            }
-        }
-        RunOutcome::Failed(rec) => {
-            if !sink.errors.iter().any(|e| e.message == rec.message) {
-                sink.push(true, &format_error(rec));
-            }
-        }
-        RunOutcome::Stopped => sink.push(true, "The pipeline has been stopped.\n"),
-        RunOutcome::Completed { .. } | RunOutcome::Exit => {}
+impl Line<Session> for TextLine {
+    fn run(&mut self, session: &mut Session, cancel: &CancelToken) -> RunOutcome {
+        let line = std::mem::take(&mut self.line);
+        session.run_line(&line, self, cancel)
     }
-    lock(&buf).exit = Some(outcome.exit_code());
-    notify.notify_waiters();
-}
 
-/// An error record as PowerShell's console prints it.
-pub fn format_error(rec: &ErrorRecord) -> String {
-    let mut s = String::new();
-    if let Some(c) = &rec.command {
-        s.push_str(c);
-        s.push_str(" : ");
+    fn end(mut self: Box<Self>, outcome: RunOutcome) {
+        let last = self.ending(&outcome);
+        self.out.push_last(last);
     }
-    s.push_str(&rec.message);
-    s.push('\n');
-    let (target, ttype) = match &rec.target {
-        Some(Value::Null) | None => (String::new(), String::new()),
-        Some(v) => (
-            v.to_ps_string(),
-            v.type_name().rsplit('.').next().unwrap_or("").to_string(),
-        ),
-    };
-    let reason = rec.exception_type.rsplit('.').next().unwrap_or("");
-    s.push_str(&format!(
-        "    + CategoryInfo          : {}: ({}:{}) [{}], {}\n",
-        rec.category.as_str(),
-        target,
-        ttype,
-        rec.command.as_deref().unwrap_or(""),
-        reason
-    ));
-    s.push_str(&format!(
-        "    + FullyQualifiedErrorId : {}\n",
-        rec.fully_qualified_error_id
-    ));
-    s
 }
 
 /// Quote an argument for the language when it needs it (whitespace, quotes or empty).
@@ -647,19 +640,5 @@ mod tests {
             command_line("powershell Get-Date", &[]).unwrap(),
             "powershell Get-Date"
         );
-    }
-
-    #[test]
-    fn error_format_matches_powershell_layout() {
-        let rec = ErrorRecord::new(
-            "The term 'x' is not recognized",
-            "CommandNotFoundException",
-            crate::engine::ErrorCategory::ObjectNotFound,
-        )
-        .target("x")
-        .exception("System.Management.Automation.CommandNotFoundException");
-        let t = format_error(&rec);
-        assert!(t.contains("    + CategoryInfo          : ObjectNotFound: (x:String) [], CommandNotFoundException\n"), "{t}");
-        assert!(t.ends_with("    + FullyQualifiedErrorId : CommandNotFoundException\n"));
     }
 }

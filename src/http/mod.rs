@@ -1,6 +1,7 @@
-//! `server`: the HTTPS/HTTP listeners in front of the WS-Man service (gate 1: TLS, client
-//! certificates, IP allow list, loopback-only plaintext), authentication via the [`Gatekeeper`]
-//! (gates 2–4, every refusal the same 401), request limits, and graceful shutdown.
+//! `http`: the HTTPS/HTTP listeners in front of the WS-Man service — gate 1 (TLS, client
+//! certificates, IP allow list, loopback-only plaintext), connection slots, timeouts, request
+//! limits, gate 2 through [`Authenticate`] (every refusal the same 401), and graceful shutdown.
+//! It knows nothing of sessions or the engine: shell factories are registered by the caller.
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -18,7 +19,6 @@ use hyper::service::service_fn;
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::IpNet;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -26,9 +26,15 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{LimitsConfig, ListenerConfig, ServerConfig};
-use crate::engine;
 use crate::wsman::fault::WsmanError;
-use crate::wsman::service::{Reply, ServiceConfig, ShellFactory, WsmanService};
+use crate::wsman::service::{Reply, ServiceConfig, WsmanService};
+use crate::wsman::shell::{Authenticate, ShellFactory};
+
+pub mod tls;
+pub use tls::{
+    certificate_fingerprint, load_or_generate_certificate, self_signed_fingerprint,
+    SELF_SIGNED_CERT, SELF_SIGNED_KEY,
+};
 
 /// Time a client has to send the request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,51 +51,6 @@ pub const OVERSIZE_DRAIN_FACTOR: usize = 8;
 pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// Connections allowed per configured concurrent user.
 pub const CONNECTIONS_PER_USER: usize = 4;
-
-pub const SELF_SIGNED_CERT: &str = "keyhole-tls-cert.pem";
-pub const SELF_SIGNED_KEY: &str = "keyhole-tls-key.pem";
-
-/// Who the caller is, after gate 2.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub user: String,
-    pub groups: Vec<String>,
-}
-
-/// What gates 3 and 4 grant: an engine session for one endpoint, and its limits.
-pub struct SessionGrant {
-    pub session: engine::Session,
-    pub endpoint: String,
-    /// The user's shell quota (`[limits] max_shells_per_user`).
-    pub max_shells: usize,
-    /// Shells idle this long are closed (endpoint `idle_timeout` or `[limits]`).
-    pub idle_timeout: Duration,
-    /// Dropped when the shell built on this grant is dropped: release per-user session slots,
-    /// close transcripts, write the audit "session end" there.
-    pub guard: Option<Box<dyn Send>>,
-}
-
-/// Gates 2–4, implemented by the integrator over auth, gateway, capability and audit.
-///
-/// Only Create opens a session (gates 3–4); every other operation needs only gate 2, and an
-/// authenticated caller gets WS-Man faults (e.g. InvalidSelectors) where an unauthenticated
-/// one gets the 401. So that a fault never tells a stranger its password was right,
-/// `authenticate` should also refuse (None) a user whom no gateway rule admits to any endpoint.
-pub trait Gatekeeper: Send + Sync + 'static {
-    /// Gate 2 (CPU-heavy: called on a blocking thread). None → the generic 401.
-    fn authenticate(
-        &self,
-        authorization: Option<&[u8]>,
-        peer: SocketAddr,
-        client_cert_sha256: Option<[u8; 32]>,
-    ) -> Option<Identity>;
-    /// Gates 3 and 4 for this endpoint name (WinRS: the configured `winrs_endpoint`; PSRP: the
-    /// configuration name in the resource URI). Called on a blocking thread. None → the same 401.
-    fn open_session(&self, id: &Identity, endpoint: &str, peer: SocketAddr)
-        -> Option<SessionGrant>;
-    /// `WWW-Authenticate` header values, e.g. `Basic realm="WSMAN"`.
-    fn challenges(&self) -> Vec<String>;
-}
 
 /// Errors that keep the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +79,6 @@ pub enum ServerError {
 pub struct ServerRuntime {
     pub computer_name: String,
     pub computer_aliases: Vec<String>,
-    pub winrs_endpoint: String,
     pub state_directory: PathBuf,
     pub listener: ListenerConfig,
     pub limits: LimitsConfig,
@@ -146,7 +106,6 @@ impl ServerRuntime {
         ServerRuntime {
             computer_name,
             computer_aliases: cfg.computer_aliases.clone(),
-            winrs_endpoint: cfg.winrs_endpoint.clone(),
             state_directory: PathBuf::from(resolve(&cfg.state_directory)),
             listener,
             limits: cfg.limits.clone(),
@@ -159,219 +118,6 @@ pub fn local_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
-}
-
-/// `AB:CD:...` SHA-256 of a DER certificate, as administrators compare fingerprints.
-pub fn certificate_fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// The fingerprint of the self-signed certificate in `state_directory`, if one was generated.
-pub fn self_signed_fingerprint(state_directory: &Path) -> Result<Option<String>, ServerError> {
-    let path = state_directory.join(SELF_SIGNED_CERT);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let certs = load_certs(&path)?;
-    Ok(certs.first().map(|c| certificate_fingerprint(c.as_ref())))
-}
-
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, ServerError> {
-    let err = |source| ServerError::File {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    crate::config::read_regular_file(path, crate::config::MAX_PEM_BYTES)
-        .map_err(err)?
-        .ok_or_else(|| err(std::io::Error::from(std::io::ErrorKind::NotFound)))
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> {
-    let data = read_file("reading certificate", path)?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
-    let certs = certs.map_err(|e| {
-        ServerError::Tls(format!(
-            "{}: not a PEM certificate file: {e}",
-            path.display()
-        ))
-    })?;
-    if certs.is_empty() {
-        return Err(ServerError::Tls(format!(
-            "{}: no PEM certificate found",
-            path.display()
-        )));
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ServerError> {
-    let data = read_file("reading private key", path)?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| ServerError::Tls(format!("{}: not a PEM private key: {e}", path.display())))?
-        .ok_or_else(|| ServerError::Tls(format!("{}: no PEM private key found", path.display())))
-}
-
-/// Load the configured certificate, or the self-signed one in `state_directory` (generated on
-/// first start). Returns the chain, the key and the leaf's fingerprint.
-pub fn load_or_generate_certificate(
-    rt: &ServerRuntime,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String), ServerError> {
-    let l = &rt.listener;
-    if !l.tls_certificate.is_empty() || !l.tls_private_key.is_empty() {
-        if l.tls_certificate.is_empty() || l.tls_private_key.is_empty() {
-            return Err(ServerError::Config(
-                "set both tls_certificate and tls_private_key, or neither".into(),
-            ));
-        }
-        let certs = load_certs(Path::new(&l.tls_certificate))?;
-        let key = load_key(Path::new(&l.tls_private_key))?;
-        let fp = certs
-            .first()
-            .map(|c| certificate_fingerprint(c.as_ref()))
-            .unwrap_or_default();
-        return Ok((certs, key, fp));
-    }
-    let dir = &rt.state_directory;
-    let cert_path = dir.join(SELF_SIGNED_CERT);
-    let key_path = dir.join(SELF_SIGNED_KEY);
-    if cert_path.exists() && key_path.exists() {
-        let certs = load_certs(&cert_path)?;
-        let key = load_key(&key_path)?;
-        let fp = certs
-            .first()
-            .map(|c| certificate_fingerprint(c.as_ref()))
-            .unwrap_or_default();
-        tracing::info!(
-            "TLS: using the self-signed certificate {} (SHA-256 {fp})",
-            cert_path.display()
-        );
-        return Ok((certs, key, fp));
-    }
-    generate_self_signed(rt, &cert_path, &key_path)
-}
-
-fn generate_self_signed(
-    rt: &ServerRuntime,
-    cert_path: &Path,
-    key_path: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String), ServerError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
-    let dir = &rt.state_directory;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| ServerError::File {
-            what: "creating state_directory",
-            path: dir.clone(),
-            source,
-        })?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
-        ServerError::File {
-            what: "restricting state_directory to 0700",
-            path: dir.clone(),
-            source,
-        }
-    })?;
-    let mut sans: Vec<String> = Vec::new();
-    for n in std::iter::once(&rt.computer_name)
-        .chain(rt.computer_aliases.iter())
-        .map(String::as_str)
-        .chain(["localhost", "127.0.0.1"])
-    {
-        if !n.is_empty() && !sans.iter().any(|s| s.eq_ignore_ascii_case(n)) {
-            sans.push(n.to_string());
-        }
-    }
-    let ck = rcgen::generate_simple_self_signed(sans.clone())
-        .map_err(|e| ServerError::Tls(format!("generating a self-signed certificate: {e}")))?;
-    let key_pem = ck.key_pair.serialize_pem();
-    let cert_pem = ck.cert.pem();
-    let write =
-        |path: &Path, mode: u32, data: &str, what: &'static str| -> Result<(), ServerError> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .open(path)
-                .map_err(|source| ServerError::File {
-                    what,
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            f.write_all(data.as_bytes())
-                .map_err(|source| ServerError::File {
-                    what,
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            f.sync_all().map_err(|source| ServerError::File {
-                what,
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-    write(key_path, 0o600, &key_pem, "writing the TLS private key")?;
-    write(cert_path, 0o644, &cert_pem, "writing the TLS certificate")?;
-    let fp = certificate_fingerprint(ck.cert.der().as_ref());
-    let msg = format!(
-        "TLS: generated a self-signed certificate {} for {} (SHA-256 fingerprint {fp}); clients must trust it or skip CA checks",
-        cert_path.display(),
-        sans.join(", ")
-    );
-    println!("{msg}");
-    tracing::warn!("{msg}");
-    let certs = vec![ck.cert.der().clone()];
-    let key = load_key(key_path)?;
-    Ok((certs, key, fp))
-}
-
-fn tls_acceptor(rt: &ServerRuntime) -> Result<(TlsAcceptor, String), ServerError> {
-    let (certs, key, fp) = load_or_generate_certificate(rt)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
-    let l = &rt.listener;
-    let verifier = if l.client_ca.is_empty() {
-        if l.require_client_certificate {
-            return Err(ServerError::Config("require_client_certificate = true needs client_ca (a PEM bundle of the CAs that issue client certificates)".into()));
-        }
-        rustls::server::WebPkiClientVerifier::no_client_auth()
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(Path::new(&l.client_ca))? {
-            roots
-                .add(c)
-                .map_err(|e| ServerError::Tls(format!("client_ca {}: {e}", l.client_ca)))?;
-        }
-        let b =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-        let b = if l.require_client_certificate {
-            b
-        } else {
-            b.allow_unauthenticated()
-        };
-        b.build()
-            .map_err(|e| ServerError::Tls(format!("client_ca {}: {e}", l.client_ca)))?
-    };
-    let mut cfg = builder
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            ServerError::Tls(format!(
-                "certificate and private key do not match or are unusable: {e}"
-            ))
-        })?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((TlsAcceptor::from(Arc::new(cfg)), fp))
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<Option<SocketAddr>, ServerError> {
@@ -397,7 +143,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 struct Ctx {
     service: WsmanService,
-    gate: Arc<dyn Gatekeeper>,
+    gate: Arc<dyn Authenticate>,
     max_body: usize,
 }
 
@@ -410,7 +156,7 @@ pub struct Server {
     https: Option<(TcpListener, TlsAcceptor)>,
     http: Option<TcpListener>,
     service: WsmanService,
-    gate: Arc<dyn Gatekeeper>,
+    gate: Arc<dyn Authenticate>,
     ip_allow: Arc<Vec<IpNet>>,
     max_connections: usize,
     max_body: usize,
@@ -418,7 +164,10 @@ pub struct Server {
 
 impl Server {
     /// Check the listener configuration, load or generate the certificate, and bind.
-    pub async fn bind(rt: ServerRuntime, gate: Arc<dyn Gatekeeper>) -> Result<Server, ServerError> {
+    pub async fn bind(
+        rt: ServerRuntime,
+        gate: Arc<dyn Authenticate>,
+    ) -> Result<Server, ServerError> {
         let l = &rt.listener;
         let https = parse_addr("https", &l.https)?;
         let http = parse_addr("http", &l.http)?;
@@ -450,23 +199,19 @@ impl Server {
         let max_body = usize::try_from(rt.limits.max_envelope_size_kb.0)
             .unwrap_or(usize::MAX / 2048)
             .saturating_mul(1024);
-        let service = WsmanService::new(
-            ServiceConfig {
-                computer_name: rt.computer_name.clone(),
-                winrs_endpoint: rt.winrs_endpoint.clone(),
-                max_envelope_size: max_body,
-                max_operation_timeout: rt.limits.max_operation_timeout.0,
-                product_version: format!(
-                    "OS: Linux SP: 0.0 Stack: 3.0 keyhole {}",
-                    env!("CARGO_PKG_VERSION")
-                ),
-            },
-            gate.clone(),
-        );
+        let service = WsmanService::new(ServiceConfig {
+            computer_name: rt.computer_name.clone(),
+            max_envelope_size: max_body,
+            max_operation_timeout: rt.limits.max_operation_timeout.0,
+            product_version: format!(
+                "OS: Linux SP: 0.0 Stack: 3.0 keyhole {}",
+                env!("CARGO_PKG_VERSION")
+            ),
+        });
         let mut tls_fingerprint = None;
         let https_l = match https {
             Some(a) => {
-                let (acc, fp) = tls_acceptor(&rt)?;
+                let (acc, fp) = tls::tls_acceptor(&rt)?;
                 tls_fingerprint = Some(fp);
                 let lis = TcpListener::bind(a)
                     .await
@@ -501,14 +246,19 @@ impl Server {
         })
     }
 
-    /// Serve resource URIs starting with `prefix` with `factory` (PSRP:
-    /// `http://schemas.microsoft.com/powershell/`).
-    pub fn register_shell_factory(&mut self, prefix: &str, factory: Arc<dyn ShellFactory>) {
-        self.service.register_factory(prefix, factory);
+    /// Serve the resource URI `uri` with `factory` (WinRS: `.../windows/shell/cmd`).
+    pub fn register_exact(&mut self, uri: &str, factory: Arc<dyn ShellFactory>) {
+        self.service.register_exact(uri, factory);
     }
 
-    /// Serve until `shutdown` completes, then stop accepting, let in-flight requests finish
-    /// (at most [`SHUTDOWN_GRACE`]) and close every shell.
+    /// Serve resource URIs starting with `prefix` with `factory`; the rest of the URI is the
+    /// endpoint name (PSRP: `http://schemas.microsoft.com/powershell/`).
+    pub fn register_prefix(&mut self, prefix: &str, factory: Arc<dyn ShellFactory>) {
+        self.service.register_prefix(prefix, factory);
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting, close every shell (answering the
+    /// Receives waiting on them) and let in-flight requests finish (at most [`SHUTDOWN_GRACE`]).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let registry = self.service.registry();
         let ctx = Arc::new(Ctx {
@@ -559,6 +309,9 @@ impl Server {
             let _ = t.await;
         }
         let _ = reaper.await;
+        // Close every shell now: running commands stop and every Receive waiting on a shell is
+        // answered at once, so the requests in flight end well inside the grace period.
+        registry.close_all();
         let total = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         if tokio::time::timeout(SHUTDOWN_GRACE, conns.acquire_many(total))
             .await
@@ -569,6 +322,7 @@ impl Server {
                 SHUTDOWN_GRACE
             );
         }
+        // Anything a request in flight created meanwhile.
         registry.close_all();
         Ok(())
     }
@@ -577,7 +331,7 @@ impl Server {
 /// Bind and serve until `shutdown` completes (see [`Server`] for the split form).
 pub async fn serve(
     rt: ServerRuntime,
-    gate: Arc<dyn Gatekeeper>,
+    gate: Arc<dyn Authenticate>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     Server::bind(rt, gate).await?.run(shutdown).await
@@ -693,7 +447,7 @@ fn simple(status: StatusCode) -> Response<Full<Bytes>> {
     r
 }
 
-fn unauthorized(gate: &dyn Gatekeeper) -> Response<Full<Bytes>> {
+fn unauthorized(gate: &dyn Authenticate) -> Response<Full<Bytes>> {
     let mut r = simple(StatusCode::UNAUTHORIZED);
     for c in gate.challenges() {
         if let Ok(v) = header::HeaderValue::from_str(&c) {

@@ -1,0 +1,44 @@
+//! `shells`: what runs behind a WS-Man shell. `runner` is the one runtime (workers, lanes,
+//! byte-bounded output, deadlines); `winrs` (the cmd shell) and `psrp` (runspace pools) are the
+//! shells built on it, each with the factory that opens its session through `gates` — the only
+//! place a session is opened.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub mod psrp;
+pub mod runner;
+pub mod winrs;
+
+use runner::{Budget, Workers};
+
+/// Output one line may hold while the client is not receiving, by default (`Budget::PerLine`).
+pub const MAX_BUFFERED_OUTPUT_PER_LINE: usize = 16 * 1024 * 1024;
+
+/// What a shell runs with besides its engine session: the shared workers, the session's
+/// deadline per line, where its lines' output budgets come from, and what it keeps alive.
+pub struct ShellSetup {
+    /// Shown in PSRP information records and in the log.
+    pub user: String,
+    pub workers: Arc<Workers>,
+    /// `[limits] command_timeout` (None: no deadline).
+    pub command_timeout: Option<Duration>,
+    pub budget: Budget,
+    /// Kept as long as the session lives — after the shell and its last line (the grant's
+    /// guard: slot release, audit "session end").
+    pub keep: Option<Box<dyn Send + Sync>>,
+}
+
+impl ShellSetup {
+    /// A setup with the default per-line budget and no deadline (tests, tools).
+    pub fn new(user: &str, workers: Arc<Workers>) -> ShellSetup {
+        ShellSetup {
+            user: user.to_string(),
+            workers,
+            command_timeout: None,
+            budget: Budget::PerLine(MAX_BUFFERED_OUTPUT_PER_LINE),
+            keep: None,
+        }
+    }
+}
