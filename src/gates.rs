@@ -15,7 +15,7 @@ use crate::auth::{self, AuthResult, Authenticator};
 use crate::capability;
 use crate::config::LoadedConfig;
 use crate::engine::{self, HostEnv, SessionOptions};
-use crate::gateway;
+use crate::rules;
 use crate::server::{Gatekeeper, Identity, SessionGrant};
 
 /// The `Authorization` value certificate-authenticating clients send (pypsrp, pywinrm).
@@ -133,7 +133,7 @@ impl Gates {
         if peer.is_some() {
             let mut names = vec![cfg.server.computer_name.clone()];
             names.extend(cfg.server.computer_aliases.iter().cloned());
-            let d = gateway::evaluate(&cfg.rules, user, groups, &names, endpoint);
+            let d = rules::evaluate(&cfg.rules, user, groups, &names, endpoint);
             if !d.allowed {
                 let denied = Denied {
                     gate: 3,
@@ -241,6 +241,7 @@ impl Gates {
             SessionOptions {
                 session_type: ep.config.session_type,
                 host,
+                commands: crate::commands::source(),
             },
             Box::new(transcript),
         );
@@ -345,7 +346,7 @@ impl Gatekeeper for ServerGates {
                 names.extend(cfg.server.computer_aliases.iter().cloned());
                 let admitted = names
                     .iter()
-                    .any(|c| gateway::test_rule(&cfg.rules, &id.user, &id.groups, c, None).allowed);
+                    .any(|c| rules::test_rule(&cfg.rules, &id.user, &id.groups, c, None).allowed);
                 if !admitted {
                     let d = Denied {
                         gate: 3,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use keyhole::auth::{os_groups, AuthMethod, AuthResult, Authenticator, DenyReason};
+use keyhole::auth::{groups_of, AuthMethod, AuthResult, Authenticator, DenyReason};
 use keyhole::config::{AuthConfig, UsersFile};
 
 /// A throwaway OS account in a throwaway group, with a PAM service file using pam_unix.
@@ -142,7 +142,10 @@ fn pam_account_password_and_groups() {
         "groups from the OS: {:?}",
         id.groups
     );
-    assert_eq!(id.groups, os_groups(&acct.user));
+    assert_eq!(
+        Some(id.groups.clone()),
+        groups_of(&UsersFile::default(), true, &acct.user)
+    );
 
     assert!(
         matches!(bad, AuthResult::Denied(DenyReason::Pam(_))),

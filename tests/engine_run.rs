@@ -617,6 +617,7 @@ fn audit_failure_refuses() {
         keyhole::engine::SessionOptions {
             session_type: SessionType::RestrictedRemoteServer,
             host: host(),
+            commands: keyhole::commands::source(),
         },
         Box::new(RecordingAudit(rec, true)),
     );

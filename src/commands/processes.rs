@@ -5,12 +5,13 @@
 // The engine's Invocation interface returns ErrorRecord by value; helpers follow it.
 #![allow(clippy::result_large_err)]
 
+use crate::lang::wildcard::{self, has_wildcards, Mode};
 use std::path::Path;
 use std::sync::Arc;
 
 use super::system::{
-    find_program, has_wildcards, local_time, program_said, read_bounded, run_program,
-    termination_text, typed_object, FnCommand, MODULE,
+    find_program, local_time, program_said, read_bounded, run_program, termination_text,
+    typed_object, FnCommand, MODULE,
 };
 use crate::engine::{
     BoundArgs, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, Event, ParamDecl, ParamType,
@@ -277,7 +278,7 @@ fn select(ctx: &mut Ctx<'_>, ids: &[i64], names: &[String], ps_cmd: &str) -> Vec
     for p in all {
         let mut any = false;
         for (i, n) in names.iter().enumerate() {
-            if super::wildcard_match(n, &p.stat.comm) {
+            if wildcard::matches(n, &p.stat.comm, Mode::Name) {
                 any = true;
                 if let Some(h) = hit.get_mut(i) {
                     *h = true;
@@ -289,7 +290,7 @@ fn select(ctx: &mut Ctx<'_>, ids: &[i64], names: &[String], ps_cmd: &str) -> Vec
         }
     }
     for (n, h) in names.iter().zip(hit) {
-        if !h && !has_wildcards(n) {
+        if !h && !has_wildcards(n, Mode::Name) {
             ctx.write_error(
                 ErrorRecord::new(
                     format!("Cannot find a process with the name \"{n}\". Verify the process name and call the cmdlet again."),

@@ -9,6 +9,7 @@ use super::command::{BoundArgs, CommandKind, ErrorCategory, ErrorRecord, ParamTy
 use super::table::{show_value, with_column, Entry, ParamSpec};
 use super::value::Value;
 use super::Refusal;
+use crate::catalog::{CommonParameter, CommonUse, COMMON_PARAMETERS};
 
 /// Most elements a bound array may hold (a comma list or a structured array argument).
 pub const MAX_BOUND_ARRAY: usize = 4096;
@@ -66,48 +67,22 @@ pub(crate) struct Bound {
     pub audit: BoundArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CommonKind {
-    Action,
-    Switch,
-    Int,
-    Variable,
-}
-
-/// (name, alias, kind, needs changes_state)
-const COMMON: &[(&str, &str, CommonKind, bool)] = &[
-    ("Verbose", "vb", CommonKind::Switch, false),
-    ("Debug", "db", CommonKind::Switch, false),
-    ("ErrorAction", "ea", CommonKind::Action, false),
-    ("WarningAction", "wa", CommonKind::Action, false),
-    ("InformationAction", "infa", CommonKind::Action, false),
-    ("ProgressAction", "proga", CommonKind::Action, false),
-    ("ErrorVariable", "ev", CommonKind::Variable, false),
-    ("WarningVariable", "wv", CommonKind::Variable, false),
-    ("InformationVariable", "iv", CommonKind::Variable, false),
-    ("OutVariable", "ov", CommonKind::Variable, false),
-    ("OutBuffer", "ob", CommonKind::Int, false),
-    ("PipelineVariable", "pv", CommonKind::Variable, false),
-    ("WhatIf", "wi", CommonKind::Switch, true),
-    ("Confirm", "cf", CommonKind::Switch, true),
-];
-
 enum Target<'a> {
     Param(&'a ParamSpec),
-    Common(&'static str, CommonKind),
+    Common(&'static CommonParameter),
 }
 
 impl Target<'_> {
     fn name(&self) -> &str {
         match self {
             Target::Param(p) => &p.decl.name,
-            Target::Common(n, _) => n,
+            Target::Common(c) => c.name,
         }
     }
     fn is_switch(&self) -> bool {
         match self {
             Target::Param(p) => p.decl.ty == ParamType::Switch,
-            Target::Common(_, k) => *k == CommonKind::Switch,
+            Target::Common(c) => c.use_ == CommonUse::Switch,
         }
     }
 }
@@ -123,7 +98,11 @@ fn refusal(msg: String, id: &str, cmd: &str, col: Option<usize>) -> Refusal {
 
 fn resolve<'a>(entry: &'a Entry, name: &str, col: Option<usize>) -> Result<Target<'a>, Refusal> {
     let cmd = &entry.decl.name;
-    let commons = || COMMON.iter().filter(|c| !c.3 || entry.decl.changes_state);
+    let commons = || {
+        COMMON_PARAMETERS
+            .iter()
+            .filter(|c| !c.state_changing_only || entry.decl.changes_state)
+    };
     if let Some(p) = entry.params.iter().find(|p| {
         p.decl.name.eq_ignore_ascii_case(name)
             || p.decl.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
@@ -131,9 +110,9 @@ fn resolve<'a>(entry: &'a Entry, name: &str, col: Option<usize>) -> Result<Targe
         return Ok(Target::Param(p));
     }
     if let Some(c) =
-        commons().find(|c| c.0.eq_ignore_ascii_case(name) || c.1.eq_ignore_ascii_case(name))
+        commons().find(|c| c.name.eq_ignore_ascii_case(name) || c.alias.eq_ignore_ascii_case(name))
     {
-        return Ok(Target::Common(c.0, c.2));
+        return Ok(Target::Common(c));
     }
     let lower = name.to_lowercase();
     let mut found: Vec<Target<'a>> = Vec::new();
@@ -144,8 +123,8 @@ fn resolve<'a>(entry: &'a Entry, name: &str, col: Option<usize>) -> Result<Targe
             }
         }
         for c in commons() {
-            if c.0.to_lowercase().starts_with(&lower) {
-                found.push(Target::Common(c.0, c.2));
+            if c.name.to_lowercase().starts_with(&lower) {
+                found.push(Target::Common(c));
             }
         }
     }
@@ -444,22 +423,11 @@ fn bind_application(entry: &Entry, args: &[ArgIn]) -> Result<Bound, Refusal> {
         ));
     }
     for (a, col) in &argv {
-        let none_allowed = match &entry.arg_patterns {
-            Some(super::table::Check::Pattern { shown, .. }) => shown == "^(?:)$",
-            _ => true,
+        let why = match &entry.arguments {
+            Some(policy) => policy.refusal(a),
+            None => Some("this program takes no arguments in this session".to_string()),
         };
-        let allowed = !none_allowed
-            && match &entry.arg_patterns {
-                Some(super::table::Check::Pattern { re, .. }) => re.is_match(a),
-                _ => false,
-            };
-        if !allowed {
-            let why = if none_allowed {
-                "this program takes no arguments in this session".to_string()
-            } else {
-                "it does not fully match any argument pattern the role capability allows"
-                    .to_string()
-            };
+        if let Some(why) = why {
             return Err(refusal(
                 format!(
                     "The argument '{}' is not allowed for '{cmd}': {why}.",
@@ -527,8 +495,8 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
         } else {
             let ty = match &target {
                 Target::Param(p) => p.decl.ty.dotnet_name(),
-                Target::Common(_, CommonKind::Int) => "System.Int32",
-                Target::Common(..) => "System.Management.Automation.ActionPreference",
+                Target::Common(c) if c.use_ == CommonUse::Count => "System.Int32",
+                Target::Common(_) => "System.Management.Automation.ActionPreference",
             };
             return Err(refusal(
                 format!("Missing an argument for parameter '{canonical}'. Specify a parameter of type '{ty}' and try again."),
@@ -552,9 +520,10 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
                 out.audit.set(&canonical, v.clone());
                 out.args.set(&canonical, v);
             }
-            Target::Common(cname, kind) => {
-                match kind {
-                    CommonKind::Variable => {
+            Target::Common(common) => {
+                let cname = common.name;
+                match common.use_ {
+                    CommonUse::SetsVariable => {
                         return Err(refusal(
                             format!("The common parameter -{cname} sets a variable, and this session has no variables (NoLanguage mode); it is not accepted. Remove -{cname} from the command."),
                             "VariableParameterNotAllowed",
@@ -562,7 +531,7 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
                             col,
                         ));
                     }
-                    CommonKind::Switch => {
+                    CommonUse::Switch => {
                         let on = matches!(
                             to_bool(&value, "System.Management.Automation.SwitchParameter"),
                             Ok(Value::Bool(true))
@@ -575,7 +544,7 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
                         }
                         out.audit.set(cname, Value::Bool(on));
                     }
-                    CommonKind::Int => {
+                    CommonUse::Count => {
                         let v = to_int(&value).map_err(|m| {
                             refusal(
                                 format!("Cannot bind parameter '{cname}'. {m}"),
@@ -586,7 +555,7 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
                         })?;
                         out.audit.set(cname, v);
                     }
-                    CommonKind::Action => {
+                    CommonUse::Action => {
                         let act = parse_action(cname, &value).map_err(|m| {
                             refusal(m, "ParameterArgumentValidationError", cmd, vcol)
                         })?;

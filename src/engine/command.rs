@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::value::Value;
+use crate::config::{ExternalCommandDef, ResolvedFunction};
 
 /// The type of a parameter; binding converts arguments to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -496,4 +497,17 @@ pub trait Command: Send + Sync {
     fn decl(&self) -> &CommandDecl;
     /// Begin an invocation with the arguments bound from the command line.
     fn start(&self, args: &BoundArgs) -> Box<dyn Invocation>;
+}
+
+/// Where a session's commands come from. `commands` implements it (its built-ins are built once
+/// per process); the engine only ever sees this trait, so it never imports `commands`.
+pub trait CommandSource: Send + Sync {
+    /// The built-in cmdlet named `name` (ASCII case-insensitive).
+    fn builtin(&self, name: &str) -> Option<Arc<dyn Command>>;
+    /// Every built-in cmdlet.
+    fn builtins(&self) -> &[Arc<dyn Command>];
+    /// The command for a function a role capability declares.
+    fn function(&self, f: &ResolvedFunction) -> Arc<dyn Command>;
+    /// The command for an external command a role capability makes visible.
+    fn external(&self, def: &ExternalCommandDef) -> Arc<dyn Command>;
 }

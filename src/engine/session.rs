@@ -8,7 +8,9 @@
 use std::cell::RefCell;
 
 use super::bind::{bind, ArgIn, Bound};
-use super::command::{CancelToken, ErrorCategory, ErrorRecord, EventSink, VisibleCommand};
+use super::command::{
+    CancelToken, CommandSource, ErrorCategory, ErrorRecord, EventSink, VisibleCommand,
+};
 use super::format::Formatter;
 use super::pipeline::{run_pipeline, Abort, Env, Shared, Stage};
 use super::table::{apply_grant, CommandTable, Entry};
@@ -163,7 +165,7 @@ impl Session {
         opts: SessionOptions,
         audit: Box<dyn Audit>,
     ) -> Session {
-        let table = CommandTable::build(cap, opts.session_type);
+        let table = CommandTable::build(cap, opts.session_type, opts.commands.as_ref());
         Session { opts, audit, table }
     }
 
@@ -275,7 +277,7 @@ impl Session {
                 });
             }
             if stream_text && !stages.is_empty() {
-                if let Some(s) = out_string_stream() {
+                if let Some(s) = out_string_stream(self.opts.commands.as_ref()) {
                     stages.push(s);
                 }
             }
@@ -458,8 +460,8 @@ impl Session {
 
 /// The internal `Out-String -Stream` stage used for pypsrp's execute_ps shape (whether or not
 /// Out-String is visible: the user did not name it).
-fn out_string_stream() -> Option<Stage> {
-    let cmd = crate::commands::builtin("Out-String")?;
+fn out_string_stream(source: &dyn CommandSource) -> Option<Stage> {
+    let cmd = source.builtin("Out-String")?;
     let entry: Entry = apply_grant(cmd, &ParamsGrant::All);
     let mut bound = Bound::default();
     bound.args.set("Stream", Value::Bool(true));
@@ -550,6 +552,23 @@ mod tests {
         }
     }
 
+    /// A source with no built-ins (the tests add their own commands to the table).
+    struct NoCommands;
+    impl CommandSource for NoCommands {
+        fn builtin(&self, _: &str) -> Option<Arc<dyn Command>> {
+            None
+        }
+        fn builtins(&self) -> &[Arc<dyn Command>] {
+            &[]
+        }
+        fn function(&self, _: &crate::config::ResolvedFunction) -> Arc<dyn Command> {
+            unreachable!("no functions in these tests")
+        }
+        fn external(&self, _: &crate::config::ExternalCommandDef) -> Arc<dyn Command> {
+            unreachable!("no external commands in these tests")
+        }
+    }
+
     fn session() -> (Session, Log) {
         let host = HostEnv {
             run_as: "nobody".into(),
@@ -564,6 +583,7 @@ mod tests {
             SessionOptions {
                 session_type: SessionType::Empty,
                 host,
+                commands: Arc::new(NoCommands),
             },
             Box::new(NoAudit),
         );

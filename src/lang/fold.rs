@@ -61,14 +61,29 @@ mod tests {
     #[test]
     fn simple_folding_of_exact_characters() {
         assert!(eq_simple_fold("nginx", "NGINX"));
-        assert!(eq_simple_fold("ſſhd", "SSHD"), "long s folds to s (simple folding)");
-        assert!(eq_simple_fold("\u{212A}vm", "kvm"), "Kelvin sign folds to k");
+        assert!(
+            eq_simple_fold("ſſhd", "SSHD"),
+            "long s folds to s (simple folding)"
+        );
+        assert!(
+            eq_simple_fold("\u{212A}vm", "kvm"),
+            "Kelvin sign folds to k"
+        );
         assert!(eq_simple_fold("ÉTÉ", "été"));
         assert!(eq_simple_fold("σ", "ς"), "final sigma folds with sigma");
-        assert!(!eq_simple_fold("nginx", "nginx\u{200B}"), "no invisible characters");
+        assert!(
+            !eq_simple_fold("nginx", "nginx\u{200B}"),
+            "no invisible characters"
+        );
         assert!(!eq_simple_fold("nginx", "nginx "));
-        assert!(!eq_simple_fold("straße", "STRASSE"), "no full (multi-character) folding");
-        assert!(!eq_simple_fold("İ", "i"), "dotted capital I has no simple folding");
+        assert!(
+            !eq_simple_fold("straße", "STRASSE"),
+            "no full (multi-character) folding"
+        );
+        assert!(
+            !eq_simple_fold("İ", "i"),
+            "dotted capital I has no simple folding"
+        );
         assert!(
             !eq_simple_fold("e\u{301}", "é"),
             "no normalization: decomposed e-acute is not é"

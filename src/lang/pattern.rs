@@ -410,8 +410,14 @@ mod tests {
         assert!(!ci("acme-[a-z]+", "xacme-web"));
         assert!(!ci("a|b", "ab"));
         assert!(ci("a|b", "b"));
-        assert!(!ci("acme", "acme\n"), "$ never matches before a final newline");
-        assert!(!ci("(?m)acme$", "acme\nx"), "multi-line stays inside the pattern");
+        assert!(
+            !ci("acme", "acme\n"),
+            "$ never matches before a final newline"
+        );
+        assert!(
+            !ci("(?m)acme$", "acme\nx"),
+            "multi-line stays inside the pattern"
+        );
         let two = AnchoredPattern::new(&["x", "acme-.*"], Case::AsciiInsensitive).unwrap();
         assert!(two.is_match("x") && two.is_match("acme-1") && !two.is_match("xx"));
         let none = AnchoredPattern::new::<&str>(&[], Case::Sensitive).unwrap();
@@ -426,7 +432,10 @@ mod tests {
         assert!(ci(p, "/SRV/WWW"));
         assert!(!ci(p, "/ſrv"), "long s is not s");
         assert!(!ci(p, "/srv/\u{17F}"), "long s is not in [a-z]");
-        assert!(!ci("[a-z0-9@._-]+\\.service", "\u{212A}vm.service"), "Kelvin sign is not k");
+        assert!(
+            !ci("[a-z0-9@._-]+\\.service", "\u{212A}vm.service"),
+            "Kelvin sign is not k"
+        );
         assert!(!ci("k", "\u{212A}"));
         assert!(ci("K", "k"));
         assert!(!ci("é", "É"), "no case folding beyond ASCII");
@@ -448,7 +457,10 @@ mod tests {
         assert!(ok("blame", Case::Sensitive, "blame"));
         assert!(!ok("blame", Case::Sensitive, "BLAME"));
         assert!(ok("(?i)blame", Case::Sensitive, "BLAME"));
-        assert!(!ok("(?i)s", Case::Sensitive, "ſ"), "an inline (?i) folds ASCII only");
+        assert!(
+            !ok("(?i)s", Case::Sensitive, "ſ"),
+            "an inline (?i) folds ASCII only"
+        );
         assert!(ok("a(?i)b", Case::Sensitive, "aB"));
         assert!(!ok("a(?i)b", Case::Sensitive, "AB"));
         assert!(ok("(?i:a)b", Case::Sensitive, "Ab"));

@@ -309,15 +309,13 @@ impl Wildcard {
         for c in text.chars() {
             let f = self.mode.fold(c);
             let iv = self.bounds.partition_point(|b| *b <= f).saturating_sub(1);
-            let mask = self
-                .masks
-                .get(iv * words..(iv + 1) * words)
-                .unwrap_or(&[]);
+            let mask = self.masks.get(iv * words..(iv + 1) * words).unwrap_or(&[]);
             let mut carry = 0u64;
             let mut alive = 0u64;
             for w in 0..words {
                 let d = cur.get(w).copied().unwrap_or(0);
-                let accept = mask.get(w).copied().unwrap_or(0) | self.any.get(w).copied().unwrap_or(0);
+                let accept =
+                    mask.get(w).copied().unwrap_or(0) | self.any.get(w).copied().unwrap_or(0);
                 let moved = d & accept;
                 let stay = d & self.star.get(w).copied().unwrap_or(0);
                 let v = (moved << 1) | carry | stay;

@@ -5,6 +5,7 @@
 use crate::engine::{
     CommandArg, CommandKind, ErrorRecord, ParamType, StructuredCommand, Value, VisibleCommand,
 };
+use crate::lang::wildcard::{self, Mode};
 
 use super::clixml::write::Writer;
 use super::ProtocolError;
@@ -680,73 +681,13 @@ impl GetCommandMetadata {
             .iter()
             .filter(|c| command_type_code(c.decl.kind) & self.command_type != 0)
             .filter(|c| {
-                self.names.is_empty() || self.names.iter().any(|p| wildcard_match(p, &c.decl.name))
+                self.names.is_empty()
+                    || self
+                        .names
+                        .iter()
+                        .any(|p| wildcard::matches(p, &c.decl.name, Mode::Name))
             })
             .collect()
-    }
-}
-
-/// PowerShell wildcard match (`*`, `?`, `[abc]`, `[a-z]`), case-insensitive, linear-ish.
-pub fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.to_lowercase().chars().collect();
-    let t: Vec<char> = text.to_lowercase().chars().collect();
-    // Iterative matcher with backtracking to the last '*'.
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        let tc = t.get(ti).copied().unwrap_or_default();
-        let step = match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-                continue;
-            }
-            Some('?') => Some(pi + 1),
-            Some('[') => match_class(&p, pi, tc),
-            Some(c) if *c == tc => Some(pi + 1),
-            _ => None,
-        };
-        match step {
-            Some(next) => {
-                pi = next;
-                ti += 1;
-            }
-            None => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p.get(pi..)
-        .map(|rest| rest.iter().all(|c| *c == '*'))
-        .unwrap_or(true)
-}
-
-/// Match `[...]` at `pi`; returns the index after `]` when `c` is in the class.
-fn match_class(p: &[char], pi: usize, c: char) -> Option<usize> {
-    let end = p.iter().skip(pi + 1).position(|x| *x == ']')? + pi + 1;
-    let class = p.get(pi + 1..end)?;
-    let mut i = 0;
-    let mut hit = false;
-    while i < class.len() {
-        let a = class.get(i).copied()?;
-        if class.get(i + 1) == Some(&'-') && i + 2 < class.len() {
-            let b = class.get(i + 2).copied()?;
-            hit |= a <= c && c <= b;
-            i += 3;
-        } else {
-            hit |= a == c;
-            i += 1;
-        }
-    }
-    if hit {
-        Some(end + 1)
-    } else {
-        None
     }
 }
 
@@ -759,13 +700,14 @@ mod tests {
 
     #[test]
     fn wildcards() {
-        assert!(wildcard_match("get-*", "Get-Service"));
-        assert!(wildcard_match("*", ""));
-        assert!(wildcard_match("g?t-s*e", "Get-Service"));
-        assert!(!wildcard_match("get-s", "Get-Service"));
-        assert!(wildcard_match("[gs]et-*", "Set-Thing"));
-        assert!(!wildcard_match("[a-c]*", "Get"));
-        assert!(wildcard_match("*-*ice", "Get-Service"));
+        let m = |p: &str, t: &str| wildcard::matches(p, t, Mode::Name);
+        assert!(m("get-*", "Get-Service"));
+        assert!(m("*", ""));
+        assert!(m("g?t-s*e", "Get-Service"));
+        assert!(!m("get-s", "Get-Service"));
+        assert!(m("[gs]et-*", "Set-Thing"));
+        assert!(!m("[a-c]*", "Get"));
+        assert!(m("*-*ice", "Get-Service"));
     }
 
     #[test]

@@ -124,6 +124,7 @@ impl Gatekeeper for StaticGatekeeper {
             SessionOptions {
                 session_type: SessionType::RestrictedRemoteServer,
                 host,
+                commands: crate::commands::source(),
             },
             Box::new(NoAudit),
         );
