@@ -329,6 +329,34 @@ pub(crate) fn convert(v: &Value, ty: ParamType) -> Result<Value, String> {
     }
 }
 
+fn is_plain(v: &Value) -> bool {
+    matches!(
+        v,
+        Value::Null | Value::Bool(_) | Value::Int(_) | Value::Double(_) | Value::String(_)
+    )
+}
+
+/// A parameter with a set or pattern takes plain values only — a string, number or boolean,
+/// or an array of them — *before* conversion: an object converted to a string shows one text
+/// (its ToString) and may carry others, so its text never passes a constraint (SPEC §2.3).
+pub(crate) fn plain_only(spec: &ParamSpec, raw: &Value) -> Result<(), String> {
+    if spec.checks.is_empty() || matches!(spec.decl.ty, ParamType::Switch | ParamType::Bool) {
+        return Ok(());
+    }
+    let bad = match raw {
+        Value::Array(items) => items.iter().find(|i| !is_plain(i)),
+        other => Some(other).filter(|v| !is_plain(v)),
+    };
+    match bad {
+        None => Ok(()),
+        Some(item) => Err(format!(
+            "Cannot validate argument on parameter '{}'. The argument is an object ({}); this parameter is constrained to plain values by a set or pattern.",
+            spec.decl.name,
+            item.type_name()
+        )),
+    }
+}
+
 /// Check a converted value against a parameter's checks (each array element on its own).
 pub(crate) fn validate(spec: &ParamSpec, v: &Value) -> Result<(), String> {
     if spec.checks.is_empty() || matches!(spec.decl.ty, ParamType::Switch | ParamType::Bool) {
@@ -388,28 +416,48 @@ fn parse_action(name: &str, v: &Value) -> Result<Action, String> {
     }
 }
 
-fn render_app_arg(v: &Value, out: &mut Vec<String>) {
+/// An application's argument as text; an object is refused (its text could differ from what
+/// it carries, and every argument of an application is constrained by its patterns).
+fn render_app_arg(v: &Value, out: &mut Vec<String>) -> Result<(), String> {
     match v {
-        Value::Array(items) => items.iter().for_each(|i| render_app_arg(i, out)),
-        other => out.push(other.to_ps_string()),
+        Value::Array(items) => items.iter().try_for_each(|i| render_app_arg(i, out)),
+        other if is_plain(other) => {
+            out.push(other.to_ps_string());
+            Ok(())
+        }
+        other => Err(other.type_name()),
     }
 }
 
 /// Applications take their arguments verbatim; each must fully match one of the entry's patterns.
 fn bind_application(entry: &Entry, args: &[ArgIn]) -> Result<Bound, Refusal> {
     let cmd = &entry.decl.name;
+    let object_refused = |ty: String, col: Option<usize>| {
+        refusal(
+            format!("An argument of '{cmd}' is an object ({ty}); a program takes plain values only (strings, numbers, booleans)."),
+            "ArgumentNotAllowed",
+            cmd,
+            col,
+        )
+    };
     let mut argv: Vec<(String, Option<usize>)> = Vec::new();
     for a in args {
         match a {
             ArgIn::Named {
                 name, value, col, ..
             } => match value {
-                Some(v) => argv.push((format!("-{name}:{}", v.to_ps_string()), *col)),
+                Some(v)
+                    if is_plain(v)
+                        || matches!(v, Value::Array(items) if items.iter().all(is_plain)) =>
+                {
+                    argv.push((format!("-{name}:{}", v.to_ps_string()), *col))
+                }
+                Some(v) => return Err(object_refused(v.type_name(), *col)),
                 None => argv.push((format!("-{name}"), *col)),
             },
             ArgIn::Positional { value, col } => {
                 let mut parts = Vec::new();
-                render_app_arg(value, &mut parts);
+                render_app_arg(value, &mut parts).map_err(|ty| object_refused(ty, *col))?;
                 argv.extend(parts.into_iter().map(|p| (p, *col)));
             }
         }
@@ -507,6 +555,8 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
         };
         match target {
             Target::Param(spec) => {
+                plain_only(spec, &value)
+                    .map_err(|m| refusal(m, "ParameterArgumentValidationError", cmd, vcol))?;
                 let v = convert(&value, spec.decl.ty).map_err(|m| {
                     refusal(
                         format!("Cannot bind parameter '{canonical}'. {m}"),
@@ -620,6 +670,8 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
         } else {
             value
         };
+        plain_only(spec, &value)
+            .map_err(|m| refusal(m, "ParameterArgumentValidationError", cmd, col))?;
         let v = convert(&value, spec.decl.ty).map_err(|m| {
             refusal(
                 format!("Cannot bind parameter '{}'. {m}", spec.decl.name),
@@ -685,6 +737,20 @@ pub(crate) fn bind_input(
     input: &Value,
 ) -> Result<BoundArgs, ErrorRecord> {
     let cmd = &entry.decl.name;
+    let validation_err = |m: String| {
+        ErrorRecord::new(
+            m,
+            format!("ParameterArgumentValidationError,{cmd}"),
+            ErrorCategory::InvalidData,
+        )
+        .target(input.clone())
+        .exception("System.Management.Automation.ParameterBindingValidationException")
+    };
+    // Plain values only for a constrained parameter, then the conversion.
+    let take = |p: &ParamSpec, raw: &Value| -> Result<Value, ErrorRecord> {
+        plain_only(p, raw).map_err(validation_err)?;
+        convert(raw, p.decl.ty).map_err(|m| transform_err(cmd, &p.decl.name, &m, input))
+    };
     let free = |p: &&ParamSpec| !cmdline.has(&p.decl.name);
     let mut args = cmdline.clone();
     let mut bound: Vec<&ParamSpec> = Vec::new();
@@ -696,8 +762,7 @@ pub(crate) fn bind_input(
     if let Some(p) = entry.params.iter().filter(free).find(|p| {
         p.decl.pipeline.by_value && !any_type(p) && accepts_without_conversion(p.decl.ty, input)
     }) {
-        let v =
-            convert(input, p.decl.ty).map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
+        let v = take(p, input)?;
         args.set(&p.decl.name, v);
         bound.push(p);
     }
@@ -712,8 +777,7 @@ pub(crate) fn bind_input(
                 .chain(p.decl.aliases.iter())
                 .find_map(|n| input.property(n));
             if let Some(pv) = prop {
-                let v = convert(pv, p.decl.ty)
-                    .map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
+                let v = take(p, pv)?;
                 args.set(&p.decl.name, v);
                 bound.push(p);
             }
@@ -726,8 +790,7 @@ pub(crate) fn bind_input(
             .filter(free)
             .find(|p| p.decl.pipeline.by_value && any_type(p))
         {
-            let v = convert(input, p.decl.ty)
-                .map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
+            let v = take(p, input)?;
             args.set(&p.decl.name, v);
             bound.push(p);
         }
@@ -739,6 +802,7 @@ pub(crate) fn bind_input(
             .filter(free)
             .find(|p| p.decl.pipeline.by_value)
         {
+            plain_only(p, input).map_err(validation_err)?;
             if let Ok(v) = convert(input, p.decl.ty) {
                 args.set(&p.decl.name, v);
                 bound.push(p);
@@ -750,15 +814,7 @@ pub(crate) fn bind_input(
     }
     for p in bound {
         if let Some(v) = args.get(&p.decl.name) {
-            validate(p, v).map_err(|m| {
-                ErrorRecord::new(
-                    m,
-                    format!("ParameterArgumentValidationError,{cmd}"),
-                    ErrorCategory::InvalidData,
-                )
-                .target(input.clone())
-                .exception("System.Management.Automation.ParameterBindingValidationException")
-            })?;
+            validate(p, v).map_err(validation_err)?;
         }
     }
     let missing: Vec<&str> = entry
