@@ -94,6 +94,79 @@ mod tests {
         assert_eq!(all.len(), catalog::BUILTIN_CMDLETS.len());
     }
 
+    /// Every parameter a built-in reads by literal name (`args.strings("Name")` and the other
+    /// `BoundArgs` accessors) is declared by a built-in of the same family file: a misspelt or
+    /// undeclared name would silently read nothing. Reads through a variable are not seen here;
+    /// the families read by literal name (ARCHITECTURE.md, "Parameters").
+    #[test]
+    fn every_literal_parameter_read_is_declared() {
+        type Family = (&'static str, &'static str, Vec<Arc<dyn Command>>);
+        let families: Vec<Family> = vec![
+            (
+                "proxies.rs",
+                include_str!("proxies.rs"),
+                proxies::commands(),
+            ),
+            (
+                "objects.rs",
+                include_str!("objects.rs"),
+                objects::commands(),
+            ),
+            (
+                "services.rs",
+                include_str!("services.rs"),
+                services::commands(),
+            ),
+            (
+                "processes.rs",
+                include_str!("processes.rs"),
+                processes::commands(),
+            ),
+            (
+                "journal.rs",
+                include_str!("journal.rs"),
+                journal::commands(),
+            ),
+            ("system.rs", include_str!("system.rs"), system::commands()),
+            (
+                "network.rs",
+                include_str!("network.rs"),
+                network::commands(),
+            ),
+        ];
+        let accessor = regex::Regex::new(
+            r#"(?:\.(?:strings|string|switch|int|ints|has)|\bargs\s*\.\s*get)\(\s*"([A-Za-z]+)"\s*\)"#,
+        )
+        .unwrap();
+        let mut reads = 0;
+        let mut undeclared = Vec::new();
+        for (file, src, cmds) in &families {
+            // The tests of a file may read what they like.
+            let body = src.split("#[cfg(test)]").next().unwrap();
+            for cap in accessor.captures_iter(body) {
+                let name = &cap[1];
+                reads += 1;
+                let declared = cmds.iter().any(|c| {
+                    c.decl()
+                        .params
+                        .iter()
+                        .any(|p| p.name == name || p.aliases.iter().any(|a| a == name))
+                });
+                if !declared {
+                    undeclared.push(format!("{file}: {}", &cap[0]));
+                }
+            }
+        }
+        assert!(
+            undeclared.is_empty(),
+            "reads of undeclared parameters: {undeclared:#?}"
+        );
+        assert!(
+            reads >= 70,
+            "only {reads} literal reads found: has the accessor changed?"
+        );
+    }
+
     #[test]
     fn built_once() {
         let a = source().builtin("Get-Service").unwrap();

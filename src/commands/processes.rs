@@ -14,8 +14,7 @@ use super::system::{
     typed_object, FnCommand, MODULE,
 };
 use crate::engine::{
-    BoundArgs, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, Event, ParamDecl, ParamType,
-    Value,
+    BoundArgs, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, ParamDecl, ParamType, Value,
 };
 use crate::sandbox::Termination;
 
@@ -388,12 +387,6 @@ fn stop_process(
             );
             continue;
         }
-        if args.switch("WhatIf") {
-            ctx.events.event(Event::Information(format!(
-                "What if: Performing the operation \"Stop-Process\" on target \"{label}\"."
-            )));
-            continue;
-        }
         let kill = find_program(&["/usr/bin/kill", "/bin/kill"]).ok_or_else(|| {
             ErrorRecord::new(
                 "Stop-Process needs the kill program (/usr/bin/kill or /bin/kill from procps or util-linux); install it",
@@ -493,6 +486,7 @@ pub fn commands() -> Vec<Arc<dyn Command>> {
 mod tests {
     use super::*;
     use crate::commands::system::tests::{find, invoke};
+    use crate::engine::Event;
 
     #[test]
     fn stat_with_odd_comm() {

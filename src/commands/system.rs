@@ -169,7 +169,8 @@ pub(crate) fn run_program(
         let category = match &e {
             SandboxError::UnknownUser(_) => ErrorCategory::PermissionDenied,
             SandboxError::Spawn { .. } => ErrorCategory::NotInstalled,
-            SandboxError::Other(_) => ErrorCategory::NotSpecified,
+            // Configuration or host problems the administrator must fix.
+            _ => ErrorCategory::NotSpecified,
         };
         ErrorRecord::new(
             format!("{command}: {e}"),

@@ -445,9 +445,7 @@ fn validate_capability(
                     format!("alias name {alias} may not contain `*`"),
                 );
             }
-            if BUILTIN_CMDLETS
-                .iter()
-                .any(|b| b.eq_ignore_ascii_case(alias))
+            if catalog::is_builtin(alias)
             {
                 ctx.err_key(
                     file,
@@ -463,9 +461,7 @@ fn validate_capability(
             target,
             "alias target",
         ) {
-            let known = BUILTIN_CMDLETS
-                .iter()
-                .any(|b| b.eq_ignore_ascii_case(target))
+            let known = catalog::is_builtin(target)
                 || declared_anywhere.contains(&target.to_lowercase());
             if !known {
                 let hint = did_you_mean(target, BUILTIN_CMDLETS.iter().copied())
@@ -528,9 +524,7 @@ fn validate_function(ctx: &mut Ctx, file: &Path, f: &super::ResolvedFunction) {
                 format!("function name {fname} may not contain `*`"),
             );
         }
-        if BUILTIN_CMDLETS
-            .iter()
-            .any(|b| b.eq_ignore_ascii_case(fname))
+        if catalog::is_builtin(fname)
         {
             ctx.err_key(file, &base, format!("function {fname} has the name of a cmdlet keyhole provides; choose another name"));
         }

@@ -41,12 +41,6 @@ impl ParamType {
             ParamType::ObjectArray => "System.Management.Automation.PSObject[]",
         }
     }
-    pub fn is_array(&self) -> bool {
-        matches!(
-            self,
-            ParamType::StringArray | ParamType::IntArray | ParamType::ObjectArray
-        )
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

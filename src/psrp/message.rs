@@ -192,10 +192,6 @@ impl Message {
     pub fn rpid_uuid(&self) -> Uuid {
         Uuid::from_bytes_le(self.rpid)
     }
-    /// PID read as a .NET (little-endian) GUID.
-    pub fn pid_uuid(&self) -> Uuid {
-        Uuid::from_bytes_le(self.pid)
-    }
 }
 
 /// A GUID in .NET byte order (for a CommandId / ShellId string chosen by the client).
