@@ -445,8 +445,7 @@ fn validate_capability(
                     format!("alias name {alias} may not contain `*`"),
                 );
             }
-            if catalog::is_builtin(alias)
-            {
+            if catalog::is_builtin(alias) {
                 ctx.err_key(
                     file,
                     &tpath!["aliases", alias.as_str()],
@@ -461,8 +460,8 @@ fn validate_capability(
             target,
             "alias target",
         ) {
-            let known = catalog::is_builtin(target)
-                || declared_anywhere.contains(&target.to_lowercase());
+            let known =
+                catalog::is_builtin(target) || declared_anywhere.contains(&target.to_lowercase());
             if !known {
                 let hint = did_you_mean(target, BUILTIN_CMDLETS.iter().copied())
                     .map(|s| format!("; did you mean {s}?"))
@@ -524,8 +523,7 @@ fn validate_function(ctx: &mut Ctx, file: &Path, f: &super::ResolvedFunction) {
                 format!("function name {fname} may not contain `*`"),
             );
         }
-        if catalog::is_builtin(fname)
-        {
+        if catalog::is_builtin(fname) {
             ctx.err_key(file, &base, format!("function {fname} has the name of a cmdlet keyhole provides; choose another name"));
         }
     }

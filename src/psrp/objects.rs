@@ -8,7 +8,7 @@ use crate::engine::{
 use crate::lang::wildcard::{self, Mode};
 
 use super::clixml::write::Writer;
-use super::ProtocolError;
+use super::{Malformed, ProtocolError};
 
 /// Protocol version keyhole speaks (MS-PSRP 2.3, as Windows PowerShell 5.1 and pwsh 7).
 pub const PROTOCOL_VERSION: &str = "2.3";
@@ -390,7 +390,11 @@ pub fn command_metadata(c: &VisibleCommand) -> String {
 // What clients send.
 
 fn missing(what: &str, msg: &str) -> ProtocolError {
-    ProtocolError::Malformed(format!("{msg} lacks the mandatory property {what}"))
+    Malformed::MissingProperty {
+        message: msg.to_string(),
+        property: what.to_string(),
+    }
+    .into()
 }
 
 /// SESSION_CAPABILITY from the client.
@@ -511,10 +515,11 @@ fn list_of<'a>(v: Option<&'a Value>, what: &str) -> Result<&'a [Value], Protocol
     match v {
         Some(Value::Array(items)) => Ok(items),
         Some(Value::Null) | None => Ok(&[]),
-        Some(other) => Err(ProtocolError::Malformed(format!(
-            "CREATE_PIPELINE: {what} is a {} instead of a list",
-            other.type_name()
-        ))),
+        Some(other) => Err(Malformed::NotAList {
+            what: what.to_string(),
+            found: other.type_name(),
+        }
+        .into()),
     }
 }
 
@@ -526,9 +531,7 @@ fn command_of(v: &Value) -> Result<PipelineCommand, ProtocolError> {
     let is_script = bool_of(v.property("IsScript"));
     let raw_args = list_of(v.property("Args"), "Args")?;
     if raw_args.len() > MAX_ARGS {
-        return Err(ProtocolError::Malformed(format!(
-            "command {cmd:?} has more than {MAX_ARGS} arguments"
-        )));
+        return Err(Malformed::TooManyArguments(cmd.to_string()).into());
     }
     let mut args = Vec::with_capacity(raw_args.len());
     for a in raw_args {
@@ -574,15 +577,11 @@ impl CreatePipeline {
         }
         let total: usize = statements.iter().map(Vec::len).sum();
         if total > MAX_COMMANDS {
-            return Err(ProtocolError::Malformed(format!(
-                "CREATE_PIPELINE holds {total} commands, more than {MAX_COMMANDS}"
-            )));
+            return Err(Malformed::TooManyCommands(total).into());
         }
         statements.retain(|s| !s.is_empty());
         if statements.is_empty() {
-            return Err(ProtocolError::Malformed(
-                "CREATE_PIPELINE holds no command".into(),
-            ));
+            return Err(Malformed::NoCommand.into());
         }
         Ok(CreatePipeline {
             no_input: v
@@ -661,12 +660,7 @@ impl GetCommandMetadata {
             Some(Value::Array(items)) => items.iter().map(Value::to_ps_string).collect(),
             Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Null) | None => Vec::new(),
-            Some(other) => {
-                return Err(ProtocolError::Malformed(format!(
-                    "GET_COMMAND_METADATA: Name is a {}",
-                    other.type_name()
-                )))
-            }
+            Some(other) => return Err(Malformed::MetadataName(other.type_name()).into()),
         };
         let command_type = int_of(v.property("CommandType")).unwrap_or(0x1FF);
         Ok(GetCommandMetadata {

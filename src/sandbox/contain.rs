@@ -251,7 +251,6 @@ impl Containment {
             }
         }
     }
-
 }
 
 fn cgroup_pids(dir: &Path) -> Vec<i32> {
