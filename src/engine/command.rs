@@ -2,7 +2,6 @@
 //! metadata alike) and the trait every command implements.
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -327,21 +326,9 @@ impl EventSink for VecSink {
     }
 }
 
-/// Shared cancellation flag: set by Signal (Ctrl+C), session close or shutdown; the sandbox
-/// polls it and kills the running program's process group.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-impl CancelToken {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+/// The cancellation flag of a line (defined by `sandbox`, which depends on nothing in the crate
+/// and polls it while a program runs).
+pub use crate::sandbox::CancelToken;
 
 /// Bound parameter values of one invocation, keyed by the declared (canonical) parameter name.
 #[derive(Debug, Clone, Default, PartialEq)]

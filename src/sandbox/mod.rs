@@ -29,7 +29,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::engine::CancelToken;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Everything needed to run one program. Never a shell: `program` is absolute, `args` are argv[1..].
 #[derive(Debug, Clone)]
@@ -114,6 +115,23 @@ pub enum SandboxError {
     NotRoot(String),
     #[error("capabilities {0:?} can only be granted when keyhole runs as root")]
     CapabilitiesNeedRoot(Vec<String>),
+}
+
+/// Shared cancellation flag: set by Signal (Ctrl+C), session close or shutdown; [`run`] polls
+/// it and kills the running program's process group. (Defined here so that `sandbox` depends
+/// on nothing else in the crate; the engine re-exports it.)
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// The fixed environment every program gets (SPEC §4.4).
