@@ -11,7 +11,7 @@ use crate::config::{
     LoadedEndpoint, ParameterConstraint, VisibleCommandEntry,
 };
 use crate::lang::fold::eq_simple_fold;
-use crate::lang::wildcard::{self, Mode};
+use crate::lang::wildcard::{self, Mode, Wildcard};
 
 /// Constraint on a parameter's values after merging.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,10 +313,10 @@ pub fn merge(
     for cap in caps {
         let c = &cap.config;
         for e in &c.visible_cmdlets {
-            for b in BUILTIN_CMDLETS
-                .iter()
-                .filter(|b| wildcard::matches(e.name(), b, Mode::Name))
-            {
+            let Ok(w) = Wildcard::new(e.name(), Mode::Name) else {
+                continue;
+            };
+            for b in BUILTIN_CMDLETS.iter().filter(|b| w.is_match(b)) {
                 cmd_grants
                     .entry(b.to_lowercase())
                     .or_insert_with(|| (b.to_string(), Vec::new()))

@@ -6,7 +6,9 @@
 //! The only import is `lang::wildcard` (the never-provided list holds name-mode wildcards).
 #![forbid(unsafe_code)]
 
-use crate::lang::wildcard::{self, Mode};
+use std::sync::OnceLock;
+
+use crate::lang::wildcard::{Mode, Wildcard};
 
 /// Every cmdlet keyhole itself provides; role capabilities may grant these (and wildcards in
 /// `visible_cmdlets` match only these). The first eight are the restricted defaults.
@@ -149,9 +151,17 @@ pub const NEVER_PROVIDED: &[&str] = &[
 
 /// True when `name` is never provided (SPEC §4.3), compared as command names are.
 pub fn is_never_provided(name: &str) -> bool {
-    NEVER_PROVIDED
+    // Compiled once per process: configuration validation asks this for every name.
+    static COMPILED: OnceLock<Vec<Wildcard>> = OnceLock::new();
+    COMPILED
+        .get_or_init(|| {
+            NEVER_PROVIDED
+                .iter()
+                .filter_map(|p| Wildcard::new(p, Mode::Name).ok())
+                .collect()
+        })
         .iter()
-        .any(|p| wildcard::matches(p, name, Mode::Name))
+        .any(|w| w.is_match(name))
 }
 
 /// What a common parameter does in a session.
@@ -257,6 +267,14 @@ mod tests {
 
     #[test]
     fn never_provided() {
+        assert_eq!(
+            NEVER_PROVIDED
+                .iter()
+                .filter(|p| Wildcard::new(p, Mode::Name).is_ok())
+                .count(),
+            NEVER_PROVIDED.len(),
+            "every pattern compiles"
+        );
         assert!(is_never_provided("invoke-expression"));
         assert!(is_never_provided("Start-Job"));
         assert!(is_never_provided("Register-ObjectEvent"));

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::catalog::{self, is_never_provided, BUILTIN_CMDLETS, DEFAULT_ALIASES};
 use crate::lang::pattern::{AnchoredPattern, Case};
-use crate::lang::wildcard::{self, Mode};
+use crate::lang::wildcard::{self, Mode, Wildcard};
 use crate::tpath;
 
 /// Most values in one validate_set.
@@ -296,10 +296,13 @@ fn check_set_pattern(
 }
 
 fn builtin_matches(name: &str) -> Vec<&'static str> {
+    let Ok(w) = Wildcard::new(name, Mode::Name) else {
+        return Vec::new();
+    };
     BUILTIN_CMDLETS
         .iter()
         .copied()
-        .filter(|b| wildcard_match(name, b))
+        .filter(|b| w.is_match(b))
         .collect()
 }
 

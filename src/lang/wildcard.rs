@@ -210,6 +210,19 @@ impl Wildcard {
                 _ => None,
             })
             .collect::<Option<Vec<char>>>();
+        if literal.is_some() {
+            // A comparison needs no automaton.
+            return Ok(Wildcard {
+                mode,
+                m: toks.len(),
+                words: 0,
+                star: Vec::new(),
+                any: Vec::new(),
+                bounds: Vec::new(),
+                masks: Vec::new(),
+                literal,
+            });
+        }
         let m = toks.len();
         let words = (m + 1).div_ceil(64);
         let mut star = vec![0u64; words];
