@@ -176,6 +176,9 @@ pub enum Malformed {
     MetadataName(String),
     #[error("{0} lacks ci")]
     MissingCallId(String),
+    /// (main's pool.rs, after the s2-sessions merge, builds this one.)
+    #[error("{0} arrived without a CommandId")]
+    MissingCommandId(String),
     #[error("{message} lacks {field}")]
     MissingField {
         message: &'static str,
