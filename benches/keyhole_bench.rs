@@ -337,6 +337,32 @@ fn bench_config(mode: Mode) {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// (d) the wildcard matcher on a pathological -like
+// ---------------------------------------------------------------------------------------------
+
+fn bench_wildcard(mode: Mode) {
+    use keyhole::lang::wildcard::{Mode as WMode, Wildcard};
+    let text = "a".repeat(64 * 1024);
+    let pattern = format!("{}*b", "*a".repeat(500));
+    let Ok(w) = Wildcard::new(&pattern, WMode::LIKE) else {
+        println!("(d) skipped: the pattern does not compile");
+        return;
+    };
+    let baseline = measure_fast(mode, "text.contains('b') (one scan)", || {
+        let _ = black_box(black_box(&text).contains('b'));
+    });
+    let case = measure_fast(mode, "-like '*a*a*…*b' (1002 tokens)", || {
+        let _ = black_box(w.is_match(black_box(&text)));
+    });
+    pair(
+        "(d) a pathological -like over 64 KiB (text × pattern would be 65 M steps)",
+        &case,
+        &baseline,
+        "one scan of the text",
+    );
+}
+
 fn main() {
     let mode = if std::env::args().skip(1).any(|a| a == "--bench") {
         FULL
@@ -365,4 +391,5 @@ fn main() {
     bench_parse(mode);
     bench_auth(mode);
     bench_config(mode);
+    bench_wildcard(mode);
 }

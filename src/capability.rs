@@ -4,12 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::commands::{wildcard_match, BUILTIN_CMDLETS, DEFAULT_ALIASES};
+use crate::catalog::{BUILTIN_CMDLETS, DEFAULT_ALIASES};
 use crate::config::{ExternalCommandDef, ResolvedFunction};
 use crate::config::{
     ExternalCommandEntry, GroupCondition, GroupTree, LoadedCapability, LoadedConfig,
     LoadedEndpoint, ParameterConstraint, VisibleCommandEntry,
 };
+use crate::lang::fold::eq_simple_fold;
+use crate::lang::wildcard::{self, Mode, Wildcard};
 
 /// Constraint on a parameter's values after merging.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +47,13 @@ pub struct CommandGrant {
     pub params: ParamsGrant,
 }
 
+/// A visible alias after merging: `alias` (as written) resolves to `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasGrant {
+    pub alias: String,
+    pub target: String,
+}
+
 /// A visible external command after merging.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExternalGrant {
@@ -60,8 +69,8 @@ pub struct EffectiveCapability {
     pub functions: BTreeMap<String, FunctionGrant>,
     /// Keyed by absolute path.
     pub external: BTreeMap<String, ExternalGrant>,
-    /// Visible aliases: lower-case alias → target command name.
-    pub aliases: BTreeMap<String, (String, String)>,
+    /// Visible aliases, keyed by lower-case alias.
+    pub aliases: BTreeMap<String, AliasGrant>,
     /// The names of the role capabilities that were merged, for display.
     pub roles: Vec<String>,
 }
@@ -72,9 +81,6 @@ pub struct FunctionGrant {
     /// visible_functions may constrain a function's parameters as for cmdlets.
     pub params: ParamsGrant,
 }
-
-/// Most OS groups read for one account.
-pub const MAX_OS_GROUPS: usize = 4096;
 
 /// Gate 4 refused the caller (logged with the gate and reason; the client sees a generic 401).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -176,7 +182,7 @@ fn merge_grants(grants: &[RoleGrant]) -> ParamsGrant {
             for c in &cs {
                 if let ValueConstraint::Set(s) = c {
                     for v in s {
-                        if !vals.iter().any(|x| x.to_lowercase() == v.to_lowercase()) {
+                        if !vals.iter().any(|x| eq_simple_fold(x, v)) {
                             vals.push(v.clone());
                         }
                     }
@@ -307,10 +313,10 @@ pub fn merge(
     for cap in caps {
         let c = &cap.config;
         for e in &c.visible_cmdlets {
-            for b in BUILTIN_CMDLETS
-                .iter()
-                .filter(|b| wildcard_match(e.name(), b))
-            {
+            let Ok(w) = Wildcard::new(e.name(), Mode::Name) else {
+                continue;
+            };
+            for b in BUILTIN_CMDLETS.iter().filter(|b| w.is_match(b)) {
                 cmd_grants
                     .entry(b.to_lowercase())
                     .or_insert_with(|| (b.to_string(), Vec::new()))
@@ -321,7 +327,7 @@ pub fn merge(
         for e in &c.visible_functions {
             for f in declared
                 .iter()
-                .filter(|f| wildcard_match(e.name(), &f.name))
+                .filter(|f| wildcard::matches(e.name(), &f.name, Mode::Name))
             {
                 let key = f.name.to_lowercase();
                 fn_grants
@@ -381,15 +387,21 @@ pub fn merge(
         for va in &c.visible_aliases {
             let defined = endpoint_caps
                 .iter()
-                .flat_map(|c| c.config.aliases.iter().map(|(a, t)| (a.clone(), t.clone())))
-                .chain(
-                    DEFAULT_ALIASES
-                        .iter()
-                        .map(|(a, t)| (a.to_string(), t.to_string())),
-                );
-            for (a, t) in defined {
-                if wildcard_match(va, &a) {
-                    out.aliases.entry(a.to_lowercase()).or_insert((a, t));
+                .flat_map(|c| {
+                    c.config.aliases.iter().map(|(a, t)| AliasGrant {
+                        alias: a.clone(),
+                        target: t.clone(),
+                    })
+                })
+                .chain(DEFAULT_ALIASES.iter().map(|d| AliasGrant {
+                    alias: d.alias.to_string(),
+                    target: d.target.to_string(),
+                }));
+            for grant in defined {
+                if wildcard::matches(va, &grant.alias, Mode::Name) {
+                    out.aliases
+                        .entry(grant.alias.to_lowercase())
+                        .or_insert(grant);
                 }
             }
         }
@@ -413,40 +425,6 @@ pub fn merge(
         );
     }
     out
-}
-
-/// The caller's groups: from users.toml for a local account, otherwise the OS groups.
-pub fn user_groups(cfg: &LoadedConfig, user: &str) -> Vec<String> {
-    if let Some((_, u)) = cfg
-        .users
-        .users
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(user))
-    {
-        return u.groups.clone();
-    }
-    os_groups(user)
-}
-
-/// Names of the OS groups `user` belongs to (primary group included); empty when unknown.
-pub fn os_groups(user: &str) -> Vec<String> {
-    use nix::unistd::{getgrouplist, Group, User};
-    let Ok(Some(u)) = User::from_name(user) else {
-        return Vec::new();
-    };
-    let Ok(cname) = std::ffi::CString::new(user) else {
-        return Vec::new();
-    };
-    let gids = getgrouplist(&cname, u.gid).unwrap_or_else(|_| vec![u.gid]);
-    let mut names: Vec<String> = Vec::new();
-    for gid in gids.into_iter().take(MAX_OS_GROUPS) {
-        if let Ok(Some(g)) = Group::from_gid(gid) {
-            if !names.contains(&g.name) {
-                names.push(g.name);
-            }
-        }
-    }
-    names
 }
 
 #[cfg(test)]

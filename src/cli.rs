@@ -10,9 +10,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::capability::{
-    effective_capability, user_groups, EffectiveCapability, ParamsGrant, ValueConstraint,
-};
+use crate::capability::{effective_capability, EffectiveCapability, ParamsGrant, ValueConstraint};
 use crate::config::{self, LoadedConfig, Severity};
 use crate::engine::{self, CancelToken, Event, EventSink, RunOutcome};
 use crate::gates::{Gates, Grant, Origin, SessionKind};
@@ -245,7 +243,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 /// `keyhole check`.
 fn cmd_check(path: &Path) -> Result<ExitCode> {
-    match config::load(path) {
+    match crate::check::load(path) {
         Ok(cfg) => {
             let mut out = std::io::stdout().lock();
             let name = path
@@ -298,7 +296,7 @@ fn cmd_check(path: &Path) -> Result<ExitCode> {
 
 /// Load the configuration or fail with every diagnostic printed.
 fn load_or_report(path: &Path) -> Result<LoadedConfig> {
-    config::load(path).map_err(|diags| {
+    crate::check::load(path).map_err(|diags| {
         for d in &diags {
             if d.severity == Severity::Error {
                 eprintln!("{}", d.rendered.trim_end());
@@ -312,7 +310,8 @@ fn load_or_report(path: &Path) -> Result<LoadedConfig> {
 }
 
 fn groups_for(cfg: &LoadedConfig, who: &WhoArgs) -> Vec<String> {
-    let mut groups = user_groups(cfg, &who.user);
+    let pam = !cfg.server.auth.pam_service.is_empty();
+    let mut groups = crate::auth::groups_of(&cfg.users, pam, &who.user).unwrap_or_default();
     for g in &who.groups {
         if !groups.iter().any(|x| x.eq_ignore_ascii_case(g)) {
             groups.push(g.clone());
@@ -422,7 +421,7 @@ pub fn capability_text(
     if session_defaults {
         s.push_str(&format!(
             "Session defaults:   {}\n",
-            crate::commands::RESTRICTED_DEFAULTS.join(", ")
+            crate::catalog::RESTRICTED_DEFAULTS.join(", ")
         ));
     }
     s.push_str("\nCmdlets:\n");
@@ -483,8 +482,8 @@ pub fn capability_text(
     if cap.aliases.is_empty() {
         s.push_str("  (none)\n");
     }
-    for (a, t) in cap.aliases.values() {
-        s.push_str(&format!("  {a} → {t}\n"));
+    for a in cap.aliases.values() {
+        s.push_str(&format!("  {} → {}\n", a.alias, a.target));
     }
     s
 }
@@ -529,10 +528,10 @@ pub fn capability_json(
     let aliases: Vec<serde_json::Value> = cap
         .aliases
         .values()
-        .map(|(a, t)| serde_json::json!({ "name": a, "target": t }))
+        .map(|a| serde_json::json!({ "name": a.alias, "target": a.target }))
         .collect();
     let defaults: Vec<&str> = if session_defaults {
-        crate::commands::RESTRICTED_DEFAULTS.to_vec()
+        crate::catalog::RESTRICTED_DEFAULTS.to_vec()
     } else {
         Vec::new()
     };
@@ -770,7 +769,7 @@ fn cmd_user(cmd: UserCommand) -> Result<ExitCode> {
 
 /// `keyhole rule ...`.
 fn cmd_rule(cmd: RuleCommand) -> Result<ExitCode> {
-    use crate::{auth, gateway};
+    use crate::{auth, rules};
     let rules_path = |c: &ConfigArg| -> Result<(PathBuf, PathBuf, config::ServerConfig)> {
         let (base, server) = server_paths(c)?;
         Ok((resolve_in(&base, &server.authorization_rules), base, server))
@@ -786,9 +785,9 @@ fn cmd_rule(cmd: RuleCommand) -> Result<ExitCode> {
             config,
         } => {
             let (path, _, _) = rules_path(&config)?;
-            let id = gateway::add_rule(
+            let id = rules::add_rule(
                 &path,
-                gateway::RuleSpec {
+                rules::RuleSpec {
                     user,
                     user_group,
                     computer,
@@ -801,16 +800,16 @@ fn cmd_rule(cmd: RuleCommand) -> Result<ExitCode> {
         }
         RuleCommand::List { json, config } => {
             let (path, _, _) = rules_path(&config)?;
-            let rules = gateway::list_rules(&path)?;
+            let rules = rules::list_rules(&path)?;
             if json {
-                println!("{}", gateway::render_rules_json(&rules));
+                println!("{}", rules::render_rules_json(&rules));
             } else {
-                print!("{}", gateway::render_rules_table(&rules));
+                print!("{}", rules::render_rules_table(&rules));
             }
         }
         RuleCommand::Remove { ids, config } => {
             let (path, _, _) = rules_path(&config)?;
-            let removed = gateway::remove_rules(&path, &ids)?;
+            let removed = rules::remove_rules(&path, &ids)?;
             let list: Vec<String> = removed.iter().map(u64::to_string).collect();
             println!("removed rule {}", list.join(", "));
         }
@@ -822,13 +821,13 @@ fn cmd_rule(cmd: RuleCommand) -> Result<ExitCode> {
             config,
         } => {
             let (path, base, server) = rules_path(&config)?;
-            let rules = gateway::load_rules(&path)?;
+            let rules = rules::load_rules(&path)?;
             let users = auth::load_users(&resolve_in(&base, &server.users)).unwrap_or_default();
-            let mut all = auth::lookup_groups(&users, !server.auth.pam_service.is_empty(), &user)
+            let mut all = auth::groups_of(&users, !server.auth.pam_service.is_empty(), &user)
                 .unwrap_or_default();
             all.extend(groups);
             let outcome =
-                gateway::test_rule(&rules, &user, &all, &computer, configuration.as_deref());
+                rules::test_rule(&rules, &user, &all, &computer, configuration.as_deref());
             println!("{}", outcome.message);
             return Ok(if outcome.allowed {
                 ExitCode::SUCCESS

@@ -56,7 +56,7 @@ pub fn report(diags: &[config::Diagnostic]) -> bool {
 
 /// Load, or print every diagnostic and fail.
 pub fn load(path: &Path) -> Result<LoadedConfig, DaemonError> {
-    match config::load(path) {
+    match crate::check::load(path) {
         Ok(cfg) => {
             report(&cfg.warnings);
             Ok(cfg)
@@ -95,7 +95,7 @@ fn snapshot(cfg: &LoadedConfig) -> Vec<(PathBuf, Option<SystemTime>)> {
 
 /// Reload from `path`; keeps the running configuration when the new one fails validation.
 pub fn reload(gates: &Gates, path: &Path) -> bool {
-    match config::load(path) {
+    match crate::check::load(path) {
         Ok(new) => {
             for w in &new.warnings {
                 tracing::warn!("{}", w.rendered.trim_end());

@@ -1,5 +1,5 @@
 //! `gates`: the ONLY place a session is opened — for WinRS, PSRP, `keyhole run` (and, later,
-//! the web console). Gates 2–4 over `auth`, `gateway` and `capability`; the per-user session
+//! the web console). Gates 2–4 over `auth`, `rules` and `capability`; the per-user session
 //! count; the transcript; the JSON audit log (authentication, authorization decisions, session
 //! start and end, refusals with gate and reason); all on a configuration that reloads without
 //! dropping sessions. Every refusal is the same to a remote client; the log and the audit log
@@ -18,7 +18,7 @@ use crate::auth::{self, AuthResult, Authenticator};
 use crate::capability;
 use crate::config::LoadedConfig;
 use crate::engine::{self, HostEnv, SessionOptions};
-use crate::gateway;
+use crate::rules;
 use crate::wsman::shell::{Authenticate, Identity, ShellLimits};
 
 /// The `Authorization` value certificate-authenticating clients send (pypsrp, pywinrm).
@@ -248,7 +248,7 @@ impl Gates {
         if let Origin::Remote(_) = origin {
             let mut names = vec![cfg.server.computer_name.clone()];
             names.extend(cfg.server.computer_aliases.iter().cloned());
-            let d = gateway::evaluate(&cfg.rules, user, groups, &names, endpoint);
+            let d = rules::evaluate(&cfg.rules, user, groups, &names, endpoint);
             if !d.allowed {
                 let denied = Denied {
                     gate: 3,
@@ -383,6 +383,7 @@ impl Gates {
             SessionOptions {
                 session_type: ep.config.session_type,
                 host,
+                commands: crate::commands::source(),
             },
             Box::new(transcript),
         );
@@ -511,7 +512,7 @@ impl Authenticate for Gates {
                 names.extend(cfg.server.computer_aliases.iter().cloned());
                 let admitted = names
                     .iter()
-                    .any(|c| gateway::test_rule(&cfg.rules, &id.user, &id.groups, c, None).allowed);
+                    .any(|c| rules::test_rule(&cfg.rules, &id.user, &id.groups, c, None).allowed);
                 if !admitted {
                     let d = Denied {
                         gate: 3,

@@ -39,7 +39,8 @@ fn setup(dir: &Path) -> PathBuf {
     user_add(&path, "carol", &[], "pw-carol").unwrap();
     let mut users = load_users(&path).unwrap();
     users.users.get_mut("carol").unwrap().disabled = true;
-    keyhole::gateway::write_atomic(&path, toml::to_string(&users).unwrap().as_bytes()).unwrap();
+    keyhole::config::edit::write_atomic(&path, toml::to_string(&users).unwrap().as_bytes())
+        .unwrap();
     path
 }
 

@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use keyhole::auth::{os_groups, AuthMethod, AuthResult, Authenticator, DenyReason};
+use keyhole::auth::{groups_of, AuthMethod, AuthResult, Authenticator, DenyReason};
 use keyhole::config::{AuthConfig, UsersFile};
+
+#[path = "fixtures/config/shipped.rs"]
+mod shipped;
 
 /// A throwaway OS account in a throwaway group, with a PAM service file using pam_unix.
 struct TempAccount {
@@ -142,7 +145,10 @@ fn pam_account_password_and_groups() {
         "groups from the OS: {:?}",
         id.groups
     );
-    assert_eq!(id.groups, os_groups(&acct.user));
+    assert_eq!(
+        Some(id.groups.clone()),
+        groups_of(&UsersFile::default(), true, &acct.user)
+    );
 
     assert!(
         matches!(bad, AuthResult::Denied(DenyReason::Pam(_))),
@@ -213,4 +219,158 @@ fn without_pam_service_os_accounts_are_unknown() {
         a.verify_basic(&acct.user, &acct.password, ip()),
         AuthResult::Denied(DenyReason::UnknownUser)
     ));
+}
+
+/// A shipped configuration in which the account's supplementary group has a role in Helpdesk
+/// and a rule to reach it; PAM on or off.
+fn group_config(acct: &TempAccount, pam: bool) -> tempfile::TempDir {
+    let d = shipped::shipped_copy();
+    if pam {
+        shipped::append(
+            d.path(),
+            "keyhole.toml",
+            &format!("\n[auth]\npam_service = \"{}\"\n", acct.service),
+        );
+    }
+    shipped::append(
+        d.path(),
+        "endpoints/Helpdesk.toml",
+        &format!(
+            "\n[[role]]\ngroup = \"{}\"\nrole_capabilities = [\"Diagnostics\"]\n",
+            acct.group
+        ),
+    );
+    shipped::append(
+        d.path(),
+        "authorization-rules.toml",
+        &format!(
+            "\n[[rule]]\nid = 4\nuser_group = \"{}\"\ncomputer = \"*\"\nconfiguration = \"Helpdesk\"\n",
+            acct.group
+        ),
+    );
+    d
+}
+
+/// The `Groups:` line of the one transcript `keyhole run` wrote.
+fn transcript_groups(dir: &Path) -> String {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.join("transcripts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Groups: "))
+        .unwrap_or_else(|| panic!("no Groups line in {text}"))
+        .to_string()
+}
+
+/// One `auth::groups_of`: for an OS account with a supplementary group, a live PAM login,
+/// `keyhole rule test`, `keyhole capability` and `keyhole run` see the same groups. Without
+/// PAM the account cannot log in, and the three commands agree that it has no groups (before,
+/// `capability` and `run` read the OS groups anyway and let it in).
+#[test]
+fn cli_and_login_agree_on_groups() {
+    if !is_root() {
+        eprintln!("SKIPPED: auth_pam needs root (useradd, chpasswd, /etc/pam.d)");
+        return;
+    }
+    let _serial = serial();
+    let acct = TempAccount::create();
+    let u = acct.user.as_str();
+
+    let d = group_config(&acct, true);
+    let a = pam_auth(&acct.service, UsersFile::default());
+    let r = a.verify_basic(u, &acct.password, ip());
+    let groups = r.identity().expect("PAM login").groups.clone();
+    assert!(groups.contains(&acct.group), "{groups:?}");
+    assert_eq!(a.groups_of(u), Some(groups.clone()));
+
+    let (code, out, err) = shipped::keyhole(
+        d.path(),
+        &[
+            "rule",
+            "test",
+            "--user",
+            u,
+            "--computer",
+            "localhost",
+            "--configuration",
+            "Helpdesk",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("allowed by rule 4"), "{out}");
+
+    let (code, out, err) = shipped::keyhole(
+        d.path(),
+        &[
+            "capability",
+            "--endpoint",
+            "Helpdesk",
+            "--user",
+            u,
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let shown: Vec<String> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(shown, groups);
+
+    let (code, out, err) = shipped::keyhole(
+        d.path(),
+        &["run", "--endpoint", "Helpdesk", "--user", u],
+        Some("Get-Uptime"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(transcript_groups(d.path()), groups.join(", "));
+
+    // Without PAM nobody of that name logs in; the commands say the same.
+    let d = group_config(&acct, false);
+    let a = Authenticator::new(
+        &AuthConfig::default(),
+        Path::new("/nonexistent"),
+        UsersFile::default(),
+    );
+    assert!(matches!(
+        a.verify_basic(u, &acct.password, ip()),
+        AuthResult::Denied(DenyReason::UnknownUser)
+    ));
+    assert_eq!(a.groups_of(u), None);
+    let (code, out, _) = shipped::keyhole(
+        d.path(),
+        &[
+            "rule",
+            "test",
+            "--user",
+            u,
+            "--computer",
+            "localhost",
+            "--configuration",
+            "Helpdesk",
+        ],
+        None,
+    );
+    assert_eq!(code, 1, "{out}");
+    let (code, _, err) = shipped::keyhole(
+        d.path(),
+        &["capability", "--endpoint", "Helpdesk", "--user", u],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no role applies"), "{err}");
+    let (code, _, err) = shipped::keyhole(
+        d.path(),
+        &["run", "--endpoint", "Helpdesk", "--user", u],
+        Some("Get-Uptime"),
+    );
+    assert_eq!(code, 2, "{err}");
 }

@@ -49,8 +49,9 @@ fn loc_after(dir: &Path, rel: &str, after: &str, needle: &str) -> String {
     format!("{rel}:{line}:{col}")
 }
 
+/// What the server and `keyhole check` load: `config` plus the checks against the commands.
 fn load(dir: &Path) -> Result<config::LoadedConfig, Vec<Diagnostic>> {
-    config::load(&dir.join("keyhole.toml"))
+    keyhole::check::load(&dir.join("keyhole.toml"))
 }
 
 fn errors(dir: &Path) -> Vec<Diagnostic> {
@@ -178,7 +179,7 @@ fn check_binary_reports_every_error_and_exits_1() {
         (
             "authorization-rules.toml",
             "1\nname = \"ACME vendor to",
-            "used twice",
+            "used more than once",
         ),
         ("keyhole.toml", "colour", "unknown field `colour`"),
     ] {
@@ -492,6 +493,62 @@ fn parameter_constraints() {
         "validate_set = []",
     );
     expect_error(d.path(), &loc(d.path(), so, "[] }"), "would allow nothing");
+}
+
+/// A constrained built-in lists only parameters it declares (checked by `check`, which knows
+/// the commands); common parameters follow SPEC §4.1 (one list, in `catalog`).
+#[test]
+fn parameter_names_of_builtins() {
+    let so = "role-capabilities/ServiceOperator.toml";
+    let with_param = |name: &str| {
+        let d = shipped_copy();
+        edit(
+            d.path(),
+            so,
+            "{ name = \"Name\", validate_set = [\"cron\", \"ssh\", \"nginx\"] }",
+            &format!(
+                "{{ name = \"Name\", validate_set = [\"cron\", \"ssh\", \"nginx\"] }}, {{ name = \"{name}\" }}"
+            ),
+        );
+        d
+    };
+    let d = with_param("Nmae");
+    expect_error(
+        d.path(),
+        &loc(d.path(), so, "\"Nmae\""),
+        "Restart-Service has no parameter Nmae",
+    );
+    // `config::load` alone knows names only: the same file passes it.
+    config::load(&d.path().join("keyhole.toml")).unwrap_or_else(|e| panic!("{e:?}"));
+    // The accepted common parameters may be listed (ProgressAction and OutBuffer included:
+    // the old list of seven refused them although every command accepts them) ...
+    for ok in ["ErrorAction", "WhatIf", "ProgressAction", "OutBuffer"] {
+        let d = with_param(ok);
+        load(d.path()).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+    }
+    // ... the variable-setting ones are refused, saying why.
+    let d = with_param("ErrorVariable");
+    expect_error(
+        d.path(),
+        &loc(d.path(), so, "\"ErrorVariable\""),
+        "sets a variable",
+    );
+}
+
+/// Names use the one wildcard SPEC §2.3 allows, `*`: `?` and brackets (which the name-mode
+/// matcher would honour) are refused.
+#[test]
+fn names_use_only_the_star_wildcard() {
+    let dg = "role-capabilities/Diagnostics.toml";
+    for bad in ["Get-Uptim?", "Get-[SU]*"] {
+        let d = shipped_copy();
+        edit(d.path(), dg, "\"Get-Uptime\"", &format!("{bad:?}"));
+        expect_error(
+            d.path(),
+            &loc(d.path(), dg, &format!("{bad:?}")),
+            "a name may use only the `*` wildcard",
+        );
+    }
 }
 
 #[test]
@@ -827,7 +884,7 @@ fn rules_file() {
     expect_error(
         d.path(),
         &loc(d.path(), r, "1\nname = \"ACME vendor to"),
-        "used twice",
+        "used more than once",
     );
 
     let d = shipped_copy();
@@ -875,6 +932,42 @@ fn rules_file() {
         d.path(),
         &loc(d.path(), r, "\"web\""),
         "is not defined under [computer_groups]",
+    );
+
+    // The limits gate 3 applies (one rule-field check, shared with `keyhole rule`): a field
+    // over 256 bytes or with a control character never matches, so check refuses it (before,
+    // the file loaded and the rule was silently dead).
+    let d = shipped_copy();
+    let long = "h".repeat(300);
+    edit(
+        d.path(),
+        r,
+        "user_group = \"helpdesk\"",
+        &format!("user_group = \"{long}\""),
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), r, &format!("\"{long}\"")),
+        "longer than 256 bytes",
+    );
+    let d = shipped_copy();
+    edit(
+        d.path(),
+        r,
+        "user_group = \"helpdesk\"",
+        "user_group = \"help\\tdesk\"",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), r, "\"help\\tdesk\""),
+        "control characters",
+    );
+    let d = shipped_copy();
+    append(d.path(), r, "\n[computer_groups]\nweb = [\"web*\"]\n");
+    expect_error(
+        d.path(),
+        &loc(d.path(), r, "\"web*\""),
+        "allowed only alone",
     );
 }
 

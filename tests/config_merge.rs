@@ -2,8 +2,9 @@
 //! wildcard expansion, functions, external commands, aliases, and gate-4 refusals.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use keyhole::auth::groups_of;
 use keyhole::capability::{
-    effective_capability, user_groups, EffectiveCapability, ParamsGrant, ValueConstraint,
+    effective_capability, AliasGrant, EffectiveCapability, ParamsGrant, ValueConstraint,
 };
 use keyhole::config::{self, LoadedConfig};
 
@@ -236,9 +237,12 @@ fn external_commands_and_aliases_union() {
     assert!(cap.external["/usr/bin/uptime"].def.arguments.is_empty());
     assert_eq!(
         cap.aliases["gsv"],
-        ("gsv".to_string(), "Get-Service".to_string())
+        AliasGrant {
+            alias: "gsv".to_string(),
+            target: "Get-Service".to_string()
+        }
     );
-    assert_eq!(cap.aliases["select"].1, "Select-Object");
+    assert_eq!(cap.aliases["select"].target, "Select-Object");
 }
 
 #[test]
@@ -275,12 +279,18 @@ fn gate_four_refusals() {
     assert!(effective_capability(&cfg, ep, "x", &["staff".into(), "otp".into()]).is_err());
 }
 
+/// One definition of a user's groups (`auth::groups_of`): users.toml first; OS groups only
+/// when PAM is configured (without PAM an OS account cannot log in, so it has no groups).
 #[test]
 fn groups_from_users_file_or_os() {
     let (_d, cfg) = setup(RS_NAME_SET, "", "");
-    assert_eq!(user_groups(&cfg, "ALICE"), vec!["GA", "gb"]);
-    if nix::unistd::geteuid().is_root() {
-        assert!(user_groups(&cfg, "root").contains(&"root".to_string()));
-    }
-    assert!(user_groups(&cfg, "no-such-user-xyz").is_empty());
+    assert_eq!(
+        groups_of(&cfg.users, false, "ALICE").unwrap(),
+        vec!["GA", "gb"]
+    );
+    assert_eq!(groups_of(&cfg.users, false, "root"), None);
+    assert!(groups_of(&cfg.users, true, "root")
+        .unwrap()
+        .contains(&"root".to_string()));
+    assert_eq!(groups_of(&cfg.users, true, "no-such-user-xyz"), None);
 }

@@ -617,6 +617,7 @@ fn audit_failure_refuses() {
         keyhole::engine::SessionOptions {
             session_type: SessionType::RestrictedRemoteServer,
             host: host(),
+            commands: keyhole::commands::source(),
         },
         Box::new(RecordingAudit(rec, true)),
     );
@@ -919,4 +920,171 @@ fn objects_never_pass_a_set_by_their_text() {
         1,
         "only the second line started"
     );
+}
+
+/// Issue 9 finding 9: an object whose text is in the set (or matches the pattern) passed a
+/// constrained *string* parameter, because it was converted to its text before the check.
+/// A constrained parameter takes plain values only, whichever way the object arrives.
+#[test]
+fn constrained_parameters_take_plain_values_only() {
+    let fake = |text: &str| {
+        let mut o = PsObject::new("Fake").with("Secret", "/etc/shadow");
+        o.to_string = Some(text.into());
+        o.into_value()
+    };
+    // A structured (PSRP) argument to a role-constrained string parameter.
+    let (mut s, rec) = session();
+    let (out, _) = run(
+        &mut s,
+        vec![sc("Get-Site", vec![(Some("Name"), Some(fake("acme-web")))])],
+        vec![],
+    );
+    let r = refused(&out);
+    assert_eq!(r.id, "ParameterArgumentValidationError,Get-Site");
+    assert!(r.message.contains("plain values"), "{}", r.message);
+    // ... positionally, and inside an array.
+    let (out, _) = run(
+        &mut s,
+        vec![sc("Get-Site", vec![(None, Some(fake("acme-web")))])],
+        vec![],
+    );
+    assert_eq!(
+        refused(&out).id,
+        "ParameterArgumentValidationError,Get-Site"
+    );
+    // A program's arguments are constrained too.
+    let (out, _) = run(
+        &mut s,
+        vec![sc(
+            "systemd-analyze",
+            vec![(None, Some(Value::Array(vec!["blame".into(), fake("time")])))],
+        )],
+        vec![],
+    );
+    assert_eq!(refused(&out).id, "ArgumentNotAllowed,systemd-analyze");
+    assert!(rec.lock().unwrap().commands.is_empty(), "nothing ran");
+    // A plain value still passes.
+    let (out, _) = run(
+        &mut s,
+        vec![sc("Get-Site", vec![(Some("Name"), st("ACME-WEB"))])],
+        vec![],
+    );
+    assert!(!matches!(out, RunOutcome::Refused(_)), "{out:?}");
+
+    // Pipeline input by property name into a constrained parameter (Restart-Service -Name
+    // carries its own pattern): the object's Name is an object whose text is "nginx".
+    let mut cap = EffectiveCapability::default();
+    cap.cmdlets.insert(
+        "restart-service".into(),
+        keyhole::capability::CommandGrant {
+            name: "Restart-Service".into(),
+            params: keyhole::capability::ParamsGrant::All,
+        },
+    );
+    let (mut s, _) = session_with(&cap, SessionType::Empty);
+    let input = PsObject::new("Fake.Service")
+        .with("Name", fake("nginx"))
+        .into_value();
+    let (out, ev) = run(
+        &mut s,
+        vec![sc("Restart-Service", vec![(Some("WhatIf"), None)])],
+        vec![input],
+    );
+    assert_eq!(out, RunOutcome::Completed { had_errors: true });
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::Information(_))),
+        "the object never bound: {ev:?}"
+    );
+    let errs = errors(&ev);
+    assert_eq!(
+        errs[0].fully_qualified_error_id,
+        "ParameterArgumentValidationError,Restart-Service"
+    );
+    assert!(
+        errs[0].message.contains("plain values"),
+        "{}",
+        errs[0].message
+    );
+    // The same with a plain Name binds (and -WhatIf only says what it would do).
+    let input = PsObject::new("Fake.Service")
+        .with("Name", "nginx")
+        .into_value();
+    let (out, ev) = run(
+        &mut s,
+        vec![sc("Restart-Service", vec![(Some("WhatIf"), None)])],
+        vec![input],
+    );
+    assert_eq!(out, RunOutcome::Completed { had_errors: false }, "{ev:?}");
+}
+
+/// One wildcard matcher: `Get-Command -Name P` and GET_COMMAND_METADATA (PSRP's command
+/// discovery, `psrp::objects::GetCommandMetadata::select`) pick the same commands for every
+/// pattern, brackets included (they disagreed on `Get-[SP]*` when each had its own matcher).
+#[test]
+fn get_command_and_command_metadata_select_the_same_commands() {
+    let mut cap = capability();
+    for c in [
+        "Get-Service",
+        "Get-Process",
+        "Get-Uptime",
+        "Get-Volume",
+        "Stop-Process",
+        "Start-Service",
+    ] {
+        cap.cmdlets.insert(
+            c.to_lowercase(),
+            keyhole::capability::CommandGrant {
+                name: c.into(),
+                params: keyhole::capability::ParamsGrant::All,
+            },
+        );
+    }
+    let (mut s, _) = session_with(&cap, SessionType::RestrictedRemoteServer);
+    for pattern in [
+        "Get-[SP]*",
+        "get-[a-f]*",
+        "[gs]et-*",
+        "*-Object",
+        "Get-?ate",
+        "S[a-u]*-*",
+        "Get-[SP",
+        "*",
+        "gcm",
+        "nothing-*",
+    ] {
+        let (o, ev) = run(
+            &mut s,
+            vec![sc(
+                "Get-Command",
+                vec![
+                    (Some("Name"), st(pattern)),
+                    (Some("ErrorAction"), st("SilentlyContinue")),
+                ],
+            )],
+            vec![],
+        );
+        assert!(
+            matches!(o, RunOutcome::Completed { .. }),
+            "{pattern}: {o:?}"
+        );
+        let mut by_cmdlet: Vec<String> = outputs(&ev)
+            .iter()
+            .map(|v| v.property("Name").unwrap().to_ps_string())
+            .collect();
+        let query = keyhole::psrp::objects::GetCommandMetadata {
+            names: vec![pattern.to_string()],
+            command_type: 0x1FF,
+        };
+        let mut by_metadata: Vec<String> = query
+            .select(s.visible())
+            .iter()
+            .map(|c| c.decl.name.clone())
+            .collect();
+        by_cmdlet.sort();
+        by_metadata.sort();
+        assert_eq!(by_cmdlet, by_metadata, "pattern {pattern}");
+        if pattern == "Get-[SP]*" {
+            assert_eq!(by_cmdlet, vec!["Get-Process", "Get-Service", "Get-Site"]);
+        }
+    }
 }

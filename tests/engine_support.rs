@@ -179,8 +179,13 @@ pub fn capability() -> EffectiveCapability {
             },
         );
     }
-    cap.aliases
-        .insert("wo".into(), ("wo".into(), "Write-Output".into()));
+    cap.aliases.insert(
+        "wo".into(),
+        keyhole::capability::AliasGrant {
+            alias: "wo".into(),
+            target: "Write-Output".into(),
+        },
+    );
     cap.roles.push("TestRole".into());
     cap
 }
@@ -245,6 +250,7 @@ pub fn session_with(cap: &EffectiveCapability, ty: SessionType) -> (Session, Arc
         SessionOptions {
             session_type: ty,
             host: host(),
+            commands: keyhole::commands::source(),
         },
         Box::new(RecordingAudit(rec.clone(), false)),
     );

@@ -3,10 +3,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use keyhole::config::edit::write_atomic;
 use keyhole::config::{Rule, RulesFile};
-use keyhole::gateway::{
+use keyhole::rules::{
     add_rule, evaluate, list_rules, load_rules, remove_rules, render_rules_json,
-    render_rules_table, test_rule, validate_rules, write_atomic, GatewayError, RuleSpec,
+    render_rules_table, test_rule, validate_rules, RuleSpec, RulesError,
 };
 
 fn s(v: &str) -> String {
@@ -265,7 +266,7 @@ fn add_list_remove_on_a_file() {
     // Unknown id: error naming it, nothing removed.
     let before = std::fs::read(&path).unwrap();
     match remove_rules(&path, &[5, 42]) {
-        Err(GatewayError::UnknownIds { ids, .. }) => assert_eq!(ids, "42"),
+        Err(RulesError::UnknownIds { ids, .. }) => assert_eq!(ids, "42"),
         other => panic!("expected UnknownIds, got {other:?}"),
     }
     assert_eq!(std::fs::read(&path).unwrap(), before);
@@ -344,7 +345,7 @@ fn a_broken_file_is_reported_not_overwritten() {
     let path = dir.path().join("rules.toml");
     std::fs::write(&path, "[[rule]]\nid = \"x\"\n").unwrap();
     let err = add_rule(&path, spec(Some("a"), None, Some("c"), None, "E")).unwrap_err();
-    assert!(matches!(err, GatewayError::Parse { .. }), "{err}");
+    assert!(matches!(err, RulesError::Parse { .. }), "{err}");
     assert!(err.to_string().contains("rules.toml"), "{err}");
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),

@@ -9,7 +9,7 @@
 mod pam;
 mod users_file;
 
-pub use pam::os_groups;
+pub use pam::MAX_OS_GROUPS;
 pub use users_file::{
     hash_password, load_users, read_password, read_password_line, user_add, user_list, user_passwd,
     user_remove, validate_user_name, MAX_GROUPS_PER_USER, MAX_GROUP_NAME_LEN, MAX_USERS_FILE_BYTES,
@@ -164,18 +164,31 @@ impl DenyReason {
     }
 }
 
-/// The groups of `user` without an `Authenticator` (for `keyhole rule test`, `keyhole run`):
-/// from `users` (case-insensitive), else from the OS when `pam_enabled` and the account
-/// exists; `None` when the user is unknown.
-pub fn lookup_groups(users: &UsersFile, pam_enabled: bool, user: &str) -> Option<Vec<String>> {
+/// A user's groups — the one definition the server's login, `keyhole rule test`,
+/// `keyhole run` and `keyhole capability` all use:
+/// 1. an account of `users.toml` (names compared after `to_lowercase`, as at login): its
+///    `groups`, exactly as written;
+/// 2. otherwise, when PAM is configured (`pam_enabled`) and the system's user database knows
+///    the account (names exact, as PAM and getpwnam see them): its OS groups, primary group
+///    included (getgrouplist, at most [`MAX_OS_GROUPS`]);
+/// 3. otherwise `None`: nobody of that name can log in here.
+pub fn groups_of(users: &UsersFile, pam_enabled: bool, user: &str) -> Option<Vec<String>> {
     let lower = user.to_lowercase();
-    if let Some((_, e)) = users.users.iter().find(|(n, _)| n.to_lowercase() == lower) {
-        return Some(e.groups.clone());
+    let entry = users
+        .users
+        .iter()
+        .find(|(n, _)| n.to_lowercase() == lower)
+        .map(|(_, e)| e);
+    groups_for(entry, pam_enabled, user)
+}
+
+/// [`groups_of`] once the `users.toml` entry (if any) is found.
+fn groups_for(entry: Option<&UserEntry>, pam_enabled: bool, user: &str) -> Option<Vec<String>> {
+    match entry {
+        Some(e) => Some(e.groups.clone()),
+        None if pam_enabled => pam::os_groups(user),
+        None => None,
     }
-    if pam_enabled && nix::unistd::User::from_name(user).ok().flatten().is_some() {
-        return Some(os_groups(user));
-    }
-    None
 }
 
 /// The outcome of gate 2.
@@ -441,24 +454,26 @@ impl Authenticator {
         self.verifications.load(Ordering::Relaxed)
     }
 
-    /// The groups of `user`: from `users.toml`, else from the OS when PAM is enabled.
-    /// `None` when the user is unknown. (For `keyhole rule test` and `keyhole run`.)
+    /// The groups of `user` as this authenticator's logins see them ([`groups_of`] on the
+    /// loaded users file and `[auth]` settings).
     pub fn groups_of(&self, user: &str) -> Option<Vec<String>> {
-        let state = self.users.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = state.by_name.get(&user.to_lowercase()) {
-            return Some(r.entry.groups.clone());
-        }
-        drop(state);
-        let pam_enabled = !self
+        let entry = {
+            let state = self.users.read().unwrap_or_else(|e| e.into_inner());
+            state
+                .by_name
+                .get(&user.to_lowercase())
+                .map(|r| r.entry.clone())
+        };
+        groups_for(entry.as_ref(), self.pam_enabled(), user)
+    }
+
+    fn pam_enabled(&self) -> bool {
+        !self
             .cfg
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .pam_service
-            .is_empty();
-        if pam_enabled && nix::unistd::User::from_name(user).ok().flatten().is_some() {
-            return Some(os_groups(user));
-        }
-        None
+            .is_empty()
     }
 
     fn cache_key_for(&self, username: &str, password: &str) -> Option<[u8; 32]> {
@@ -622,7 +637,8 @@ impl Authenticator {
                     Ok(true) => (
                         Identity {
                             user: rec.name.clone(),
-                            groups: rec.entry.groups.clone(),
+                            groups: groups_for(Some(&rec.entry), false, &rec.name)
+                                .unwrap_or_default(),
                             method: AuthMethod::Basic,
                         },
                         Some(rec.fingerprint),
@@ -634,7 +650,7 @@ impl Authenticator {
                     Ok(()) => (
                         Identity {
                             user: username.to_string(),
-                            groups: os_groups(username),
+                            groups: groups_for(None, true, username).unwrap_or_default(),
                             method: AuthMethod::Pam,
                         },
                         None,
@@ -674,8 +690,8 @@ impl Authenticator {
             Some(r) if r.entry.disabled => self.deny(&r.name, None, DenyReason::Disabled, false),
             Some(r) => self.accept(
                 Identity {
+                    groups: groups_for(Some(&r.entry), false, &r.name).unwrap_or_default(),
                     user: r.name,
-                    groups: r.entry.groups,
                     method: AuthMethod::Certificate,
                 },
                 None,
@@ -783,15 +799,15 @@ mod tests {
     }
 
     #[test]
-    fn lookup_groups_from_file_then_os() {
+    fn groups_from_file_then_os() {
         let users: UsersFile =
             toml::from_str("[users.Alice]\npassword = \"x\"\ngroups = [\"g\"]\n").unwrap();
         assert_eq!(
-            lookup_groups(&users, false, "alice"),
+            groups_of(&users, false, "alice"),
             Some(vec!["g".to_string()])
         );
-        assert_eq!(lookup_groups(&users, false, "root"), None);
-        assert!(lookup_groups(&users, true, "root")
+        assert_eq!(groups_of(&users, false, "root"), None);
+        assert!(groups_of(&users, true, "root")
             .unwrap()
             .contains(&"root".to_string()));
         assert_eq!(DenyReason::LockedOutSource.code(), "locked_out_source");

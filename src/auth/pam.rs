@@ -47,29 +47,33 @@ pub(crate) fn authenticate(service: &str, user: &str, password: &str) -> Result<
         .map_err(|e| format!("PAM service {service:?} refused: {e}"))
 }
 
-/// The names of the groups `user` belongs to according to the OS (primary group included);
-/// empty when the account does not exist or the lookup fails (logged).
-pub fn os_groups(user: &str) -> Vec<String> {
+/// Most OS groups read for one account.
+pub const MAX_OS_GROUPS: usize = 4096;
+
+/// The names of the groups `user` belongs to according to the OS (primary group included, at
+/// most [`MAX_OS_GROUPS`]); `None` when the system's user database does not know the account,
+/// empty when its groups cannot be read (logged). Only `auth::groups_of` calls this.
+pub(super) fn os_groups(user: &str) -> Option<Vec<String>> {
     let account = match nix::unistd::User::from_name(user) {
         Ok(Some(a)) => a,
-        Ok(None) => return Vec::new(),
+        Ok(None) => return None,
         Err(e) => {
             tracing::warn!(user, error = %e, "cannot look up the account's groups");
-            return Vec::new();
+            return None;
         }
     };
     let Ok(cname) = CString::new(user) else {
-        return Vec::new();
+        return None;
     };
     let gids = match nix::unistd::getgrouplist(&cname, account.gid) {
         Ok(g) => g,
         Err(e) => {
             tracing::warn!(user, error = %e, "getgrouplist failed; the user gets no groups");
-            return Vec::new();
+            return Some(Vec::new());
         }
     };
     let mut names: Vec<String> = Vec::new();
-    for gid in gids {
+    for gid in gids.into_iter().take(MAX_OS_GROUPS) {
         match nix::unistd::Group::from_gid(gid) {
             Ok(Some(g)) => {
                 if !names.contains(&g.name) {
@@ -80,7 +84,7 @@ pub fn os_groups(user: &str) -> Vec<String> {
             Err(e) => tracing::warn!(user, gid = gid.as_raw(), error = %e, "cannot name group"),
         }
     }
-    names
+    Some(names)
 }
 
 #[cfg(test)]
@@ -90,12 +94,12 @@ mod tests {
 
     #[test]
     fn root_is_in_group_root() {
-        assert!(os_groups("root").contains(&"root".to_string()));
+        assert!(os_groups("root").unwrap().contains(&"root".to_string()));
     }
 
     #[test]
     fn unknown_account_has_no_groups() {
-        assert!(os_groups("no-such-user-keyhole-xyz").is_empty());
+        assert_eq!(os_groups("no-such-user-keyhole-xyz"), None);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use argon2::password_hash::{PasswordHasher as _, SaltString};
 use argon2::Argon2;
 
 use super::{AuthError, MAX_PASSWORD_LEN};
+use crate::config::edit::{lock_dir_of, read_bounded, render_preserving, write_atomic};
 use crate::config::{UserEntry, UsersFile};
-use crate::gateway::{lock_dir_of, read_bounded, render_preserving, write_atomic};
 
 /// Largest users file read (bytes).
 pub const MAX_USERS_FILE_BYTES: u64 = 4 * 1024 * 1024;

@@ -12,126 +12,13 @@ pub mod objects;
 pub mod programs;
 pub mod proxies;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crate::engine::Command;
+use crate::config::{ExternalCommandDef, ResolvedFunction};
+use crate::engine::{Command, CommandSource};
 
-/// Every cmdlet keyhole itself provides; role capabilities may grant these (and wildcards match
-/// only these). The restricted proxies are present in every restricted-remote-server session.
-pub const BUILTIN_CMDLETS: &[&str] = &[
-    // restricted proxies (always present in restricted-remote-server sessions)
-    "Get-Command",
-    "Get-Help",
-    "Get-FormatData",
-    "Out-Default",
-    "Exit-PSSession",
-    "Clear-Host",
-    "Select-Object",
-    "Measure-Object",
-    // object cmdlets
-    "Where-Object",
-    "Sort-Object",
-    "Format-Table",
-    "Format-List",
-    "Out-String",
-    "ConvertTo-Json",
-    "Get-Date",
-    "Get-Member",
-    "Write-Output",
-    // Linux system cmdlets
-    "Get-Service",
-    "Start-Service",
-    "Stop-Service",
-    "Restart-Service",
-    "Get-Process",
-    "Stop-Process",
-    "Get-Uptime",
-    "Get-Journal",
-    "Get-Volume",
-    "Get-NetTCPConnection",
-    "Test-Connection",
-];
-
-/// The restricted proxies every `restricted-remote-server` session has.
-pub const RESTRICTED_DEFAULTS: &[&str] = &[
-    "Get-Command",
-    "Get-Help",
-    "Get-FormatData",
-    "Out-Default",
-    "Exit-PSSession",
-    "Clear-Host",
-    "Select-Object",
-    "Measure-Object",
-];
-
-/// Aliases present in every restricted-remote-server session (target must be visible).
-pub const DEFAULT_ALIASES: &[(&str, &str)] = &[
-    ("cls", "Clear-Host"),
-    ("clear", "Clear-Host"),
-    ("exsn", "Exit-PSSession"),
-    ("gcm", "Get-Command"),
-    ("measure", "Measure-Object"),
-    ("select", "Select-Object"),
-];
-
-/// Names keyhole never provides, whatever a file says (SPEC §4.3). Wildcards: `*` matches any run.
-pub const NEVER_PROVIDED: &[&str] = &[
-    "Import-Module",
-    "ipmo",
-    "Install-Module",
-    "Add-PSSnapin",
-    "*-Module",
-    "*-PSSnapin",
-    "*-Job",
-    "Start-Process",
-    "saps",
-    "start",
-    "Invoke-Expression",
-    "iex",
-    "Invoke-Command",
-    "icm",
-    "New-PSSession",
-    "Enter-PSSession",
-    "etsn",
-    "*-PSSession",
-    "Connect-PSSession",
-    "Receive-PSSession",
-    "Add-Type",
-    "New-Object",
-    "Trace-Command",
-    "Set-PSDebug",
-    "*-PSBreakpoint",
-    "Debug-*",
-    "Wait-Debugger",
-    "Register-*Event",
-    "*-PSDrive",
-    "*-Item",
-    "*-ItemProperty",
-    "*-Content",
-    "Set-Location",
-    "Push-Location",
-    "Pop-Location",
-    "*-Variable",
-    "Get-ChildItem",
-    "*-PSProvider",
-    "*-RunspaceDebug",
-    "*-Runspace",
-    "New-PSSessionConfigurationFile",
-    "Register-PSSessionConfiguration",
-    "Update-TypeData",
-    "Remove-TypeData",
-    "Update-FormatData",
-    "*-TypeData",
-    "Invoke-Item",
-    "Invoke-RestMethod",
-    "Invoke-WebRequest",
-    "ForEach-Object",
-    "%",
-    "Invoke-Script",
-];
-
-/// Every built-in command object.
-pub fn all_builtins() -> Vec<Arc<dyn Command>> {
+/// Every built-in command object, built anew (the catalogue's cmdlets, in family order).
+fn build_all() -> Vec<Arc<dyn Command>> {
     let mut v: Vec<Arc<dyn Command>> = Vec::new();
     v.extend(proxies::commands());
     v.extend(objects::commands());
@@ -143,66 +30,150 @@ pub fn all_builtins() -> Vec<Arc<dyn Command>> {
     v
 }
 
-/// The built-in command of that name (case-insensitive).
+/// The built-ins, built once per process, and the constructors of declared commands: what
+/// every session's command table is built from.
+pub struct Builtins {
+    all: Vec<Arc<dyn Command>>,
+}
+
+impl CommandSource for Builtins {
+    fn builtin(&self, name: &str) -> Option<Arc<dyn Command>> {
+        self.all
+            .iter()
+            .find(|c| c.decl().name.eq_ignore_ascii_case(name))
+            .cloned()
+    }
+    fn builtins(&self) -> &[Arc<dyn Command>] {
+        &self.all
+    }
+    fn function(&self, f: &ResolvedFunction) -> Arc<dyn Command> {
+        programs::function_command(f)
+    }
+    fn external(&self, def: &ExternalCommandDef) -> Arc<dyn Command> {
+        programs::external_command(def)
+    }
+}
+
+/// The process's command source (the built-ins are built on first use, then shared).
+pub fn source() -> Arc<dyn CommandSource> {
+    static BUILTINS: OnceLock<Arc<Builtins>> = OnceLock::new();
+    let b = BUILTINS.get_or_init(|| Arc::new(Builtins { all: build_all() }));
+    Arc::clone(b) as Arc<dyn CommandSource>
+}
+
+/// The built-in command of that name (case-insensitive), from [`source`].
 pub fn builtin(name: &str) -> Option<Arc<dyn Command>> {
-    all_builtins()
-        .into_iter()
-        .find(|c| c.decl().name.eq_ignore_ascii_case(name))
-}
-
-/// Case-insensitive wildcard match with `*` (any run) and `?` (one char); used for names.
-pub fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.to_lowercase().chars().collect();
-    let t: Vec<char> = text.to_lowercase().chars().collect();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let (mut star, mut mark) = (None::<usize>, 0usize);
-    while ti < t.len() {
-        match (p.get(pi), t.get(ti)) {
-            (Some('?'), Some(_)) => {
-                pi += 1;
-                ti += 1;
-            }
-            (Some('*'), _) => {
-                star = Some(pi);
-                mark = ti;
-                pi += 1;
-            }
-            (Some(a), Some(b)) if a == b => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some(s) => {
-                    pi = s + 1;
-                    mark += 1;
-                    ti = mark;
-                }
-                None => return false,
-            },
-        }
-    }
-    while p.get(pi) == Some(&'*') {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
-/// True when `name` is never provided (SPEC §4.3).
-pub fn is_never_provided(name: &str) -> bool {
-    NEVER_PROVIDED.iter().any(|p| wildcard_match(p, name))
+    source().builtin(name)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use crate::catalog;
+
+    /// Every catalogue name has exactly one built-in declaration here, and every built-in is in
+    /// the catalogue: the names other layers read are the commands that exist.
+    #[test]
+    fn catalogue_and_builtins_agree() {
+        let all = build_all();
+        for name in catalog::BUILTIN_CMDLETS {
+            let n = all
+                .iter()
+                .filter(|c| c.decl().name.eq_ignore_ascii_case(name))
+                .count();
+            assert_eq!(n, 1, "{name} is declared {n} times");
+        }
+        for c in &all {
+            assert!(
+                catalog::BUILTIN_CMDLETS.contains(&c.decl().name.as_str()),
+                "{} is not in the catalogue (or is spelled differently)",
+                c.decl().name
+            );
+        }
+        assert_eq!(all.len(), catalog::BUILTIN_CMDLETS.len());
+    }
+
+    /// Every parameter a built-in reads by literal name (`args.strings("Name")` and the other
+    /// `BoundArgs` accessors) is declared by a built-in of the same family file: a misspelt or
+    /// undeclared name would silently read nothing. Reads through a variable are not seen here;
+    /// the families read by literal name (ARCHITECTURE.md, "Parameters").
+    #[test]
+    fn every_literal_parameter_read_is_declared() {
+        type Family = (&'static str, &'static str, Vec<Arc<dyn Command>>);
+        let families: Vec<Family> = vec![
+            (
+                "proxies.rs",
+                include_str!("proxies.rs"),
+                proxies::commands(),
+            ),
+            (
+                "objects.rs",
+                include_str!("objects.rs"),
+                objects::commands(),
+            ),
+            (
+                "services.rs",
+                include_str!("services.rs"),
+                services::commands(),
+            ),
+            (
+                "processes.rs",
+                include_str!("processes.rs"),
+                processes::commands(),
+            ),
+            (
+                "journal.rs",
+                include_str!("journal.rs"),
+                journal::commands(),
+            ),
+            ("system.rs", include_str!("system.rs"), system::commands()),
+            (
+                "network.rs",
+                include_str!("network.rs"),
+                network::commands(),
+            ),
+        ];
+        let accessor = regex::Regex::new(
+            r#"(?:\.(?:strings|string|switch|int|ints|has)|\bargs\s*\.\s*get)\(\s*"([A-Za-z]+)"\s*\)"#,
+        )
+        .unwrap();
+        let mut reads = 0;
+        let mut undeclared = Vec::new();
+        for (file, src, cmds) in &families {
+            // The tests of a file may read what they like.
+            let body = src.split("#[cfg(test)]").next().unwrap();
+            for cap in accessor.captures_iter(body) {
+                let name = &cap[1];
+                reads += 1;
+                let declared = cmds.iter().any(|c| {
+                    c.decl()
+                        .params
+                        .iter()
+                        .any(|p| p.name == name || p.aliases.iter().any(|a| a == name))
+                });
+                if !declared {
+                    undeclared.push(format!("{file}: {}", &cap[0]));
+                }
+            }
+        }
+        assert!(
+            undeclared.is_empty(),
+            "reads of undeclared parameters: {undeclared:#?}"
+        );
+        assert!(
+            reads >= 70,
+            "only {reads} literal reads found: has the accessor changed?"
+        );
+    }
 
     #[test]
-    fn wildcard() {
-        assert!(wildcard_match("Get-*", "get-service"));
-        assert!(wildcard_match("*-Job", "Start-Job"));
-        assert!(!wildcard_match("Get-*", "Stop-Service"));
-        assert!(wildcard_match("Register-*Event", "Register-ObjectEvent"));
-        assert!(is_never_provided("invoke-expression"));
-        assert!(!is_never_provided("Get-Service"));
+    fn built_once() {
+        let a = source().builtin("Get-Service").unwrap();
+        let b = source().builtin("get-service").unwrap();
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the same object: built once, not per lookup"
+        );
     }
 }

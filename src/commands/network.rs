@@ -4,6 +4,7 @@
 // The engine's Invocation interface returns ErrorRecord by value; helpers follow it.
 #![allow(clippy::result_large_err)]
 
+use crate::lang::wildcard::{self, Mode};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -211,11 +212,11 @@ fn get_net_tcp_connection(
         (local_addr.is_empty()
             || local_addr
                 .iter()
-                .any(|a| super::wildcard_match(a, &t.local)))
+                .any(|a| wildcard::matches(a, &t.local, Mode::Name)))
             && (remote_addr.is_empty()
                 || remote_addr
                     .iter()
-                    .any(|a| super::wildcard_match(a, &t.remote)))
+                    .any(|a| wildcard::matches(a, &t.remote, Mode::Name)))
             && (local_port.is_empty() || local_port.contains(&i64::from(t.local_port)))
             && (remote_port.is_empty() || remote_port.contains(&i64::from(t.remote_port)))
             && (states.is_empty()

@@ -2,6 +2,7 @@
 //! Format-Table, Format-List, Out-String, ConvertTo-Json, Get-Date, Get-Member, Write-Output.
 #![forbid(unsafe_code)]
 
+use crate::lang::wildcard::{self, Mode, Wildcard};
 use std::cmp::Ordering;
 use std::sync::Arc;
 
@@ -359,87 +360,22 @@ fn equal(left: &Value, right: &Value, cs: bool) -> bool {
     compare(left, right, cs) == Some(Ordering::Equal)
 }
 
-/// Wildcard match with `*`, `?` and `[abc]`/`[a-z]` (PowerShell's -like).
+/// PowerShell's `-like` (`cs`: `-clike`), through the one wildcard matcher; a pattern keyhole
+/// refuses (over-long) matches nothing.
 pub fn like(pattern: &str, text: &str, cs: bool) -> bool {
-    let p: Vec<char> = fold(pattern.to_string(), cs).chars().collect();
-    let t: Vec<char> = fold(text.to_string(), cs).chars().collect();
-    like_at(&p, &t)
+    wildcard::matches(pattern, text, Mode::Like { case_sensitive: cs })
 }
 
-fn class_match(p: &[char], c: char) -> Option<(bool, usize)> {
-    // p starts after '['; returns (matched, length consumed including ']')
-    let mut i = 0;
-    let mut matched = false;
-    while let Some(&pc) = p.get(i) {
-        if pc == ']' && i > 0 {
-            return Some((matched, i + 1));
-        }
-        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|e| *e != ']') {
-            let hi = p.get(i + 2).copied().unwrap_or(pc);
-            if pc <= c && c <= hi {
-                matched = true;
-            }
-            i += 3;
-        } else {
-            if pc == c {
-                matched = true;
-            }
-            i += 1;
-        }
-    }
-    None
-}
-
-fn like_at(p: &[char], t: &[char]) -> bool {
-    // Iterative with backtracking on the last star.
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        let tc = t.get(ti).copied().unwrap_or('\0');
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-                continue;
-            }
-            Some('?') => {
-                pi += 1;
-                ti += 1;
-                continue;
-            }
-            Some('[') => {
-                if let Some((ok, len)) = class_match(p.get(pi + 1..).unwrap_or(&[]), tc) {
-                    if ok {
-                        pi += 1 + len;
-                        ti += 1;
-                        continue;
-                    }
-                } else if tc == '[' {
-                    pi += 1;
-                    ti += 1;
-                    continue;
-                }
-            }
-            Some(c) if *c == tc => {
-                pi += 1;
-                ti += 1;
-                continue;
-            }
-            _ => {}
-        }
-        match star {
-            Some((sp, st)) => {
-                pi = sp + 1;
-                ti = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
-    }
-    while p.get(pi) == Some(&'*') {
-        pi += 1;
-    }
-    pi == p.len()
+/// The compiled `-like` pattern of a Where-Object, or the error record for one keyhole refuses.
+#[allow(clippy::result_large_err)]
+fn like_pattern(pattern: &str, cs: bool) -> Result<Wildcard, ErrorRecord> {
+    Wildcard::new(pattern, Mode::Like { case_sensitive: cs }).map_err(|e| {
+        ErrorRecord::new(
+            format!("The wildcard pattern cannot be used: {e}."),
+            "WildcardPatternException,Microsoft.PowerShell.Commands.WhereObjectCommand",
+            ErrorCategory::InvalidArgument,
+        )
+    })
 }
 
 fn elements(v: &Value) -> Vec<&Value> {
@@ -542,12 +478,13 @@ impl Invocation for WhereObject {
                             Some(Ordering::Less | Ordering::Equal)
                         )
                     }),
-                    Op::Like => elements(&left)
-                        .iter()
-                        .any(|l| like(&right.to_ps_string(), &l.to_ps_string(), cs)),
-                    Op::NotLike => elements(&left)
-                        .iter()
-                        .any(|l| !like(&right.to_ps_string(), &l.to_ps_string(), cs)),
+                    Op::Like | Op::NotLike => {
+                        let w = like_pattern(&right.to_ps_string(), cs)?;
+                        let want = *op == Op::Like;
+                        elements(&left)
+                            .iter()
+                            .any(|l| w.is_match(&l.to_ps_string()) == want)
+                    }
                     Op::Match | Op::NotMatch => {
                         let pattern = right.to_ps_string();
                         let re = self.regex(&pattern, cs)?;

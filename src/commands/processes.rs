@@ -5,16 +5,16 @@
 // The engine's Invocation interface returns ErrorRecord by value; helpers follow it.
 #![allow(clippy::result_large_err)]
 
+use crate::lang::wildcard::{self, has_wildcards, Mode};
 use std::path::Path;
 use std::sync::Arc;
 
 use super::system::{
-    find_program, has_wildcards, local_time, program_said, read_bounded, run_program,
-    termination_text, typed_object, FnCommand, MODULE,
+    find_program, local_time, program_said, read_bounded, run_program, termination_text,
+    typed_object, FnCommand, MODULE,
 };
 use crate::engine::{
-    BoundArgs, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, Event, ParamDecl, ParamType,
-    Value,
+    BoundArgs, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, ParamDecl, ParamType, Value,
 };
 use crate::sandbox::Termination;
 
@@ -277,7 +277,7 @@ fn select(ctx: &mut Ctx<'_>, ids: &[i64], names: &[String], ps_cmd: &str) -> Vec
     for p in all {
         let mut any = false;
         for (i, n) in names.iter().enumerate() {
-            if super::wildcard_match(n, &p.stat.comm) {
+            if wildcard::matches(n, &p.stat.comm, Mode::Name) {
                 any = true;
                 if let Some(h) = hit.get_mut(i) {
                     *h = true;
@@ -289,7 +289,7 @@ fn select(ctx: &mut Ctx<'_>, ids: &[i64], names: &[String], ps_cmd: &str) -> Vec
         }
     }
     for (n, h) in names.iter().zip(hit) {
-        if !h && !has_wildcards(n) {
+        if !h && !has_wildcards(n, Mode::Name) {
             ctx.write_error(
                 ErrorRecord::new(
                     format!("Cannot find a process with the name \"{n}\". Verify the process name and call the cmdlet again."),
@@ -385,12 +385,6 @@ fn stop_process(
                 )
                 .target(pid),
             );
-            continue;
-        }
-        if args.switch("WhatIf") {
-            ctx.events.event(Event::Information(format!(
-                "What if: Performing the operation \"Stop-Process\" on target \"{label}\"."
-            )));
             continue;
         }
         let kill = find_program(&["/usr/bin/kill", "/bin/kill"]).ok_or_else(|| {
@@ -492,6 +486,7 @@ pub fn commands() -> Vec<Arc<dyn Command>> {
 mod tests {
     use super::*;
     use crate::commands::system::tests::{find, invoke};
+    use crate::engine::Event;
 
     #[test]
     fn stat_with_odd_comm() {

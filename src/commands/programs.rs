@@ -18,17 +18,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use regex::{Regex, RegexBuilder};
-
 use crate::config::{ExternalCommandDef, FunctionParamType, OutputFormat, ResolvedFunction};
 use crate::engine::{
     BoundArgs, Command, CommandDecl, CommandKind, Ctx, ErrorCategory, ErrorRecord, Invocation,
     ParamDecl, ParamType, PsObject, Value,
 };
+use crate::lang::fold::eq_simple_fold;
+use crate::lang::pattern::{AnchoredPattern, Case, PatternError};
 use crate::sandbox::{self, ProgramResult, ProgramSpec, Termination};
 
-/// Compiled size limit for one validation regex.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// Lines of standard error quoted in a failure message.
 const STDERR_LINES_IN_ERROR: usize = 5;
 /// Characters of standard error quoted in a failure message.
@@ -50,14 +48,6 @@ fn param_type(t: FunctionParamType) -> ParamType {
         FunctionParamType::StringArray => ParamType::StringArray,
         FunctionParamType::IntArray => ParamType::IntArray,
     }
-}
-
-fn compile(pattern: &str, case_insensitive: bool) -> Result<Regex, String> {
-    RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .case_insensitive(case_insensitive)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| format!("invalid pattern {pattern:?}: {e}"))
 }
 
 /// One piece of a templated argument.
@@ -576,7 +566,11 @@ impl Program {
 
 /// A parameter's declared constraints: name, set (empty: none), compiled pattern (an invalid
 /// pattern keeps its error and refuses every value).
-type ParamCheck = (String, Vec<String>, Result<Option<Regex>, String>);
+type ParamCheck = (
+    String,
+    Vec<String>,
+    Result<Option<AnchoredPattern>, PatternError>,
+);
 
 /// A declared function (`[functions.X]`).
 struct FunctionCommand {
@@ -621,10 +615,13 @@ impl FunctionCommand {
                 Some(v) => vec![scalar_text(v)],
             };
             let re = pattern.as_ref().map_err(|e| {
-                validation_error(name, format!("{name}: parameter '{pname}' has an {e}"))
+                validation_error(
+                    name,
+                    format!("{name}: parameter '{pname}' has an invalid pattern: {e}"),
+                )
             })?;
             for v in values {
-                if !set.is_empty() && !set.iter().any(|s| s.to_lowercase() == v.to_lowercase()) {
+                if !set.is_empty() && !set.iter().any(|s| eq_simple_fold(s, &v)) {
                     return Err(validation_error(
                         name,
                         format!("{name}: '{v}' is not one of the values allowed for parameter '{pname}': {}", set.join(", ")),
@@ -741,7 +738,7 @@ pub fn function_command(f: &ResolvedFunction) -> Arc<dyn Command> {
             d.patterns = vec![pat.clone()];
         }
         let compiled = match &p.validate_pattern {
-            Some(pat) => compile(pat, true).map(Some),
+            Some(pat) => AnchoredPattern::new(&[pat], Case::AsciiInsensitive).map(Some),
             None => Ok(None),
         };
         checks.push((name.clone(), d.set.clone(), compiled));
@@ -782,8 +779,8 @@ pub const ENGINE_ARGUMENTS: &str = "Arguments";
 /// A visible external command.
 struct ExternalCommand {
     decl: CommandDecl,
-    /// Anchored, case-sensitive; each argument must fully match one.
-    patterns: Vec<(String, Result<Regex, String>)>,
+    /// Anchored, case-sensitive; each argument must fully match one (None: no arguments).
+    patterns: Option<Result<AnchoredPattern, PatternError>>,
     program: Arc<Program>,
 }
 
@@ -791,31 +788,18 @@ impl ExternalCommand {
     fn check(&self, argv: &[String]) -> Result<(), ErrorRecord> {
         let name = &self.decl.name;
         for arg in argv {
-            let mut allowed = false;
-            for (pat, re) in &self.patterns {
-                match re {
-                    Ok(re) if re.is_match(arg) => {
-                        allowed = true;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        return Err(validation_error(
-                            name,
-                            format!("{name}: the role capability's argument {pat:?} is an {e}"),
-                        ))
-                    }
-                }
-            }
-            if !allowed {
-                let msg = if self.patterns.is_empty() {
-                    format!("{name} takes no arguments here, but '{arg}' was given")
-                } else {
-                    let list: Vec<&str> = self.patterns.iter().map(|(p, _)| p.as_str()).collect();
-                    format!("argument '{arg}' is not allowed for {name}: each argument must fully match one of {}", list.join(", "))
-                };
-                return Err(validation_error(name, msg));
-            }
+            let msg = match &self.patterns {
+                None => format!("{name} takes no arguments here, but '{arg}' was given"),
+                Some(Err(e)) => format!(
+                    "{name}: the role capability's argument patterns are not usable: {e}"
+                ),
+                Some(Ok(p)) if p.is_match(arg) => continue,
+                Some(Ok(p)) => format!(
+                    "argument '{arg}' is not allowed for {name}: each argument must fully match one of {}",
+                    p.sources().join(", ")
+                ),
+            };
+            return Err(validation_error(name, msg));
         }
         Ok(())
     }
@@ -874,11 +858,11 @@ pub fn external_command(def: &ExternalCommandDef) -> Arc<dyn Command> {
         p.patterns = def.arguments.iter().map(|a| format!("(?-i:{a})")).collect();
         decl.params.push(p);
     }
-    let patterns = def
-        .arguments
-        .iter()
-        .map(|p| (p.clone(), compile(p, false)))
-        .collect();
+    let patterns = if def.arguments.is_empty() {
+        None
+    } else {
+        Some(AnchoredPattern::new(&def.arguments, Case::Sensitive))
+    };
     let program = Arc::new(Program {
         name: file_name,
         program: def.path.clone(),
@@ -1079,10 +1063,7 @@ mod tests {
         assert_eq!(p.position, Some(0));
         assert_eq!(p.patterns, vec!["(?-i:blame)", "(?-i:time)"]);
         // the engine's case-insensitive, anchored check stays case-sensitive for these
-        let re = RegexBuilder::new(&format!("^(?:{})$", p.patterns[0]))
-            .case_insensitive(true)
-            .build()
-            .unwrap();
+        let re = AnchoredPattern::new(&p.patterns[..1], Case::AsciiInsensitive).unwrap();
         assert!(re.is_match("blame") && !re.is_match("BLAME"));
         let no_args = ExternalCommandDef {
             arguments: vec![],

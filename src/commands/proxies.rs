@@ -6,12 +6,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::commands::wildcard_match;
 use crate::engine::format::{resolve_props, Formatter};
 use crate::engine::{
     BoundArgs, Command, CommandDecl, CommandKind, Ctx, EnumValue, ErrorCategory, ErrorRecord,
     Invocation, ParamDecl, ParamType, PsObject, Value, VisibleCommand,
 };
+use crate::lang::wildcard::{self, has_wildcards, Mode};
 
 /// Module name of the core commands.
 pub const CORE: &str = "Microsoft.PowerShell.Core";
@@ -450,14 +450,10 @@ fn command_types(values: &[String]) -> Result<Vec<String>, String> {
 }
 
 fn name_matches(pattern: &str, d: &CommandDecl) -> bool {
-    if wildcard_match(pattern, &d.name) {
+    if wildcard::matches(pattern, &d.name, Mode::Name) {
         return true;
     }
     d.path.as_deref().is_some_and(|p| p == pattern)
-}
-
-fn has_wildcard(s: &str) -> bool {
-    s.contains('*') || s.contains('?')
 }
 
 struct GetCommand {
@@ -498,7 +494,10 @@ impl Invocation for GetCommand {
                     .any(|t| t.eq_ignore_ascii_case(d.kind.as_str()))
         };
         let module_ok = |d: &CommandDecl| {
-            modules.is_empty() || modules.iter().any(|m| wildcard_match(m, &d.module))
+            modules.is_empty()
+                || modules
+                    .iter()
+                    .any(|m| wildcard::matches(m, &d.module, Mode::Name))
         };
         let mut found: Vec<&VisibleCommand> = Vec::new();
         if names.is_empty() {
@@ -514,7 +513,7 @@ impl Invocation for GetCommand {
                     .iter()
                     .filter(|v| name_matches(n, &v.decl) && type_ok(&v.decl) && module_ok(&v.decl))
                     .collect();
-                if matched.is_empty() && !has_wildcard(n) {
+                if matched.is_empty() && !has_wildcards(n, Mode::Name) {
                     ctx.write_error(
                         ErrorRecord::new(
                             format!("The term '{n}' is not recognized as a name of a cmdlet, function, script file, or executable program. Check the spelling of the name, or if a path was included, verify that the path is correct and try again."),
@@ -779,7 +778,7 @@ pub fn select_properties(v: &Value, props: &[String], exclude: &[String]) -> Val
         ..Default::default()
     };
     for n in names {
-        if exclude.iter().any(|e| wildcard_match(e, &n)) {
+        if exclude.iter().any(|e| wildcard::matches(e, &n, Mode::LIKE)) {
             continue;
         }
         let val = v.property(&n).cloned().unwrap_or(Value::Null);

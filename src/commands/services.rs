@@ -27,13 +27,14 @@
 // The engine's Invocation interface returns ErrorRecord by value; helpers follow it.
 #![allow(clippy::result_large_err)]
 
+use crate::lang::wildcard::{self, has_wildcards, Mode};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::system::{
-    enum_value, find_program, has_wildcards, program_said, run_program, termination_text,
-    typed_object, with_pattern, FnCommand, MODULE,
+    enum_value, find_program, program_said, run_program, termination_text, typed_object,
+    with_pattern, FnCommand, MODULE,
 };
 use crate::engine::{
     BoundArgs, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, Event, ParamDecl, ParamType,
@@ -320,8 +321,9 @@ fn select_units(
     let display = args.strings("DisplayName");
     let include = args.strings("Include");
     let exclude = args.strings("Exclude");
-    let literal_only =
-        !names.is_empty() && display.is_empty() && names.iter().all(|n| !has_wildcards(n));
+    let literal_only = !names.is_empty()
+        && display.is_empty()
+        && names.iter().all(|n| !has_wildcards(n, Mode::Name));
     let mut selected: Vec<UnitInfo> = Vec::new();
     if literal_only {
         let ids: Vec<String> = names.iter().map(|n| unit_id(n)).collect();
@@ -358,7 +360,8 @@ fn select_units(
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| {
-                    super::wildcard_match(p, u.name()) || super::wildcard_match(p, &u.id)
+                    wildcard::matches(p, u.name(), Mode::Name)
+                        || wildcard::matches(p, &u.id, Mode::Name)
                 })
                 .map(|(i, _)| i)
                 .collect();
@@ -373,20 +376,20 @@ fn select_units(
             if !display.is_empty()
                 && !display
                     .iter()
-                    .any(|p| super::wildcard_match(p, &u.description))
+                    .any(|p| wildcard::matches(p, &u.description, Mode::Name))
             {
                 continue;
             }
             selected.push(u);
         }
         for (n, h) in names.iter().zip(hit) {
-            if !h && !has_wildcards(n) {
+            if !h && !has_wildcards(n, Mode::Name) {
                 not_found(ctx, ps_cmd, n);
             }
         }
         if names.is_empty() {
             for d in &display {
-                if !has_wildcards(d)
+                if !has_wildcards(d, Mode::Name)
                     && !selected
                         .iter()
                         .any(|u| u.description.eq_ignore_ascii_case(d))
@@ -404,8 +407,13 @@ fn select_units(
         }
     }
     selected.retain(|u| {
-        (include.is_empty() || include.iter().any(|p| super::wildcard_match(p, u.name())))
-            && !exclude.iter().any(|p| super::wildcard_match(p, u.name()))
+        (include.is_empty()
+            || include
+                .iter()
+                .any(|p| wildcard::matches(p, u.name(), Mode::Name)))
+            && !exclude
+                .iter()
+                .any(|p| wildcard::matches(p, u.name(), Mode::Name))
     });
     Ok(selected)
 }

@@ -5,6 +5,7 @@
 // The engine's Invocation interface returns ErrorRecord by value; helpers follow it.
 #![allow(clippy::result_large_err)]
 
+use crate::lang::wildcard::{self, has_wildcards, Mode};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -130,11 +131,6 @@ pub(crate) fn local_time(secs: i64, nanos: u32) -> Option<DateTime<FixedOffset>>
         .map(|d| d.fixed_offset())
 }
 
-/// True when a name contains PowerShell wildcard characters.
-pub(crate) fn has_wildcards(s: &str) -> bool {
-    s.contains(['*', '?'])
-}
-
 /// Read at most [`MAX_PROC_FILE_BYTES`] of a text file (lossy UTF-8).
 pub(crate) fn read_bounded(path: &Path) -> std::io::Result<String> {
     let f = std::fs::File::open(path)?;
@@ -173,7 +169,8 @@ pub(crate) fn run_program(
         let category = match &e {
             SandboxError::UnknownUser(_) => ErrorCategory::PermissionDenied,
             SandboxError::Spawn { .. } => ErrorCategory::NotInstalled,
-            SandboxError::Other(_) => ErrorCategory::NotSpecified,
+            // Configuration or host problems the administrator must fix.
+            _ => ErrorCategory::NotSpecified,
         };
         ErrorRecord::new(
             format!("{command}: {e}"),
@@ -475,7 +472,7 @@ fn get_volume(
             let hits: Vec<usize> = want_mp
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| super::wildcard_match(p, &m.mount_point))
+                .filter(|(_, p)| wildcard::matches(p, &m.mount_point, Mode::Name))
                 .map(|(i, _)| i)
                 .collect();
             if hits.is_empty() {
@@ -487,7 +484,11 @@ fn get_volume(
                 }
             }
         }
-        if !want_fs.is_empty() && !want_fs.iter().any(|p| super::wildcard_match(p, &m.fs_type)) {
+        if !want_fs.is_empty()
+            && !want_fs
+                .iter()
+                .any(|p| wildcard::matches(p, &m.fs_type, Mode::Name))
+        {
             continue;
         }
         // statvfs on an autofs trigger would mount it; df leaves them out too.
@@ -518,7 +519,7 @@ fn get_volume(
         ctx.output(volume_object(m, s));
     }
     for (p, hit) in want_mp.iter().zip(matched) {
-        if !hit && !has_wildcards(p) {
+        if !hit && !has_wildcards(p, Mode::Name) {
             ctx.write_error(
                 ErrorRecord::new(
                     format!("No volume is mounted at '{p}'."),

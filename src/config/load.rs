@@ -324,7 +324,19 @@ fn local_hostname() -> String {
 /// Load and validate the whole configuration rooted at `path` (keyhole.toml; a missing file
 /// means every default, relative to its directory). On failure, every diagnostic (errors and
 /// warnings) across all files is returned.
+///
+/// This is what configuration alone can check (names against the catalogue). The server and
+/// `keyhole check` load through `check::load`, which adds what needs the commands themselves.
 pub fn load(path: &Path) -> Result<LoadedConfig, Vec<Diagnostic>> {
+    load_with(path, &|_, _| {})
+}
+
+/// [`load`], with `extra` checks run after validation on the same diagnostics (so that their
+/// errors fail the load and come out sorted with the others).
+pub(crate) fn load_with(
+    path: &Path,
+    extra: &dyn Fn(&mut Ctx, &LoadedConfig),
+) -> Result<LoadedConfig, Vec<Diagnostic>> {
     let mut ctx = Ctx::default();
     let path = absolute(path);
     let base_dir = path
@@ -514,6 +526,7 @@ pub fn load(path: &Path) -> Result<LoadedConfig, Vec<Diagnostic>> {
         warnings: Vec::new(),
     };
     super::validate::validate(&mut ctx, &cfg);
+    extra(&mut ctx, &cfg);
 
     // Grouped by file, in file order; the order of discovery is kept within a line.
     ctx.diags

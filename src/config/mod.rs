@@ -3,10 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod diag;
+pub mod edit;
 mod load;
 mod types;
 pub mod validate;
 pub use load::{load, MAX_CONFIG_FILE_BYTES, MAX_FILES_PER_DIR};
+pub(crate) use load::{load_with, Ctx};
 pub use types::*;
 
 use std::collections::BTreeMap;

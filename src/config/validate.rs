@@ -7,61 +7,26 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::str::FromStr;
 
-use regex::{Regex, RegexBuilder};
-
 use super::diag::{did_you_mean, Seg};
 use super::load::Ctx;
 use super::{
     FunctionParamType, GroupCondition, GroupTree, LoadedCapability, LoadedConfig,
-    ParameterConstraint, Severity, VisibleCommandEntry,
+    ParameterConstraint, Rule, RulesFile, Severity, VisibleCommandEntry,
 };
-use crate::commands::{is_never_provided, wildcard_match, BUILTIN_CMDLETS, DEFAULT_ALIASES};
+use crate::catalog::{self, is_never_provided, BUILTIN_CMDLETS, DEFAULT_ALIASES};
+use crate::lang::pattern::{AnchoredPattern, Case};
+use crate::lang::wildcard::{self, Mode, Wildcard};
 use crate::tpath;
 
-/// Compiled size limit for every configured regex (the engine uses the same).
-pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
-/// Longest pattern text accepted.
-pub const MAX_PATTERN_LEN: usize = 4096;
-/// PowerShell's common parameters, always accepted (SPEC §4.1); a role may list them.
-pub const COMMON_PARAMETERS: &[&str] = &[
-    "ErrorAction",
-    "WarningAction",
-    "InformationAction",
-    "Verbose",
-    "Debug",
-    "WhatIf",
-    "Confirm",
-];
 /// Most values in one validate_set.
 pub const MAX_SET_VALUES: usize = 10_000;
+/// Longest accepted value of a rule field (user, group, computer, configuration, name).
+pub const MAX_RULE_FIELD_LEN: usize = 256;
+/// Most rules a rules file may hold.
+pub const MAX_RULES: usize = 10_000;
 
-/// Compile a configured pattern the way the engine applies it: anchored to the whole value,
-/// case-insensitive for parameter patterns (PowerShell's ValidatePattern), case-sensitive for
-/// external-command argument patterns.
-pub fn compile_pattern(pattern: &str, case_insensitive: bool) -> Result<Regex, String> {
-    if pattern.len() > MAX_PATTERN_LEN {
-        return Err(format!(
-            "pattern is longer than {MAX_PATTERN_LEN} characters"
-        ));
-    }
-    RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .case_insensitive(case_insensitive)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| match e {
-            regex::Error::CompiledTooBig(n) => {
-                format!("the pattern compiles to more than {n} bytes (keyhole's limit); simplify it (fewer repetitions or alternatives)")
-            }
-            other => {
-                let text = other.to_string();
-                text.lines()
-                    .filter_map(|l| l.trim().strip_prefix("error:"))
-                    .map(str::trim)
-                    .next()
-                    .map(String::from)
-                    .unwrap_or(text)
-            }
-        })
+fn wildcard_match(pattern: &str, name: &str) -> bool {
+    wildcard::matches(pattern, name, Mode::Name)
 }
 
 /// Normalise a Linux capability name ("net_bind_service" → "CAP_NET_BIND_SERVICE") and check it.
@@ -226,6 +191,16 @@ fn check_name_common(ctx: &mut Ctx, file: &Path, path: &[Seg], name: &str, what:
         );
         return false;
     }
+    if let Some(c) = name.chars().find(|c| matches!(c, '?' | '[' | ']')) {
+        ctx.err(
+            file,
+            path,
+            format!(
+                "{what} {name:?} contains `{c}`; a name may use only the `*` wildcard (SPEC §2.3)"
+            ),
+        );
+        return false;
+    }
     if is_never_provided(name) {
         ctx.err(file, path, format!("{name} is never provided by keyhole, whatever a file says (SPEC §4.3: module loaders, jobs, Start-Process, Invoke-Expression, providers, ...); remove it"));
         return false;
@@ -262,17 +237,13 @@ fn check_constraints(
         if p.name.trim().is_empty() || p.name.starts_with('-') || p.name.contains('*') {
             ctx.err(file, &with("name"), format!("parameter name {:?} is not valid: write the name without the dash and without wildcards", p.name));
         }
-        let common = COMMON_PARAMETERS
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case(&p.name));
-        if let Some(b) = crate::commands::builtin(command).filter(|_| !common) {
-            if b.decl().find_param(&p.name).is_none() {
-                ctx.err(
-                    file,
-                    &with("name"),
-                    format!("{command} has no parameter {}", p.name),
-                );
-            }
+        // Whether a built-in declares the parameter is checked by `check` (it knows the commands).
+        if let Some(c) = catalog::common_parameter(&p.name).filter(|c| !c.accepted()) {
+            ctx.err(
+                file,
+                &with("name"),
+                format!("-{} is a common parameter that sets a variable; sessions have no variables, so every command refuses it (SPEC §4.1): remove it from {command}", c.name),
+            );
         }
         check_set_pattern(
             ctx,
@@ -314,7 +285,7 @@ fn check_set_pattern(
         }
     }
     if let Some(p) = pattern {
-        if let Err(m) = compile_pattern(p, true) {
+        if let Err(m) = AnchoredPattern::check(p, Case::AsciiInsensitive) {
             ctx.err(
                 file,
                 &with("validate_pattern"),
@@ -325,10 +296,13 @@ fn check_set_pattern(
 }
 
 fn builtin_matches(name: &str) -> Vec<&'static str> {
+    let Ok(w) = Wildcard::new(name, Mode::Name) else {
+        return Vec::new();
+    };
     BUILTIN_CMDLETS
         .iter()
         .copied()
-        .filter(|b| wildcard_match(name, b))
+        .filter(|b| w.is_match(b))
         .collect()
 }
 
@@ -441,7 +415,7 @@ fn validate_capability(
                     "an `arguments` pattern",
                 );
                 for (j, a) in d.arguments.iter().enumerate() {
-                    if let Err(m) = compile_pattern(a, false) {
+                    if let Err(m) = AnchoredPattern::check(a, Case::Sensitive) {
                         ctx.err(
                             file,
                             &tpath!["visible_external_commands", i, "arguments", j],
@@ -474,10 +448,7 @@ fn validate_capability(
                     format!("alias name {alias} may not contain `*`"),
                 );
             }
-            if BUILTIN_CMDLETS
-                .iter()
-                .any(|b| b.eq_ignore_ascii_case(alias))
-            {
+            if catalog::is_builtin(alias) {
                 ctx.err_key(
                     file,
                     &tpath!["aliases", alias.as_str()],
@@ -492,10 +463,8 @@ fn validate_capability(
             target,
             "alias target",
         ) {
-            let known = BUILTIN_CMDLETS
-                .iter()
-                .any(|b| b.eq_ignore_ascii_case(target))
-                || declared_anywhere.contains(&target.to_lowercase());
+            let known =
+                catalog::is_builtin(target) || declared_anywhere.contains(&target.to_lowercase());
             if !known {
                 let hint = did_you_mean(target, BUILTIN_CMDLETS.iter().copied())
                     .map(|s| format!("; did you mean {s}?"))
@@ -557,10 +526,7 @@ fn validate_function(ctx: &mut Ctx, file: &Path, f: &super::ResolvedFunction) {
                 format!("function name {fname} may not contain `*`"),
             );
         }
-        if BUILTIN_CMDLETS
-            .iter()
-            .any(|b| b.eq_ignore_ascii_case(fname))
-        {
+        if catalog::is_builtin(fname) {
             ctx.err_key(file, &base, format!("function {fname} has the name of a cmdlet keyhole provides; choose another name"));
         }
     }
@@ -851,7 +817,7 @@ pub(crate) fn validate(ctx: &mut Ctx, cfg: &LoadedConfig) {
             }
             for (i, va) in cap.config.visible_aliases.iter().enumerate() {
                 let known = aliases.iter().any(|a| wildcard_match(va, a))
-                    || DEFAULT_ALIASES.iter().any(|(a, _)| wildcard_match(va, a));
+                    || DEFAULT_ALIASES.iter().any(|d| wildcard_match(va, d.alias));
                 if !known && reported.insert((cap.name.clone(), i, 'a')) {
                     ctx.err(cap.file.as_path(), &tpath!["visible_aliases", i], format!(
                         "visible alias {va} is defined by no role capability that endpoint {} uses; define it under [aliases]",
@@ -988,77 +954,184 @@ fn pem_problem(path: &Path, is_key: bool) -> Option<String> {
     }
 }
 
+/// Where in a rules file a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleSpot {
+    /// The file as a whole.
+    File,
+    /// The `index`-th `[[rule]]` (0-based, file order), at `field` when there is one.
+    Rule {
+        index: usize,
+        field: Option<&'static str>,
+    },
+    /// `[computer_groups]`, the group `name` (or its `member`-th member).
+    ComputerGroup { name: String, member: Option<usize> },
+}
+
+/// One problem of a rules file: where, and what (the text says what to do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleProblem {
+    pub spot: RuleSpot,
+    pub message: String,
+}
+
+/// The one check of a rule field value: non-empty, at most [`MAX_RULE_FIELD_LEN`] bytes, no
+/// control characters, and `*` only alone. Gate 3 never matches a rule whose field fails it.
+pub fn rule_field_problem(what: &str, value: &str) -> Option<String> {
+    if value.trim().is_empty() {
+        return Some(format!("{what} is empty"));
+    }
+    if value.len() > MAX_RULE_FIELD_LEN {
+        return Some(format!("{what} is longer than {MAX_RULE_FIELD_LEN} bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Some(format!("{what} {value:?} contains control characters"));
+    }
+    if value != "*" && value.contains('*') {
+        return Some(format!("{what} = {value:?}: `*` is allowed only alone (it matches everything); wildcards inside names are not supported"));
+    }
+    None
+}
+
+/// The problems of one rule of `rules` (the file is needed for its computer groups).
+pub fn rule_problems(rule: &Rule, rules: &RulesFile) -> Vec<(Option<&'static str>, String)> {
+    let mut out = Vec::new();
+    let field = |out: &mut Vec<(Option<&'static str>, String)>, key: &'static str, v: &str| {
+        if let Some(m) = rule_field_problem(key, v) {
+            out.push((Some(key), m));
+        }
+    };
+    match (&rule.user, &rule.user_group) {
+        (Some(u), None) => field(&mut out, "user", u),
+        (None, Some(g)) => field(&mut out, "user_group", g),
+        (Some(_), Some(_)) => out.push((
+            None,
+            "has both user and user_group; a rule needs exactly one of user or user_group".into(),
+        )),
+        (None, None) => out.push((
+            None,
+            "has neither user nor user_group; a rule needs exactly one of user or user_group"
+                .into(),
+        )),
+    }
+    match (&rule.computer, &rule.computer_group) {
+        (Some(c), None) => field(&mut out, "computer", c),
+        (None, Some(g)) => {
+            let before = out.len();
+            field(&mut out, "computer_group", g);
+            let known = rules
+                .computer_groups
+                .keys()
+                .any(|k| k == g || k.to_lowercase() == g.to_lowercase());
+            if out.len() == before && g != "*" && !known {
+                let defined: Vec<&str> = rules.computer_groups.keys().map(String::as_str).collect();
+                out.push((
+                    Some("computer_group"),
+                    format!(
+                        "computer group {g:?} is not defined under [computer_groups] (defined: {}); define it there",
+                        if defined.is_empty() { "none".into() } else { defined.join(", ") }
+                    ),
+                ));
+            }
+        }
+        (Some(_), Some(_)) => out.push((
+            None,
+            "has both computer and computer_group; a rule needs exactly one of computer or computer_group".into(),
+        )),
+        (None, None) => out.push((
+            None,
+            "has neither computer nor computer_group; a rule needs exactly one of computer or computer_group".into(),
+        )),
+    }
+    field(&mut out, "configuration", &rule.configuration);
+    if rule.name.len() > MAX_RULE_FIELD_LEN || rule.name.chars().any(char::is_control) {
+        out.push((
+            Some("name"),
+            format!("name is longer than {MAX_RULE_FIELD_LEN} bytes or has control characters"),
+        ));
+    }
+    out
+}
+
+/// Every problem of a rules file (the one validation of rules: `keyhole check`, the server's
+/// load and reload, and `keyhole rule add` use it).
+pub fn rules_file_problems(rules: &RulesFile) -> Vec<RuleProblem> {
+    let mut out = Vec::new();
+    if rules.rules.len() > MAX_RULES {
+        out.push(RuleProblem {
+            spot: RuleSpot::File,
+            message: format!("more than {MAX_RULES} rules"),
+        });
+    }
+    let mut ids = BTreeSet::new();
+    for (index, r) in rules.rules.iter().enumerate() {
+        if !ids.insert(r.id) {
+            out.push(RuleProblem {
+                spot: RuleSpot::Rule {
+                    index,
+                    field: Some("id"),
+                },
+                message: format!(
+                    "rule id {} is used more than once; ids must be unique",
+                    r.id
+                ),
+            });
+        }
+        for (field, message) in rule_problems(r, rules) {
+            out.push(RuleProblem {
+                spot: RuleSpot::Rule { index, field },
+                message,
+            });
+        }
+    }
+    for (group, members) in &rules.computer_groups {
+        if let Some(m) = rule_field_problem("computer group name", group) {
+            out.push(RuleProblem {
+                spot: RuleSpot::ComputerGroup {
+                    name: group.clone(),
+                    member: None,
+                },
+                message: m,
+            });
+        }
+        for (i, m) in members.iter().enumerate() {
+            if let Some(msg) = rule_field_problem(&format!("member of computer group {group:?}"), m)
+            {
+                out.push(RuleProblem {
+                    spot: RuleSpot::ComputerGroup {
+                        name: group.clone(),
+                        member: Some(i),
+                    },
+                    message: msg,
+                });
+            }
+        }
+    }
+    out
+}
+
 fn validate_rules(ctx: &mut Ctx, cfg: &LoadedConfig) {
     let file = cfg.resolve(&cfg.server.authorization_rules);
     let file = file.as_path();
-    let mut ids = BTreeSet::new();
+    for p in rules_file_problems(&cfg.rules) {
+        let (path, key) = match &p.spot {
+            RuleSpot::File => (Vec::new(), false),
+            RuleSpot::Rule { index, field: None } => (tpath!["rule", *index], false),
+            RuleSpot::Rule {
+                index,
+                field: Some(f),
+            } => (tpath!["rule", *index, *f], false),
+            RuleSpot::ComputerGroup { name, member: None } => {
+                (tpath!["computer_groups", name.as_str()], true)
+            }
+            RuleSpot::ComputerGroup {
+                name,
+                member: Some(i),
+            } => (tpath!["computer_groups", name.as_str(), *i], false),
+        };
+        ctx.at(Severity::Error, file, &path, key, p.message);
+    }
     for (i, r) in cfg.rules.rules.iter().enumerate() {
-        if !ids.insert(r.id) {
-            ctx.err(
-                file,
-                &tpath!["rule", i, "id"],
-                format!("rule id {} is used twice; ids must be unique", r.id),
-            );
-        }
-        match (&r.user, &r.user_group) {
-            (Some(_), Some(_)) | (None, None) => ctx.err(
-                file,
-                &tpath!["rule", i],
-                "a rule needs exactly one of user or user_group",
-            ),
-            _ => {}
-        }
-        match (&r.computer, &r.computer_group) {
-            (Some(_), Some(_)) | (None, None) => ctx.err(
-                file,
-                &tpath!["rule", i],
-                "a rule needs exactly one of computer or computer_group",
-            ),
-            _ => {}
-        }
-        for (k, v) in [
-            ("user", &r.user),
-            ("user_group", &r.user_group),
-            ("computer", &r.computer),
-            ("computer_group", &r.computer_group),
-            ("configuration", &Some(r.configuration.clone())),
-        ] {
-            if let Some(v) = v {
-                if v.trim().is_empty() {
-                    ctx.err(file, &tpath!["rule", i, k], format!("{k} is empty"));
-                } else if v.contains('*') && v != "*" {
-                    ctx.err(file, &tpath!["rule", i, k], format!("{k} = {v:?}: `*` is allowed only alone (it matches everything); wildcards inside names are not supported"));
-                }
-            }
-        }
-        if let Some(g) = &r.computer_group {
-            if g != "*"
-                && !cfg
-                    .rules
-                    .computer_groups
-                    .keys()
-                    .any(|k| k.eq_ignore_ascii_case(g))
-            {
-                let known: Vec<&str> = cfg
-                    .rules
-                    .computer_groups
-                    .keys()
-                    .map(String::as_str)
-                    .collect();
-                ctx.err(
-                    file,
-                    &tpath!["rule", i, "computer_group"],
-                    format!(
-                        "computer group {g:?} is not defined under [computer_groups] (defined: {})",
-                        if known.is_empty() {
-                            "none".into()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                );
-            }
-        }
         if r.configuration != "*"
             && !r.configuration.contains('*')
             && cfg.endpoint(&r.configuration).is_none()
@@ -1115,18 +1188,6 @@ fn validate_users(ctx: &mut Ctx, cfg: &LoadedConfig) {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patterns_are_anchored_and_case_insensitive() {
-        let r = compile_pattern("acme-.*", true).unwrap();
-        assert!(r.is_match("ACME-x"));
-        assert!(!r.is_match("xacme-x"));
-        let r = compile_pattern("a|b", true).unwrap();
-        assert!(!r.is_match("ab"));
-        assert!(compile_pattern("(", true).is_err());
-        let e = compile_pattern("(\\w{100}){100}", true).unwrap_err();
-        assert!(e.contains("simplify"), "{e}");
-    }
 
     #[test]
     fn capabilities_normalise() {

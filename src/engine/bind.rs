@@ -9,6 +9,7 @@ use super::command::{BoundArgs, CommandKind, ErrorCategory, ErrorRecord, ParamTy
 use super::table::{show_value, with_column, Entry, ParamSpec};
 use super::value::Value;
 use super::Refusal;
+use crate::catalog::{CommonParameter, CommonUse, COMMON_PARAMETERS};
 
 /// Most elements a bound array may hold (a comma list or a structured array argument).
 pub const MAX_BOUND_ARRAY: usize = 4096;
@@ -66,48 +67,22 @@ pub(crate) struct Bound {
     pub audit: BoundArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CommonKind {
-    Action,
-    Switch,
-    Int,
-    Variable,
-}
-
-/// (name, alias, kind, needs changes_state)
-const COMMON: &[(&str, &str, CommonKind, bool)] = &[
-    ("Verbose", "vb", CommonKind::Switch, false),
-    ("Debug", "db", CommonKind::Switch, false),
-    ("ErrorAction", "ea", CommonKind::Action, false),
-    ("WarningAction", "wa", CommonKind::Action, false),
-    ("InformationAction", "infa", CommonKind::Action, false),
-    ("ProgressAction", "proga", CommonKind::Action, false),
-    ("ErrorVariable", "ev", CommonKind::Variable, false),
-    ("WarningVariable", "wv", CommonKind::Variable, false),
-    ("InformationVariable", "iv", CommonKind::Variable, false),
-    ("OutVariable", "ov", CommonKind::Variable, false),
-    ("OutBuffer", "ob", CommonKind::Int, false),
-    ("PipelineVariable", "pv", CommonKind::Variable, false),
-    ("WhatIf", "wi", CommonKind::Switch, true),
-    ("Confirm", "cf", CommonKind::Switch, true),
-];
-
 enum Target<'a> {
     Param(&'a ParamSpec),
-    Common(&'static str, CommonKind),
+    Common(&'static CommonParameter),
 }
 
 impl Target<'_> {
     fn name(&self) -> &str {
         match self {
             Target::Param(p) => &p.decl.name,
-            Target::Common(n, _) => n,
+            Target::Common(c) => c.name,
         }
     }
     fn is_switch(&self) -> bool {
         match self {
             Target::Param(p) => p.decl.ty == ParamType::Switch,
-            Target::Common(_, k) => *k == CommonKind::Switch,
+            Target::Common(c) => c.use_ == CommonUse::Switch,
         }
     }
 }
@@ -123,7 +98,11 @@ fn refusal(msg: String, id: &str, cmd: &str, col: Option<usize>) -> Refusal {
 
 fn resolve<'a>(entry: &'a Entry, name: &str, col: Option<usize>) -> Result<Target<'a>, Refusal> {
     let cmd = &entry.decl.name;
-    let commons = || COMMON.iter().filter(|c| !c.3 || entry.decl.changes_state);
+    let commons = || {
+        COMMON_PARAMETERS
+            .iter()
+            .filter(|c| !c.state_changing_only || entry.decl.changes_state)
+    };
     if let Some(p) = entry.params.iter().find(|p| {
         p.decl.name.eq_ignore_ascii_case(name)
             || p.decl.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
@@ -131,9 +110,9 @@ fn resolve<'a>(entry: &'a Entry, name: &str, col: Option<usize>) -> Result<Targe
         return Ok(Target::Param(p));
     }
     if let Some(c) =
-        commons().find(|c| c.0.eq_ignore_ascii_case(name) || c.1.eq_ignore_ascii_case(name))
+        commons().find(|c| c.name.eq_ignore_ascii_case(name) || c.alias.eq_ignore_ascii_case(name))
     {
-        return Ok(Target::Common(c.0, c.2));
+        return Ok(Target::Common(c));
     }
     let lower = name.to_lowercase();
     let mut found: Vec<Target<'a>> = Vec::new();
@@ -144,8 +123,8 @@ fn resolve<'a>(entry: &'a Entry, name: &str, col: Option<usize>) -> Result<Targe
             }
         }
         for c in commons() {
-            if c.0.to_lowercase().starts_with(&lower) {
-                found.push(Target::Common(c.0, c.2));
+            if c.name.to_lowercase().starts_with(&lower) {
+                found.push(Target::Common(c));
             }
         }
     }
@@ -350,6 +329,34 @@ pub(crate) fn convert(v: &Value, ty: ParamType) -> Result<Value, String> {
     }
 }
 
+fn is_plain(v: &Value) -> bool {
+    matches!(
+        v,
+        Value::Null | Value::Bool(_) | Value::Int(_) | Value::Double(_) | Value::String(_)
+    )
+}
+
+/// A parameter with a set or pattern takes plain values only — a string, number or boolean,
+/// or an array of them — *before* conversion: an object converted to a string shows one text
+/// (its ToString) and may carry others, so its text never passes a constraint (SPEC §2.3).
+pub(crate) fn plain_only(spec: &ParamSpec, raw: &Value) -> Result<(), String> {
+    if spec.checks.is_empty() || matches!(spec.decl.ty, ParamType::Switch | ParamType::Bool) {
+        return Ok(());
+    }
+    let bad = match raw {
+        Value::Array(items) => items.iter().find(|i| !is_plain(i)),
+        other => Some(other).filter(|v| !is_plain(v)),
+    };
+    match bad {
+        None => Ok(()),
+        Some(item) => Err(format!(
+            "Cannot validate argument on parameter '{}'. The argument is an object ({}); this parameter is constrained to plain values by a set or pattern.",
+            spec.decl.name,
+            item.type_name()
+        )),
+    }
+}
+
 /// Check a converted value against a parameter's checks (each array element on its own).
 pub(crate) fn validate(spec: &ParamSpec, v: &Value) -> Result<(), String> {
     if spec.checks.is_empty() || matches!(spec.decl.ty, ParamType::Switch | ParamType::Bool) {
@@ -409,28 +416,48 @@ fn parse_action(name: &str, v: &Value) -> Result<Action, String> {
     }
 }
 
-fn render_app_arg(v: &Value, out: &mut Vec<String>) {
+/// An application's argument as text; an object is refused (its text could differ from what
+/// it carries, and every argument of an application is constrained by its patterns).
+fn render_app_arg(v: &Value, out: &mut Vec<String>) -> Result<(), String> {
     match v {
-        Value::Array(items) => items.iter().for_each(|i| render_app_arg(i, out)),
-        other => out.push(other.to_ps_string()),
+        Value::Array(items) => items.iter().try_for_each(|i| render_app_arg(i, out)),
+        other if is_plain(other) => {
+            out.push(other.to_ps_string());
+            Ok(())
+        }
+        other => Err(other.type_name()),
     }
 }
 
 /// Applications take their arguments verbatim; each must fully match one of the entry's patterns.
 fn bind_application(entry: &Entry, args: &[ArgIn]) -> Result<Bound, Refusal> {
     let cmd = &entry.decl.name;
+    let object_refused = |ty: String, col: Option<usize>| {
+        refusal(
+            format!("An argument of '{cmd}' is an object ({ty}); a program takes plain values only (strings, numbers, booleans)."),
+            "ArgumentNotAllowed",
+            cmd,
+            col,
+        )
+    };
     let mut argv: Vec<(String, Option<usize>)> = Vec::new();
     for a in args {
         match a {
             ArgIn::Named {
                 name, value, col, ..
             } => match value {
-                Some(v) => argv.push((format!("-{name}:{}", v.to_ps_string()), *col)),
+                Some(v)
+                    if is_plain(v)
+                        || matches!(v, Value::Array(items) if items.iter().all(is_plain)) =>
+                {
+                    argv.push((format!("-{name}:{}", v.to_ps_string()), *col))
+                }
+                Some(v) => return Err(object_refused(v.type_name(), *col)),
                 None => argv.push((format!("-{name}"), *col)),
             },
             ArgIn::Positional { value, col } => {
                 let mut parts = Vec::new();
-                render_app_arg(value, &mut parts);
+                render_app_arg(value, &mut parts).map_err(|ty| object_refused(ty, *col))?;
                 argv.extend(parts.into_iter().map(|p| (p, *col)));
             }
         }
@@ -444,22 +471,11 @@ fn bind_application(entry: &Entry, args: &[ArgIn]) -> Result<Bound, Refusal> {
         ));
     }
     for (a, col) in &argv {
-        let none_allowed = match &entry.arg_patterns {
-            Some(super::table::Check::Pattern { shown, .. }) => shown == "^(?:)$",
-            _ => true,
+        let why = match &entry.arguments {
+            Some(policy) => policy.refusal(a),
+            None => Some("this program takes no arguments in this session".to_string()),
         };
-        let allowed = !none_allowed
-            && match &entry.arg_patterns {
-                Some(super::table::Check::Pattern { re, .. }) => re.is_match(a),
-                _ => false,
-            };
-        if !allowed {
-            let why = if none_allowed {
-                "this program takes no arguments in this session".to_string()
-            } else {
-                "it does not fully match any argument pattern the role capability allows"
-                    .to_string()
-            };
+        if let Some(why) = why {
             return Err(refusal(
                 format!(
                     "The argument '{}' is not allowed for '{cmd}': {why}.",
@@ -527,8 +543,8 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
         } else {
             let ty = match &target {
                 Target::Param(p) => p.decl.ty.dotnet_name(),
-                Target::Common(_, CommonKind::Int) => "System.Int32",
-                Target::Common(..) => "System.Management.Automation.ActionPreference",
+                Target::Common(c) if c.use_ == CommonUse::Count => "System.Int32",
+                Target::Common(_) => "System.Management.Automation.ActionPreference",
             };
             return Err(refusal(
                 format!("Missing an argument for parameter '{canonical}'. Specify a parameter of type '{ty}' and try again."),
@@ -539,6 +555,8 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
         };
         match target {
             Target::Param(spec) => {
+                plain_only(spec, &value)
+                    .map_err(|m| refusal(m, "ParameterArgumentValidationError", cmd, vcol))?;
                 let v = convert(&value, spec.decl.ty).map_err(|m| {
                     refusal(
                         format!("Cannot bind parameter '{canonical}'. {m}"),
@@ -552,9 +570,10 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
                 out.audit.set(&canonical, v.clone());
                 out.args.set(&canonical, v);
             }
-            Target::Common(cname, kind) => {
-                match kind {
-                    CommonKind::Variable => {
+            Target::Common(common) => {
+                let cname = common.name;
+                match common.use_ {
+                    CommonUse::SetsVariable => {
                         return Err(refusal(
                             format!("The common parameter -{cname} sets a variable, and this session has no variables (NoLanguage mode); it is not accepted. Remove -{cname} from the command."),
                             "VariableParameterNotAllowed",
@@ -562,7 +581,7 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
                             col,
                         ));
                     }
-                    CommonKind::Switch => {
+                    CommonUse::Switch => {
                         let on = matches!(
                             to_bool(&value, "System.Management.Automation.SwitchParameter"),
                             Ok(Value::Bool(true))
@@ -575,7 +594,7 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
                         }
                         out.audit.set(cname, Value::Bool(on));
                     }
-                    CommonKind::Int => {
+                    CommonUse::Count => {
                         let v = to_int(&value).map_err(|m| {
                             refusal(
                                 format!("Cannot bind parameter '{cname}'. {m}"),
@@ -586,7 +605,7 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
                         })?;
                         out.audit.set(cname, v);
                     }
-                    CommonKind::Action => {
+                    CommonUse::Action => {
                         let act = parse_action(cname, &value).map_err(|m| {
                             refusal(m, "ParameterArgumentValidationError", cmd, vcol)
                         })?;
@@ -651,6 +670,8 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
         } else {
             value
         };
+        plain_only(spec, &value)
+            .map_err(|m| refusal(m, "ParameterArgumentValidationError", cmd, col))?;
         let v = convert(&value, spec.decl.ty).map_err(|m| {
             refusal(
                 format!("Cannot bind parameter '{}'. {m}", spec.decl.name),
@@ -716,6 +737,20 @@ pub(crate) fn bind_input(
     input: &Value,
 ) -> Result<BoundArgs, ErrorRecord> {
     let cmd = &entry.decl.name;
+    let validation_err = |m: String| {
+        ErrorRecord::new(
+            m,
+            format!("ParameterArgumentValidationError,{cmd}"),
+            ErrorCategory::InvalidData,
+        )
+        .target(input.clone())
+        .exception("System.Management.Automation.ParameterBindingValidationException")
+    };
+    // Plain values only for a constrained parameter, then the conversion.
+    let take = |p: &ParamSpec, raw: &Value| -> Result<Value, ErrorRecord> {
+        plain_only(p, raw).map_err(validation_err)?;
+        convert(raw, p.decl.ty).map_err(|m| transform_err(cmd, &p.decl.name, &m, input))
+    };
     let free = |p: &&ParamSpec| !cmdline.has(&p.decl.name);
     let mut args = cmdline.clone();
     let mut bound: Vec<&ParamSpec> = Vec::new();
@@ -727,8 +762,7 @@ pub(crate) fn bind_input(
     if let Some(p) = entry.params.iter().filter(free).find(|p| {
         p.decl.pipeline.by_value && !any_type(p) && accepts_without_conversion(p.decl.ty, input)
     }) {
-        let v =
-            convert(input, p.decl.ty).map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
+        let v = take(p, input)?;
         args.set(&p.decl.name, v);
         bound.push(p);
     }
@@ -743,8 +777,7 @@ pub(crate) fn bind_input(
                 .chain(p.decl.aliases.iter())
                 .find_map(|n| input.property(n));
             if let Some(pv) = prop {
-                let v = convert(pv, p.decl.ty)
-                    .map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
+                let v = take(p, pv)?;
                 args.set(&p.decl.name, v);
                 bound.push(p);
             }
@@ -757,8 +790,7 @@ pub(crate) fn bind_input(
             .filter(free)
             .find(|p| p.decl.pipeline.by_value && any_type(p))
         {
-            let v = convert(input, p.decl.ty)
-                .map_err(|m| transform_err(cmd, &p.decl.name, &m, input))?;
+            let v = take(p, input)?;
             args.set(&p.decl.name, v);
             bound.push(p);
         }
@@ -770,6 +802,7 @@ pub(crate) fn bind_input(
             .filter(free)
             .find(|p| p.decl.pipeline.by_value)
         {
+            plain_only(p, input).map_err(validation_err)?;
             if let Ok(v) = convert(input, p.decl.ty) {
                 args.set(&p.decl.name, v);
                 bound.push(p);
@@ -781,15 +814,7 @@ pub(crate) fn bind_input(
     }
     for p in bound {
         if let Some(v) = args.get(&p.decl.name) {
-            validate(p, v).map_err(|m| {
-                ErrorRecord::new(
-                    m,
-                    format!("ParameterArgumentValidationError,{cmd}"),
-                    ErrorCategory::InvalidData,
-                )
-                .target(input.clone())
-                .exception("System.Management.Automation.ParameterBindingValidationException")
-            })?;
+            validate(p, v).map_err(validation_err)?;
         }
     }
     let missing: Vec<&str> = entry

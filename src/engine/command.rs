@@ -2,11 +2,11 @@
 //! metadata alike) and the trait every command implements.
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::value::Value;
+use crate::config::{ExternalCommandDef, ResolvedFunction};
 
 /// The type of a parameter; binding converts arguments to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,12 +39,6 @@ impl ParamType {
             ParamType::Object => "System.Management.Automation.PSObject",
             ParamType::ObjectArray => "System.Management.Automation.PSObject[]",
         }
-    }
-    pub fn is_array(&self) -> bool {
-        matches!(
-            self,
-            ParamType::StringArray | ParamType::IntArray | ParamType::ObjectArray
-        )
     }
 }
 
@@ -332,45 +326,9 @@ impl EventSink for VecSink {
     }
 }
 
-/// Shared cancellation: set by Signal (Ctrl+C), session close or shutdown, and true by itself
-/// once the pipeline's deadline (`[limits] command_timeout`, armed by the shell runtime when the
-/// line starts) has passed. Built-ins check it in their loops; the sandbox polls it and kills
-/// the running program's process group.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<CancelState>);
-
-#[derive(Debug, Default)]
-struct CancelState {
-    cancelled: AtomicBool,
-    deadline: std::sync::OnceLock<std::time::Instant>,
-}
-
-impl CancelToken {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn cancel(&self) {
-        self.0.cancelled.store(true, Ordering::SeqCst);
-    }
-    /// Cancelled, or past the deadline.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.cancelled.load(Ordering::SeqCst) || self.timed_out()
-    }
-    /// Arm the deadline; the first call wins (a token is armed once, when its line starts).
-    pub fn set_deadline(&self, at: std::time::Instant) {
-        let _ = self.0.deadline.set(at);
-    }
-    pub fn deadline(&self) -> Option<std::time::Instant> {
-        self.0.deadline.get().copied()
-    }
-    /// The deadline has passed (whether or not someone also called [`CancelToken::cancel`]).
-    pub fn timed_out(&self) -> bool {
-        self.0
-            .deadline
-            .get()
-            .is_some_and(|d| std::time::Instant::now() >= *d)
-    }
-}
+/// The cancellation flag of a line (defined by `sandbox`, which depends on nothing in the crate
+/// and polls it while a program runs).
+pub use crate::sandbox::CancelToken;
 
 /// Bound parameter values of one invocation, keyed by the declared (canonical) parameter name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -520,4 +478,17 @@ pub trait Command: Send + Sync {
     fn decl(&self) -> &CommandDecl;
     /// Begin an invocation with the arguments bound from the command line.
     fn start(&self, args: &BoundArgs) -> Box<dyn Invocation>;
+}
+
+/// Where a session's commands come from. `commands` implements it (its built-ins are built once
+/// per process); the engine only ever sees this trait, so it never imports `commands`.
+pub trait CommandSource: Send + Sync {
+    /// The built-in cmdlet named `name` (ASCII case-insensitive).
+    fn builtin(&self, name: &str) -> Option<Arc<dyn Command>>;
+    /// Every built-in cmdlet.
+    fn builtins(&self) -> &[Arc<dyn Command>];
+    /// The command for a function a role capability declares.
+    fn function(&self, f: &ResolvedFunction) -> Arc<dyn Command>;
+    /// The command for an external command a role capability makes visible.
+    fn external(&self, def: &ExternalCommandDef) -> Arc<dyn Command>;
 }

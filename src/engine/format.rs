@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use super::value::{PsObject, Value};
+use crate::lang::wildcard::{self, has_wildcards, Mode};
 
 /// Rows a streaming table buffers to size its columns before printing (later rows keep those
 /// widths; a longer value just widens its own line).
@@ -102,13 +103,13 @@ pub fn shown_properties(o: &PsObject) -> Vec<String> {
     }
 }
 
-/// Resolve names and wildcards against an object's properties.
+/// Resolve names and wildcards (`-like` mode) against an object's properties.
 pub fn resolve_props(patterns: &[String], available: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for p in patterns {
-        if p.contains('*') || p.contains('?') {
+        if has_wildcards(p, Mode::LIKE) {
             for a in available {
-                if crate::commands::wildcard_match(p, a)
+                if wildcard::matches(p, a, Mode::LIKE)
                     && !out.iter().any(|o| o.eq_ignore_ascii_case(a))
                 {
                     out.push(a.clone());

@@ -179,4 +179,6 @@ pub struct StructuredPipeline {
 pub struct SessionOptions {
     pub session_type: SessionType,
     pub host: HostEnv,
+    /// The built-ins and the constructors of declared commands (`commands::source()`).
+    pub commands: std::sync::Arc<dyn CommandSource>,
 }

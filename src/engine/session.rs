@@ -130,7 +130,7 @@ impl Session {
         opts: SessionOptions,
         audit: Box<dyn Audit>,
     ) -> Session {
-        let table = CommandTable::build(cap, opts.session_type);
+        let table = CommandTable::build(cap, opts.session_type, opts.commands.as_ref());
         Session { opts, audit, table }
     }
 
@@ -485,6 +485,23 @@ mod tests {
         }
     }
 
+    /// A source with no built-ins (the tests add their own commands to the table).
+    struct NoCommands;
+    impl crate::engine::CommandSource for NoCommands {
+        fn builtin(&self, _: &str) -> Option<Arc<dyn Command>> {
+            None
+        }
+        fn builtins(&self) -> &[Arc<dyn Command>] {
+            &[]
+        }
+        fn function(&self, _: &crate::config::ResolvedFunction) -> Arc<dyn Command> {
+            unreachable!("no functions in these tests")
+        }
+        fn external(&self, _: &crate::config::ExternalCommandDef) -> Arc<dyn Command> {
+            unreachable!("no external commands in these tests")
+        }
+    }
+
     fn session() -> (Session, Log) {
         let host = HostEnv {
             run_as: "nobody".into(),
@@ -499,6 +516,7 @@ mod tests {
             SessionOptions {
                 session_type: SessionType::Empty,
                 host,
+                commands: Arc::new(NoCommands),
             },
             Box::new(NoAudit),
         );

@@ -4,57 +4,51 @@
 
 use std::sync::Arc;
 
-use regex::{Regex, RegexBuilder};
-
-use super::command::{Command, CommandDecl, CommandKind, ErrorCategory, ParamDecl, VisibleCommand};
+use super::command::{
+    Command, CommandDecl, CommandKind, CommandSource, ErrorCategory, ParamDecl, VisibleCommand,
+};
 use super::Refusal;
 use crate::capability::{EffectiveCapability, ParamsGrant, ValueConstraint};
-use crate::commands;
+use crate::catalog;
 use crate::config::SessionType;
+use crate::lang::fold::eq_simple_fold;
+use crate::lang::pattern::{AnchoredPattern, Case};
 
-/// Compiled size limit of one validation regex (bytes of the compiled program).
-pub const MAX_REGEX_SIZE: usize = 1 << 20;
 /// Longest value (characters) shown back in a validation message.
 const MAX_SHOWN_VALUE: usize = 200;
 
 /// One check on a parameter's values.
 #[derive(Debug, Clone)]
 pub(crate) enum Check {
-    /// Case-insensitive membership (simple case folding of the exact characters).
-    Set {
-        shown: Vec<String>,
-        lower: Vec<String>,
-    },
-    /// Whole-value match of any pattern, case-insensitive.
-    Pattern { shown: String, re: Regex },
+    /// Membership under simple case folding of the exact characters (SPEC §2.3).
+    Set(Vec<String>),
+    /// Whole-value match of any pattern (ASCII letters in either case).
+    Pattern(AnchoredPattern),
     /// A pattern that could not be compiled: every value fails (fail closed).
     Broken { shown: String, why: String },
 }
 
+/// The patterns as messages show them: anchored, as keyhole applies them.
+fn anchored_text(patterns: &[String]) -> String {
+    let joined = patterns
+        .iter()
+        .map(|p| format!("(?:{p})"))
+        .collect::<Vec<_>>()
+        .join("|");
+    format!("^(?:{joined})$")
+}
+
 impl Check {
     pub(crate) fn set(values: &[String]) -> Check {
-        Check::Set {
-            shown: values.to_vec(),
-            lower: values.iter().map(|v| v.to_lowercase()).collect(),
-        }
+        Check::Set(values.to_vec())
     }
 
-    /// `^(?:p1|p2)$`, case-insensitive, with a size limit.
-    pub(crate) fn patterns(patterns: &[String], case_insensitive: bool) -> Check {
-        let joined = patterns
-            .iter()
-            .map(|p| format!("(?:{p})"))
-            .collect::<Vec<_>>()
-            .join("|");
-        let src = format!("^(?:{joined})$");
-        match RegexBuilder::new(&src)
-            .case_insensitive(case_insensitive)
-            .size_limit(MAX_REGEX_SIZE)
-            .build()
-        {
-            Ok(re) => Check::Pattern { shown: src, re },
+    /// The patterns as alternatives, anchored, through the one pattern compiler.
+    pub(crate) fn patterns(patterns: &[String], case: Case) -> Check {
+        match AnchoredPattern::new(patterns, case) {
+            Ok(p) => Check::Pattern(p),
             Err(e) => Check::Broken {
-                shown: src,
+                shown: anchored_text(patterns),
                 why: e.to_string(),
             },
         }
@@ -64,20 +58,21 @@ impl Check {
     pub(crate) fn failure(&self, param: &str, value: &str) -> Option<String> {
         let shown_value = show_value(value);
         match self {
-            Check::Set { shown, lower } => {
-                if lower.iter().any(|l| *l == value.to_lowercase()) {
+            Check::Set(set) => {
+                if set.iter().any(|s| eq_simple_fold(s, value)) {
                     None
                 } else {
                     Some(format!(
                         "Cannot validate argument on parameter '{param}'. The argument \"{shown_value}\" does not belong to the set \"{}\" specified by the ValidateSet attribute. Supply an argument that is in the set and then try the command again.",
-                        shown.join(",")
+                        set.join(",")
                     ))
                 }
             }
-            Check::Pattern { shown, re } => {
-                if re.is_match(value) {
+            Check::Pattern(p) => {
+                if p.is_match(value) {
                     None
                 } else {
+                    let shown = anchored_text(p.sources());
                     Some(format!(
                         "Cannot validate argument on parameter '{param}'. The argument \"{shown_value}\" does not match the \"{shown}\" pattern. Supply an argument that matches \"{shown}\" and try the command again."
                     ))
@@ -85,6 +80,46 @@ impl Check {
             }
             Check::Broken { shown, why } => Some(format!(
                 "Cannot validate argument on parameter '{param}'. The pattern \"{shown}\" is not usable ({why}); every value is refused until the role capability is fixed."
+            )),
+        }
+    }
+}
+
+/// What an application (external command) accepts as arguments.
+#[derive(Debug, Clone)]
+pub(crate) enum ArgumentPolicy {
+    /// The entry lists no `arguments`: the program takes none.
+    NoArguments,
+    /// Each argument must fully match one pattern (case-sensitive).
+    Patterns(AnchoredPattern),
+    /// The patterns could not be compiled: every argument is refused.
+    Broken(String),
+}
+
+impl ArgumentPolicy {
+    pub(crate) fn new(patterns: &[String]) -> ArgumentPolicy {
+        if patterns.is_empty() {
+            return ArgumentPolicy::NoArguments;
+        }
+        match AnchoredPattern::new(patterns, Case::Sensitive) {
+            Ok(p) => ArgumentPolicy::Patterns(p),
+            Err(e) => ArgumentPolicy::Broken(e.to_string()),
+        }
+    }
+
+    /// None when `arg` is allowed; else why not (for the refusal message).
+    pub(crate) fn refusal(&self, arg: &str) -> Option<String> {
+        match self {
+            ArgumentPolicy::NoArguments => {
+                Some("this program takes no arguments in this session".to_string())
+            }
+            ArgumentPolicy::Patterns(p) if p.is_match(arg) => None,
+            ArgumentPolicy::Patterns(_) => Some(
+                "it does not fully match any argument pattern the role capability allows"
+                    .to_string(),
+            ),
+            ArgumentPolicy::Broken(why) => Some(format!(
+                "the role capability's argument patterns are not usable ({why})"
             )),
         }
     }
@@ -123,8 +158,8 @@ pub(crate) struct Entry {
     pub decl: CommandDecl,
     pub params: Vec<ParamSpec>,
     pub cmd: Arc<dyn Command>,
-    /// Applications: argument patterns (each argument must fully match one; empty: no arguments).
-    pub arg_patterns: Option<Check>,
+    /// Applications: what their arguments may be.
+    pub arguments: Option<ArgumentPolicy>,
 }
 
 impl Entry {
@@ -151,7 +186,7 @@ pub(crate) fn apply_grant(cmd: Arc<dyn Command>, grant: &ParamsGrant) -> Entry {
             checks.push(Check::set(&p.set));
         }
         if !p.patterns.is_empty() {
-            checks.push(Check::patterns(&p.patterns, true));
+            checks.push(Check::patterns(&p.patterns, Case::AsciiInsensitive));
         }
         let mut shown = p.clone();
         match grant {
@@ -170,15 +205,13 @@ pub(crate) fn apply_grant(cmd: Arc<dyn Command>, grant: &ParamsGrant) -> Entry {
                             shown
                                 .set
                                 .iter()
-                                .filter(|v| {
-                                    values.iter().any(|w| w.to_lowercase() == v.to_lowercase())
-                                })
+                                .filter(|v| values.iter().any(|w| eq_simple_fold(w, v)))
                                 .cloned()
                                 .collect()
                         };
                     }
                     ValueConstraint::Patterns(pats) => {
-                        checks.push(Check::patterns(pats, true));
+                        checks.push(Check::patterns(pats, Case::AsciiInsensitive));
                         shown.patterns.extend(pats.iter().cloned());
                     }
                 }
@@ -194,12 +227,16 @@ pub(crate) fn apply_grant(cmd: Arc<dyn Command>, grant: &ParamsGrant) -> Entry {
         decl,
         params,
         cmd,
-        arg_patterns: None,
+        arguments: None,
     }
 }
 
 impl CommandTable {
-    pub(crate) fn build(cap: &EffectiveCapability, session_type: SessionType) -> CommandTable {
+    pub(crate) fn build(
+        cap: &EffectiveCapability,
+        session_type: SessionType,
+        source: &dyn CommandSource,
+    ) -> CommandTable {
         let mut entries: Vec<Entry> = Vec::new();
         let push = |e: Entry, entries: &mut Vec<Entry>| {
             if !entries.iter().any(|x| {
@@ -209,38 +246,38 @@ impl CommandTable {
             }
         };
         if session_type == SessionType::RestrictedRemoteServer {
-            for name in commands::RESTRICTED_DEFAULTS {
+            for name in catalog::RESTRICTED_DEFAULTS {
                 // The defaults are fixed, as JEA's proxies are: a role grant of the same name
                 // (possibly constrained) is ignored here (`push` keeps the first entry), so
                 // implicit remoting and Exit-PSSession always work.
-                if let Some(c) = commands::builtin(name) {
+                if let Some(c) = source.builtin(name) {
                     push(apply_grant(c, &ParamsGrant::All), &mut entries);
                 }
             }
         }
         for g in cap.cmdlets.values() {
-            if commands::is_never_provided(&g.name) {
+            if catalog::is_never_provided(&g.name) {
                 continue;
             }
-            if let Some(c) = commands::builtin(&g.name) {
+            if let Some(c) = source.builtin(&g.name) {
                 push(apply_grant(c, &g.params), &mut entries);
             }
         }
         for f in cap.functions.values() {
-            if commands::is_never_provided(&f.function.name) {
+            if catalog::is_never_provided(&f.function.name) {
                 continue;
             }
-            let c = commands::programs::function_command(&f.function);
+            let c = source.function(&f.function);
             push(apply_grant(c, &f.params), &mut entries);
         }
         for x in cap.external.values() {
-            let c = commands::programs::external_command(&x.def);
+            let c = source.external(&x.def);
             let mut e = apply_grant(c, &ParamsGrant::All);
             e.decl.kind = CommandKind::Application;
             if e.decl.path.is_none() {
                 e.decl.path = Some(x.def.path.clone());
             }
-            e.arg_patterns = Some(Check::patterns(&x.def.arguments, false));
+            e.arguments = Some(ArgumentPolicy::new(&x.def.arguments));
             push(e, &mut entries);
         }
         let mut aliases: Vec<(String, usize)> = Vec::new();
@@ -250,26 +287,20 @@ impl CommandTable {
                 .position(|e| e.decl.name.eq_ignore_ascii_case(target))
         };
         if session_type == SessionType::RestrictedRemoteServer {
-            for (a, t) in commands::DEFAULT_ALIASES {
-                if let Some(i) = find(&entries, t) {
-                    aliases.push((a.to_string(), i));
+            for d in catalog::DEFAULT_ALIASES {
+                if let Some(i) = find(&entries, d.target) {
+                    aliases.push((d.alias.to_string(), i));
                 }
             }
         }
-        for (lower, (written, target)) in &cap.aliases {
-            let shown = if written.eq_ignore_ascii_case(lower) {
-                written.clone()
-            } else {
-                lower.clone()
-            };
-            if commands::is_never_provided(&shown)
+        for grant in cap.aliases.values() {
+            let shown = grant.alias.clone();
+            if catalog::is_never_provided(&shown)
                 || aliases.iter().any(|(a, _)| a.eq_ignore_ascii_case(&shown))
             {
                 continue;
             }
-            // Tolerate either order of the pair: the target is the one naming a visible command.
-            let idx = find(&entries, target).or_else(|| find(&entries, written));
-            if let Some(i) = idx {
+            if let Some(i) = find(&entries, &grant.target) {
                 if !entries
                     .iter()
                     .any(|e| e.decl.name.eq_ignore_ascii_case(&shown))
@@ -382,14 +413,47 @@ mod tests {
 
     #[test]
     fn patterns_are_anchored() {
-        let c = Check::patterns(&["acme-[a-z]+".to_string(), "x".to_string()], true);
+        let c = Check::patterns(
+            &["acme-[a-z]+".to_string(), "x".to_string()],
+            Case::AsciiInsensitive,
+        );
         check(&c, "acme-web", true);
         check(&c, "ACME-WEB", true);
         check(&c, "acme-web; rm", false);
         check(&c, "xx", false);
         check(&c, "x", true);
-        let b = Check::patterns(&["(".to_string()], true);
+        let b = Check::patterns(&["(".to_string()], Case::AsciiInsensitive);
         check(&b, "(", false);
+        // SPEC §2.3: ASCII letters only (issue 9 finding 9).
+        let d = Check::patterns(
+            &["/|/(srv|var)(/[a-z0-9_-]+)*".to_string()],
+            Case::AsciiInsensitive,
+        );
+        check(&d, "/SRV/www", true);
+        check(&d, "/\u{17F}rv", false);
+        check(&d, "/var/\u{212A}", false);
+    }
+
+    #[test]
+    fn set_folds_simply() {
+        // SPEC §2.3: simple case folding of the exact characters (ſ folds to s).
+        let c = Check::set(&["sshd".to_string()]);
+        check(&c, "SSHD", true);
+        check(&c, "\u{17F}\u{17F}hd", true);
+        check(&c, "sshd\u{200B}", false);
+        check(&c, "ssh", false);
+    }
+
+    #[test]
+    fn argument_policy() {
+        let none = ArgumentPolicy::new(&[]);
+        assert!(none.refusal("").unwrap().contains("takes no arguments"));
+        let p = ArgumentPolicy::new(&["blame".to_string(), "time".to_string()]);
+        assert!(p.refusal("blame").is_none());
+        assert!(p.refusal("BLAME").is_some(), "arguments are case-sensitive");
+        assert!(p.refusal("blame x").is_some());
+        let b = ArgumentPolicy::new(&["(".to_string()]);
+        assert!(b.refusal("(").unwrap().contains("not usable"));
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! `lang` turns text into a checked syntax tree or a refusal with a span. It knows no commands.
+//! It also owns the three text-matching rules every other layer uses: case folding (`fold`),
+//! the anchored-pattern compiler (`pattern`) and the wildcard matcher (`wildcard`).
 #![forbid(unsafe_code)]
 
 pub mod ast;
+pub mod fold;
 mod parser;
+pub mod pattern;
+pub mod wildcard;
 
 pub use ast::*;
 pub use parser::parse;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::ProtocolError;
+use super::{FragmentError, ProtocolError};
 
 /// Bytes of a fragment header: ObjectId (8) + FragmentId (8) + flags (1) + BlobLength (4).
 pub const FRAGMENT_HEADER_LEN: usize = 21;
@@ -84,10 +84,7 @@ pub fn decode_fragments(mut data: &[u8]) -> Result<Vec<Fragment>, ProtocolError>
     let mut out = Vec::new();
     while !data.is_empty() {
         let header = take(&mut data, FRAGMENT_HEADER_LEN).ok_or_else(|| {
-            ProtocolError::Fragment(format!(
-                "truncated fragment header: {} bytes left, a header needs {FRAGMENT_HEADER_LEN}",
-                data.len()
-            ))
+            ProtocolError::from(FragmentError::TruncatedHeader { left: data.len() })
         })?;
         let object_id = be_u64(header.get(0..8).unwrap_or_default());
         let fragment_id = be_u64(header.get(8..16).unwrap_or_default());
@@ -98,15 +95,20 @@ pub fn decode_fragments(mut data: &[u8]) -> Result<Vec<Fragment>, ProtocolError>
         }
         let len = u32::from_be_bytes(lb) as usize;
         if flags & !(FLAG_START | FLAG_END) != 0 {
-            return Err(ProtocolError::Fragment(format!(
-                "fragment {fragment_id} of object {object_id} has unknown flag bits 0x{flags:02x}"
-            )));
+            return Err(FragmentError::UnknownFlags {
+                object_id,
+                fragment_id,
+                flags,
+            }
+            .into());
         }
         let blob = take(&mut data, len).ok_or_else(|| {
-            ProtocolError::Fragment(format!(
-                "fragment {fragment_id} of object {object_id} announces {len} bytes but only {} remain",
-                data.len()
-            ))
+            ProtocolError::from(FragmentError::TruncatedBlob {
+                object_id,
+                fragment_id,
+                announced: len,
+                left: data.len(),
+            })
         })?;
         out.push(Fragment {
             object_id,
@@ -180,14 +182,14 @@ impl Reassembler {
         let fid = f.fragment_id;
         if f.start {
             if fid != 0 {
-                return Err(ProtocolError::Fragment(format!(
-                    "object {oid}: start fragment has FragmentId {fid}, expected 0"
-                )));
+                return Err(FragmentError::StartNotFirst {
+                    object_id: oid,
+                    fragment_id: fid,
+                }
+                .into());
             }
             if self.partial.contains_key(&oid) {
-                return Err(ProtocolError::Fragment(format!(
-                    "object {oid}: a second start fragment arrived before the end of the first"
-                )));
+                return Err(FragmentError::SecondStart { object_id: oid }.into());
             }
             if f.blob.len() > MAX_MESSAGE_SIZE {
                 return Err(too_big(oid));
@@ -196,9 +198,7 @@ impl Reassembler {
                 return Ok(Some(f.blob));
             }
             if self.partial.len() >= MAX_OBJECTS_IN_FLIGHT {
-                return Err(ProtocolError::Fragment(format!(
-                    "object {oid}: more than {MAX_OBJECTS_IN_FLIGHT} partially received messages at once"
-                )));
+                return Err(FragmentError::TooManyInFlight { object_id: oid }.into());
             }
             self.reserve(oid, f.blob.len())?;
             self.partial.insert(
@@ -211,16 +211,21 @@ impl Reassembler {
             return Ok(None);
         }
         let Some(p) = self.partial.get_mut(&oid) else {
-            return Err(ProtocolError::Fragment(format!(
-                "object {oid}: fragment {fid} arrived without a start fragment"
-            )));
+            return Err(FragmentError::NoStart {
+                object_id: oid,
+                fragment_id: fid,
+            }
+            .into());
         };
         if fid != p.next_fragment {
             let expected = p.next_fragment;
             self.drop_object(oid);
-            return Err(ProtocolError::Fragment(format!(
-                "object {oid}: fragment {fid} out of order or duplicated (expected {expected})"
-            )));
+            return Err(FragmentError::OutOfOrder {
+                object_id: oid,
+                fragment_id: fid,
+                expected,
+            }
+            .into());
         }
         let len = f.blob.len();
         if p.data.len().saturating_add(len) > MAX_MESSAGE_SIZE {
@@ -229,9 +234,7 @@ impl Reassembler {
         }
         if self.buffered.saturating_add(len) > MAX_BUFFERED_BYTES {
             self.drop_object(oid);
-            return Err(ProtocolError::Fragment(format!(
-                "object {oid}: more than {MAX_BUFFERED_BYTES} bytes of partial messages buffered"
-            )));
+            return Err(FragmentError::BufferFull { object_id: oid }.into());
         }
         if let Some(p) = self.partial.get_mut(&oid) {
             p.data.extend_from_slice(&f.blob);
@@ -268,9 +271,7 @@ impl Reassembler {
 
     fn reserve(&mut self, oid: u64, len: usize) -> Result<(), ProtocolError> {
         if self.buffered.saturating_add(len) > MAX_BUFFERED_BYTES {
-            return Err(ProtocolError::Fragment(format!(
-                "object {oid}: more than {MAX_BUFFERED_BYTES} bytes of partial messages buffered"
-            )));
+            return Err(FragmentError::BufferFull { object_id: oid }.into());
         }
         self.buffered = self.buffered.saturating_add(len);
         Ok(())
@@ -284,9 +285,7 @@ impl Reassembler {
 }
 
 fn too_big(oid: u64) -> ProtocolError {
-    ProtocolError::Fragment(format!(
-        "object {oid}: message larger than {MAX_MESSAGE_SIZE} bytes; send smaller objects"
-    ))
+    FragmentError::TooBig { object_id: oid }.into()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use super::ProtocolError;
+use super::{MessageError, ProtocolError};
 
 /// Header bytes: Destination (4) + MessageType (4) + RPID (16) + PID (16).
 pub const MESSAGE_HEADER_LEN: usize = 40;
@@ -27,9 +27,7 @@ impl Destination {
         match c {
             1 => Ok(Destination::Client),
             2 => Ok(Destination::Server),
-            other => Err(ProtocolError::Message(format!(
-                "unknown message destination {other} (expected 1 client or 2 server)"
-            ))),
+            other => Err(MessageError::UnknownDestination(other).into()),
         }
     }
 }
@@ -44,7 +42,7 @@ macro_rules! message_types {
             pub fn from_code(c: u32) -> Result<Self, ProtocolError> {
                 match c {
                     $($code => Ok(MessageType::$name),)*
-                    other => Err(ProtocolError::Message(format!("unknown PSRP message type 0x{other:08X}"))),
+                    other => Err(MessageError::UnknownType(other).into()),
                 }
             }
             pub fn name(self) -> &'static str { match self { $(MessageType::$name => stringify!($name)),* } }
@@ -144,10 +142,7 @@ impl Message {
     /// Parse a reassembled message; a leading BOM in the body is removed.
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
         if bytes.len() < MESSAGE_HEADER_LEN {
-            return Err(ProtocolError::Message(format!(
-                "message of {} bytes is shorter than the {MESSAGE_HEADER_LEN}-byte header",
-                bytes.len()
-            )));
+            return Err(MessageError::Short(bytes.len()).into());
         }
         let (header, body) = bytes.split_at(MESSAGE_HEADER_LEN);
         let destination = Destination::from_code(le_u32(header.get(0..4).unwrap_or_default()))?;
@@ -181,20 +176,16 @@ impl Message {
     /// The body as UTF-8 text.
     pub fn text(&self) -> Result<&str, ProtocolError> {
         std::str::from_utf8(&self.data).map_err(|e| {
-            ProtocolError::Message(format!(
-                "{} body is not UTF-8: {e}",
-                self.message_type.name()
-            ))
+            ProtocolError::from(MessageError::NotUtf8 {
+                message: self.message_type.name(),
+                error: e,
+            })
         })
     }
 
     /// RPID read as a .NET (little-endian) GUID.
     pub fn rpid_uuid(&self) -> Uuid {
         Uuid::from_bytes_le(self.rpid)
-    }
-    /// PID read as a .NET (little-endian) GUID.
-    pub fn pid_uuid(&self) -> Uuid {
-        Uuid::from_bytes_le(self.pid)
     }
 }
 

@@ -5,9 +5,10 @@
 use crate::engine::{
     CommandArg, CommandKind, ErrorRecord, ParamType, StructuredCommand, Value, VisibleCommand,
 };
+use crate::lang::wildcard::{self, Mode};
 
 use super::clixml::write::Writer;
-use super::ProtocolError;
+use super::{Malformed, ProtocolError};
 
 /// Protocol version keyhole speaks (MS-PSRP 2.3, as Windows PowerShell 5.1 and pwsh 7).
 pub const PROTOCOL_VERSION: &str = "2.3";
@@ -389,7 +390,11 @@ pub fn command_metadata(c: &VisibleCommand) -> String {
 // What clients send.
 
 fn missing(what: &str, msg: &str) -> ProtocolError {
-    ProtocolError::Malformed(format!("{msg} lacks the mandatory property {what}"))
+    Malformed::MissingProperty {
+        message: msg.to_string(),
+        property: what.to_string(),
+    }
+    .into()
 }
 
 /// SESSION_CAPABILITY from the client.
@@ -510,10 +515,11 @@ fn list_of<'a>(v: Option<&'a Value>, what: &str) -> Result<&'a [Value], Protocol
     match v {
         Some(Value::Array(items)) => Ok(items),
         Some(Value::Null) | None => Ok(&[]),
-        Some(other) => Err(ProtocolError::Malformed(format!(
-            "CREATE_PIPELINE: {what} is a {} instead of a list",
-            other.type_name()
-        ))),
+        Some(other) => Err(Malformed::NotAList {
+            what: what.to_string(),
+            found: other.type_name(),
+        }
+        .into()),
     }
 }
 
@@ -525,9 +531,7 @@ fn command_of(v: &Value) -> Result<PipelineCommand, ProtocolError> {
     let is_script = bool_of(v.property("IsScript"));
     let raw_args = list_of(v.property("Args"), "Args")?;
     if raw_args.len() > MAX_ARGS {
-        return Err(ProtocolError::Malformed(format!(
-            "command {cmd:?} has more than {MAX_ARGS} arguments"
-        )));
+        return Err(Malformed::TooManyArguments(cmd.to_string()).into());
     }
     let mut args = Vec::with_capacity(raw_args.len());
     for a in raw_args {
@@ -573,15 +577,11 @@ impl CreatePipeline {
         }
         let total: usize = statements.iter().map(Vec::len).sum();
         if total > MAX_COMMANDS {
-            return Err(ProtocolError::Malformed(format!(
-                "CREATE_PIPELINE holds {total} commands, more than {MAX_COMMANDS}"
-            )));
+            return Err(Malformed::TooManyCommands(total).into());
         }
         statements.retain(|s| !s.is_empty());
         if statements.is_empty() {
-            return Err(ProtocolError::Malformed(
-                "CREATE_PIPELINE holds no command".into(),
-            ));
+            return Err(Malformed::NoCommand.into());
         }
         Ok(CreatePipeline {
             no_input: v
@@ -660,12 +660,7 @@ impl GetCommandMetadata {
             Some(Value::Array(items)) => items.iter().map(Value::to_ps_string).collect(),
             Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Null) | None => Vec::new(),
-            Some(other) => {
-                return Err(ProtocolError::Malformed(format!(
-                    "GET_COMMAND_METADATA: Name is a {}",
-                    other.type_name()
-                )))
-            }
+            Some(other) => return Err(Malformed::MetadataName(other.type_name()).into()),
         };
         let command_type = int_of(v.property("CommandType")).unwrap_or(0x1FF);
         Ok(GetCommandMetadata {
@@ -680,73 +675,13 @@ impl GetCommandMetadata {
             .iter()
             .filter(|c| command_type_code(c.decl.kind) & self.command_type != 0)
             .filter(|c| {
-                self.names.is_empty() || self.names.iter().any(|p| wildcard_match(p, &c.decl.name))
+                self.names.is_empty()
+                    || self
+                        .names
+                        .iter()
+                        .any(|p| wildcard::matches(p, &c.decl.name, Mode::Name))
             })
             .collect()
-    }
-}
-
-/// PowerShell wildcard match (`*`, `?`, `[abc]`, `[a-z]`), case-insensitive, linear-ish.
-pub fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.to_lowercase().chars().collect();
-    let t: Vec<char> = text.to_lowercase().chars().collect();
-    // Iterative matcher with backtracking to the last '*'.
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        let tc = t.get(ti).copied().unwrap_or_default();
-        let step = match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-                continue;
-            }
-            Some('?') => Some(pi + 1),
-            Some('[') => match_class(&p, pi, tc),
-            Some(c) if *c == tc => Some(pi + 1),
-            _ => None,
-        };
-        match step {
-            Some(next) => {
-                pi = next;
-                ti += 1;
-            }
-            None => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p.get(pi..)
-        .map(|rest| rest.iter().all(|c| *c == '*'))
-        .unwrap_or(true)
-}
-
-/// Match `[...]` at `pi`; returns the index after `]` when `c` is in the class.
-fn match_class(p: &[char], pi: usize, c: char) -> Option<usize> {
-    let end = p.iter().skip(pi + 1).position(|x| *x == ']')? + pi + 1;
-    let class = p.get(pi + 1..end)?;
-    let mut i = 0;
-    let mut hit = false;
-    while i < class.len() {
-        let a = class.get(i).copied()?;
-        if class.get(i + 1) == Some(&'-') && i + 2 < class.len() {
-            let b = class.get(i + 2).copied()?;
-            hit |= a <= c && c <= b;
-            i += 3;
-        } else {
-            hit |= a == c;
-            i += 1;
-        }
-    }
-    if hit {
-        Some(end + 1)
-    } else {
-        None
     }
 }
 
@@ -759,13 +694,14 @@ mod tests {
 
     #[test]
     fn wildcards() {
-        assert!(wildcard_match("get-*", "Get-Service"));
-        assert!(wildcard_match("*", ""));
-        assert!(wildcard_match("g?t-s*e", "Get-Service"));
-        assert!(!wildcard_match("get-s", "Get-Service"));
-        assert!(wildcard_match("[gs]et-*", "Set-Thing"));
-        assert!(!wildcard_match("[a-c]*", "Get"));
-        assert!(wildcard_match("*-*ice", "Get-Service"));
+        let m = |p: &str, t: &str| wildcard::matches(p, t, Mode::Name);
+        assert!(m("get-*", "Get-Service"));
+        assert!(m("*", ""));
+        assert!(m("g?t-s*e", "Get-Service"));
+        assert!(!m("get-s", "Get-Service"));
+        assert!(m("[gs]et-*", "Set-Thing"));
+        assert!(!m("[a-c]*", "Get"));
+        assert!(m("*-*ice", "Get-Service"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::objects::{
     self, CreatePipeline, GetCommandMetadata, InfoKind, InitRunspacePool, InvocationState, Merge,
     PoolStateCode, SessionCapability,
 };
-use super::ProtocolError;
+use super::{Malformed, MessageError, ProtocolError, Unsupported};
 
 /// Unfinished pipelines one pool may hold.
 pub const MAX_ACTIVE_PIPELINES: usize = 32;
@@ -96,10 +96,7 @@ impl RunspacePool {
     pub fn handle(self, msg: &Message) -> Result<(RunspacePool, Vec<PoolOutput>), ProtocolError> {
         use MessageType as T;
         if msg.destination != Destination::Server {
-            return Err(ProtocolError::Message(format!(
-                "{} is addressed to the client, not the server",
-                msg.message_type.name()
-            )));
+            return Err(MessageError::ToClient(msg.message_type.name()).into());
         }
         let send = |t: MessageType, body: String| PoolOutput::Send {
             message_type: t,
@@ -115,10 +112,9 @@ impl RunspacePool {
                     .next()
                     .and_then(|m| m.parse::<u32>().ok());
                 if major != Some(2) {
-                    return Err(ProtocolError::Unsupported(format!(
-                        "PSRP protocol version {:?} (keyhole speaks 2.x)",
-                        client.protocol_version
-                    )));
+                    return Err(
+                        Unsupported::ProtocolVersion(client.protocol_version.clone()).into(),
+                    );
                 }
                 let out = PoolOutput::Send {
                     message_type: T::SessionCapability,
@@ -158,7 +154,7 @@ impl RunspacePool {
             (RunspacePool::Opened { min, max }, t @ (T::SetMaxRunspaces | T::SetMinRunspaces)) => {
                 let v = body_value(msg)?;
                 let ci = objects::call_id(&v)
-                    .ok_or_else(|| ProtocolError::Malformed(format!("{} lacks ci", t.name())))?;
+                    .ok_or_else(|| Malformed::MissingCallId(t.name().to_string()))?;
                 let (field, is_max) = if t == T::SetMaxRunspaces {
                     ("MaxRunspaces", true)
                 } else {
@@ -167,10 +163,11 @@ impl RunspacePool {
                 let n = match v.property(field) {
                     Some(Value::Int(n)) => *n,
                     _ => {
-                        return Err(ProtocolError::Malformed(format!(
-                            "{} lacks {field}",
-                            t.name()
-                        )))
+                        return Err(Malformed::MissingField {
+                            message: t.name(),
+                            field,
+                        }
+                        .into())
                     }
                 };
                 let (ok, min2, max2) = if is_max {
@@ -199,9 +196,8 @@ impl RunspacePool {
                 ))
             }
             (s @ RunspacePool::Opened { max, .. }, T::GetAvailableRunspaces) => {
-                let ci = objects::call_id(&body_value(msg)?).ok_or_else(|| {
-                    ProtocolError::Malformed("GET_AVAILABLE_RUNSPACES lacks ci".into())
-                })?;
+                let ci = objects::call_id(&body_value(msg)?)
+                    .ok_or_else(|| Malformed::MissingCallId("GET_AVAILABLE_RUNSPACES".into()))?;
                 let out = send(
                     T::RunspaceAvailability,
                     objects::runspace_availability(&Value::Int(max), ci),
@@ -209,9 +205,8 @@ impl RunspacePool {
                 Ok((s, vec![out]))
             }
             (s @ RunspacePool::Opened { .. }, T::ResetRunspaceState) => {
-                let ci = objects::call_id(&body_value(msg)?).ok_or_else(|| {
-                    ProtocolError::Malformed("RESET_RUNSPACE_STATE lacks ci".into())
-                })?;
+                let ci = objects::call_id(&body_value(msg)?)
+                    .ok_or_else(|| Malformed::MissingCallId("RESET_RUNSPACE_STATE".into()))?;
                 Ok((
                     s,
                     vec![send(
@@ -224,7 +219,7 @@ impl RunspacePool {
                 Ok((s, vec![PoolOutput::Ignore]))
             }
             (_, t @ (T::PublicKey | T::ConnectRunspacePool)) => {
-                Err(ProtocolError::Unsupported(t.name().to_string()))
+                Err(Unsupported::Message(t.name()).into())
             }
             (s, _) => Err(invalid(msg, s.state_name())),
         }
@@ -412,9 +407,11 @@ impl Pipeline {
                 MessageType::PipelineInput => {
                     let bytes = bytes.saturating_add(m.data.len());
                     if input.len() >= MAX_INPUT_OBJECTS || bytes > MAX_INPUT_BYTES {
-                        return Err(ProtocolError::Malformed(format!(
-                            "pipeline input exceeds {MAX_INPUT_OBJECTS} objects or {MAX_INPUT_BYTES} bytes"
-                        )));
+                        return Err(Malformed::InputTooLarge {
+                            max_objects: MAX_INPUT_OBJECTS,
+                            max_bytes: MAX_INPUT_BYTES,
+                        }
+                        .into());
                     }
                     input.push(body_value(&m)?);
                     Ok((Pipeline::AwaitingInput { plan, input, bytes }, Vec::new()))
@@ -750,7 +747,7 @@ impl PoolCore {
         pid: [u8; 16],
     ) -> Result<String, PoolError> {
         let cid = cid.ok_or_else(|| {
-            ProtocolError::Malformed(format!("{what} arrived without a CommandId"))
+            ProtocolError::from(crate::psrp::Malformed::MissingCommandId(what.to_string()))
         })?;
         let p = self.pipes.get_mut(cid).ok_or(PoolError::UnknownPipeline)?;
         p.pid = pid;

@@ -223,10 +223,6 @@ impl Containment {
         }
     }
 
-    pub fn uses_cgroup(&self) -> bool {
-        self.cgroup.is_some()
-    }
-
     /// SIGKILL the process group `pgid` and every process of the command.
     pub fn kill_all(&self, pgid: Pid) {
         let _ = killpg(pgid, Signal::SIGKILL);
@@ -254,14 +250,6 @@ impl Containment {
                     }
                 }
             }
-        }
-    }
-
-    /// Whether any process of the command is still alive (cgroup: populated).
-    pub fn any_alive(&self) -> bool {
-        match &self.cgroup {
-            Some(dir) => !cgroup_pids(dir).is_empty(),
-            None => !marked_pids(&self.id).is_empty(),
         }
     }
 }

@@ -29,7 +29,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::engine::CancelToken;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Everything needed to run one program. Never a shell: `program` is absolute, `args` are argv[1..].
 #[derive(Debug, Clone)]
@@ -74,8 +75,86 @@ pub enum SandboxError {
         program: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Other(String),
+    #[error("program {0:?} is not an absolute path; keyhole only runs programs by absolute path")]
+    RelativeProgram(String),
+    #[error("{program}: {count} arguments, more than the {MAX_ARGS} allowed")]
+    TooManyArguments { program: String, count: usize },
+    #[error("{0}: an argument contains a NUL character, which no program can receive")]
+    NulInArgument(String),
+    #[error("{0}: more than {MAX_ENV_VARS} environment variables declared")]
+    TooManyEnvironmentVariables(String),
+    #[error("{program}: invalid environment variable {name:?}: names must be non-empty without '=' or NUL, values without NUL")]
+    InvalidEnvironmentVariable { program: String, name: String },
+    #[error("cannot collect the exit status of {program}: {source}")]
+    Wait {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("unknown Linux capability {0:?}: use a name from capabilities(7) such as CAP_NET_BIND_SERVICE")]
+    UnknownCapability(String),
+    #[error("cannot look up run-as account {user:?}: {source}")]
+    AccountLookup { user: String, source: nix::Error },
+    #[error("{0} is declared for this program but keyhole itself does not hold it, so it cannot pass it on")]
+    CapabilityNotHeld(String),
+    #[error("keyhole runs as root but without {capability}, which it needs {why}; give the service that capability (systemd: do not remove it with CapabilityBoundingSet=)")]
+    RootWithoutCapability {
+        capability: String,
+        why: &'static str,
+    },
+    #[error("run-as account name {0:?} contains a NUL byte")]
+    NulInAccountName(String),
+    #[error("cannot list the groups of run-as account {user:?}: {source}")]
+    GroupList { user: String, source: nix::Error },
+    #[error("run-as account {user:?} has {count} groups, more than the {max} keyhole accepts")]
+    TooManyGroups {
+        user: String,
+        count: usize,
+        max: usize,
+    },
+    #[error("keyhole is not running as root, so it cannot run programs as {0:?}: run keyhole as root or set the endpoint's run_as to the account keyhole runs as")]
+    NotRoot(String),
+    #[error("capabilities {0:?} can only be granted when keyhole runs as root")]
+    CapabilitiesNeedRoot(Vec<String>),
+}
+
+/// Shared cancellation flag: set by Signal (Ctrl+C), session close or shutdown; [`run`] polls
+/// it and kills the running program's process group. (Defined here so that `sandbox` depends
+/// on nothing else in the crate; the engine re-exports it.)
+///
+/// It is also true by itself once the pipeline's deadline (`[limits] command_timeout`, armed by
+/// the shell runtime when the line starts) has passed, so built-ins that check it in their loops
+/// stop at the deadline too.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<CancelState>);
+
+#[derive(Debug, Default)]
+struct CancelState {
+    cancelled: AtomicBool,
+    deadline: std::sync::OnceLock<Instant>,
+}
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.cancelled.store(true, Ordering::SeqCst);
+    }
+    /// Cancelled, or past the deadline.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::SeqCst) || self.timed_out()
+    }
+    /// Arm the deadline; the first call wins (a token is armed once, when its line starts).
+    pub fn set_deadline(&self, at: Instant) {
+        let _ = self.0.deadline.set(at);
+    }
+    pub fn deadline(&self) -> Option<Instant> {
+        self.0.deadline.get().copied()
+    }
+    /// The deadline has passed (whether or not someone also called [`CancelToken::cancel`]).
+    pub fn timed_out(&self) -> bool {
+        self.0.deadline.get().is_some_and(|d| Instant::now() >= *d)
+    }
 }
 
 /// The fixed environment every program gets (SPEC §4.4).
@@ -100,31 +179,26 @@ pub fn init() -> &'static contain::Mechanism {
 fn validate(spec: &ProgramSpec) -> Result<(), SandboxError> {
     let program = spec.program.display().to_string();
     if !spec.program.is_absolute() {
-        return Err(SandboxError::Other(format!(
-            "program {program:?} is not an absolute path; keyhole only runs programs by absolute path"
-        )));
+        return Err(SandboxError::RelativeProgram(program));
     }
     if spec.args.len() > MAX_ARGS {
-        return Err(SandboxError::Other(format!(
-            "{program}: {} arguments, more than the {MAX_ARGS} allowed",
-            spec.args.len()
-        )));
+        return Err(SandboxError::TooManyArguments {
+            program,
+            count: spec.args.len(),
+        });
     }
     if spec.args.iter().any(|a| a.contains('\0')) {
-        return Err(SandboxError::Other(format!(
-            "{program}: an argument contains a NUL character, which no program can receive"
-        )));
+        return Err(SandboxError::NulInArgument(program));
     }
     if spec.env.len() > MAX_ENV_VARS {
-        return Err(SandboxError::Other(format!(
-            "{program}: more than {MAX_ENV_VARS} environment variables declared"
-        )));
+        return Err(SandboxError::TooManyEnvironmentVariables(program));
     }
     for (k, v) in &spec.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(SandboxError::Other(format!(
-                "{program}: invalid environment variable {k:?}: names must be non-empty without '=' or NUL, values without NUL"
-            )));
+            return Err(SandboxError::InvalidEnvironmentVariable {
+                program,
+                name: k.clone(),
+            });
         }
     }
     Ok(())
@@ -367,11 +441,11 @@ pub fn run(
                 (None, Some(s)) => Termination::Signaled(s),
                 (None, None) => Termination::Signaled(0),
             },
-            Err(e) => {
-                return Err(SandboxError::Other(format!(
-                    "cannot collect the exit status of {}: {e}",
-                    spec.program.display()
-                )))
+            Err(source) => {
+                return Err(SandboxError::Wait {
+                    program: spec.program.display().to_string(),
+                    source,
+                })
             }
         },
     };

@@ -82,11 +82,8 @@ pub fn parse_capability(name: &str) -> Result<caps::Capability, SandboxError> {
     } else {
         format!("CAP_{upper}")
     };
-    full.parse::<caps::Capability>().map_err(|_| {
-        SandboxError::Other(format!(
-            "unknown Linux capability {name:?}: use a name from capabilities(7) such as CAP_NET_BIND_SERVICE"
-        ))
-    })
+    full.parse::<caps::Capability>()
+        .map_err(|_| SandboxError::UnknownCapability(name.to_string()))
 }
 
 fn last_cap() -> u32 {
@@ -104,7 +101,10 @@ pub(crate) fn prepare(
     cgroup_procs: Option<OwnedFd>,
 ) -> Result<Prepared, SandboxError> {
     let user = User::from_name(run_as)
-        .map_err(|e| SandboxError::Other(format!("cannot look up run-as account {run_as:?}: {e}")))?
+        .map_err(|source| SandboxError::AccountLookup {
+            user: run_as.to_string(),
+            source,
+        })?
         .ok_or_else(|| SandboxError::UnknownUser(run_as.to_string()))?;
 
     let mut caps_mask = 0u64;
@@ -112,9 +112,7 @@ pub(crate) fn prepare(
     for name in capabilities {
         let cap = parse_capability(name)?;
         if !caps::has_cap(None, caps::CapSet::Permitted, cap).unwrap_or(false) {
-            return Err(SandboxError::Other(format!(
-                "{cap} is declared for this program but keyhole itself does not hold it, so it cannot pass it on"
-            )));
+            return Err(SandboxError::CapabilityNotHeld(cap.to_string()));
         }
         let idx = u32::from(cap.index());
         if idx < 64 && caps_mask & (1u64 << idx) == 0 {
@@ -140,29 +138,28 @@ pub(crate) fn prepare(
             ),
         ] {
             if !caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(false) {
-                return Err(SandboxError::Other(format!(
-                    "keyhole runs as root but without {cap}, which it needs {why}; \
-                     give the service that capability (systemd: do not remove it with CapabilityBoundingSet=)"
-                )));
+                return Err(SandboxError::RootWithoutCapability {
+                    capability: cap.to_string(),
+                    why,
+                });
             }
         }
     }
     let identity = if root {
-        let cname = CString::new(user.name.as_bytes()).map_err(|_| {
-            SandboxError::Other(format!(
-                "run-as account name {run_as:?} contains a NUL byte"
-            ))
-        })?;
-        let groups = nix::unistd::getgrouplist(&cname, user.gid).map_err(|e| {
-            SandboxError::Other(format!(
-                "cannot list the groups of run-as account {run_as:?}: {e}"
-            ))
+        let cname = CString::new(user.name.as_bytes())
+            .map_err(|_| SandboxError::NulInAccountName(run_as.to_string()))?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid).map_err(|source| {
+            SandboxError::GroupList {
+                user: run_as.to_string(),
+                source,
+            }
         })?;
         if groups.len() > MAX_GROUPS {
-            return Err(SandboxError::Other(format!(
-                "run-as account {run_as:?} has {} groups, more than the {MAX_GROUPS} keyhole accepts",
-                groups.len()
-            )));
+            return Err(SandboxError::TooManyGroups {
+                user: run_as.to_string(),
+                count: groups.len(),
+                max: MAX_GROUPS,
+            });
         }
         Identity::Switch {
             uid: user.uid,
@@ -171,15 +168,10 @@ pub(crate) fn prepare(
         }
     } else {
         if user.uid != nix::unistd::getuid() || user.uid != nix::unistd::geteuid() {
-            return Err(SandboxError::Other(format!(
-                "keyhole is not running as root, so it cannot run programs as {run_as:?}: \
-                 run keyhole as root or set the endpoint's run_as to the account keyhole runs as"
-            )));
+            return Err(SandboxError::NotRoot(run_as.to_string()));
         }
         if caps_mask != 0 {
-            return Err(SandboxError::Other(format!(
-                "capabilities {capabilities:?} can only be granted when keyhole runs as root"
-            )));
+            return Err(SandboxError::CapabilitiesNeedRoot(capabilities.to_vec()));
         }
         Identity::Keep
     };

@@ -116,6 +116,7 @@ impl StaticGatekeeper {
             SessionOptions {
                 session_type: SessionType::RestrictedRemoteServer,
                 host,
+                commands: keyhole::commands::source(),
             },
             Box::new(NoAudit),
         )

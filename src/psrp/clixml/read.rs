@@ -10,7 +10,7 @@ use quick_xml::Reader;
 
 use super::decode_string;
 use crate::engine::{EnumValue, PsObject, Value};
-use crate::psrp::ProtocolError;
+use crate::psrp::{ClixmlError, ProtocolError};
 
 /// Limits applied to one message body.
 #[derive(Debug, Clone, Copy)]
@@ -62,19 +62,29 @@ impl Node {
     }
 }
 
-fn err(msg: impl Into<String>) -> ProtocolError {
-    ProtocolError::Clixml(msg.into())
+fn err(e: ClixmlError) -> ProtocolError {
+    ProtocolError::Clixml(e)
 }
 
 fn start_node(e: &BytesStart<'_>) -> Result<Node, ProtocolError> {
     let tag = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
     let mut attrs = Vec::new();
     for a in e.attributes() {
-        let a = a.map_err(|x| err(format!("bad attribute in <{tag}>: {x}")))?;
+        let a = a.map_err(|x| {
+            err(ClixmlError::Attribute {
+                tag: tag.clone(),
+                detail: x.to_string(),
+            })
+        })?;
         let k = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
         let v = a
             .unescape_value()
-            .map_err(|x| err(format!("bad attribute value in <{tag}>: {x}")))?
+            .map_err(|x| {
+                err(ClixmlError::AttributeValue {
+                    tag: tag.clone(),
+                    detail: x.to_string(),
+                })
+            })?
             .into_owned();
         attrs.push((k, v));
     }
@@ -95,39 +105,33 @@ pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolErr
     let mut elements = 0usize;
     loop {
         let ev = reader.read_event().map_err(|e| {
-            err(format!(
-                "XML error at byte {}: {e}",
-                reader.buffer_position()
-            ))
+            err(ClixmlError::Xml {
+                position: reader.buffer_position(),
+                detail: e.to_string(),
+            })
         })?;
         match ev {
             XmlEvent::Start(e) | XmlEvent::Empty(e) if root.is_some() => {
                 let _ = e;
-                return Err(err("more than one root element"));
+                return Err(err(ClixmlError::SecondRoot));
             }
             XmlEvent::Start(e) => {
                 elements += 1;
                 if elements > limits.max_elements {
-                    return Err(err(format!("more than {} elements", limits.max_elements)));
+                    return Err(err(ClixmlError::TooManyElements(limits.max_elements)));
                 }
                 if stack.len() >= limits.max_depth {
-                    return Err(err(format!(
-                        "nesting deeper than {} elements",
-                        limits.max_depth
-                    )));
+                    return Err(err(ClixmlError::TooDeep(limits.max_depth)));
                 }
                 stack.push(start_node(&e)?);
             }
             XmlEvent::Empty(e) => {
                 elements += 1;
                 if elements > limits.max_elements {
-                    return Err(err(format!("more than {} elements", limits.max_elements)));
+                    return Err(err(ClixmlError::TooManyElements(limits.max_elements)));
                 }
                 if stack.len() >= limits.max_depth {
-                    return Err(err(format!(
-                        "nesting deeper than {} elements",
-                        limits.max_depth
-                    )));
+                    return Err(err(ClixmlError::TooDeep(limits.max_depth)));
                 }
                 let n = start_node(&e)?;
                 match stack.last_mut() {
@@ -136,47 +140,43 @@ pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolErr
                 }
             }
             XmlEvent::End(_) => {
-                let n = stack.pop().ok_or_else(|| err("unbalanced end tag"))?;
+                let n = stack.pop().ok_or_else(|| err(ClixmlError::UnbalancedEnd))?;
                 match stack.last_mut() {
                     Some(p) => p.children.push(n),
                     None => root = Some(n),
                 }
             }
             XmlEvent::Text(t) => {
-                let s = t.unescape().map_err(|e| err(format!("bad text: {e}")))?;
+                let s = t
+                    .unescape()
+                    .map_err(|e| err(ClixmlError::Text(e.to_string())))?;
                 if let Some(cur) = stack.last_mut() {
                     if cur.text.len().saturating_add(s.len()) > limits.max_string_len {
-                        return Err(err(format!(
-                            "a text longer than {} bytes",
-                            limits.max_string_len
-                        )));
+                        return Err(err(ClixmlError::TextTooLong(limits.max_string_len)));
                     }
                     cur.text.push_str(&s);
                 } else if !s.trim().is_empty() {
-                    return Err(err("text outside the root element"));
+                    return Err(err(ClixmlError::TextOutsideRoot));
                 }
             }
             XmlEvent::CData(t) => {
                 let s = String::from_utf8_lossy(&t);
                 if let Some(cur) = stack.last_mut() {
                     if cur.text.len().saturating_add(s.len()) > limits.max_string_len {
-                        return Err(err(format!(
-                            "a text longer than {} bytes",
-                            limits.max_string_len
-                        )));
+                        return Err(err(ClixmlError::TextTooLong(limits.max_string_len)));
                     }
                     cur.text.push_str(&s);
                 }
             }
-            XmlEvent::DocType(_) => return Err(err("DTDs are not accepted in CLIXML")),
+            XmlEvent::DocType(_) => return Err(err(ClixmlError::Dtd)),
             XmlEvent::Decl(_) | XmlEvent::PI(_) | XmlEvent::Comment(_) => {}
             XmlEvent::Eof => break,
         }
     }
     if !stack.is_empty() {
-        return Err(err("unexpected end of CLIXML (unclosed element)"));
+        return Err(err(ClixmlError::Unclosed));
     }
-    root.ok_or_else(|| err("empty CLIXML body"))
+    root.ok_or_else(|| err(ClixmlError::Empty))
 }
 
 /// Converts element trees to values, resolving `Ref`/`TNRef` within one body.
@@ -188,10 +188,12 @@ struct Conv<'l> {
 }
 
 fn parse_int(n: &Node) -> Result<i64, ProtocolError> {
-    n.text
-        .trim()
-        .parse::<i64>()
-        .map_err(|_| err(format!("<{}> holds {:?}, not an integer", n.tag, n.text)))
+    n.text.trim().parse::<i64>().map_err(|_| {
+        err(ClixmlError::NotInteger {
+            tag: n.tag.clone(),
+            text: n.text.clone(),
+        })
+    })
 }
 
 /// Parse an xs:duration (`[-]P[nD][T[nH][nM][n[.f]S]]`).
@@ -237,10 +239,7 @@ impl Conv<'_> {
     fn count(&mut self, n: usize) -> Result<(), ProtocolError> {
         self.values = self.values.saturating_add(n);
         if self.values > self.limits.max_values {
-            return Err(err(format!(
-                "more than {} values after expanding references",
-                self.limits.max_values
-            )));
+            return Err(err(ClixmlError::TooManyValues(self.limits.max_values)));
         }
         Ok(())
     }
@@ -266,7 +265,7 @@ impl Conv<'_> {
             "B" => match n.text.trim() {
                 "true" | "1" | "True" => Value::Bool(true),
                 "false" | "0" | "False" => Value::Bool(false),
-                other => return Err(err(format!("<B> holds {other:?}, not true/false"))),
+                other => return Err(err(ClixmlError::NotBoolean(other.to_string()))),
             },
             "By" | "SB" | "U16" | "I16" | "U32" | "I32" | "I64" => Value::Int(parse_int(n)?),
             "U64" => {
@@ -274,7 +273,7 @@ impl Conv<'_> {
                     .text
                     .trim()
                     .parse::<u64>()
-                    .map_err(|_| err(format!("<U64> holds {:?}", n.text)))?;
+                    .map_err(|_| err(ClixmlError::NotU64(n.text.clone())))?;
                 Value::from(u)
             }
             "Db" | "Sg" | "D" => {
@@ -283,7 +282,10 @@ impl Conv<'_> {
                     "INF" => f64::INFINITY,
                     "-INF" => f64::NEG_INFINITY,
                     _ => t.parse::<f64>().map_err(|_| {
-                        err(format!("<{}> holds {:?}, not a number", n.tag, n.text))
+                        err(ClixmlError::NotNumber {
+                            tag: n.tag.clone(),
+                            text: n.text.clone(),
+                        })
                     })?,
                 };
                 Value::Double(d)
@@ -296,11 +298,14 @@ impl Conv<'_> {
                 .map(Value::TimeSpan)
                 .unwrap_or_else(|| Value::String(text())),
             "Ref" => {
-                let id = n.attr("RefId").ok_or_else(|| err("<Ref> without RefId"))?;
-                let (v, weight) =
-                    self.objs.get(id).cloned().ok_or_else(|| {
-                        err(format!("<Ref RefId=\"{id}\"> names no earlier object"))
-                    })?;
+                let id = n
+                    .attr("RefId")
+                    .ok_or_else(|| err(ClixmlError::RefWithoutId))?;
+                let (v, weight) = self
+                    .objs
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| err(ClixmlError::UnknownRef(id.to_string())))?;
                 self.count(weight)?;
                 v
             }
@@ -309,14 +314,14 @@ impl Conv<'_> {
                 let v = self.object(n)?;
                 if let Some(id) = n.attr("RefId") {
                     if self.objs.len() + self.tns.len() >= self.limits.max_refs {
-                        return Err(err(format!("more than {} RefIds", self.limits.max_refs)));
+                        return Err(err(ClixmlError::TooManyRefs(self.limits.max_refs)));
                     }
                     let weight = self.values.saturating_sub(before).max(1);
                     self.objs.insert(id.to_string(), (v.clone(), weight));
                 }
                 v
             }
-            other => return Err(err(format!("unknown CLIXML element <{other}>"))),
+            other => return Err(err(ClixmlError::UnknownElement(other.to_string()))),
         })
     }
 
@@ -330,7 +335,7 @@ impl Conv<'_> {
                 .collect();
             if let Some(id) = tn.attr("RefId") {
                 if self.objs.len() + self.tns.len() >= self.limits.max_refs {
-                    return Err(err(format!("more than {} RefIds", self.limits.max_refs)));
+                    return Err(err(ClixmlError::TooManyRefs(self.limits.max_refs)));
                 }
                 self.tns.insert(id.to_string(), names.clone());
             }
@@ -339,12 +344,12 @@ impl Conv<'_> {
         if let Some(r) = n.child("TNRef") {
             let id = r
                 .attr("RefId")
-                .ok_or_else(|| err("<TNRef> without RefId"))?;
+                .ok_or_else(|| err(ClixmlError::TnRefWithoutId))?;
             return self
                 .tns
                 .get(id)
                 .cloned()
-                .ok_or_else(|| err(format!("<TNRef RefId=\"{id}\"> names no earlier type list")));
+                .ok_or_else(|| err(ClixmlError::UnknownTnRef(id.to_string())));
         }
         Ok(Vec::new())
     }
@@ -378,7 +383,7 @@ impl Conv<'_> {
                     let mut entries = Vec::new();
                     for en in &c.children {
                         if en.tag != "En" {
-                            return Err(err(format!("<DCT> holds <{}>, expected <En>", en.tag)));
+                            return Err(err(ClixmlError::DictEntry(en.tag.clone())));
                         }
                         let mut key = None;
                         let mut val = Value::Null;
@@ -386,12 +391,13 @@ impl Conv<'_> {
                             match kv.attr("N") {
                                 Some("Key") => key = Some(self.value(kv)?.to_ps_string()),
                                 Some("Value") => val = self.value(kv)?,
-                                _ => {
-                                    return Err(err("<En> child without N=\"Key\" or N=\"Value\""))
-                                }
+                                _ => return Err(err(ClixmlError::DictEntryChild)),
                             }
                         }
-                        entries.push((key.ok_or_else(|| err("<En> without a Key"))?, val));
+                        entries.push((
+                            key.ok_or_else(|| err(ClixmlError::DictEntryWithoutKey))?,
+                            val,
+                        ));
                     }
                     dict = Some(entries);
                 }
