@@ -46,8 +46,7 @@ pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// Connections allowed per configured concurrent user.
 pub const CONNECTIONS_PER_USER: usize = 4;
 
-pub const SELF_SIGNED_CERT: &str = "keyhole-tls-cert.pem";
-pub const SELF_SIGNED_KEY: &str = "keyhole-tls-key.pem";
+pub use crate::config::listener::{SELF_SIGNED_CERT, SELF_SIGNED_KEY};
 
 /// Who the caller is, after gate 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,40 +179,12 @@ pub fn self_signed_fingerprint(state_directory: &Path) -> Result<Option<String>,
     Ok(certs.first().map(|c| certificate_fingerprint(c.as_ref())))
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, ServerError> {
-    let err = |source| ServerError::File {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    crate::config::read_regular_file(path, crate::config::MAX_PEM_BYTES)
-        .map_err(err)?
-        .ok_or_else(|| err(std::io::Error::from(std::io::ErrorKind::NotFound)))
-}
-
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> {
-    let data = read_file("reading certificate", path)?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
-    let certs = certs.map_err(|e| {
-        ServerError::Tls(format!(
-            "{}: not a PEM certificate file: {e}",
-            path.display()
-        ))
-    })?;
-    if certs.is_empty() {
-        return Err(ServerError::Tls(format!(
-            "{}: no PEM certificate found",
-            path.display()
-        )));
-    }
-    Ok(certs)
+    crate::config::listener::load_certs(path).map_err(ServerError::Tls)
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ServerError> {
-    let data = read_file("reading private key", path)?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| ServerError::Tls(format!("{}: not a PEM private key: {e}", path.display())))?
-        .ok_or_else(|| ServerError::Tls(format!("{}: no PEM private key found", path.display())))
+    crate::config::listener::load_key(path).map_err(ServerError::Tls)
 }
 
 /// Load the configured certificate, or the self-signed one in `state_directory` (generated on
@@ -335,54 +306,9 @@ fn generate_self_signed(
 
 fn tls_acceptor(rt: &ServerRuntime) -> Result<(TlsAcceptor, String), ServerError> {
     let (certs, key, fp) = load_or_generate_certificate(rt)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
-    let l = &rt.listener;
-    let verifier = if l.client_ca.is_empty() {
-        if l.require_client_certificate {
-            return Err(ServerError::Config("require_client_certificate = true needs client_ca (a PEM bundle of the CAs that issue client certificates)".into()));
-        }
-        rustls::server::WebPkiClientVerifier::no_client_auth()
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(Path::new(&l.client_ca))? {
-            roots
-                .add(c)
-                .map_err(|e| ServerError::Tls(format!("client_ca {}: {e}", l.client_ca)))?;
-        }
-        let b =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-        let b = if l.require_client_certificate {
-            b
-        } else {
-            b.allow_unauthenticated()
-        };
-        b.build()
-            .map_err(|e| ServerError::Tls(format!("client_ca {}: {e}", l.client_ca)))?
-    };
-    let mut cfg = builder
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            ServerError::Tls(format!(
-                "certificate and private key do not match or are unusable: {e}"
-            ))
-        })?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = crate::config::listener::server_tls_config(certs, key, &rt.listener)
+        .map_err(|p| ServerError::Tls(p.message))?;
     Ok((TlsAcceptor::from(Arc::new(cfg)), fp))
-}
-
-fn parse_addr(what: &str, s: &str) -> Result<Option<SocketAddr>, ServerError> {
-    if s.trim().is_empty() {
-        return Ok(None);
-    }
-    s.trim().parse::<SocketAddr>().map(Some).map_err(|_| {
-        ServerError::Config(format!(
-            "{what} = {s:?} is not an address:port such as \"127.0.0.1:5986\" or \"[::]:5986\""
-        ))
-    })
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -419,34 +345,14 @@ pub struct Server {
 impl Server {
     /// Check the listener configuration, load or generate the certificate, and bind.
     pub async fn bind(rt: ServerRuntime, gate: Arc<dyn Gatekeeper>) -> Result<Server, ServerError> {
-        let l = &rt.listener;
-        let https = parse_addr("https", &l.https)?;
-        let http = parse_addr("http", &l.http)?;
-        if https.is_none() && http.is_none() {
-            return Err(ServerError::Config(
-                "both https and http are disabled (\"\"); enable at least one".into(),
-            ));
-        }
-        if let Some(a) = http {
-            if !a.ip().is_loopback() && !l.allow_unencrypted {
-                return Err(ServerError::Config(format!(
-                    "http = \"{a}\" is not a loopback address: plain HTTP would send passwords in clear text. \
-                     Use https, bind http to 127.0.0.1, or set allow_unencrypted = true if you really mean it"
-                )));
-            }
-        }
-        let mut ip_allow = Vec::new();
-        for c in &l.ip_allow {
-            let net = c
-                .parse::<IpNet>()
-                .or_else(|_| c.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    ServerError::Config(format!(
-                        "ip_allow entry {c:?} is not a CIDR such as \"10.0.0.0/8\""
-                    ))
-                })?;
-            ip_allow.push(net);
-        }
+        // The same checks `keyhole check` and a reload run (config::listener).
+        let checked = crate::config::listener::check(&rt.listener, &rt.state_directory).map_err(
+            |problems| {
+                let all: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+                ServerError::Config(all.join("; "))
+            },
+        )?;
+        let (https, http, ip_allow) = (checked.https, checked.http, checked.ip_allow);
         let max_body = usize::try_from(rt.limits.max_envelope_size_kb.0)
             .unwrap_or(usize::MAX / 2048)
             .saturating_mul(1024);
