@@ -53,6 +53,16 @@ impl ConfigArg {
     }
 }
 
+#[derive(Args, Debug, Clone, Default)]
+pub struct DemoArgs {
+    /// HTTPS port on 127.0.0.1; 0 picks a free one (default: 5986, or a free port when 5986 is taken)
+    #[arg(long, value_name = "P")]
+    pub https_port: Option<u16>,
+    /// Plain HTTP port on 127.0.0.1; 0 picks a free one (default: 5985, or a free port when 5985 is taken)
+    #[arg(long, value_name = "P")]
+    pub http_port: Option<u16>,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct WhoArgs {
     /// Endpoint (configuration) name, as clients give -ConfigurationName
@@ -93,7 +103,7 @@ pub enum Command {
     /// Run the server in the foreground (SIGHUP or a changed file reloads; SIGTERM/Ctrl+C stops)
     Serve(ConfigArg),
     /// A loopback-only server on the shipped endpoints with a throwaway account, and the exact client commands to connect
-    Demo,
+    Demo(DemoArgs),
     /// Manage local accounts in users.toml (passwords are read from the terminal or stdin)
     #[command(subcommand)]
     User(UserCommand),
@@ -228,8 +238,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Capability { who, json, config } => cmd_capability(&config.path(), &who, json),
         Command::Run { who, config, line } => cmd_run(&config.path(), &who, &line.join(" ")),
         Command::Serve(c) => cmd_serve(&c.path()),
-        Command::Demo => {
-            crate::demo::run()?;
+        Command::Demo(d) => {
+            crate::demo::run(d.https_port, d.http_port)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::User(u) => cmd_user(u),

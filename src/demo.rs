@@ -157,20 +157,41 @@ pub fn snippets(demo: &DemoDir, s: &Started) -> String {
     out
 }
 
-/// `keyhole demo`.
-pub fn run() -> Result<(), DaemonError> {
-    daemon::init_logging();
-    let demo = prepare("127.0.0.1:5986", "127.0.0.1:5985")?;
+/// The ports `keyhole demo` tries when none is given (WinRM's).
+pub const DEFAULT_HTTPS_PORT: u16 = 5986;
+pub const DEFAULT_HTTP_PORT: u16 = 5985;
+
+/// Lay out and serve one demo configuration on 127.0.0.1 with these ports (0: a free port).
+fn serve_on(https: u16, http: u16) -> Result<(), DaemonError> {
+    let demo = prepare(&format!("127.0.0.1:{https}"), &format!("127.0.0.1:{http}"))?;
     let path = demo.dir.join("keyhole.toml");
     let cfg = daemon::load(&path)?;
-    let result = daemon::serve(&path, cfg, |s| println!("{}", snippets(&demo, s)));
-    if let Err(DaemonError::Server(crate::http::ServerError::Bind { .. })) = &result {
-        // The WinRM ports are taken: start again on free ports.
-        drop(demo);
-        let demo = prepare("127.0.0.1:0", "127.0.0.1:0")?;
-        let path = demo.dir.join("keyhole.toml");
-        let cfg = daemon::load(&path)?;
-        return daemon::serve(&path, cfg, |s| println!("{}", snippets(&demo, s)));
+    daemon::serve(&path, cfg, |s| println!("{}", snippets(&demo, s)))
+}
+
+/// `keyhole demo [--https-port P] [--http-port P]`: the ports given (0 = a free port); a port
+/// not given is WinRM's (5986/5985), or a free one when that is taken.
+pub fn run(https_port: Option<u16>, http_port: Option<u16>) -> Result<(), DaemonError> {
+    if let (Some(a), Some(b)) = (https_port, http_port) {
+        if a != 0 && a == b {
+            return Err(DaemonError::Io(std::io::Error::other(format!(
+                "--https-port and --http-port are both {a}: give two different ports (or 0 for a free one)"
+            ))));
+        }
+    }
+    daemon::init_logging();
+    let result = serve_on(
+        https_port.unwrap_or(DEFAULT_HTTPS_PORT),
+        http_port.unwrap_or(DEFAULT_HTTP_PORT),
+    );
+    let defaulted = https_port.is_none() || http_port.is_none();
+    if let Err(DaemonError::Server(crate::http::ServerError::Bind { addr, .. })) = &result {
+        if defaulted {
+            // A WinRM port is taken: the ports not chosen on the command line become free ones
+            // (a port that was chosen stays, and fails again if it was the one taken).
+            tracing::info!(address = %addr, "port taken; starting again on free ports");
+            return serve_on(https_port.unwrap_or(0), http_port.unwrap_or(0));
+        }
     }
     result
 }

@@ -1,5 +1,5 @@
 //! Golden tests against pypsrp's recordings of real Windows servers
-//! (`shared/reference/captures/pypsrp-raw/*.yml`):
+//! (`tests/golden/pypsrp-raw/*.yml`, copied from the pypsrp 0.9.1 sdist):
 //! 1. every client message and every Windows reply decodes (fragments, messages, CLIXML, and the
 //!    typed client messages: creationXml, CREATE_PIPELINE, GET_COMMAND_METADATA, input, ...);
 //! 2. replaying the client's requests into `PsrpShell` (with a fake engine that replays what
@@ -28,17 +28,9 @@ use keyhole::wsman::shell::{CommandRequest, CreateRequest, Shell, ShellError, Si
 use psrp_common::{FakeEngine, Step};
 use regex::Regex;
 
-/// `$KEYHOLE_CAPTURES`, else `shared/reference/captures` beside the crate or one of its parents
-/// (`$CARGO_MANIFEST_DIR/../shared/...` in the main checkout, one level more in a worktree).
+/// The recordings, kept in the repository (tests/golden/README.md says where they come from).
 fn captures_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("KEYHOLE_CAPTURES") {
-        return PathBuf::from(d).join("pypsrp-raw");
-    }
-    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    base.ancestors()
-        .map(|a| a.join("shared/reference/captures/pypsrp-raw"))
-        .find(|p| p.is_dir())
-        .unwrap_or_else(|| base.join("../shared/reference/captures/pypsrp-raw"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/pypsrp-raw")
 }
 
 /// The recordings this test replays (PSRP conversations; WinRS ones are the WinRS shell's).

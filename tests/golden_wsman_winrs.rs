@@ -1,5 +1,5 @@
 //! Golden tests: replay every client request recorded against Windows Server 2016 (pypsrp's
-//! WinRS recordings in shared/reference/captures/pypsrp-raw) into keyhole and check that each
+//! WinRS recordings in tests/golden/pypsrp-raw) into keyhole and check that each
 //! reply carries the elements and attributes the recorded Windows reply carries (the same
 //! Action, RelatesTo = the request's MessageID, the same fault subcode for faults).
 //!
@@ -24,15 +24,9 @@ struct Exchange {
     response: String,
 }
 
-/// `shared/` beside the repository (CI), or beside any ancestor (git worktrees).
+/// The recordings, kept in the repository (tests/golden/README.md says where they come from).
 fn captures_dir() -> PathBuf {
-    let rel = "shared/reference/captures/pypsrp-raw";
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    root.ancestors()
-        .skip(1)
-        .map(|a| a.join(rel))
-        .find(|p| p.is_dir())
-        .unwrap_or_else(|| panic!("no {rel} beside {} or any parent directory", root.display()))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/pypsrp-raw")
 }
 
 fn unquote(v: &str) -> String {

@@ -447,7 +447,7 @@ impl Invocation for WhereObject {
                 ErrorCategory::InvalidArgument,
             ));
         };
-        let left = obj.property(&prop).cloned().unwrap_or(Value::Null);
+        let left = obj.member(&prop).unwrap_or(Value::Null);
         let right = args.get("Value").cloned().unwrap_or(Value::Null);
         let keep = match ops.first() {
             None => truthy(&left),
@@ -595,7 +595,7 @@ fn sort_values(
         } else {
             props
                 .iter()
-                .map(|p| v.property(p).cloned().unwrap_or(Value::Null))
+                .map(|p| v.member(p).unwrap_or(Value::Null))
                 .collect()
         }
     };
@@ -1131,12 +1131,21 @@ fn members(v: &Value) -> Vec<PsObject> {
                 "System.Collections.ICollection Values {get;}".into(),
             ));
         }
-        Value::String(_) => out.push(member(
-            &tn,
-            "Length",
-            "Property",
-            "int Length {get;}".into(),
-        )),
+        // The .NET properties keyhole models (String's Length, DateTime's Year, ...).
+        Value::String(_) | Value::DateTime(_) | Value::TimeSpan(_) | Value::Array(_) => {
+            for n in v.member_names() {
+                let (kind, ty) = match (v, n.as_str()) {
+                    (Value::DateTime(_), "DateTime") => ("ScriptProperty", "System.Object".into()),
+                    _ => (
+                        "Property",
+                        v.member(&n)
+                            .map(|m| short_type_name(&m))
+                            .unwrap_or_default(),
+                    ),
+                };
+                out.push(member(&tn, &n, kind, format!("{ty} {n} {{get;}}")));
+            }
+        }
         _ => {}
     }
     let kind = |m: &PsObject| {

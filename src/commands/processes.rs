@@ -182,6 +182,17 @@ pub(crate) fn read_process(env: &ProcEnv, pid: i64) -> Option<ProcInfo> {
     o.push("ProcessName", stat.comm.as_str());
     o.push("Name", stat.comm.as_str());
     o.push("CPU", cpu);
+    // .NET's processor times (TimeSpans); CPU is TotalProcessorTime in seconds.
+    let times = |ticks: u64| {
+        let nanos = u32::try_from((ticks % tck) * 1_000_000_000 / tck).unwrap_or(0);
+        Value::TimeSpan(std::time::Duration::new(ticks / tck, nanos))
+    };
+    o.push(
+        "TotalProcessorTime",
+        times(stat.utime.saturating_add(stat.stime)),
+    );
+    o.push("UserProcessorTime", times(stat.utime));
+    o.push("PrivilegedProcessorTime", times(stat.stime));
     o.push("WorkingSet", ws);
     o.push("WorkingSet64", ws);
     o.push("WS", ws);
@@ -555,6 +566,15 @@ mod tests {
             Some(Value::DateTime(_))
         ));
         assert!(matches!(out[0].property("WorkingSet"), Some(Value::Int(n)) if *n > 0));
+        // The processor times are TimeSpans adding up as .NET's do.
+        let span = |n: &str| match out[0].property(n) {
+            Some(Value::TimeSpan(t)) => *t,
+            other => panic!("{n}: {other:?}"),
+        };
+        assert_eq!(
+            span("TotalProcessorTime"),
+            span("UserProcessorTime") + span("PrivilegedProcessorTime")
+        );
 
         let mut a = BoundArgs::default();
         a.set("Name", Value::from("no-such-process-xyz"));

@@ -755,14 +755,9 @@ struct SelectObject {
 
 /// Select-Object -Property on one object: a new PSCustomObject with those properties.
 pub fn select_properties(v: &Value, props: &[String], exclude: &[String]) -> Value {
-    let (available, type_name): (Vec<String>, String) = match v {
-        Value::Object(o) => (
-            o.properties.iter().map(|(k, _)| k.clone()).collect(),
-            o.type_name().to_string(),
-        ),
-        Value::Dict(d) => (d.iter().map(|(k, _)| k.clone()).collect(), v.type_name()),
-        other => (Vec::new(), other.type_name()),
-    };
+    // Objects' and dictionaries' own properties, or the .NET ones keyhole models (DateTime's
+    // Year, String's Length, ...).
+    let (available, type_name) = (v.member_names(), v.type_name());
     let patterns: Vec<String> = if props.is_empty() {
         vec!["*".to_string()]
     } else {
@@ -781,7 +776,7 @@ pub fn select_properties(v: &Value, props: &[String], exclude: &[String]) -> Val
         if exclude.iter().any(|e| wildcard::matches(e, &n, Mode::LIKE)) {
             continue;
         }
-        let val = v.property(&n).cloned().unwrap_or(Value::Null);
+        let val = v.member(&n).unwrap_or(Value::Null);
         o.push(&n, val);
     }
     let parts: Vec<String> = o
@@ -796,9 +791,9 @@ pub fn select_properties(v: &Value, props: &[String], exclude: &[String]) -> Val
 impl SelectObject {
     fn transform(&self, ctx: &mut Ctx<'_>, args: &BoundArgs, v: Value) -> Vec<Value> {
         if let Some(name) = args.string("ExpandProperty") {
-            return match v.property(&name) {
-                Some(Value::Array(items)) => items.clone(),
-                Some(x) => vec![x.clone()],
+            return match v.member(&name) {
+                Some(Value::Array(items)) => items,
+                Some(x) => vec![x],
                 None => {
                     ctx.write_error(
                         ErrorRecord::new(
@@ -997,8 +992,8 @@ impl Invocation for MeasureObject {
             } else {
                 props
                     .iter()
-                    .filter_map(|p| v.property(p))
-                    .map(Value::to_ps_string)
+                    .filter_map(|p| v.member(p))
+                    .map(|m| m.to_ps_string())
                     .collect()
             };
             for t in texts {
@@ -1024,13 +1019,9 @@ impl Invocation for MeasureObject {
             }
             return Ok(());
         }
-        let available: Vec<String> = match &v {
-            Value::Object(o) => o.properties.iter().map(|(k, _)| k.clone()).collect(),
-            Value::Dict(d) => d.iter().map(|(k, _)| k.clone()).collect(),
-            _ => Vec::new(),
-        };
+        let available = v.member_names();
         for p in resolve_props(&props, &available) {
-            let Some(pv) = v.property(&p).cloned() else {
+            let Some(pv) = v.member(&p) else {
                 continue;
             };
             if !self.stats.iter().any(|(n, _)| n.eq_ignore_ascii_case(&p)) {

@@ -168,6 +168,10 @@ pub fn service_object(u: &UnitInfo) -> Value {
     o.push("StartType", enum_value(START_TYPE, tname, tval));
     o.push("ServiceName", u.name());
     o.push("CanStop", sval == 4);
+    // ServiceController's other flags: systemd units are never paused; "." is this machine.
+    o.push("CanPauseAndContinue", false);
+    o.push("CanShutdown", false);
+    o.push("MachineName", ".");
     o.push("UnitName", u.id.as_str());
     o.push("ActiveState", u.active_state.as_str());
     o.push("SubState", u.sub_state.as_str());
@@ -733,6 +737,8 @@ Id=cron.service\nDescription=Regular background program processing daemon=with e
         let v = service_object(&u[0]);
         assert_eq!(v.type_name(), "System.ServiceProcess.ServiceController");
         assert_eq!(v.property("Name"), Some(&Value::from("ssh")));
+        assert_eq!(v.property("CanPauseAndContinue"), Some(&Value::Bool(false)));
+        assert_eq!(v.property("MachineName"), Some(&Value::from(".")));
         assert_eq!(
             v.property("DisplayName"),
             Some(&Value::from("OpenBSD Secure Shell server"))

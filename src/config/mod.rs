@@ -4,6 +4,7 @@
 
 pub mod diag;
 pub mod edit;
+pub mod listener;
 mod load;
 mod types;
 pub mod validate;

@@ -688,6 +688,7 @@ fn account_problem(run_as: &str) -> Option<(Severity, String)> {
 /// Run every semantic check; diagnostics go to `ctx`.
 pub(crate) fn validate(ctx: &mut Ctx, cfg: &LoadedConfig) {
     validate_server(ctx, cfg);
+    validate_audit_log(ctx, cfg);
 
     let declared_anywhere: BTreeSet<String> = cfg
         .capabilities
@@ -877,80 +878,70 @@ pub(crate) fn validate(ctx: &mut Ctx, cfg: &LoadedConfig) {
     validate_users(ctx, cfg);
 }
 
+/// keyhole.toml's `[listener]`: exactly what `serve` checks before it binds
+/// ([`super::listener::check`]), each problem located at its setting.
 fn validate_server(ctx: &mut Ctx, cfg: &LoadedConfig) {
-    let s = &cfg.server;
     let file = cfg.path.as_path();
-    for (k, v) in [("https", &s.listener.https), ("http", &s.listener.http)] {
-        if !v.is_empty() && v.parse::<std::net::SocketAddr>().is_err() {
-            ctx.err(file, &tpath!["listener", k], format!("listener.{k} = {v:?} is not an address:port like \"127.0.0.1:5986\" or \"[::]:5986\" (\"\" disables it)"));
+    let l = super::listener::resolved(&cfg.server.listener, |p| cfg.resolve(p));
+    let state_dir = cfg.resolve(&cfg.server.state_directory);
+    let Err(problems) = super::listener::check(&l, &state_dir) else {
+        return;
+    };
+    for p in problems {
+        let mut at = p.setting.toml_path();
+        // A setting left at its default is not in the file: point at what needs it instead
+        // (the https listener needs the self-signed pair; the [listener] table otherwise).
+        let located = |at: &[Seg]| ctx.source(file).and_then(|s| s.span(at, false)).is_some();
+        if !located(&at) {
+            let https = tpath!["listener", "https"];
+            at = if p.setting == super::listener::Setting::StateDirectory && located(&https) {
+                https
+            } else {
+                tpath!["listener"]
+            };
         }
-    }
-    for (i, cidr) in s.listener.ip_allow.iter().enumerate() {
-        let ok = cidr.parse::<ipnet::IpNet>().is_ok() || cidr.parse::<std::net::IpAddr>().is_ok();
-        if !ok {
-            ctx.err(
-                file,
-                &tpath!["listener", "ip_allow", i],
-                format!("{cidr:?} is not an address or CIDR range (e.g. \"10.0.0.0/8\")"),
-            );
-        }
-    }
-    let cert = &s.listener.tls_certificate;
-    let key = &s.listener.tls_private_key;
-    if cert.is_empty() != key.is_empty() {
-        ctx.err(file, &tpath!["listener", if cert.is_empty() { "tls_private_key" } else { "tls_certificate" }], "tls_certificate and tls_private_key go together: set both, or neither (a self-signed pair is generated)");
-    }
-    for (k, v, is_key) in [
-        ("tls_certificate", cert, false),
-        ("client_ca", &s.listener.client_ca, false),
-        ("tls_private_key", key, true),
-    ] {
-        if v.is_empty() {
-            continue;
-        }
-        if let Some(msg) = pem_problem(&cfg.resolve(v), is_key) {
-            ctx.err(file, &tpath!["listener", k], msg);
-        }
-    }
-    if s.listener.require_client_certificate && s.listener.client_ca.is_empty() {
-        ctx.err(file, &tpath!["listener", "require_client_certificate"], "require_client_certificate needs client_ca (the PEM bundle client certificates are checked against)");
-    }
-    if s.listener.https.is_empty() && s.listener.http.is_empty() {
-        ctx.at(
-            Severity::Warning,
-            file,
-            &tpath!["listener"],
-            false,
-            "both listeners are disabled: `keyhole serve` will not accept connections",
-        );
+        ctx.err(file, &at, p.message);
     }
 }
 
-fn pem_problem(path: &Path, is_key: bool) -> Option<String> {
-    let data = match super::read_regular_file(path, super::MAX_PEM_BYTES) {
-        Ok(Some(d)) => d,
-        Ok(None) => {
-            return Some(format!(
-                "{} cannot be read: it does not exist",
-                path.display()
-            ))
+/// `audit_log`: `serve` creates its directory (0700) and opens it for appending without
+/// following a symbolic link, restricting it to 0600; anything that would stop that stops
+/// `serve` from starting.
+fn validate_audit_log(ctx: &mut Ctx, cfg: &LoadedConfig) {
+    if cfg.server.audit_log.is_empty() {
+        return;
+    }
+    let path = cfg.resolve(&cfg.server.audit_log);
+    if let Some(msg) = audit_log_problem(&path) {
+        ctx.err(&cfg.path, &tpath!["audit_log"], msg);
+    }
+}
+
+fn audit_log_problem(path: &Path) -> Option<String> {
+    use nix::unistd::{access, AccessFlags};
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Some(format!(
+            "audit log {shown} is a symbolic link: keyhole never follows one to its audit log; name the file itself"
+        )),
+        Ok(m) if !m.is_file() => Some(format!(
+            "audit log {shown} is not a regular file; name a file (it is created if missing)"
+        )),
+        Ok(m) => {
+            if let Err(e) = access(path, AccessFlags::W_OK) {
+                return Some(format!("audit log {shown} is not writable: {e}"));
+            }
+            let me = nix::unistd::geteuid();
+            if m.mode() & 0o077 != 0 && !me.is_root() && m.uid() != me.as_raw() {
+                return Some(format!(
+                    "audit log {shown} is readable by others and belongs to another account: keyhole cannot restrict it to 0600"
+                ));
+            }
+            None
         }
-        Err(e) => return Some(format!("{} cannot be read: {e}", path.display())),
-    };
-    let mut rd = std::io::BufReader::new(data.as_slice());
-    if is_key {
-        match rustls_pemfile::private_key(&mut rd) {
-            Ok(Some(_)) => None,
-            Ok(None) => Some(format!("{} holds no PEM private key", path.display())),
-            Err(e) => Some(format!("{} is not valid PEM: {e}", path.display())),
-        }
-    } else {
-        let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut rd).collect();
-        match certs {
-            Ok(c) if c.is_empty() => Some(format!("{} holds no PEM certificate", path.display())),
-            Ok(_) => None,
-            Err(e) => Some(format!("{} is not valid PEM: {e}", path.display())),
-        }
+        Err(_) => super::listener::creatable(path)
+            .err()
+            .map(|m| format!("audit log {shown} cannot be created: {m}")),
     }
 }
 

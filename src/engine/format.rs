@@ -172,6 +172,19 @@ impl Formatter {
         }
     }
 
+    /// Whether a DateTime, TimeSpan or string shows as its modelled properties: a TimeSpan
+    /// always (PowerShell's default list view), a DateTime under Format-List or a chosen
+    /// -Property, a string only under a chosen -Property (`Format-Table Length`).
+    fn member_view(&self, v: &Value) -> bool {
+        let chosen = self.forced.as_ref().is_some_and(|f| f.props.is_some());
+        let list = self.forced.as_ref().is_some_and(|f| !f.table);
+        match v {
+            Value::TimeSpan(_) => true,
+            Value::DateTime(_) => chosen || list,
+            _ => chosen,
+        }
+    }
+
     /// Text for this value (may include a table header).
     pub fn push(&mut self, v: &Value) -> String {
         let mut out = String::new();
@@ -196,6 +209,13 @@ impl Formatter {
                 }
             }
             Value::Object(o) => self.object(o, out),
+            v @ (Value::TimeSpan(_) | Value::DateTime(_) | Value::String(_))
+                if self.member_view(v) =>
+            {
+                if let Some(o) = v.members_object() {
+                    self.object(&o, out);
+                }
+            }
             Value::DateTime(d) => {
                 self.close(out);
                 out.push_str(&long_date(d));

@@ -79,9 +79,14 @@ impl PsObject {
             .map(String::as_str)
             .unwrap_or("System.Management.Automation.PSCustomObject")
     }
+    /// A property bag (PSCustomObject, or what Select-Object makes: `Selected.<type>` over
+    /// PSCustomObject): its properties are note properties, serialized as `<MS>` as Windows does.
     pub fn is_custom(&self) -> bool {
         self.type_names.is_empty()
-            || self.type_name() == "System.Management.Automation.PSCustomObject"
+            || self
+                .type_names
+                .iter()
+                .any(|t| t == "System.Management.Automation.PSCustomObject")
     }
     pub fn into_value(self) -> Value {
         Value::Object(Box::new(self))
@@ -103,6 +108,61 @@ impl Value {
             _ => None,
         }
     }
+    /// A property as PowerShell reads it (`Select-Object`, `Where-Object`, `Sort-Object`,
+    /// `Measure-Object`, `Format-*`): an object's property or a dictionary's key, else one of the
+    /// .NET properties keyhole models for String, DateTime, TimeSpan and arrays (see
+    /// [`Value::member_names`]). Case-insensitive. Owned: most of them are computed.
+    pub fn member(&self, name: &str) -> Option<Value> {
+        match self {
+            Value::Object(_) | Value::Dict(_) => self.property(name).cloned(),
+            Value::String(s) if name.eq_ignore_ascii_case("Length") => {
+                Some(Value::from(s.encode_utf16().count() as u64))
+            }
+            Value::Array(items)
+                if ["Count", "Length"]
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name)) =>
+            {
+                Some(Value::from(items.len() as u64))
+            }
+            Value::DateTime(d) => datetime_member(d, name),
+            Value::TimeSpan(t) => timespan_member(*t, name),
+            _ => None,
+        }
+    }
+
+    /// The property names `Select-Object *`, wildcards and `Format-List` see, in order.
+    pub fn member_names(&self) -> Vec<String> {
+        let names: &[&str] = match self {
+            Value::Object(o) => return o.properties.iter().map(|(k, _)| k.clone()).collect(),
+            Value::Dict(d) => return d.iter().map(|(k, _)| k.clone()).collect(),
+            Value::String(_) => &["Length"],
+            Value::Array(_) => &["Count", "Length"],
+            Value::DateTime(_) => DATETIME_PROPERTIES,
+            Value::TimeSpan(_) => TIMESPAN_PROPERTIES,
+            _ => &[],
+        };
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// A DateTime or TimeSpan as an object with its modelled properties (how `Format-List`
+    /// and a TimeSpan's default list view show it). None for other values.
+    pub fn members_object(&self) -> Option<PsObject> {
+        if !matches!(
+            self,
+            Value::DateTime(_) | Value::TimeSpan(_) | Value::String(_)
+        ) {
+            return None;
+        }
+        let mut o = PsObject::new(&self.type_name());
+        for n in self.member_names() {
+            let v = self.member(&n).unwrap_or(Value::Null);
+            o.push(&n, v);
+        }
+        o.to_string = Some(self.to_ps_string());
+        Some(o)
+    }
+
     /// The .NET type name PowerShell reports for this value.
     pub fn type_name(&self) -> String {
         match self {
@@ -161,6 +221,139 @@ impl Value {
             },
         }
     }
+}
+
+/// The System.DateTime properties keyhole models, in the order `Get-Date | Select-Object *`
+/// shows them (`DateTime` is PowerShell's script property: the long date and time).
+pub const DATETIME_PROPERTIES: &[&str] = &[
+    "DateTime",
+    "Date",
+    "Day",
+    "DayOfWeek",
+    "DayOfYear",
+    "Hour",
+    "Kind",
+    "Millisecond",
+    "Minute",
+    "Month",
+    "Second",
+    "Ticks",
+    "TimeOfDay",
+    "Year",
+];
+
+/// The System.TimeSpan properties, in the order PowerShell's default list view shows them.
+pub const TIMESPAN_PROPERTIES: &[&str] = &[
+    "Days",
+    "Hours",
+    "Minutes",
+    "Seconds",
+    "Milliseconds",
+    "Ticks",
+    "TotalDays",
+    "TotalHours",
+    "TotalMinutes",
+    "TotalSeconds",
+    "TotalMilliseconds",
+];
+
+/// .NET ticks (100 ns) per second.
+const TICKS_PER_SECOND: i64 = 10_000_000;
+
+fn enum_of(type_name: &str, name: &str, value: i64) -> Value {
+    Value::Enum(EnumValue {
+        type_names: vec![
+            type_name.to_string(),
+            "System.Enum".to_string(),
+            "System.ValueType".to_string(),
+            "System.Object".to_string(),
+        ],
+        name: name.to_string(),
+        value,
+    })
+}
+
+/// One System.DateTime property. Dates keep the offset they were made with; .NET sees them as
+/// local times (`Kind` Local), which is also how it deserializes them from CLIXML.
+fn datetime_member(d: &DateTime<FixedOffset>, name: &str) -> Option<Value> {
+    use chrono::{Datelike, Timelike};
+    let canonical = DATETIME_PROPERTIES
+        .iter()
+        .find(|n| n.eq_ignore_ascii_case(name))?;
+    let nanos = d.nanosecond() % 1_000_000_000;
+    let since_midnight = std::time::Duration::new(u64::from(d.num_seconds_from_midnight()), nanos);
+    Some(match *canonical {
+        "DateTime" => Value::String(crate::engine::format::long_date(d)),
+        "Date" => Value::DateTime(
+            d.with_hour(0)
+                .and_then(|x| x.with_minute(0))
+                .and_then(|x| x.with_second(0))
+                .and_then(|x| x.with_nanosecond(0))?,
+        ),
+        "Day" => Value::Int(i64::from(d.day())),
+        "DayOfWeek" => {
+            let n = i64::from(d.weekday().num_days_from_sunday());
+            let name = match n {
+                0 => "Sunday",
+                1 => "Monday",
+                2 => "Tuesday",
+                3 => "Wednesday",
+                4 => "Thursday",
+                5 => "Friday",
+                _ => "Saturday",
+            };
+            enum_of("System.DayOfWeek", name, n)
+        }
+        "DayOfYear" => Value::Int(i64::from(d.ordinal())),
+        "Hour" => Value::Int(i64::from(d.hour())),
+        "Kind" => enum_of("System.DateTimeKind", "Local", 2),
+        "Millisecond" => Value::Int(i64::from(nanos / 1_000_000)),
+        "Minute" => Value::Int(i64::from(d.minute())),
+        "Month" => Value::Int(i64::from(d.month())),
+        "Second" => Value::Int(i64::from(d.second())),
+        "Ticks" => {
+            // Ticks of the clock time shown (not of UTC), from 0001-01-01 00:00:00.
+            let epoch = chrono::NaiveDate::from_ymd_opt(1, 1, 1)?.and_hms_opt(0, 0, 0)?;
+            let since = d.naive_local().signed_duration_since(epoch);
+            let ticks = since
+                .num_seconds()
+                .checked_mul(TICKS_PER_SECOND)?
+                .checked_add(i64::from(since.subsec_nanos() / 100))?;
+            Value::Int(ticks)
+        }
+        "TimeOfDay" => Value::TimeSpan(since_midnight),
+        "Year" => Value::Int(i64::from(d.year())),
+        _ => return None,
+    })
+}
+
+/// One System.TimeSpan property.
+fn timespan_member(t: std::time::Duration, name: &str) -> Option<Value> {
+    let canonical = TIMESPAN_PROPERTIES
+        .iter()
+        .find(|n| n.eq_ignore_ascii_case(name))?;
+    let secs = t.as_secs();
+    let total = t.as_secs_f64();
+    let int = |v: u64| Value::from(v);
+    Some(match *canonical {
+        "Days" => int(secs / 86_400),
+        "Hours" => int(secs % 86_400 / 3600),
+        "Minutes" => int(secs % 3600 / 60),
+        "Seconds" => int(secs % 60),
+        "Milliseconds" => int(u64::from(t.subsec_millis())),
+        "Ticks" => Value::Int(
+            i64::try_from(secs)
+                .ok()?
+                .checked_mul(TICKS_PER_SECOND)?
+                .checked_add(i64::from(t.subsec_nanos() / 100))?,
+        ),
+        "TotalDays" => Value::Double(total / 86_400.0),
+        "TotalHours" => Value::Double(total / 3600.0),
+        "TotalMinutes" => Value::Double(total / 60.0),
+        "TotalSeconds" => Value::Double(total),
+        "TotalMilliseconds" => Value::Double(total * 1000.0),
+        _ => return None,
+    })
 }
 
 /// PowerShell prints doubles with up to 15 significant digits and no trailing zeros.
@@ -272,6 +465,104 @@ impl From<DateTime<FixedOffset>> for Value {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datetime_has_the_dotnet_properties() {
+        let d = DateTime::parse_from_rfc3339("2024-02-29T13:14:15.1234567+01:00").unwrap();
+        let v = Value::DateTime(d);
+        let int = |n: &str| match v.member(n) {
+            Some(Value::Int(i)) => i,
+            other => panic!("{n}: {other:?}"),
+        };
+        assert_eq!(int("Year"), 2024);
+        assert_eq!(int("year"), 2024, "names are case-insensitive");
+        assert_eq!(int("Month"), 2);
+        assert_eq!(int("Day"), 29);
+        assert_eq!(int("Hour"), 13);
+        assert_eq!(int("Minute"), 14);
+        assert_eq!(int("Second"), 15);
+        assert_eq!(int("Millisecond"), 123);
+        assert_eq!(int("DayOfYear"), 60);
+        // .NET: new DateTime(2024, 2, 29, 13, 14, 15).Ticks + 1234567
+        assert_eq!(int("Ticks"), 638_448_092_551_234_567);
+        match v.member("DayOfWeek") {
+            Some(Value::Enum(e)) => {
+                assert_eq!((e.name.as_str(), e.value), ("Thursday", 4));
+                assert_eq!(e.type_names[0], "System.DayOfWeek");
+            }
+            other => panic!("{other:?}"),
+        }
+        match v.member("Kind") {
+            Some(Value::Enum(e)) => assert_eq!((e.name.as_str(), e.value), ("Local", 2)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            v.member("Date"),
+            Some(Value::DateTime(
+                DateTime::parse_from_rfc3339("2024-02-29T00:00:00+01:00").unwrap()
+            ))
+        );
+        assert_eq!(
+            v.member("TimeOfDay"),
+            Some(Value::TimeSpan(std::time::Duration::new(
+                47_655,
+                123_456_700
+            )))
+        );
+        assert_eq!(
+            v.member("DateTime").unwrap().to_ps_string(),
+            "Thursday, February 29, 2024 1:14:15 PM"
+        );
+        assert_eq!(v.member("Nope"), None);
+        assert_eq!(v.member_names().len(), DATETIME_PROPERTIES.len());
+        for n in v.member_names() {
+            assert!(v.member(&n).is_some(), "{n}");
+        }
+    }
+
+    #[test]
+    fn timespan_string_and_array_properties() {
+        let t = Value::TimeSpan(std::time::Duration::from_millis(93_784_500));
+        let get = |n: &str| t.member(n).unwrap();
+        assert_eq!(get("Days"), Value::Int(1));
+        assert_eq!(get("Hours"), Value::Int(2));
+        assert_eq!(get("Minutes"), Value::Int(3));
+        assert_eq!(get("Seconds"), Value::Int(4));
+        assert_eq!(get("Milliseconds"), Value::Int(500));
+        assert_eq!(get("Ticks"), Value::Int(937_845_000_000));
+        assert_eq!(get("TotalSeconds"), Value::Double(93_784.5));
+        assert_eq!(get("TotalMilliseconds"), Value::Double(93_784_500.0));
+        assert_eq!(
+            format_double(match get("TotalHours") {
+                Value::Double(d) => d,
+                _ => unreachable!(),
+            }),
+            "26.05125"
+        );
+        // .NET strings count UTF-16 code units.
+        assert_eq!(Value::from("héllo ✓").member("length"), Some(Value::Int(7)));
+        assert_eq!(Value::from("😀").member("Length"), Some(Value::Int(2)));
+        let a = Value::Array(vec![1.into(), 2.into()]);
+        assert_eq!(a.member("Count"), Some(Value::Int(2)));
+        assert_eq!(Value::Int(5).member("Length"), None);
+        // An object's own property wins; other names are not invented.
+        let o = PsObject::new("T").with("Length", "own").into_value();
+        assert_eq!(o.member("length"), Some(Value::from("own")));
+        assert_eq!(o.member("Count"), None);
+    }
+
+    #[test]
+    fn selected_objects_are_property_bags() {
+        let mut o = PsObject::default();
+        assert!(o.is_custom());
+        o.type_names = vec![
+            "Selected.System.DateTime".into(),
+            "System.Management.Automation.PSCustomObject".into(),
+            "System.Object".into(),
+        ];
+        assert!(o.is_custom());
+        assert!(!PsObject::new("System.Diagnostics.Process").is_custom());
+    }
 
     #[test]
     fn doubles_print_as_powershell_does() {

@@ -120,17 +120,6 @@ pub fn local_hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-fn parse_addr(what: &str, s: &str) -> Result<Option<SocketAddr>, ServerError> {
-    if s.trim().is_empty() {
-        return Ok(None);
-    }
-    s.trim().parse::<SocketAddr>().map(Some).map_err(|_| {
-        ServerError::Config(format!(
-            "{what} = {s:?} is not an address:port such as \"127.0.0.1:5986\" or \"[::]:5986\""
-        ))
-    })
-}
-
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6
@@ -168,34 +157,14 @@ impl Server {
         rt: ServerRuntime,
         gate: Arc<dyn Authenticate>,
     ) -> Result<Server, ServerError> {
-        let l = &rt.listener;
-        let https = parse_addr("https", &l.https)?;
-        let http = parse_addr("http", &l.http)?;
-        if https.is_none() && http.is_none() {
-            return Err(ServerError::Config(
-                "both https and http are disabled (\"\"); enable at least one".into(),
-            ));
-        }
-        if let Some(a) = http {
-            if !a.ip().is_loopback() && !l.allow_unencrypted {
-                return Err(ServerError::Config(format!(
-                    "http = \"{a}\" is not a loopback address: plain HTTP would send passwords in clear text. \
-                     Use https, bind http to 127.0.0.1, or set allow_unencrypted = true if you really mean it"
-                )));
-            }
-        }
-        let mut ip_allow = Vec::new();
-        for c in &l.ip_allow {
-            let net = c
-                .parse::<IpNet>()
-                .or_else(|_| c.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    ServerError::Config(format!(
-                        "ip_allow entry {c:?} is not a CIDR such as \"10.0.0.0/8\""
-                    ))
-                })?;
-            ip_allow.push(net);
-        }
+        // The same checks `keyhole check` and a reload run (config::listener).
+        let checked = crate::config::listener::check(&rt.listener, &rt.state_directory).map_err(
+            |problems| {
+                let all: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+                ServerError::Config(all.join("; "))
+            },
+        )?;
+        let (https, http, ip_allow) = (checked.https, checked.http, checked.ip_allow);
         let max_body = usize::try_from(rt.limits.max_envelope_size_kb.0)
             .unwrap_or(usize::MAX / 2048)
             .saturating_mul(1024);

@@ -11,8 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{ServerError, ServerRuntime};
 
-pub const SELF_SIGNED_CERT: &str = "keyhole-tls-cert.pem";
-pub const SELF_SIGNED_KEY: &str = "keyhole-tls-key.pem";
+pub use crate::config::listener::{SELF_SIGNED_CERT, SELF_SIGNED_KEY};
 
 /// `AB:CD:...` SHA-256 of a DER certificate, as administrators compare fingerprints.
 pub fn certificate_fingerprint(der: &[u8]) -> String {
@@ -33,40 +32,12 @@ pub fn self_signed_fingerprint(state_directory: &Path) -> Result<Option<String>,
     Ok(certs.first().map(|c| certificate_fingerprint(c.as_ref())))
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, ServerError> {
-    let err = |source| ServerError::File {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    crate::config::read_regular_file(path, crate::config::MAX_PEM_BYTES)
-        .map_err(err)?
-        .ok_or_else(|| err(std::io::Error::from(std::io::ErrorKind::NotFound)))
-}
-
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> {
-    let data = read_file("reading certificate", path)?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
-    let certs = certs.map_err(|e| {
-        ServerError::Tls(format!(
-            "{}: not a PEM certificate file: {e}",
-            path.display()
-        ))
-    })?;
-    if certs.is_empty() {
-        return Err(ServerError::Tls(format!(
-            "{}: no PEM certificate found",
-            path.display()
-        )));
-    }
-    Ok(certs)
+    crate::config::listener::load_certs(path).map_err(ServerError::Tls)
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ServerError> {
-    let data = read_file("reading private key", path)?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| ServerError::Tls(format!("{}: not a PEM private key: {e}", path.display())))?
-        .ok_or_else(|| ServerError::Tls(format!("{}: no PEM private key found", path.display())))
+    crate::config::listener::load_key(path).map_err(ServerError::Tls)
 }
 
 /// Load the configured certificate, or the self-signed one in `state_directory` (generated on
@@ -188,41 +159,8 @@ fn generate_self_signed(
 
 pub(super) fn tls_acceptor(rt: &ServerRuntime) -> Result<(TlsAcceptor, String), ServerError> {
     let (certs, key, fp) = load_or_generate_certificate(rt)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
-    let l = &rt.listener;
-    let verifier = if l.client_ca.is_empty() {
-        if l.require_client_certificate {
-            return Err(ServerError::Config("require_client_certificate = true needs client_ca (a PEM bundle of the CAs that issue client certificates)".into()));
-        }
-        rustls::server::WebPkiClientVerifier::no_client_auth()
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(Path::new(&l.client_ca))? {
-            roots
-                .add(c)
-                .map_err(|e| ServerError::Tls(format!("client_ca {}: {e}", l.client_ca)))?;
-        }
-        let b =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-        let b = if l.require_client_certificate {
-            b
-        } else {
-            b.allow_unauthenticated()
-        };
-        b.build()
-            .map_err(|e| ServerError::Tls(format!("client_ca {}: {e}", l.client_ca)))?
-    };
-    let mut cfg = builder
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            ServerError::Tls(format!(
-                "certificate and private key do not match or are unusable: {e}"
-            ))
-        })?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The same rustls configuration `keyhole check` builds (config::listener).
+    let cfg = crate::config::listener::server_tls_config(certs, key, &rt.listener)
+        .map_err(|p| ServerError::Tls(p.message))?;
     Ok((TlsAcceptor::from(Arc::new(cfg)), fp))
 }

@@ -60,6 +60,24 @@ timeout = "60s"
 """ % (SEQ_COUNT, SEQ_COUNT)
 
 
+# An endpoint for the object-model tests (issue 11 item 3): the object cmdlets with Get-Date and
+# Write-Output, which the shipped roles do not grant. helpdesk → Objects.
+OBJECTS_ENDPOINT = """name = "Objects"
+description = "Object cmdlets (interop tests: DateTime, String and selected objects)"
+session_type = "restricted-remote-server"
+language_mode = "no-language"
+run_as = "nobody"
+
+[[role]]
+group = "helpdesk"
+role_capabilities = ["ObjectCmdlets"]
+"""
+OBJECTS_ROLE = """description = "Object cmdlets and the values to shape with them"
+visible_cmdlets = ["Get-Date", "Write-Output", "Select-Object", "Where-Object", "Sort-Object",
+                   "Measure-Object", "Get-Member", "Get-Uptime"]
+"""
+
+
 def keyhole_bin():
     exe = os.environ.get("KEYHOLE_BIN")
     if exe:
@@ -244,6 +262,8 @@ def _layout(dirpath, pam):
                    'visible_functions = ["Get-DiskUsage", "Get-Numbers"]', t)
     assert n == 1, "Diagnostics.toml changed shape: cannot add Get-Numbers"
     diag.write_text(t + DIAGNOSTICS_EXTRA)
+    (dirpath / "endpoints" / "Objects.toml").write_text(OBJECTS_ENDPOINT)
+    (dirpath / "role-capabilities" / "ObjectCmdlets.toml").write_text(OBJECTS_ROLE)
 
 
 def _read_addresses(proc, timeout):
@@ -281,6 +301,8 @@ def server(request, pam_account):
          "--configuration", "Helpdesk", "--name", "helpdesk to Helpdesk")
     _run(exe, cfg, "rule", "add", "--user-group", "acme-vendor", "--computer", "*",
          "--configuration", "Vendor", "--name", "vendor to Vendor")
+    _run(exe, cfg, "rule", "add", "--user-group", "helpdesk", "--computer", "*",
+         "--configuration", "Objects", "--name", "helpdesk to Objects")
     check = subprocess.run([exe, "check", "--config", str(cfg)], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, timeout=60)
     assert check.returncode == 0, "keyhole check refused the test configuration:\n" + check.stdout

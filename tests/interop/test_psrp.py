@@ -171,6 +171,88 @@ def test_two_pipelines_in_one_pool(pool):
     assert not again.had_errors
 
 
+# --- Windows objects: DateTime, String, selected objects (issue 11 item 3) ------------------------
+
+OBJECTS = "Objects"  # conftest: Get-Date, Write-Output and the object cmdlets, for helpdesk
+
+
+@pytest.fixture
+def objects_pool(wsman):
+    with RunspacePool(wsman, configuration_name=OBJECTS) as p:
+        yield p
+
+
+def test_get_date_select_year_is_the_year_as_a_note_property(objects_pool):
+    before = time.localtime().tm_year
+    ps = PowerShell(objects_pool).add_cmdlet("Get-Date").add_cmdlet("Select-Object").add_parameter("Property", "Year")
+    out = ps.invoke()
+    after = time.localtime().tm_year
+    assert not ps.had_errors, error_text(ps.streams.error)
+    assert len(out) == 1, out
+    o = out[0]
+    # Windows: a Selected.* object's properties are note properties, serialized in <MS>, so
+    # pypsrp puts them in extended_properties (and nothing in adapted_properties).
+    assert o.types[:3] == ["Selected.System.DateTime", "System.Management.Automation.PSCustomObject",
+                           "System.Object"], o.types
+    assert o.extended_properties["Year"] in (before, after), o.extended_properties
+    assert list(o.extended_properties) == ["Year"], o.extended_properties
+    assert not o.adapted_properties, o.adapted_properties
+
+
+def test_get_date_select_year_through_execute_ps(server):
+    out, streams, had_errors = make_client(server).execute_ps(
+        "Get-Date -Date 2024-02-29T13:14:15 | Select-Object -Property Year", configuration_name=OBJECTS)
+    assert not had_errors, error_text(streams.error)
+    assert re.search(r"Year\s*\n\s*-+\s*\n\s*2024\b", out), out
+
+
+def test_datetime_properties_arrive_as_dotnet_names_them(objects_pool):
+    ps = PowerShell(objects_pool).add_script(
+        "Get-Date -Date 2024-02-29T13:14:15 | "
+        "Select-Object Year,Month,Day,Hour,Minute,Second,Millisecond,DayOfWeek,DayOfYear,Ticks,Kind")
+    out = ps.invoke()
+    assert not ps.had_errors, error_text(ps.streams.error)
+    p = out[0].extended_properties
+    assert [p[k] for k in ("Year", "Month", "Day", "Hour", "Minute", "Second", "Millisecond", "DayOfYear")] \
+        == [2024, 2, 29, 13, 14, 15, 0, 60], p
+    assert p["Ticks"] == 638448092550000000, p  # [datetime]'2024-02-29T13:14:15' | % Ticks
+    assert str(p["DayOfWeek"]) == "Thursday", p
+    assert "System.DayOfWeek" in p["DayOfWeek"].types, p["DayOfWeek"].types
+    assert str(p["Kind"]) == "Local", p
+
+
+def test_string_length_where_object_returns_bb(objects_pool):
+    ps = PowerShell(objects_pool).add_script("Write-Output a,bb | Where-Object Length -gt 1")
+    out = ps.invoke()
+    assert not ps.had_errors, error_text(ps.streams.error)
+    assert out == ["bb"], out
+    # The same as a structured pipeline (what PowerShell's own client sends).
+    ps = (PowerShell(objects_pool)
+          .add_cmdlet("Write-Output").add_parameter("InputObject", ["a", "bb", "ccc"])
+          .add_cmdlet("Where-Object").add_parameter("Property", "Length").add_parameter("Value", 2)
+          .add_parameter("GE"))
+    out = ps.invoke()
+    assert not ps.had_errors, error_text(ps.streams.error)
+    assert out == ["bb", "ccc"], out
+
+
+def test_selected_process_properties_are_extended_not_adapted(pool):
+    pid = os.getpid()
+    ps = (PowerShell(pool).add_cmdlet("Get-Process").add_parameter("Id", pid)
+          .add_cmdlet("Select-Object").add_parameter("Property", ["Id", "ProcessName"]))
+    out = ps.invoke()
+    assert not ps.had_errors, error_text(ps.streams.error)
+    o = out[0]
+    assert o.types[0] == "Selected.System.Diagnostics.Process", o.types
+    assert o.extended_properties["Id"] == pid, o.extended_properties
+    assert "python" in o.extended_properties["ProcessName"], o.extended_properties
+    assert not o.adapted_properties, o.adapted_properties
+    # The process object itself stays a .NET object: adapted properties.
+    ps = PowerShell(pool).add_cmdlet("Get-Process").add_parameter("Id", pid)
+    full = ps.invoke()[0]
+    assert full.adapted_properties["Id"] == pid and not full.extended_properties
+
+
 # --- limits and gates -----------------------------------------------------------------------------
 
 def test_a_fourth_pool_for_the_same_user_is_refused(server):

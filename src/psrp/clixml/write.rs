@@ -405,6 +405,32 @@ mod tests {
     }
 
     #[test]
+    fn selected_objects_carry_note_properties_as_windows_does() {
+        // Windows (test_psrp_get_command_metadata): a Selected.* object's properties are notes
+        // in <MS>; a .NET object's are adapted, in <Props>.
+        let mut sel = PsObject::custom().with("Year", 2024);
+        sel.type_names = vec![
+            "Selected.System.DateTime".into(),
+            "System.Management.Automation.PSCustomObject".into(),
+            "System.Object".into(),
+        ];
+        let mut w = Writer::new();
+        w.value(None, &sel.into_value());
+        let s = w.finish();
+        assert!(s.contains("<T>Selected.System.DateTime</T><T>System.Management.Automation.PSCustomObject</T><T>System.Object</T></TN>"), "{s}");
+        assert!(
+            s.ends_with("<MS><I32 N=\"Year\">2024</I32></MS></Obj>"),
+            "{s}"
+        );
+        assert!(!s.contains("<Props>"), "{s}");
+        let typed = PsObject::new("System.Diagnostics.Process").with("Id", 1);
+        let mut w = Writer::new();
+        w.value(None, &typed.into_value());
+        let s = w.finish();
+        assert!(s.contains("<Props><I32 N=\"Id\">1</I32></Props>"), "{s}");
+    }
+
+    #[test]
     fn enum_shape() {
         let e = EnumValue {
             type_names: vec![
