@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: PAM headers and libclang for the pam crate's bindings (auth), ping (Test-Connection), useradd/chpasswd (root tests).
+# System packages (run time and tests only: building needs nothing but the Rust toolchain, see
+# tests/build_deps.rs): ping (Test-Connection), useradd/chpasswd (root tests).
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pkg in libpam0g-dev libclang-dev iputils-ping passwd; do
+    for pkg in iputils-ping passwd; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
