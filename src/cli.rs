@@ -749,6 +749,9 @@ fn cmd_serve(path: &Path) -> Result<ExitCode> {
         if let Some(a) = s.http {
             println!("keyhole: listening on http://{a}/wsman");
         }
+        if let Some(a) = s.metrics {
+            println!("keyhole: metrics on http://{a}/metrics");
+        }
         let _ = std::io::stdout().flush();
     })?;
     Ok(ExitCode::SUCCESS)

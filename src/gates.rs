@@ -69,6 +69,11 @@ impl Gates {
         })
     }
 
+    /// Count authentication failures and lock-outs in `m` (phase-A hook; the gates' own counters come with the session registry).
+    pub fn attach_metrics(&self, m: Arc<crate::metrics::Metrics>) {
+        self.auth.attach_metrics(m)
+    }
+
     /// The configuration in force now (sessions keep the one they were opened with).
     pub fn config(&self) -> Arc<LoadedConfig> {
         match self.cfg.read() {

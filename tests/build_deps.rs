@@ -19,7 +19,10 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("cmake", "needs cmake and usually system headers"),
     ("vcpkg", "looks for system libraries"),
     ("openssl-sys", "needs libssl-dev"),
-    ("libgssapi-sys", "needs the krb5 headers; load libgssapi_krb5 at run time instead"),
+    (
+        "libgssapi-sys",
+        "needs the krb5 headers; load libgssapi_krb5 at run time instead",
+    ),
 ];
 
 /// Crates with a build script, each reviewed: what the script does, and why it needs nothing
@@ -34,7 +37,10 @@ const REVIEWED_BUILD_SCRIPTS: &[(&str, &str)] = &[
     ("num-traits", "probes rustc features"),
     ("proc-macro2", "probes rustc features"),
     ("quote", "probes rustc version"),
-    ("ring", "compiles its bundled C/assembly with cc: the C compiler and libc headers only"),
+    (
+        "ring",
+        "compiles its bundled C/assembly with cc: the C compiler and libc headers only",
+    ),
     ("rustls", "sets cfgs"),
     ("serde", "probes rustc features"),
     ("serde_core", "probes rustc features"),
@@ -137,7 +143,10 @@ fn every_build_script_in_the_build_is_reviewed() {
             unreviewed.push(name.to_string());
         }
     }
-    assert!(seen > 0, "no build script found: is cargo metadata working?");
+    assert!(
+        seen > 0,
+        "no build script found: is cargo metadata working?"
+    );
     assert!(
         unreviewed.is_empty(),
         "crates with a build script nobody reviewed: {unreviewed:?}. Read each one's build.rs: if it \

@@ -919,6 +919,20 @@ fn validate_server(ctx: &mut Ctx, cfg: &LoadedConfig) {
             ctx.err(file, &tpath!["listener", k], format!("listener.{k} = {v:?} is not an address:port like \"127.0.0.1:5986\" or \"[::]:5986\" (\"\" disables it)"));
         }
     }
+    match crate::metrics::parse_listen(&s.metrics.listen) {
+        Err(m) => ctx.err(file, &tpath!["metrics", "listen"], m),
+        Ok(Some(addr)) => {
+            let taken = [("https", &s.listener.https), ("http", &s.listener.http)]
+                .into_iter()
+                .find(|(_, v)| v.parse::<std::net::SocketAddr>().ok() == Some(addr));
+            if let Some((k, _)) = taken {
+                ctx.err(file, &tpath!["metrics", "listen"], format!("metrics.listen {addr} is also listener.{k}: give the metrics listener its own port (e.g. 9465)"));
+            } else if !addr.ip().is_loopback() {
+                ctx.at(Severity::Warning, file, &tpath!["metrics", "listen"], false, format!("metrics.listen {addr} is reachable from the network without authentication or TLS (endpoint names and counts); listener.ip_allow applies to it, and a firewall should too"));
+            }
+        }
+        Ok(None) => {}
+    }
     for (i, cidr) in s.listener.ip_allow.iter().enumerate() {
         let ok = cidr.parse::<ipnet::IpNet>().is_ok() || cidr.parse::<std::net::IpAddr>().is_ok();
         if !ok {
