@@ -50,6 +50,13 @@ const MAX_LINES: usize = 200_000;
 
 /// Service names: systemd unit name characters and PowerShell wildcards; never a leading dash.
 pub const SERVICE_NAME_PATTERN: &str = r"^[A-Za-z0-9@:_.\\*?][A-Za-z0-9@:_.\\*?-]{0,254}$";
+/// The state-changing cmdlets and the systemctl verb each runs; systemd hands polkit the same
+/// verb (`keyhole polkit` reads this table).
+pub const STATE_CHANGES: &[(&str, &str)] = &[
+    ("Start-Service", "start"),
+    ("Stop-Service", "stop"),
+    ("Restart-Service", "restart"),
+];
 
 const STATUS_TYPE: &str = "System.ServiceProcess.ServiceControllerStatus";
 const START_TYPE: &str = "System.ServiceProcess.ServiceStartMode";
@@ -961,6 +968,14 @@ esac
             );
             assert!(!calls().contains("--all"));
         });
+    }
+
+    #[test]
+    fn state_changes_table_matches_the_verbs_run() {
+        for a in [Action::Start, Action::Stop, Action::Restart] {
+            assert!(STATE_CHANGES.contains(&(a.cmd(), a.verb())), "{}", a.cmd());
+        }
+        assert_eq!(STATE_CHANGES.len(), 3);
     }
 
     #[test]
