@@ -924,7 +924,9 @@ fn validate_server(ctx: &mut Ctx, cfg: &LoadedConfig) {
         Ok(Some(addr)) => {
             let taken = [("https", &s.listener.https), ("http", &s.listener.http)]
                 .into_iter()
-                .find(|(_, v)| v.parse::<std::net::SocketAddr>().ok() == Some(addr));
+                .find(|(_, v)| {
+                    addr.port() != 0 && v.parse::<std::net::SocketAddr>().ok() == Some(addr)
+                });
             if let Some((k, _)) = taken {
                 ctx.err(file, &tpath!["metrics", "listen"], format!("metrics.listen {addr} is also listener.{k}: give the metrics listener its own port (e.g. 9465)"));
             } else if !addr.ip().is_loopback() {
