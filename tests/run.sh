@@ -6,11 +6,12 @@ cd "$(dirname "$0")/.."
 
 # System packages (run time and tests only: building needs nothing but the Rust toolchain, see
 # tests/build_deps.rs): ping (Test-Connection), useradd/chpasswd (root tests), promtool (metrics
-# lint, Debian's prometheus package), debootstrap (the package's clean-room build), node (the
-# polkit rule is evaluated in it; Debian's nodejs when the machine has no node).
+# lint, Debian's prometheus package), debootstrap (the package's clean-room build), strace (the
+# unit's system-call filter check), node (the polkit rule is evaluated in it; Debian's nodejs when
+# the machine has no node).
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pkg in iputils-ping passwd prometheus debootstrap; do
+    for pkg in iputils-ping passwd prometheus debootstrap strace; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     command -v node >/dev/null || missing+=(nodejs)
@@ -44,6 +45,8 @@ KEYHOLE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/keyhole" timeout 600 .venv/b
 # The Debian package: built (as root inside a debootstrap clean room with only gcc, libc6-dev and
 # the Rust toolchain), installed, used (check, serve, pywinrm, a metrics scrape), purged.
 if [ "$(id -u)" = 0 ]; then
+    # Every system call keyhole and its programs make is inside the unit's SystemCallFilter.
+    bash packaging/check-syscalls.sh "${CARGO_TARGET_DIR:-$PWD/target}/debug/keyhole"
     KEYHOLE_CLEAN_ROOM=1 bash tests/package.sh
 else
     bash tests/package.sh
