@@ -69,7 +69,7 @@ impl Gates {
         })
     }
 
-    /// Count authentication failures and lock-outs in `m` (phase-A hook; the gates' own counters come with the session registry).
+    /// Count authentication failures and lock-outs in `m` (the gates' own counters: phase B).
     pub fn attach_metrics(&self, m: Arc<crate::metrics::Metrics>) {
         self.auth.attach_metrics(m)
     }
