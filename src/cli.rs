@@ -110,6 +110,23 @@ pub enum Command {
     /// Manage gateway authorization rules (who may reach which endpoint on which computer)
     #[command(subcommand)]
     Rule(RuleCommand),
+    /// Print (or --write) the polkit rule letting each endpoint's run_as account start/stop/restart exactly the services its roles grant
+    Polkit {
+        /// Write the rule (atomically) instead of printing it
+        #[arg(long)]
+        write: bool,
+        /// Where --write puts it
+        #[arg(long, value_name = "PATH", default_value = crate::polkit::RULES_PATH)]
+        rules_file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Create a working configuration in an empty directory (keyhole.toml, endpoints, role capabilities, rules, a TLS certificate, the run_as accounts)
+    Init {
+        /// Directory to create the configuration in (must be empty or absent)
+        #[arg(long, value_name = "DIR", default_value = "/etc/keyhole")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -244,6 +261,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::User(u) => cmd_user(u),
         Command::Rule(r) => cmd_rule(r),
+        Command::Polkit {
+            write,
+            rules_file,
+            config,
+        } => cmd_polkit(&config.path(), write, &rules_file),
+        Command::Init { dir } => crate::init::run(&dir),
     }
 }
 
@@ -254,7 +277,22 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 /// `keyhole check`.
 fn cmd_check(path: &Path) -> Result<ExitCode> {
     match crate::check::load(path) {
-        Ok(cfg) => {
+        Ok(mut cfg) => {
+            // Service changes granted to a run_as account need the polkit rule (warning only:
+            // the server runs without it, those cmdlets then fail with systemd's refusal).
+            for w in crate::polkit::installed_rule_warnings(
+                &cfg,
+                Path::new(crate::polkit::RULES_PATH),
+                &crate::polkit::systemd_aliases,
+            ) {
+                cfg.warnings.push(config::diag::diagnostic(
+                    Severity::Warning,
+                    Path::new(crate::polkit::RULES_PATH),
+                    None,
+                    None,
+                    w,
+                ));
+            }
             let mut out = std::io::stdout().lock();
             let name = path
                 .file_name()
@@ -730,8 +768,47 @@ fn cmd_serve(path: &Path) -> Result<ExitCode> {
         if let Some(a) = s.http {
             println!("keyhole: listening on http://{a}/wsman");
         }
+        if let Some(a) = s.metrics {
+            println!("keyhole: metrics on http://{a}/metrics");
+        }
         let _ = std::io::stdout().flush();
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keyhole polkit`.
+fn cmd_polkit(path: &Path, write: bool, rules_file: &Path) -> Result<ExitCode> {
+    let cfg = load_or_report(path)?;
+    let plan = match crate::polkit::plan(&cfg, &crate::polkit::systemd_aliases) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("keyhole polkit: cannot translate {e}");
+            }
+            eprintln!(
+                "keyhole polkit: no rule written: {} (fix the role capabilities, or use run_as = \"root\" for that endpoint)",
+                plural(errors.len(), "grant cannot be translated", "grants cannot be translated")
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let text = crate::polkit::render(&plan);
+    if write {
+        crate::polkit::write_atomically(rules_file, &text)
+            .with_context(|| format!("cannot write {}", rules_file.display()))?;
+        println!(
+            "wrote {} ({}); polkitd picks it up at once",
+            rules_file.display(),
+            if plan.grants_anything() {
+                let accounts: Vec<&str> = plan.accounts.keys().map(String::as_str).collect();
+                format!("grants for {}", accounts.join(", "))
+            } else {
+                "no grants: no endpoint lets a non-root account change services".to_string()
+            }
+        );
+    } else {
+        print!("{text}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::{self, LoadedConfig, Severity};
 use crate::gates::Gates;
 use crate::http::{Server, ServerError, ServerRuntime};
+use crate::metrics::Metrics;
 use crate::shells::psrp::PsrpFactory;
 use crate::shells::runner::{Workers, DEFAULT_MAX_WORKERS};
 use crate::shells::winrs::WinrsFactory;
@@ -24,6 +25,8 @@ pub struct Started {
     pub https: Option<std::net::SocketAddr>,
     pub http: Option<std::net::SocketAddr>,
     pub fingerprint: Option<String>,
+    /// The Prometheus scrape listener (`[metrics] listen`), when configured.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,14 +37,36 @@ pub enum DaemonError {
     Server(#[from] ServerError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot listen for metrics on {addr} ([metrics] listen): {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
-/// Set up logging to standard error (`RUST_LOG` overrides the `info` default). Idempotent.
+/// Set up logging (`RUST_LOG` overrides the `info` default). Idempotent. When standard error is
+/// the journal (a systemd service), events go to journald natively with their fields
+/// (`KEYHOLE_GATE`, `KEYHOLE_USER`, …); otherwise plain text to standard error, coloured only
+/// when it is a terminal. The JSON audit log is separate and unchanged.
 pub fn init_logging() {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if crate::systemd::stderr_is_journal() {
+        let socket = Path::new(crate::systemd::JOURNAL_SOCKET);
+        if let Ok(journal) = crate::systemd::JournaldLayer::connect(socket) {
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(journal)
+                .try_init();
+            return;
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -94,7 +119,14 @@ fn snapshot(cfg: &LoadedConfig) -> Vec<(PathBuf, Option<SystemTime>)> {
 }
 
 /// Reload from `path`; keeps the running configuration when the new one fails validation.
-pub fn reload(gates: &Gates, path: &Path) -> bool {
+/// Counted in `keyhole_config_reloads_total{result}`.
+pub fn reload(gates: &Gates, path: &Path, metrics: &Metrics) -> bool {
+    let ok = reload_inner(gates, path);
+    metrics.reloaded(ok);
+    ok
+}
+
+fn reload_inner(gates: &Gates, path: &Path) -> bool {
     match crate::check::load(path) {
         Ok(new) => {
             for w in &new.warnings {
@@ -141,7 +173,12 @@ async fn serve_async(
     let runtime = ServerRuntime::from_config(&cfg.server, &cfg.base_dir);
     let mech = crate::sandbox::init();
     tracing::info!(containment = ?mech, "sandbox ready");
+    let metrics = Arc::new(Metrics::new());
+    let metrics_addr = crate::metrics::parse_listen(&cfg.server.metrics.listen)
+        .map_err(|m| DaemonError::Config(format!("{} ({m})", path.display())))?;
+    let ip_allow = ip_allow_nets(&cfg.server.listener.ip_allow);
     let gates = Arc::new(Gates::new(cfg)?);
+    gates.attach_metrics(metrics.clone());
     let mut server = Server::bind(runtime, gates.clone()).await?;
     let workers = Workers::new(DEFAULT_MAX_WORKERS);
     server.register_exact(
@@ -152,11 +189,31 @@ async fn serve_async(
         URI_POWERSHELL_PREFIX,
         Arc::new(PsrpFactory::new(gates.clone(), workers)),
     );
+    let metrics_listener = match metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
     let started = Started {
         https: server.https_addr,
         http: server.http_addr,
         fingerprint: server.tls_fingerprint.clone(),
+        metrics: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
     };
+    let metrics_task = metrics_listener.map(|l| {
+        tokio::spawn(crate::metrics::serve(
+            l,
+            metrics.clone(),
+            ip_allow,
+            std::future::pending::<()>(),
+        ))
+    });
+    if let Some(a) = started.metrics {
+        tracing::info!(address = %a, "listening (metrics: GET /metrics)");
+    }
     if let Some(a) = started.https {
         tracing::info!(address = %a, fingerprint = started.fingerprint.as_deref().unwrap_or(""), "listening (HTTPS)");
     }
@@ -164,10 +221,24 @@ async fn serve_async(
         tracing::info!(address = %a, "listening (HTTP, loopback or allow_unencrypted)");
     }
     on_started(&started);
+    // Type=notify: the listeners are bound, clients can connect.
+    crate::systemd::notify(&format!(
+        "READY=1\nSTATUS=serving {}\nMAINPID={}",
+        [
+            started.https.map(|a| format!("https://{a}")),
+            started.http.map(|a| format!("http://{a}"))
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" "),
+        std::process::id()
+    ));
 
     // Reload on SIGHUP or when a file changes.
     let reload_gates = gates.clone();
     let reload_path = path.clone();
+    let reload_metrics = metrics.clone();
     let reloader = tokio::spawn(async move {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -186,7 +257,16 @@ async fn serve_async(
             if by_signal || now != seen {
                 let g = reload_gates.clone();
                 let p = reload_path.clone();
-                let _ = tokio::task::spawn_blocking(move || reload(&g, &p)).await;
+                let m = reload_metrics.clone();
+                crate::systemd::notify("RELOADING=1\nSTATUS=reloading the configuration");
+                let ok = tokio::task::spawn_blocking(move || reload(&g, &p, &m))
+                    .await
+                    .unwrap_or(false);
+                crate::systemd::notify(if ok {
+                    "READY=1\nSTATUS=configuration reloaded"
+                } else {
+                    "READY=1\nSTATUS=reload refused: the running configuration stays (see the log)"
+                });
                 seen = snapshot(&reload_gates.config());
             }
         }
@@ -199,9 +279,26 @@ async fn serve_async(
             _ = tokio::signal::ctrl_c() => {},
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
         }
+        crate::systemd::notify(
+            "STOPPING=1\nSTATUS=finishing requests, stopping programs, closing transcripts",
+        );
         tracing::info!("shutting down: finishing requests, stopping programs, closing transcripts");
     };
     let result = server.run(shutdown).await;
     reloader.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     result.map_err(DaemonError::from)
+}
+
+/// `[listener] ip_allow` as networks (a plain address is a /32 or /128); validated by `check`.
+fn ip_allow_nets(list: &[String]) -> Vec<ipnet::IpNet> {
+    list.iter()
+        .filter_map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+        })
+        .collect()
 }

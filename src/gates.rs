@@ -182,6 +182,13 @@ impl Gates {
         })
     }
 
+    /// Count authentication failures and lock-outs in `m` (the gates' own counters: phase B).
+    pub fn attach_metrics(&self, m: Arc<crate::metrics::Metrics>) {
+        if let Some(a) = &self.auth {
+            a.attach_metrics(m)
+        }
+    }
+
     /// The configuration in force now (sessions keep the one they were opened with).
     pub fn config(&self) -> Arc<LoadedConfig> {
         match self.cfg.read() {

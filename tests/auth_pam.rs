@@ -374,3 +374,30 @@ fn cli_and_login_agree_on_groups() {
     );
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn expired_account_is_refused_by_the_account_check() {
+    if !is_root() {
+        eprintln!("SKIPPED: auth_pam needs root (useradd, chpasswd, chage, /etc/pam.d)");
+        return;
+    }
+    let _serial = serial();
+    let acct = TempAccount::create();
+    let a = pam_auth(&acct.service, UsersFile::default());
+    assert!(
+        a.verify_basic(&acct.user, &acct.password, ip())
+            .identity()
+            .is_some(),
+        "the right password passes before the account expires"
+    );
+    // Expired yesterday: pam_authenticate still accepts the password, pam_acct_mgmt must not.
+    run("chage", &["-E", "1", &acct.user]);
+    let b = pam_auth(&acct.service, UsersFile::default());
+    match b.verify_basic(&acct.user, &acct.password, ip()) {
+        AuthResult::Denied(DenyReason::Pam(m)) => {
+            assert!(m.contains("account check"), "{m}");
+            assert!(!m.contains(&acct.password), "{m}");
+        }
+        other => panic!("an expired account must be refused: {other:?}"),
+    }
+}

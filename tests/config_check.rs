@@ -120,13 +120,29 @@ fn shipped_examples_pass_check() {
     let d = shipped_copy();
     let (code, out, err) = check_bin(d.path());
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    // Helpdesk grants Restart/Start-Service to a non-root run_as: `check` also says whether
+    // the polkit rule for it is installed on this machine (see tests/polkit_rules.rs).
+    let cfg = config::load(&d.path().join("keyhole.toml")).unwrap();
+    let polkit = keyhole::polkit::installed_rule_warnings(
+        &cfg,
+        Path::new(keyhole::polkit::RULES_PATH),
+        &keyhole::polkit::systemd_aliases,
+    );
+    let want = if polkit.is_empty() {
+        "(1 warning)"
+    } else {
+        "(2 warnings)"
+    };
     assert!(
-        out.starts_with(
-            "keyhole.toml: OK — 2 endpoints, 3 role capabilities, 3 rules, 0 users (1 warning)"
-        ),
+        out.starts_with(&format!(
+            "keyhole.toml: OK — 2 endpoints, 3 role capabilities, 3 rules, 0 users {want}"
+        )),
         "{out}"
     );
     assert!(out.contains("no local accounts"), "{out}");
+    if !polkit.is_empty() {
+        assert!(out.contains("keyhole polkit --write"), "{out}");
+    }
 }
 
 #[test]

@@ -4,16 +4,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: PAM headers and libclang for the pam crate's bindings (auth), ping (Test-Connection), useradd/chpasswd (root tests).
+# System packages (run time and tests only: building needs nothing but the Rust toolchain, see
+# tests/build_deps.rs): ping (Test-Connection), useradd/chpasswd (root tests), promtool (metrics
+# lint, Debian's prometheus package), debootstrap (the package's clean-room build), strace (the
+# unit's system-call filter check), node (the polkit rule is evaluated in it; Debian's nodejs when
+# the machine has no node).
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pkg in libpam0g-dev libclang-dev iputils-ping passwd; do
+    for pkg in iputils-ping passwd prometheus debootstrap strace; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
+    command -v node >/dev/null || missing+=(nodejs)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
+    # promtool is there now: the metrics test must lint, not skip.
+    export KEYHOLE_REQUIRE_PROMTOOL=1
 fi
 
 # Pinned real clients in a venv.
@@ -34,3 +41,13 @@ cargo test --all-targets -- --test-threads=2
 # Real-client interop (pywinrm, pypsrp) against the real `keyhole serve` just built; as root it also
 # creates, and removes again, a PAM test account (see tests/interop/README.md).
 KEYHOLE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/keyhole" timeout 600 .venv/bin/python -m pytest -q -rfEx tests/interop
+
+# The Debian package: built (as root inside a debootstrap clean room with only gcc, libc6-dev and
+# the Rust toolchain), installed, used (check, serve, pywinrm, a metrics scrape), purged.
+if [ "$(id -u)" = 0 ]; then
+    # Every system call keyhole and its programs make is inside the unit's SystemCallFilter.
+    bash packaging/check-syscalls.sh "${CARGO_TARGET_DIR:-$PWD/target}/debug/keyhole"
+    KEYHOLE_CLEAN_ROOM=1 bash tests/package.sh
+else
+    bash tests/package.sh
+fi

@@ -259,6 +259,8 @@ pub struct Authenticator {
     /// that the time taken does not tell whether an account exists.
     dummy_hash: String,
     verifications: AtomicU64,
+    /// Failure and lock-out counters, once the daemon attaches its metrics.
+    metrics: std::sync::OnceLock<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -357,13 +359,14 @@ fn is_locked<K: Hash + Eq>(map: &mut HashMap<K, Counter>, key: &K, now: Instant)
     }
 }
 
+/// Count one failure; true when it starts a lock-out.
 fn record_failure<K: Hash + Eq + Clone>(
     map: &mut HashMap<K, Counter>,
     key: &K,
     now: Instant,
     max: u64,
     window: Duration,
-) {
+) -> bool {
     if !map.contains_key(key) && map.len() >= MAX_LOCKOUT_ENTRIES {
         map.retain(|_, c| match c.locked_until {
             Some(t) => t > now,
@@ -393,7 +396,9 @@ fn record_failure<K: Hash + Eq + Clone>(
     c.last = now;
     if c.failures >= max && c.locked_until.is_none() {
         c.locked_until = now.checked_add(window);
+        return true;
     }
+    false
 }
 
 impl Authenticator {
@@ -418,7 +423,14 @@ impl Authenticator {
             cache_key,
             dummy_hash,
             verifications: AtomicU64::new(0),
+            metrics: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Count failures (`keyhole_auth_failures_total`) and lock-outs
+    /// (`keyhole_auth_lockouts_total`) in `metrics` from now on (the first call wins).
+    pub fn attach_metrics(&self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// The users file this authenticator reloads from.
@@ -515,16 +527,27 @@ impl Authenticator {
             let now = Instant::now();
             let mut l = lock(&self.lockouts);
             let max = cfg.max_failed_logins.0.max(1);
-            record_failure(
+            let user_locked = record_failure(
                 &mut l.by_user,
                 &username.to_lowercase(),
                 now,
                 max,
                 cfg.lockout.0,
             );
-            if let Some(ip) = source {
-                record_failure(&mut l.by_source, &source_key(ip), now, max, cfg.lockout.0);
+            let source_locked = source.is_some_and(|ip| {
+                record_failure(&mut l.by_source, &source_key(ip), now, max, cfg.lockout.0)
+            });
+            drop(l);
+            if let Some(m) = self.metrics.get() {
+                for (locked, scope) in [(user_locked, "user"), (source_locked, "source")] {
+                    if locked {
+                        m.auth_lockouts.with(&[scope]).inc();
+                    }
+                }
             }
+        }
+        if let Some(m) = self.metrics.get() {
+            m.auth_failures.with(&[reason.code()]).inc();
         }
         match source {
             Some(ip) => {

@@ -1,50 +1,18 @@
 //! PAM password checks (`[auth] pam_service`) and group lookup from the OS (getgrouplist).
 //!
-//! The conversation answers the user-name prompt with the name and the hidden prompt with the
-//! password; it never logs either (PAM's own informational and error texts are logged at debug
-//! level, they carry no secret). Only `pam_authenticate` and `pam_acct_mgmt` run: no session is
-//! opened and no credentials are established, so nothing changes the server's environment.
+//! The FFI lives in `sys::pam` (libpam loaded at run time): its conversation answers the
+//! user-name prompt with the name and the hidden prompt with the password and never logs either.
+//! Only `pam_authenticate` and `pam_acct_mgmt` run: no session is opened and no credentials are
+//! established, so nothing changes the server's environment.
 #![forbid(unsafe_code)]
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 
-/// Answers PAM's prompts from a fixed name and password.
-struct FixedConversation {
-    user: String,
-    password: String,
-}
-
-impl pam::Conversation for FixedConversation {
-    fn prompt_echo(&mut self, _msg: &CStr) -> Result<CString, ()> {
-        CString::new(self.user.as_str()).map_err(|_| ())
-    }
-    fn prompt_blind(&mut self, _msg: &CStr) -> Result<CString, ()> {
-        CString::new(self.password.as_str()).map_err(|_| ())
-    }
-    fn info(&mut self, msg: &CStr) {
-        tracing::debug!(pam_message = %msg.to_string_lossy(), "PAM information");
-    }
-    fn error(&mut self, msg: &CStr) {
-        tracing::debug!(pam_message = %msg.to_string_lossy(), "PAM error message");
-    }
-}
-
-/// Runs `pam_authenticate` then `pam_acct_mgmt` for `user` in `service`.
-/// The error text is for the log (it names the PAM code, never the password).
+/// Runs `pam_authenticate` then `pam_acct_mgmt` for `user` in `service` (through `sys::pam`,
+/// which loads libpam at run time). The error text is for the log (it names the PAM step and
+/// code, never the password).
 pub(crate) fn authenticate(service: &str, user: &str, password: &str) -> Result<(), String> {
-    if user.contains('\0') || password.contains('\0') || service.contains('\0') {
-        return Err("the name or password contains a NUL byte".into());
-    }
-    let conversation = FixedConversation {
-        user: user.to_string(),
-        password: password.to_string(),
-    };
-    let mut client = pam::Client::with_conversation(service, conversation).map_err(|e| {
-        format!("cannot start PAM service {service:?} (is /etc/pam.d/{service} there?): {e}")
-    })?;
-    client
-        .authenticate()
-        .map_err(|e| format!("PAM service {service:?} refused: {e}"))
+    crate::sys::pam::authenticate(service, user, password).map_err(|e| e.to_string())
 }
 
 /// Most OS groups read for one account.

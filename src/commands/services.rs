@@ -6,19 +6,9 @@
 //! Changing services as an unprivileged `run_as` needs systemd's permission: a polkit rule
 //! granting `org.freedesktop.systemd1.manage-units` for the named units to that account, or
 //! `run_as = "root"` on an endpoint whose roles only grant those commands. systemctl asks systemd
-//! over D-Bus and systemd asks polkit, so this works under no-new-privs with no capability kept.
-//! Example, `/etc/polkit-1/rules.d/50-keyhole.rules` (account `keyhole-run`):
-//!
-//! ```text
-//! polkit.addRule(function(action, subject) {
-//!     if (action.id == "org.freedesktop.systemd1.manage-units" &&
-//!         subject.user == "keyhole-run" &&
-//!         ["nginx.service", "myapp.service"].indexOf(action.lookup("unit")) >= 0 &&
-//!         ["start", "stop", "restart"].indexOf(action.lookup("verb")) >= 0) {
-//!         return polkit.Result.YES;
-//!     }
-//! });
-//! ```
+//! over D-Bus and systemd asks polkit (details `unit` = the unit id passed below, `verb` = the
+//! verb of [`STATE_CHANGES`]), so this works under no-new-privs with no capability kept.
+//! `keyhole polkit --write` generates that rule from the roles (`src/polkit.rs`).
 //!
 //! Without such a rule systemctl fails with "Access denied" / "Interactive authentication
 //! required" and the cmdlet writes that as an error record (`--no-ask-password` is always given,
@@ -51,6 +41,13 @@ const MAX_LINES: usize = 200_000;
 
 /// Service names: systemd unit name characters and PowerShell wildcards; never a leading dash.
 pub const SERVICE_NAME_PATTERN: &str = r"^[A-Za-z0-9@:_.\\*?][A-Za-z0-9@:_.\\*?-]{0,254}$";
+/// The state-changing cmdlets and the systemctl verb each runs; systemd hands polkit the same
+/// verb (`keyhole polkit` reads this table).
+pub const STATE_CHANGES: &[(&str, &str)] = &[
+    ("Start-Service", "start"),
+    ("Stop-Service", "stop"),
+    ("Restart-Service", "restart"),
+];
 
 const STATUS_TYPE: &str = "System.ServiceProcess.ServiceControllerStatus";
 const START_TYPE: &str = "System.ServiceProcess.ServiceStartMode";
@@ -975,6 +972,14 @@ esac
             );
             assert!(!calls().contains("--all"));
         });
+    }
+
+    #[test]
+    fn state_changes_table_matches_the_verbs_run() {
+        for a in [Action::Start, Action::Stop, Action::Restart] {
+            assert!(STATE_CHANGES.contains(&(a.cmd(), a.verb())), "{}", a.cmd());
+        }
+        assert_eq!(STATE_CHANGES.len(), 3);
     }
 
     #[test]

@@ -80,6 +80,15 @@ pub struct ServerConfig {
     pub listener: ListenerConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus scrape listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `address:port` serving `GET /metrics` in the Prometheus text format; "" disables.
+    pub listen: String,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +107,7 @@ impl Default for ServerConfig {
             listener: ListenerConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

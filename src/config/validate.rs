@@ -882,6 +882,23 @@ pub(crate) fn validate(ctx: &mut Ctx, cfg: &LoadedConfig) {
 /// ([`super::listener::check`]), each problem located at its setting.
 fn validate_server(ctx: &mut Ctx, cfg: &LoadedConfig) {
     let file = cfg.path.as_path();
+    let s = &cfg.server;
+    match crate::metrics::parse_listen(&s.metrics.listen) {
+        Err(m) => ctx.err(file, &tpath!["metrics", "listen"], m),
+        Ok(Some(addr)) => {
+            let taken = [("https", &s.listener.https), ("http", &s.listener.http)]
+                .into_iter()
+                .find(|(_, v)| {
+                    addr.port() != 0 && v.parse::<std::net::SocketAddr>().ok() == Some(addr)
+                });
+            if let Some((k, _)) = taken {
+                ctx.err(file, &tpath!["metrics", "listen"], format!("metrics.listen {addr} is also listener.{k}: give the metrics listener its own port (e.g. 9465)"));
+            } else if !addr.ip().is_loopback() {
+                ctx.at(Severity::Warning, file, &tpath!["metrics", "listen"], false, format!("metrics.listen {addr} is reachable from the network without authentication or TLS (endpoint names and counts); listener.ip_allow applies to it, and a firewall should too"));
+            }
+        }
+        Ok(None) => {}
+    }
     let l = super::listener::resolved(&cfg.server.listener, |p| cfg.resolve(p));
     let state_dir = cfg.resolve(&cfg.server.state_directory);
     let Err(problems) = super::listener::check(&l, &state_dir) else {
