@@ -21,5 +21,6 @@ pub mod psrp;
 pub mod psrp_factory;
 pub mod sandbox;
 pub mod server;
+pub mod sys;
 pub mod winrs;
 pub mod wsman;
