@@ -6,6 +6,7 @@
 //! random key) and never kept beyond the call.
 #![forbid(unsafe_code)]
 
+pub mod ntlm;
 mod pam;
 mod users_file;
 

@@ -162,6 +162,7 @@ pub fn user_add(
         groups: groups.to_vec(),
         disabled: false,
         client_certificates: Vec::new(),
+        nt_hash: None,
     };
     let mut table = toml_edit::Table::new();
     table.insert("password", toml_edit::value(entry.password.as_str()));

@@ -119,7 +119,8 @@ pub const OID_KRB5: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x
 /// DER contents of the SPNEGO mechanism OID 1.3.6.1.5.5.2.
 pub const OID_SPNEGO: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x02];
 /// GSS_C_NT_HOSTBASED_SERVICE 1.2.840.113554.1.2.1.4 (`service@host`).
-const OID_NT_HOSTBASED_SERVICE: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x01, 0x04];
+const OID_NT_HOSTBASED_SERVICE: &[u8] =
+    &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x01, 0x04];
 
 type AcquireCredFromFn = unsafe extern "C" fn(
     *mut OmUint32,
@@ -910,7 +911,13 @@ mod tests {
                 let err = AcceptorCred::acquire(Path::new("/nonexistent/keyhole.keytab"))
                     .expect_err("no keytab");
                 assert!(
-                    matches!(err, GssError::Call { call: "gss_acquire_cred_from", .. }),
+                    matches!(
+                        err,
+                        GssError::Call {
+                            call: "gss_acquire_cred_from",
+                            ..
+                        }
+                    ),
                     "{err}"
                 );
             }
@@ -939,7 +946,11 @@ mod tests {
         let kt = dir.join("empty.keytab");
         std::fs::write(&kt, [5u8, 2]).unwrap();
         if let Ok(cred) = AcceptorCred::acquire(&kt) {
-            for token in [&b"\x60\x03\x06\x01\x00"[..], b"NTLMSSP\0garbage", &[0xa1, 0x00]] {
+            for token in [
+                &b"\x60\x03\x06\x01\x00"[..],
+                b"NTLMSSP\0garbage",
+                &[0xa1, 0x00],
+            ] {
                 let mut ctx = Context::acceptor().unwrap();
                 assert!(ctx.accept(&cred, token, None).is_err());
             }
