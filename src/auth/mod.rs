@@ -8,6 +8,7 @@
 
 pub mod ntlm;
 mod pam;
+pub mod spnego;
 mod users_file;
 
 pub use pam::os_groups;

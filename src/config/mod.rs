@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod diag;
+pub mod keytab;
 mod load;
 mod types;
 pub mod validate;
