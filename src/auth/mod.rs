@@ -6,6 +6,8 @@
 //! random key) and never kept beyond the call.
 #![forbid(unsafe_code)]
 
+pub mod encryption;
+pub mod negotiate;
 pub mod ntlm;
 mod pam;
 pub mod spnego;

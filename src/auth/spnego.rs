@@ -79,7 +79,9 @@ fn tlv(b: &[u8]) -> Result<(u8, &[u8], &[u8]), SpnegoError> {
         rest = rest.get(n..).unwrap_or(&[]);
         bytes.iter().fold(0usize, |a, &x| (a << 8) | x as usize)
     };
-    let contents = rest.get(..len).ok_or_else(|| bad("length beyond the token"))?;
+    let contents = rest
+        .get(..len)
+        .ok_or_else(|| bad("length beyond the token"))?;
     Ok((tag, contents, rest.get(len..).unwrap_or(&[])))
 }
 
@@ -162,7 +164,9 @@ fn parse_resp(choice: &[u8]) -> Result<NegTokenResp, SpnegoError> {
                 let (e, _) = expect(field, 0x0a, "negState is not ENUMERATED")?;
                 resp.neg_state = Some(*e.first().ok_or_else(|| bad("empty negState"))?);
             }
-            0xa1 => resp.supported_mech = Some(expect(field, 0x06, "bad supportedMech")?.0.to_vec()),
+            0xa1 => {
+                resp.supported_mech = Some(expect(field, 0x06, "bad supportedMech")?.0.to_vec())
+            }
             0xa2 => resp.response_token = Some(octet_string(field)?),
             0xa3 => resp.mech_list_mic = Some(octet_string(field)?),
             _ => return Err(bad("unknown NegTokenResp field")),
@@ -259,7 +263,10 @@ mod tests {
         };
         assert_eq!(init.mech_types, vec![OID_NTLM.to_vec(), OID_KRB5.to_vec()]);
         assert_eq!(init.mech_token.as_deref(), Some(&b"NTLMSSP\0..."[..]));
-        assert_eq!(init.mech_types_der, encode_mech_types(&[OID_NTLM, OID_KRB5]));
+        assert_eq!(
+            init.mech_types_der,
+            encode_mech_types(&[OID_NTLM, OID_KRB5])
+        );
         assert!(!is_raw_kerberos(&tok));
     }
 
@@ -301,6 +308,8 @@ mod tests {
         assert!(parse_client(&[0x30, 0]).is_err());
         let too_many: Vec<&[u8]> = vec![OID_KRB5; MAX_MECHS + 1];
         assert!(parse_client(&encode_init(&too_many, None)).is_err());
-        assert!(is_raw_kerberos(&[0x60, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02]));
+        assert!(is_raw_kerberos(&[
+            0x60, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02
+        ]));
     }
 }

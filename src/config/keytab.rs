@@ -57,7 +57,10 @@ impl<'a> Cursor<'a> {
     }
     fn u16(&mut self) -> Result<u16, KeytabError> {
         let s = self.take(2)?;
-        Ok(u16::from_be_bytes([*s.first().unwrap_or(&0), *s.get(1).unwrap_or(&0)]))
+        Ok(u16::from_be_bytes([
+            *s.first().unwrap_or(&0),
+            *s.get(1).unwrap_or(&0),
+        ]))
     }
     fn u32(&mut self) -> Result<u32, KeytabError> {
         let mut a = [0u8; 4];
@@ -140,8 +143,14 @@ pub fn parse_keytab(b: &[u8]) -> Result<Vec<KeytabEntry>, KeytabError> {
 pub fn read_keytab(path: &Path) -> Result<Vec<KeytabEntry>, KeytabError> {
     match super::read_regular_file(path, MAX_KEYTAB_BYTES) {
         Ok(Some(b)) => parse_keytab(&b),
-        Ok(None) => Err(KeytabError::Io(format!("{} does not exist", path.display()))),
-        Err(e) => Err(KeytabError::Io(format!("{} cannot be read: {e}", path.display()))),
+        Ok(None) => Err(KeytabError::Io(format!(
+            "{} does not exist",
+            path.display()
+        ))),
+        Err(e) => Err(KeytabError::Io(format!(
+            "{} cannot be read: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -171,8 +180,11 @@ pub fn service_entries<'a>(entries: &'a [KeytabEntry], names: &[String]) -> Vec<
         .collect()
 }
 
-/// Builds keytab bytes (for tests): (components, realm, kvno, enctype, key).
-pub fn encode_keytab(entries: &[(&[&str], &str, u32, u16, &[u8])]) -> Vec<u8> {
+/// One entry for [`encode_keytab`]: (components, realm, kvno, enctype, key).
+pub type KeytabSpec<'a> = (&'a [&'a str], &'a str, u32, u16, &'a [u8]);
+
+/// Builds keytab bytes (for tests).
+pub fn encode_keytab(entries: &[KeytabSpec<'_>]) -> Vec<u8> {
     let mut out = vec![5u8, 2];
     for (comps, realm, kvno, enctype, key) in entries {
         let mut e = Vec::new();
@@ -202,8 +214,20 @@ mod tests {
     #[test]
     fn round_trip_and_service_lookup() {
         let kt = encode_keytab(&[
-            (&["host", "web01.example.com"], "EXAMPLE.COM", 3, 18, &[1; 32]),
-            (&["HTTP", "web01.example.com"], "EXAMPLE.COM", 300, 18, &[2; 32]),
+            (
+                &["host", "web01.example.com"],
+                "EXAMPLE.COM",
+                3,
+                18,
+                &[1; 32],
+            ),
+            (
+                &["HTTP", "web01.example.com"],
+                "EXAMPLE.COM",
+                300,
+                18,
+                &[2; 32],
+            ),
             (&["wsman", "web01"], "OTHER.ORG", 2, 17, &[3; 16]),
         ]);
         let e = parse_keytab(&kt).unwrap();
