@@ -432,3 +432,472 @@ fn comments_survive_user_changes() {
         .identity()
         .is_some());
 }
+
+// ---- Negotiate (issue 12): Kerberos against a real KDC, NTLM against the real pyspnego ----------
+//
+// Kerberos: tests/krb/realm.sh makes a throwaway realm on loopback (its own krb5.conf, kdc.conf,
+// database, keytab and ccache in a temporary directory, removed afterwards); the initiator is the
+// same system GSSAPI, driven through keyhole's FFI with alice's ticket from `kinit`. NTLM: the
+// client is pyspnego (what pypsrp and pywinrm use) and pypsrp's WinRMEncryption, through
+// tests/krb/ntlm_client.py. Without krb5kdc or the venv these skip, except under CI (CI=true),
+// where tests/run.sh has installed them and a skip would hide a failure.
+
+mod negotiate_support {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+    pub fn repo() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// `None` (after saying why) when the prerequisite is missing outside CI.
+    pub fn require(what: &str, present: bool) -> bool {
+        if present {
+            return true;
+        }
+        if std::env::var_os("CI").is_some() {
+            panic!("{what} is missing under CI: tests/run.sh should have installed it");
+        }
+        eprintln!("SKIPPED: {what} is not installed (tests/run.sh installs it)");
+        false
+    }
+
+    pub fn on_path(program: &str) -> bool {
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(program).exists())
+    }
+
+    /// A running throwaway realm; stopped and removed on drop.
+    pub struct Realm {
+        pub dir: PathBuf,
+        pub keytab: PathBuf,
+        pub ccache: String,
+    }
+
+    impl Realm {
+        pub fn start() -> Option<Realm> {
+            if !require(
+                "the MIT KDC (krb5-kdc, krb5-admin-server, krb5-user)",
+                on_path("krb5kdc") && on_path("kadmin.local") && on_path("kinit"),
+            ) {
+                return None;
+            }
+            let dir = std::env::temp_dir().join(format!("keyhole-realm-{}", std::process::id()));
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            };
+            let out = Command::new(repo().join("tests/krb/realm.sh"))
+                .arg("start")
+                .arg(&dir)
+                .arg(port.to_string())
+                .output()
+                .unwrap();
+            let realm = Realm {
+                keytab: dir.join("keytab"),
+                ccache: format!("FILE:{}", dir.join("ccache").display()),
+                dir,
+            };
+            assert!(
+                out.status.success(),
+                "realm.sh start failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The initiator finds the KDC through this krb5.conf; the acceptor's replay cache
+            // lives in the realm directory too. (This binary's other tests do not use Kerberos.)
+            std::env::set_var("KRB5_CONFIG", realm.dir.join("krb5.conf"));
+            std::env::set_var("KRB5RCACHEDIR", &realm.dir);
+            Some(realm)
+        }
+    }
+
+    impl Drop for Realm {
+        fn drop(&mut self) {
+            let _ = Command::new(repo().join("tests/krb/realm.sh"))
+                .arg("stop")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+
+    /// tests/krb/ntlm_client.py under the venv's python.
+    pub struct PyClient {
+        child: Child,
+        stdin: ChildStdin,
+        stdout: BufReader<ChildStdout>,
+    }
+
+    impl PyClient {
+        pub fn python() -> Option<PathBuf> {
+            let p = std::env::var_os("KEYHOLE_PYTHON")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo().join(".venv/bin/python"));
+            let ok = p.exists()
+                && Command::new(&p)
+                    .args(["-c", "import spnego, pypsrp"])
+                    .status()
+                    .is_ok_and(|s| s.success());
+            require("the test venv with pyspnego and pypsrp (.venv)", ok).then_some(p)
+        }
+
+        pub fn start(python: &Path, args: &[&str]) -> PyClient {
+            let mut child = Command::new(python)
+                .arg(repo().join("tests/krb/ntlm_client.py"))
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdin = child.stdin.take().unwrap();
+            let stdout = BufReader::new(child.stdout.take().unwrap());
+            PyClient {
+                child,
+                stdin,
+                stdout,
+            }
+        }
+
+        pub fn send(&mut self, line: &str) {
+            writeln!(self.stdin, "{line}").unwrap();
+            self.stdin.flush().unwrap();
+        }
+
+        pub fn recv(&mut self) -> String {
+            let mut l = String::new();
+            self.stdout.read_line(&mut l).unwrap();
+            assert!(!l.is_empty(), "the python client ended early");
+            l.trim().to_string()
+        }
+    }
+
+    impl Drop for PyClient {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+use base64::Engine as _;
+use keyhole::auth::encryption::{decrypt_body, encrypt_body, PROTOCOL_SPNEGO};
+use keyhole::auth::negotiate::{
+    ConnectionAuth, Mechanism, NegotiateError, NegotiateSettings, Negotiated, Outcome, Scheme,
+    SecurityContext,
+};
+use keyhole::auth::ntlm::nt_hash;
+use keyhole::config::ChannelBinding;
+use keyhole::sys::gssapi::{self, InitiatorCred, Mech};
+use negotiate_support::{PyClient, Realm};
+
+fn b64e(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+fn b64d(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+fn token_of(www: &str) -> Vec<u8> {
+    b64d(www.split_once(' ').unwrap().1)
+}
+
+fn krb_settings(realm: &Realm, realms: &[&str], cb: ChannelBinding) -> NegotiateSettings {
+    let auth = AuthConfig {
+        negotiate: true,
+        keytab: realm.keytab.display().to_string(),
+        realms: realms.iter().map(|s| s.to_string()).collect(),
+        channel_binding: cb,
+        ..AuthConfig::default()
+    };
+    NegotiateSettings::from_config(&auth, Some(&realm.keytab), "localhost").unwrap()
+}
+
+/// Runs a whole Kerberos exchange: keyhole's acceptor against a GSSAPI initiator with alice's
+/// ticket. Returns the acceptor's outcome and the initiator's context.
+fn kerberos_exchange(
+    realm: &Realm,
+    settings: &NegotiateSettings,
+    mech: Mech,
+    target: &str,
+    client_bindings: Option<&[u8]>,
+    server_bindings: Option<&[u8]>,
+) -> (Result<Box<Negotiated>, NegotiateError>, gssapi::Context) {
+    let cred = InitiatorCred::from_ccache(&realm.ccache).unwrap();
+    let mut client = gssapi::Context::initiator(target, mech).unwrap();
+    let flags =
+        gssapi::FLAG_MUTUAL | gssapi::FLAG_CONF | gssapi::FLAG_INTEG | gssapi::FLAG_SEQUENCE;
+    let scheme = match mech {
+        Mech::Kerberos => Scheme::Kerberos,
+        Mech::Spnego => Scheme::Negotiate,
+    };
+    let mut conn = ConnectionAuth::new();
+    let mut token = match client
+        .initiate(&cred, None, flags, client_bindings)
+        .unwrap()
+    {
+        gssapi::Step::Continue(t) => t,
+        other => panic!("initiator completed at once: {other:?}"),
+    };
+    for _ in 0..4 {
+        match conn.step(settings, scheme, &token, server_bindings, &|_| None) {
+            Ok(Outcome::Continue { www_authenticate }) => {
+                assert!(www_authenticate.starts_with(scheme.as_str()));
+                match client
+                    .initiate(
+                        &cred,
+                        Some(&token_of(&www_authenticate)),
+                        flags,
+                        client_bindings,
+                    )
+                    .unwrap()
+                {
+                    gssapi::Step::Continue(t) => token = t,
+                    other => panic!("initiator done before the acceptor: {other:?}"),
+                }
+            }
+            Ok(Outcome::Complete(done)) => {
+                // Mutual authentication: the acceptor's last token completes the initiator.
+                let www = done.www_authenticate.clone().expect("a mutual-auth token");
+                assert!(www.starts_with(scheme.as_str()));
+                let step = client
+                    .initiate(&cred, Some(&token_of(&www)), flags, client_bindings)
+                    .unwrap();
+                assert!(matches!(step, gssapi::Step::Complete { .. }), "{step:?}");
+                return (Ok(done), client);
+            }
+            Err(e) => return (Err(e), client),
+        }
+    }
+    panic!("no completion in 4 legs");
+}
+
+#[test]
+fn negotiate_kerberos_against_a_real_kdc() {
+    let Some(realm) = Realm::start() else { return };
+
+    // Raw Kerberos (`Kerberos` scheme) to HTTP/localhost; realms = [] means the keytab's realm.
+    let settings = krb_settings(&realm, &[], ChannelBinding::WhenOffered);
+    assert_eq!(settings.realms(), ["KEYHOLE.TEST"]);
+    assert_eq!(settings.challenge_headers(), ["Negotiate", "Kerberos"]);
+    let (done, client) = kerberos_exchange(
+        &realm,
+        &settings,
+        Mech::Kerberos,
+        "HTTP@localhost",
+        None,
+        None,
+    );
+    let done = done.unwrap();
+    assert_eq!(done.user, "alice");
+    assert_eq!(done.principal, "alice@KEYHOLE.TEST");
+    assert_eq!(done.mechanism, Mechanism::Kerberos);
+
+    // Message encryption both ways with the established contexts (wrap_iov/unwrap_iov).
+    let mut server = done.security;
+    let mut client = SecurityContext::Kerberos(client);
+    let soap = b"<s:Envelope><s:Body>Get-Service</s:Body></s:Envelope>";
+    let body = encrypt_body(&mut client, PROTOCOL_SPNEGO, soap).unwrap();
+    assert!(
+        !body.windows(soap.len()).any(|w| w == soap),
+        "plaintext leaked"
+    );
+    assert_eq!(decrypt_body(&mut server, &body, 1 << 20).unwrap(), soap);
+    let reply = encrypt_body(&mut server, PROTOCOL_SPNEGO, b"<reply/>").unwrap();
+    assert_eq!(
+        decrypt_body(&mut client, &reply, 1 << 20).unwrap(),
+        b"<reply/>"
+    );
+    // A replayed request is refused by the acceptor.
+    assert!(decrypt_body(&mut server, &body, 1 << 20).is_err());
+
+    // SPNEGO (`Negotiate`) to WSMAN/localhost goes through the system's SPNEGO.
+    let (done, _) = kerberos_exchange(
+        &realm,
+        &settings,
+        Mech::Spnego,
+        "WSMAN@localhost",
+        None,
+        None,
+    );
+    let done = done.unwrap();
+    assert_eq!(
+        (done.user.as_str(), done.scheme),
+        ("alice", Scheme::Negotiate)
+    );
+
+    // A principal of a realm not listed in [auth] realms is refused.
+    let other = krb_settings(&realm, &["OTHER.TEST"], ChannelBinding::WhenOffered);
+    let (res, _) = kerberos_exchange(&realm, &other, Mech::Spnego, "HTTP@localhost", None, None);
+    assert!(
+        matches!(res, Err(NegotiateError::Realm { .. })),
+        "{:?}",
+        res.map(|d| d.user)
+    );
+
+    // Channel bindings (HTTPS): matching ones pass and are reported; other ones are refused;
+    // none at all pass with "when-offered" and are refused with "required".
+    let cb = b"tls-server-end-point:0123456789abcdef0123456789abcdef";
+    let wrong = b"tls-server-end-point:ffffffffffffffffffffffffffffffff";
+    let (res, _) = kerberos_exchange(
+        &realm,
+        &settings,
+        Mech::Kerberos,
+        "HTTP@localhost",
+        Some(cb),
+        Some(cb),
+    );
+    assert!(res.unwrap().channel_bound);
+    let (res, _) = kerberos_exchange(
+        &realm,
+        &settings,
+        Mech::Kerberos,
+        "HTTP@localhost",
+        Some(wrong),
+        Some(cb),
+    );
+    assert!(
+        matches!(res, Err(NegotiateError::Kerberos(_))),
+        "mismatched bindings accepted"
+    );
+    let (res, _) = kerberos_exchange(
+        &realm,
+        &settings,
+        Mech::Kerberos,
+        "HTTP@localhost",
+        None,
+        Some(cb),
+    );
+    assert!(!res.unwrap().channel_bound);
+    let required = krb_settings(&realm, &[], ChannelBinding::Required);
+    let (res, _) = kerberos_exchange(
+        &realm,
+        &required,
+        Mech::Spnego,
+        "HTTP@localhost",
+        None,
+        Some(cb),
+    );
+    assert!(matches!(res, Err(NegotiateError::ChannelBinding(_))));
+    let (res, _) = kerberos_exchange(
+        &realm,
+        &required,
+        Mech::Spnego,
+        "HTTP@localhost",
+        Some(cb),
+        Some(cb),
+    );
+    assert!(res.unwrap().channel_bound);
+
+    drop(realm);
+}
+
+/// One NTLM exchange against pyspnego; the outcome of keyhole's last step.
+fn ntlm_exchange(
+    py: &std::path::Path,
+    settings: &NegotiateSettings,
+    user: &str,
+    password: &str,
+    protocol: &str,
+    bindings: Option<&[u8]>,
+) -> (Result<Box<Negotiated>, NegotiateError>, PyClient) {
+    let cb_arg = bindings.map(b64e);
+    let mut args = vec![user, password, protocol];
+    if let Some(a) = cb_arg.as_deref() {
+        args.push(a);
+    }
+    let mut client = PyClient::start(py, &args);
+    let lookup = |name: &str| {
+        name.eq_ignore_ascii_case("alice")
+            .then(|| nt_hash("alice-ntlm-pw"))
+    };
+    let mut conn = ConnectionAuth::new();
+    let mut token = b64d(&client.recv());
+    loop {
+        match conn.step(settings, Scheme::Negotiate, &token, bindings, &lookup) {
+            Ok(Outcome::Continue { www_authenticate }) => {
+                client.send(&b64e(&token_of(&www_authenticate)));
+                let line = client.recv();
+                assert_ne!(line, "DONE", "pyspnego completed before keyhole");
+                token = b64d(&line);
+            }
+            Ok(Outcome::Complete(done)) => {
+                if let Some(www) = &done.www_authenticate {
+                    client.send(&b64e(&token_of(www)));
+                }
+                assert_eq!(client.recv(), "DONE");
+                return (Ok(done), client);
+            }
+            Err(e) => {
+                client.send("ERROR");
+                return (Err(e), client);
+            }
+        }
+    }
+}
+
+#[test]
+fn negotiate_ntlm_against_pyspnego_and_pypsrp_encryption() {
+    let Some(py) = PyClient::python() else { return };
+    let settings = NegotiateSettings::ntlm_only(ChannelBinding::WhenOffered, "localhost");
+    for protocol in ["ntlm", "negotiate"] {
+        // Right hash: authenticated, then pypsrp-framed encryption both ways, twice.
+        let (done, mut client) =
+            ntlm_exchange(&py, &settings, "alice", "alice-ntlm-pw", protocol, None);
+        let done = done.unwrap_or_else(|e| panic!("{protocol}: {e}"));
+        assert_eq!(done.user, "alice");
+        assert_eq!(done.mechanism, Mechanism::Ntlm);
+        assert_eq!(done.www_authenticate.is_some(), protocol == "negotiate");
+        let mut sec = done.security;
+        for i in 0..2 {
+            let soap = format!("<s:Envelope>{protocol} {i}</s:Envelope>");
+            client.send(&format!("ENCRYPT {}", b64e(soap.as_bytes())));
+            let body = b64d(&client.recv());
+            assert_eq!(
+                decrypt_body(&mut sec, &body, 1 << 20).unwrap(),
+                soap.as_bytes()
+            );
+            let reply =
+                encrypt_body(&mut sec, PROTOCOL_SPNEGO, format!("<r>{i}</r>").as_bytes()).unwrap();
+            client.send(&format!("DECRYPT {}", b64e(&reply)));
+            assert_eq!(b64d(&client.recv()), format!("<r>{i}</r>").as_bytes());
+        }
+
+        // Wrong password (so a wrong NT response) and an unknown user: refused, user named.
+        let (res, _) = ntlm_exchange(&py, &settings, "alice", "guess", protocol, None);
+        let err = res.unwrap_err();
+        assert_eq!(err.failed_user(), Some("alice"), "{err}");
+        let (res, _) = ntlm_exchange(&py, &settings, "mallory", "alice-ntlm-pw", protocol, None);
+        assert_eq!(res.unwrap_err().failed_user(), Some("mallory"));
+    }
+
+    // Channel bindings as pypsrp sends them over HTTPS.
+    let cb = b"tls-server-end-point:0123456789abcdef0123456789abcdef";
+    let required = NegotiateSettings::ntlm_only(ChannelBinding::Required, "localhost");
+    let (res, _) = ntlm_exchange(
+        &py,
+        &required,
+        "alice",
+        "alice-ntlm-pw",
+        "negotiate",
+        Some(cb),
+    );
+    assert!(res.unwrap().channel_bound);
+    let (res, _) = ntlm_exchange(&py, &required, "alice", "alice-ntlm-pw", "negotiate", None);
+    // (no client bindings, but the server is on TLS: `bindings` is Some on the server side)
+    drop(res);
+    let mut client = PyClient::start(&py, &["alice", "alice-ntlm-pw", "ntlm"]);
+    let mut conn = ConnectionAuth::new();
+    let lookup = |_: &str| Some(nt_hash("alice-ntlm-pw"));
+    let first = b64d(&client.recv());
+    let Ok(Outcome::Continue { www_authenticate }) =
+        conn.step(&required, Scheme::Negotiate, &first, Some(cb), &lookup)
+    else {
+        panic!("no challenge")
+    };
+    client.send(&b64e(&token_of(&www_authenticate)));
+    let auth = b64d(&client.recv());
+    let err = conn
+        .step(&required, Scheme::Negotiate, &auth, Some(cb), &lookup)
+        .unwrap_err();
+    assert!(matches!(err, NegotiateError::Ntlm(_)), "{err}");
+}

@@ -91,6 +91,8 @@ struct IovBuffer {
 
 const GSS_S_COMPLETE: OmUint32 = 0;
 const GSS_S_CONTINUE_NEEDED: OmUint32 = 1;
+/// GSS_S_DUPLICATE_TOKEN | GSS_S_OLD_TOKEN | GSS_S_UNSEQ_TOKEN | GSS_S_GAP_TOKEN.
+const SUPPLEMENTARY_MASK: OmUint32 = 0x2 | 0x4 | 0x8 | 0x10;
 const GSS_C_GSS_CODE: c_int = 1;
 const GSS_C_MECH_CODE: c_int = 2;
 const GSS_C_INDEFINITE: OmUint32 = 0xffff_ffff;
@@ -864,6 +866,18 @@ impl Context {
             )
         };
         lib.check("gss_unwrap_iov", major, minor)?;
+        // Supplementary bits (duplicate, old, out-of-sequence, gap) are not fatal in GSSAPI,
+        // but WS-Man messages on one connection are strictly ordered: any of them is a replay
+        // or a reordering, and is refused.
+        if major & SUPPLEMENTARY_MASK != 0 {
+            return Err(GssError::Call {
+                call: "gss_unwrap_iov",
+                message: format!(
+                    "replayed or out-of-sequence message (supplementary status {:#x})",
+                    major & SUPPLEMENTARY_MASK
+                ),
+            });
+        }
         if conf == 0 {
             return Err(GssError::Input(
                 "the message was signed but not encrypted".into(),
