@@ -901,3 +901,35 @@ fn negotiate_ntlm_against_pyspnego_and_pypsrp_encryption() {
         .unwrap_err();
     assert!(matches!(err, NegotiateError::Ntlm(_)), "{err}");
 }
+
+/// `keyhole user add/passwd` with `[auth] ntlm = true` store the password's NT hash; a password
+/// change without it removes the old hash (it would still admit the old password via NTLM).
+#[test]
+fn nt_hash_follows_the_password_and_the_ntlm_setting() {
+    use keyhole::auth::{user_add_ntlm, user_passwd_ntlm};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.toml");
+    user_add_ntlm(&path, "alice", &["helpdesk".into()], "first-pw", true).unwrap();
+    user_add(&path, "bob", &[], "pw-bob").unwrap();
+    let users = load_users(&path).unwrap();
+    assert_eq!(
+        users.users["alice"].nt_hash,
+        Some(keyhole::auth::ntlm::nt_hash_hex("first-pw"))
+    );
+    assert_eq!(users.users["bob"].nt_hash, None);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("first-pw"));
+
+    user_passwd_ntlm(&path, "alice", "second-pw", true).unwrap();
+    let users = load_users(&path).unwrap();
+    assert_eq!(
+        users.users["alice"].nt_hash,
+        Some(keyhole::auth::ntlm::nt_hash_hex("second-pw"))
+    );
+
+    user_passwd(&path, "alice", "third-pw").unwrap();
+    let users = load_users(&path).unwrap();
+    assert_eq!(users.users["alice"].nt_hash, None);
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("nt_hash"));
+    assert_eq!(users.users["alice"].groups, vec!["helpdesk".to_string()]);
+}

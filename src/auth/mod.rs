@@ -15,9 +15,9 @@ mod users_file;
 
 pub use pam::os_groups;
 pub use users_file::{
-    hash_password, load_users, read_password, read_password_line, user_add, user_list, user_passwd,
-    user_remove, validate_user_name, MAX_GROUPS_PER_USER, MAX_GROUP_NAME_LEN, MAX_USERS_FILE_BYTES,
-    MAX_USER_NAME_LEN,
+    hash_password, load_users, read_password, read_password_line, user_add, user_add_ntlm,
+    user_list, user_passwd, user_passwd_ntlm, user_remove, validate_user_name, MAX_GROUPS_PER_USER,
+    MAX_GROUP_NAME_LEN, MAX_USERS_FILE_BYTES, MAX_USER_NAME_LEN,
 };
 
 use std::collections::HashMap;
