@@ -933,3 +933,35 @@ fn nt_hash_follows_the_password_and_the_ntlm_setting() {
     assert!(!std::fs::read_to_string(&path).unwrap().contains("nt_hash"));
     assert_eq!(users.users["alice"].groups, vec!["helpdesk".to_string()]);
 }
+
+#[test]
+fn nt_hash_lookup_respects_ntlm_disabled_accounts_and_case() {
+    use keyhole::auth::{ntlm, user_add_ntlm};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.toml");
+    user_add_ntlm(&path, "Alice", &[], "pw-a", true).unwrap();
+    user_add_ntlm(&path, "carol", &[], "pw-c", true).unwrap();
+    user_add(&path, "bob", &[], "pw-b").unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "disabled = false\nnt_hash = \"",
+            "disabled = true\nnt_hash = \"",
+        )
+        .replacen("disabled = true", "disabled = false", 1);
+    std::fs::write(&path, text).unwrap();
+    let users = load_users(&path).unwrap();
+    assert!(users.users["carol"].disabled && !users.users["Alice"].disabled);
+    let on = AuthConfig {
+        negotiate: true,
+        ntlm: true,
+        ..AuthConfig::default()
+    };
+    let a = Authenticator::new(&on, &path, users.clone());
+    assert_eq!(a.nt_hash_of("alice"), Some(ntlm::nt_hash("pw-a")));
+    assert_eq!(a.nt_hash_of("bob"), None, "no hash stored");
+    assert_eq!(a.nt_hash_of("carol"), None, "disabled");
+    assert_eq!(a.nt_hash_of("nobody"), None);
+    let off = Authenticator::new(&AuthConfig::default(), &path, users);
+    assert_eq!(off.nt_hash_of("alice"), None, "ntlm = false");
+}

@@ -87,6 +87,10 @@ pub enum AuthMethod {
     Pam,
     /// A TLS client certificate whose fingerprint a user lists.
     Certificate,
+    /// Negotiate/Kerberos: a principal of an accepted realm, mapped to a local name.
+    Kerberos,
+    /// Negotiate/NTLM against a users.toml NT hash.
+    Ntlm,
 }
 
 impl fmt::Display for AuthMethod {
@@ -95,6 +99,8 @@ impl fmt::Display for AuthMethod {
             AuthMethod::Basic => "basic",
             AuthMethod::Pam => "pam",
             AuthMethod::Certificate => "certificate",
+            AuthMethod::Kerberos => "kerberos",
+            AuthMethod::Ntlm => "ntlm",
         })
     }
 }
@@ -461,6 +467,22 @@ impl Authenticator {
             return Some(os_groups(user));
         }
         None
+    }
+
+    /// NTLM: the NT hash of `user` (case-insensitive) for [`negotiate::ConnectionAuth::step`];
+    /// `None` when `[auth] ntlm` is off, or the account is unknown, disabled or has no valid
+    /// `nt_hash`. (Lock-outs are the caller's, as for Basic: check them before the exchange and
+    /// count [`negotiate::NegotiateError::failed_user`] after it.)
+    pub fn nt_hash_of(&self, user: &str) -> Option<[u8; 16]> {
+        if !self.cfg.read().unwrap_or_else(|e| e.into_inner()).ntlm {
+            return None;
+        }
+        let state = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let r = state.by_name.get(&user.to_lowercase())?;
+        if r.entry.disabled {
+            return None;
+        }
+        ntlm::parse_nt_hash(r.entry.nt_hash.as_deref()?)
     }
 
     fn cache_key_for(&self, username: &str, password: &str) -> Option<[u8; 32]> {
