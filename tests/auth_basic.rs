@@ -439,7 +439,7 @@ fn comments_survive_user_changes() {
 // database, keytab and ccache in a temporary directory, removed afterwards); the initiator is the
 // same system GSSAPI, driven through keyhole's FFI with alice's ticket from `kinit`. NTLM: the
 // client is pyspnego (what pypsrp and pywinrm use) and pypsrp's WinRMEncryption, through
-// tests/krb/ntlm_client.py. Without krb5kdc or the venv these skip, except under CI (CI=true),
+// tests/krb/pyspnego_client.py. Without krb5kdc or the venv these skip, except under CI (CI=true),
 // where tests/run.sh has installed them and a skip would hide a failure.
 
 mod negotiate_support {
@@ -522,7 +522,7 @@ mod negotiate_support {
         }
     }
 
-    /// tests/krb/ntlm_client.py under the venv's python.
+    /// tests/krb/pyspnego_client.py under the venv's python.
     pub struct PyClient {
         child: Child,
         stdin: ChildStdin,
@@ -542,9 +542,23 @@ mod negotiate_support {
             require("the test venv with pyspnego and pypsrp (.venv)", ok).then_some(p)
         }
 
+        /// The venv's python when it also has python-gssapi (pyspnego's Kerberos).
+        pub fn python_with_gssapi() -> Option<PathBuf> {
+            let p = Self::python()?;
+            let ok = Command::new(&p)
+                .args(["-c", "import gssapi, krb5"])
+                .status()
+                .is_ok_and(|s| s.success());
+            require(
+                "python-gssapi and krb5 in the test venv (pyspnego[kerberos])",
+                ok,
+            )
+            .then_some(p)
+        }
+
         pub fn start(python: &Path, args: &[&str]) -> PyClient {
             let mut child = Command::new(python)
-                .arg(repo().join("tests/krb/ntlm_client.py"))
+                .arg(repo().join("tests/krb/pyspnego_client.py"))
                 .args(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -788,6 +802,63 @@ fn negotiate_kerberos_against_a_real_kdc() {
     );
     assert!(res.unwrap().channel_bound);
 
+    // The real client: pyspnego's Kerberos (python-gssapi over the same ccache) as pypsrp and
+    // pywinrm use it, raw (`Kerberos` scheme) and in SPNEGO, and pypsrp's WinRMEncryption
+    // framing of the GSS wrap_iov header/data/padding layout, both ways.
+    if let Some(py) = PyClient::python_with_gssapi() {
+        std::env::set_var("KRB5CCNAME", &realm.ccache);
+        for (protocol, scheme, service, wire) in [
+            (
+                "kerberos",
+                Scheme::Kerberos,
+                "HTTP",
+                keyhole::auth::encryption::PROTOCOL_KERBEROS,
+            ),
+            ("negotiate", Scheme::Negotiate, "WSMAN", PROTOCOL_SPNEGO),
+        ] {
+            let (done, mut client) = py_exchange(
+                &py,
+                &settings,
+                scheme,
+                &["-", "-", protocol, service],
+                Some(cb),
+            );
+            let done = done.unwrap_or_else(|e| panic!("{protocol}: {e}"));
+            assert_eq!(
+                (done.user.as_str(), done.mechanism),
+                ("alice", Mechanism::Kerberos)
+            );
+            assert!(done.channel_bound, "pyspnego sent the channel bindings");
+            assert_eq!(done.encryption_protocol(), wire);
+            let mut sec = done.security;
+            for i in 0..3 {
+                let soap = format!(
+                    "<s:Envelope>{protocol} {i} {}</s:Envelope>",
+                    "x".repeat(i * 1000)
+                );
+                client.send(&format!("ENCRYPT {}", b64e(soap.as_bytes())));
+                let body = b64d(&client.recv());
+                assert_eq!(
+                    decrypt_body(&mut sec, &body, 1 << 20).unwrap(),
+                    soap.as_bytes()
+                );
+                let reply = format!("<r>{i}</r>");
+                let enc = encrypt_body(&mut sec, wire, reply.as_bytes()).unwrap();
+                client.send(&format!("DECRYPT {}", b64e(&enc)));
+                assert_eq!(b64d(&client.recv()), reply.as_bytes());
+            }
+        }
+        let (res, _) = py_exchange(
+            &py,
+            &other,
+            Scheme::Negotiate,
+            &["-", "-", "negotiate", "HTTP"],
+            None,
+        );
+        assert!(matches!(res, Err(NegotiateError::Realm { .. })));
+        std::env::remove_var("KRB5CCNAME");
+    }
+
     drop(realm);
 }
 
@@ -800,8 +871,25 @@ fn ntlm_exchange(
     protocol: &str,
     bindings: Option<&[u8]>,
 ) -> (Result<Box<Negotiated>, NegotiateError>, PyClient) {
+    py_exchange(
+        py,
+        settings,
+        Scheme::Negotiate,
+        &[user, password, protocol, "HTTP"],
+        bindings,
+    )
+}
+
+/// One exchange against pyspnego (`args` as tests/krb/pyspnego_client.py takes them).
+fn py_exchange(
+    py: &std::path::Path,
+    settings: &NegotiateSettings,
+    scheme: Scheme,
+    args: &[&str],
+    bindings: Option<&[u8]>,
+) -> (Result<Box<Negotiated>, NegotiateError>, PyClient) {
     let cb_arg = bindings.map(b64e);
-    let mut args = vec![user, password, protocol];
+    let mut args = args.to_vec();
     if let Some(a) = cb_arg.as_deref() {
         args.push(a);
     }
@@ -813,7 +901,7 @@ fn ntlm_exchange(
     let mut conn = ConnectionAuth::new();
     let mut token = b64d(&client.recv());
     loop {
-        match conn.step(settings, Scheme::Negotiate, &token, bindings, &lookup) {
+        match conn.step(settings, scheme, &token, bindings, &lookup) {
             Ok(Outcome::Continue { www_authenticate }) => {
                 client.send(&b64e(&token_of(&www_authenticate)));
                 let line = client.recv();
@@ -885,7 +973,7 @@ fn negotiate_ntlm_against_pyspnego_and_pypsrp_encryption() {
     let (res, _) = ntlm_exchange(&py, &required, "alice", "alice-ntlm-pw", "negotiate", None);
     // (no client bindings, but the server is on TLS: `bindings` is Some on the server side)
     drop(res);
-    let mut client = PyClient::start(&py, &["alice", "alice-ntlm-pw", "ntlm"]);
+    let mut client = PyClient::start(&py, &["alice", "alice-ntlm-pw", "ntlm", "HTTP"]);
     let mut conn = ConnectionAuth::new();
     let lookup = |_: &str| Some(nt_hash("alice-ntlm-pw"));
     let first = b64d(&client.recv());

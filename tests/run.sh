@@ -5,11 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: PAM headers and libclang for the pam crate's bindings (auth), ping (Test-Connection), useradd/chpasswd (root tests),
-# MIT Kerberos: the GSSAPI library keyhole loads at run time, and a KDC, kadmin.local and kinit for the throwaway realm of
-# tests/krb/realm.sh (tests/auth_basic.rs negotiate_*).
+# MIT Kerberos: the GSSAPI library keyhole loads at run time, a KDC, kadmin.local and kinit for the throwaway realm of
+# tests/krb/realm.sh (tests/auth_basic.rs negotiate_*), and libkrb5-dev/python3-dev/gcc to build pyspnego's Kerberos
+# (python-gssapi, krb5) in the venv.
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pkg in libpam0g-dev libclang-dev iputils-ping passwd libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user; do
+    for pkg in libpam0g-dev libclang-dev iputils-ping passwd libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -22,7 +23,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check pywinrm==0.5.0 pypsrp==0.9.1 psrpcore==0.3.1 pytest==8.3.4 pyspnego==0.12.4
+.venv/bin/pip install -q --disable-pip-version-check pywinrm==0.5.0 pypsrp==0.9.1 psrpcore==0.3.1 pytest==8.3.4 pyspnego==0.12.4 gssapi==1.12.0 krb5==0.10.0
 
 # Rust: lints, then unit + integration tests (root-only tests run when root, as in CI).
 cargo clippy --all-targets -- -D warnings

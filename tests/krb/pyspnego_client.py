@@ -1,10 +1,13 @@
-"""The real client side of an NTLM / Negotiate exchange, for tests/auth_basic.rs.
+"""The real client side of a Negotiate (NTLM or Kerberos) exchange, for tests/auth_basic.rs.
 
 pyspnego (the library pypsrp and pywinrm authenticate with) makes the tokens, and pypsrp's own
 WinRMEncryption frames encrypted bodies, so the Rust acceptor is checked against what the real
 clients send. Line protocol on stdin/stdout, one base64 value per line:
 
-  argv: USER PASSWORD PROTOCOL ("ntlm" | "negotiate") [CHANNEL_BINDING_APPLICATION_DATA_B64]
+  argv: USER PASSWORD PROTOCOL ("ntlm" | "negotiate" | "kerberos") SERVICE
+        [CHANNEL_BINDING_APPLICATION_DATA_B64]
+        USER "-" means no name and password: Kerberos from the default credential cache
+        (KRB5CCNAME), found through KRB5_CONFIG.
   out:  first token
   in:   server token            out: next token, or "-" when there is none; "DONE" once complete
   in:   ENCRYPT <b64 plaintext>  out: <b64 body>            (pypsrp WinRMEncryption.wrap_message)
@@ -25,15 +28,18 @@ def out(text):
 
 
 def main():
-    user, password, protocol = sys.argv[1:4]
+    user, password, protocol, service = sys.argv[1:5]
+    if user == "-":
+        user = password = None
     bindings = None
-    if len(sys.argv) > 4:
-        bindings = GssChannelBindings(application_data=base64.b64decode(sys.argv[4]))
+    if len(sys.argv) > 5:
+        bindings = GssChannelBindings(application_data=base64.b64decode(sys.argv[5]))
     ctx = spnego.client(
-        user, password, hostname="localhost", service="HTTP", protocol=protocol,
+        user, password, hostname="localhost", service=service, protocol=protocol,
         channel_bindings=bindings,
         options=spnego.NegotiateOptions.use_ntlm if protocol == "ntlm" else 0,
     )
+    wire_protocol = WinRMEncryption.KERBEROS if protocol == "kerberos" else WinRMEncryption.SPNEGO
     out(base64.b64encode(ctx.step()).decode())
     enc = None
     for line in sys.stdin:
@@ -52,7 +58,7 @@ def main():
             if token:
                 out(base64.b64encode(token).decode())
             out("DONE")
-            enc = WinRMEncryption(ctx, WinRMEncryption.SPNEGO)
+            enc = WinRMEncryption(ctx, wire_protocol)
         else:
             out(base64.b64encode(token).decode() if token else "-")
 
