@@ -951,3 +951,72 @@ mod tests {
         assert!(refused);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn lookup(_: &str) -> Option<[u8; 16]> {
+        Some(ntlm::nt_hash("pw"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// No sequence of client tokens makes the Negotiate state machine or its parsers panic;
+        /// random bytes never authenticate.
+        #[test]
+        fn arbitrary_tokens_never_panic_or_authenticate(
+            legs in proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..300),
+                    proptest::collection::vec(any::<u8>(), 0..300).prop_map(|mut v| {
+                        let mut t = b"NTLMSSP\0".to_vec();
+                        t.push(1 + v.first().copied().unwrap_or(0) % 3);
+                        t.extend([0, 0, 0]);
+                        t.append(&mut v);
+                        t
+                    }),
+                    proptest::collection::vec(any::<u8>(), 0..200).prop_map(|v| {
+                        spnego::encode_init(&[spnego::OID_NTLM], Some(&v))
+                    }),
+                    proptest::collection::vec(any::<u8>(), 0..200).prop_map(|v| {
+                        spnego::encode_resp(&NegTokenResp { response_token: Some(v), ..NegTokenResp::default() })
+                    }),
+                ],
+                1..5,
+            )
+        ) {
+            let s = NegotiateSettings::ntlm_only(ChannelBinding::WhenOffered, "h");
+            let mut conn = ConnectionAuth::new();
+            for t in legs {
+                if let Ok(Outcome::Complete(_)) = conn.step(&s, Scheme::Negotiate, &t, Some(b"cb"), &lookup) {
+                    prop_assert!(false, "random tokens authenticated");
+                }
+            }
+        }
+
+        #[test]
+        fn header_and_spnego_parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse_authorization(&bytes);
+            let _ = spnego::parse_client(&bytes);
+            let _ = spnego::is_raw_kerberos(&bytes);
+            let _ = ntlm::parse_authenticate(&bytes);
+            let _ = crate::config::keytab::parse_keytab(&bytes);
+            let (mut server, _) = {
+                let k = [1u8; 16];
+                (
+                    SecurityContext::Ntlm(Box::new(ntlm::Session::new(&k, ntlm::client::FLAGS, ntlm::Role::Server))),
+                    (),
+                )
+            };
+            let _ = super::super::encryption::decrypt_body(&mut server, &bytes, 1 << 16);
+            let mut framed = b"--Encrypted Boundary\r\n\tContent-Type: application/HTTP-SPNEGO-session-encrypted\r\n\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length=5\r\n--Encrypted Boundary\r\n\tContent-Type: application/octet-stream\r\n".to_vec();
+            framed.extend_from_slice(&bytes);
+            framed.extend_from_slice(b"--Encrypted Boundary--\r\n");
+            prop_assert!(super::super::encryption::decrypt_body(&mut server, &framed, 1 << 16).is_err());
+        }
+    }
+}
