@@ -888,9 +888,10 @@ fn py_exchange(
     args: &[&str],
     bindings: Option<&[u8]>,
 ) -> (Result<Box<Negotiated>, NegotiateError>, PyClient) {
+    // The client binds to `bindings` too, unless `args` already names its own (5th argument).
     let cb_arg = bindings.map(b64e);
     let mut args = args.to_vec();
-    if let Some(a) = cb_arg.as_deref() {
+    if let (Some(a), 4) = (cb_arg.as_deref(), args.len()) {
         args.push(a);
     }
     let mut client = PyClient::start(py, &args);
@@ -935,6 +936,7 @@ fn negotiate_ntlm_against_pyspnego_and_pypsrp_encryption() {
         assert_eq!(done.user, "alice");
         assert_eq!(done.mechanism, Mechanism::Ntlm);
         assert_eq!(done.www_authenticate.is_some(), protocol == "negotiate");
+        assert!(!done.channel_bound, "plain HTTP: nothing to bind to");
         let mut sec = done.security;
         for i in 0..2 {
             let soap = format!("<s:Envelope>{protocol} {i}</s:Envelope>");
@@ -970,9 +972,19 @@ fn negotiate_ntlm_against_pyspnego_and_pypsrp_encryption() {
         Some(cb),
     );
     assert!(res.unwrap().channel_bound);
-    let (res, _) = ntlm_exchange(&py, &required, "alice", "alice-ntlm-pw", "negotiate", None);
-    // (no client bindings, but the server is on TLS: `bindings` is Some on the server side)
-    drop(res);
+    // A client that binds to another TLS channel (a relay) is refused even with "when-offered".
+    let offered = NegotiateSettings::ntlm_only(ChannelBinding::WhenOffered, "localhost");
+    let other = b"tls-server-end-point:ffffffffffffffffffffffffffffffff";
+    let (res, _) = py_exchange(
+        &py,
+        &offered,
+        Scheme::Negotiate,
+        &["alice", "alice-ntlm-pw", "negotiate", "HTTP", &b64e(other)],
+        Some(cb),
+    );
+    assert!(matches!(res, Err(NegotiateError::Ntlm(_))));
+    // A client that sends no bindings to a TLS server: accepted (unbound) with "when-offered",
+    // refused with "required".
     let mut client = PyClient::start(&py, &["alice", "alice-ntlm-pw", "ntlm", "HTTP"]);
     let mut conn = ConnectionAuth::new();
     let lookup = |_: &str| Some(nt_hash("alice-ntlm-pw"));
@@ -988,6 +1000,22 @@ fn negotiate_ntlm_against_pyspnego_and_pypsrp_encryption() {
         .step(&required, Scheme::Negotiate, &auth, Some(cb), &lookup)
         .unwrap_err();
     assert!(matches!(err, NegotiateError::Ntlm(_)), "{err}");
+    let mut client = PyClient::start(&py, &["alice", "alice-ntlm-pw", "ntlm", "HTTP"]);
+    let mut conn = ConnectionAuth::new();
+    let first = b64d(&client.recv());
+    let Ok(Outcome::Continue { www_authenticate }) =
+        conn.step(&offered, Scheme::Negotiate, &first, Some(cb), &lookup)
+    else {
+        panic!("no challenge")
+    };
+    client.send(&b64e(&token_of(&www_authenticate)));
+    let auth = b64d(&client.recv());
+    let Ok(Outcome::Complete(done)) =
+        conn.step(&offered, Scheme::Negotiate, &auth, Some(cb), &lookup)
+    else {
+        panic!("when-offered refused a client without bindings")
+    };
+    assert!(!done.channel_bound);
 }
 
 /// `keyhole user add/passwd` with `[auth] ntlm = true` store the password's NT hash; a password

@@ -604,7 +604,7 @@ impl ConnectionAuth {
                     principal,
                     mechanism: Mechanism::Ntlm,
                     scheme,
-                    channel_bound: bindings.is_some(),
+                    channel_bound: ok.channel_bound,
                     www_authenticate: www,
                     security: SecurityContext::Ntlm(Box::new(session)),
                 })))

@@ -337,6 +337,8 @@ pub struct Authenticated {
     pub domain: String,
     /// Session security for message signing and sealing.
     pub session: Session,
+    /// Whether the client's channel bindings were present and matched this TLS channel.
+    pub channel_bound: bool,
 }
 
 /// The parts of an AUTHENTICATE message needed before the user's hash is looked up.
@@ -449,6 +451,7 @@ pub fn verify(
             });
         }
     }
+    let mut channel_bound = false;
     if policy != ChannelBinding::Ignore {
         if let Some(app) = bindings {
             let sent = pairs
@@ -457,7 +460,7 @@ pub fn verify(
                 .map(|(_, v)| *v)
                 .filter(|v| v.iter().any(|b| *b != 0));
             match sent {
-                Some(v) if bool::from(channel_bindings_hash(app).ct_eq(v)) => {}
+                Some(v) if bool::from(channel_bindings_hash(app).ct_eq(v)) => channel_bound = true,
                 Some(_) => {
                     return Err(NtlmError::ChannelBinding {
                         user: auth.user.clone(),
@@ -483,6 +486,7 @@ pub fn verify(
         user: auth.user.clone(),
         domain: auth.domain.clone(),
         session: Session::new(&exported, auth.flags, Role::Server),
+        channel_bound,
     })
 }
 
@@ -867,7 +871,15 @@ mod tests {
             let (state, chal) = challenge(&neg, &names()).unwrap();
             let (auth, _) = client::authenticate(&neg, &chal, "u", "", &hash, sent).unwrap();
             let parsed = parse_authenticate(&auth).unwrap();
-            verify(&state, &parsed, Some(&hash), Some(ours), policy).is_ok()
+            let r = verify(&state, &parsed, Some(&hash), Some(ours), policy);
+            if let Ok(a) = &r {
+                // Reported bound exactly when the client's bindings were checked and matched.
+                assert_eq!(
+                    a.channel_bound,
+                    sent == Some(&ours[..]) && policy != ChannelBinding::Ignore
+                );
+            }
+            r.is_ok()
         };
         assert!(run(Some(ours), ChannelBinding::Required));
         assert!(!run(None, ChannelBinding::Required));
