@@ -1083,6 +1083,18 @@ fn negotiate_keytab_and_ntlm() {
     .unwrap();
     expect_error(d.path(), &at, "not a keytab");
 
+    // An empty keytab: the system's library refuses it, as `serve` would at start.
+    if keyhole::sys::gssapi::available().is_ok() {
+        let d = shipped_copy();
+        append(d.path(), "keyhole.toml", negotiate);
+        write_keytab(d.path(), &[], 0o600);
+        expect_error(
+            d.path(),
+            &at,
+            "the system's Kerberos library cannot use the keytab",
+        );
+    }
+
     // A good one (WSMAN/ for an alias, names compared without case) passes.
     let d = shipped_copy();
     append(d.path(), "keyhole.toml", negotiate);

@@ -1025,6 +1025,19 @@ fn validate_negotiate(ctx: &mut Ctx, cfg: &LoadedConfig) {
             return;
         }
     };
+    // What `serve` does at start: acquire acceptor credentials from this keytab.
+    if crate::sys::gssapi::available().is_ok() {
+        if let Err(e) = crate::sys::gssapi::AcceptorCred::acquire(&path) {
+            ctx.err(
+                file,
+                &tpath!["auth", "keytab"],
+                format!(
+                    "the system's Kerberos library cannot use the keytab {}: {e}",
+                    path.display()
+                ),
+            );
+        }
+    }
     let mut names = vec![cfg.server.computer_name.clone()];
     names.extend(cfg.server.computer_aliases.iter().cloned());
     if super::keytab::service_entries(&entries, &names).is_empty() {
