@@ -802,6 +802,41 @@ fn negotiate_kerberos_against_a_real_kdc() {
     );
     assert!(res.unwrap().channel_bound);
 
+    // Gate 2: the principal is a local account (users.toml here) with its groups; without one
+    // (and no OS account of that name) it is refused as an unknown user.
+    let (res, _) = kerberos_exchange(
+        &realm,
+        &settings,
+        Mech::Kerberos,
+        "HTTP@localhost",
+        None,
+        None,
+    );
+    let done = res.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    let gate = Authenticator::new(&AuthConfig::default(), &users, UsersFile::default());
+    if nix::unistd::User::from_name("alice")
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert_eq!(
+            gate.verify_negotiated(Ok(&done), ip("127.0.0.1")),
+            AuthResult::Denied(DenyReason::UnknownUser)
+        );
+    }
+    user_add(&users, "alice", &["helpdesk".into()], "unused-for-kerberos").unwrap();
+    gate.reload_users().unwrap();
+    let AuthResult::Ok(id) = gate.verify_negotiated(Ok(&done), ip("127.0.0.1")) else {
+        panic!("alice refused")
+    };
+    assert_eq!(
+        (id.user.as_str(), id.method),
+        ("alice", AuthMethod::Kerberos)
+    );
+    assert_eq!(id.groups, vec!["helpdesk".to_string()]);
+
     // The real client: pyspnego's Kerberos (python-gssapi over the same ccache) as pypsrp and
     // pywinrm use it, raw (`Kerberos` scheme) and in SPNEGO, and pypsrp's WinRMEncryption
     // framing of the GSS wrap_iov header/data/padding layout, both ways.
@@ -1080,4 +1115,97 @@ fn nt_hash_lookup_respects_ntlm_disabled_accounts_and_case() {
     assert_eq!(a.nt_hash_of("nobody"), None);
     let off = Authenticator::new(&AuthConfig::default(), &path, users);
     assert_eq!(off.nt_hash_of("alice"), None, "ntlm = false");
+}
+
+/// One NTLM exchange with keyhole's test client; keyhole's final outcome.
+fn ntlm_with(
+    settings: &NegotiateSettings,
+    auth: &Authenticator,
+    user: &str,
+    password: &str,
+) -> Result<Box<Negotiated>, NegotiateError> {
+    use keyhole::auth::ntlm::client;
+    let mut conn = ConnectionAuth::new();
+    let neg = client::negotiate();
+    let lookup = |name: &str| auth.nt_hash_of(name);
+    let Outcome::Continue { www_authenticate } =
+        conn.step(settings, Scheme::Negotiate, &neg, None, &lookup)?
+    else {
+        panic!("no challenge")
+    };
+    let (msg, _) = client::authenticate(
+        &neg,
+        &token_of(&www_authenticate),
+        user,
+        "",
+        &nt_hash(password),
+        None,
+    )
+    .unwrap();
+    match conn.step(settings, Scheme::Negotiate, &msg, None, &lookup)? {
+        Outcome::Complete(d) => Ok(d),
+        Outcome::Continue { .. } => panic!("no completion"),
+    }
+}
+
+/// Negotiate outcomes go through gate 2 like Basic: NTLM failures count towards the lock-out,
+/// a locked-out user is refused even with the right hash, disabled accounts are refused, and
+/// the identity carries the users.toml name and groups.
+#[test]
+fn negotiate_outcomes_go_through_gate_2_with_lockouts() {
+    use keyhole::auth::user_add_ntlm;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.toml");
+    user_add_ntlm(&path, "Alice", &["helpdesk".into()], "pw-a", true).unwrap();
+    let cfg = AuthConfig {
+        negotiate: true,
+        keytab: String::new(),
+        ntlm: true,
+        max_failed_logins: Positive(3),
+        lockout: Dur(Duration::from_secs(300)),
+        ..AuthConfig::default()
+    };
+    let auth = Authenticator::new(&cfg, &path, load_users(&path).unwrap());
+    let s = NegotiateSettings::ntlm_only(ChannelBinding::WhenOffered, "localhost");
+    let src = ip("192.0.2.7");
+
+    let done = ntlm_with(&s, &auth, "alice", "pw-a").unwrap();
+    let AuthResult::Ok(id) = auth.verify_negotiated(Ok(&done), src) else {
+        panic!("refused")
+    };
+    assert_eq!(
+        (id.user.as_str(), id.groups.clone(), id.method),
+        ("Alice", vec!["helpdesk".to_string()], AuthMethod::Ntlm)
+    );
+
+    for _ in 0..3 {
+        let err = ntlm_with(&s, &auth, "alice", "guess").unwrap_err();
+        assert_eq!(
+            auth.verify_negotiated(Err(&err), src),
+            AuthResult::Denied(DenyReason::WrongPassword)
+        );
+    }
+    let done = ntlm_with(&s, &auth, "alice", "pw-a").unwrap();
+    assert_eq!(
+        auth.verify_negotiated(Ok(&done), ip("198.51.100.1")),
+        AuthResult::Denied(DenyReason::LockedOutUser)
+    );
+
+    // A malformed exchange is refused without counting against anyone.
+    let mut conn = ConnectionAuth::new();
+    let err = conn
+        .step(&s, Scheme::Negotiate, b"garbage", None, &|_| None)
+        .unwrap_err();
+    assert!(matches!(
+        auth.verify_negotiated(Err(&err), src),
+        AuthResult::Denied(DenyReason::Negotiate(_))
+    ));
+
+    // Disabled accounts have no NT hash to offer, so their exchange fails as unknown.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("disabled = false", "disabled = true");
+    std::fs::write(&path, text).unwrap();
+    auth.reload_users().unwrap();
+    assert!(auth.nt_hash_of("alice").is_none());
 }

@@ -131,6 +131,8 @@ pub enum DenyReason {
     /// PAM refused or failed.
     Pam(String),
     UnknownCertificate,
+    /// A Negotiate (Kerberos/NTLM) exchange failed, or its principal has no local account.
+    Negotiate(String),
 }
 
 impl fmt::Display for DenyReason {
@@ -152,6 +154,7 @@ impl fmt::Display for DenyReason {
             DenyReason::UnknownCertificate => {
                 f.write_str("no user lists this client certificate's fingerprint")
             }
+            DenyReason::Negotiate(m) => write!(f, "Negotiate: {m}"),
         }
     }
 }
@@ -170,6 +173,7 @@ impl DenyReason {
             DenyReason::BadStoredHash(_) => "bad_stored_hash",
             DenyReason::Pam(_) => "pam",
             DenyReason::UnknownCertificate => "unknown_certificate",
+            DenyReason::Negotiate(_) => "negotiate",
         }
     }
 }
@@ -680,6 +684,77 @@ impl Authenticator {
             };
             self.cache_store(k, entry, now);
         }
+        self.accept(identity, src)
+    }
+
+    /// Gate 2 for a finished Negotiate exchange (issue 12), with Basic's lock-outs: an NTLM
+    /// wrong response or unknown user counts as a failed login for that name and `source`; a
+    /// locked-out user or source is refused even with the right credentials; other failures
+    /// (bad tokens, realms, channel bindings) are refused without counting. The caller is the
+    /// local account: a users.toml entry (refused when disabled) or an OS account (groups from
+    /// the OS, e.g. SSSD); a Kerberos principal with neither is refused as an unknown user.
+    pub fn verify_negotiated(
+        &self,
+        outcome: Result<&negotiate::Negotiated, &negotiate::NegotiateError>,
+        source: IpAddr,
+    ) -> AuthResult {
+        let src = Some(source);
+        let done = match outcome {
+            Ok(d) => d,
+            Err(e) => {
+                return match e.failed_user() {
+                    Some(user) => self.deny(user, src, DenyReason::WrongPassword, true),
+                    None => self.deny("-", src, DenyReason::Negotiate(e.to_string()), false),
+                }
+            }
+        };
+        let now = Instant::now();
+        {
+            let mut l = lock(&self.lockouts);
+            if is_locked(&mut l.by_user, &done.user.to_lowercase(), now) {
+                drop(l);
+                return self.deny(&done.user, src, DenyReason::LockedOutUser, false);
+            }
+            if is_locked(&mut l.by_source, &source_key(source), now) {
+                drop(l);
+                return self.deny(&done.user, src, DenyReason::LockedOutSource, false);
+            }
+        }
+        let method = match done.mechanism {
+            negotiate::Mechanism::Kerberos => AuthMethod::Kerberos,
+            negotiate::Mechanism::Ntlm => AuthMethod::Ntlm,
+        };
+        let record = self
+            .users
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_name
+            .get(&done.user.to_lowercase())
+            .cloned();
+        let identity = match record {
+            Some(r) if r.entry.disabled => {
+                return self.deny(&r.name, src, DenyReason::Disabled, true)
+            }
+            Some(r) => Identity {
+                user: r.name,
+                groups: r.entry.groups,
+                method,
+            },
+            None if method == AuthMethod::Kerberos
+                && nix::unistd::User::from_name(&done.user)
+                    .ok()
+                    .flatten()
+                    .is_some() =>
+            {
+                Identity {
+                    user: done.user.clone(),
+                    groups: os_groups(&done.user),
+                    method,
+                }
+            }
+            None => return self.deny(&done.user, src, DenyReason::UnknownUser, false),
+        };
+        tracing::info!(principal = %done.principal, "Negotiate principal");
         self.accept(identity, src)
     }
 
