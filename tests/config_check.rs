@@ -1111,6 +1111,10 @@ fn negotiate_keytab_and_ntlm() {
             )
         });
         assert!(cfg.server.auth.negotiate);
+        assert!(cfg
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("not yet offered by the listener")));
     }
 
     // ntlm without negotiate; negotiate with nothing to offer; a bad realm.
