@@ -230,6 +230,7 @@ fn bench_auth(mode: Mode) {
             groups: vec!["helpdesk".into()],
             disabled: false,
             client_certificates: Vec::new(),
+            nt_hash: None,
         },
     );
     let cfg = AuthConfig::default();

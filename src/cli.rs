@@ -819,6 +819,11 @@ fn cmd_user(cmd: UserCommand) -> Result<ExitCode> {
         let (base, server) = server_paths(c)?;
         Ok(resolve_in(&base, &server.users))
     };
+    // `[auth] ntlm = true`: passwords also get an NT hash (password-equivalent) for NTLM.
+    let ntlm = |c: &ConfigArg| -> Result<bool> { Ok(server_paths(c)?.1.auth.ntlm) };
+    let ntlm_note = |name: &str| {
+        println!("stored an NT hash for {name} too ([auth] ntlm = true): it is password-equivalent, keep the users file private (0600)");
+    };
     match cmd {
         UserCommand::Add {
             name,
@@ -828,15 +833,23 @@ fn cmd_user(cmd: UserCommand) -> Result<ExitCode> {
             let path = users_path(&config)?;
             let pw = auth::read_password(&format!("Password for {name}: "))
                 .context("cannot read the password")?;
-            auth::user_add(&path, &name, &groups, &pw)?;
+            let nt = ntlm(&config)?;
+            auth::user_add_ntlm(&path, &name, &groups, &pw, nt)?;
             println!("added user {name} to {}", path.display());
+            if nt {
+                ntlm_note(&name);
+            }
         }
         UserCommand::Passwd { name, config } => {
             let path = users_path(&config)?;
             let pw = auth::read_password(&format!("New password for {name}: "))
                 .context("cannot read the password")?;
-            auth::user_passwd(&path, &name, &pw)?;
+            let nt = ntlm(&config)?;
+            auth::user_passwd_ntlm(&path, &name, &pw, nt)?;
             println!("changed the password of {name}");
+            if nt {
+                ntlm_note(&name);
+            }
         }
         UserCommand::Remove { name, config } => {
             let path = users_path(&config)?;

@@ -1120,3 +1120,184 @@ fn control_character_in_a_comment_has_a_message() {
         "{errs:?}"
     );
 }
+
+/// `[auth] negotiate` (issue 12): the keytab exists, is private and holds an HTTP/ or WSMAN/ key
+/// for a name this server answers to; the other Negotiate keys are consistent.
+#[test]
+fn negotiate_keytab_and_ntlm() {
+    use keyhole::config::keytab::encode_keytab;
+    use std::os::unix::fs::PermissionsExt;
+
+    let write_keytab =
+        |dir: &Path, entries: &[keyhole::config::keytab::KeytabSpec<'_>], mode: u32| {
+            let p = dir.join("http.keytab");
+            std::fs::write(&p, encode_keytab(entries)).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+    let negotiate = "\n[auth]\nnegotiate = true\nkeytab = \"http.keytab\"\n";
+
+    // Missing keytab: says what to run.
+    let d = shipped_copy();
+    append(d.path(), "keyhole.toml", negotiate);
+    let at = loc(d.path(), "keyhole.toml", "\"http.keytab\"");
+    expect_error(d.path(), &at, "does not exist");
+    expect_error(d.path(), &at, "net ads keytab add HTTP");
+
+    // A keytab for other names only (host/ keys, another host).
+    let d = shipped_copy();
+    append(d.path(), "keyhole.toml", negotiate);
+    write_keytab(
+        d.path(),
+        &[
+            (&["host", "localhost"], "EXAMPLE.COM", 2, 18, &[1; 32]),
+            (
+                &["HTTP", "elsewhere.example.com"],
+                "EXAMPLE.COM",
+                2,
+                18,
+                &[1; 32],
+            ),
+        ],
+        0o600,
+    );
+    expect_error(
+        d.path(),
+        &at,
+        "holds no HTTP/ or WSMAN/ key for a name this server answers to (localhost, 127.0.0.1)",
+    );
+    expect_error(d.path(), &at, "HTTP/elsewhere.example.com@EXAMPLE.COM");
+
+    // Readable by others.
+    let d = shipped_copy();
+    append(d.path(), "keyhole.toml", negotiate);
+    write_keytab(
+        d.path(),
+        &[(&["HTTP", "localhost"], "EXAMPLE.COM", 2, 18, &[1; 32])],
+        0o644,
+    );
+    expect_error(d.path(), &at, "chmod 600");
+
+    // Not a keytab.
+    let d = shipped_copy();
+    append(d.path(), "keyhole.toml", negotiate);
+    std::fs::write(
+        d.path().join("http.keytab"),
+        "-----BEGIN CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        d.path().join("http.keytab"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    expect_error(d.path(), &at, "not a keytab");
+
+    // An empty keytab: the system's library refuses it, as `serve` would at start.
+    if keyhole::sys::gssapi::available().is_ok() {
+        let d = shipped_copy();
+        append(d.path(), "keyhole.toml", negotiate);
+        write_keytab(d.path(), &[], 0o600);
+        expect_error(
+            d.path(),
+            &at,
+            "the system's Kerberos library cannot use the keytab",
+        );
+    }
+
+    // A good one (WSMAN/ for an alias, names compared without case) passes.
+    let d = shipped_copy();
+    append(d.path(), "keyhole.toml", negotiate);
+    write_keytab(
+        d.path(),
+        &[(&["WSMAN", "LOCALHOST"], "EXAMPLE.COM", 2, 18, &[1; 32])],
+        0o600,
+    );
+    if keyhole::sys::gssapi::available().is_ok() {
+        let cfg = load(d.path()).unwrap_or_else(|e| {
+            panic!(
+                "{}",
+                e.iter().map(|x| x.rendered.clone()).collect::<String>()
+            )
+        });
+        assert!(cfg.server.auth.negotiate);
+        assert!(cfg
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("not yet offered by the listener")));
+    }
+
+    // ntlm without negotiate; negotiate with nothing to offer; a bad realm.
+    let d = shipped_copy();
+    append(d.path(), "keyhole.toml", "\n[auth]\nntlm = true\n");
+    expect_error(
+        d.path(),
+        &loc(d.path(), "keyhole.toml", "true\n"),
+        "needs negotiate = true",
+    );
+    let d = shipped_copy();
+    append(
+        d.path(),
+        "keyhole.toml",
+        "\n[auth]\nnegotiate = true\nkeytab = \"\"\n",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "keyhole.toml", "true\n"),
+        "offers no mechanism",
+    );
+    let d = shipped_copy();
+    append(
+        d.path(),
+        "keyhole.toml",
+        "\n[auth]\nrealms = [\"alice@EXAMPLE.COM\"]\nchannel_binding = \"when-offered\"\n",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "keyhole.toml", "\"alice@"),
+        "not a Kerberos realm name",
+    );
+    let d = shipped_copy();
+    append(
+        d.path(),
+        "keyhole.toml",
+        "\n[auth]\nchannel_binding = \"sometimes\"\n",
+    );
+    expect_error(
+        d.path(),
+        &loc(d.path(), "keyhole.toml", "\"sometimes\""),
+        "unknown variant",
+    );
+
+    // NTLM only with an account that has an NT hash: fine; a malformed hash is an error, and an
+    // unused one a warning.
+    let hash = keyhole::auth::hash_password("pw").unwrap();
+    let d = shipped_copy();
+    append(
+        d.path(),
+        "keyhole.toml",
+        "\n[auth]\nnegotiate = true\nkeytab = \"\"\nntlm = true\n",
+    );
+    std::fs::write(
+        d.path().join("users.toml"),
+        format!("[users.alice]\npassword = \"{hash}\"\nnt_hash = \"0123\"\n"),
+    )
+    .unwrap();
+    expect_error(
+        d.path(),
+        &loc(d.path(), "users.toml", "\"0123\""),
+        "not 32 hexadecimal digits",
+    );
+    let d = shipped_copy();
+    std::fs::write(
+        d.path().join("users.toml"),
+        format!(
+            "[users.alice]\npassword = \"{hash}\"\nnt_hash = \"{}\"\n",
+            keyhole::auth::ntlm::nt_hash_hex("pw")
+        ),
+    )
+    .unwrap();
+    expect_warning(
+        d.path(),
+        "nt_hash of alice is unused while [auth] ntlm = false",
+    );
+}

@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 # tests/build_deps.rs): ping (Test-Connection), useradd/chpasswd (root tests), promtool (metrics
 # lint, Debian's prometheus package), debootstrap (the package's clean-room build), strace (the
 # unit's system-call filter check), node (the polkit rule is evaluated in it; Debian's nodejs when
-# the machine has no node).
+# the machine has no node), MIT Kerberos: the GSSAPI library keyhole loads at run time, a KDC,
+# kadmin.local and kinit for the throwaway realm of tests/krb/realm.sh (negotiate_* tests), and
+# libkrb5-dev/python3-dev/gcc to build pyspnego's Kerberos (python-gssapi, krb5) in the venv.
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pkg in iputils-ping passwd prometheus debootstrap strace; do
+    for pkg in iputils-ping passwd prometheus debootstrap strace libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     command -v node >/dev/null || missing+=(nodejs)
@@ -27,7 +29,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check pywinrm==0.5.0 pypsrp==0.9.1 psrpcore==0.3.1 pytest==8.3.4
+.venv/bin/pip install -q --disable-pip-version-check pywinrm==0.5.0 pypsrp==0.9.1 psrpcore==0.3.1 pytest==8.3.4 pyspnego==0.12.4 gssapi==1.12.0 krb5==0.10.0
 
 # Rust: lints, then unit + integration tests (root-only tests run when root, as in CI).
 cargo clippy --all-targets -- -D warnings

@@ -6,14 +6,18 @@
 //! random key) and never kept beyond the call.
 #![forbid(unsafe_code)]
 
+pub mod encryption;
+pub mod negotiate;
+pub mod ntlm;
 mod pam;
+pub mod spnego;
 mod users_file;
 
 pub use pam::MAX_OS_GROUPS;
 pub use users_file::{
-    hash_password, load_users, read_password, read_password_line, user_add, user_list, user_passwd,
-    user_remove, validate_user_name, MAX_GROUPS_PER_USER, MAX_GROUP_NAME_LEN, MAX_USERS_FILE_BYTES,
-    MAX_USER_NAME_LEN,
+    hash_password, load_users, read_password, read_password_line, user_add, user_add_ntlm,
+    user_list, user_passwd, user_passwd_ntlm, user_remove, validate_user_name, MAX_GROUPS_PER_USER,
+    MAX_GROUP_NAME_LEN, MAX_USERS_FILE_BYTES, MAX_USER_NAME_LEN,
 };
 
 use std::collections::HashMap;
@@ -83,6 +87,10 @@ pub enum AuthMethod {
     Pam,
     /// A TLS client certificate whose fingerprint a user lists.
     Certificate,
+    /// Negotiate/Kerberos: a principal of an accepted realm, mapped to a local name.
+    Kerberos,
+    /// Negotiate/NTLM against a users.toml NT hash.
+    Ntlm,
 }
 
 impl fmt::Display for AuthMethod {
@@ -91,6 +99,8 @@ impl fmt::Display for AuthMethod {
             AuthMethod::Basic => "basic",
             AuthMethod::Pam => "pam",
             AuthMethod::Certificate => "certificate",
+            AuthMethod::Kerberos => "kerberos",
+            AuthMethod::Ntlm => "ntlm",
         })
     }
 }
@@ -121,6 +131,8 @@ pub enum DenyReason {
     /// PAM refused or failed.
     Pam(String),
     UnknownCertificate,
+    /// A Negotiate (Kerberos/NTLM) exchange failed, or its principal has no local account.
+    Negotiate(String),
 }
 
 impl fmt::Display for DenyReason {
@@ -142,6 +154,7 @@ impl fmt::Display for DenyReason {
             DenyReason::UnknownCertificate => {
                 f.write_str("no user lists this client certificate's fingerprint")
             }
+            DenyReason::Negotiate(m) => write!(f, "Negotiate: {m}"),
         }
     }
 }
@@ -160,6 +173,7 @@ impl DenyReason {
             DenyReason::BadStoredHash(_) => "bad_stored_hash",
             DenyReason::Pam(_) => "pam",
             DenyReason::UnknownCertificate => "unknown_certificate",
+            DenyReason::Negotiate(_) => "negotiate",
         }
     }
 }
@@ -488,6 +502,22 @@ impl Authenticator {
             .is_empty()
     }
 
+    /// NTLM: the NT hash of `user` (case-insensitive) for [`negotiate::ConnectionAuth::step`];
+    /// `None` when `[auth] ntlm` is off, or the account is unknown, disabled or has no valid
+    /// `nt_hash`. (Lock-outs are the caller's, as for Basic: check them before the exchange and
+    /// count [`negotiate::NegotiateError::failed_user`] after it.)
+    pub fn nt_hash_of(&self, user: &str) -> Option<[u8; 16]> {
+        if !self.cfg.read().unwrap_or_else(|e| e.into_inner()).ntlm {
+            return None;
+        }
+        let state = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let r = state.by_name.get(&user.to_lowercase())?;
+        if r.entry.disabled {
+            return None;
+        }
+        ntlm::parse_nt_hash(r.entry.nt_hash.as_deref()?)
+    }
+
     fn cache_key_for(&self, username: &str, password: &str) -> Option<[u8; 32]> {
         let mut mac = <Hmac<Sha256> as hmac::Mac>::new_from_slice(&self.cache_key).ok()?;
         mac.update(username.as_bytes());
@@ -695,6 +725,79 @@ impl Authenticator {
             };
             self.cache_store(k, entry, now);
         }
+        self.accept(identity, src)
+    }
+
+    /// Gate 2 for a finished Negotiate exchange (issue 12), with Basic's lock-outs: an NTLM
+    /// wrong response or unknown user counts as a failed login for that name and `source`; a
+    /// locked-out user or source is refused even with the right credentials; other failures
+    /// (bad tokens, realms, channel bindings) are refused without counting. The caller is the
+    /// local account: a users.toml entry (refused when disabled) or an OS account (groups from
+    /// the OS, e.g. SSSD); a Kerberos principal with neither is refused as an unknown user.
+    pub fn verify_negotiated(
+        &self,
+        outcome: Result<&negotiate::Negotiated, &negotiate::NegotiateError>,
+        source: IpAddr,
+    ) -> AuthResult {
+        let src = Some(source);
+        let done = match outcome {
+            Ok(d) => d,
+            Err(e) => {
+                return match e.failed_user() {
+                    Some(user) => self.deny(user, src, DenyReason::WrongPassword, true),
+                    None => self.deny("-", src, DenyReason::Negotiate(e.to_string()), false),
+                }
+            }
+        };
+        let now = Instant::now();
+        {
+            let mut l = lock(&self.lockouts);
+            if is_locked(&mut l.by_user, &done.user.to_lowercase(), now) {
+                drop(l);
+                return self.deny(&done.user, src, DenyReason::LockedOutUser, false);
+            }
+            if is_locked(&mut l.by_source, &source_key(source), now) {
+                drop(l);
+                return self.deny(&done.user, src, DenyReason::LockedOutSource, false);
+            }
+        }
+        let method = match done.mechanism {
+            negotiate::Mechanism::Kerberos => AuthMethod::Kerberos,
+            negotiate::Mechanism::Ntlm => AuthMethod::Ntlm,
+        };
+        let record = self
+            .users
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_name
+            .get(&done.user.to_lowercase())
+            .cloned();
+        let identity = match record {
+            Some(r) if r.entry.disabled => {
+                return self.deny(&r.name, src, DenyReason::Disabled, true)
+            }
+            Some(r) => Identity {
+                user: r.name,
+                groups: r.entry.groups,
+                method,
+            },
+            None if method == AuthMethod::Kerberos
+                && nix::unistd::User::from_name(&done.user)
+                    .ok()
+                    .flatten()
+                    .is_some() =>
+            {
+                // A domain account (SSSD) that Kerberos proved: its groups come from the OS, through
+                // the one lookup every login uses.
+                Identity {
+                    user: done.user.clone(),
+                    groups: groups_for(None, true, &done.user).unwrap_or_default(),
+                    method,
+                }
+            }
+            None => return self.deny(&done.user, src, DenyReason::UnknownUser, false),
+        };
+        tracing::info!(principal = %done.principal, "Negotiate principal");
         self.accept(identity, src)
     }
 

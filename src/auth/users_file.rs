@@ -136,12 +136,24 @@ fn find_key(users: &UsersFile, name: &str) -> Option<String> {
         .cloned()
 }
 
-/// `keyhole user add NAME [--group G]...`.
+/// `keyhole user add NAME [--group G]...` (no NT hash: see [`user_add_ntlm`]).
 pub fn user_add(
     path: &Path,
     name: &str,
     groups: &[String],
     password: &str,
+) -> Result<(), AuthError> {
+    user_add_ntlm(path, name, groups, password, false)
+}
+
+/// `keyhole user add`; with `store_nt_hash` (`[auth] ntlm = true`) the entry also gets the
+/// password's NT hash for NTLM.
+pub fn user_add_ntlm(
+    path: &Path,
+    name: &str,
+    groups: &[String],
+    password: &str,
+    store_nt_hash: bool,
 ) -> Result<(), AuthError> {
     let _lock = lock_dir_of(path).map_err(|source| AuthError::Write {
         path: path.to_path_buf(),
@@ -162,6 +174,7 @@ pub fn user_add(
         groups: groups.to_vec(),
         disabled: false,
         client_certificates: Vec::new(),
+        nt_hash: store_nt_hash.then(|| super::ntlm::nt_hash_hex(password)),
     };
     let mut table = toml_edit::Table::new();
     table.insert("password", toml_edit::value(entry.password.as_str()));
@@ -175,6 +188,9 @@ pub fn user_add(
         ),
     );
     table.insert("disabled", toml_edit::value(false));
+    if let Some(h) = &entry.nt_hash {
+        table.insert("nt_hash", toml_edit::value(h.as_str()));
+    }
     users.users.insert(name.to_string(), entry);
     save_users(path, old_text.as_deref(), &users, |doc| {
         users_table(doc)?.insert(name, toml_edit::Item::Table(table));
@@ -182,8 +198,20 @@ pub fn user_add(
     })
 }
 
-/// `keyhole user passwd NAME`.
+/// `keyhole user passwd NAME` (removes any NT hash: see [`user_passwd_ntlm`]).
 pub fn user_passwd(path: &Path, name: &str, password: &str) -> Result<(), AuthError> {
+    user_passwd_ntlm(path, name, password, false)
+}
+
+/// `keyhole user passwd NAME`: a new argon2id hash, and with `store_nt_hash` (`[auth] ntlm =
+/// true`) the new password's NT hash. Without it any NT hash is removed: it would still let the
+/// old password in through NTLM.
+pub fn user_passwd_ntlm(
+    path: &Path,
+    name: &str,
+    password: &str,
+    store_nt_hash: bool,
+) -> Result<(), AuthError> {
     let _lock = lock_dir_of(path).map_err(|source| AuthError::Write {
         path: path.to_path_buf(),
         source,
@@ -195,12 +223,22 @@ pub fn user_passwd(path: &Path, name: &str, password: &str) -> Result<(), AuthEr
         path: path.to_path_buf(),
     })?;
     let hash = hash_password(password)?;
+    let nt = store_nt_hash.then(|| super::ntlm::nt_hash_hex(password));
     if let Some(entry) = users.users.get_mut(&key) {
         entry.password = hash.clone();
+        entry.nt_hash = nt.clone();
     }
     save_users(path, old_text.as_deref(), &users, |doc| {
         let entry = users_table(doc)?.get_mut(&key)?.as_table_like_mut()?;
         entry.insert("password", toml_edit::value(hash.as_str()));
+        match &nt {
+            Some(h) => {
+                entry.insert("nt_hash", toml_edit::value(h.as_str()));
+            }
+            None => {
+                entry.remove("nt_hash");
+            }
+        }
         Some(())
     })
 }

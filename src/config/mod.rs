@@ -4,6 +4,7 @@
 
 pub mod diag;
 pub mod edit;
+pub mod keytab;
 pub mod listener;
 mod load;
 mod types;

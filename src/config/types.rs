@@ -146,8 +146,32 @@ pub struct AuthConfig {
     #[serde(default = "d_true")]
     pub basic: bool,
     pub pam_service: String,
+    /// `WWW-Authenticate: Negotiate` (and `Kerberos`): SPNEGO with Kerberos and, if `ntlm`, NTLM.
+    pub negotiate: bool,
+    /// Kerberos acceptor keys (`HTTP/host`, `WSMAN/host`); "" turns Kerberos off (NTLM only).
+    pub keytab: String,
+    /// Realms whose principals map to local names; empty: the keytab's realms.
+    pub realms: Vec<String>,
+    /// NTLM for users.toml accounts that carry an NT hash.
+    pub ntlm: bool,
+    /// TLS channel bindings (`tls-server-end-point`) for Negotiate over HTTPS.
+    pub channel_binding: ChannelBinding,
     pub max_failed_logins: Positive,
     pub lockout: Dur,
+}
+
+/// `[auth] channel_binding`: whether a Negotiate client must bind its authentication to the TLS
+/// connection (RFC 5929 `tls-server-end-point`, the hash of the server's certificate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBinding {
+    /// Bindings must be present and match; a client that sends none is refused.
+    Required,
+    /// Bindings a client sends must match; a client that sends none is accepted.
+    #[default]
+    WhenOffered,
+    /// Bindings are not checked.
+    Ignore,
 }
 
 impl Default for AuthConfig {
@@ -155,6 +179,11 @@ impl Default for AuthConfig {
         AuthConfig {
             basic: true,
             pam_service: String::new(),
+            negotiate: false,
+            keytab: s("/etc/krb5.keytab"),
+            realms: Vec::new(),
+            ntlm: false,
+            channel_binding: ChannelBinding::WhenOffered,
             max_failed_logins: Positive(5),
             lockout: Dur(std::time::Duration::from_secs(300)),
         }
@@ -459,4 +488,8 @@ pub struct UserEntry {
     pub disabled: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_certificates: Vec<String>,
+    /// NTLM: the account's NT hash (MD4 of the UTF-16LE password) as 32 hexadecimal digits,
+    /// written by `keyhole user passwd` while `[auth] ntlm = true`. Password-equivalent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nt_hash: Option<String>,
 }
