@@ -416,6 +416,8 @@ mod tests {
         let mut ptrs: Vec<*const PamMessage> = msgs.iter().map(std::ptr::from_ref).collect();
         let mut resp: *mut PamResponse = std::ptr::null_mut();
         let data = std::ptr::from_ref(a).cast_mut().cast::<c_void>();
+        // SAFETY: test-only calls of the conversation exactly as libpam makes them: every pointer is
+        // live for the call, `count` matches the array, and what it allocates is freed here once.
         let code = unsafe { converse(count, ptrs.as_mut_ptr(), &mut resp, data) };
         if resp.is_null() {
             return (code, None);
@@ -427,6 +429,8 @@ mod tests {
             out.push(unsafe { bounded_text(r, 1024) });
             unsafe { wipe_and_free(r) };
         }
+        // SAFETY: test-only calls of the conversation exactly as libpam makes them: every pointer is
+        // live for the call, `count` matches the array, and what it allocates is freed here once.
         unsafe { libc::free(resp.cast()) };
         (code, Some(out))
     }
@@ -474,6 +478,8 @@ mod tests {
         let a = answers();
         let data = std::ptr::from_ref(&a).cast_mut().cast::<c_void>();
         let mut resp: *mut PamResponse = std::ptr::null_mut();
+        // SAFETY: test-only calls of the conversation exactly as libpam makes them: every pointer is
+        // live for the call, `count` matches the array, and what it allocates is freed here once.
         let code = unsafe { converse(1, std::ptr::null_mut(), &mut resp, data) };
         assert_eq!(code, PAM_CONV_ERR);
         let pw = CString::new("Password: ").unwrap();
@@ -493,6 +499,8 @@ mod tests {
     fn message_text_is_read_with_a_bound() {
         // 600 bytes and no NUL anywhere: the reader stops at MAX_MESSAGE_BYTES.
         let raw = vec![b'A'; 600];
+        // SAFETY: test-only calls of the conversation exactly as libpam makes them: every pointer is
+        // live for the call, `count` matches the array, and what it allocates is freed here once.
         let text = unsafe { bounded_text(raw.as_ptr().cast(), MAX_MESSAGE_BYTES) }.unwrap();
         assert_eq!(text.len(), MAX_MESSAGE_BYTES);
         assert_eq!(unsafe { bounded_text(std::ptr::null(), 10) }, None);
