@@ -57,7 +57,7 @@ if [ "$CLEAN_ROOM" = 1 ]; then
     mount --bind "$ROOMDIR/target" "$ROOM/opt/target"
     mount -t proc proc "$ROOM/proc"
     # What the room has: no PAM headers, no libclang, no pkg-config (the build would need them
-    # if any crate used bindgen or pkg-config; tests/build_deps.rs checks the graph too).
+    # if any crate used bindgen or pkg-config; tests/core/build_deps.rs checks the graph too).
     for absent in /usr/include/security/pam_appl.h /usr/bin/pkg-config /usr/bin/clang; do
         if [ -e "$ROOM$absent" ]; then
             echo "build-deb: the clean room unexpectedly has $absent" >&2

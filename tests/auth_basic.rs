@@ -1,5 +1,5 @@
 //! Gate 2 with local accounts: argon2id, refusals, lock-outs, the success cache, certificates,
-//! `keyhole user` file management. (Log hygiene: tests/auth_log.rs.)
+//! `keyhole user` file management. (Log hygiene: tests/core/auth_log.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::net::IpAddr;

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages (run time and tests only: building needs nothing but the Rust toolchain, see
-# tests/build_deps.rs): ping (Test-Connection), useradd/chpasswd (root tests), promtool (metrics
+# tests/core/build_deps.rs): ping (Test-Connection), useradd/chpasswd (root tests), promtool (metrics
 # lint, Debian's prometheus package), debootstrap (the package's clean-room build), strace (the
 # unit's system-call filter check), node (the polkit rule is evaluated in it; Debian's nodejs when
 # the machine has no node), MIT Kerberos: the GSSAPI library keyhole loads at run time, a KDC,

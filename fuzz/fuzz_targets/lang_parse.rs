@@ -1,5 +1,5 @@
 //! cargo-fuzz target `lang_parse`: the logic lives in `keyhole_fuzz::lang_parse` (fuzz/src/lib.rs), which
-//! tests/fuzz_corpus.rs also runs over fuzz/corpus/lang_parse/ without nightly.
+//! tests/core/fuzz_corpus.rs also runs over fuzz/corpus/lang_parse/ without nightly.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

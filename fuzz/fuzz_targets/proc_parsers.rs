@@ -1,5 +1,5 @@
 //! cargo-fuzz target `proc_parsers`: the logic lives in `keyhole_fuzz::proc_parsers` (fuzz/src/lib.rs), which
-//! tests/fuzz_corpus.rs also runs over fuzz/corpus/proc_parsers/ without nightly.
+//! tests/core/fuzz_corpus.rs also runs over fuzz/corpus/proc_parsers/ without nightly.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

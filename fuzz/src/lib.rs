@@ -1,5 +1,5 @@
 //! The logic of every fuzz target, shared by the cargo-fuzz binaries (fuzz/fuzz_targets/) and by
-//! the stable smoke test tests/fuzz_corpus.rs, which includes this file with `#[path]` and runs it
+//! the stable smoke test tests/core/fuzz_corpus.rs, which includes this file with `#[path]` and runs it
 //! over the seed corpus in fuzz/corpus/<target>/. A function here panics only when it finds a bug:
 //! a panic inside keyhole, or a broken invariant checked with `assert!`.
 #![forbid(unsafe_code)]

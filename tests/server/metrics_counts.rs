@@ -11,8 +11,7 @@ use keyhole::auth::{load_users, user_add, AuthResult, Authenticator};
 use keyhole::config::{self, AuthConfig, Dur, Positive};
 use keyhole::metrics::Metrics;
 
-#[path = "fixtures/config/shipped.rs"]
-mod shipped;
+use crate::shipped;
 
 fn line(text: &str, prefix: &str) -> String {
     text.lines()

@@ -15,8 +15,7 @@ use keyhole::config::{self, LoadedConfig};
 use keyhole::lang::pattern::{AnchoredPattern, Case};
 use keyhole::polkit::{self, no_aliases, pattern_to_js, wildcard_to_js};
 
-#[path = "fixtures/config/shipped.rs"]
-mod shipped;
+use crate::shipped;
 
 const HARNESS: &str = r#"
 "use strict";

@@ -4,12 +4,11 @@
 //! what it should. Runs on a copy of the shipped examples.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-#[path = "fixtures/config/shipped.rs"]
-mod shipped;
+use crate::shipped;
 
 use shipped::{keyhole, shipped_copy};
 
-mod corpus_support;
+use crate::corpus_support;
 use corpus_support::unescape;
 
 fn lines(text: &str) -> Vec<(usize, Vec<&str>)> {
@@ -45,7 +44,7 @@ fn language_corpus_is_refused_by_keyhole_run() {
     let d = shipped_copy();
     let mut failures = Vec::new();
     let mut count = 0;
-    for (n, fields) in lines(include_str!("corpus/lang_refused.txt")) {
+    for (n, fields) in lines(include_str!("../corpus/lang_refused.txt")) {
         let (id, line) = (fields[0], unescape(&fields[1..].join("\t")));
         // A line with NUL cannot be passed as a process argument; the parser tests cover it.
         if line.contains('\0') {
@@ -70,7 +69,7 @@ fn language_corpus_is_refused_by_keyhole_run() {
 fn shipped_corpus_is_refused_with_its_reason() {
     let d = shipped_copy();
     let mut failures = Vec::new();
-    let all = lines(include_str!("corpus/shipped_refused.txt"));
+    let all = lines(include_str!("../corpus/shipped_refused.txt"));
     for (n, fields) in &all {
         let (endpoint, want, line) = (fields[0], fields[1], unescape(&fields[2..].join("\t")));
         let (code, out, err) = run_as(d.path(), endpoint, &line);
@@ -93,7 +92,7 @@ fn shipped_corpus_is_refused_with_its_reason() {
 fn shipped_allowed_lines_run() {
     let d = shipped_copy();
     let mut failures = Vec::new();
-    let all = lines(include_str!("corpus/shipped_allowed.txt"));
+    let all = lines(include_str!("../corpus/shipped_allowed.txt"));
     for (n, fields) in &all {
         let (endpoint, want, line) = (fields[0], fields[1], unescape(&fields[2..].join("\t")));
         let (code, out, err) = run_as(d.path(), endpoint, &line);

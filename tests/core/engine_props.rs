@@ -2,8 +2,7 @@
 //! nothing, and a value outside a role's validate_set never reaches the command.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-#[path = "engine_support.rs"]
-mod support;
+use crate::engine_support as support;
 
 use keyhole::engine::{CommandArg, RunOutcome, StructuredCommand, Value};
 use proptest::prelude::*;

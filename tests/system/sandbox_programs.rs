@@ -4,7 +4,7 @@
 #![allow(clippy::result_large_err)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod sandbox_common;
+use crate::sandbox_common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -7,8 +7,7 @@ use std::process::Command;
 
 use keyhole::config::{self, Diagnostic, Severity};
 
-#[path = "fixtures/config/shipped.rs"]
-mod shipped;
+use crate::shipped;
 
 use shipped::{is_root, me, prepare_accounts, shipped_copy};
 
@@ -121,7 +120,7 @@ fn shipped_examples_pass_check() {
     let (code, out, err) = check_bin(d.path());
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     // Helpdesk grants Restart/Start-Service to a non-root run_as: `check` also says whether
-    // the polkit rule for it is installed on this machine (see tests/polkit_rules.rs).
+    // the polkit rule for it is installed on this machine (see tests/core/polkit_rules.rs).
     let cfg = config::load(&d.path().join("keyhole.toml")).unwrap();
     let polkit = keyhole::polkit::installed_rule_warnings(
         &cfg,

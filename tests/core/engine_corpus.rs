@@ -3,8 +3,7 @@
 //! (with a note) while `lang::parse` is the placeholder.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-#[path = "engine_support.rs"]
-mod support;
+use crate::engine_support as support;
 
 use keyhole::engine::RunOutcome;
 use support::*;

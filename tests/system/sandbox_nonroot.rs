@@ -3,7 +3,7 @@
 //! must run programs as that same account and refuse any other account or any capability.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod sandbox_common;
+use crate::sandbox_common;
 
 use std::time::Duration;
 

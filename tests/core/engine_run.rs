@@ -3,8 +3,7 @@
 //! real parser and skip themselves (with a note) while the placeholder parser is in place.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-#[path = "engine_support.rs"]
-mod support;
+use crate::engine_support as support;
 
 use keyhole::capability::EffectiveCapability;
 use keyhole::config::SessionType;
@@ -736,7 +735,7 @@ fn run_line_cases() {
 #[test]
 fn invoke_expression_is_not_found_in_any_shape_including_execute_ps() {
     // The engine recognises no wrapper: pypsrp's execute_ps shape is recognised by the PSRP layer
-    // (psrp::pool::Wrapper), which hands the engine the line itself (tests/psrp_shell.rs).
+    // (psrp::pool::Wrapper), which hands the engine the line itself (tests/server/psrp_shell.rs).
     let (mut s, _) = session();
     for cmds in [
         vec![

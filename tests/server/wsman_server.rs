@@ -2,7 +2,7 @@
 //! input, ownership, quotas, limits, the identical 401, and shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod wsman_common;
+use crate::wsman_common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,9 +1,8 @@
 //! PsrpShell driven like pypsrp drives Windows: open, pipelines, input, metadata, stop.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod psrp_common;
-#[path = "engine_support.rs"]
-mod support;
+use crate::engine_support as support;
+use crate::psrp_common;
 
 use base64::Engine as _;
 use keyhole::engine::{

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing_subscriber::layer::SubscriberExt as _;
 
-#[path = "fixtures/config/shipped.rs"]
-mod shipped;
+use crate::shipped;
 
 fn recv_state(sock: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];

@@ -5,8 +5,7 @@
 //! also grants Get-Date, Write-Output, Get-Member and Format-List.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-#[path = "fixtures/config/shipped.rs"]
-mod shipped;
+use crate::shipped;
 
 use chrono::Datelike;
 use shipped::{keyhole, shipped_copy};

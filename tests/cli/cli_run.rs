@@ -4,8 +4,7 @@
 //! Tests named `engine_*` run lines through the real engine on the shipped examples.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-#[path = "fixtures/config/shipped.rs"]
-mod shipped;
+use crate::shipped;
 
 use shipped::{keyhole, shipped_copy};
 

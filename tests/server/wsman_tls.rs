@@ -2,7 +2,7 @@
 //! fingerprint, reuse), TLS requests, and client certificates chained to client_ca.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod wsman_common;
+use crate::wsman_common;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

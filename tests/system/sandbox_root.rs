@@ -2,7 +2,7 @@
 //! cancellation, output cap, and no process outliving its command. Runs as root (CI does too).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod sandbox_common;
+use crate::sandbox_common;
 
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,7 @@
 //! commands may already be finished when Windows' were still running).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod wsman_common;
+use crate::wsman_common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;

@@ -1,11 +1,11 @@
 //! Runs every fuzz target's logic (fuzz/src/lib.rs) over its seed corpus in fuzz/corpus/<target>/
 //! and over the inputs kept in fuzz/artifacts-found/<target>/, on stable Rust, so that what
 //! fuzzing found stays fixed. Findings not fixed yet wait in fuzz/artifacts-found/<target>/open/:
-//! `cargo test --test fuzz_corpus` fails on them; once fixed, move the file up one
+//! `cargo test --test core fuzz_corpus::` fails on them; once fixed, move the file up one
 //! directory. (Fuzzing itself: fuzz/README.md.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod fuzz_logic;
 

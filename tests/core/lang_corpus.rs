@@ -5,11 +5,11 @@
 
 use keyhole::lang::{parse, CommandElement, LiteralValue, Script, Statement};
 
-mod corpus_support;
+use crate::corpus_support;
 use corpus_support::unescape;
 
-const REFUSED: &str = include_str!("corpus/lang_refused.txt");
-const ALLOWED: &str = include_str!("corpus/lang_allowed.txt");
+const REFUSED: &str = include_str!("../corpus/lang_refused.txt");
+const ALLOWED: &str = include_str!("../corpus/lang_allowed.txt");
 
 fn corpus_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
     text.lines()

@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use keyhole::auth::{groups_of, AuthMethod, AuthResult, Authenticator, DenyReason};
 use keyhole::config::{AuthConfig, UsersFile};
 
-#[path = "fixtures/config/shipped.rs"]
-mod shipped;
+use crate::shipped;
 
 /// A throwaway OS account in a throwaway group, with a PAM service file using pam_unix.
 struct TempAccount {

@@ -6,7 +6,7 @@
 //!    Windows' commands produced) gives the same message types, states and object shapes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod psrp_common;
+use crate::psrp_common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -2,8 +2,7 @@
 //! sets and patterns; `--help` lists every subcommand.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-#[path = "fixtures/config/shipped.rs"]
-mod shipped;
+use crate::shipped;
 
 use shipped::{append, keyhole, shipped_copy};
 

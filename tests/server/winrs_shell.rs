@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-#[path = "wsman_common/static_gate.rs"]
-mod static_gate;
+use crate::wsman_common::static_gate;
 
 use keyhole::shells::runner::Workers;
 use keyhole::shells::winrs::{WinrsShell, MAX_COMMANDS_PER_SHELL};

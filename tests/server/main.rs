@@ -1,0 +1,21 @@
+//! Test binary `server`. The WS-Man server in process and as `keyhole serve`: envelopes, TLS, WinRS and PSRP shells, golden WinRS replies, check-vs-serve, systemd integration and metrics.
+//!
+//! One binary per area (link time on 2 cores); each module below was once its own test file.
+
+#[path = "../engine_support/mod.rs"]
+mod engine_support;
+#[path = "../psrp_common/mod.rs"]
+mod psrp_common;
+#[path = "../fixtures/config/shipped.rs"]
+mod shipped;
+#[path = "../wsman_common/mod.rs"]
+mod wsman_common;
+
+mod check_vs_serve;
+mod golden_wsman_winrs;
+mod metrics_counts;
+mod psrp_shell;
+mod serve_systemd;
+mod winrs_shell;
+mod wsman_server;
+mod wsman_tls;
