@@ -55,7 +55,7 @@ fn unprivileged_keyhole_keeps_its_account() {
         exe.to_str().unwrap(),
         &[
             "--exact",
-            "nonroot_child",
+            "sandbox_nonroot::nonroot_child",
             "--nocapture",
             "--test-threads=1",
         ],
