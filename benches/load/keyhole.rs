@@ -173,6 +173,17 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The containment keyhole chose (its "sandbox ready" log line).
+    pub fn containment(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("sandbox ready"))
+            .and_then(|l| l.split("containment=").nth(1))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string()
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();

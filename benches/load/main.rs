@@ -104,10 +104,20 @@ fn parse_args() -> Result<Opts, String> {
             "--keyhole" => o.keyhole = PathBuf::from(val(a)?),
             "--out" => out = Some(PathBuf::from(val(a)?)),
             "-h" | "--help" => return Err(USAGE.to_string()),
-            // libtest-style arguments cargo may pass (e.g. a test name filter): ignored.
-            other if other.starts_with("--") => {
+            // What `cargo test -- ARGS` hands every test binary (libtest's options): ignored.
+            "--nocapture" | "--no-capture" | "--show-output" | "--quiet" | "-q" | "--ignored"
+            | "--include-ignored" | "--exact" | "--list" => {}
+            "--test-threads" | "--color" | "--format" | "--skip" => {
+                it.next();
+            }
+            other
+                if ["--test-threads=", "--color=", "--format=", "--skip="]
+                    .iter()
+                    .any(|p| other.starts_with(p)) => {}
+            other if other.starts_with('-') => {
                 return Err(format!("unknown option {other}\n\n{USAGE}"))
             }
+            // A test name filter: ignored.
             _ => {}
         }
     }
@@ -923,6 +933,8 @@ fn main() {
     );
 
     let base = baseline::start().expect("baseline server");
+    let memory_log: std::cell::RefCell<Vec<serde_json::Value>> = Default::default();
+    let containment: std::cell::RefCell<String> = Default::default();
     let main_run = (|| -> Res<()> {
         let cfg = keyhole::Config::write(&keyhole::Limits { sessions: 100_000 })?;
         let srv = keyhole::Server::start(&o.keyhole, &cfg)?;
@@ -933,43 +945,59 @@ fn main() {
             figs.push(f);
         }
         let ts = targets(&cfg, &base)?;
+        let mut checkpoints = Vec::new();
+        let mut mem = |label: &str| {
+            let c = json!({
+                "after": label, "vmrss_kib": srv.status("VmRSS"), "vmhwm_kib": srv.status("VmHWM"),
+                "threads": srv.status("Threads"), "fds": srv.fds(),
+            });
+            println!("keyhole memory after {label}: {c}");
+            checkpoints.push(c);
+        };
+        mem("start");
+        println!("keyhole containment: {}", srv.containment());
+        *containment.borrow_mut() = srv.containment();
         rt.block_on(async {
+            // The first authenticated request (one argon2id verification, cached afterwards).
+            let r = async {
+                Conn::open(&ts.keyhole)
+                    .await?
+                    .post_ok(wsman::identify())
+                    .await
+            };
+            if let Err(e) = r.await {
+                record("first request", Err(e), &mut figs);
+            }
+            mem("the first authenticated request");
             record("wsman_throughput_64", throughput(&ts, &o).await, &mut figs);
+            mem("wsman_throughput_64");
             match serial_rtt(&ts, &o).await {
                 Ok((f, _)) => figs.push(f),
                 Err(e) => record("wsman_serial_rtt", Err(e), &mut figs),
             }
+            mem("wsman_serial_rtt");
             for p in [Proto::Winrs, Proto::Psrp] {
                 record("builtin", builtin(&ts, &o, p).await, &mut figs);
+                mem(&format!("{} builtin", p.name()));
             }
-            record(
-                "external",
-                external(&ts, &o, Proto::Winrs, "/usr/bin/uptime").await,
-                &mut figs,
-            );
-            record(
-                "external",
-                external(&ts, &o, Proto::Winrs, "/usr/bin/true").await,
-                &mut figs,
-            );
-            record(
-                "external",
-                external(&ts, &o, Proto::Psrp, "/usr/bin/uptime").await,
-                &mut figs,
-            );
+            for (p, prog) in [
+                (Proto::Winrs, "/usr/bin/uptime"),
+                (Proto::Winrs, "/usr/bin/true"),
+                (Proto::Psrp, "/usr/bin/uptime"),
+            ] {
+                record("external", external(&ts, &o, p, prog).await, &mut figs);
+                mem(&format!("{} external {prog}", p.name()));
+            }
             for p in [Proto::Winrs, Proto::Psrp] {
                 record(
                     "new_connection",
                     new_connection(&ts, &o, p).await,
                     &mut figs,
                 );
+                mem(&format!("{} new connection", p.name()));
             }
         });
-        let after = json!({
-            "vmrss_kib": srv.status("VmRSS"), "vmhwm_kib": srv.status("VmHWM"),
-            "threads": srv.status("Threads"), "fds": srv.fds(),
-        });
-        println!("(keyhole after the figures above: {after})");
+        *memory_log.borrow_mut() = checkpoints;
         Ok(())
     })();
     if let Err(e) = main_run {
@@ -1000,8 +1028,10 @@ fn main() {
         "load_average_before": load_before,
         "load_average_after": loadavg(),
         "run_as": keyhole::run_as_account(),
+        "containment": containment.into_inner(),
         "seconds": started.elapsed().as_secs_f64(),
         "figures": figs.iter().map(Figure::json).collect::<Vec<_>>(),
+        "keyhole_memory_checkpoints": memory_log.into_inner(),
         "failures": failures.iter().map(|(n, e)| json!({"figure": n, "error": e})).collect::<Vec<_>>(),
     });
     if let Some(d) = o.out.parent() {
