@@ -169,6 +169,43 @@ impl Server {
             .map(|d| d.count() as u64)
     }
 
+    /// Resident memory by kind of mapping (KiB), from /proc/PID/smaps: the heap, anonymous
+    /// mappings (malloc arenas of other threads, large allocations, thread stacks), stacks
+    /// and file-backed mappings; and how many anonymous mappings there are.
+    pub fn smaps(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid)).unwrap_or_default();
+        let (mut heap, mut anon, mut stack, mut file, mut anon_maps) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
+        let mut kind = 0u8;
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            let first = parts.next().unwrap_or("");
+            if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) {
+                let name = line.split_whitespace().nth(5).unwrap_or("");
+                kind = match name {
+                    "[heap]" => 0,
+                    "" => {
+                        anon_maps += 1;
+                        1
+                    }
+                    n if n.starts_with("[stack") => 2,
+                    n if n.starts_with('[') => 4,
+                    _ => 3,
+                };
+            } else if first == "Rss:" {
+                let kb: u64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                match kind {
+                    0 => heap += kb,
+                    1 => anon += kb,
+                    2 => stack += kb,
+                    3 => file += kb,
+                    _ => {}
+                }
+            }
+        }
+        serde_json::json!({"heap_kib": heap, "anon_kib": anon, "stack_kib": stack, "file_kib": file, "anon_mappings": anon_maps})
+    }
+
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -38,12 +38,15 @@ cargo bench --bench load [-- OPTIONS]
   --rss-cap-mib M     stop opening idle sessions when keyhole's RSS passes M MiB (default 8192)
   --seconds S         length of one throughput round (default 5)
   --keyhole PATH      the keyhole binary to measure (default: the one cargo built)
+  --only A,B          only the figures whose id starts with A or B (ids: see the JSON file)
   --out PATH          the JSON result file (default: <target dir>/load/results-<mode>.json)
 ";
 
 #[derive(Clone)]
 struct Opts {
     smoke: bool,
+    /// Figure id prefixes to run (empty: all).
+    only: Vec<String>,
     idle: usize,
     active: usize,
     active_secs: u64,
@@ -54,6 +57,10 @@ struct Opts {
 }
 
 impl Opts {
+    /// Is the figure `id` selected by `--only`?
+    fn wants(&self, id: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| id.starts_with(p.as_str()))
+    }
     /// Samples of a serial figure.
     fn n(&self, full: usize) -> usize {
         if self.smoke {
@@ -69,6 +76,7 @@ fn parse_args() -> Result<Opts, String> {
     let bench = args.iter().any(|a| a == "--bench");
     let mut o = Opts {
         smoke: !bench,
+        only: Vec::new(),
         idle: 0,
         active: 0,
         active_secs: 30,
@@ -103,6 +111,13 @@ fn parse_args() -> Result<Opts, String> {
             "--seconds" => o.seconds = num(a, val(a)?)? as f64,
             "--keyhole" => o.keyhole = PathBuf::from(val(a)?),
             "--out" => out = Some(PathBuf::from(val(a)?)),
+            "--only" => {
+                o.only = val(a)?
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             // What `cargo test -- ARGS` hands every test binary (libtest's options): ignored.
             "--nocapture" | "--no-capture" | "--show-output" | "--quiet" | "-q" | "--ignored"
@@ -302,7 +317,7 @@ async fn throughput(ts: &Targets, o: &Opts) -> Res<Figure> {
     })
 }
 
-async fn serial_rtt(ts: &Targets, o: &Opts) -> Res<(Figure, Samples)> {
+async fn serial_rtt(ts: &Targets, o: &Opts) -> Res<Figure> {
     let mut kc = Conn::open(&ts.keyhole).await?;
     let mut bc = Conn::open(&ts.baseline).await?;
     let body = wsman::identify();
@@ -314,7 +329,7 @@ async fn serial_rtt(ts: &Targets, o: &Opts) -> Res<(Figure, Samples)> {
         ks = kc.post_ok(body.clone()).await?,
         bs = bc.post_ok(body.clone()).await?
     );
-    let fig = Figure {
+    Ok(Figure {
         id: "wsman_serial_rtt",
         title: "WS-Man request round trip, serial, one kept-alive connection (Identify with Basic)"
             .into(),
@@ -326,8 +341,7 @@ async fn serial_rtt(ts: &Targets, o: &Opts) -> Res<(Figure, Samples)> {
         goal: Goal::AtMost(2.0),
         goal_text: "≤ 2x the baseline",
         detail: json!({"keyhole": ks.json(), "baseline": bs.json(), "reply_bytes": {"keyhole": kbytes, "baseline": bbytes}}),
-    };
-    Ok((fig, bs))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -605,6 +619,7 @@ async fn idle_sessions(o: &Opts, base: &baseline::Baseline, p: Proto) -> Res<Fig
         .await?;
     std::thread::sleep(Duration::from_millis(500));
     let rss0 = srv.status("VmRSS").unwrap_or(0);
+    let smaps0 = srv.smaps();
     let threads0 = srv.status("Threads").unwrap_or(0);
     let fds0 = srv.fds().unwrap_or(0);
     let n = o.idle;
@@ -682,6 +697,7 @@ async fn idle_sessions(o: &Opts, base: &baseline::Baseline, p: Proto) -> Res<Fig
     }
     std::thread::sleep(Duration::from_secs(if o.smoke { 0 } else { 2 }));
     let rss1 = srv.status("VmRSS").unwrap_or(0);
+    let smaps1 = srv.smaps();
     let threads1 = srv.status("Threads").unwrap_or(0);
     let fds1 = srv.fds().unwrap_or(0);
     // Prove the sessions are alive: one command on the newest one.
@@ -738,6 +754,7 @@ async fn idle_sessions(o: &Opts, base: &baseline::Baseline, p: Proto) -> Res<Fig
         detail: json!({
             "requested": n, "reached": reached, "stopped_by": stopped_by,
             "vmrss_before_kib": rss0, "vmrss_after_kib": rss1, "kib_per_session": per,
+            "rss_by_mapping_before": smaps0, "rss_by_mapping_after": smaps1,
             "threads_before": threads0, "threads_after": threads1,
             "fds_before": fds0, "fds_after": fds1,
             "open_seconds": open_time.as_secs_f64(), "alive_check": alive_check,
@@ -876,6 +893,21 @@ async fn active_sessions(o: &Opts, base: &baseline::Baseline) -> Res<Figure> {
 
 // ---------------------------------------------------------------------------------------------
 
+/// The figures measured on the main keyhole instance.
+const MAIN_FIGURES: [&str; 11] = [
+    "idle_rss_after_start",
+    "startup_peak_rss",
+    "wsman_throughput_64",
+    "wsman_serial_rtt",
+    "winrs_builtin",
+    "psrp_builtin",
+    "winrs_external_uptime",
+    "winrs_external_true",
+    "psrp_external_uptime",
+    "winrs_new_connection",
+    "psrp_new_connection",
+];
+
 fn main() {
     let o = match parse_args() {
         Ok(o) => o,
@@ -921,35 +953,44 @@ fn main() {
     } else {
         (100_000, 1_000)
     };
-    record(
-        "gate3_rules",
-        Ok(libcalls::gate3(rules, o.n(21))),
-        &mut figs,
-    );
-    record(
-        "config_load",
-        libcalls::config_load(endpoints, o.n(7), &keyhole::run_as_account()),
-        &mut figs,
-    );
+    if o.wants("gate3_rules") {
+        record(
+            "gate3_rules",
+            Ok(libcalls::gate3(rules, o.n(21))),
+            &mut figs,
+        );
+    }
+    if o.wants("config_load") {
+        record(
+            "config_load",
+            libcalls::config_load(endpoints, o.n(7), &keyhole::run_as_account()),
+            &mut figs,
+        );
+    }
 
     let base = baseline::start().expect("baseline server");
     let memory_log: std::cell::RefCell<Vec<serde_json::Value>> = Default::default();
     let containment: std::cell::RefCell<String> = Default::default();
     let main_run = (|| -> Res<()> {
+        if !MAIN_FIGURES.iter().any(|f| o.wants(f)) {
+            return Ok(());
+        }
         let cfg = keyhole::Config::write(&keyhole::Limits { sessions: 100_000 })?;
         let srv = keyhole::Server::start(&o.keyhole, &cfg)?;
         std::thread::sleep(Duration::from_secs(1));
         let rss = srv.status("VmRSS").unwrap_or(0);
         let hwm = srv.status("VmHWM").unwrap_or(0);
         for f in memory_figures(&srv, rss, hwm) {
-            figs.push(f);
+            if o.wants(f.id) {
+                figs.push(f);
+            }
         }
         let ts = targets(&cfg, &base)?;
         let mut checkpoints = Vec::new();
         let mut mem = |label: &str| {
             let c = json!({
                 "after": label, "vmrss_kib": srv.status("VmRSS"), "vmhwm_kib": srv.status("VmHWM"),
-                "threads": srv.status("Threads"), "fds": srv.fds(),
+                "threads": srv.status("Threads"), "fds": srv.fds(), "rss_by_mapping": srv.smaps(),
             });
             println!("keyhole memory after {label}: {c}");
             checkpoints.push(c);
@@ -969,32 +1010,41 @@ fn main() {
                 record("first request", Err(e), &mut figs);
             }
             mem("the first authenticated request");
-            record("wsman_throughput_64", throughput(&ts, &o).await, &mut figs);
-            mem("wsman_throughput_64");
-            match serial_rtt(&ts, &o).await {
-                Ok((f, _)) => figs.push(f),
-                Err(e) => record("wsman_serial_rtt", Err(e), &mut figs),
+            if o.wants("wsman_throughput_64") {
+                record("wsman_throughput_64", throughput(&ts, &o).await, &mut figs);
+                mem("wsman_throughput_64");
             }
-            mem("wsman_serial_rtt");
-            for p in [Proto::Winrs, Proto::Psrp] {
-                record("builtin", builtin(&ts, &o, p).await, &mut figs);
-                mem(&format!("{} builtin", p.name()));
+            if o.wants("wsman_serial_rtt") {
+                record("wsman_serial_rtt", serial_rtt(&ts, &o).await, &mut figs);
+                mem("wsman_serial_rtt");
             }
-            for (p, prog) in [
-                (Proto::Winrs, "/usr/bin/uptime"),
-                (Proto::Winrs, "/usr/bin/true"),
-                (Proto::Psrp, "/usr/bin/uptime"),
+            for (p, id) in [
+                (Proto::Winrs, "winrs_builtin"),
+                (Proto::Psrp, "psrp_builtin"),
             ] {
-                record("external", external(&ts, &o, p, prog).await, &mut figs);
-                mem(&format!("{} external {prog}", p.name()));
+                if o.wants(id) {
+                    record(id, builtin(&ts, &o, p).await, &mut figs);
+                    mem(id);
+                }
             }
-            for p in [Proto::Winrs, Proto::Psrp] {
-                record(
-                    "new_connection",
-                    new_connection(&ts, &o, p).await,
-                    &mut figs,
-                );
-                mem(&format!("{} new connection", p.name()));
+            for (p, prog, id) in [
+                (Proto::Winrs, "/usr/bin/uptime", "winrs_external_uptime"),
+                (Proto::Winrs, "/usr/bin/true", "winrs_external_true"),
+                (Proto::Psrp, "/usr/bin/uptime", "psrp_external_uptime"),
+            ] {
+                if o.wants(id) {
+                    record(id, external(&ts, &o, p, prog).await, &mut figs);
+                    mem(id);
+                }
+            }
+            for (p, id) in [
+                (Proto::Winrs, "winrs_new_connection"),
+                (Proto::Psrp, "psrp_new_connection"),
+            ] {
+                if o.wants(id) {
+                    record(id, new_connection(&ts, &o, p).await, &mut figs);
+                    mem(id);
+                }
             }
         });
         *memory_log.borrow_mut() = checkpoints;
@@ -1006,12 +1056,17 @@ fn main() {
     }
 
     if o.idle > 0 {
-        for p in [Proto::Psrp, Proto::Winrs] {
-            let r = rt.block_on(idle_sessions(&o, &base, p));
-            record("idle_sessions", r, &mut figs);
+        for (p, id) in [
+            (Proto::Psrp, "idle_sessions_psrp"),
+            (Proto::Winrs, "idle_sessions_winrs"),
+        ] {
+            if o.wants(id) {
+                let r = rt.block_on(idle_sessions(&o, &base, p));
+                record(id, r, &mut figs);
+            }
         }
     }
-    if o.active > 0 {
+    if o.active > 0 && o.wants("active_sessions") {
         let r = rt.block_on(active_sessions(&o, &base));
         record("active_sessions", r, &mut figs);
     }
@@ -1046,21 +1101,8 @@ fn main() {
     }
 
     // What the test command checks: every figure was produced (never a time).
-    let mut expected = vec![
-        "gate3_rules",
-        "config_load",
-        "idle_rss_after_start",
-        "startup_peak_rss",
-        "wsman_throughput_64",
-        "wsman_serial_rtt",
-        "winrs_builtin",
-        "psrp_builtin",
-        "winrs_external_uptime",
-        "winrs_external_true",
-        "psrp_external_uptime",
-        "winrs_new_connection",
-        "psrp_new_connection",
-    ];
+    let mut expected = vec!["gate3_rules", "config_load"];
+    expected.extend(MAIN_FIGURES);
     if o.idle > 0 {
         expected.extend(["idle_sessions_psrp", "idle_sessions_winrs"]);
     }
@@ -1070,6 +1112,7 @@ fn main() {
     let missing: Vec<&str> = expected
         .iter()
         .copied()
+        .filter(|id| o.wants(id))
         .filter(|id| !figs.iter().any(|f| f.id == *id && f.produced()))
         .collect();
     if !missing.is_empty() || !failures.is_empty() {
