@@ -515,16 +515,37 @@ async fn external(ts: &Targets, o: &Opts, p: Proto, program: &str) -> Res<Figure
 
 async fn new_connection(ts: &Targets, o: &Opts, p: Proto) -> Res<Figure> {
     let body = wsman::identify();
+    // Each step of the keyhole side too, to see where the time goes.
+    let names = ["connect", "open", "command", "signal", "delete"];
+    let mut step_samples: Vec<Samples> = vec![Samples::default(); names.len()];
+    let mut round = 0usize;
     let (ks, bs) = interleaved!(
         o.n(100),
         3,
         ks = {
+            let mut t = [Duration::ZERO; 5];
+            let mut lap = Instant::now();
+            let mut next = |i: usize| {
+                t[i] = lap.elapsed();
+                lap = Instant::now();
+            };
             let mut c = Conn::open(&ts.keyhole).await?;
+            next(0);
             let mut s = Session::open(p, &mut c).await?;
+            next(1);
             let cid = s.run(&mut c, "Get-Uptime").await?;
+            next(2);
             s.cleanup(&mut c, cid).await?;
+            next(3);
             s.close(&mut c).await?;
+            next(4);
             drop(c);
+            round += 1;
+            if round > 3 {
+                for (i, d) in t.iter().enumerate() {
+                    step_samples[i].push(*d);
+                }
+            }
         },
         bs = {
             let mut c = Conn::open(&ts.baseline).await?;
@@ -555,7 +576,10 @@ async fn new_connection(ts: &Targets, o: &Opts, p: Proto) -> Res<Figure> {
         unit: "ms",
         goal: Goal::AtMost(3.0),
         goal_text: "≤ 3x the baseline",
-        detail: json!({"keyhole": ks.json(), "baseline": bs.json()}),
+        detail: json!({
+            "keyhole": ks.json(), "baseline": bs.json(),
+            "keyhole_steps": names.iter().zip(&step_samples).map(|(n, s)| (n.to_string(), s.json())).collect::<serde_json::Map<_, _>>(),
+        }),
     })
 }
 
