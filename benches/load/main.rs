@@ -152,6 +152,11 @@ fn parse_args() -> Result<Opts, String> {
     Ok(o)
 }
 
+/// A mutex's content, also after a panic elsewhere (the figures are reported regardless).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -266,7 +271,7 @@ async fn throughput_round(t: &Target, conns: usize, secs: f64) -> Res<(f64, u64)
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        err.lock().unwrap().get_or_insert(e);
+                        lock(&err).get_or_insert(e);
                         return;
                     }
                 }
@@ -280,7 +285,7 @@ async fn throughput_round(t: &Target, conns: usize, secs: f64) -> Res<(f64, u64)
     for t in tasks {
         let _ = t.await;
     }
-    if let Some(e) = err.lock().unwrap().take() {
+    if let Some(e) = lock(&err).take() {
         return Err(format!("{}: {e}", t.name));
     }
     Ok((n as f64 / elapsed.as_secs_f64(), n))
@@ -670,7 +675,7 @@ async fn idle_sessions(o: &Opts, base: &baseline::Baseline, p: Proto) -> Res<Fig
                         opened.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        first_err.lock().unwrap().get_or_insert(e);
+                        lock(&first_err).get_or_insert(e);
                         stop.store(true, Ordering::Relaxed);
                     }
                 }
@@ -714,7 +719,7 @@ async fn idle_sessions(o: &Opts, base: &baseline::Baseline, p: Proto) -> Res<Fig
     }
     let open_time = t0.elapsed();
     let reached = opened.load(Ordering::Relaxed);
-    if let Some(e) = first_err.lock().unwrap().take() {
+    if let Some(e) = lock(&first_err).take() {
         if stopped_by.is_empty() {
             stopped_by = format!("an open failed: {e}");
         }
@@ -847,10 +852,10 @@ async fn active_sessions(o: &Opts, base: &baseline::Baseline) -> Res<Figure> {
                     Err(e) => Err(e),
                 };
                 match r {
-                    Ok(()) => lat.lock().unwrap().push((p, d)),
+                    Ok(()) => lock(&lat).push((p, d)),
                     Err(e) => {
                         errors.fetch_add(1, Ordering::Relaxed);
-                        first_err.lock().unwrap().get_or_insert(e);
+                        lock(&first_err).get_or_insert(e);
                         // A broken connection: open a new one (and a new session) to go on.
                         if let Ok(mut nc) = Conn::open(&target).await {
                             if let Ok(ns) = Session::open(p, &mut nc).await {
@@ -877,7 +882,7 @@ async fn active_sessions(o: &Opts, base: &baseline::Baseline) -> Res<Figure> {
     }
     let alive = srv.alive();
     drop(srv);
-    let all = lat.lock().unwrap().clone();
+    let all = lock(&lat).clone();
     let mut s_all = Samples::default();
     let mut s_w = Samples::default();
     let mut s_p = Samples::default();
@@ -892,7 +897,7 @@ async fn active_sessions(o: &Opts, base: &baseline::Baseline) -> Res<Figure> {
     if s_all.len() == 0 {
         return Err(format!(
             "no command completed; first error: {}",
-            first_err.lock().unwrap().clone().unwrap_or_default()
+            lock(&first_err).clone().unwrap_or_default()
         ));
     }
     Ok(Figure {
@@ -908,7 +913,7 @@ async fn active_sessions(o: &Opts, base: &baseline::Baseline) -> Res<Figure> {
         detail: json!({
             "sessions": n, "seconds": secs, "commands": s_all.len(),
             "commands_per_second": s_all.len() as f64 / secs as f64,
-            "errors": errors, "first_error": first_err.lock().unwrap().clone(),
+            "errors": errors, "first_error": lock(&first_err).clone(),
             "all": s_all.json(), "winrs": s_w.json(), "psrp": s_p.json(),
             "peak_vmrss_kib": peak_rss, "peak_threads": peak_threads, "server_alive_after": alive,
         }),
@@ -946,11 +951,17 @@ fn main() {
         println!("load benchmark: nothing to do without --bench (cargo bench) or --smoke (tests/run.sh runs `cargo test --bench load -- --smoke`)");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("client runtime");
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("load: cannot start the client runtime: {e}");
+            std::process::exit(1);
+        }
+    };
     let started = Instant::now();
     let load_before = loadavg();
     let mode = if o.smoke {
@@ -998,7 +1009,13 @@ fn main() {
         );
     }
 
-    let base = baseline::start().expect("baseline server");
+    let base = match baseline::start() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("load: cannot start the baseline server: {e}");
+            std::process::exit(1);
+        }
+    };
     let memory_log: std::cell::RefCell<Vec<serde_json::Value>> = Default::default();
     let containment: std::cell::RefCell<String> = Default::default();
     let main_run = (|| -> Res<()> {
