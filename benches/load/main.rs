@@ -995,11 +995,7 @@ fn main() {
         (100_000, 1_000)
     };
     if o.wants("gate3_rules") {
-        record(
-            "gate3_rules",
-            Ok(libcalls::gate3(rules, o.n(21))),
-            &mut figs,
-        );
+        record("gate3_rules", libcalls::gate3(rules, o.n(21)), &mut figs);
     }
     if o.wants("config_load") {
         record(
