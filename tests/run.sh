@@ -36,6 +36,10 @@ cargo clippy --all-targets -- -D warnings
 cargo build --bins
 cargo test --all-targets -- --test-threads=2
 
+# The load benchmark in smoke mode (benches/README.md): the real `keyhole serve` and the in-run
+# baseline, every figure with tiny sizes; asserts only that every figure was produced, never a time.
+cargo test --bench load -- --smoke
+
 # psrpcore's client state machine (modelled on PowerShell's own client) drives PsrpShell through
 # the line bridge in tests/psrp_stdio.rs.
 .venv/bin/python tests/interop/check_psrpcore_client.py

@@ -209,7 +209,12 @@ fn crash_child() {
 fn nothing_is_lost_when_keyhole_is_killed() {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Proc::new(std::env::current_exe().unwrap())
-        .args(["--exact", "transcript_records::crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "transcript_records::crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("KH_TRANSCRIPT_CRASH_DIR", tmp.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
