@@ -117,7 +117,9 @@ pub fn prepare(https: &str, http: &str) -> Result<DemoDir, DaemonError> {
             doc.insert("name", toml_edit::value(DEFAULT_CONFIGURATION));
             doc.insert(
                 "description",
-                toml_edit::value("The Helpdesk endpoint under the name clients use when they name none"),
+                toml_edit::value(
+                    "The Helpdesk endpoint under the name clients use when they name none",
+                ),
             );
             write_private(
                 &dir.join(format!("endpoints/{DEFAULT_CONFIGURATION}.toml")),
