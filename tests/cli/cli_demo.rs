@@ -119,7 +119,7 @@ fn demo_port_zero_picks_free_ports_and_prints_them() {
     // port (tests/interop/test_negotiate.py runs the pypsrp one against a demo).
     for want in [
         format!("port={http}, username='demo'"),
-        format!("auth='ntlm'); out, streams"),
+        "auth='ntlm'); out, streams".to_string(),
         format!("winrm.Session('http://127.0.0.1:{http}/wsman'"),
         format!("evil-winrm-py -i 127.0.0.1 --port {http} -u demo -p '"),
         format!("-e ansible_port={http} -e ansible_psrp_protocol=http -e ansible_psrp_auth=ntlm"),
