@@ -5,7 +5,12 @@ out a private (0700) copy of the shipped keyhole.toml, endpoints/ and role-capab
 ports, small limits and a few test grants, creates the accounts with `keyhole user add` and the
 rules with `keyhole rule add`, starts `keyhole serve --config ...`, parses the addresses it prints,
 and stops it with SIGTERM at the end (it must exit 0 within 15 s). When a test fails, the tail of
-the server's standard error is attached to the report.
+each server's standard error is attached to the report.
+
+For Negotiate (issue 12), `realm` starts a throwaway MIT KDC (tests/krb/realm.sh, everything in a
+temporary directory removed afterwards) and `negotiate_server` a second `keyhole serve` with
+Kerberos (that realm's keytab) and NTLM, HTTPS on 127.0.0.1 and plain HTTP on 0.0.0.0 that admits
+only encrypted Negotiate.
 """
 import grp
 import json
