@@ -73,6 +73,8 @@ fn configure(dir: &Path, http: &str) {
 
 struct Running {
     http: SocketAddr,
+    gates: Arc<Gates>,
+    config: std::path::PathBuf,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -92,7 +94,7 @@ async fn start(http: &str) -> Running {
         .unwrap_or_else(|d| panic!("{:#?}", d.iter().map(|d| &d.rendered).collect::<Vec<_>>()));
     let rt = ServerRuntime::from_config(&cfg.server, &cfg.base_dir);
     let gates = Arc::new(Gates::new(cfg).unwrap());
-    let server = Server::bind(rt, gates).await.unwrap();
+    let server = Server::bind(rt, gates.clone()).await.unwrap();
     let port = server.http_addr.unwrap().port();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -105,6 +107,8 @@ async fn start(http: &str) -> Running {
     });
     Running {
         http: SocketAddr::from(([127, 0, 0, 1], port)),
+        gates,
+        config: dir.path().join("keyhole.toml"),
         stop,
         task,
         _dir: dir,
@@ -475,4 +479,36 @@ fn a_reload_that_breaks_negotiate_keeps_the_running_configuration() {
     off.server.auth.ntlm = false;
     gates.reload(off).unwrap();
     assert_eq!(gates.challenges(), ["Basic realm=\"keyhole\""]);
+}
+
+/// A connection Negotiate authenticated is re-checked on every request that rides it: disabling
+/// the account (a reload) ends it, and so does a rules change that no longer admits the user.
+#[tokio::test]
+async fn a_disabled_account_or_a_removed_rule_ends_an_authenticated_connection() {
+    let s = start("127.0.0.1:0").await;
+    let soap = delete_nothing();
+    for change in ["disable alice", "remove her rule"] {
+        let mut c = Conn::open(s.http).await;
+        let (r, _) = ntlm_login(&mut c, "Negotiate", "alice", ALICE_PW, soap.as_bytes()).await;
+        assert_eq!(r.status, 500, "{}", r.text());
+        let r = c.post(None, Some(SOAP_CT), soap.as_bytes()).await;
+        assert_eq!(r.status, 500, "the connection is authenticated");
+        let mut cfg = keyhole::check::load(&s.config).unwrap();
+        match change {
+            "disable alice" => cfg.users.users.get_mut("alice").unwrap().disabled = true,
+            _ => cfg.rules.rules.clear(),
+        }
+        s.gates.reload(cfg).unwrap();
+        let r = c.post(None, Some(SOAP_CT), soap.as_bytes()).await;
+        assert_eq!(r.status, 401, "{change}: the connection still rides");
+        // Back as it was: the connection must authenticate again, and then it works.
+        s.gates
+            .reload(keyhole::check::load(&s.config).unwrap())
+            .unwrap();
+        let r = c.post(None, Some(SOAP_CT), soap.as_bytes()).await;
+        assert_eq!(r.status, 401, "{change}: the authentication was dropped");
+        let (r, _) = ntlm_login(&mut c, "Negotiate", "alice", ALICE_PW, soap.as_bytes()).await;
+        assert_eq!(r.status, 500, "{change}: {}", r.text());
+    }
+    s.shutdown().await;
 }
