@@ -135,7 +135,10 @@ fn reload_inner(gates: &Gates, path: &Path) -> bool {
             if new.rules.rules.is_empty() {
                 tracing::error!("no authorization rules after reload: nobody gets in");
             }
-            gates.reload(new);
+            if let Err(e) = gates.reload(new) {
+                tracing::error!(config = %path.display(), "reload refused: {e}; the running configuration stays in force");
+                return false;
+            }
             tracing::info!(config = %path.display(), "configuration reloaded; open sessions keep the one they started with");
             true
         }
@@ -218,7 +221,7 @@ async fn serve_async(
         tracing::info!(address = %a, fingerprint = started.fingerprint.as_deref().unwrap_or(""), "listening (HTTPS)");
     }
     if let Some(a) = started.http {
-        tracing::info!(address = %a, "listening (HTTP, loopback or allow_unencrypted)");
+        tracing::info!(address = %a, "listening (HTTP: loopback, allow_unencrypted, or encrypted Negotiate only)");
     }
     on_started(&started);
     // Type=notify: the listeners are bound, clients can connect.

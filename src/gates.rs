@@ -14,12 +14,17 @@ use std::time::Duration;
 use crate::audit::{
     AuditDecision, AuditEvent, AuditGate, AuditKind, AuditLog, Transcript, TranscriptHeader,
 };
+use crate::auth::negotiate::NegotiateSettings;
 use crate::auth::{self, AuthResult, Authenticator};
 use crate::capability;
 use crate::config::LoadedConfig;
 use crate::engine::{self, HostEnv, SessionOptions};
 use crate::rules;
-use crate::wsman::shell::{Authenticate, Identity, ShellLimits};
+use crate::wsman::shell::{
+    Authenticate, Connection, Identity, RequestBody, ResponseBody, ShellLimits, Verdict,
+};
+
+mod negotiate;
 
 /// The `Authorization` value certificate-authenticating clients send (pypsrp, pywinrm).
 pub const CERT_AUTH_HEADER: &[u8] =
@@ -147,15 +152,22 @@ pub struct Gates {
     audit: Option<AuditLog>,
     /// Open sessions per user (lower-case name) of the kinds that count ([`SessionKind::Psrp`]).
     sessions: Mutex<HashMap<String, usize>>,
+    /// Negotiate's settings (`[auth] negotiate`: the keytab's acceptor credentials, realms,
+    /// NTLM), built once per configuration; None when it is off.
+    negotiate: RwLock<Option<Arc<NegotiateSettings>>>,
 }
 
 impl Gates {
     /// The server's gates, from a validated configuration; opens the audit log when one is
-    /// configured.
+    /// configured, and acquires the Kerberos acceptor credentials when Negotiate is on (an
+    /// error keeps `serve` from starting).
     pub fn new(cfg: LoadedConfig) -> std::io::Result<Gates> {
         let users_path = cfg.resolve(&cfg.server.users);
         let auth = Authenticator::new(&cfg.server.auth, &users_path, cfg.users.clone());
-        Gates::build(cfg, Some(auth))
+        let settings = negotiate::settings_for(&cfg).map_err(std::io::Error::other)?;
+        let gates = Gates::build(cfg, Some(auth))?;
+        *gates.negotiate.write().unwrap_or_else(|e| e.into_inner()) = settings;
+        Ok(gates)
     }
 
     /// Gates for `keyhole run` on this machine: sessions open with [`Origin::Local`] only; gate 2
@@ -179,6 +191,7 @@ impl Gates {
             auth,
             audit,
             sessions: Mutex::new(HashMap::new()),
+            negotiate: RwLock::new(None),
         })
     }
 
@@ -197,8 +210,15 @@ impl Gates {
         }
     }
 
-    /// Swap in a new, already validated configuration. Open sessions are not touched.
-    pub fn reload(&self, new: LoadedConfig) {
+    /// Swap in a new, already validated configuration. Open sessions are not touched. Fails,
+    /// keeping everything as it was, when Negotiate's settings cannot be built for it (the
+    /// keytab became unusable between the check and now).
+    pub fn reload(&self, new: LoadedConfig) -> Result<(), String> {
+        let settings = if self.auth.is_some() {
+            negotiate::settings_for(&new)?
+        } else {
+            None
+        };
         if let Some(auth) = &self.auth {
             auth.replace_config(&new.server.auth);
             auth.replace_users(new.users.clone());
@@ -208,6 +228,17 @@ impl Gates {
             Err(p) => p.into_inner(),
         };
         *g = Arc::new(new);
+        drop(g);
+        *self.negotiate.write().unwrap_or_else(|e| e.into_inner()) = settings;
+        Ok(())
+    }
+
+    /// Negotiate's settings now (None: `[auth] negotiate` is off).
+    fn negotiate_settings(&self) -> Option<Arc<NegotiateSettings>> {
+        self.negotiate
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Write one audit record (and never fail the caller: a broken audit log is logged).
@@ -448,6 +479,63 @@ impl Gates {
         d
     }
 
+    /// The end of gate 2 for an authenticated caller. Only Create opens a session (gates 3–4);
+    /// every other operation from a user who passed gate 2 would otherwise answer with a
+    /// WS-Man fault and so reveal that the password was right: a user no rule admits on this
+    /// computer is refused here. `how` adds to the audit record (the Negotiate principal);
+    /// `audit` is false for a request riding a connection Negotiate authenticated earlier.
+    fn admit(
+        &self,
+        id: auth::Identity,
+        origin: Origin,
+        how: Option<&str>,
+        audit: bool,
+    ) -> Option<Identity> {
+        let cfg = self.config();
+        let mut names = vec![cfg.server.computer_name.clone()];
+        names.extend(cfg.server.computer_aliases.iter().cloned());
+        let admitted = names
+            .iter()
+            .any(|c| rules::test_rule(&cfg.rules, &id.user, &id.groups, c, None).allowed);
+        if !admitted {
+            let d = Denied {
+                gate: 3,
+                reason: format!(
+                    "no authorization rule admits {} on this computer for any configuration",
+                    id.user
+                ),
+                rule_id: None,
+            };
+            self.deny(
+                AuditKind::Authorization,
+                AuditGate::Gateway,
+                &id.user,
+                origin,
+                None,
+                &d,
+            );
+            return None;
+        }
+        if audit {
+            let method = format!("{:?}", id.method);
+            self.audit(AuditEvent {
+                user: Some(id.user.clone()),
+                source: Some(origin.source()),
+                gate: Some(AuditGate::Authentication),
+                decision: Some(AuditDecision::Allow),
+                reason: Some(match how {
+                    Some(h) => format!("{method} {h}"),
+                    None => method,
+                }),
+                ..AuditEvent::new(AuditKind::Authentication)
+            });
+        }
+        Some(Identity {
+            user: id.user,
+            groups: id.groups,
+        })
+    }
+
     fn release_slot(&self, key: &str) {
         let mut m = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = m.get_mut(key) {
@@ -510,45 +598,7 @@ impl Authenticate for Gates {
             (None, None) => return None,
         };
         match result {
-            AuthResult::Ok(id) => {
-                // Only Create opens a session (gates 3–4); every other operation from a user who
-                // passed gate 2 would otherwise answer with a WS-Man fault and so reveal that the
-                // password was right. A user no rule admits on this computer is refused here.
-                let cfg = self.config();
-                let mut names = vec![cfg.server.computer_name.clone()];
-                names.extend(cfg.server.computer_aliases.iter().cloned());
-                let admitted = names
-                    .iter()
-                    .any(|c| rules::test_rule(&cfg.rules, &id.user, &id.groups, c, None).allowed);
-                if !admitted {
-                    let d = Denied {
-                        gate: 3,
-                        reason: format!("no authorization rule admits {} on this computer for any configuration", id.user),
-                        rule_id: None,
-                    };
-                    self.deny(
-                        AuditKind::Authorization,
-                        AuditGate::Gateway,
-                        &id.user,
-                        origin,
-                        None,
-                        &d,
-                    );
-                    return None;
-                }
-                self.audit(AuditEvent {
-                    user: Some(id.user.clone()),
-                    source: Some(peer.ip().to_string()),
-                    gate: Some(AuditGate::Authentication),
-                    decision: Some(AuditDecision::Allow),
-                    reason: Some(format!("{:?}", id.method)),
-                    ..AuditEvent::new(AuditKind::Authentication)
-                });
-                Some(Identity {
-                    user: id.user,
-                    groups: id.groups,
-                })
-            }
+            AuthResult::Ok(id) => self.admit(id, origin, None, true),
             AuthResult::Denied(reason) => {
                 let user = authorization
                     .and_then(auth::parse_basic_header)
@@ -574,7 +624,43 @@ impl Authenticate for Gates {
 
     fn challenges(&self) -> Vec<String> {
         let cfg = self.config();
-        auth::www_authenticate_headers(&cfg.server.auth, !cfg.server.listener.client_ca.is_empty())
+        // Negotiate (and Kerberos) first, each on its own line, as Windows sends them.
+        let mut out: Vec<String> = self
+            .negotiate_settings()
+            .map(|s| {
+                s.challenge_headers()
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.extend(auth::www_authenticate_headers(
+            &cfg.server.auth,
+            !cfg.server.listener.client_ca.is_empty(),
+        ));
+        out
+    }
+
+    fn authenticate_connection(
+        &self,
+        conn: &mut Connection,
+        authorization: Option<&[u8]>,
+    ) -> Verdict {
+        negotiate::authenticate_connection(self, conn, authorization)
+    }
+
+    fn open_body(
+        &self,
+        conn: &mut Connection,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        max_envelope: usize,
+    ) -> Option<RequestBody> {
+        negotiate::open_body(conn, content_type, body, max_envelope)
+    }
+
+    fn seal_body(&self, conn: &mut Connection, soap: Vec<u8>) -> Option<ResponseBody> {
+        negotiate::seal_body(conn, soap)
     }
 }
 

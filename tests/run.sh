@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 # unit's system-call filter check), node (the polkit rule is evaluated in it; Debian's nodejs when
 # the machine has no node), MIT Kerberos: the GSSAPI library keyhole loads at run time, a KDC,
 # kadmin.local and kinit for the throwaway realm of tests/krb/realm.sh (negotiate_* tests), and
-# libkrb5-dev/python3-dev/gcc to build pyspnego's Kerberos (python-gssapi, krb5) in the venv.
+# libkrb5-dev/python3-dev/gcc to build pyspnego's Kerberos (python-gssapi, krb5) and pywinrm's
+# (pykerberos) in the venv; tests/interop/test_negotiate.py fails rather than skips without them
+# as root.
 if [ "$(id -u)" = 0 ]; then
     missing=()
     for pkg in iputils-ping passwd prometheus debootstrap strace libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc; do
@@ -25,11 +27,11 @@ if [ "$(id -u)" = 0 ]; then
     export KEYHOLE_REQUIRE_PROMTOOL=1
 fi
 
-# Pinned real clients in a venv.
+# Pinned real clients in a venv (tests/interop/requirements.txt: every version pinned).
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check pywinrm==0.5.0 pypsrp==0.9.1 psrpcore==0.3.1 pytest==8.3.4 pyspnego==0.12.4 gssapi==1.12.0 krb5==0.10.0
+.venv/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
 
 # Rust: lints, then unit + integration tests (root-only tests run when root, as in CI).
 cargo clippy --all-targets -- -D warnings

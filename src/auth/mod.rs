@@ -801,6 +801,33 @@ impl Authenticator {
         self.accept(identity, src)
     }
 
+    /// A caller Negotiate authenticated earlier on this connection, as the accounts stand now
+    /// (each later request on the connection rides that authentication): a users.toml account
+    /// with its current groups, None once it is disabled or removed; a Kerberos principal
+    /// without a users.toml entry keeps the groups it was admitted with while the OS (SSSD)
+    /// still knows the account. No
+    /// lock-out check: a lock-out refuses new logins and never cuts what is open.
+    pub fn negotiated_identity_now(&self, id: &Identity) -> Option<Identity> {
+        let state = self.users.read().unwrap_or_else(|e| e.into_inner());
+        match state.by_name.get(&id.user.to_lowercase()) {
+            Some(r) if r.entry.disabled => None,
+            Some(r) => Some(Identity {
+                user: r.name.clone(),
+                groups: r.entry.groups.clone(),
+                method: id.method,
+            }),
+            None if id.method == AuthMethod::Kerberos
+                && nix::unistd::User::from_name(&id.user)
+                    .ok()
+                    .flatten()
+                    .is_some() =>
+            {
+                Some(id.clone())
+            }
+            None => None,
+        }
+    }
+
     /// Gate 2 for a verified TLS client certificate (its DER's SHA-256).
     pub fn verify_certificate_fingerprint(&self, sha256_fingerprint: &[u8; 32]) -> AuthResult {
         let shown = format_fingerprint(sha256_fingerprint);

@@ -902,7 +902,7 @@ fn validate_server(ctx: &mut Ctx, cfg: &LoadedConfig) {
     validate_negotiate(ctx, cfg);
     let l = super::listener::resolved(&cfg.server.listener, |p| cfg.resolve(p));
     let state_dir = cfg.resolve(&cfg.server.state_directory);
-    let Err(problems) = super::listener::check(&l, &state_dir) else {
+    let Err(problems) = super::listener::check(&l, cfg.server.auth.negotiate, &state_dir) else {
         return;
     };
     for p in problems {
@@ -942,9 +942,6 @@ fn validate_negotiate(ctx: &mut Ctx, cfg: &LoadedConfig) {
     if !a.negotiate {
         return;
     }
-    // Phase A of issue 12: everything behind Negotiate is checked, but the listener does not
-    // offer it yet. Say so rather than let the setting look as if it took effect.
-    ctx.warn(file, &tpath!["auth", "negotiate"], "negotiate = true is validated but not yet offered by the listener in this build: clients still get Basic (and certificates) only");
     if a.ntlm && !cfg.users.users.values().any(|u| u.nt_hash.is_some()) {
         ctx.warn(file, &tpath!["auth", "ntlm"], "ntlm = true but no account in the users file has an nt_hash yet: run `keyhole user passwd NAME` (with ntlm on) for each account that may use NTLM");
     }

@@ -2,6 +2,11 @@
 //! certificates, IP allow list, loopback-only plaintext), connection slots, timeouts, request
 //! limits, gate 2 through [`Authenticate`] (every refusal the same 401), and graceful shutdown.
 //! It knows nothing of sessions or the engine: shell factories are registered by the caller.
+//!
+//! Gate 2 sees each TCP connection as one [`Connection`] (Negotiate authenticates the
+//! connection over several requests and encrypts the bodies that follow on plain HTTP); the
+//! listener only carries it between requests and runs every gate-2 call — header parsing,
+//! password hashing, GSSAPI, NTLM, body decryption and encryption — on a blocking thread.
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -28,7 +33,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{LimitsConfig, ListenerConfig, ServerConfig};
 use crate::wsman::fault::WsmanError;
 use crate::wsman::service::{Reply, ServiceConfig, WsmanService};
-use crate::wsman::shell::{Authenticate, ShellFactory};
+use crate::wsman::shell::{
+    Authenticate, Connection, RequestBody, ResponseBody, ShellFactory, Verdict,
+};
 
 pub mod tls;
 pub use tls::{
@@ -82,6 +89,8 @@ pub struct ServerRuntime {
     pub state_directory: PathBuf,
     pub listener: ListenerConfig,
     pub limits: LimitsConfig,
+    /// `[auth] negotiate`: an `http` listener off loopback then admits encrypted Negotiate.
+    pub negotiate: bool,
 }
 
 impl ServerRuntime {
@@ -109,6 +118,7 @@ impl ServerRuntime {
             state_directory: PathBuf::from(resolve(&cfg.state_directory)),
             listener,
             limits: cfg.limits.clone(),
+            negotiate: cfg.auth.negotiate,
         }
     }
 }
@@ -144,6 +154,10 @@ pub struct Server {
     pub tls_fingerprint: Option<String>,
     https: Option<(TcpListener, TlsAcceptor)>,
     http: Option<TcpListener>,
+    /// The HTTPS certificate's channel binding data (`tls-server-end-point`).
+    channel_binding: Option<Arc<[u8]>>,
+    /// The `http` listener admits only encrypted Negotiate.
+    http_encrypted_only: bool,
     service: WsmanService,
     gate: Arc<dyn Authenticate>,
     ip_allow: Arc<Vec<IpNet>>,
@@ -158,13 +172,14 @@ impl Server {
         gate: Arc<dyn Authenticate>,
     ) -> Result<Server, ServerError> {
         // The same checks `keyhole check` and a reload run (config::listener).
-        let checked = crate::config::listener::check(&rt.listener, &rt.state_directory).map_err(
-            |problems| {
-                let all: Vec<String> = problems.into_iter().map(|p| p.message).collect();
-                ServerError::Config(all.join("; "))
-            },
-        )?;
+        let checked =
+            crate::config::listener::check(&rt.listener, rt.negotiate, &rt.state_directory)
+                .map_err(|problems| {
+                    let all: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+                    ServerError::Config(all.join("; "))
+                })?;
         let (https, http, ip_allow) = (checked.https, checked.http, checked.ip_allow);
+        let http_encrypted_only = checked.http_encrypted_only;
         let max_body = usize::try_from(rt.limits.max_envelope_size_kb.0)
             .unwrap_or(usize::MAX / 2048)
             .saturating_mul(1024);
@@ -178,10 +193,14 @@ impl Server {
             ),
         });
         let mut tls_fingerprint = None;
+        let mut channel_binding = None;
         let https_l = match https {
             Some(a) => {
-                let (acc, fp) = tls::tls_acceptor(&rt)?;
+                let (acc, fp, leaf) = tls::tls_acceptor(&rt)?;
                 tls_fingerprint = Some(fp);
+                channel_binding = Some(Arc::from(crate::auth::encryption::tls_server_end_point(
+                    &leaf,
+                )));
                 let lis = TcpListener::bind(a)
                     .await
                     .map_err(|source| ServerError::Bind { addr: a, source })?;
@@ -190,11 +209,16 @@ impl Server {
             None => None,
         };
         let http_l = match http {
-            Some(a) => Some(
-                TcpListener::bind(a)
-                    .await
-                    .map_err(|source| ServerError::Bind { addr: a, source })?,
-            ),
+            Some(a) => {
+                if http_encrypted_only {
+                    tracing::info!(address = %a, "the HTTP listener is off loopback without allow_unencrypted: it admits only encrypted Negotiate");
+                }
+                Some(
+                    TcpListener::bind(a)
+                        .await
+                        .map_err(|source| ServerError::Bind { addr: a, source })?,
+                )
+            }
             None => None,
         };
         let max_connections = usize::try_from(rt.limits.max_concurrent_users.0)
@@ -207,6 +231,8 @@ impl Server {
             tls_fingerprint,
             https: https_l,
             http: http_l,
+            channel_binding,
+            http_encrypted_only,
             service,
             gate,
             ip_allow: Arc::new(ip_allow),
@@ -241,11 +267,12 @@ impl Server {
         if let Some((lis, acc)) = self.https {
             tasks.push(tokio::spawn(accept_loop(
                 lis,
-                Some(acc),
+                Some((acc, self.channel_binding.clone())),
                 ctx.clone(),
                 self.ip_allow.clone(),
                 conns.clone(),
                 stop_rx.clone(),
+                false,
             )));
         }
         if let Some(lis) = self.http {
@@ -256,6 +283,7 @@ impl Server {
                 self.ip_allow.clone(),
                 conns.clone(),
                 stop_rx.clone(),
+                self.http_encrypted_only,
             )));
         }
         let reaper_reg = registry.clone();
@@ -306,13 +334,16 @@ pub async fn serve(
     Server::bind(rt, gate).await?.run(shutdown).await
 }
 
+/// `tls`: the acceptor and the certificate's channel binding data (HTTPS); None for plain HTTP,
+/// which admits only encrypted Negotiate when `encrypted_only`.
 async fn accept_loop(
     lis: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Option<Arc<[u8]>>)>,
     ctx: Arc<Ctx>,
     ip_allow: Arc<Vec<IpNet>>,
     conns: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
+    encrypted_only: bool,
 ) {
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -349,7 +380,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                Some(acc) => {
+                Some((acc, channel_binding)) => {
                     let tls_stream =
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await
                         {
@@ -369,9 +400,13 @@ async fn accept_loop(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| <[u8; 32]>::from(Sha256::digest(c.as_ref())));
-                    serve_connection(tls_stream, ctx, peer, fp, "https", stop).await;
+                    let conn = Connection::new(peer, fp, channel_binding, false);
+                    serve_connection(tls_stream, ctx, conn, "https", stop).await;
                 }
-                None => serve_connection(stream, ctx, peer, None, "http", stop).await,
+                None => {
+                    let conn = Connection::new(peer, None, None, encrypted_only);
+                    serve_connection(stream, ctx, conn, "http", stop).await
+                }
             }
         });
     }
@@ -380,16 +415,19 @@ async fn accept_loop(
 async fn serve_connection<S>(
     io: S,
     ctx: Arc<Ctx>,
-    peer: SocketAddr,
-    cert: Option<[u8; 32]>,
+    conn: Connection,
     scheme: &'static str,
     mut stop: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = conn.peer;
+    // Requests of one connection come one at a time (HTTP/1.1): the lock is never contended.
+    let conn = Arc::new(std::sync::Mutex::new(conn));
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle_http(req, ctx, peer, cert, scheme).await) }
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle_http(req, ctx, conn, peer, scheme).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -430,8 +468,8 @@ fn unauthorized(gate: &dyn Authenticate) -> Response<Full<Bytes>> {
     r
 }
 
-fn soap(status: StatusCode, xml: String, close: bool) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(xml)));
+fn soap(status: StatusCode, xml: impl Into<Bytes>, close: bool) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(xml.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -505,11 +543,60 @@ async fn read_body(body: &mut Incoming, limit: usize) -> Result<Vec<u8>, BodyErr
     }
 }
 
+type SharedConnection = Arc<std::sync::Mutex<Connection>>;
+
+/// Runs `f` with the gate and the connection's gate-2 state on a blocking thread (None if it
+/// panicked).
+async fn with_gate<T: Send + 'static>(
+    ctx: &Arc<Ctx>,
+    conn: &SharedConnection,
+    f: impl FnOnce(&dyn Authenticate, &mut Connection) -> T + Send + 'static,
+) -> Option<T> {
+    let gate = ctx.gate.clone();
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(gate.as_ref(), &mut c)
+    })
+    .await
+    .ok()
+}
+
+/// Adds `WWW-Authenticate: value` (a Negotiate token) to a response.
+fn add_www_authenticate(r: &mut Response<Full<Bytes>>, value: Option<&str>) {
+    if let Some(v) = value.and_then(|v| header::HeaderValue::from_str(v).ok()) {
+        r.headers_mut().append(header::WWW_AUTHENTICATE, v);
+    }
+}
+
+/// A 401 answered without reading the request: the body is read and discarded as an
+/// authenticated request's would have been, so that the connection stays usable exactly as
+/// after a refusal at gates 3–4 (closed only when the body could not be drained).
+async fn answer_401(
+    req: Request<Incoming>,
+    ctx: &Ctx,
+    mut r: Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    let mut body = req.into_body();
+    let drained = drain_body(
+        &mut body,
+        ctx.max_body.saturating_mul(OVERSIZE_DRAIN_FACTOR),
+    )
+    .await;
+    if !drained {
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    r
+}
+
 async fn handle_http(
     req: Request<Incoming>,
     ctx: Arc<Ctx>,
+    conn: SharedConnection,
     peer: SocketAddr,
-    cert: Option<[u8; 32]>,
     scheme: &'static str,
 ) -> Response<Full<Bytes>> {
     if req.uri().path() != "/wsman" {
@@ -525,29 +612,36 @@ async fn handle_http(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes().to_vec());
-    let gate = ctx.gate.clone();
-    let ident = tokio::task::spawn_blocking(move || gate.authenticate(auth.as_deref(), peer, cert))
-        .await
-        .ok()
-        .flatten();
-    let Some(ident) = ident else {
-        // Read (and discard) the body as an authenticated request would have been read, so
-        // that a refusal at gate 2 keeps the connection exactly as one at gates 3-4 does.
-        let mut body = req.into_body();
-        let drained = drain_body(
-            &mut body,
-            ctx.max_body.saturating_mul(OVERSIZE_DRAIN_FACTOR),
-        )
-        .await;
-        tracing::debug!(%peer, "gate 2: authentication refused (401)");
-        let mut r = unauthorized(ctx.gate.as_ref());
-        if !drained {
-            r.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
+    let verdict = with_gate(&ctx, &conn, move |gate, c| {
+        gate.authenticate_connection(c, auth.as_deref())
+    })
+    .await
+    .unwrap_or(Verdict::Refuse);
+    let (ident, www_authenticate) = match verdict {
+        Verdict::Allow {
+            identity,
+            www_authenticate,
+        } => (identity, www_authenticate),
+        Verdict::Continue { www_authenticate } => {
+            // One more leg of a Negotiate exchange: a 401 carrying only the server's token.
+            let mut r = simple(StatusCode::UNAUTHORIZED);
+            match header::HeaderValue::from_str(&www_authenticate) {
+                Ok(v) => {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                    r.headers_mut().insert(
+                        header::CONTENT_LENGTH,
+                        header::HeaderValue::from_static("0"),
+                    );
+                }
+                Err(_) => r = unauthorized(ctx.gate.as_ref()),
+            }
+            return answer_401(req, &ctx, r).await;
         }
-        return r;
+        Verdict::Refuse => {
+            tracing::debug!(%peer, "gate 2: authentication refused (401)");
+            let r = unauthorized(ctx.gate.as_ref());
+            return answer_401(req, &ctx, r).await;
+        }
     };
     let content_type = req
         .headers()
@@ -600,15 +694,61 @@ async fn handle_http(
             return simple(StatusCode::BAD_REQUEST);
         }
     };
-    match ctx
+    // Encrypted bodies (Negotiate over plain HTTP) are decrypted, and plaintext ones refused
+    // where only encryption is admitted, by gate 2.
+    let max = ctx.max_body;
+    let opened = with_gate(&ctx, &conn, move |gate, c| {
+        gate.open_body(c, content_type.as_deref(), bytes, max)
+    })
+    .await
+    .flatten();
+    let (content_type, bytes) = match opened {
+        Some(RequestBody::Envelope {
+            content_type,
+            bytes,
+        }) => (content_type, bytes),
+        Some(RequestBody::Setup) => {
+            let mut r = simple(StatusCode::OK);
+            r.headers_mut().insert(
+                header::CONTENT_LENGTH,
+                header::HeaderValue::from_static("0"),
+            );
+            add_www_authenticate(&mut r, www_authenticate.as_deref());
+            return r;
+        }
+        None => {
+            tracing::debug!(%peer, "gate 2: request body refused (401)");
+            return unauthorized(ctx.gate.as_ref());
+        }
+    };
+    let (status, xml) = match ctx
         .service
         .handle(&ident, peer, content_type.as_deref(), &bytes, &address)
         .await
     {
-        Reply::Ok(xml) => soap(StatusCode::OK, xml, false),
-        Reply::Fault(xml) => soap(StatusCode::INTERNAL_SERVER_ERROR, xml, false),
-        Reply::Unauthorized => unauthorized(ctx.gate.as_ref()),
+        Reply::Ok(xml) => (StatusCode::OK, xml),
+        Reply::Fault(xml) => (StatusCode::INTERNAL_SERVER_ERROR, xml),
+        Reply::Unauthorized => return unauthorized(ctx.gate.as_ref()),
+    };
+    let sealed = with_gate(&ctx, &conn, move |gate, c| {
+        gate.seal_body(c, xml.into_bytes())
+    })
+    .await
+    .flatten();
+    let Some(ResponseBody {
+        content_type,
+        bytes,
+    }) = sealed
+    else {
+        tracing::warn!(%peer, "gate 2: the response could not be encrypted (401)");
+        return unauthorized(ctx.gate.as_ref());
+    };
+    let mut r = soap(status, bytes, false);
+    if let Some(ct) = content_type.and_then(|ct| header::HeaderValue::from_str(&ct).ok()) {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
+    add_www_authenticate(&mut r, www_authenticate.as_deref());
+    r
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod wsman_common;
 mod check_vs_serve;
 mod golden_wsman_winrs;
 mod metrics_counts;
+mod negotiate_http;
 mod psrp_shell;
 mod serve_systemd;
 mod winrs_shell;
