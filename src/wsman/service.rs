@@ -134,7 +134,8 @@ impl WsmanService {
 
     /// A fault envelope for an error (through the one mapping).
     pub fn fault_xml(&self, e: &WsmanError, relates: Option<&str>) -> String {
-        Fault::from_error(e).to_xml(relates, &self.cfg.computer_name)
+        let message = super::fault::client_message(e);
+        Fault::from_error(e).to_xml_with(relates, &self.cfg.computer_name, message.as_deref())
     }
 
     async fn handle_inner(
@@ -185,7 +186,16 @@ impl WsmanService {
             .ok_or(ShellError::InvalidSelectors)?;
         self.registry
             .get(shell_id, &id.user)
-            .ok_or(WsmanError::Shell(ShellError::InvalidSelectors))
+            .ok_or_else(|| self.no_such_shell(shell_id, id))
+    }
+
+    /// The fault for a ShellId that names no open shell of this user: InvalidSelectors, saying
+    /// why when the server closed that shell of theirs (idle timeout).
+    fn no_such_shell(&self, shell_id: &str, id: &Identity) -> WsmanError {
+        match self.registry.closed_reason(shell_id, &id.user) {
+            Some(why) => ShellError::Gone(why).into(),
+            None => ShellError::InvalidSelectors.into(),
+        }
     }
 
     /// The factory for `uri` and the endpoint name it gets: an exact registration first, then
@@ -390,9 +400,10 @@ impl WsmanService {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            // Deleted, expired or shut down while waiting: answer now, as Windows does.
+            // Deleted, expired or shut down while waiting: answer now, as Windows does (995,
+            // ERROR_OPERATION_ABORTED; a later request on the shell gets InvalidSelectors).
             if entry.is_closed() {
-                return Err(ShellError::InvalidSelectors.into());
+                return Err(ShellError::Aborted.into());
             }
             let mut r: ReceiveResponse = entry.shell().receive(command_id.as_deref())?;
             if let Some(w) = &wanted {
@@ -436,7 +447,7 @@ impl WsmanService {
             .selector("ShellId")
             .ok_or(ShellError::InvalidSelectors)?;
         if !self.registry.delete(shell_id, &id.user) {
-            return Err(ShellError::InvalidSelectors.into());
+            return Err(self.no_such_shell(shell_id, id));
         }
         tracing::info!(user = %id.user, shell = %shell_id, "shell deleted");
         Ok(Outcome::Body(
