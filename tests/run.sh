@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 # unit's system-call filter check), node (the polkit rule is evaluated in it; Debian's nodejs when
 # the machine has no node), MIT Kerberos: the GSSAPI library keyhole loads at run time, a KDC,
 # kadmin.local and kinit for the throwaway realm of tests/krb/realm.sh (negotiate_* tests), and
-# libkrb5-dev/python3-dev/gcc to build pyspnego's Kerberos (python-gssapi, krb5) in the venv.
+# libkrb5-dev/python3-dev/gcc to build pyspnego's Kerberos (python-gssapi, krb5) in the venv, and
+# curl (tests/interop/test_identify.py checks a host as an administrator would).
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pkg in iputils-ping passwd prometheus debootstrap strace libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc; do
+    for pkg in iputils-ping passwd prometheus debootstrap strace libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc curl; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     command -v node >/dev/null || missing+=(nodejs)
@@ -29,7 +30,12 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check pywinrm==0.5.0 pypsrp==0.9.1 psrpcore==0.3.1 pytest==8.3.4 pyspnego==0.12.4 gssapi==1.12.0 krb5==0.10.0
+.venv/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
+# pypsrp 1.0 (the psrp API) is the same distribution as pypsrp 0.9.1: its own venv.
+if [ ! -x .venv-psrp1/bin/python ]; then
+    python3 -m venv .venv-psrp1
+fi
+.venv-psrp1/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements-psrp1.txt
 
 # Rust: lints, then unit + integration tests (root-only tests run when root, as in CI).
 cargo clippy --all-targets -- -D warnings
@@ -44,7 +50,7 @@ cargo test --bench load -- --smoke
 # the line bridge in tests/psrp_stdio.rs.
 .venv/bin/python tests/interop/check_psrpcore_client.py
 
-# Real-client interop (pywinrm, pypsrp) against the real `keyhole serve` just built; as root it also
+# Real-client interop (pywinrm, pypsrp, the psrp 1.0 API, ansible-core) against the real `keyhole serve` just built; as root it also
 # creates, and removes again, a PAM test account (see tests/interop/README.md).
 KEYHOLE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/keyhole" timeout 600 .venv/bin/python -m pytest -q -rfEx tests/interop
 

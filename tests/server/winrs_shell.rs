@@ -265,7 +265,8 @@ fn shell_with_codepage(cp: Option<&str>) -> Result<WinrsShell, ShellError> {
 }
 
 /// Issue 11 item 5: output is encoded in the code page the Create asked for (`WINRS_CODEPAGE`,
-/// 437 by default in pywinrm and pypsrp); characters it lacks become `?`. No option: UTF-8.
+/// 437 by default in pywinrm and pypsrp); characters it lacks become `?`. No option: 437, as
+/// Windows (pypsrp's `execute_cmd` sends none and decodes 437).
 #[test]
 fn output_is_encoded_in_the_shell_s_code_page() {
     let line = "Select-Object -InputObject 'héllo ✓'";
@@ -274,7 +275,7 @@ fn output_is_encoded_in_the_shell_s_code_page() {
         (Some("850"), b"h\x82llo ?".to_vec()),
         (Some("1252"), b"h\xe9llo ?".to_vec()),
         (Some("65001"), "héllo ✓".as_bytes().to_vec()),
-        (None, "héllo ✓".as_bytes().to_vec()),
+        (None, b"h\x82llo ?".to_vec()),
     ] {
         let mut s = shell_with_codepage(cp).unwrap();
         let id = cmd(&mut s, line);
