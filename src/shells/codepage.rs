@@ -11,6 +11,9 @@ pub const OPTION: &str = "WINRS_CODEPAGE";
 /// UTF-8.
 pub const UTF8: u16 = 65001;
 
+/// The code page of a shell whose Create names none (Windows': the en-US OEM code page).
+pub const DEFAULT: CodePage = CodePage::Oem(437);
+
 /// A code page keyhole encodes WinRS output in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodePage {
@@ -71,12 +74,13 @@ fn cp1252_byte(c: char) -> u8 {
 }
 
 impl CodePage {
-    /// The code page a Create asks for in its options. No `WINRS_CODEPAGE` means UTF-8 (the
-    /// server's own console encoding); a code page keyhole cannot encode is refused with a
-    /// message that says which ones it can.
+    /// The code page a Create asks for in its options. No `WINRS_CODEPAGE` means 437, what
+    /// Windows uses then (the OEM code page of an en-US server) and what pypsrp's `execute_cmd`,
+    /// which sends none, decodes; a code page keyhole cannot encode is refused with a message
+    /// that says which ones it can.
     pub fn from_options(options: &[(String, String)]) -> Result<CodePage, String> {
         let Some((_, v)) = options.iter().find(|(k, _)| k.eq_ignore_ascii_case(OPTION)) else {
-            return Ok(CodePage::Utf8);
+            return Ok(DEFAULT);
         };
         let v = v.trim();
         v.parse::<u16>()
@@ -152,7 +156,7 @@ mod tests {
 
     #[test]
     fn the_pages_clients_ask_for() {
-        assert_eq!(CodePage::from_options(&[]).unwrap(), CodePage::Utf8);
+        assert_eq!(CodePage::from_options(&[]).unwrap(), CodePage::Oem(437));
         assert_eq!(
             CodePage::from_options(&opts("437")).unwrap(),
             CodePage::Oem(437)

@@ -156,7 +156,7 @@ impl WinrsShell {
             order: Vec::new(),
             notify: Arc::new(Notify::new()),
             chunk,
-            codepage: CodePage::Utf8,
+            codepage: super::codepage::DEFAULT,
             closed: false,
         }
     }
