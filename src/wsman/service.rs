@@ -405,7 +405,13 @@ impl WsmanService {
             if entry.is_closed() {
                 return Err(ShellError::Aborted.into());
             }
-            let mut r: ReceiveResponse = entry.shell().receive(command_id.as_deref())?;
+            let received = entry.shell().receive(command_id.as_deref());
+            let mut r: ReceiveResponse = match received {
+                Ok(r) => r,
+                // Closed between the check above and the shell's answer: the same 995.
+                Err(_) if entry.is_closed() => return Err(ShellError::Aborted.into()),
+                Err(e) => return Err(e.into()),
+            };
             if let Some(w) = &wanted {
                 r.streams.retain(|c| w.contains(&c.name));
             }
