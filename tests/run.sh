@@ -13,9 +13,10 @@ cd "$(dirname "$0")/.."
 # libkrb5-dev/python3-dev/gcc to build pyspnego's Kerberos (python-gssapi, krb5) and pywinrm's
 # (pykerberos) in the venv; tests/interop/test_negotiate.py fails rather than skips without them
 # as root.
+# curl: tests/interop/test_identify.py checks a host as an administrator would.
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pkg in iputils-ping passwd prometheus debootstrap strace libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc; do
+    for pkg in iputils-ping passwd prometheus debootstrap strace libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc curl; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     command -v node >/dev/null || missing+=(nodejs)
@@ -32,6 +33,11 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
+# pypsrp 1.0 (the psrp API) is the same distribution as pypsrp 0.9.1: its own venv.
+if [ ! -x .venv-psrp1/bin/python ]; then
+    python3 -m venv .venv-psrp1
+fi
+.venv-psrp1/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements-psrp1.txt
 
 # Rust: lints, then unit + integration tests (root-only tests run when root, as in CI).
 cargo clippy --all-targets -- -D warnings
@@ -46,7 +52,7 @@ cargo test --bench load -- --smoke
 # the line bridge in tests/psrp_stdio.rs.
 .venv/bin/python tests/interop/check_psrpcore_client.py
 
-# Real-client interop (pywinrm, pypsrp) against the real `keyhole serve` just built; as root it also
+# Real-client interop (pywinrm, pypsrp, the psrp 1.0 API, ansible-core) against the real `keyhole serve` just built; as root it also
 # creates, and removes again, a PAM test account (see tests/interop/README.md).
 KEYHOLE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/keyhole" timeout 600 .venv/bin/python -m pytest -q -rfEx tests/interop
 

@@ -32,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{LimitsConfig, ListenerConfig, ServerConfig};
 use crate::wsman::fault::WsmanError;
-use crate::wsman::service::{Reply, ServiceConfig, WsmanService};
+use crate::wsman::service::{Reply, ServiceConfig, WsmanService, MAX_ANONYMOUS_IDENTIFY};
 use crate::wsman::shell::{
     Authenticate, Connection, RequestBody, ResponseBody, ShellFactory, Verdict,
 };
@@ -592,6 +592,38 @@ async fn answer_401(
     r
 }
 
+/// The reduced Identify reply for a request with no credentials at all (no Authorization
+/// header) whose body, declared at most [`MAX_ANONYMOUS_IDENTIFY`] bytes, is exactly DSP0226's
+/// Identify (with or without `WSMANIDENTIFY: unauthenticated`). Anything else returns None with
+/// the body read no further than an oversized one would be; the caller answers the generic 401.
+async fn anonymous_identify(
+    headers: &header::HeaderMap,
+    body: &mut Incoming,
+    peer: SocketAddr,
+) -> Option<Response<Full<Bytes>>> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return None;
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())?;
+    if declared > MAX_ANONYMOUS_IDENTIFY {
+        return None;
+    }
+    let bytes = read_body(body, MAX_ANONYMOUS_IDENTIFY).await.ok()?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let xml = crate::wsman::service::anonymous_identify(content_type, &bytes)?;
+    let asked = headers
+        .get("wsmanidentify")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("unauthenticated"));
+    tracing::debug!(%peer, wsmanidentify = asked, "anonymous Identify answered with the reduced reply");
+    Some(soap(StatusCode::OK, xml, false))
+}
+
 async fn handle_http(
     req: Request<Incoming>,
     ctx: Arc<Ctx>,
@@ -638,6 +670,12 @@ async fn handle_http(
             return answer_401(req, &ctx, r).await;
         }
         Verdict::Refuse => {
+            // The one request answered without credentials: a small, exact Identify (SPEC §1).
+            let (parts, mut body) = req.into_parts();
+            if let Some(r) = anonymous_identify(&parts.headers, &mut body, peer).await {
+                return r;
+            }
+            let req = Request::from_parts(parts, body);
             tracing::debug!(%peer, "gate 2: authentication refused (401)");
             let r = unauthorized(ctx.gate.as_ref());
             return answer_401(req, &ctx, r).await;

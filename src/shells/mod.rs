@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod codepage;
 pub mod psrp;
 pub mod runner;
 pub mod winrs;

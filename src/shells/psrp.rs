@@ -19,6 +19,7 @@ use crate::engine::{
 use crate::gates::{Gates, OpenError, Origin, SessionKind};
 use crate::psrp::message::MessageType;
 use crate::psrp::pool::{Effect, EventEncoder, PipeFramer, Plan, PoolCore, PoolError, Segment};
+use crate::psrp::ProtocolError;
 use crate::wsman::shell::{
     CommandRequest, CommandState, CommandStateKind, CreateError, CreateRequest, Identity, NewShell,
     ReceiveResponse, Shell, ShellError, ShellFactory, Signal, StreamChunk, StreamName,
@@ -146,6 +147,7 @@ fn hostname() -> String {
 
 fn shell_error(e: PoolError) -> ShellError {
     match e {
+        PoolError::Protocol(ProtocolError::Unsupported(u)) => ShellError::Unsupported(u.explain()),
         PoolError::UnknownPipeline => ShellError::InvalidSelectors,
         PoolError::TooManyPipelines => ShellError::QuotaLimit(e.to_string()),
         PoolError::NotOpened(_) | PoolError::DuplicatePipeline(_) | PoolError::Protocol(_) => {
@@ -328,7 +330,9 @@ impl<E: PsrpEngine> Line<E> for PipelineRun {
         };
         let sink = &mut self.sink;
         let out = match plan {
-            Plan::LineAsStrings(text) => engine.run_line(&text, sink, cancel),
+            Plan::LineAsStrings(text) | Plan::LineSettingExit(text) => {
+                engine.run_line(&text, sink, cancel)
+            }
             Plan::Segments(segments, _) => {
                 let mut input = Some(std::mem::take(&mut self.input));
                 let mut had_errors = false;
@@ -360,7 +364,9 @@ impl<E: PsrpEngine> Line<E> for PipelineRun {
         out
     }
 
-    fn end(self: Box<Self>, outcome: RunOutcome) {
+    fn end(mut self: Box<Self>, outcome: RunOutcome) {
+        let held = self.sink.encoder.end(&outcome);
+        self.sink.emit(held);
         let last = lock(&self.core).finished(&self.cid, &outcome);
         self.sink
             .out

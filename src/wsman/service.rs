@@ -134,7 +134,8 @@ impl WsmanService {
 
     /// A fault envelope for an error (through the one mapping).
     pub fn fault_xml(&self, e: &WsmanError, relates: Option<&str>) -> String {
-        Fault::from_error(e).to_xml(relates, &self.cfg.computer_name)
+        let message = super::fault::client_message(e);
+        Fault::from_error(e).to_xml_with(relates, &self.cfg.computer_name, message.as_deref())
     }
 
     async fn handle_inner(
@@ -185,7 +186,16 @@ impl WsmanService {
             .ok_or(ShellError::InvalidSelectors)?;
         self.registry
             .get(shell_id, &id.user)
-            .ok_or(WsmanError::Shell(ShellError::InvalidSelectors))
+            .ok_or_else(|| self.no_such_shell(shell_id, id))
+    }
+
+    /// The fault for a ShellId that names no open shell of this user: InvalidSelectors, saying
+    /// why when the server closed that shell of theirs (idle timeout).
+    fn no_such_shell(&self, shell_id: &str, id: &Identity) -> WsmanError {
+        match self.registry.closed_reason(shell_id, &id.user) {
+            Some(why) => ShellError::Gone(why).into(),
+            None => ShellError::InvalidSelectors.into(),
+        }
     }
 
     /// The factory for `uri` and the endpoint name it gets: an exact registration first, then
@@ -390,11 +400,18 @@ impl WsmanService {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            // Deleted, expired or shut down while waiting: answer now, as Windows does.
+            // Deleted, expired or shut down while waiting: answer now, as Windows does (995,
+            // ERROR_OPERATION_ABORTED; a later request on the shell gets InvalidSelectors).
             if entry.is_closed() {
-                return Err(ShellError::InvalidSelectors.into());
+                return Err(ShellError::Aborted.into());
             }
-            let mut r: ReceiveResponse = entry.shell().receive(command_id.as_deref())?;
+            let received = entry.shell().receive(command_id.as_deref());
+            let mut r: ReceiveResponse = match received {
+                Ok(r) => r,
+                // Closed between the check above and the shell's answer: the same 995.
+                Err(_) if entry.is_closed() => return Err(ShellError::Aborted.into()),
+                Err(e) => return Err(e.into()),
+            };
             if let Some(w) = &wanted {
                 r.streams.retain(|c| w.contains(&c.name));
             }
@@ -436,7 +453,7 @@ impl WsmanService {
             .selector("ShellId")
             .ok_or(ShellError::InvalidSelectors)?;
         if !self.registry.delete(shell_id, &id.user) {
-            return Err(ShellError::InvalidSelectors.into());
+            return Err(self.no_such_shell(shell_id, id));
         }
         tracing::info!(user = %id.user, shell = %shell_id, "shell deleted");
         Ok(Outcome::Body(
@@ -460,6 +477,21 @@ impl WsmanService {
             response::shell_element(&info, Some("Connected")),
         ))
     }
+}
+
+/// Largest Identify request answered without credentials (Test-WSMan's is about 400 bytes).
+pub const MAX_ANONYMOUS_IDENTIFY: usize = 4096;
+
+/// The reply to a request that came without credentials, when it is exactly DSP0226's Identify
+/// (SPEC §1: the one request answered without authentication, with WinRM's reduced reply);
+/// None for anything else, which gets the generic 401. Cheap: at most
+/// [`MAX_ANONYMOUS_IDENTIFY`] bytes through the bounded parser.
+pub fn anonymous_identify(content_type: Option<&str>, body: &[u8]) -> Option<String> {
+    if body.len() > MAX_ANONYMOUS_IDENTIFY || check_content_type(content_type).is_err() {
+        return None;
+    }
+    let root = super::xml::parse(body).ok()?;
+    is_bare_identify(&root).then(response::anonymous_identify_envelope)
 }
 
 /// `application/soap+xml` with no charset or charset UTF-8; anything else is refused.
@@ -563,6 +595,36 @@ mod tests {
         assert!(check_content_type(Some("application/soap+xml;charset=UTF-16")).is_err());
         assert!(check_content_type(Some("text/xml")).is_err());
         assert!(check_content_type(None).is_err());
+    }
+
+    #[test]
+    fn only_the_bare_identify_is_answered_anonymously() {
+        const CT: Option<&str> = Some("application/soap+xml;charset=UTF-8");
+        let ok = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"><s:Header/><s:Body><wsmid:Identify/></s:Body></s:Envelope>"#;
+        let reply = anonymous_identify(CT, ok).unwrap();
+        assert!(reply.contains("<s:Header/>"), "{reply}");
+        assert!(reply.contains("OS: 0.0.0 SP: 0.0 Stack: 3.0"), "{reply}");
+        assert!(!reply.contains("Linux") && !reply.contains(env!("CARGO_PKG_VERSION")));
+        let spaced = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope">
+  <s:Header> </s:Header>
+  <s:Body><wsmid:Identify xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"></wsmid:Identify></s:Body>
+</s:Envelope>"#;
+        assert!(anonymous_identify(CT, spaced).is_some());
+        let with_action = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"><s:Header><a:Action>x</a:Action></s:Header><s:Body><wsmid:Identify/></s:Body></s:Envelope>"#;
+        let no_header = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"><s:Body><wsmid:Identify/></s:Body></s:Envelope>"#;
+        let extra = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"><s:Header/><s:Body><wsmid:Identify/><wsmid:Identify/></s:Body></s:Envelope>"#;
+        let inner = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"><s:Header/><s:Body><wsmid:Identify><x/></wsmid:Identify></s:Body></s:Envelope>"#;
+        for bad in [&with_action[..], no_header, extra, inner, b"<a/>", b""] {
+            assert!(
+                anonymous_identify(CT, bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(anonymous_identify(Some("text/xml"), ok).is_none());
+        let mut big = ok.to_vec();
+        big.extend(std::iter::repeat(b' ').take(MAX_ANONYMOUS_IDENTIFY));
+        assert!(anonymous_identify(CT, &big).is_none());
     }
 
     #[test]

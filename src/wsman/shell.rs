@@ -388,6 +388,19 @@ pub enum ShellError {
     /// Anything else; detail goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Something the client asked for that keyhole does not support. The text says what and
+    /// why, and is shown to the client (the fault's Reason and Message): it must name only what
+    /// the client sent, never anything about the server or another user.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// A Receive was waiting when its shell closed (deleted, expired, shutdown): Windows answers
+    /// it with ERROR_OPERATION_ABORTED (995).
+    #[error("the shell closed while the request waited")]
+    Aborted,
+    /// The shell the request names was closed by the server (idle timeout); the text, shown to
+    /// the client, says so. Only its owner ever gets it: to anyone else it is InvalidSelectors.
+    #[error("the shell is gone: {0}")]
+    Gone(String),
 }
 
 /// A shell instance (a WinRS cmd shell or a PSRP runspace pool).

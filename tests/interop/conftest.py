@@ -83,6 +83,22 @@ visible_cmdlets = ["Get-Date", "Write-Output", "Select-Object", "Where-Object", 
 """
 
 
+# An endpoint whose sessions expire after a short idle time (issue 11 item 7: an expired pool
+# says so). helpdesk → Brief.
+BRIEF_IDLE_SECONDS = 2
+BRIEF_ENDPOINT = """name = "Brief"
+description = "Sessions that expire quickly (interop tests: the expired-pool message)"
+session_type = "restricted-remote-server"
+language_mode = "no-language"
+run_as = "nobody"
+idle_timeout = "%ds"
+
+[[role]]
+group = "helpdesk"
+role_capabilities = ["Diagnostics"]
+""" % BRIEF_IDLE_SECONDS
+
+
 def keyhole_bin():
     exe = os.environ.get("KEYHOLE_BIN")
     if exe:
@@ -269,6 +285,7 @@ def _layout(dirpath, pam):
     diag.write_text(t + DIAGNOSTICS_EXTRA)
     (dirpath / "endpoints" / "Objects.toml").write_text(OBJECTS_ENDPOINT)
     (dirpath / "role-capabilities" / "ObjectCmdlets.toml").write_text(OBJECTS_ROLE)
+    (dirpath / "endpoints" / "Brief.toml").write_text(BRIEF_ENDPOINT)
 
 
 def _read_addresses(proc, timeout):
@@ -352,6 +369,8 @@ def server(request, pam_account):
          "--configuration", "Vendor", "--name", "vendor to Vendor")
     _run(exe, cfg, "rule", "add", "--user-group", "helpdesk", "--computer", "*",
          "--configuration", "Objects", "--name", "helpdesk to Objects")
+    _run(exe, cfg, "rule", "add", "--user-group", "helpdesk", "--computer", "*",
+         "--configuration", "Brief", "--name", "helpdesk to Brief")
     check = subprocess.run([exe, "check", "--config", str(cfg)], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, timeout=60)
     assert check.returncode == 0, "keyhole check refused the test configuration:\n" + check.stdout
@@ -507,6 +526,12 @@ def winrm_session(server, user="alice", password=None, scheme="https"):
         return winrm.Session(server.url("https"), auth=(user, password), transport="basic",
                              server_cert_validation="ignore")
     return winrm.Session(server.url("http"), auth=(user, password), transport="plaintext")
+
+
+def psrp1_python():
+    """The interpreter of the second venv that holds pypsrp 1.0's `psrp` package (it cannot be
+    installed beside pypsrp 0.9.1; tests/run.sh makes it): $KEYHOLE_PSRP1_PYTHON or .venv-psrp1."""
+    return os.environ.get("KEYHOLE_PSRP1_PYTHON") or str(ROOT / ".venv-psrp1" / "bin" / "python")
 
 
 def winrm_protocol(server, user="alice", password=None):
