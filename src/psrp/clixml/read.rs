@@ -564,11 +564,20 @@ impl Conv<'_> {
 /// Everything the body materializes — its tree, its values and every reference copied —
 /// counts against one budget of `limits.max_bytes`.
 pub fn parse(text: &str, limits: &ClixmlLimits) -> Result<Value, ProtocolError> {
+    parse_sized(text, limits).map(|(v, _)| v)
+}
+
+/// [`parse`], also returning the bytes the value holds (references expanded, counted as the
+/// budget counts them; the element tree and the reader's own copies left out). A consumer that
+/// keeps many values (pipeline input) bounds their sum with this, not with the message size:
+/// a small message can hold a large value.
+pub fn parse_sized(text: &str, limits: &ClixmlLimits) -> Result<(Value, usize), ProtocolError> {
     let mut budget = Budget {
         used: 0,
         max: limits.max_bytes,
     };
     let root = parse_tree_counted(text, limits, &mut budget)?;
+    let tree = budget.used;
     let mut c = Conv {
         limits,
         objs: HashMap::new(),
@@ -577,7 +586,9 @@ pub fn parse(text: &str, limits: &ClixmlLimits) -> Result<Value, ProtocolError> 
         budget,
         stored: 0,
     };
-    c.value(&root)
+    let v = c.value(&root)?;
+    let size = c.budget.used.saturating_sub(tree).saturating_sub(c.stored);
+    Ok((v, size))
 }
 
 /// Parse with [`DEFAULT_LIMITS`].
@@ -680,6 +691,19 @@ mod tests {
         );
         let e = parse(&tn(16), &limits).unwrap_err();
         assert!(e.to_string().contains("expands to more than"), "{e}");
+    }
+
+    #[test]
+    fn sized_counts_the_value_with_references_expanded() {
+        let big = "x".repeat(10_000);
+        let one = format!(
+            "<Obj RefId=\"0\"><LST><Obj RefId=\"1\"><LST><S>{big}</S></LST></Obj></LST></Obj>"
+        );
+        let three = format!("<Obj RefId=\"0\"><LST><Obj RefId=\"1\"><LST><S>{big}</S></LST></Obj><Ref RefId=\"1\" /><Ref RefId=\"1\" /></LST></Obj>");
+        let (_, a) = parse_sized(&one, &DEFAULT_LIMITS).unwrap();
+        let (_, b) = parse_sized(&three, &DEFAULT_LIMITS).unwrap();
+        assert!((10_000..11_000).contains(&a), "{a}");
+        assert!((30_000..33_000).contains(&b), "{b}");
     }
 
     #[test]
