@@ -444,19 +444,31 @@ fn check_element(e: &keyhole::wsman::xml::Element, depth: usize, count: &mut usi
 // psrp_fragments
 // ---------------------------------------------------------------------------------------------
 
-/// Arbitrary bytes as the payload of successive `rsp:Stream`s: the first byte says where to cut
-/// the rest in two, each half goes to the same reassembler. Completed messages never exceed
-/// `MAX_MESSAGE_SIZE`, partial ones never exceed `MAX_OBJECTS_IN_FLIGHT`; every completed
-/// message goes through the message decoder.
+/// Arbitrary bytes as the payload of successive `rsp:Stream`s: the first byte says after how
+/// many fragments to cut the rest in two (a Send carries whole fragments), each part goes to the
+/// same reassembler; bytes that are no sequence of fragments go in whole. Completed messages
+/// never exceed `MAX_MESSAGE_SIZE`, partial ones never exceed `MAX_OBJECTS_IN_FLIGHT`; every
+/// completed message goes through the message decoder.
 pub fn psrp_fragments(data: &[u8]) {
-    use keyhole::psrp::fragment::{Reassembler, MAX_MESSAGE_SIZE, MAX_OBJECTS_IN_FLIGHT};
+    use keyhole::psrp::fragment::{
+        decode_fragments, Fragment, Reassembler, MAX_MESSAGE_SIZE, MAX_OBJECTS_IN_FLIGHT,
+    };
     let Some((&cut, rest)) = data.split_first() else {
         return;
     };
-    let at = (usize::from(cut) * rest.len()) / 256;
-    let (a, b) = rest.split_at(at.min(rest.len()));
+    let parts: Vec<Vec<u8>> = match decode_fragments(rest) {
+        Ok(frags) => {
+            let at = usize::from(cut) % (frags.len() + 1);
+            let (a, b) = frags.split_at(at);
+            [a, b]
+                .iter()
+                .map(|p| p.iter().flat_map(Fragment::encode).collect())
+                .collect()
+        }
+        Err(_) => vec![rest.to_vec()],
+    };
     let mut r = Reassembler::new();
-    for part in [a, b] {
+    for part in &parts {
         if let Ok(messages) = r.push_bytes(part) {
             for m in messages {
                 assert!(m.len() <= MAX_MESSAGE_SIZE, "{}-byte message", m.len());
