@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use crate::config::{ExternalCommandDef, FunctionParamType, OutputFormat, ResolvedFunction};
 use crate::engine::{
-    BoundArgs, Command, CommandDecl, CommandKind, Ctx, ErrorCategory, ErrorRecord, Invocation,
-    ParamDecl, ParamType, PsObject, Value,
+    begins_with_dash, BoundArgs, Command, CommandDecl, CommandKind, Ctx, ErrorCategory,
+    ErrorRecord, Invocation, ParamDecl, ParamType, PsObject, Value,
 };
 use crate::lang::fold::eq_simple_fold;
 use crate::lang::pattern::{AnchoredPattern, Case, PatternError};
@@ -608,6 +608,22 @@ impl FunctionCommand {
                 ));
             }
         }
+        for p in self.decl.params.iter().filter(|p| p.no_leading_dash) {
+            let values = match args.get(&p.name) {
+                None | Some(Value::Null) => continue,
+                Some(Value::Array(items)) => items.iter().map(scalar_text).collect::<Vec<_>>(),
+                Some(v) => vec![scalar_text(v)],
+            };
+            if let Some(v) = values.iter().find(|v| begins_with_dash(v)) {
+                return Err(validation_error(
+                    name,
+                    format!(
+                        "{name}: '{v}' begins with '-', which {} would read as an option; parameter '{}' does not allow a leading dash",
+                        self.program.program, p.name
+                    ),
+                ));
+            }
+        }
         for (pname, set, pattern) in &self.checks {
             let values = match args.get(pname) {
                 None | Some(Value::Null) => continue,
@@ -730,6 +746,9 @@ pub fn function_command(f: &ResolvedFunction) -> Arc<dyn Command> {
     for (name, p) in &f.params {
         let mut d = ParamDecl::new(name, param_type(p.ty)).help(&p.help);
         d.mandatory = p.mandatory;
+        // A bool or switch fills in `true`/`false`, never a dash.
+        d.no_leading_dash = !p.allow_leading_dash
+            && !matches!(p.ty, FunctionParamType::Bool | FunctionParamType::Switch);
         d.position = p.position.and_then(|n| usize::try_from(n).ok());
         if let Some(set) = &p.validate_set {
             d.set = set.clone();

@@ -421,6 +421,11 @@ pub struct FunctionParam {
     pub validate_pattern: Option<String>,
     #[serde(default)]
     pub help: String,
+    /// A value that begins with `-` (a negative number, or any element of an array, included)
+    /// is refused before the program runs unless this is true (SPEC §2.3): a program must never
+    /// receive an option the administrator did not write.
+    #[serde(default)]
+    pub allow_leading_dash: bool,
 }
 
 fn default_param_type() -> FunctionParamType {

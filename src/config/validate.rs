@@ -531,7 +531,12 @@ fn validate_function(ctx: &mut Ctx, file: &Path, f: &super::ResolvedFunction) {
         }
     }
     let mut has_placeholder = false;
+    // Before a literal "--" the program still parses options (getopt's end of options).
+    let mut options_end = false;
     for (i, a) in f.def.args.iter().enumerate() {
+        if a == "--" {
+            options_end = true;
+        }
         let ph = placeholders(a);
         if ph.is_empty() {
             continue;
@@ -541,6 +546,26 @@ fn validate_function(ctx: &mut Ctx, file: &Path, f: &super::ResolvedFunction) {
         let whole = a.starts_with('{') && a.ends_with('}') && ph.len() == 1;
         if !whole {
             ctx.err(file, &ap, format!("{a:?}: a placeholder must be a whole argument (write \"--x\", \"{{Name}}\" as two arguments); keyhole never splices values into text"));
+        }
+        // A value that may begin with '-' in option position is an option the caller chooses.
+        // Without allow_leading_dash such values are refused, so only those parameters warn.
+        if whole && !options_end {
+            if let Some((pname, _)) = f.params.iter().find(|(n, p)| {
+                ph.iter().any(|x| n.eq_ignore_ascii_case(x))
+                    && p.allow_leading_dash
+                    && p.validate_set.is_none()
+            }) {
+                ctx.at(
+                    Severity::Warning,
+                    file,
+                    &ap,
+                    false,
+                    format!(
+                        "{{{pname}}} stands where {} still parses options (no \"--\" before it in args) and {pname} has allow_leading_dash = true: a caller can pass options you did not write. Put \"--\" before it in args, or list the values it may take with validate_set",
+                        f.def.program
+                    ),
+                );
+            }
         }
         for p in ph {
             if !f.params.iter().any(|(n, _)| n.eq_ignore_ascii_case(&p)) {

@@ -66,6 +66,10 @@ pub struct ParamDecl {
     /// Takes every remaining positional argument (PowerShell's ValueFromRemainingArguments):
     /// an external command's `ArgumentList` receives all its arguments through it.
     pub remaining: bool,
+    /// A value (each element of an array) whose text begins with `-` after leading white space
+    /// is refused before anything runs: a declared function's placeholder parameter without
+    /// `allow_leading_dash = true` (SPEC §2.3).
+    pub no_leading_dash: bool,
 }
 
 impl ParamDecl {
@@ -81,6 +85,7 @@ impl ParamDecl {
             set: Vec::new(),
             patterns: Vec::new(),
             remaining: false,
+            no_leading_dash: false,
         }
     }
     pub fn mandatory(mut self) -> Self {

@@ -148,6 +148,12 @@ pub enum ClixmlError {
     DictEntryChild,
     #[error("<En> without a Key")]
     DictEntryWithoutKey,
+    #[error("<{tag}> has more than {max} attributes (refused at attribute {at}; namespace declarations count)")]
+    TooManyAttributes { tag: String, max: usize, at: usize },
+    #[error("<{tag}> has the attribute {name} twice")]
+    DuplicateAttribute { tag: String, name: String },
+    #[error("the message expands to more than {0} bytes (MAX_EXPANDED_BYTES)")]
+    ExpandsTooMuch(usize),
 }
 
 /// A feature keyhole does not implement.

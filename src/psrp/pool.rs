@@ -434,7 +434,14 @@ impl Pipeline {
                 E::Input(m),
             ) => match m.message_type {
                 MessageType::PipelineInput => {
-                    let bytes = bytes.saturating_add(m.data.len());
+                    // Counted in the bytes the values hold after reference expansion (or the
+                    // message's, whichever is larger), so that many small messages that each
+                    // expand a lot cannot pile up (issue 9, finding 1).
+                    let (value, size) = super::clixml::read::parse_sized(
+                        m.text()?,
+                        &super::clixml::read::DEFAULT_LIMITS,
+                    )?;
+                    let bytes = bytes.saturating_add(size.max(m.data.len()));
                     if input.len() >= MAX_INPUT_OBJECTS || bytes > MAX_INPUT_BYTES {
                         return Err(Malformed::InputTooLarge {
                             max_objects: MAX_INPUT_OBJECTS,
@@ -442,7 +449,7 @@ impl Pipeline {
                         }
                         .into());
                     }
-                    input.push(body_value(&m)?);
+                    input.push(value);
                     Ok((Pipeline::AwaitingInput { plan, input, bytes }, Vec::new()))
                 }
                 MessageType::EndOfPipelineInput => {
@@ -1153,6 +1160,51 @@ mod tests {
                 .contains("PipelineInput is invalid in state Done"),
             "{e}"
         );
+    }
+
+    /// Pipeline input is counted in the bytes its values hold after reference expansion: a few
+    /// small messages that each expand to tens of MiB cannot pile up past MAX_INPUT_BYTES
+    /// (issue 9, finding 1 across messages; counted in message bytes these were accepted).
+    #[test]
+    fn pipeline_input_is_counted_after_reference_expansion() {
+        let chunk = "x".repeat(100 * 1024);
+        // 250 references to one 100 KiB list: ~25 MiB once expanded, ~10 KiB on the wire.
+        let mut list =
+            format!(r#"<Obj RefId="1"><LST><Obj RefId="0"><LST><S>{chunk}</S></LST></Obj>"#);
+        for _ in 0..250 {
+            list.push_str(r#"<Ref RefId="0" />"#);
+        }
+        list.push_str("</LST></Obj>");
+        let msg = || {
+            Message::new(
+                Destination::Server,
+                MessageType::PipelineInput,
+                [0; 16],
+                [0; 16],
+                list.clone().into_bytes(),
+            )
+        };
+        let mut p = Pipeline::AwaitingCreate
+            .handle(PipelineEvent::Created {
+                plan: Plan::Segments(Vec::new(), Merge::default()),
+                no_input: false,
+            })
+            .unwrap()
+            .0;
+        let mut refused = None;
+        for i in 0..4 {
+            match p.handle(PipelineEvent::Input(msg())) {
+                Ok((next, _)) => p = next,
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (i, e) = refused.expect("input expanding past MAX_INPUT_BYTES must be refused");
+        assert_eq!(i, 2, "the third ~25 MiB message crosses 64 MiB");
+        assert!(e.to_string().contains("pipeline input exceeds"), "{e}");
+        assert!(list.len() < 120 * 1024, "the messages themselves are small");
     }
 
     fn cp(iex_named: bool, out_cmd: &str) -> CreatePipeline {

@@ -13,8 +13,10 @@ mod wsman_common;
 
 mod check_vs_serve;
 mod golden_wsman_winrs;
+mod lockout_live;
 mod metrics_counts;
 mod negotiate_http;
+mod parser_budgets;
 mod psrp_shell;
 mod serve_systemd;
 mod winrs_shell;
