@@ -21,7 +21,7 @@ use crate::config::LoadedConfig;
 use crate::engine::{self, HostEnv, SessionOptions};
 use crate::rules;
 use crate::wsman::shell::{
-    Authenticate, Connection, Identity, RequestBody, ResponseBody, ShellLimits, Verdict,
+    Authenticate, Connection, Identity, Plan, RequestBody, ResponseBody, ShellLimits, Verdict,
 };
 
 mod negotiate;
@@ -210,7 +210,8 @@ impl Gates {
         }
     }
 
-    /// Swap in a new, already validated configuration. Open sessions are not touched. Fails,
+    /// Swap in a new, already validated configuration. Open sessions are not touched;
+    /// remembered credentials of users who can no longer open a session are forgotten. Fails,
     /// keeping everything as it was, when Negotiate's settings cannot be built for it (the
     /// keytab became unusable between the check and now).
     pub fn reload(&self, new: LoadedConfig) -> Result<(), String> {
@@ -228,8 +229,18 @@ impl Gates {
             Err(p) => p.into_inner(),
         };
         *g = Arc::new(new);
+        let now = g.clone();
         drop(g);
         *self.negotiate.write().unwrap_or_else(|e| e.into_inner()) = settings;
+        // The cache holds only users who can open a session: forget those the new rules and
+        // roles leave with none (a changed account entry was dropped by replace_users). A
+        // remembered credential is also checked against the rules at every use, so nothing
+        // forgotten here could have been honoured after the swap.
+        if let Some(auth) = &self.auth {
+            auth.forget_remembered_unless(&mut |id| {
+                Gates::can_open_any(&now, &id.user, &id.groups).is_ok()
+            });
+        }
         Ok(())
     }
 
@@ -479,11 +490,83 @@ impl Gates {
         d
     }
 
-    /// The end of gate 2 for an authenticated caller. Only Create opens a session (gates 3–4);
-    /// every other operation from a user who passed gate 2 would otherwise answer with a
-    /// WS-Man fault and so reveal that the password was right: a user no rule admits on this
-    /// computer is refused here. `how` adds to the audit record (the Negotiate principal);
-    /// `audit` is false for a request riding a connection Negotiate authenticated earlier.
+    /// Could `user` (member of `groups`) open any session on this server under `cfg`: is there
+    /// an endpoint that an authorization rule admits them to on this computer (gate 3) and
+    /// where a role applies to them (gate 4: `required_groups`, then the roles)? The refusal
+    /// says which gate would refuse every endpoint and why (for the log only).
+    fn can_open_any(cfg: &LoadedConfig, user: &str, groups: &[String]) -> Result<(), Denied> {
+        let mut names = vec![cfg.server.computer_name.clone()];
+        names.extend(cfg.server.computer_aliases.iter().cloned());
+        let mut ruled: Vec<&str> = Vec::new();
+        let mut first_gate4: Option<String> = None;
+        for ep in &cfg.endpoints {
+            let name = ep.config.name.as_str();
+            if !rules::evaluate(&cfg.rules, user, groups, &names, name).allowed {
+                continue;
+            }
+            match capability::applicable_roles(cfg, ep, user, groups) {
+                Ok(_) => return Ok(()),
+                Err(r) => {
+                    ruled.push(name);
+                    first_gate4.get_or_insert(r.reason);
+                }
+            }
+        }
+        let why = "refused at gate 2 for every operation, as this user can open no session here";
+        Err(match first_gate4 {
+            None => Denied {
+                gate: 3,
+                reason: format!(
+                    "no authorization rule admits {user} on this computer for any endpoint configured here; {why}"
+                ),
+                rule_id: None,
+            },
+            Some(r) => Denied {
+                gate: 4,
+                reason: format!(
+                    "authorization rules admit {user} to {} but no role lets them in there ({r}); {why}",
+                    ruled.join(", ")
+                ),
+                rule_id: None,
+            },
+        })
+    }
+
+    /// An `Authorization` header that is neither Basic nor a certificate's (nor Negotiate
+    /// when it is on): the generic 401, logged.
+    fn refuse_unusable_header(&self, origin: Origin) {
+        let d = Denied {
+            gate: 2,
+            reason: "no usable Authorization header (Basic or a client certificate)".into(),
+            rule_id: None,
+        };
+        self.deny(
+            AuditKind::Authentication,
+            AuditGate::Authentication,
+            "",
+            origin,
+            None,
+            &d,
+        );
+    }
+
+    /// Log and audit a [`Gates::can_open_any`] refusal, at the gate it names.
+    fn deny_no_session(&self, user: &str, origin: Origin, d: &Denied) {
+        let gate = if d.gate == 4 {
+            AuditGate::Endpoint
+        } else {
+            AuditGate::Gateway
+        };
+        self.deny(AuditKind::Authorization, gate, user, origin, None, d);
+    }
+
+    /// The end of gate 2 for an authenticated caller (a certificate, Negotiate). Only Create
+    /// opens a session (gates 3–4); every other operation from a user who passed gate 2 would
+    /// otherwise answer with a WS-Man fault and so reveal that the credentials were right: a
+    /// user who can open no session here ([`Gates::can_open_any`]) is refused here. `how` adds
+    /// to the audit record (the Negotiate principal); `audit` is false for a request riding a
+    /// connection Negotiate authenticated earlier. (Basic does this inside the verification:
+    /// [`Gates::verify_basic`].)
     fn admit(
         &self,
         id: auth::Identity,
@@ -491,31 +574,21 @@ impl Gates {
         how: Option<&str>,
         audit: bool,
     ) -> Option<Identity> {
-        let cfg = self.config();
-        let mut names = vec![cfg.server.computer_name.clone()];
-        names.extend(cfg.server.computer_aliases.iter().cloned());
-        let admitted = names
-            .iter()
-            .any(|c| rules::test_rule(&cfg.rules, &id.user, &id.groups, c, None).allowed);
-        if !admitted {
-            let d = Denied {
-                gate: 3,
-                reason: format!(
-                    "no authorization rule admits {} on this computer for any configuration",
-                    id.user
-                ),
-                rule_id: None,
-            };
-            self.deny(
-                AuditKind::Authorization,
-                AuditGate::Gateway,
-                &id.user,
-                origin,
-                None,
-                &d,
-            );
+        if let Err(d) = Gates::can_open_any(&self.config(), &id.user, &id.groups) {
+            self.deny_no_session(&id.user, origin, &d);
             return None;
         }
+        Some(self.admitted(id, origin, how, audit))
+    }
+
+    /// An admitted caller: audited (unless `audit` is false) and handed to the WS-Man layer.
+    fn admitted(
+        &self,
+        id: auth::Identity,
+        origin: Origin,
+        how: Option<&str>,
+        audit: bool,
+    ) -> Identity {
         if audit {
             let method = format!("{:?}", id.method);
             self.audit(AuditEvent {
@@ -530,10 +603,63 @@ impl Gates {
                 ..AuditEvent::new(AuditKind::Authentication)
             });
         }
-        Some(Identity {
+        Identity {
             user: id.user,
             groups: id.groups,
-        })
+        }
+    }
+
+    /// Gate 2 for `Authorization: Basic` (the blocking half): a remembered credential or one
+    /// argon2id verification, and the caller's ability to open a session here decided inside
+    /// it, so that a right password of a user who can open none is refused, counted and timed
+    /// exactly like a wrong one, and never remembered.
+    fn verify_basic(
+        &self,
+        authn: &Authenticator,
+        user: &str,
+        password: &str,
+        origin: Origin,
+        ip: std::net::IpAddr,
+    ) -> Option<Identity> {
+        let cfg = self.config();
+        let mut no_session: Option<Denied> = None;
+        let result = authn.verify_basic_admitting(user, password, ip, &mut |id| {
+            match Gates::can_open_any(&cfg, &id.user, &id.groups) {
+                Ok(()) => true,
+                Err(d) => {
+                    no_session = Some(d);
+                    false
+                }
+            }
+        });
+        match result {
+            AuthResult::Ok(id) => Some(self.admitted(id, origin, None, true)),
+            AuthResult::Denied(auth::DenyReason::NoSession) => {
+                let d = no_session.unwrap_or(Denied {
+                    gate: 3,
+                    reason: auth::DenyReason::NoSession.to_string(),
+                    rule_id: None,
+                });
+                self.deny_no_session(user, origin, &d);
+                None
+            }
+            AuthResult::Denied(reason) => {
+                let d = Denied {
+                    gate: 2,
+                    reason: reason.to_string(),
+                    rule_id: None,
+                };
+                self.deny(
+                    AuditKind::Authentication,
+                    AuditGate::Authentication,
+                    user,
+                    origin,
+                    None,
+                    &d,
+                );
+                None
+            }
+        }
     }
 
     fn release_slot(&self, key: &str) {
@@ -576,22 +702,9 @@ impl Authenticate for Gates {
             }
             (None, Some(fp)) => authn.verify_certificate_fingerprint(&fp),
             (Some(h), _) => match auth::parse_basic_header(h) {
-                Some((user, pw)) => authn.verify_basic(&user, &pw, peer.ip()),
+                Some((user, pw)) => return self.verify_basic(authn, &user, &pw, origin, peer.ip()),
                 None => {
-                    let d = Denied {
-                        gate: 2,
-                        reason: "no usable Authorization header (Basic or a client certificate)"
-                            .into(),
-                        rule_id: None,
-                    };
-                    self.deny(
-                        AuditKind::Authentication,
-                        AuditGate::Authentication,
-                        "",
-                        origin,
-                        None,
-                        &d,
-                    );
+                    self.refuse_unusable_header(origin);
                     return None;
                 }
             },
@@ -600,10 +713,6 @@ impl Authenticate for Gates {
         match result {
             AuthResult::Ok(id) => self.admit(id, origin, None, true),
             AuthResult::Denied(reason) => {
-                let user = authorization
-                    .and_then(auth::parse_basic_header)
-                    .map(|(u, _)| u)
-                    .unwrap_or_default();
                 let d = Denied {
                     gate: 2,
                     reason: reason.to_string(),
@@ -612,13 +721,60 @@ impl Authenticate for Gates {
                 self.deny(
                     AuditKind::Authentication,
                     AuditGate::Authentication,
-                    &user,
+                    "",
                     origin,
                     None,
                     &d,
                 );
                 None
             }
+        }
+    }
+
+    /// Decided here, without blocking: a remembered Basic credential of a user who can still
+    /// open a session (no hashing, no blocking task: the cache is checked on the serving
+    /// thread), a request without credentials, an Authorization header nobody could use.
+    /// Verified in a slot: any other Basic credential (every refusal costs one argon2id
+    /// verification) and every Negotiate leg. On a blocking thread without a slot: client
+    /// certificates and requests riding a Negotiate connection (the system's user database).
+    fn plan(&self, conn: &mut Connection, authorization: Option<&[u8]>) -> Plan {
+        let Some(authn) = &self.auth else {
+            return Plan::Decided(Verdict::Refuse);
+        };
+        let negotiating = self.negotiate_settings().is_some();
+        let Some(h) = authorization else {
+            let rides = conn.state.is_some();
+            return if rides || conn.client_cert_sha256.is_some() {
+                Plan::Blocking
+            } else {
+                // No credentials at all: the generic 401 (or the anonymous Identify).
+                Plan::Decided(Verdict::Refuse)
+            };
+        };
+        if negotiating && crate::auth::negotiate::parse_authorization(h).is_some() {
+            return Plan::Verify;
+        }
+        if conn.encrypted_only || h == CERT_AUTH_HEADER {
+            // Refused without a verification whatever the credentials, or a certificate.
+            return Plan::Blocking;
+        }
+        let Some((user, pw)) = auth::parse_basic_header(h) else {
+            return Plan::Blocking;
+        };
+        let cfg = self.config();
+        let remembered = authn.remembered(&user, &pw, conn.peer.ip(), &mut |id| {
+            Gates::can_open_any(&cfg, &id.user, &id.groups).is_ok()
+        });
+        match remembered {
+            Some(id) => {
+                // A Basic request: the connection is no longer Negotiate's.
+                negotiate::forget(conn);
+                Plan::Decided(Verdict::Allow {
+                    identity: self.admitted(id, Origin::Remote(conn.peer), None, true),
+                    www_authenticate: None,
+                })
+            }
+            None => Plan::Verify,
         }
     }
 

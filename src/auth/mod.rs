@@ -18,6 +18,7 @@ pub mod encryption;
 pub mod negotiate;
 pub mod ntlm;
 mod pam;
+pub mod slots;
 pub mod spnego;
 mod users_file;
 
@@ -38,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
+use argon2::password_hash::PasswordHash;
 use argon2::Argon2;
 use base64::Engine as _;
 use hmac::{Hmac, Mac as _};
@@ -61,6 +62,23 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const MAX_BASIC_HEADER_LEN: usize = 4096;
 /// The realm advertised in `WWW-Authenticate: Basic`.
 pub const BASIC_REALM: &str = "keyhole";
+/// Concurrent password verifications per CPU core ([`verification_slots`]).
+pub const VERIFICATIONS_PER_CORE: usize = 2;
+/// Largest argon2 memory cost (KiB) a stored hash may ask for; a hash asking for more is
+/// unusable (refused like a wrong password, logged): one verification must not take the
+/// server's memory. `keyhole user` writes 19 MiB (argon2's default).
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
+
+/// How many password verifications (argon2id, 19 MiB each) may run at once: twice the cores
+/// the process may use, at least 2. The listener admits this many at a time ([`slots`]) and
+/// the authenticator keeps this many work areas for reuse.
+pub fn verification_slots() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .saturating_mul(VERIFICATIONS_PER_CORE)
+        .max(2)
+}
 
 /// Errors of the users file operations.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +162,10 @@ pub enum DenyReason {
     UnknownCertificate,
     /// A Negotiate (Kerberos/NTLM) exchange failed, or its principal has no local account.
     Negotiate(String),
+    /// The password was right, but no authorization rule and role lets this user open a
+    /// session on this server (gates 3–4 would refuse every endpoint): refused at gate 2 like a
+    /// wrong password, counted like one, and never remembered.
+    NoSession,
 }
 
 impl fmt::Display for DenyReason {
@@ -168,6 +190,9 @@ impl fmt::Display for DenyReason {
                 f.write_str("no user lists this client certificate's fingerprint")
             }
             DenyReason::Negotiate(m) => write!(f, "Negotiate: {m}"),
+            DenyReason::NoSession => f.write_str(
+                "credentials verified, but no authorization rule and role lets this user open a session here",
+            ),
         }
     }
 }
@@ -187,6 +212,7 @@ impl DenyReason {
             DenyReason::Pam(_) => "pam",
             DenyReason::UnknownCertificate => "unknown_certificate",
             DenyReason::Negotiate(_) => "negotiate",
+            DenyReason::NoSession => "no_session",
         }
     }
 }
@@ -290,8 +316,54 @@ pub struct Authenticator {
     /// that the time taken does not tell whether an account exists.
     dummy_hash: String,
     verifications: AtomicU64,
+    /// argon2's work areas, kept for the next verification.
+    memory: ArgonMemory,
     /// Failure and lock-out counters, once the daemon attaches its metrics.
     metrics: std::sync::OnceLock<std::sync::Arc<crate::metrics::Metrics>>,
+}
+
+/// argon2id work areas (19 MiB each with the default parameters) kept between verifications,
+/// at most [`verification_slots`] of them: a verification takes one (or allocates one when
+/// more run at once than the listener admits, e.g. `keyhole run` or tests), and gives it back
+/// wiped. Memory then stays at the slots' worth however many verifications come, instead of
+/// growing with every allocator arena that once served one.
+struct ArgonMemory {
+    free: Mutex<Vec<Vec<argon2::Block>>>,
+    keep: usize,
+}
+
+impl ArgonMemory {
+    fn new(keep: usize) -> ArgonMemory {
+        ArgonMemory {
+            free: Mutex::new(Vec::new()),
+            keep,
+        }
+    }
+
+    /// A work area of at least `blocks` blocks.
+    fn take(&self, blocks: usize) -> Vec<argon2::Block> {
+        let mut v = lock(&self.free).pop().unwrap_or_default();
+        if v.len() < blocks {
+            v.resize(blocks, argon2::Block::new());
+        }
+        v
+    }
+
+    /// Back for reuse, wiped (the blocks derive from the password); dropped when enough are
+    /// kept, or when it is larger than the default parameters need (a stored hash with a
+    /// larger memory cost is rare: its area is not worth keeping).
+    fn give(&self, mut v: Vec<argon2::Block>) {
+        if v.len() > argon2::Params::DEFAULT.block_count() {
+            return;
+        }
+        for b in v.iter_mut() {
+            *b = argon2::Block::new();
+        }
+        let mut free = lock(&self.free);
+        if free.len() < self.keep {
+            free.push(v);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -486,6 +558,7 @@ impl Authenticator {
             cache_key,
             dummy_hash,
             verifications: AtomicU64::new(0),
+            memory: ArgonMemory::new(verification_slots()),
             metrics: std::sync::OnceLock::new(),
         }
     }
@@ -586,8 +659,10 @@ impl Authenticator {
         Some(mac.finalize().into_bytes().into())
     }
 
-    /// argon2id verification; `Err` when the stored hash is unusable.
-    fn argon2_verify(&self, stored: &str, password: &str) -> Result<bool, String> {
+    /// argon2id verification of `password` against the PHC string `stored`, in a reused work
+    /// area; `Err` when the stored hash is unusable (checked before any hashing: the caller
+    /// then verifies against the dummy hash, so that the time is the same).
+    fn argon2_verify(&self, stored: &str, password: &[u8]) -> Result<bool, String> {
         self.verifications.fetch_add(1, Ordering::Relaxed);
         let parsed = PasswordHash::new(stored).map_err(|e| format!("cannot parse it: {e}"))?;
         if parsed.algorithm != argon2::Algorithm::Argon2id.ident() {
@@ -596,12 +671,43 @@ impl Authenticator {
                 parsed.algorithm
             ));
         }
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
+        let params = argon2::Params::try_from(&parsed)
+            .map_err(|e| format!("its parameters are not usable: {e}"))?;
+        if params.m_cost() > MAX_ARGON2_MEMORY_KIB {
+            return Err(format!(
+                "its memory cost ({} KiB) is above {MAX_ARGON2_MEMORY_KIB} KiB; set a new password with `keyhole user passwd`",
+                params.m_cost()
+            ));
+        }
+        let version = match parsed.version {
+            Some(v) => argon2::Version::try_from(v)
+                .map_err(|e| format!("its version is not usable: {e}"))?,
+            None => argon2::Version::default(),
+        };
+        let expected = parsed
+            .hash
+            .ok_or_else(|| "it has no hash output".to_string())?;
+        let salt = parsed.salt.ok_or_else(|| "it has no salt".to_string())?;
+        let mut salt_buf = [0u8; 64];
+        let salt = salt
+            .decode_b64(&mut salt_buf)
+            .map_err(|e| format!("its salt is not usable: {e}"))?;
+        let hasher = Argon2::new(argon2::Algorithm::Argon2id, version, params);
+        let mut memory = self.memory.take(hasher.params().block_count());
+        let mut out = [0u8; argon2::password_hash::Output::MAX_LENGTH];
+        let computed = out.get_mut(..expected.len()).ok_or("its output is too long")?;
+        let result = hasher.hash_password_into_with_memory(password, salt, computed, memory.as_mut_slice());
+        self.memory.give(memory);
+        result.map_err(|e| format!("cannot verify against it: {e}"))?;
+        Ok(bool::from(subtle::ConstantTimeEq::ct_eq(
+            &*computed,
+            expected.as_bytes(),
+        )))
     }
 
-    fn dummy_verify(&self, password: &str) {
+    /// One verification against the dummy hash: the work a refusal costs when there is nothing
+    /// real to verify (unknown user, locked out, malformed, unusable stored hash).
+    fn dummy_verify(&self, password: &[u8]) {
         let _ = self.argon2_verify(&self.dummy_hash, password);
     }
 
@@ -700,39 +806,107 @@ impl Authenticator {
         cache.insert(key, entry);
     }
 
-    /// Gate 2 for `Authorization: Basic`. CPU-heavy on a cache miss (argon2id).
+    /// Gate 2 for `Authorization: Basic` when every verified user may open a session (tools
+    /// and tests without gates 3–4): [`Authenticator::verify_basic_admitting`] admitting all.
     pub fn verify_basic(&self, username: &str, password: &str, source: IpAddr) -> AuthResult {
-        let cfg = self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let src = Some(source);
-        if !cfg.basic {
-            return self.deny(username, src, DenyReason::BasicDisabled, false);
-        }
-        // Nothing is verified for an empty or over-long name or password, so nothing is
-        // counted: an empty password is not a guess.
-        if username.is_empty()
+        self.verify_basic_admitting(username, password, source, &mut |_| true)
+    }
+
+    /// Is this an empty or over-long name or password (refused without counting: an empty
+    /// password is not a guess)?
+    fn malformed(username: &str, password: &str) -> bool {
+        username.is_empty()
             || username.len() > MAX_LOGIN_NAME_LEN
             || password.is_empty()
             || password.len() > MAX_PASSWORD_LEN
-        {
+    }
+
+    /// The credential as remembered from an earlier verification at this source, if it is
+    /// and `admit` still admits its user (the configuration may have changed since): no
+    /// hashing, no counting, never a refusal — None means "verify"
+    /// ([`Authenticator::verify_basic_admitting`]). Cheap enough for the threads that accept
+    /// connections. A remembered credential is honoured during a lock-out of its pair or
+    /// source (a lock-out never cuts an open session) until the lock-out's guessing budget is
+    /// spent.
+    pub fn remembered(
+        &self,
+        username: &str,
+        password: &str,
+        source: IpAddr,
+        admit: &mut dyn FnMut(&Identity) -> bool,
+    ) -> Option<Identity> {
+        let cfg = self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if !cfg.basic || Self::malformed(username, password) {
+            return None;
+        }
+        let now = Instant::now();
+        let max = cfg.max_failed_logins.0.max(1);
+        let pair = (username.to_lowercase(), source_key(source));
+        let budget_left = {
+            let mut l = lock(&self.lockouts);
+            // Expired lock-outs end here, as in a verification.
+            is_locked(&mut l.by_pair, &pair, now);
+            cache_budget_left(&l.by_pair, &pair, now, max)
+        };
+        if !budget_left {
+            return None;
+        }
+        let key = self.cache_key_for(source, username, password)?;
+        let identity = self.cache_lookup(&key, now)?;
+        if !admit(&identity) {
+            // Rules or roles changed since: forget it; the verification refuses it.
+            lock(&self.cache).remove(&key);
+            return None;
+        }
+        match self.accept(identity, Some(source), false) {
+            AuthResult::Ok(i) => Some(i),
+            AuthResult::Denied(_) => None,
+        }
+    }
+
+    /// Gate 2 for `Authorization: Basic`, as the server runs it: a remembered credential
+    /// ([`Authenticator::remembered`]) or one argon2id verification — CPU-heavy, for a blocking
+    /// thread. A verified user whom `admit` refuses (no rule and role lets them open a session
+    /// here: gates 3–4) is refused with [`DenyReason::NoSession`], counted as a failed login and
+    /// never remembered, so that neither the answer, nor its time, nor the lock-outs tell a
+    /// right password from a wrong one.
+    ///
+    /// Every refusal costs exactly one argon2id verification and nothing else differs between
+    /// them: the stored hash when the account exists (disabled too), the dummy hash when there
+    /// is none to verify against (unknown user, locked out, empty or over-long credentials, an
+    /// unusable stored hash, Basic switched off). (PAM takes the time PAM takes.)
+    pub fn verify_basic_admitting(
+        &self,
+        username: &str,
+        password: &str,
+        source: IpAddr,
+        admit: &mut dyn FnMut(&Identity) -> bool,
+    ) -> AuthResult {
+        if let Some(identity) = self.remembered(username, password, source, admit) {
+            return AuthResult::Ok(identity);
+        }
+        let cfg = self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let src = Some(source);
+        if !cfg.basic {
+            self.dummy_verify(password.as_bytes());
+            return self.deny(username, src, DenyReason::BasicDisabled, false);
+        }
+        // Nothing real is verified for an empty or over-long name or password, and nothing is
+        // counted: an empty password is not a guess.
+        if Self::malformed(username, password) {
+            let head = password.as_bytes();
+            self.dummy_verify(head.get(..MAX_PASSWORD_LEN).unwrap_or(head));
             return self.deny(username, src, DenyReason::Malformed, false);
         }
         let now = Instant::now();
         let max = cfg.max_failed_logins.0.max(1);
         let pair = (username.to_lowercase(), source_key(source));
-        let (pair_locked, source_locked, budget_left) = {
+        let (pair_locked, source_locked) = {
             let mut l = lock(&self.lockouts);
             let p = is_locked(&mut l.by_pair, &pair, now);
             let s = is_locked(&mut l.by_source, &pair.1, now);
-            (p, s, cache_budget_left(&l.by_pair, &pair, now, max))
+            (p, s)
         };
-        // A credential already verified from this source is honoured first, lock-out or not:
-        // a lock-out never cuts an open session.
-        let key = self.cache_key_for(source, username, password);
-        if budget_left {
-            if let Some(identity) = key.as_ref().and_then(|k| self.cache_lookup(k, now)) {
-                return self.accept(identity, src, false);
-            }
-        }
         if pair_locked || source_locked {
             record_locked_guess(
                 &mut lock(&self.lockouts).by_pair,
@@ -741,6 +915,7 @@ impl Authenticator {
                 max,
                 cfg.lockout.0,
             );
+            self.dummy_verify(password.as_bytes());
             let reason = if pair_locked {
                 DenyReason::LockedOutUser
             } else {
@@ -754,7 +929,11 @@ impl Authenticator {
         };
         let (identity, fingerprint) = match record {
             Some(rec) => {
-                let verdict = self.argon2_verify(&rec.entry.password, password);
+                let verdict = self.argon2_verify(&rec.entry.password, password.as_bytes());
+                if verdict.is_err() {
+                    // Refused before any hashing: the same work as every other refusal.
+                    self.dummy_verify(password.as_bytes());
+                }
                 if rec.entry.disabled {
                     return self.deny(username, src, DenyReason::Disabled, true);
                 }
@@ -786,10 +965,14 @@ impl Authenticator {
                 }
             }
             None => {
-                self.dummy_verify(password);
+                self.dummy_verify(password.as_bytes());
                 return self.deny(username, src, DenyReason::UnknownUser, true);
             }
         };
+        if !admit(&identity) {
+            return self.deny(&identity.user, src, DenyReason::NoSession, true);
+        }
+        let key = self.cache_key_for(source, username, password);
         if let (Some(k), Some(expires)) = (key, now.checked_add(CACHE_TTL)) {
             let entry = CacheEntry {
                 expires,
@@ -799,6 +982,18 @@ impl Authenticator {
             self.cache_store(k, entry, now);
         }
         self.accept(identity, src, true)
+    }
+
+    /// Forget every remembered credential whose user `keep` no longer admits (a reload that
+    /// changed rules or roles): the cache holds only users who can open a session.
+    pub fn forget_remembered_unless(&self, keep: &mut dyn FnMut(&Identity) -> bool) {
+        lock(&self.cache).retain(|_, e| keep(&e.identity));
+    }
+
+    /// How many credentials are remembered now (tests).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn remembered_count(&self) -> usize {
+        lock(&self.cache).len()
     }
 
     /// Gate 2 for a finished Negotiate exchange (issue 12), with Basic's lock-outs: an NTLM

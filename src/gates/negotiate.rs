@@ -82,6 +82,17 @@ fn state_or_new(conn: &mut Connection) -> Option<&mut NegotiateState> {
     slot.downcast_mut()
 }
 
+/// The connection is no longer Negotiate's (a Basic or certificate request came on it).
+pub(super) fn forget(conn: &mut Connection) {
+    if conn
+        .state
+        .as_ref()
+        .is_some_and(|s| s.is::<NegotiateState>())
+    {
+        conn.state = None;
+    }
+}
+
 fn refuse(gates: &Gates, origin: Origin, user: &str, reason: String) -> Verdict {
     let d = Denied {
         gate: 2,

@@ -5,8 +5,11 @@
 //!
 //! Gate 2 sees each TCP connection as one [`Connection`] (Negotiate authenticates the
 //! connection over several requests and encrypts the bodies that follow on plain HTTP); the
-//! listener only carries it between requests and runs every gate-2 call — header parsing,
-//! password hashing, GSSAPI, NTLM, body decryption and encryption — on a blocking thread.
+//! listener only carries it between requests. What gate 2 decides without heavy work (a
+//! remembered credential, no credentials) is decided on the serving thread; every heavier
+//! gate-2 call — password hashing, GSSAPI, NTLM, body decryption and encryption — runs on a
+//! blocking thread, password verifications and Negotiate legs only in one of the bounded,
+//! per-address-fair verification slots (`gate2.rs`, `auth::slots`).
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -37,7 +40,10 @@ use crate::wsman::shell::{
     Authenticate, Connection, RequestBody, ResponseBody, ShellFactory, Verdict,
 };
 
+mod gate2;
 pub mod tls;
+#[cfg(any(test, feature = "test-util"))]
+pub use gate2::blocking_calls as gate2_blocking_calls;
 pub use tls::{
     certificate_fingerprint, load_or_generate_certificate, self_signed_fingerprint,
     SELF_SIGNED_CERT, SELF_SIGNED_KEY,
@@ -143,6 +149,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
 struct Ctx {
     service: WsmanService,
     gate: Arc<dyn Authenticate>,
+    /// Password verification slots (gate 2 under load).
+    gate2: gate2::Gate2,
     max_body: usize,
 }
 
@@ -259,6 +267,7 @@ impl Server {
         let ctx = Arc::new(Ctx {
             service: self.service,
             gate: self.gate,
+            gate2: gate2::Gate2::new(crate::auth::slots::VerifySlots::for_this_host()),
             max_body: self.max_body,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -543,25 +552,6 @@ async fn read_body(body: &mut Incoming, limit: usize) -> Result<Vec<u8>, BodyErr
     }
 }
 
-type SharedConnection = Arc<std::sync::Mutex<Connection>>;
-
-/// Runs `f` with the gate and the connection's gate-2 state on a blocking thread (None if it
-/// panicked).
-async fn with_gate<T: Send + 'static>(
-    ctx: &Arc<Ctx>,
-    conn: &SharedConnection,
-    f: impl FnOnce(&dyn Authenticate, &mut Connection) -> T + Send + 'static,
-) -> Option<T> {
-    let gate = ctx.gate.clone();
-    let conn = conn.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
-        f(gate.as_ref(), &mut c)
-    })
-    .await
-    .ok()
-}
-
 /// Adds `WWW-Authenticate: value` (a Negotiate token) to a response.
 fn add_www_authenticate(r: &mut Response<Full<Bytes>>, value: Option<&str>) {
     if let Some(v) = value.and_then(|v| header::HeaderValue::from_str(v).ok()) {
@@ -627,7 +617,7 @@ async fn anonymous_identify(
 async fn handle_http(
     req: Request<Incoming>,
     ctx: Arc<Ctx>,
-    conn: SharedConnection,
+    conn: gate2::SharedConnection,
     peer: SocketAddr,
     scheme: &'static str,
 ) -> Response<Full<Bytes>> {
@@ -644,11 +634,7 @@ async fn handle_http(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes().to_vec());
-    let verdict = with_gate(&ctx, &conn, move |gate, c| {
-        gate.authenticate_connection(c, auth.as_deref())
-    })
-    .await
-    .unwrap_or(Verdict::Refuse);
+    let verdict = gate2::authenticate(&ctx.gate, &ctx.gate2, &conn, peer, auth).await;
     let (ident, www_authenticate) = match verdict {
         Verdict::Allow {
             identity,
@@ -735,7 +721,7 @@ async fn handle_http(
     // Encrypted bodies (Negotiate over plain HTTP) are decrypted, and plaintext ones refused
     // where only encryption is admitted, by gate 2.
     let max = ctx.max_body;
-    let opened = with_gate(&ctx, &conn, move |gate, c| {
+    let opened = gate2::with_gate_if_stateful(&ctx.gate, &conn, move |gate, c| {
         gate.open_body(c, content_type.as_deref(), bytes, max)
     })
     .await
@@ -768,7 +754,7 @@ async fn handle_http(
         Reply::Fault(xml) => (StatusCode::INTERNAL_SERVER_ERROR, xml),
         Reply::Unauthorized => return unauthorized(ctx.gate.as_ref()),
     };
-    let sealed = with_gate(&ctx, &conn, move |gate, c| {
+    let sealed = gate2::with_gate_if_stateful(&ctx.gate, &conn, move |gate, c| {
         gate.seal_body(c, xml.into_bytes())
     })
     .await

@@ -26,14 +26,19 @@ pub struct Identity {
 /// Gate 2: who sent this request. Only Create opens a session (gates 3–4, in the factory);
 /// every other operation needs only this, and an authenticated caller gets WS-Man faults where
 /// an unauthenticated one gets the 401. So that a fault never tells a stranger the password was
-/// right, an implementation also refuses (None) a user who could open no session at all.
+/// right, an implementation also refuses (None) a user who could open no session at all (no
+/// rule admits them here for an endpoint where they have a role).
 ///
 /// Basic and client certificates authenticate each request ([`Authenticate::authenticate`]).
 /// Negotiate authenticates the connection, over several requests, and may encrypt the bodies
 /// that follow: the listener keeps one [`Connection`] per TCP connection and hands it to the
 /// `*_connection`/`*_body` methods, whose defaults fall back to the per-request form (and admit
-/// nothing on a listener that requires encryption). Every method is called on a blocking
-/// thread, one request of a connection at a time.
+/// nothing on a listener that requires encryption). One request of a connection at a time:
+/// [`Authenticate::plan`] on the thread that serves the connection (it must not block), then,
+/// unless it decided, `authenticate_connection` on a blocking thread (after a verification slot
+/// when the plan says [`Plan::Verify`]); `open_body`/`seal_body` on a blocking thread when the
+/// connection has [`Connection::state`], else on the serving thread (without state there is
+/// nothing to decrypt or encrypt).
 pub trait Authenticate: Send + Sync + 'static {
     /// CPU-heavy (password hashing): called on a blocking thread. None → the generic 401.
     fn authenticate(
@@ -44,6 +49,14 @@ pub trait Authenticate: Send + Sync + 'static {
     ) -> Option<Identity>;
     /// `WWW-Authenticate` header values of the generic 401, e.g. `Basic realm="WSMAN"`.
     fn challenges(&self) -> Vec<String>;
+
+    /// Gate 2 for one request, as far as it can be decided without blocking or heavy work
+    /// (a remembered credential, no credentials at all); called on the thread that serves the
+    /// connection. The default sends everything to a verification slot.
+    fn plan(&self, conn: &mut Connection, authorization: Option<&[u8]>) -> Plan {
+        let _ = (conn, authorization);
+        Plan::Verify
+    }
 
     /// Gate 2 for one request on `conn` (its `Authorization` header, if any).
     fn authenticate_connection(
@@ -136,6 +149,20 @@ impl fmt::Debug for Connection {
             .field("encrypted_only", &self.encrypted_only)
             .finish()
     }
+}
+
+/// How [`Authenticate::plan`] has gate 2 go on with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Decided without blocking: no `authenticate_connection` call.
+    Decided(Verdict),
+    /// `authenticate_connection` on a blocking thread, no password to verify (it may block,
+    /// e.g. on the system's user database).
+    Blocking,
+    /// `authenticate_connection` on a blocking thread once a verification slot for the peer's
+    /// address is free (a password to verify, a Negotiate exchange): the listener bounds how
+    /// many run at once and answers the generic 401 when none frees up in time.
+    Verify,
 }
 
 /// What gate 2 decided about one request.

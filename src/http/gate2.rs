@@ -1,0 +1,139 @@
+//! How the listener runs gate 2 for one request (issue 9, "gate 2 under load"): what
+//! [`Authenticate::plan`] can decide without blocking (a remembered credential, a request
+//! without credentials) is decided on the thread serving the connection, without a blocking
+//! task; a password verification or a Negotiate leg first waits for a verification slot
+//! ([`VerifySlots`]: bounded, fair between source addresses, with a deadline after which the
+//! request gets the generic 401), then runs on a blocking thread.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::auth::slots::VerifySlots;
+use crate::wsman::shell::{Authenticate, Connection, Plan, Verdict};
+
+/// Requests refused for want of a verification slot are logged at most once per this interval
+/// (with the count since the last line), so that a flood cannot flood the log too.
+pub const SLOT_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Gate-2 calls the listener made on a blocking thread (the `test-util` feature: tests show a
+/// remembered credential costs none).
+static BLOCKING_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// How many gate-2 calls ran on a blocking thread so far, in this process.
+#[cfg(any(test, feature = "test-util"))]
+pub fn blocking_calls() -> u64 {
+    BLOCKING_CALLS.load(Ordering::Relaxed)
+}
+
+pub(super) type SharedConnection = Arc<Mutex<Connection>>;
+
+/// The verification slots of one server, and the rate limit of their refusal log lines.
+pub(super) struct Gate2 {
+    pub(super) slots: VerifySlots,
+    refused: AtomicU64,
+    last_log: Mutex<Option<Instant>>,
+}
+
+impl Gate2 {
+    pub(super) fn new(slots: VerifySlots) -> Gate2 {
+        Gate2 {
+            slots,
+            refused: AtomicU64::new(0),
+            last_log: Mutex::new(None),
+        }
+    }
+
+    fn log_refusal(&self, peer: SocketAddr) {
+        let n = self
+            .refused
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let now = Instant::now();
+        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < SLOT_REFUSAL_LOG_INTERVAL) {
+            return;
+        }
+        *last = Some(now);
+        drop(last);
+        self.refused.store(0, Ordering::Relaxed);
+        tracing::warn!(
+            %peer,
+            refused = n,
+            "gate 2: refused (401): no password verification slot came free within {:?} ({} slots, at most {} per address; IPv6 per /64); {n} refused so since the last report",
+            self.slots.deadline(),
+            self.slots.total(),
+            self.slots.per_source()
+        );
+    }
+}
+
+fn lock(conn: &SharedConnection) -> std::sync::MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` with the gate and the connection's gate-2 state on a blocking thread (None if it
+/// panicked).
+pub(super) async fn with_gate<T: Send + 'static>(
+    gate: &Arc<dyn Authenticate>,
+    conn: &SharedConnection,
+    f: impl FnOnce(&dyn Authenticate, &mut Connection) -> T + Send + 'static,
+) -> Option<T> {
+    BLOCKING_CALLS.fetch_add(1, Ordering::Relaxed);
+    let gate = gate.clone();
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut c = lock(&conn);
+        f(gate.as_ref(), &mut c)
+    })
+    .await
+    .ok()
+}
+
+/// Runs `f` on this thread when the connection has no gate-2 state (nothing to decrypt or
+/// encrypt: cheap), else as [`with_gate`].
+pub(super) async fn with_gate_if_stateful<T: Send + 'static>(
+    gate: &Arc<dyn Authenticate>,
+    conn: &SharedConnection,
+    f: impl FnOnce(&dyn Authenticate, &mut Connection) -> T + Send + 'static,
+) -> Option<T> {
+    {
+        let mut c = lock(conn);
+        if c.state.is_none() {
+            return Some(f(gate.as_ref(), &mut c));
+        }
+    }
+    with_gate(gate, conn, f).await
+}
+
+/// Gate 2 for one request with `authorization` (its `Authorization` header) on `conn`.
+pub(super) async fn authenticate(
+    gate: &Arc<dyn Authenticate>,
+    gate2: &Gate2,
+    conn: &SharedConnection,
+    peer: SocketAddr,
+    authorization: Option<Vec<u8>>,
+) -> Verdict {
+    let plan = {
+        let mut c = lock(conn);
+        gate.plan(&mut c, authorization.as_deref())
+    };
+    let _permit = match plan {
+        Plan::Decided(v) => return v,
+        Plan::Blocking => None,
+        Plan::Verify => match gate2.slots.acquire(peer.ip()).await {
+            Some(p) => Some(p),
+            None => {
+                gate2.log_refusal(peer);
+                return Verdict::Refuse;
+            }
+        },
+    };
+    with_gate(gate, conn, move |g, c| {
+        g.authenticate_connection(c, authorization.as_deref())
+    })
+    .await
+    .unwrap_or(Verdict::Refuse)
+}
