@@ -14,6 +14,10 @@ pub mod winrs;
 
 use runner::{Budget, Workers};
 
+use crate::engine::Session;
+use crate::gates::{Gates, OpenError, Origin, SessionKind};
+use crate::wsman::shell::{CreateError, Identity, ShellError, ShellLimits};
+
 /// Output one line may hold while the client is not receiving, by default (`Budget::PerLine`).
 pub const MAX_BUFFERED_OUTPUT_PER_LINE: usize = 16 * 1024 * 1024;
 
@@ -42,4 +46,44 @@ impl ShellSetup {
             keep: None,
         }
     }
+}
+
+/// What a factory gets when the gates let a session through: the engine session, its endpoint,
+/// the shell's setup (deadline, the grant's guard kept alive) and the limits the registry
+/// enforces.
+pub struct Opened {
+    pub session: Session,
+    pub endpoint: String,
+    pub setup: ShellSetup,
+    pub limits: ShellLimits,
+}
+
+/// Open a session for a shell through `gates` (the one opener) and turn the grant into what a
+/// shell runs with; a refusal at any gate is the generic 401, a session limit a quota fault.
+pub fn open_session(
+    gates: &Arc<Gates>,
+    workers: &Arc<Workers>,
+    id: &Identity,
+    endpoint: &str,
+    origin: Origin,
+    kind: SessionKind,
+) -> Result<Opened, CreateError> {
+    let grant = match gates.open(id, endpoint, origin, kind) {
+        Ok(g) => g,
+        Err(OpenError::Denied(_)) => return Err(CreateError::Refused),
+        Err(e @ OpenError::SessionLimit { .. }) => {
+            return Err(ShellError::QuotaLimit(e.to_string()).into())
+        }
+    };
+    let setup = ShellSetup {
+        command_timeout: Some(grant.limits.command_timeout),
+        keep: Some(Box::new(grant.guard)),
+        ..ShellSetup::new(&id.user, workers.clone())
+    };
+    Ok(Opened {
+        session: grant.session,
+        endpoint: grant.endpoint,
+        setup,
+        limits: grant.limits.shell,
+    })
 }

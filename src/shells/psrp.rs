@@ -16,7 +16,7 @@ use super::ShellSetup;
 use crate::engine::{
     CancelToken, Event, EventSink, RunOutcome, Session, StructuredPipeline, Value, VisibleCommand,
 };
-use crate::gates::{Gates, OpenError, Origin, SessionKind};
+use crate::gates::{Gates, Origin, SessionKind};
 use crate::psrp::message::MessageType;
 use crate::psrp::pool::{Effect, EventEncoder, PipeFramer, Plan, PoolCore, PoolError, Segment};
 use crate::psrp::ProtocolError;
@@ -96,22 +96,17 @@ impl ShellFactory for PsrpFactory {
                 .refuse(id, origin, None, "a PSRP Create names no configuration");
             return Err(CreateError::Refused);
         };
-        let grant = match self.gates.open(id, endpoint, origin, SessionKind::Psrp) {
-            Ok(g) => g,
-            Err(OpenError::Denied(_)) => return Err(CreateError::Refused),
-            Err(e @ OpenError::SessionLimit { .. }) => {
-                return Err(ShellError::QuotaLimit(e.to_string()).into())
-            }
-        };
-        let limits = grant.limits.shell;
-        let setup = ShellSetup {
-            command_timeout: Some(grant.limits.command_timeout),
-            keep: Some(Box::new(grant.guard)),
-            ..ShellSetup::new(&id.user, self.workers.clone())
-        };
+        let o = super::open_session(
+            &self.gates,
+            &self.workers,
+            id,
+            endpoint,
+            origin,
+            SessionKind::Psrp,
+        )?;
         Ok(NewShell {
-            shell: Box::new(PsrpShell::new(grant.session, setup)),
-            limits,
+            shell: Box::new(PsrpShell::new(o.session, o.setup)),
+            limits: o.limits,
         })
     }
 }

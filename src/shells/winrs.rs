@@ -17,7 +17,7 @@ use super::runner::{wake, Item, Lane, Line, Outbox, Workers};
 use super::ShellSetup;
 use crate::engine::format::{error_text, Formatter};
 use crate::engine::{CancelToken, ErrorRecord, Event, EventSink, RunOutcome, Session};
-use crate::gates::{Gates, OpenError, Origin, SessionKind};
+use crate::gates::{Gates, Origin, SessionKind};
 use crate::wsman::shell::{
     CommandRequest, CommandState, CommandStateKind, CreateError, CreateRequest, Identity, NewShell,
     ReceiveResponse, Shell, ShellError, ShellFactory, Signal, StreamChunk, StreamName,
@@ -61,27 +61,22 @@ impl ShellFactory for WinrsFactory {
             );
             return Err(CreateError::Refused);
         }
-        let grant = match self.gates.open(id, &endpoint, origin, SessionKind::Winrs) {
-            Ok(g) => g,
-            Err(OpenError::Denied(_)) => return Err(CreateError::Refused),
-            Err(e @ OpenError::SessionLimit { .. }) => {
-                return Err(ShellError::QuotaLimit(e.to_string()).into())
-            }
-        };
-        let limits = grant.limits.shell;
-        let setup = ShellSetup {
-            command_timeout: Some(grant.limits.command_timeout),
-            keep: Some(Box::new(grant.guard)),
-            ..ShellSetup::new(&id.user, self.workers.clone())
-        };
+        let o = super::open_session(
+            &self.gates,
+            &self.workers,
+            id,
+            &endpoint,
+            origin,
+            SessionKind::Winrs,
+        )?;
         Ok(NewShell {
             shell: Box::new(WinrsShell::new(
-                grant.session,
-                setup,
-                &grant.endpoint,
+                o.session,
+                o.setup,
+                &o.endpoint,
                 req.max_envelope_size,
             )),
-            limits,
+            limits: o.limits,
         })
     }
 }
