@@ -16,7 +16,6 @@ use rand::distributions::{Alphanumeric, DistString};
 
 use crate::daemon::{self, DaemonError, Started};
 
-
 /// The demo account's name.
 pub const DEMO_USER: &str = "demo";
 
