@@ -306,10 +306,13 @@ impl Console {
     }
 
     fn console_page(&self, s: &ConsoleSession) -> WebResponse {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).to_string();
         let html = render(
             CONSOLE_HTML,
             &[
                 ("csrf", &s.csrf),
+                ("remaining_ms", &ms(s.remaining(Instant::now()))),
+                ("warning_ms", &ms(s.warning())),
                 ("user", &s.user),
                 ("endpoint", &s.endpoint),
                 ("computer", &s.computer),

@@ -100,16 +100,26 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The same-origin checks on a state-changing request: when the browser sends `Origin` it
 /// must be `https://` and the `Host` it sent; when it sends `Sec-Fetch-Site` it must be
-/// `same-origin`. (Headers a browser does not send are not required: the CSRF token is.)
+/// `same-origin`. Under this console's `Referrer-Policy: no-referrer` a browser sends
+/// `Origin: null` on its own POSTs (the Fetch standard serialises the origin so), which is
+/// accepted only with `Sec-Fetch-Site: same-origin` beside it (another site's page can send
+/// `null` too, never `same-origin`). Headers a browser does not send are not required: the
+/// CSRF token is.
 pub fn same_origin(headers: &HeaderMap) -> Result<(), CrossSite> {
+    let fetch_site = header_text(headers, "sec-fetch-site");
     if let Some(o) = header_text(headers, "origin") {
         let host = header_text(headers, "host").unwrap_or("");
         let expected = format!("https://{host}");
-        if host.is_empty() || !o.eq_ignore_ascii_case(&expected) {
+        let ok = if o == "null" {
+            fetch_site.is_some_and(|s| s.eq_ignore_ascii_case("same-origin"))
+        } else {
+            !host.is_empty() && o.eq_ignore_ascii_case(&expected)
+        };
+        if !ok {
             return Err(CrossSite::Origin(o.chars().take(200).collect()));
         }
     }
-    if let Some(s) = header_text(headers, "sec-fetch-site") {
+    if let Some(s) = fetch_site {
         if !s.eq_ignore_ascii_case("same-origin") {
             return Err(CrossSite::FetchSite(s.chars().take(50).collect()));
         }
@@ -302,6 +312,25 @@ mod tests {
         assert!(matches!(
             same_origin(&headers(&[("host", "h"), ("sec-fetch-site", "same-site")])),
             Err(CrossSite::FetchSite(_))
+        ));
+        // `Origin: null` (no-referrer): only beside Sec-Fetch-Site: same-origin.
+        assert!(same_origin(&headers(&[
+            ("host", "h"),
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin")
+        ]))
+        .is_ok());
+        assert!(matches!(
+            same_origin(&headers(&[("host", "h"), ("origin", "null")])),
+            Err(CrossSite::Origin(_))
+        ));
+        assert!(matches!(
+            same_origin(&headers(&[
+                ("host", "h"),
+                ("origin", "null"),
+                ("sec-fetch-site", "cross-site")
+            ])),
+            Err(CrossSite::Origin(_))
         ));
     }
 

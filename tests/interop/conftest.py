@@ -45,7 +45,14 @@ ACCOUNTS = {
     "carol": ("carol-Pw-" + secrets.token_hex(8), "helpdesk"),
     "victor": ("victor-Pw-" + secrets.token_hex(8), "acme-vendor"),
     "nobody-rule": ("nobody-Pw-" + secrets.token_hex(8), "no-rule-group"),
+    # Only for the web console's session-limit test.
+    "dora": ("dora-Pw-" + secrets.token_hex(8), "helpdesk"),
 }
+
+# The web console is on in every test server (tests/interop/test_console.py drives it with
+# Chromium; the WS-Man tests show that it changes nothing for them).
+CONSOLE_TOML = '\n[console]\nenabled = true\ndefault_configuration = "Helpdesk"\n'
+
 
 # Test-only grants added to the temporary copy of the Diagnostics role capability: a program that
 # runs long (signals, stop) and a function printing many lines (fragmentation).
@@ -206,6 +213,10 @@ class Server:
     def url(self, scheme="https"):
         return "%s://%s/wsman" % (scheme, self.https if scheme == "https" else self.http)
 
+    def console(self, path=""):
+        """The web console's address (HTTPS only)."""
+        return "https://%s/console%s" % (self.https, path)
+
     def password(self, user):
         return self.accounts[user][0]
 
@@ -223,7 +234,7 @@ class Server:
         return "\n".join(lines[-n:])
 
 
-def _layout(dirpath, pam):
+def _layout(dirpath, pam, extra_toml=""):
     for name in ("endpoints", "role-capabilities"):
         shutil.copytree(ROOT / name, dirpath / name)
     shipped = (ROOT / "keyhole.toml").read_text()
@@ -242,6 +253,7 @@ def _layout(dirpath, pam):
     )
     if pam:
         text += 'pam_service = "%s"\n' % PAM_SERVICE
+    text += extra_toml
     (dirpath / "keyhole.toml").write_text(text)
 
     # Programs run as an unprivileged account the host surely has.
@@ -288,12 +300,13 @@ def _read_addresses(proc, timeout):
     return found.get("https"), found.get("http"), lines
 
 
-@pytest.fixture(scope="session")
-def server(request, pam_account):
+def start_keyhole(pam_account, extra_toml=CONSOLE_TOML, prefix="keyhole-interop-"):
+    """Lay out a private configuration (accounts, rules, `extra_toml` appended to keyhole.toml),
+    check it, start `keyhole serve` and return (Server, its stderr file)."""
     exe = keyhole_bin()
-    dirpath = pathlib.Path(tempfile.mkdtemp(prefix="keyhole-interop-"))
+    dirpath = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(dirpath, 0o700)
-    _layout(dirpath, pam_account)
+    _layout(dirpath, pam_account, extra_toml)
     cfg = dirpath / "keyhole.toml"
     for user, (password, group) in ACCOUNTS.items():
         _run(exe, cfg, "user", "add", user, "--group", group, stdin=password + "\n")
@@ -327,21 +340,30 @@ def server(request, pam_account):
             "keyhole serve did not print both listener addresses.\nstdout:\n%s\nstderr:\n%s"
             % ("\n".join(lines), stderr_path.read_text(errors="replace"))
         )
-    srv = Server(exe, dirpath, proc, stderr_path, https, http, ACCOUNTS, pam_account)
-    request.config._keyhole_server = srv
-    yield srv
+    return Server(exe, dirpath, proc, stderr_path, https, http, ACCOUNTS, pam_account), stderr_file
 
-    proc.send_signal(signal.SIGTERM)
+
+def stop_keyhole(srv, stderr_file):
+    """SIGTERM; it must exit 0 within 15 s. Removes its directory."""
+    srv.proc.send_signal(signal.SIGTERM)
     try:
-        code = proc.wait(timeout=15)
+        code = srv.proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        srv.proc.kill()
+        srv.proc.wait()
         stderr_file.close()
         pytest.fail("keyhole serve did not exit within 15 s of SIGTERM\n" + srv.stderr_tail())
     stderr_file.close()
     assert code == 0, "keyhole serve exited %s after SIGTERM\n%s" % (code, srv.stderr_tail())
-    shutil.rmtree(dirpath, ignore_errors=True)
+    shutil.rmtree(srv.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server(request, pam_account):
+    srv, stderr_file = start_keyhole(pam_account)
+    request.config._keyhole_server = srv
+    yield srv
+    stop_keyhole(srv, stderr_file)
 
 
 @pytest.hookimpl(hookwrapper=True)

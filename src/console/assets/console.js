@@ -278,7 +278,8 @@
   }
 
   input.addEventListener("keydown", (ev) => {
-    if (ev.key === "Tab" && !ev.ctrlKey && !ev.altKey && !ev.metaKey) {
+    // Tab completes; on an empty line it moves the focus as usual (no keyboard trap).
+    if (ev.key === "Tab" && !ev.ctrlKey && !ev.altKey && !ev.metaKey && input.value !== "") {
       ev.preventDefault();
       complete(ev.shiftKey);
       return;
@@ -398,7 +399,13 @@
 
   // ---------------------------------------------------------------------------------------
 
+  // The idle clock as the page was served ("remaining warning", in milliseconds).
+  const idleMeta = document.querySelector('meta[name="keyhole-idle"]');
+  const idle = idleMeta ? idleMeta.getAttribute("content").split(" ").map(Number) : [];
   setRunning(false);
+  if (idle.length === 2 && idle.every((n) => Number.isFinite(n))) {
+    scheduleWarning(idle[0], idle[1]);
+  }
   input.focus();
   pollLoop();
 })();
