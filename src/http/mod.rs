@@ -404,25 +404,29 @@ async fn accept_loop(
         }
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let stop = stop.clone();
+        let mut stop = stop.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
                 Some(acc) => {
-                    let tls_stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::info!(%peer, "gate 1: TLS handshake failed: {e}");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::info!(%peer, "gate 1: TLS handshake timed out");
-                                return;
-                            }
-                        };
+                    // A connection still in its handshake when the server stops is dropped
+                    // (browsers open spare connections they may never use).
+                    let handshake = tokio::select! {
+                        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)) => r,
+                        _ = stop.changed() => return,
+                    };
+                    let tls_stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, "gate 1: TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "gate 1: TLS handshake timed out");
+                            return;
+                        }
+                    };
                     let fp = tls_stream
                         .get_ref()
                         .1

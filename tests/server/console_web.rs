@@ -41,6 +41,10 @@ struct Fixture {
 /// alice (helpdesk: a rule and a role in E), bob (a rule, no role), mallory (no rule); E grants
 /// Get-Date, Restart-Service -Name cron|nginx and /usr/bin/sleep N.
 fn fixture(console_extra: &str) -> Fixture {
+    fixture_with(1000, console_extra)
+}
+
+fn fixture_with(max_failed_logins: u32, console_extra: &str) -> Fixture {
     let d = tempfile::tempdir().unwrap();
     let w = |rel: &str, text: &str| {
         let p = d.path().join(rel);
@@ -50,7 +54,7 @@ fn fixture(console_extra: &str) -> Fixture {
     w(
         "keyhole.toml",
         &format!(
-            "computer_name = \"testhost\"\ncomputer_aliases = [\"testhost.example\"]\n[listener]\nhttps = \"127.0.0.1:0\"\nhttp = \"\"\n[auth]\nmax_failed_logins = 1000\n[console]\nenabled = true\nmax_sessions_per_user = 2\n{console_extra}"
+            "computer_name = \"testhost\"\ncomputer_aliases = [\"testhost.example\"]\n[listener]\nhttps = \"127.0.0.1:0\"\nhttp = \"\"\n[auth]\nmax_failed_logins = {max_failed_logins}\n[console]\nenabled = true\nmax_sessions_per_user = 2\n{console_extra}"
         ),
     );
     w(
@@ -379,6 +383,37 @@ async fn every_refused_sign_in_shows_one_message_and_the_audit_log_names_the_gat
         "{page}"
     );
     assert!(page.contains("[testhost.example]: PS&gt;"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_failures_count_towards_the_same_lock_out_as_ws_man() {
+    use keyhole::wsman::shell::Authenticate as _;
+    let f = fixture_with(3, "");
+    let mut b = Browser::new(&f);
+    for _ in 0..3 {
+        let r = b.sign_in("alice", "wrong", "testhost", "E").await;
+        assert_eq!(message(&r.text()), ACCESS_DENIED);
+    }
+    // Locked out: the right password gets the same page, and WS-Man's Basic is locked too.
+    let r = b.sign_in("alice", "alice-pw", "testhost", "E").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(message(&r.text()), ACCESS_DENIED);
+    let last = audit(&f)
+        .into_iter()
+        .rev()
+        .find(|e| e["decision"] == "deny")
+        .unwrap();
+    assert_eq!(last["gate"], "authentication");
+    assert!(
+        last["reason"].as_str().unwrap().contains("locked out"),
+        "{last}"
+    );
+    let header = crate::wsman_common::basic("alice", "alice-pw");
+    let peer: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+    assert!(f
+        .gates
+        .authenticate(Some(header.as_bytes()), peer, None)
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -951,13 +986,25 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
 }
 
 fn insecure_tls() -> tokio_rustls::TlsConnector {
+    insecure_tls_with(None)
+}
+
+fn insecure_tls_with(
+    client: Option<(
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let b = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(AnyCert));
+    let cfg = match client {
+        Some((c, k)) => b.with_client_auth_cert(vec![c], k).unwrap(),
+        None => b.with_no_client_auth(),
+    };
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
@@ -967,6 +1014,18 @@ async fn tls_request(
     head: &str,
     body: &[u8],
 ) -> crate::wsman_common::HttpReply {
+    try_tls_request(addr, conn, head, body)
+        .await
+        .expect("no HTTP reply")
+}
+
+/// None when the TLS handshake or the connection failed before any HTTP reply.
+async fn try_tls_request(
+    addr: SocketAddr,
+    conn: &tokio_rustls::TlsConnector,
+    head: &str,
+    body: &[u8],
+) -> Option<crate::wsman_common::HttpReply> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut s = conn
@@ -975,10 +1034,70 @@ async fn tls_request(
             tcp,
         )
         .await
-        .unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
+        .ok()?;
+    s.write_all(head.as_bytes()).await.ok()?;
     let _ = s.write_all(body).await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await;
-    parse_http(&out)
+    if out.is_empty() {
+        return None;
+    }
+    Some(parse_http(&out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_client_certificate_is_checked_before_the_form_is_shown() {
+    let f = fixture("");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "keyhole console test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut cp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    cp.distinguished_name
+        .push(rcgen::DnType::CommonName, "alice");
+    cp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = cp.signed_by(&client_key, &ca, &ca_key).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let ca_path = state.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let mut cfg = keyhole::config::ServerConfig {
+        computer_name: "testhost".into(),
+        state_directory: state.path().to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    cfg.listener.https = "127.0.0.1:0".into();
+    cfg.listener.http = String::new();
+    cfg.listener.client_ca = ca_path.to_string_lossy().into_owned();
+    cfg.listener.require_client_certificate = true;
+    let rt = keyhole::http::ServerRuntime::from_config(&cfg, state.path());
+    let mut server = keyhole::http::Server::bind(rt, f.gates.clone())
+        .await
+        .unwrap();
+    server.register_routes(f.console.clone());
+    let https = server.https_addr.unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+    let get = format!("GET /console HTTP/1.1\r\nHost: {https}\r\nConnection: close\r\n\r\n");
+    let without = try_tls_request(https, &insecure_tls(), &get, b"").await;
+    assert!(without.is_none(), "no certificate, no form: {without:?}");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        client_key.serialize_der(),
+    ));
+    let with = tls_request(
+        https,
+        &insecure_tls_with(Some((client.der().clone(), key))),
+        &get,
+        b"",
+    )
+    .await;
+    assert_eq!(with.status, 200);
+    assert!(with.text().contains("action=\"/console/sign-in\""));
+    let _ = stop_tx.send(());
+    task.await.unwrap().unwrap();
 }
