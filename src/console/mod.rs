@@ -343,6 +343,10 @@ impl Console {
             tracing::warn!(source = %peer.ip(), "console: sign-in refused: missing or wrong CSRF token (form field and cookie differ)");
             return self.sign_in_page(StatusCode::FORBIDDEN, CROSS_SITE_FORM, None);
         }
+        // A browser holds one console session: the one it had (the form was sent from an old
+        // tab) ends here, rather than idle on holding a slot its user may need now.
+        let old = web::cookie(&req.headers, web::SESSION_COOKIE)
+            .and_then(|id| self.store.end(&id, Ended::SignedOut, Instant::now()));
         let get = |k: &str| web::field(&fields, k).unwrap_or("").to_string();
         let (user, password, computer, configuration) = (
             get("user").trim().to_string(),
@@ -352,10 +356,13 @@ impl Console {
         );
         let me = self.clone();
         let (u, comp, conf) = (user.clone(), computer.clone(), configuration.clone());
-        let outcome =
-            tokio::task::spawn_blocking(move || me.open_session(&u, &password, &comp, &conf, peer))
-                .await
-                .unwrap_or(SignIn::Failed);
+        let outcome = tokio::task::spawn_blocking(move || {
+            // Released first (its slot, its transcript's end), on this blocking thread.
+            drop(old);
+            me.open_session(&u, &password, &comp, &conf, peer)
+        })
+        .await
+        .unwrap_or(SignIn::Failed);
         let typed = Some((user.as_str(), computer.as_str(), configuration.as_str()));
         match outcome {
             SignIn::Opened(session) => {

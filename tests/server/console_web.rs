@@ -750,6 +750,41 @@ async fn sessions_per_user_are_limited_and_a_reload_of_the_page_reconnects() {
     let again = tab.output(&csrf2, &mut c2).await;
     assert_eq!(again, first);
 
+    // A new sign-in in a browser that holds a session ends that one.
+    let before = one.jar["__Secure-keyhole-console"].clone();
+    let form = one.get("/console").await; // the console page: no form here
+    assert!(form.text().contains("keyhole-csrf"));
+    let mut fresh = Browser::new(&f);
+    let page = fresh.get("/console").await;
+    let token = between(&page.text(), "name=\"csrf\" value=\"", "\"")
+        .unwrap()
+        .to_string();
+    one.jar.insert(
+        "__Secure-keyhole-sign-in".into(),
+        fresh.jar["__Secure-keyhole-sign-in"].clone(),
+    );
+    let r = one
+        .post_form(
+            &token,
+            "alice",
+            "alice-pw",
+            "testhost",
+            "E",
+            &[("origin", ORIGIN)],
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        303,
+        "the browser's own session frees the slot it needs? {}",
+        r.text()
+    );
+    assert!(matches!(
+        f.console.store().get(&before),
+        Lookup::Ended(keyhole::console::store::Ended::SignedOut)
+    ));
+    assert_ne!(one.jar["__Secure-keyhole-console"], before);
+
     // Signing out one frees its slot.
     let c = two.csrf().await;
     two.api(&c, "sign-out", json!({})).await;
