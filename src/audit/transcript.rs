@@ -32,6 +32,8 @@ pub struct TranscriptHeader {
     pub endpoint: String,
     /// None: a local session (`keyhole run`).
     pub client_address: Option<String>,
+    /// How the client came: "winrs", "psrp", "console" (the web console) or "local".
+    pub transport: String,
     pub start_time: DateTime<Utc>,
     pub session_id: String,
 }
@@ -222,7 +224,7 @@ impl Transcript {
         };
         let h = header;
         let text = format!(
-            "{SEPARATOR}\nPowerShell transcript start\nStart time: {}\nUsername: {}\nRunAs User: {}\nGroups: {}\nConfiguration Name: {}\nMachine: {} (Linux)\nClient Address: {}\nSession ID: {}\nHost Application: keyhole {KEYHOLE_VERSION}\nKeyhole Version: {KEYHOLE_VERSION}\nProcess ID: {}\nStart time (UTC): {}\n{SEPARATOR}\n",
+            "{SEPARATOR}\nPowerShell transcript start\nStart time: {}\nUsername: {}\nRunAs User: {}\nGroups: {}\nConfiguration Name: {}\nMachine: {} (Linux)\nClient Address: {}\nTransport: {}\nSession ID: {}\nHost Application: keyhole {KEYHOLE_VERSION}\nKeyhole Version: {KEYHOLE_VERSION}\nProcess ID: {}\nStart time (UTC): {}\n{SEPARATOR}\n",
             stamp(h.start_time),
             clean(&h.user),
             clean(&h.run_as),
@@ -230,6 +232,7 @@ impl Transcript {
             clean(&h.endpoint),
             clean(&hostname()),
             clean(h.client_address.as_deref().unwrap_or("local")),
+            clean(&h.transport),
             clean(&h.session_id),
             std::process::id(),
             h.start_time.to_rfc3339(),

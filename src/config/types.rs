@@ -80,7 +80,39 @@ pub struct ServerConfig {
     pub listener: ListenerConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub console: ConsoleConfig,
     pub metrics: MetricsConfig,
+}
+
+/// `[console]`: the web console (PowerShell Web Access for keyhole endpoints), served on the
+/// HTTPS listener only.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve `https://HOST:PORT/console` (read at start: turning it on or off needs a restart).
+    pub enabled: bool,
+    /// Console sessions one user may hold at once (PowerShell Web Access: 3).
+    pub max_sessions_per_user: Positive,
+    /// A console session without a request from its user (and no command running) for this long
+    /// is signed out and its programs killed (PowerShell Web Access: 20 minutes).
+    pub idle_timeout: Dur,
+    /// The computer name the sign-in form starts with (PSWA's `appSettings`); "" means
+    /// `computer_name`.
+    pub default_computer: String,
+    /// The configuration (endpoint) name the sign-in form starts with; "" leaves it empty.
+    pub default_configuration: String,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: false,
+            max_sessions_per_user: Positive(3),
+            idle_timeout: Dur(std::time::Duration::from_secs(20 * 60)),
+            default_computer: String::new(),
+            default_configuration: String::new(),
+        }
+    }
 }
 
 /// `[metrics]`: the Prometheus scrape listener.
@@ -107,6 +139,7 @@ impl Default for ServerConfig {
             listener: ListenerConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            console: ConsoleConfig::default(),
             metrics: MetricsConfig::default(),
         }
     }

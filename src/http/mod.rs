@@ -1,7 +1,8 @@
 //! `http`: the HTTPS/HTTP listeners in front of the WS-Man service — gate 1 (TLS, client
 //! certificates, IP allow list, loopback-only plaintext), connection slots, timeouts, request
 //! limits, gate 2 through [`Authenticate`] (every refusal the same 401), and graceful shutdown.
-//! It knows nothing of sessions or the engine: shell factories are registered by the caller.
+//! It knows nothing of sessions or the engine: shell factories are registered by the caller, and
+//! so are [`WebRoutes`] (other paths on the HTTPS listener: the web console).
 //!
 //! Gate 2 sees each TCP connection as one [`Connection`] (Negotiate authenticates the
 //! connection over several requests and encrypts the bodies that follow on plain HTTP); the
@@ -13,6 +14,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{header, Method, Request, Response, StatusCode};
+use hyper::{header, HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -140,10 +142,50 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A request for a path a [`WebRoutes`] claims, with its body read whole (at most
+/// [`WebRoutes::max_body`] bytes). Only the HTTPS listener hands these out; gate 1 (TLS, the
+/// client certificate when required, `ip_allow`, connection slots) has already passed.
+#[derive(Debug)]
+pub struct WebRequest {
+    pub method: Method,
+    /// The path, e.g. `/console/api/run`.
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub peer: SocketAddr,
+    /// SHA-256 of the verified client certificate, when the client sent one.
+    pub client_cert_sha256: Option<[u8; 32]>,
+}
+
+/// What a [`WebRoutes`] answers.
+pub type WebResponse = Response<Full<Bytes>>;
+
+/// Other paths on the HTTPS listener (the web console), registered by the composition root.
+/// The listener knows nothing of what is behind them: it routes, bounds the body, and calls
+/// [`WebRoutes::tick`] with the idle-shell reaper and [`WebRoutes::close_all`] at shutdown.
+pub trait WebRoutes: Send + Sync + 'static {
+    /// The path prefix served: the prefix itself and everything under `prefix/`.
+    fn prefix(&self) -> &str;
+    /// The largest request body accepted; a larger one gets 413 and is never handed over.
+    fn max_body(&self) -> usize;
+    /// Answer one request (runs on the listener's async runtime: blocking work belongs on a
+    /// blocking thread).
+    fn handle(
+        self: Arc<Self>,
+        req: WebRequest,
+    ) -> Pin<Box<dyn Future<Output = WebResponse> + Send + 'static>>;
+    /// Called every [`REAP_INTERVAL`] (idle time-outs).
+    fn tick(&self);
+    /// The server is stopping: end every session.
+    fn close_all(&self);
+}
+
 struct Ctx {
     service: WsmanService,
     gate: Arc<dyn Authenticate>,
     max_body: usize,
+    routes: Vec<Arc<dyn WebRoutes>>,
 }
 
 /// A bound server: call [`Server::run`] to serve.
@@ -163,6 +205,7 @@ pub struct Server {
     ip_allow: Arc<Vec<IpNet>>,
     max_connections: usize,
     max_body: usize,
+    routes: Vec<Arc<dyn WebRoutes>>,
 }
 
 impl Server {
@@ -238,7 +281,14 @@ impl Server {
             ip_allow: Arc::new(ip_allow),
             max_connections,
             max_body,
+            routes: Vec::new(),
         })
+    }
+
+    /// Serve `routes` (its prefix and the paths under it) on the HTTPS listener; plain HTTP
+    /// answers 404 there.
+    pub fn register_routes(&mut self, routes: Arc<dyn WebRoutes>) {
+        self.routes.push(routes);
     }
 
     /// Serve the resource URI `uri` with `factory` (WinRS: `.../windows/shell/cmd`).
@@ -260,6 +310,7 @@ impl Server {
             service: self.service,
             gate: self.gate,
             max_body: self.max_body,
+            routes: self.routes,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let conns = Arc::new(Semaphore::new(self.max_connections));
@@ -287,11 +338,17 @@ impl Server {
             )));
         }
         let reaper_reg = registry.clone();
+        let reaper_routes = ctx.routes.clone();
         let mut reaper_stop = stop_rx.clone();
         let reaper = tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(REAP_INTERVAL) => { reaper_reg.reap_idle(); }
+                    _ = tokio::time::sleep(REAP_INTERVAL) => {
+                        reaper_reg.reap_idle();
+                        for r in &reaper_routes {
+                            r.tick();
+                        }
+                    }
                     _ = reaper_stop.changed() => break,
                 }
             }
@@ -309,6 +366,9 @@ impl Server {
         // Close every shell now: running commands stop and every Receive waiting on a shell is
         // answered at once, so the requests in flight end well inside the grace period.
         registry.close_all();
+        for r in &ctx.routes {
+            r.close_all();
+        }
         let total = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         if tokio::time::timeout(SHUTDOWN_GRACE, conns.acquire_many(total))
             .await
@@ -375,25 +435,29 @@ async fn accept_loop(
         }
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let stop = stop.clone();
+        let mut stop = stop.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
                 Some((acc, channel_binding)) => {
-                    let tls_stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::info!(%peer, "gate 1: TLS handshake failed: {e}");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::info!(%peer, "gate 1: TLS handshake timed out");
-                                return;
-                            }
-                        };
+                    // A connection still in its handshake when the server stops is dropped
+                    // (browsers open spare connections they may never use).
+                    let handshake = tokio::select! {
+                        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)) => r,
+                        _ = stop.changed() => return,
+                    };
+                    let tls_stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, "gate 1: TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "gate 1: TLS handshake timed out");
+                            return;
+                        }
+                    };
                     let fp = tls_stream
                         .get_ref()
                         .1
@@ -624,6 +688,68 @@ async fn anonymous_identify(
     Some(soap(StatusCode::OK, xml, false))
 }
 
+/// Whether `path` is `prefix` or under `prefix/`.
+fn claims(prefix: &str, path: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Read a [`WebRoutes`] request's body within its limit and hand the request over.
+async fn web_request(
+    req: Request<Incoming>,
+    routes: Arc<dyn WebRoutes>,
+    peer: SocketAddr,
+    cert: Option<[u8; 32]>,
+) -> Response<Full<Bytes>> {
+    let limit = routes.max_body();
+    let (parts, mut body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = |drained: bool| {
+        let mut r = simple(StatusCode::PAYLOAD_TOO_LARGE);
+        if !drained {
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        r
+    };
+    if declared.is_some_and(|n| n > limit.saturating_mul(OVERSIZE_DRAIN_FACTOR)) {
+        return too_large(false);
+    }
+    let bytes = match read_body(&mut body, limit).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge { drained }) => return too_large(drained),
+        Err(BodyError::Timeout) => {
+            tracing::info!(%peer, "request body not received within {:?}", BODY_READ_TIMEOUT);
+            let mut r = simple(StatusCode::REQUEST_TIMEOUT);
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return r;
+        }
+        Err(BodyError::Io(e)) => {
+            tracing::info!(%peer, "reading the request body failed: {e}");
+            return simple(StatusCode::BAD_REQUEST);
+        }
+    };
+    let req = WebRequest {
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts.headers,
+        body: Bytes::from(bytes),
+        peer,
+        client_cert_sha256: cert,
+    };
+    routes.handle(req).await
+}
+
 async fn handle_http(
     req: Request<Incoming>,
     ctx: Arc<Ctx>,
@@ -632,7 +758,22 @@ async fn handle_http(
     scheme: &'static str,
 ) -> Response<Full<Bytes>> {
     if req.uri().path() != "/wsman" {
-        return simple(StatusCode::NOT_FOUND);
+        let route = ctx
+            .routes
+            .iter()
+            .find(|r| claims(r.prefix(), req.uri().path()))
+            .cloned();
+        return match route {
+            // Plain HTTP never serves them (passwords and session cookies need TLS).
+            Some(r) if scheme == "https" => {
+                let cert = conn
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .client_cert_sha256;
+                web_request(req, r, peer, cert).await
+            }
+            _ => simple(StatusCode::NOT_FOUND),
+        };
     }
     if req.method() != Method::POST {
         let mut r = simple(StatusCode::METHOD_NOT_ALLOWED);
@@ -799,6 +940,16 @@ mod tests {
         let fp = certificate_fingerprint(b"abc");
         assert_eq!(fp.len(), 32 * 3 - 1);
         assert!(fp.starts_with("BA:78:16:BF"));
+    }
+
+    #[test]
+    fn a_route_claims_its_prefix_and_what_is_under_it_only() {
+        assert!(claims("/console", "/console"));
+        assert!(claims("/console", "/console/"));
+        assert!(claims("/console", "/console/api/run"));
+        assert!(!claims("/console", "/consoles"));
+        assert!(!claims("/console", "/wsman"));
+        assert!(!claims("/console", "/"));
     }
 
     #[test]

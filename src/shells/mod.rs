@@ -1,13 +1,15 @@
-//! `shells`: what runs behind a WS-Man shell. `runner` is the one runtime (workers, lanes,
-//! byte-bounded output, deadlines); `winrs` (the cmd shell) and `psrp` (runspace pools) are the
-//! shells built on it, each with the factory that opens its session through `gates` — the only
-//! place a session is opened.
+//! `shells`: what runs behind a WS-Man shell or a web console. `runner` is the one runtime
+//! (workers, lanes, byte-bounded output, deadlines); `winrs` (the cmd shell), `psrp` (runspace
+//! pools) and `console` (the web console's shell) are the shells built on it; the first two
+//! come with the factory that opens their session through `gates` — the only place a session
+//! is opened — and the console's session is opened by `console` through the same `gates`.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub mod codepage;
+pub mod console;
 pub mod psrp;
 pub mod runner;
 pub mod winrs;

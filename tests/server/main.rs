@@ -1,4 +1,4 @@
-//! Test binary `server`. The WS-Man server in process and as `keyhole serve`: envelopes, TLS, WinRS and PSRP shells, golden WinRS replies, check-vs-serve, systemd integration and metrics.
+//! Test binary `server`. The WS-Man server in process and as `keyhole serve`: envelopes, TLS, WinRS and PSRP shells, the web console, golden WinRS replies, check-vs-serve, systemd integration and metrics.
 //!
 //! One binary per area (link time on 2 cores); each module below was once its own test file.
 
@@ -12,6 +12,7 @@ mod shipped;
 mod wsman_common;
 
 mod check_vs_serve;
+mod console_web;
 mod golden_wsman_winrs;
 mod lockout_live;
 mod metrics_counts;
