@@ -4,12 +4,14 @@
 //! It knows nothing of sessions or the engine: shell factories are registered by the caller.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -22,7 +24,7 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{LimitsConfig, ListenerConfig, ServerConfig};
@@ -40,7 +42,8 @@ pub use tls::{
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a client has to send the request body.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// Time a client has to finish the TLS handshake.
+/// Longest a TLS handshake may take, whatever `unauthenticated_timeout` says (the handshake
+/// also has to fit in that).
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -49,8 +52,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const OVERSIZE_DRAIN_FACTOR: usize = 8;
 /// How often idle shells are looked for.
 pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
-/// Connections allowed per configured concurrent user.
-pub const CONNECTIONS_PER_USER: usize = 4;
+/// Connections refused for want of a slot are logged at most once per this interval (with the
+/// number refused since the last line), so that a flood cannot flood the log too.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Errors that keep the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +152,8 @@ pub struct Server {
     gate: Arc<dyn Authenticate>,
     ip_allow: Arc<Vec<IpNet>>,
     max_connections: usize,
+    max_per_address: usize,
+    unauthenticated_timeout: Duration,
     max_body: usize,
 }
 
@@ -197,10 +203,11 @@ impl Server {
             ),
             None => None,
         };
-        let max_connections = usize::try_from(rt.limits.max_concurrent_users.0)
-            .unwrap_or(1024)
-            .saturating_mul(CONNECTIONS_PER_USER)
-            .clamp(4, 100_000);
+        let max_connections = usize::try_from(rt.limits.max_connections.0)
+            .unwrap_or(usize::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS);
+        let max_per_address =
+            usize::try_from(rt.limits.max_connections_per_address.0).unwrap_or(usize::MAX);
         Ok(Server {
             https_addr: https_l.as_ref().and_then(|(l, _)| l.local_addr().ok()),
             http_addr: http_l.as_ref().and_then(|l| l.local_addr().ok()),
@@ -211,6 +218,8 @@ impl Server {
             gate,
             ip_allow: Arc::new(ip_allow),
             max_connections,
+            max_per_address,
+            unauthenticated_timeout: rt.limits.unauthenticated_timeout.0,
             max_body,
         })
     }
@@ -237,14 +246,26 @@ impl Server {
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let conns = Arc::new(Semaphore::new(self.max_connections));
+        let slots = Arc::new(Slots {
+            all: conns.clone(),
+            max: self.max_connections,
+            per_address: self.max_per_address,
+            by_address: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
+            last_log: Mutex::new(None),
+        });
+        let gate1 = Arc::new(Gate1 {
+            ip_allow: self.ip_allow.clone(),
+            slots,
+            unauthenticated_timeout: self.unauthenticated_timeout,
+        });
         let mut tasks = Vec::new();
         if let Some((lis, acc)) = self.https {
             tasks.push(tokio::spawn(accept_loop(
                 lis,
                 Some(acc),
                 ctx.clone(),
-                self.ip_allow.clone(),
-                conns.clone(),
+                gate1.clone(),
                 stop_rx.clone(),
             )));
         }
@@ -253,8 +274,7 @@ impl Server {
                 lis,
                 None,
                 ctx.clone(),
-                self.ip_allow.clone(),
-                conns.clone(),
+                gate1.clone(),
                 stop_rx.clone(),
             )));
         }
@@ -306,20 +326,146 @@ pub async fn serve(
     Server::bind(rt, gate).await?.run(shutdown).await
 }
 
+/// The key a connection is counted under: the address itself, or for IPv6 its /64 (one
+/// subscriber's network: an attacker holds a whole /64 as easily as one address).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            for b in o.iter_mut().skip(8) {
+                *b = 0;
+            }
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        v4 => v4,
+    }
+}
+
+/// Connection slots: `max_connections` for all listeners together (a semaphore, which also
+/// lets shutdown wait for every connection) and `max_connections_per_address`.
+struct Slots {
+    all: Arc<Semaphore>,
+    max: usize,
+    per_address: usize,
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections refused since the last log line about it.
+    refused: AtomicU64,
+    last_log: Mutex<Option<Instant>>,
+}
+
+/// Which limit refused a connection (for the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotRefusal {
+    All,
+    Address,
+}
+
+/// A connection's slots; released when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    key: IpAddr,
+    _all: OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self
+            .slots
+            .by_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Slots {
+    /// Take a slot for a connection from `ip`, or say which limit is reached. Never waits: a
+    /// connection over a limit is closed at once (a client retries; it is not left hanging
+    /// in the accept queue behind the connections that hold the slots).
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, SlotRefusal> {
+        let key = address_key(ip);
+        let all = self
+            .all
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| SlotRefusal::All)?;
+        let mut m = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(key).or_insert(0);
+        if *n >= self.per_address {
+            return Err(SlotRefusal::Address);
+        }
+        *n += 1;
+        drop(m);
+        Ok(Slot {
+            slots: self.clone(),
+            key,
+            _all: all,
+        })
+    }
+
+    /// Log a refusal, at most once per [`REFUSAL_LOG_INTERVAL`].
+    fn log_refusal(&self, peer: SocketAddr, why: SlotRefusal) {
+        let n = self
+            .refused
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let now = Instant::now();
+        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL) {
+            return;
+        }
+        *last = Some(now);
+        drop(last);
+        self.refused.store(0, Ordering::Relaxed);
+        match why {
+            SlotRefusal::All => tracing::warn!(
+                %peer,
+                refused = n,
+                "gate 1: connection closed: all {} connection slots are taken ([limits] max_connections); {n} refused since the last report",
+                self.max
+            ),
+            SlotRefusal::Address => tracing::warn!(
+                %peer,
+                refused = n,
+                "gate 1: connection closed: {} already holds {} connections ([limits] max_connections_per_address; IPv6 counted per /64); {n} refused since the last report",
+                address_key(peer.ip()),
+                self.per_address
+            ),
+        }
+    }
+}
+
+/// What every listener checks at accept (gate 1 before TLS): the allow list and the slots, and
+/// how long a connection may stay without authenticating.
+struct Gate1 {
+    ip_allow: Arc<Vec<IpNet>>,
+    slots: Arc<Slots>,
+    unauthenticated_timeout: Duration,
+}
+
+/// Resolves when a connection that has not authenticated reaches its deadline; never once it
+/// has authenticated.
+async fn unauthenticated_expiry(deadline: tokio::time::Instant, authenticated: Arc<AtomicBool>) {
+    tokio::time::sleep_until(deadline).await;
+    if authenticated.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn accept_loop(
     lis: TcpListener,
     tls: Option<TlsAcceptor>,
     ctx: Arc<Ctx>,
-    ip_allow: Arc<Vec<IpNet>>,
-    conns: Arc<Semaphore>,
+    gate1: Arc<Gate1>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        let permit = tokio::select! {
-            p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.changed() => return,
-        };
         let accepted = tokio::select! {
             a = lis.accept() => a,
             _ = stop.changed() => return,
@@ -337,59 +483,98 @@ async fn accept_loop(
             }
         };
         let ip = canonical(peer.ip());
-        if !ip_allow.iter().any(|n| n.contains(&ip)) {
+        if !gate1.ip_allow.iter().any(|n| n.contains(&ip)) {
             tracing::warn!(%peer, "gate 1: connection dropped: address not in [listener] ip_allow");
             drop(stream);
             continue;
         }
+        let slot = match gate1.slots.take(ip) {
+            Ok(s) => s,
+            Err(why) => {
+                gate1.slots.log_refusal(peer, why);
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let stop = stop.clone();
         let tls = tls.clone();
+        // Until a request authenticates, the connection (TLS handshake included) lives at most
+        // `unauthenticated_timeout` from now.
+        let deadline = tokio::time::Instant::now() + gate1.unauthenticated_timeout;
+        let authenticated = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             match tls {
                 Some(acc) => {
-                    let tls_stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::info!(%peer, "gate 1: TLS handshake failed: {e}");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::info!(%peer, "gate 1: TLS handshake timed out");
-                                return;
-                            }
-                        };
+                    let handshake_by =
+                        deadline.min(tokio::time::Instant::now() + TLS_HANDSHAKE_TIMEOUT);
+                    let tls_stream = match tokio::time::timeout_at(handshake_by, acc.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, "gate 1: TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "gate 1: TLS handshake timed out (unauthenticated_timeout)");
+                            return;
+                        }
+                    };
                     let fp = tls_stream
                         .get_ref()
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| <[u8; 32]>::from(Sha256::digest(c.as_ref())));
-                    serve_connection(tls_stream, ctx, peer, fp, "https", stop).await;
+                    let conn = Conn {
+                        peer,
+                        cert: fp,
+                        scheme: "https",
+                        deadline,
+                        authenticated,
+                    };
+                    serve_connection(tls_stream, ctx, conn, stop).await;
                 }
-                None => serve_connection(stream, ctx, peer, None, "http", stop).await,
+                None => {
+                    let conn = Conn {
+                        peer,
+                        cert: None,
+                        scheme: "http",
+                        deadline,
+                        authenticated,
+                    };
+                    serve_connection(stream, ctx, conn, stop).await
+                }
             }
         });
     }
 }
 
-async fn serve_connection<S>(
-    io: S,
-    ctx: Arc<Ctx>,
+/// One accepted connection, as its requests see it.
+#[derive(Clone)]
+struct Conn {
     peer: SocketAddr,
     cert: Option<[u8; 32]>,
     scheme: &'static str,
-    mut stop: watch::Receiver<bool>,
-) where
+    /// Closed at this instant unless a request has authenticated by then.
+    deadline: tokio::time::Instant,
+    /// Set by the first request that passes gate 2.
+    authenticated: Arc<AtomicBool>,
+}
+
+async fn serve_connection<S>(io: S, ctx: Arc<Ctx>, conn_info: Conn, mut stop: watch::Receiver<bool>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = conn_info.peer;
+    let expiry = unauthenticated_expiry(conn_info.deadline, conn_info.authenticated.clone());
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle_http(req, ctx, peer, cert, scheme).await) }
+        let c = conn_info.clone();
+        async move { Ok::<_, Infallible>(handle_http(req, ctx, c).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -397,11 +582,16 @@ async fn serve_connection<S>(
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    tokio::pin!(expiry);
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
+            return;
+        }
+        _ = &mut expiry => {
+            tracing::info!(%peer, "gate 1: connection closed: nothing authenticated on it within [limits] unauthenticated_timeout");
             return;
         }
         _ = stop.changed() => {}
@@ -505,13 +695,8 @@ async fn read_body(body: &mut Incoming, limit: usize) -> Result<Vec<u8>, BodyErr
     }
 }
 
-async fn handle_http(
-    req: Request<Incoming>,
-    ctx: Arc<Ctx>,
-    peer: SocketAddr,
-    cert: Option<[u8; 32]>,
-    scheme: &'static str,
-) -> Response<Full<Bytes>> {
+async fn handle_http(req: Request<Incoming>, ctx: Arc<Ctx>, conn: Conn) -> Response<Full<Bytes>> {
+    let (peer, cert, scheme) = (conn.peer, conn.cert, conn.scheme);
     if req.uri().path() != "/wsman" {
         return simple(StatusCode::NOT_FOUND);
     }
@@ -549,6 +734,7 @@ async fn handle_http(
         }
         return r;
     };
+    conn.authenticated.store(true, Ordering::SeqCst);
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
