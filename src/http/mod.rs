@@ -283,7 +283,12 @@ impl Server {
         let reaper = tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(REAP_INTERVAL) => { reaper_reg.reap_idle(); }
+                    _ = tokio::time::sleep(REAP_INTERVAL) => {
+                        // Closing a shell takes its lock, which a request job may hold for a
+                        // while: not on an async thread.
+                        let r = reaper_reg.clone();
+                        let _ = tokio::task::spawn_blocking(move || r.reap_idle()).await;
+                    }
                     _ = reaper_stop.changed() => break,
                 }
             }
@@ -788,7 +793,7 @@ async fn handle_http(req: Request<Incoming>, ctx: Arc<Ctx>, conn: Conn) -> Respo
     };
     match ctx
         .service
-        .handle(&ident, peer, content_type.as_deref(), &bytes, &address)
+        .handle(&ident, peer, content_type.as_deref(), bytes, &address)
         .await
     {
         Reply::Ok(xml) => soap(StatusCode::OK, xml, false),
