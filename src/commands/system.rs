@@ -154,6 +154,25 @@ pub(crate) fn run_program(
     args: Vec<String>,
     capabilities: Vec<String>,
 ) -> Result<ProgramResult, ErrorRecord> {
+    let shown = program.display().to_string();
+    // max_output_bytes is per pipeline: what the line's earlier programs left of it.
+    let left = ctx
+        .host
+        .max_output_bytes
+        .saturating_sub(ctx.cancel.output_used());
+    let over = |ctx: &Ctx<'_>| {
+        ErrorRecord::new(
+            format!(
+                "{command}: {shown} was stopped: the programs of this pipeline wrote more than {} bytes of output together (max_output_bytes applies to a whole pipeline); narrow the request or raise [limits] max_output_bytes",
+                ctx.host.max_output_bytes
+            ),
+            format!("ProgramOutputLimit,{command}"),
+            ErrorCategory::LimitsExceeded,
+        )
+    };
+    if left == 0 {
+        return Err(over(ctx));
+    }
     let spec = ProgramSpec {
         program: program.to_path_buf(),
         args,
@@ -161,10 +180,10 @@ pub(crate) fn run_program(
         run_as: ctx.host.run_as.clone(),
         capabilities,
         timeout: ctx.host.command_timeout,
-        max_output_bytes: ctx.host.max_output_bytes,
+        max_output_bytes: left,
         stdin: None,
+        keep_stdout: true,
     };
-    let shown = program.display().to_string();
     let res = sandbox::run(&spec, ctx.cancel, &mut |_| {}).map_err(|e| {
         let category = match &e {
             SandboxError::UnknownUser(_) => ErrorCategory::PermissionDenied,
@@ -178,6 +197,7 @@ pub(crate) fn run_program(
             category,
         )
     })?;
+    ctx.cancel.add_output(res.output_bytes);
     match res.termination {
         Termination::Exited(_) | Termination::Signaled(_) => Ok(res),
         Termination::TimedOut => Err(ErrorRecord::new(
@@ -193,14 +213,7 @@ pub(crate) fn run_program(
             format!("ProgramCancelled,{command}"),
             ErrorCategory::OperationStopped,
         )),
-        Termination::OutputLimit => Err(ErrorRecord::new(
-            format!(
-                "{command}: {shown} wrote more than the output limit ({} bytes) and was killed; narrow the request or raise [limits] max_output_bytes",
-                ctx.host.max_output_bytes
-            ),
-            format!("ProgramOutputLimit,{command}"),
-            ErrorCategory::LimitsExceeded,
-        )),
+        Termination::OutputLimit => Err(over(ctx)),
     }
 }
 

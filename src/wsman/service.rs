@@ -350,10 +350,11 @@ impl WsmanService {
         };
         let who = id.clone();
         let address = address.to_string();
-        self.on_pool(&id.user, move |core| core.install(&who, peer, uri, req, new, &address))
-            .await?
+        self.on_pool(&id.user, move |core| {
+            core.install(&who, peer, uri, req, new, &address)
+        })
+        .await?
     }
-
 }
 
 impl Core {

@@ -245,8 +245,10 @@ mod tests {
                 let o = order.clone();
                 let p = pool.clone();
                 jobs.push(tokio::spawn(async move {
-                    p.run("mallory", move || o.lock().unwrap().push(format!("mallory-{i}")))
-                        .await
+                    p.run("mallory", move || {
+                        o.lock().unwrap().push(format!("mallory-{i}"))
+                    })
+                    .await
                 }));
             }
             while pool.queued() < 20 {
@@ -269,10 +271,7 @@ mod tests {
         });
         let order = order.lock().unwrap().clone();
         let alice = order.iter().position(|s| s == "alice").unwrap();
-        assert!(
-            alice <= 2,
-            "alice waited behind mallory's queue: {order:?}"
-        );
+        assert!(alice <= 2, "alice waited behind mallory's queue: {order:?}");
         assert_eq!(order.len(), 22);
     }
 

@@ -1,0 +1,82 @@
+//! Budgets through `keyhole run` (issue 9): `max_output_bytes` per pipeline, not per program;
+//! transcripts capped by `max_transcript_bytes` with the rest summarized; sessions refused when
+//! the transcript directory has less than `transcript_min_free_bytes` free; a value validated
+//! against a set or pattern never re-read as a wildcard.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::path::Path;
+
+use crate::shipped;
+
+use shipped::{keyhole, shipped_copy};
+
+const ALICE: &[&str] = &[
+    "run",
+    "--endpoint",
+    "Helpdesk",
+    "--user",
+    "alice",
+    "--group",
+    "helpdesk",
+];
+
+/// The shipped configuration with `Get-Numbers` (seq 1 500: 1,892 bytes) in Diagnostics, and
+/// `limits` as the `[limits]` table.
+fn config(limits: &str) -> tempfile::TempDir {
+    let d = shipped_copy();
+    let role = d.path().join("role-capabilities/Diagnostics.toml");
+    let text = std::fs::read_to_string(&role).unwrap().replace(
+        "visible_functions = [\"Get-DiskUsage\"]",
+        "visible_functions = [\"Get-DiskUsage\", \"Get-Numbers\"]",
+    );
+    std::fs::write(
+        &role,
+        format!(
+            "{text}\n[functions.Get-Numbers]\nsynopsis = \"1 to 500\"\nprogram = \"/usr/bin/seq\"\nargs = [\"1\", \"500\"]\noutput = \"lines\"\n"
+        ),
+    )
+    .unwrap();
+    shipped::append(d.path(), "keyhole.toml", &format!("\n[limits]\n{limits}\n"));
+    d
+}
+
+fn transcripts(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir.join("transcripts")).unwrap() {
+        out.push(std::fs::read_to_string(e.unwrap().path()).unwrap());
+    }
+    out
+}
+
+#[test]
+fn max_output_bytes_is_per_pipeline_not_per_program() {
+    let d = config("max_output_bytes = 2000");
+    // One program alone fits.
+    let (code, out, err) = keyhole(d.path(), ALICE, Some("Get-Numbers"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.len(), 1892, "{err}");
+    // Twenty of them in one line: 37,840 bytes were printed when the cap was per program.
+    let line = vec!["Get-Numbers"; 20].join("; ");
+    let (code, out, err) = keyhole(d.path(), ALICE, Some(&line));
+    assert_eq!(code, 1, "the line must fail at the cap: {err}");
+    assert!(
+        out.len() <= 2000,
+        "{} bytes printed with max_output_bytes = 2000",
+        out.len()
+    );
+    assert!(
+        err.contains("max_output_bytes applies to a whole pipeline"),
+        "{err}"
+    );
+    // A pipeline of programs fed by the pipeline counts all of them too.
+    let (code, out, err) = keyhole(
+        d.path(),
+        ALICE,
+        Some("Get-Numbers | Select-Object -First 3; Get-Numbers | Select-Object -First 3"),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("OutputLimitExceeded") || err.contains("max_output_bytes"),
+        "{err}"
+    );
+}
