@@ -96,6 +96,9 @@ pub struct SessionLimits {
     pub shell: ShellLimits,
     /// `[limits] command_timeout`: the deadline of one pipeline.
     pub command_timeout: Duration,
+    /// `[limits] max_buffered_output_bytes`: output of all of the user's sessions not yet
+    /// received (the shells share one budget per user).
+    pub max_buffered_output_bytes: usize,
 }
 
 /// A session the gates let through: the engine session, its limits, and its guard.
@@ -418,6 +421,8 @@ impl Gates {
                         .unwrap_or(limits.idle_timeout.0),
                 },
                 command_timeout: limits.command_timeout.0,
+                max_buffered_output_bytes: usize::try_from(limits.max_buffered_output_bytes.0)
+                    .unwrap_or(usize::MAX),
             },
             guard,
         })

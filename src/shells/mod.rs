@@ -4,14 +4,15 @@
 //! place a session is opened.
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 pub mod psrp;
 pub mod runner;
 pub mod winrs;
 
-use runner::{Budget, Workers};
+use runner::{Budget, OutputBudget, Workers};
 
 /// Output one line may hold while the client is not receiving, by default (`Budget::PerLine`).
 pub const MAX_BUFFERED_OUTPUT_PER_LINE: usize = 16 * 1024 * 1024;
@@ -40,5 +41,50 @@ impl ShellSetup {
             budget: Budget::PerLine(MAX_BUFFERED_OUTPUT_PER_LINE),
             keep: None,
         }
+    }
+}
+
+/// One output budget per user (`[limits] max_buffered_output_bytes`), shared by every shell and
+/// pool of that user: what the user's commands produced and the client has not received yet,
+/// all together. Created with the user's first session, gone with the last (the table keeps
+/// weak references). The limit is the one in force when the user's first open session
+/// started; a reload applies to the next one.
+#[derive(Default)]
+pub struct UserBudgets {
+    map: Mutex<HashMap<String, Weak<OutputBudget>>>,
+}
+
+impl UserBudgets {
+    pub fn new() -> Arc<UserBudgets> {
+        Arc::new(UserBudgets::default())
+    }
+
+    /// `user`'s budget (user names are case-insensitive), created with `limit` bytes if the
+    /// user has none alive.
+    pub fn for_user(&self, user: &str, limit: usize) -> Arc<OutputBudget> {
+        let key = user.to_lowercase();
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = m.get(&key).and_then(Weak::upgrade) {
+            return b;
+        }
+        // Forget users whose sessions are all gone.
+        m.retain(|_, w| w.strong_count() > 0);
+        let b = OutputBudget::new(limit);
+        m.insert(key, Arc::downgrade(&b));
+        b
+    }
+
+    /// Bytes `user`'s commands hold for the client now (0 with no session).
+    pub fn used(&self, user: &str) -> usize {
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&user.to_lowercase())
+            .and_then(Weak::upgrade)
+            .map_or(0, |b| b.used())
+    }
+
+    /// Users with a budget alive.
+    pub fn users(&self) -> usize {
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.values().filter(|w| w.strong_count() > 0).count()
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use tokio::sync::Notify;
 
-use super::runner::{wake, Item, Lane, Line, Outbox, Workers};
-use super::ShellSetup;
+use super::runner::{wake, Budget, Item, Lane, Line, Outbox, Workers};
+use super::{ShellSetup, UserBudgets};
 use crate::engine::format::{error_text, Formatter};
 use crate::engine::{CancelToken, ErrorRecord, Event, EventSink, RunOutcome, Session};
 use crate::gates::{Gates, OpenError, Origin, SessionKind};
@@ -29,16 +29,30 @@ pub const MAX_STDIN: usize = 1024 * 1024;
 pub const MAX_LINE: usize = 256 * 1024;
 /// Smallest chunk of output returned by one Receive.
 const MIN_CHUNK: usize = 4096;
+/// Output is queued in pieces of at most this many bytes, so that a line waiting for the
+/// user's output budget holds at most one piece beyond it.
+pub const MAX_PIECE: usize = 16 * 1024;
 
 /// Opens WinRS sessions (in `[server] winrs_endpoint`) through the gates and builds shells.
 pub struct WinrsFactory {
     gates: Arc<Gates>,
     workers: Arc<Workers>,
+    budgets: Arc<UserBudgets>,
 }
 
 impl WinrsFactory {
-    pub fn new(gates: Arc<Gates>, workers: Arc<Workers>) -> WinrsFactory {
-        WinrsFactory { gates, workers }
+    /// `budgets` is the server's one table of per-user output budgets (shared with the other
+    /// factories, so a user's WinRS shells and PSRP pools draw from one budget).
+    pub fn new(
+        gates: Arc<Gates>,
+        workers: Arc<Workers>,
+        budgets: Arc<UserBudgets>,
+    ) -> WinrsFactory {
+        WinrsFactory {
+            gates,
+            workers,
+            budgets,
+        }
     }
 }
 
@@ -71,6 +85,10 @@ impl ShellFactory for WinrsFactory {
         let limits = grant.limits.shell;
         let setup = ShellSetup {
             command_timeout: Some(grant.limits.command_timeout),
+            budget: Budget::Shared(
+                self.budgets
+                    .for_user(&id.user, grant.limits.max_buffered_output_bytes),
+            ),
             keep: Some(Box::new(grant.guard)),
             ..ShellSetup::new(&id.user, self.workers.clone())
         };
@@ -384,14 +402,17 @@ impl TextLine {
         if text.is_empty() {
             return;
         }
-        let bytes = text.as_bytes().to_vec();
-        let c = if stderr {
-            Chunk::Stderr(bytes)
-        } else {
-            Chunk::Stdout(bytes)
-        };
-        // Waits while the client is not receiving (back-pressure); dropped once stopped.
-        self.out.push(c, &self.cancel);
+        for piece in text.as_bytes().chunks(MAX_PIECE) {
+            let c = if stderr {
+                Chunk::Stderr(piece.to_vec())
+            } else {
+                Chunk::Stdout(piece.to_vec())
+            };
+            // Waits while the client is not receiving (back-pressure); dropped once stopped.
+            if !self.out.push(c, &self.cancel) {
+                return;
+            }
+        }
     }
 
     /// The text that ends the line (what the engine did not already emit), and its exit code.
