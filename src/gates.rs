@@ -350,6 +350,25 @@ impl Gates {
         } else {
             cfg.resolve(&ep.config.transcript_directory)
         };
+        // A transcript directory short of space refuses new sessions (running ones go on): a
+        // full disk must not leave sessions running unaudited, nor let one user's transcripts
+        // take the space every other session needs.
+        let min_free = limits.transcript_min_free_bytes.0;
+        match free_bytes(&dir) {
+            Ok(free) if free < min_free => {
+                if let Some(key) = &slot {
+                    self.release_slot(key);
+                }
+                return Err(refuse4(format!(
+                    "the transcript directory {} has {free} bytes free, less than transcript_min_free_bytes ({min_free}); new sessions are refused until space is freed there (sessions already open go on)",
+                    dir.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot read the free space of the transcript directory: {e}");
+            }
+        }
         let header = TranscriptHeader {
             user: user.to_string(),
             groups: groups.to_vec(),
@@ -360,7 +379,10 @@ impl Gates {
             session_id: session_id.clone(),
         };
         let transcript = match Transcript::create(&dir, &header) {
-            Ok(t) => t,
+            Ok(mut t) => {
+                t.set_max_bytes(limits.max_transcript_bytes.0);
+                t
+            }
             Err(e) => {
                 if let Some(key) = &slot {
                     self.release_slot(key);
@@ -581,6 +603,20 @@ impl Authenticate for Gates {
         let cfg = self.config();
         auth::www_authenticate_headers(&cfg.server.auth, !cfg.server.listener.client_ca.is_empty())
     }
+}
+
+/// Bytes available (to an unprivileged writer) on the file system holding `dir`, or its
+/// nearest existing ancestor when it does not exist yet.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) if !p.as_os_str().is_empty() => probe = p,
+            _ => break,
+        }
+    }
+    let st = nix::sys::statvfs::statvfs(probe).map_err(std::io::Error::from)?;
+    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
 
 /// Create a directory (and parents) with mode 0700 if missing.

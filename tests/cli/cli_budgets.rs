@@ -80,3 +80,66 @@ fn max_output_bytes_is_per_pipeline_not_per_program() {
         "{err}"
     );
 }
+
+#[test]
+fn transcripts_are_capped_but_what_ran_is_always_recorded() {
+    let d = config("max_transcript_bytes = 1500");
+    let (code, out, err) = keyhole(
+        d.path(),
+        ALICE,
+        Some("Get-Numbers; Get-Numbers; Get-Numbers"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.len(), 3 * 1892, "the client still gets everything");
+    let t = transcripts(d.path());
+    assert_eq!(t.len(), 1);
+    let t = &t[0];
+    assert_eq!(
+        t.matches("[command] Get-Numbers").count(),
+        3,
+        "every command is recorded:\n{t}"
+    );
+    assert!(t.contains("[end] Completed"), "{t}");
+    let summary = t
+        .lines()
+        .find(|l| l.starts_with("[output not recorded] "))
+        .unwrap_or_else(|| panic!("no summary:\n{t}"));
+    assert!(
+        summary.contains("bytes in") && summary.contains("max_transcript_bytes (1500 bytes)"),
+        "{summary}"
+    );
+    // Nothing of the output beyond the cap: the file stays near the cap (the records of what
+    // ran are written whatever the size).
+    assert!(t.len() < 1500 + 1000, "{} bytes:\n{t}", t.len());
+    assert!(!t.contains("\n500\n"), "output beyond the cap was copied");
+    assert!(t.contains("Output not recorded: "), "{t}");
+
+    // Over the cap from the start (the header alone is larger): refusals are still written.
+    let d = config("max_transcript_bytes = 1");
+    let (code, _, err) = keyhole(d.path(), ALICE, Some("Stop-Service cron"));
+    assert_eq!(code, 2, "{err}");
+    let t = transcripts(d.path());
+    assert!(t[0].contains("[refused] "), "{}", t[0]);
+    assert!(t[0].contains("PS>Stop-Service cron"), "{}", t[0]);
+}
+
+#[test]
+fn too_little_free_space_for_transcripts_refuses_new_sessions() {
+    // More free bytes than any disk has: the transcript directory is always short of space.
+    let d = config("transcript_min_free_bytes = 9000000000000000000");
+    let (code, out, err) = keyhole(d.path(), ALICE, Some("Get-Numbers"));
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("bytes free, less than transcript_min_free_bytes (9000000000000000000)"),
+        "{err}"
+    );
+    assert!(
+        !d.path().join("transcripts").exists()
+            || std::fs::read_dir(d.path().join("transcripts"))
+                .unwrap()
+                .count()
+                == 0,
+        "a transcript was written"
+    );
+}

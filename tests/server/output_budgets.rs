@@ -195,3 +195,50 @@ async fn unreceived_winrs_output_is_bounded_per_user_in_the_real_server() {
         assert_eq!(post(s.addr, &alice, &x).await.status, 200);
     }
 }
+
+/// Below `transcript_min_free_bytes` free in the transcript directory new sessions are refused
+/// (the generic 401; the log says why) while a session already open goes on. The real server,
+/// the setting raised by a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_transcript_space_refuses_new_sessions_and_open_ones_go_on() {
+    let s = live::start(live::config("", ""));
+    let alice = basic("alice", live::ALICE_PW);
+    let open = shell_id_of(&create_shell(s.addr, &alice, URI_CMD).await);
+    // Raise the threshold above any disk's free space and wait for the reload.
+    let toml = s.dir.path().join("keyhole.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "[limits]\n",
+        "[limits]\ntranscript_min_free_bytes = 9000000000000000000\n",
+    );
+    std::fs::write(&toml, text).unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while !s.log_text().contains("configuration reloaded") {
+        assert!(Instant::now() < until, "no reload:\n{}", s.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = create_shell(s.addr, &alice, URI_CMD).await;
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    let wrong = create_shell(s.addr, &basic("alice", "wrong-Pw-1"), URI_CMD).await;
+    assert_eq!(
+        (refused.headers.len(), refused.body.clone()),
+        (wrong.headers.len(), wrong.body.clone()),
+        "the refusal looks like any other"
+    );
+    let log = s.log_text();
+    assert!(
+        log.contains("less than transcript_min_free_bytes (9000000000000000000)"),
+        "{log}"
+    );
+    // The open shell still runs commands.
+    let (_, x) = envelope(
+        ACTION_COMMAND,
+        URI_CMD,
+        Some(&open),
+        None,
+        &command_body("Get-Numbers", &[]),
+    );
+    let c = command_id_of(&post(s.addr, &alice, &x).await);
+    let (out, err, code) = receive_all(s.addr, &alice, &open, &c).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 500);
+}
