@@ -231,6 +231,9 @@ fn get_net_tcp_connection(
     };
     let mut found = false;
     for t in &entries {
+        if ctx.cancelled() {
+            break;
+        }
         let owner = owners.get(&t.inode).copied();
         if !owners_wanted.is_empty() && !owner.is_some_and(|o| owners_wanted.contains(&o)) {
             continue;

@@ -322,6 +322,9 @@ fn get_process(
     let ids = args.ints("Id");
     let names = args.strings("Name");
     for p in select(ctx, &ids, &names, "GetProcessCommand") {
+        if ctx.cancelled() {
+            break;
+        }
         ctx.output(p.value);
     }
     Ok(())

@@ -443,6 +443,9 @@ fn get_service(
         "GetServiceCommand",
     )?;
     for u in &units {
+        if ctx.cancelled() {
+            break;
+        }
         ctx.output(service_object(u));
     }
     Ok(())
