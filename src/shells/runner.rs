@@ -57,6 +57,8 @@ struct WorkersState {
     queue: VecDeque<Task>,
     threads: usize,
     idle: usize,
+    /// Tasks running now.
+    busy: usize,
 }
 
 /// A bounded pool of worker threads (see the module documentation).
@@ -82,6 +84,7 @@ impl Workers {
                 queue: VecDeque::new(),
                 threads: 0,
                 idle: 0,
+                busy: 0,
             }),
             cv: Condvar::new(),
         })
@@ -95,6 +98,11 @@ impl Workers {
     /// Tasks waiting for a thread.
     pub fn queued(&self) -> usize {
         lock(&self.state).queue.len()
+    }
+
+    /// Tasks running now (a line holding a thread: running, or waiting for the client).
+    pub fn busy(&self) -> usize {
+        lock(&self.state).busy
     }
 
     fn submit(self: &Arc<Self>, task: Task) {
@@ -130,12 +138,14 @@ impl Workers {
         let mut st = lock(&self.state);
         loop {
             if let Some(task) = st.queue.pop_front() {
+                st.busy += 1;
                 drop(st);
                 // A task catches its own panics; this keeps the thread count right if not.
                 if catch_unwind(AssertUnwindSafe(|| task(Go::Run))).is_err() {
                     tracing::error!("a worker task panicked");
                 }
                 st = lock(&self.state);
+                st.busy -= 1;
                 continue;
             }
             st.idle += 1;

@@ -11,6 +11,7 @@ mod shipped;
 #[path = "../wsman_common/mod.rs"]
 mod wsman_common;
 
+mod builtin_deadlines;
 mod check_vs_serve;
 mod connection_slots;
 mod golden_wsman_winrs;
