@@ -4,7 +4,7 @@
 // The engine's Invocation interface returns ErrorRecord by value; helpers follow it.
 #![allow(clippy::result_large_err)]
 
-use crate::lang::wildcard::{self, Mode};
+use super::name_filters;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -186,8 +186,8 @@ fn get_net_tcp_connection(
     args: &BoundArgs,
     _input: Option<&Value>,
 ) -> Result<(), ErrorRecord> {
-    let local_addr = args.strings("LocalAddress");
-    let remote_addr = args.strings("RemoteAddress");
+    let local_addr = name_filters(args, "LocalAddress");
+    let remote_addr = name_filters(args, "RemoteAddress");
     let local_port = args.ints("LocalPort");
     let remote_port = args.ints("RemotePort");
     let states = args.strings("State");
@@ -209,14 +209,8 @@ fn get_net_tcp_connection(
         ));
     }
     entries.retain(|t| {
-        (local_addr.is_empty()
-            || local_addr
-                .iter()
-                .any(|a| wildcard::matches(a, &t.local, Mode::Name)))
-            && (remote_addr.is_empty()
-                || remote_addr
-                    .iter()
-                    .any(|a| wildcard::matches(a, &t.remote, Mode::Name)))
+        (local_addr.is_empty() || local_addr.iter().any(|a| a.matches(&t.local)))
+            && (remote_addr.is_empty() || remote_addr.iter().any(|a| a.matches(&t.remote)))
             && (local_port.is_empty() || local_port.contains(&i64::from(t.local_port)))
             && (remote_port.is_empty() || remote_port.contains(&i64::from(t.remote_port)))
             && (states.is_empty()

@@ -5,7 +5,7 @@
 // The engine's Invocation interface returns ErrorRecord by value; helpers follow it.
 #![allow(clippy::result_large_err)]
 
-use crate::lang::wildcard::{self, has_wildcards, Mode};
+use super::name_filters;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -444,8 +444,8 @@ fn get_volume(
         )
     })?;
     let mounts = parse_mountinfo(&text);
-    let want_mp = args.strings("MountPoint");
-    let want_fs = args.strings("FileSystemType");
+    let want_mp = name_filters(args, "MountPoint");
+    let want_fs = name_filters(args, "FileSystemType");
     let file_path = args.string("FilePath");
     // -FilePath: the volume holding that path is the one with the longest matching mount point.
     let holder: Option<String> = file_path.as_ref().map(|fp| {
@@ -485,7 +485,7 @@ fn get_volume(
             let hits: Vec<usize> = want_mp
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| wildcard::matches(p, &m.mount_point, Mode::Name))
+                .filter(|(_, p)| p.matches(&m.mount_point))
                 .map(|(i, _)| i)
                 .collect();
             if hits.is_empty() {
@@ -497,11 +497,7 @@ fn get_volume(
                 }
             }
         }
-        if !want_fs.is_empty()
-            && !want_fs
-                .iter()
-                .any(|p| wildcard::matches(p, &m.fs_type, Mode::Name))
-        {
+        if !want_fs.is_empty() && !want_fs.iter().any(|p| p.matches(&m.fs_type)) {
             continue;
         }
         // statvfs on an autofs trigger would mount it; df leaves them out too.
@@ -532,7 +528,8 @@ fn get_volume(
         ctx.output(volume_object(m, s));
     }
     for (p, hit) in want_mp.iter().zip(matched) {
-        if !hit && !has_wildcards(p, Mode::Name) {
+        if !hit && !p.has_wildcards() {
+            let p = &p.text;
             ctx.write_error(
                 ErrorRecord::new(
                     format!("No volume is mounted at '{p}'."),

@@ -143,3 +143,66 @@ fn too_little_free_space_for_transcripts_refuses_new_sessions() {
         "a transcript was written"
     );
 }
+
+/// A process whose name matches the wildcard `sl*ep` but not the role's pattern `sl.ep`.
+struct Decoy {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Decoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn decoy() -> Decoy {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("sl-decoy-ep");
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let child = std::process::Command::new(&exe).arg("600").spawn().unwrap();
+    // Wait until the kernel shows its name.
+    let comm = format!("/proc/{}/comm", child.id());
+    for _ in 0..200 {
+        if std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sl-decoy-ep") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Decoy { child, _dir: dir }
+}
+
+#[test]
+fn a_value_validated_by_a_pattern_is_never_read_as_a_wildcard() {
+    let d = config("");
+    let role = d.path().join("role-capabilities/Diagnostics.toml");
+    let text = std::fs::read_to_string(&role).unwrap().replace(
+        "  \"Get-Process\",\n",
+        "  { name = \"Get-Process\", parameters = [ { name = \"Name\", validate_pattern = \"sl.ep\" } ] },\n  { name = \"Stop-Process\", parameters = [ { name = \"Name\", validate_pattern = \"sl.ep\" } ] },\n",
+    );
+    assert!(text.contains("sl.ep"), "{text}");
+    std::fs::write(&role, text).unwrap();
+    let mut decoy = decoy();
+    // `sl*ep` passes the pattern `sl.ep` (`.` matches `*`); as a wildcard it would name the
+    // decoy, which the pattern does not admit. It is the literal name "sl*ep": not found.
+    let (code, out, err) = keyhole(d.path(), ALICE, Some("Get-Process -Name 'sl*ep'"));
+    assert!(
+        !out.contains("sl-decoy-ep"),
+        "the wildcard reached the decoy:\n{out}"
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("Cannot find a process with the name \"sl*ep\""),
+        "{err}"
+    );
+    let (code, out, err) = keyhole(d.path(), ALICE, Some("Stop-Process -Name 'sl*ep'"));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        decoy.child.try_wait().unwrap().is_none(),
+        "Stop-Process killed a process the role's pattern does not admit"
+    );
+    // The pattern itself still works for what it admits, and refuses what it does not.
+    let (code, _, err) = keyhole(d.path(), ALICE, Some("Get-Process -Name 'sl-decoy-ep'"));
+    assert_eq!(code, 2, "{err}");
+}
