@@ -362,6 +362,26 @@ impl Pipeline {
         matches!(self, Pipeline::Done(_))
     }
 
+    /// One PIPELINE_INPUT message into the input buffered so far (within the limits); on an
+    /// error nothing changes.
+    fn push_input(
+        input: &mut Vec<Value>,
+        bytes: &mut usize,
+        m: &Message,
+    ) -> Result<(), ProtocolError> {
+        let total = bytes.saturating_add(m.data.len());
+        if input.len() >= MAX_INPUT_OBJECTS || total > MAX_INPUT_BYTES {
+            return Err(Malformed::InputTooLarge {
+                max_objects: MAX_INPUT_OBJECTS,
+                max_bytes: MAX_INPUT_BYTES,
+            }
+            .into());
+        }
+        input.push(body_value(m)?);
+        *bytes = total;
+        Ok(())
+    }
+
     pub fn handle(
         self,
         ev: PipelineEvent,
@@ -405,15 +425,8 @@ impl Pipeline {
                 E::Input(m),
             ) => match m.message_type {
                 MessageType::PipelineInput => {
-                    let bytes = bytes.saturating_add(m.data.len());
-                    if input.len() >= MAX_INPUT_OBJECTS || bytes > MAX_INPUT_BYTES {
-                        return Err(Malformed::InputTooLarge {
-                            max_objects: MAX_INPUT_OBJECTS,
-                            max_bytes: MAX_INPUT_BYTES,
-                        }
-                        .into());
-                    }
-                    input.push(body_value(&m)?);
+                    let mut bytes = bytes;
+                    Pipeline::push_input(&mut input, &mut bytes, &m)?;
                     Ok((Pipeline::AwaitingInput { plan, input, bytes }, Vec::new()))
                 }
                 MessageType::EndOfPipelineInput => {
@@ -785,6 +798,17 @@ impl PoolCore {
         effects: &mut Vec<Effect>,
     ) -> Result<(), PoolError> {
         let p = self.pipes.get_mut(cid).ok_or(PoolError::UnknownPipeline)?;
+        // Input is the frequent event, and its state holds every object received so far: it is
+        // added in place (the transition below clones the state, which made feeding input
+        // quadratic in time and doubled its memory).
+        if let (Pipeline::AwaitingInput { input, bytes, .. }, PipelineEvent::Input(m)) =
+            (&mut p.state, &ev)
+        {
+            if m.message_type == MessageType::PipelineInput {
+                Pipeline::push_input(input, bytes, m)?;
+                return Ok(());
+            }
+        }
         let (state, actions) = p.state.clone().handle(ev)?;
         p.state = state;
         for a in actions {

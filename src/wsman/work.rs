@@ -4,11 +4,14 @@
 //! run TLS handshakes and answer 401s never do it (issue 9, finding 2: one user's expensive
 //! request must not delay another user's 401).
 //!
-//! Fair between users: each user (the key a job is submitted under) has a FIFO queue, and free
-//! threads take jobs from the users' queues in turn, so a user with many queued requests delays
-//! another user's request by at most one job per thread. The number of jobs in flight is
-//! bounded by the connection slots (`http`): each is one request waiting for its answer.
-//! Threads are started on demand up to the cap and exit after [`IDLE_EXIT`] without work.
+//! Fair between users: each user (the key a job is submitted under) has a FIFO queue, free
+//! threads take jobs from the users' queues in turn, and one user's jobs hold at most half of
+//! the threads ([`RequestPool::per_key`]): however many expensive requests one user sends,
+//! another user's request finds a thread at once and shares the CPU with them (the pool has
+//! twice as many threads as cores by default, so that this costs no throughput). The number of
+//! jobs in flight is bounded by the connection slots (`http`): each is one request waiting for
+//! its answer. Threads are started on demand up to the cap and exit after [`IDLE_EXIT`]
+//! without work.
 //!
 //! Lines (the engine's work) do not run here: they run on the shells' own workers
 //! (`shells::runner::Workers`), whose threads may wait for minutes (a program, a client that
@@ -23,9 +26,11 @@ use std::time::Duration;
 /// A thread with nothing to do for this long exits.
 pub const IDLE_EXIT: Duration = Duration::from_secs(10);
 /// Threads when the machine's parallelism cannot be read.
-const FALLBACK_THREADS: usize = 2;
+const FALLBACK_THREADS: usize = 4;
+/// Threads the default pool starts per core.
+const THREADS_PER_CORE: usize = 2;
 /// Most threads the default pool starts, however many cores there are.
-const MAX_DEFAULT_THREADS: usize = 16;
+const MAX_DEFAULT_THREADS: usize = 32;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -39,6 +44,8 @@ struct State {
     queues: HashMap<String, VecDeque<Job>>,
     /// Keys with queued jobs, in the order they get their next turn.
     turns: VecDeque<String>,
+    /// Jobs running now, per key.
+    running: HashMap<String, usize>,
     queued: usize,
     threads: usize,
     idle: usize,
@@ -46,26 +53,49 @@ struct State {
 }
 
 impl State {
-    /// The next job: the front of the first key's queue; that key goes to the back of the turns.
-    fn next(&mut self) -> Option<Job> {
-        let key = self.turns.pop_front()?;
+    /// The next job: the front of the queue of the first key (in turn order) that holds fewer
+    /// than `per_key` threads; that key goes to the back of the turns.
+    fn next(&mut self, per_key: usize) -> Option<(String, Job)> {
+        let pos = self
+            .turns
+            .iter()
+            .position(|k| self.running.get(k).copied().unwrap_or(0) < per_key)?;
+        let key = self.turns.remove(pos)?;
         let q = self.queues.get_mut(&key)?;
         let job = q.pop_front();
         if q.is_empty() {
             self.queues.remove(&key);
         } else {
-            self.turns.push_back(key);
+            self.turns.push_back(key.clone());
         }
-        if job.is_some() {
-            self.queued = self.queued.saturating_sub(1);
+        let job = job?;
+        self.queued = self.queued.saturating_sub(1);
+        *self.running.entry(key.clone()).or_insert(0) += 1;
+        Some((key, job))
+    }
+
+    fn done(&mut self, key: &str) {
+        if let Some(n) = self.running.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.running.remove(key);
+            }
         }
-        job
+    }
+
+    /// Jobs some thread could take now.
+    fn runnable(&self, per_key: usize) -> bool {
+        self.turns
+            .iter()
+            .any(|k| self.running.get(k).copied().unwrap_or(0) < per_key)
     }
 }
 
 /// The pool (see the module documentation).
 pub struct RequestPool {
     max_threads: usize,
+    /// Threads one key's jobs may hold at once.
+    per_key: usize,
     idle_exit: Duration,
     state: Mutex<State>,
     cv: Condvar,
@@ -84,20 +114,27 @@ impl RequestPool {
 
     /// As [`RequestPool::new`], with the idle time after which a thread exits.
     pub fn with_idle_exit(max_threads: usize, idle_exit: Duration) -> Arc<RequestPool> {
+        let max_threads = max_threads.max(1);
         Arc::new(RequestPool {
-            max_threads: max_threads.max(1),
+            max_threads,
+            per_key: (max_threads / 2).max(1),
             idle_exit,
             state: Mutex::new(State::default()),
             cv: Condvar::new(),
         })
     }
 
-    /// The server's default size: one thread per core (at most 16).
+    /// The server's default size: two threads per core (at least 4, at most 32).
     pub fn default_threads() -> usize {
         std::thread::available_parallelism()
-            .map(|n| n.get())
+            .map(|n| n.get().saturating_mul(THREADS_PER_CORE))
             .unwrap_or(FALLBACK_THREADS)
-            .clamp(1, MAX_DEFAULT_THREADS)
+            .clamp(FALLBACK_THREADS, MAX_DEFAULT_THREADS)
+    }
+
+    /// Threads one user's jobs may hold at once (half of them).
+    pub fn per_key(&self) -> usize {
+        self.per_key
     }
 
     /// Threads alive now.
@@ -152,7 +189,11 @@ impl RequestPool {
             }
         }
         st.queued += 1;
-        if st.idle >= st.queued {
+        if !st.runnable(self.per_key) {
+            // Its key already holds its share of the threads: it waits for one of them.
+            return;
+        }
+        if st.idle > 0 {
             self.cv.notify_one();
             return;
         }
@@ -180,12 +221,17 @@ impl RequestPool {
     fn work(self: Arc<Self>) {
         let mut st = lock(&self.state);
         loop {
-            if let Some(job) = st.next() {
+            if let Some((key, job)) = st.next(self.per_key) {
                 st.busy += 1;
                 drop(st);
                 job();
                 st = lock(&self.state);
                 st.busy -= 1;
+                st.done(&key);
+                // A job of this key may have been waiting for its share.
+                if st.idle > 0 && st.runnable(self.per_key) {
+                    self.cv.notify_one();
+                }
                 continue;
             }
             st.idle += 1;
@@ -195,7 +241,7 @@ impl RequestPool {
                 .unwrap_or_else(|e| e.into_inner());
             st = g;
             st.idle -= 1;
-            if waited.timed_out() && st.queued == 0 {
+            if waited.timed_out() && !st.runnable(self.per_key) {
                 st.threads -= 1;
                 return;
             }
@@ -221,6 +267,7 @@ mod tests {
     #[test]
     fn users_take_turns_so_a_flood_delays_another_user_by_one_job() {
         let pool = RequestPool::new(1);
+        assert_eq!(pool.per_key(), 1);
         let rt = rt();
         let order = Arc::new(Mutex::new(Vec::new()));
         let (hold_tx, hold_rx) = mpsc::channel::<()>();
@@ -273,6 +320,46 @@ mod tests {
         let alice = order.iter().position(|s| s == "alice").unwrap();
         assert!(alice <= 2, "alice waited behind mallory's queue: {order:?}");
         assert_eq!(order.len(), 22);
+    }
+
+    #[test]
+    fn one_user_holds_at_most_half_the_threads() {
+        let pool = RequestPool::new(4);
+        assert_eq!(pool.per_key(), 2);
+        let rt = rt();
+        let (hold_tx, hold_rx) = mpsc::channel::<()>();
+        let hold_rx = Arc::new(Mutex::new(hold_rx));
+        rt.block_on(async {
+            let mut jobs = Vec::new();
+            for _ in 0..10 {
+                let h = hold_rx.clone();
+                let p = pool.clone();
+                jobs.push(tokio::spawn(async move {
+                    p.run("mallory", move || {
+                        let _ = h.lock().unwrap().recv();
+                    })
+                    .await
+                }));
+            }
+            let until = Instant::now() + Duration::from_secs(20);
+            while pool.busy() < 2 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(pool.busy(), 2, "mallory holds half of the threads, no more");
+            // alice runs at once although mallory's eight other jobs were queued first.
+            let p = pool.clone();
+            let alice = tokio::time::timeout(Duration::from_secs(20), p.run("alice", || 7))
+                .await
+                .expect("alice waited for mallory's jobs");
+            assert_eq!(alice.unwrap(), 7);
+            for _ in 0..10 {
+                hold_tx.send(()).unwrap();
+            }
+            for j in jobs {
+                j.await.unwrap().unwrap();
+            }
+        });
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod metrics_counts;
 mod output_budgets;
 mod psrp_shell;
 mod serve_systemd;
+mod under_attack;
 mod winrs_shell;
 mod wsman_server;
 mod wsman_tls;
