@@ -616,7 +616,7 @@ fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
         }
     }
     let st = nix::sys::statvfs::statvfs(probe).map_err(std::io::Error::from)?;
-    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+    Ok(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 /// Create a directory (and parents) with mode 0700 if missing.

@@ -53,7 +53,7 @@ fn two_shells_of_one_user_share_one_budget() {
     );
     // Each command writes 6 strings of 10,000 characters: 60 KB, more than the whole budget.
     let line =
-        format!("Write-Output {}", vec!["'{}'"; 6].join(",")).replace("{}", &"x".repeat(10_000));
+        format!("Write-Output {}", ["'{}'"; 6].join(",")).replace("{}", &"x".repeat(10_000));
     let mut ids = Vec::new();
     for s in shells.iter_mut() {
         for _ in 0..20 {
