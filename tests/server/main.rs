@@ -19,6 +19,7 @@ mod live;
 mod metrics_counts;
 mod output_budgets;
 mod psrp_shell;
+mod request_pool;
 mod serve_systemd;
 mod under_attack;
 mod winrs_shell;
