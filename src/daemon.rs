@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::shells::psrp::PsrpFactory;
 use crate::shells::runner::{Workers, DEFAULT_MAX_WORKERS};
 use crate::shells::winrs::WinrsFactory;
+use crate::shells::UserBudgets;
 use crate::wsman::envelope::{URI_CMD, URI_POWERSHELL_PREFIX};
 
 /// How often configuration files are checked for changes.
@@ -188,18 +189,28 @@ async fn serve_async(
     gates.attach_metrics(metrics.clone());
     let mut server = Server::bind(runtime, gates.clone()).await?;
     let workers = Workers::new(DEFAULT_MAX_WORKERS);
+    // One output budget per user, across the user's WinRS shells and PSRP pools.
+    let budgets = UserBudgets::new();
     server.register_exact(
         URI_CMD,
-        Arc::new(WinrsFactory::new(gates.clone(), workers.clone())),
+        Arc::new(WinrsFactory::new(
+            gates.clone(),
+            workers.clone(),
+            budgets.clone(),
+        )),
     );
     server.register_prefix(
         URI_POWERSHELL_PREFIX,
-        Arc::new(PsrpFactory::new(gates.clone(), workers.clone())),
+        Arc::new(PsrpFactory::new(
+            gates.clone(),
+            workers.clone(),
+            budgets.clone(),
+        )),
     );
     // The web console: HTTPS only (the listener never serves it over plain HTTP). Read at
     // start; turning it on or off takes a restart.
     if console_enabled {
-        server.register_routes(Console::new(gates.clone(), workers));
+        server.register_routes(Console::new(gates.clone(), workers, budgets));
     }
     let metrics_listener = match metrics_addr {
         Some(addr) => Some(

@@ -116,6 +116,9 @@ pub struct SessionLimits {
     pub shell: ShellLimits,
     /// `[limits] command_timeout`: the deadline of one pipeline.
     pub command_timeout: Duration,
+    /// `[limits] max_buffered_output_bytes`: output of all of the user's sessions not yet
+    /// received (the shells share one budget per user).
+    pub max_buffered_output_bytes: usize,
 }
 
 /// A session the gates let through: the engine session, its limits, and its guard.
@@ -402,6 +405,25 @@ impl Gates {
         } else {
             cfg.resolve(&ep.config.transcript_directory)
         };
+        // A transcript directory short of space refuses new sessions (running ones go on): a
+        // full disk must not leave sessions running unaudited, nor let one user's transcripts
+        // take the space every other session needs.
+        let min_free = limits.transcript_min_free_bytes.0;
+        match free_bytes(&dir) {
+            Ok(free) if free < min_free => {
+                if let Some(key) = &slot {
+                    self.release_slot(key);
+                }
+                return Err(refuse4(format!(
+                    "the transcript directory {} has {free} bytes free, less than transcript_min_free_bytes ({min_free}); new sessions are refused until space is freed there (sessions already open go on)",
+                    dir.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot read the free space of the transcript directory: {e}");
+            }
+        }
         let header = TranscriptHeader {
             user: user.to_string(),
             groups: groups.to_vec(),
@@ -413,7 +435,10 @@ impl Gates {
             session_id: session_id.clone(),
         };
         let transcript = match Transcript::create(&dir, &header) {
-            Ok(t) => t,
+            Ok(mut t) => {
+                t.set_max_bytes(limits.max_transcript_bytes.0);
+                t
+            }
             Err(e) => {
                 if let Some(key) = &slot {
                     self.release_slot(key);
@@ -479,6 +504,8 @@ impl Gates {
                     },
                 },
                 command_timeout: limits.command_timeout.0,
+                max_buffered_output_bytes: usize::try_from(limits.max_buffered_output_bytes.0)
+                    .unwrap_or(usize::MAX),
             },
             guard,
         })
@@ -763,6 +790,20 @@ impl Authenticate for Gates {
     fn seal_body(&self, conn: &mut Connection, soap: Vec<u8>) -> Option<ResponseBody> {
         negotiate::seal_body(conn, soap)
     }
+}
+
+/// Bytes available (to an unprivileged writer) on the file system holding `dir`, or its
+/// nearest existing ancestor when it does not exist yet.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) if !p.as_os_str().is_empty() => probe = p,
+            _ => break,
+        }
+    }
+    let st = nix::sys::statvfs::statvfs(probe).map_err(std::io::Error::from)?;
+    Ok(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 /// Create a directory (and parents) with mode 0700 if missing.

@@ -233,7 +233,20 @@ pub struct LimitsConfig {
     pub max_envelope_size_kb: Positive,
     pub max_operation_timeout: Dur,
     pub command_timeout: Dur,
+    /// Per pipeline: every program the line runs, counted together.
     pub max_output_bytes: Positive,
+    /// Open connections, all listeners together, authenticated or not.
+    pub max_connections: Positive,
+    /// Open connections per client address (IPv6: per /64), authenticated or not.
+    pub max_connections_per_address: Positive,
+    /// TLS handshake and requests of a connection until one of them authenticates.
+    pub unauthenticated_timeout: Dur,
+    /// Per user: output produced and not yet received, across all of the user's shells.
+    pub max_buffered_output_bytes: Positive,
+    /// Per session: transcript bytes before output is summarized by byte counts.
+    pub max_transcript_bytes: Positive,
+    /// Free bytes below which a transcript directory refuses new sessions.
+    pub transcript_min_free_bytes: Positive,
 }
 
 impl Default for LimitsConfig {
@@ -247,6 +260,12 @@ impl Default for LimitsConfig {
             max_operation_timeout: Dur(std::time::Duration::from_secs(60)),
             command_timeout: Dur(std::time::Duration::from_secs(600)),
             max_output_bytes: Positive(16 * 1024 * 1024),
+            max_connections: Positive(1000),
+            max_connections_per_address: Positive(32),
+            unauthenticated_timeout: Dur(std::time::Duration::from_secs(10)),
+            max_buffered_output_bytes: Positive(64 * 1024 * 1024),
+            max_transcript_bytes: Positive(100 * 1024 * 1024),
+            transcript_min_free_bytes: Positive(1024 * 1024 * 1024),
         }
     }
 }

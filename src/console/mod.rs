@@ -35,11 +35,11 @@ use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::gates::{Gates, OpenError, Origin, SessionKind};
+use crate::gates::{Gates, Origin, SessionKind};
 use crate::http::{WebRequest, WebResponse, WebRoutes};
 use crate::shells::console::{ConsoleShell, RunError, Snapshot};
 use crate::shells::runner::Workers;
-use crate::shells::ShellSetup;
+use crate::shells::UserBudgets;
 use store::{ConsoleSession, Ended, Lookup, Store};
 
 /// Where the console is served.
@@ -169,14 +169,22 @@ struct CompleteBody {
 pub struct Console {
     gates: Arc<Gates>,
     workers: Arc<Workers>,
+    budgets: Arc<UserBudgets>,
     store: Store,
 }
 
 impl Console {
-    pub fn new(gates: Arc<Gates>, workers: Arc<Workers>) -> Arc<Console> {
+    /// `budgets`: the server's one table of per-user output budgets (shared with the WS-Man
+    /// shells).
+    pub fn new(
+        gates: Arc<Gates>,
+        workers: Arc<Workers>,
+        budgets: Arc<UserBudgets>,
+    ) -> Arc<Console> {
         Arc::new(Console {
             gates,
             workers,
+            budgets,
             store: Store::new(),
         })
     }
@@ -187,6 +195,16 @@ impl Console {
     }
 
     async fn route(self: Arc<Self>, req: WebRequest) -> WebResponse {
+        let signed_in = web::cookie(&req.headers, web::SESSION_COOKIE)
+            .is_some_and(|id| matches!(self.store.get(&id), Lookup::Live(_)));
+        let mut r = self.route_inner(req).await;
+        if signed_in {
+            r.extensions_mut().insert(crate::http::Authenticated);
+        }
+        r
+    }
+
+    async fn route_inner(self: Arc<Self>, req: WebRequest) -> WebResponse {
         let path = req.path.as_str();
         match (&req.method, path) {
             (&Method::GET, "/console" | "/console/") => self.page(&req),
@@ -411,31 +429,32 @@ impl Console {
         else {
             return SignIn::Refused;
         };
-        let grant = match self
-            .gates
-            .open(&who, configuration, origin, SessionKind::Console)
-        {
-            Ok(g) => g,
-            // Logged and audited by the gates; the page says only "access denied".
-            Err(OpenError::Denied(_) | OpenError::SessionLimit { .. }) => return SignIn::Refused,
+        // The one grant-to-shell helper (deadline, output budget, the guard kept alive); a
+        // refusal or a session limit is logged and audited by the gates, the page says only
+        // "access denied".
+        let Ok(o) = crate::shells::open_session(
+            &self.gates,
+            &self.workers,
+            &self.budgets,
+            &who,
+            configuration,
+            origin,
+            SessionKind::Console,
+        ) else {
+            return SignIn::Refused;
         };
         let Some(csrf) = web::random_token() else {
             tracing::error!("console: the operating system gave no random bytes");
             return SignIn::Failed;
         };
-        let visible = grant.session.visible().to_vec();
-        let idle_timeout = grant.limits.shell.idle_timeout;
-        let setup = ShellSetup {
-            command_timeout: Some(grant.limits.command_timeout),
-            keep: Some(Box::new(grant.guard)),
-            ..ShellSetup::new(&who.user, self.workers.clone())
-        };
-        let shell = ConsoleShell::new(grant.session, setup);
+        let visible = o.session.visible().to_vec();
+        let idle_timeout = o.limits.idle_timeout;
+        let shell = ConsoleShell::new(o.session, o.setup);
         SignIn::Opened(Box::new(ConsoleSession::new(
             who.user,
-            grant.endpoint,
+            o.endpoint,
             computer,
-            grant.session_id,
+            o.session_id,
             peer,
             csrf,
             shell,

@@ -5,7 +5,8 @@
 //! is opened — and the console's session is opened by `console` through the same `gates`.
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 pub mod codepage;
@@ -14,7 +15,7 @@ pub mod psrp;
 pub mod runner;
 pub mod winrs;
 
-use runner::{Budget, Workers};
+use runner::{Budget, OutputBudget, Workers};
 
 use crate::engine::Session;
 use crate::gates::{Gates, OpenError, Origin, SessionKind};
@@ -56,6 +57,8 @@ impl ShellSetup {
 pub struct Opened {
     pub session: Session,
     pub endpoint: String,
+    /// The audit log's id of the session.
+    pub session_id: String,
     pub setup: ShellSetup,
     pub limits: ShellLimits,
 }
@@ -65,6 +68,7 @@ pub struct Opened {
 pub fn open_session(
     gates: &Arc<Gates>,
     workers: &Arc<Workers>,
+    budgets: &UserBudgets,
     id: &Identity,
     endpoint: &str,
     origin: Origin,
@@ -79,13 +83,60 @@ pub fn open_session(
     };
     let setup = ShellSetup {
         command_timeout: Some(grant.limits.command_timeout),
+        budget: Budget::Shared(budgets.for_user(&id.user, grant.limits.max_buffered_output_bytes)),
         keep: Some(Box::new(grant.guard)),
         ..ShellSetup::new(&id.user, workers.clone())
     };
     Ok(Opened {
         session: grant.session,
         endpoint: grant.endpoint,
+        session_id: grant.session_id,
         setup,
         limits: grant.limits.shell,
     })
+}
+
+/// One output budget per user (`[limits] max_buffered_output_bytes`), shared by every shell and
+/// pool of that user: what the user's commands produced and the client has not received yet,
+/// all together. Created with the user's first session, gone with the last (the table keeps
+/// weak references). The limit is the one in force when the user's first open session
+/// started; a reload applies to the next one.
+#[derive(Default)]
+pub struct UserBudgets {
+    map: Mutex<HashMap<String, Weak<OutputBudget>>>,
+}
+
+impl UserBudgets {
+    pub fn new() -> Arc<UserBudgets> {
+        Arc::new(UserBudgets::default())
+    }
+
+    /// `user`'s budget (user names are case-insensitive), created with `limit` bytes if the
+    /// user has none alive.
+    pub fn for_user(&self, user: &str, limit: usize) -> Arc<OutputBudget> {
+        let key = user.to_lowercase();
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = m.get(&key).and_then(Weak::upgrade) {
+            return b;
+        }
+        // Forget users whose sessions are all gone.
+        m.retain(|_, w| w.strong_count() > 0);
+        let b = OutputBudget::new(limit);
+        m.insert(key, Arc::downgrade(&b));
+        b
+    }
+
+    /// Bytes `user`'s commands hold for the client now (0 with no session).
+    pub fn used(&self, user: &str) -> usize {
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&user.to_lowercase())
+            .and_then(Weak::upgrade)
+            .map_or(0, |b| b.used())
+    }
+
+    /// Users with a budget alive.
+    pub fn users(&self) -> usize {
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.values().filter(|w| w.strong_count() > 0).count()
+    }
 }

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use tokio::sync::Notify;
 
 use super::runner::{wake, Budget, Item, Lane, Line, Outbox, OutputBudget, Workers};
-use super::ShellSetup;
+use super::{ShellSetup, UserBudgets};
 use crate::engine::{
     CancelToken, Event, EventSink, RunOutcome, Session, StructuredPipeline, Value, VisibleCommand,
 };
@@ -74,11 +74,18 @@ impl PsrpEngine for Session {
 pub struct PsrpFactory {
     gates: Arc<Gates>,
     workers: Arc<Workers>,
+    budgets: Arc<UserBudgets>,
 }
 
 impl PsrpFactory {
-    pub fn new(gates: Arc<Gates>, workers: Arc<Workers>) -> PsrpFactory {
-        PsrpFactory { gates, workers }
+    /// `budgets` is the server's one table of per-user output budgets (shared with the other
+    /// factories, so a user's WinRS shells and PSRP pools draw from one budget).
+    pub fn new(gates: Arc<Gates>, workers: Arc<Workers>, budgets: Arc<UserBudgets>) -> PsrpFactory {
+        PsrpFactory {
+            gates,
+            workers,
+            budgets,
+        }
     }
 }
 
@@ -99,6 +106,7 @@ impl ShellFactory for PsrpFactory {
         let o = super::open_session(
             &self.gates,
             &self.workers,
+            &self.budgets,
             id,
             endpoint,
             origin,
@@ -220,14 +228,9 @@ impl<E: PsrpEngine> PsrpShell<E> {
                     if last {
                         p.out.push_last(frags);
                     } else {
-                        for f in frags {
-                            if !p.out.push_now(f) {
-                                return Err(ShellError::QuotaLimit(
-                                    "the pipeline's output waiting for the client is over its budget"
-                                        .into(),
-                                ));
-                            }
-                        }
+                        // A reply the protocol layer made (command metadata), bounded by the
+                        // session's visible commands: never refused for the user's budget.
+                        p.out.push_reply(frags);
                     }
                 }
                 Effect::Start { cid, plan, input } => {

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use super::codepage::CodePage;
 use super::runner::{wake, Item, Lane, Line, Outbox, Workers};
-use super::ShellSetup;
+use super::{ShellSetup, UserBudgets};
 use crate::engine::format::{error_text, Formatter};
 use crate::engine::{CancelToken, ErrorRecord, Event, EventSink, RunOutcome, Session};
 use crate::gates::{Gates, Origin, SessionKind};
@@ -29,16 +29,30 @@ pub const MAX_COMMANDS_PER_SHELL: usize = 64;
 pub const MAX_STDIN: usize = 1024 * 1024;
 /// Smallest chunk of output returned by one Receive.
 const MIN_CHUNK: usize = 4096;
+/// Output is queued in pieces of at most this many bytes, so that a line waiting for the
+/// user's output budget holds at most one piece beyond it.
+pub const MAX_PIECE: usize = 16 * 1024;
 
 /// Opens WinRS sessions (in `[server] winrs_endpoint`) through the gates and builds shells.
 pub struct WinrsFactory {
     gates: Arc<Gates>,
     workers: Arc<Workers>,
+    budgets: Arc<UserBudgets>,
 }
 
 impl WinrsFactory {
-    pub fn new(gates: Arc<Gates>, workers: Arc<Workers>) -> WinrsFactory {
-        WinrsFactory { gates, workers }
+    /// `budgets` is the server's one table of per-user output budgets (shared with the other
+    /// factories, so a user's WinRS shells and PSRP pools draw from one budget).
+    pub fn new(
+        gates: Arc<Gates>,
+        workers: Arc<Workers>,
+        budgets: Arc<UserBudgets>,
+    ) -> WinrsFactory {
+        WinrsFactory {
+            gates,
+            workers,
+            budgets,
+        }
     }
 }
 
@@ -64,6 +78,7 @@ impl ShellFactory for WinrsFactory {
         let o = super::open_session(
             &self.gates,
             &self.workers,
+            &self.budgets,
             id,
             &endpoint,
             origin,
@@ -391,13 +406,17 @@ impl TextLine {
             return;
         }
         let bytes = self.codepage.encode(text);
-        let c = if stderr {
-            Chunk::Stderr(bytes)
-        } else {
-            Chunk::Stdout(bytes)
-        };
-        // Waits while the client is not receiving (back-pressure); dropped once stopped.
-        self.out.push(c, &self.cancel);
+        for piece in bytes.chunks(MAX_PIECE) {
+            let c = if stderr {
+                Chunk::Stderr(piece.to_vec())
+            } else {
+                Chunk::Stdout(piece.to_vec())
+            };
+            // Waits while the client is not receiving (back-pressure); dropped once stopped.
+            if !self.out.push(c, &self.cancel) {
+                return;
+            }
+        }
     }
 
     /// The text that ends the line (what the engine did not already emit), and its exit code.

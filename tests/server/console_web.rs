@@ -20,6 +20,7 @@ use keyhole::console::{Console, ACCESS_DENIED};
 use keyhole::gates::{Gates, SessionKind};
 use keyhole::http::{WebRequest, WebRoutes};
 use keyhole::shells::runner::Workers;
+use keyhole::shells::UserBudgets;
 use serde_json::{json, Value};
 
 const HOST: &str = "testhost:5986";
@@ -88,7 +89,7 @@ fn fixture_with(max_failed_logins: u32, console_extra: &str) -> Fixture {
     let cfg = keyhole::check::load(&d.path().join("keyhole.toml"))
         .unwrap_or_else(|e| panic!("{:?}", e.iter().map(|d| &d.rendered).collect::<Vec<_>>()));
     let gates = Arc::new(Gates::new(cfg).unwrap());
-    let console = Console::new(gates.clone(), Workers::new(4));
+    let console = Console::new(gates.clone(), Workers::new(4), UserBudgets::new());
     Fixture {
         dir: d,
         gates,

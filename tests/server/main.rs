@@ -11,15 +11,21 @@ mod shipped;
 #[path = "../wsman_common/mod.rs"]
 mod wsman_common;
 
+mod builtin_deadlines;
 mod check_vs_serve;
+mod connection_slots;
 mod console_web;
 mod golden_wsman_winrs;
+mod live;
 mod lockout_live;
 mod metrics_counts;
 mod negotiate_http;
+mod output_budgets;
 mod parser_budgets;
 mod psrp_shell;
+mod request_pool;
 mod serve_systemd;
+mod under_attack;
 mod winrs_shell;
 mod wsman_server;
 mod wsman_tls;
