@@ -16,30 +16,6 @@ use rand::distributions::{Alphanumeric, DistString};
 
 use crate::daemon::{self, DaemonError, Started};
 
-/// The shipped examples, embedded so that `keyhole demo` works from any directory.
-const SHIPPED: &[(&str, &str)] = &[
-    (
-        "endpoints/Helpdesk.toml",
-        include_str!("../endpoints/Helpdesk.toml"),
-    ),
-    (
-        "endpoints/Vendor.toml",
-        include_str!("../endpoints/Vendor.toml"),
-    ),
-    (
-        "role-capabilities/ServiceOperator.toml",
-        include_str!("../role-capabilities/ServiceOperator.toml"),
-    ),
-    (
-        "role-capabilities/Diagnostics.toml",
-        include_str!("../role-capabilities/Diagnostics.toml"),
-    ),
-    (
-        "role-capabilities/VendorReadOnly.toml",
-        include_str!("../role-capabilities/VendorReadOnly.toml"),
-    ),
-];
-
 /// The demo account's name.
 pub const DEMO_USER: &str = "demo";
 
@@ -100,7 +76,7 @@ pub fn prepare(https: &str, http: &str) -> Result<DemoDir, DaemonError> {
         password: password.clone(),
         run_as: run_as.clone(),
     };
-    for (rel, text) in SHIPPED {
+    for (rel, text) in crate::config::shipped::EXAMPLES {
         let text = if rel.starts_with("endpoints/") {
             let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| {
                 DaemonError::Io(std::io::Error::other(format!("embedded {rel}: {e}")))

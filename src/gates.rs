@@ -1,5 +1,5 @@
-//! `gates`: the ONLY place a session is opened — for WinRS, PSRP, `keyhole run` (and, later,
-//! the web console). Gates 2–4 over `auth`, `rules` and `capability`; the per-user session
+//! `gates`: the ONLY place a session is opened — for WinRS, PSRP, `keyhole run` and the web
+//! console. Gates 2–4 over `auth`, `rules` and `capability`; the per-user session
 //! count; the transcript; the JSON audit log (authentication, authorization decisions, session
 //! start and end, refusals with gate and reason); all on a configuration that reloads without
 //! dropping sessions. Every refusal is the same to a remote client; the log and the audit log
@@ -83,7 +83,7 @@ impl Origin {
 }
 
 /// What kind of session; decides which per-user count it takes a slot of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SessionKind {
     /// A WinRS cmd shell (counted by the shell registry's `max_shells_per_user` only).
     Winrs,
@@ -92,6 +92,21 @@ pub enum SessionKind {
     Psrp,
     /// `keyhole run`: not counted.
     Run,
+    /// A web console session: counted against `[console] max_sessions_per_user`, across all of
+    /// the user's console sessions; its idle time-out is `[console] idle_timeout`.
+    Console,
+}
+
+impl SessionKind {
+    /// The transport as transcripts and the audit log name it.
+    pub fn transport(self) -> &'static str {
+        match self {
+            SessionKind::Winrs => "winrs",
+            SessionKind::Psrp => "psrp",
+            SessionKind::Run => "local",
+            SessionKind::Console => "console",
+        }
+    }
 }
 
 /// Limits a granted session runs with (from the configuration in force when it opened).
@@ -101,6 +116,9 @@ pub struct SessionLimits {
     pub shell: ShellLimits,
     /// `[limits] command_timeout`: the deadline of one pipeline.
     pub command_timeout: Duration,
+    /// `[limits] max_buffered_output_bytes`: output of all of the user's sessions not yet
+    /// received (the shells share one budget per user).
+    pub max_buffered_output_bytes: usize,
 }
 
 /// A session the gates let through: the engine session, its limits, and its guard.
@@ -122,8 +140,9 @@ pub struct SessionGuard {
     endpoint: String,
     session_id: String,
     source: String,
-    /// The per-user count this session holds a slot of (lower-case user name).
-    slot: Option<String>,
+    kind: SessionKind,
+    /// The per-user count this session holds a slot of (kind, lower-case user name).
+    slot: Option<(SessionKind, String)>,
 }
 
 impl Drop for SessionGuard {
@@ -139,6 +158,7 @@ impl Drop for SessionGuard {
             source: Some(self.source.clone()),
             endpoint: Some(self.endpoint.clone()),
             session_id: Some(self.session_id.clone()),
+            transport: Some(self.kind.transport().to_string()),
             ..AuditEvent::new(AuditKind::SessionEnd)
         });
     }
@@ -150,8 +170,9 @@ pub struct Gates {
     /// Gate 2; None for [`Gates::local`] (`keyhole run` authenticates nobody).
     auth: Option<Authenticator>,
     audit: Option<AuditLog>,
-    /// Open sessions per user (lower-case name) of the kinds that count ([`SessionKind::Psrp`]).
-    sessions: Mutex<HashMap<String, usize>>,
+    /// Open sessions per kind and user (lower-case name), of the kinds that count
+    /// ([`SessionKind::Psrp`], [`SessionKind::Console`]).
+    sessions: Mutex<HashMap<(SessionKind, String), usize>>,
     /// Negotiate's settings (`[auth] negotiate`: the keytab's acceptor credentials, realms,
     /// NTLM), built once per configuration; None when it is off.
     negotiate: RwLock<Option<Arc<NegotiateSettings>>>,
@@ -349,14 +370,20 @@ impl Gates {
             Err(r) => return Err(refuse4(r.reason)),
         };
         let limits = &cfg.server.limits;
-        let slot = match kind {
-            SessionKind::Psrp => {
-                let limit = ep
-                    .config
+        let counted = match kind {
+            SessionKind::Psrp => Some(
+                ep.config
                     .max_sessions_per_user
                     .unwrap_or(limits.max_sessions_per_user)
-                    .0 as usize;
-                let key = user.to_lowercase();
+                    .0,
+            ),
+            SessionKind::Console => Some(cfg.server.console.max_sessions_per_user.0),
+            SessionKind::Winrs | SessionKind::Run => None,
+        };
+        let slot = match counted {
+            Some(limit) => {
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                let key = (kind, user.to_lowercase());
                 let mut m = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
                 let n = m.entry(key.clone()).or_insert(0);
                 if *n >= limit {
@@ -381,7 +408,7 @@ impl Gates {
                 *n += 1;
                 Some(key)
             }
-            SessionKind::Winrs | SessionKind::Run => None,
+            None => None,
         };
         let session_id = uuid::Uuid::new_v4().to_string();
         let dir = if ep.config.transcript_directory.is_empty() {
@@ -389,17 +416,40 @@ impl Gates {
         } else {
             cfg.resolve(&ep.config.transcript_directory)
         };
+        // A transcript directory short of space refuses new sessions (running ones go on): a
+        // full disk must not leave sessions running unaudited, nor let one user's transcripts
+        // take the space every other session needs.
+        let min_free = limits.transcript_min_free_bytes.0;
+        match free_bytes(&dir) {
+            Ok(free) if free < min_free => {
+                if let Some(key) = &slot {
+                    self.release_slot(key);
+                }
+                return Err(refuse4(format!(
+                    "the transcript directory {} has {free} bytes free, less than transcript_min_free_bytes ({min_free}); new sessions are refused until space is freed there (sessions already open go on)",
+                    dir.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot read the free space of the transcript directory: {e}");
+            }
+        }
         let header = TranscriptHeader {
             user: user.to_string(),
             groups: groups.to_vec(),
             run_as: ep.config.run_as.clone(),
             endpoint: ep.config.name.clone(),
             client_address: origin.peer().map(|p| p.ip().to_string()),
+            transport: kind.transport().to_string(),
             start_time: chrono::Utc::now(),
             session_id: session_id.clone(),
         };
         let transcript = match Transcript::create(&dir, &header) {
-            Ok(t) => t,
+            Ok(mut t) => {
+                t.set_max_bytes(limits.max_transcript_bytes.0);
+                t
+            }
             Err(e) => {
                 if let Some(key) = &slot {
                     self.release_slot(key);
@@ -417,6 +467,7 @@ impl Gates {
             endpoint: ep.config.name.clone(),
             session_id: session_id.clone(),
             source: origin.source(),
+            kind,
             slot,
         };
         let host = HostEnv {
@@ -443,6 +494,7 @@ impl Gates {
             decision: Some(AuditDecision::Allow),
             endpoint: Some(ep.config.name.clone()),
             session_id: Some(session_id.clone()),
+            transport: Some(kind.transport().to_string()),
             reason: Some(format!("roles: {}", cap.roles.join(", "))),
             ..AuditEvent::new(AuditKind::SessionStart)
         });
@@ -453,13 +505,18 @@ impl Gates {
             limits: SessionLimits {
                 shell: ShellLimits {
                     max_shells: limits.max_shells_per_user.0 as usize,
-                    idle_timeout: ep
-                        .config
-                        .idle_timeout
-                        .map(|d| d.0)
-                        .unwrap_or(limits.idle_timeout.0),
+                    idle_timeout: match kind {
+                        SessionKind::Console => cfg.server.console.idle_timeout.0,
+                        _ => ep
+                            .config
+                            .idle_timeout
+                            .map(|d| d.0)
+                            .unwrap_or(limits.idle_timeout.0),
+                    },
                 },
                 command_timeout: limits.command_timeout.0,
+                max_buffered_output_bytes: usize::try_from(limits.max_buffered_output_bytes.0)
+                    .unwrap_or(usize::MAX),
             },
             guard,
         })
@@ -623,15 +680,16 @@ impl Gates {
     ) -> Option<Identity> {
         let cfg = self.config();
         let mut no_session: Option<Denied> = None;
-        let result = authn.verify_basic_admitting(user, password, ip, &mut |id| {
-            match Gates::can_open_any(&cfg, &id.user, &id.groups) {
+        let result =
+            authn.verify_basic_admitting(user, password, ip, &mut |id| match Gates::can_open_any(
+                &cfg, &id.user, &id.groups,
+            ) {
                 Ok(()) => true,
                 Err(d) => {
                     no_session = Some(d);
                     false
                 }
-            }
-        });
+            });
         match result {
             AuthResult::Ok(id) => Some(self.admitted(id, origin, None, true)),
             AuthResult::Denied(auth::DenyReason::NoSession) => {
@@ -662,7 +720,90 @@ impl Gates {
         }
     }
 
-    fn release_slot(&self, key: &str) {
+    /// The names this server answers to: `computer_name` and `computer_aliases`.
+    pub fn computer_names(&self) -> Vec<String> {
+        let cfg = self.config();
+        let mut names = vec![cfg.server.computer_name.clone()];
+        names.extend(cfg.server.computer_aliases.iter().cloned());
+        names
+    }
+
+    /// The web console's computer name (PSWA's "Computer name"): it must be one of this
+    /// server's names ([`Gates::computer_names`], case-insensitive). Anything else is refused
+    /// (and audited) at gate 3, where a gateway to other keyhole hosts would go one day; the
+    /// match is returned as configured.
+    pub fn check_computer(
+        &self,
+        who: &Identity,
+        computer: &str,
+        origin: Origin,
+        endpoint: &str,
+    ) -> Result<String, Denied> {
+        let computer = computer.trim();
+        if let Some(n) = self
+            .computer_names()
+            .into_iter()
+            .find(|n| !computer.is_empty() && n.eq_ignore_ascii_case(computer))
+        {
+            return Ok(n);
+        }
+        let d = Denied {
+            gate: 3,
+            reason: format!(
+                "computer name {:?} is neither computer_name nor an alias of this server (the console has no gateway to other computers)",
+                computer.chars().take(crate::auth::MAX_LOGIN_NAME_LEN).collect::<String>()
+            ),
+            rule_id: None,
+        };
+        self.deny(
+            AuditKind::Authorization,
+            AuditGate::Gateway,
+            &who.user,
+            origin,
+            Some(endpoint),
+            &d,
+        );
+        Err(d)
+    }
+
+    /// Gate 2 for a sign-in form (the web console): the same Basic verification as an
+    /// `Authorization: Basic` header — users file or PAM, lock-out, refusal accounting, audit —
+    /// and the same refusal of a user no rule admits on this computer. None: refused (logged
+    /// and audited here). CPU-heavy: call it from a blocking thread.
+    pub fn sign_in(&self, user: &str, password: &str, peer: SocketAddr) -> Option<Identity> {
+        let origin = Origin::Remote(peer);
+        let Some(authn) = &self.auth else {
+            tracing::error!("gate 2: these gates were built for local sessions only");
+            return None;
+        };
+        self.verify_basic(authn, user, password, origin, peer.ip())
+    }
+
+    /// After gate 2's verdict: a verified caller goes on to [`Gates::admit`]; a refusal is
+    /// logged and audited at gate 2 under the name the caller claimed.
+    fn admit_result(&self, result: AuthResult, origin: Origin, claimed: &str) -> Option<Identity> {
+        match result {
+            AuthResult::Ok(id) => self.admit(id, origin, None, true),
+            AuthResult::Denied(reason) => {
+                let d = Denied {
+                    gate: 2,
+                    reason: reason.to_string(),
+                    rule_id: None,
+                };
+                self.deny(
+                    AuditKind::Authentication,
+                    AuditGate::Authentication,
+                    claimed,
+                    origin,
+                    None,
+                    &d,
+                );
+                None
+            }
+        }
+    }
+
+    fn release_slot(&self, key: &(SessionKind, String)) {
         let mut m = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = m.get_mut(key) {
             *n = n.saturating_sub(1);
@@ -672,12 +813,17 @@ impl Gates {
         }
     }
 
-    /// Sessions of `user` that count against `max_sessions_per_user`, open now.
+    /// PSRP sessions of `user` (they count against `max_sessions_per_user`), open now.
     pub fn open_sessions(&self, user: &str) -> usize {
+        self.open_sessions_of(SessionKind::Psrp, user)
+    }
+
+    /// Sessions of `kind` that `user` holds now (0 for the kinds that are not counted).
+    pub fn open_sessions_of(&self, kind: SessionKind, user: &str) -> usize {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&user.to_lowercase())
+            .get(&(kind, user.to_lowercase()))
             .copied()
             .unwrap_or(0)
     }
@@ -710,25 +856,11 @@ impl Authenticate for Gates {
             },
             (None, None) => return None,
         };
-        match result {
-            AuthResult::Ok(id) => self.admit(id, origin, None, true),
-            AuthResult::Denied(reason) => {
-                let d = Denied {
-                    gate: 2,
-                    reason: reason.to_string(),
-                    rule_id: None,
-                };
-                self.deny(
-                    AuditKind::Authentication,
-                    AuditGate::Authentication,
-                    "",
-                    origin,
-                    None,
-                    &d,
-                );
-                None
-            }
-        }
+        let claimed = authorization
+            .and_then(auth::parse_basic_header)
+            .map(|(u, _)| u)
+            .unwrap_or_default();
+        self.admit_result(result, origin, &claimed)
     }
 
     /// Decided here, without blocking: a remembered Basic credential of a user who can still
@@ -818,6 +950,20 @@ impl Authenticate for Gates {
     fn seal_body(&self, conn: &mut Connection, soap: Vec<u8>) -> Option<ResponseBody> {
         negotiate::seal_body(conn, soap)
     }
+}
+
+/// Bytes available (to an unprivileged writer) on the file system holding `dir`, or its
+/// nearest existing ancestor when it does not exist yet.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) if !p.as_os_str().is_empty() => probe = p,
+            _ => break,
+        }
+    }
+    let st = nix::sys::statvfs::statvfs(probe).map_err(std::io::Error::from)?;
+    Ok(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 /// Create a directory (and parents) with mode 0700 if missing.

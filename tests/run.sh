@@ -13,10 +13,11 @@ cd "$(dirname "$0")/.."
 # libkrb5-dev/python3-dev/gcc to build pyspnego's Kerberos (python-gssapi, krb5) and pywinrm's
 # (pykerberos) in the venv; tests/interop/test_negotiate.py fails rather than skips without them
 # as root.
-# curl: tests/interop/test_identify.py checks a host as an administrator would.
+# curl: tests/interop/test_identify.py checks a host as an administrator would. Debian's chromium and
+# chromium-driver: the web console's browser tests (tests/interop/test_console.py).
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pkg in iputils-ping passwd prometheus debootstrap strace libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc curl; do
+    for pkg in iputils-ping passwd prometheus debootstrap strace libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc curl chromium chromium-driver; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     command -v node >/dev/null || missing+=(nodejs)
@@ -24,8 +25,10 @@ if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
-    # promtool is there now: the metrics test must lint, not skip.
+    # promtool is there now: the metrics test must lint, not skip; Chromium too: the browser
+    # tests must run, not skip.
     export KEYHOLE_REQUIRE_PROMTOOL=1
+    export KEYHOLE_REQUIRE_BROWSER=1
 fi
 
 # Pinned real clients in a venv (tests/interop/requirements.txt: every version pinned).
@@ -52,9 +55,11 @@ cargo test --bench load -- --smoke
 # the line bridge in tests/psrp_stdio.rs.
 .venv/bin/python tests/interop/check_psrpcore_client.py
 
-# Real-client interop (pywinrm, pypsrp, the psrp 1.0 API, ansible-core) against the real `keyhole serve` just built; as root it also
-# creates, and removes again, a PAM test account (see tests/interop/README.md).
-KEYHOLE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/keyhole" timeout 600 .venv/bin/python -m pytest -q -rfEx tests/interop
+# Real-client interop (pywinrm, pypsrp, the psrp 1.0 API, ansible-core, and Chromium for the web
+# console) against the real `keyhole serve` just built; as root it also creates, and removes again,
+# a PAM test account (see tests/interop/README.md). The console tests write docs/console-sign-in.png
+# and docs/console-session.png.
+KEYHOLE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/keyhole" timeout 900 .venv/bin/python -m pytest -q -rfEx tests/interop
 
 # The Debian package: built (as root inside a debootstrap clean room with only gcc, libc6-dev and
 # the Rust toolchain), installed, used (check, serve, pywinrm, a metrics scrape), purged.

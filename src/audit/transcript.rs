@@ -1,5 +1,11 @@
 //! Session transcripts: one file per session, PowerShell-transcript-like, every record written
 //! (and the ones that precede running something fsync'd) before the engine goes on.
+//!
+//! A transcript is bounded by `[limits] max_transcript_bytes` (set with
+//! [`Transcript::set_max_bytes`]): once it holds that many bytes, output is no longer copied
+//! into it — each pipeline's end record is preceded by `[output not recorded] N bytes in M
+//! lines` — while the header, command lines, bound commands with their parameters, refusals and
+//! end states are always written, so what ran stays on record whatever the size.
 #![forbid(unsafe_code)]
 
 use std::fs::{DirBuilder, File, OpenOptions};
@@ -32,6 +38,8 @@ pub struct TranscriptHeader {
     pub endpoint: String,
     /// None: a local session (`keyhole run`).
     pub client_address: Option<String>,
+    /// How the client came: "winrs", "psrp", "console" (the web console) or "local".
+    pub transport: String,
     pub start_time: DateTime<Utc>,
     pub session_id: String,
 }
@@ -42,6 +50,14 @@ pub struct Transcript {
     file: File,
     path: PathBuf,
     ended: bool,
+    /// Bytes written so far.
+    written: u64,
+    /// Beyond this many bytes output is summarized, not copied.
+    max_bytes: u64,
+    /// Output of the current pipeline not copied: bytes, lines.
+    skipped: (u64, u64),
+    /// Output of the whole session not copied, bytes.
+    skipped_total: u64,
 }
 
 /// File-name-safe: ASCII letters, digits, `.`, `_`, `-`; anything else becomes `_`; never
@@ -219,10 +235,14 @@ impl Transcript {
             file,
             path,
             ended: false,
+            written: 0,
+            max_bytes: u64::MAX,
+            skipped: (0, 0),
+            skipped_total: 0,
         };
         let h = header;
         let text = format!(
-            "{SEPARATOR}\nPowerShell transcript start\nStart time: {}\nUsername: {}\nRunAs User: {}\nGroups: {}\nConfiguration Name: {}\nMachine: {} (Linux)\nClient Address: {}\nSession ID: {}\nHost Application: keyhole {KEYHOLE_VERSION}\nKeyhole Version: {KEYHOLE_VERSION}\nProcess ID: {}\nStart time (UTC): {}\n{SEPARATOR}\n",
+            "{SEPARATOR}\nPowerShell transcript start\nStart time: {}\nUsername: {}\nRunAs User: {}\nGroups: {}\nConfiguration Name: {}\nMachine: {} (Linux)\nClient Address: {}\nTransport: {}\nSession ID: {}\nHost Application: keyhole {KEYHOLE_VERSION}\nKeyhole Version: {KEYHOLE_VERSION}\nProcess ID: {}\nStart time (UTC): {}\n{SEPARATOR}\n",
             stamp(h.start_time),
             clean(&h.user),
             clean(&h.run_as),
@@ -230,6 +250,7 @@ impl Transcript {
             clean(&h.endpoint),
             clean(&hostname()),
             clean(h.client_address.as_deref().unwrap_or("local")),
+            clean(&h.transport),
             clean(&h.session_id),
             std::process::id(),
             h.start_time.to_rfc3339(),
@@ -245,13 +266,38 @@ impl Transcript {
         &self.path
     }
 
+    /// Copy output only while the transcript holds fewer than `max` bytes (`[limits]
+    /// max_transcript_bytes`); records of what ran are always written.
+    pub fn set_max_bytes(&mut self, max: u64) {
+        self.max_bytes = max;
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
     fn write(&mut self, text: &str, sync: bool) -> io::Result<()> {
         self.file.write_all(text.as_bytes())?;
         self.file.flush()?;
         if sync {
             self.file.sync_data()?;
         }
+        self.written = self.written.saturating_add(text.len() as u64);
         Ok(())
+    }
+
+    /// The summary of the current pipeline's output that was not copied (if any).
+    fn write_skipped(&mut self) -> io::Result<()> {
+        let (bytes, lines) = std::mem::take(&mut self.skipped);
+        if bytes == 0 && lines == 0 {
+            return Ok(());
+        }
+        let text = format!(
+            "[output not recorded] {bytes} bytes in {lines} lines: this transcript reached max_transcript_bytes ({} bytes)\n",
+            self.max_bytes
+        );
+        self.write(&text, false)
     }
 
     /// Write the end marker (also done on drop).
@@ -260,8 +306,17 @@ impl Transcript {
             return Ok(());
         }
         self.ended = true;
+        self.write_skipped()?;
+        let not_recorded = if self.skipped_total > 0 {
+            format!(
+                "Output not recorded: {} bytes (max_transcript_bytes = {})\n",
+                self.skipped_total, self.max_bytes
+            )
+        } else {
+            String::new()
+        };
         let text = format!(
-            "{SEPARATOR}\nPowerShell transcript end\nEnd time: {}\n{SEPARATOR}\n",
+            "{SEPARATOR}\nPowerShell transcript end\nEnd time: {}\n{not_recorded}{SEPARATOR}\n",
             stamp(Utc::now())
         );
         self.write(&text, true)
@@ -309,6 +364,13 @@ impl Audit for Transcript {
             return Ok(());
         }
         let body = text.strip_suffix('\n').unwrap_or(text);
+        let lines = body.split('\n').count() as u64;
+        if self.written.saturating_add(text.len() as u64) > self.max_bytes {
+            self.skipped.0 = self.skipped.0.saturating_add(text.len() as u64);
+            self.skipped.1 = self.skipped.1.saturating_add(lines);
+            self.skipped_total = self.skipped_total.saturating_add(text.len() as u64);
+            return Ok(());
+        }
         let mut out = String::with_capacity(body.len() + 16);
         for l in body.split('\n') {
             out.push_str(&output_line(l.strip_suffix('\r').unwrap_or(l)));
@@ -318,6 +380,7 @@ impl Audit for Transcript {
     }
 
     fn end(&mut self, state: EndState) -> io::Result<()> {
+        self.write_skipped()?;
         let text = format!("[end] {state}\n");
         self.write(&text, true)
     }

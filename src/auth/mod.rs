@@ -695,8 +695,11 @@ impl Authenticator {
         let hasher = Argon2::new(argon2::Algorithm::Argon2id, version, params);
         let mut memory = self.memory.take(hasher.params().block_count());
         let mut out = [0u8; argon2::password_hash::Output::MAX_LENGTH];
-        let computed = out.get_mut(..expected.len()).ok_or("its output is too long")?;
-        let result = hasher.hash_password_into_with_memory(password, salt, computed, memory.as_mut_slice());
+        let computed = out
+            .get_mut(..expected.len())
+            .ok_or("its output is too long")?;
+        let result =
+            hasher.hash_password_into_with_memory(password, salt, computed, memory.as_mut_slice());
         self.memory.give(memory);
         result.map_err(|e| format!("cannot verify against it: {e}"))?;
         Ok(bool::from(subtle::ConstantTimeEq::ct_eq(

@@ -104,7 +104,10 @@ impl VerifySlots {
                 _source: s,
             })
         };
-        tokio::time::timeout(self.deadline, wait).await.ok().flatten()
+        tokio::time::timeout(self.deadline, wait)
+            .await
+            .ok()
+            .flatten()
     }
 }
 

@@ -449,6 +449,15 @@ impl Program {
             return Ok(());
         }
         let timeout = self.timeout.unwrap_or(ctx.host.command_timeout);
+        // max_output_bytes is per pipeline: this program gets what the line's earlier programs
+        // left of it.
+        let left = ctx
+            .host
+            .max_output_bytes
+            .saturating_sub(ctx.cancel.output_used());
+        if left == 0 {
+            return Err(output_limit_error(&self.name, ctx.host.max_output_bytes));
+        }
         let spec = ProgramSpec {
             program: self.program.clone().into(),
             args: argv,
@@ -456,8 +465,9 @@ impl Program {
             run_as: ctx.host.run_as.clone(),
             capabilities: self.capabilities.clone(),
             timeout,
-            max_output_bytes: ctx.host.max_output_bytes,
+            max_output_bytes: left,
             stdin: None,
+            keep_stdout: false,
         };
         let cancel = ctx.cancel.clone();
         let mut parser = OutputParser::new(self.output);
@@ -468,7 +478,10 @@ impl Program {
             })
         };
         let res = match result {
-            Ok(r) => r,
+            Ok(r) => {
+                ctx.cancel.add_output(r.output_bytes);
+                r
+            }
             Err(e) => {
                 tracing::error!(command = %self.name, program = %self.program, error = %e, "program could not be started");
                 return Err(ErrorRecord::new(
@@ -547,21 +560,25 @@ impl Program {
                 Err(e)
             }
             Termination::OutputLimit => {
-                let mut e = ErrorRecord::new(
-                    format!(
-                        "{} wrote more than {} bytes of output (max_output_bytes); it was stopped",
-                        self.name, ctx.host.max_output_bytes
-                    ),
-                    "OutputLimitExceeded",
-                    ErrorCategory::LimitsExceeded,
-                )
-                .terminating();
-                e.command = Some(self.name.clone());
-                Err(e)
+                Err(output_limit_error(&self.name, ctx.host.max_output_bytes))
             }
             Termination::Cancelled => Ok(()),
         }
     }
+}
+
+/// The terminating error of a pipeline whose programs wrote more than `max_output_bytes`.
+fn output_limit_error(name: &str, max: u64) -> ErrorRecord {
+    let mut e = ErrorRecord::new(
+        format!(
+            "{name} was stopped: the programs of this pipeline wrote more than {max} bytes of output together (max_output_bytes applies to a whole pipeline); narrow the request or ask the administrator to raise [limits] max_output_bytes"
+        ),
+        "OutputLimitExceeded",
+        ErrorCategory::LimitsExceeded,
+    )
+    .terminating();
+    e.command = Some(name.to_string());
+    e
 }
 
 /// A parameter's declared constraints: name, set (empty: none), compiled pattern (an invalid

@@ -899,8 +899,55 @@ pub(crate) fn validate(ctx: &mut Ctx, cfg: &LoadedConfig) {
         );
     }
 
+    validate_console(ctx, cfg);
     validate_rules(ctx, cfg);
     validate_users(ctx, cfg);
+}
+
+/// `[console]`: served on the HTTPS listener only; its sign-in defaults must name this server
+/// and an endpoint (a typo would have every sign-in that keeps the default refused).
+fn validate_console(ctx: &mut Ctx, cfg: &LoadedConfig) {
+    let c = &cfg.server.console;
+    let file = cfg.path.as_path();
+    if c.enabled && cfg.server.listener.https.trim().is_empty() {
+        ctx.err(
+            file,
+            &tpath!["console", "enabled"],
+            "the web console is served on the HTTPS listener only, and [listener] https is \"\": set an https address or console.enabled = false",
+        );
+    }
+    let computer = c.default_computer.trim();
+    if !computer.is_empty() {
+        let served = std::iter::once(&cfg.server.computer_name)
+            .chain(cfg.server.computer_aliases.iter())
+            .any(|n| n.eq_ignore_ascii_case(computer));
+        if !served {
+            ctx.err(
+                file,
+                &tpath!["console", "default_computer"],
+                format!(
+                    "console.default_computer {computer:?} is neither computer_name ({:?}) nor one of computer_aliases: the console signs in to this server only; use one of its names or \"\"",
+                    cfg.server.computer_name
+                ),
+            );
+        }
+    }
+    let ep = c.default_configuration.trim();
+    if !ep.is_empty() && cfg.endpoint(ep).is_none() && !ctx.broken_endpoint {
+        let list: Vec<&str> = cfg
+            .endpoints
+            .iter()
+            .map(|e| e.config.name.as_str())
+            .collect();
+        ctx.err(
+            file,
+            &tpath!["console", "default_configuration"],
+            format!(
+                "console.default_configuration {ep:?} names no endpoint (endpoints: {})",
+                list.join(", ")
+            ),
+        );
+    }
 }
 
 /// keyhole.toml's `[listener]`: exactly what `serve` checks before it binds

@@ -339,6 +339,10 @@ pub use crate::sandbox::CancelToken;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BoundArgs {
     pub values: Vec<(String, Value)>,
+    /// Parameters whose values passed a set or pattern (the command's own or the role's): a
+    /// command takes them literally and never expands them as wildcards, so `ng*nx` validated
+    /// against the pattern `ng.nx` names only a unit called `ng*nx`, not every `ng…nx`.
+    pub literal: Vec<String>,
 }
 
 impl BoundArgs {
@@ -350,6 +354,16 @@ impl BoundArgs {
     }
     pub fn has(&self, name: &str) -> bool {
         self.get(name).is_some()
+    }
+    /// The parameter's values passed a set or pattern: take them literally (see `literal`).
+    pub fn is_literal(&self, name: &str) -> bool {
+        self.literal.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+    /// Mark `name` literal (the engine does, for every constrained parameter it binds).
+    pub fn mark_literal(&mut self, name: &str) {
+        if !self.is_literal(name) {
+            self.literal.push(name.to_string());
+        }
     }
     /// A switch is on when bound to true (or bound with no value).
     pub fn switch(&self, name: &str) -> bool {

@@ -391,6 +391,31 @@ impl Pipeline {
         matches!(self, Pipeline::Done(_))
     }
 
+    /// One PIPELINE_INPUT message into the input buffered so far (within the limits); on an
+    /// error nothing changes.
+    fn push_input(
+        input: &mut Vec<Value>,
+        bytes: &mut usize,
+        m: &Message,
+    ) -> Result<(), ProtocolError> {
+        // Counted in the bytes the values hold after reference expansion (or the message's,
+        // whichever is larger), so that many small messages that each expand a lot cannot pile
+        // up (issue 9, finding 1).
+        let (value, size) =
+            super::clixml::read::parse_sized(m.text()?, &super::clixml::read::DEFAULT_LIMITS)?;
+        let total = bytes.saturating_add(size.max(m.data.len()));
+        if input.len() >= MAX_INPUT_OBJECTS || total > MAX_INPUT_BYTES {
+            return Err(Malformed::InputTooLarge {
+                max_objects: MAX_INPUT_OBJECTS,
+                max_bytes: MAX_INPUT_BYTES,
+            }
+            .into());
+        }
+        input.push(value);
+        *bytes = total;
+        Ok(())
+    }
+
     pub fn handle(
         self,
         ev: PipelineEvent,
@@ -434,22 +459,8 @@ impl Pipeline {
                 E::Input(m),
             ) => match m.message_type {
                 MessageType::PipelineInput => {
-                    // Counted in the bytes the values hold after reference expansion (or the
-                    // message's, whichever is larger), so that many small messages that each
-                    // expand a lot cannot pile up (issue 9, finding 1).
-                    let (value, size) = super::clixml::read::parse_sized(
-                        m.text()?,
-                        &super::clixml::read::DEFAULT_LIMITS,
-                    )?;
-                    let bytes = bytes.saturating_add(size.max(m.data.len()));
-                    if input.len() >= MAX_INPUT_OBJECTS || bytes > MAX_INPUT_BYTES {
-                        return Err(Malformed::InputTooLarge {
-                            max_objects: MAX_INPUT_OBJECTS,
-                            max_bytes: MAX_INPUT_BYTES,
-                        }
-                        .into());
-                    }
-                    input.push(value);
+                    let mut bytes = bytes;
+                    Pipeline::push_input(&mut input, &mut bytes, &m)?;
                     Ok((Pipeline::AwaitingInput { plan, input, bytes }, Vec::new()))
                 }
                 MessageType::EndOfPipelineInput => {
@@ -830,6 +841,17 @@ impl PoolCore {
         effects: &mut Vec<Effect>,
     ) -> Result<(), PoolError> {
         let p = self.pipes.get_mut(cid).ok_or(PoolError::UnknownPipeline)?;
+        // Input is the frequent event, and its state holds every object received so far: it is
+        // added in place (the transition below clones the state, which made feeding input
+        // quadratic in time and doubled its memory).
+        if let (Pipeline::AwaitingInput { input, bytes, .. }, PipelineEvent::Input(m)) =
+            (&mut p.state, &ev)
+        {
+            if m.message_type == MessageType::PipelineInput {
+                Pipeline::push_input(input, bytes, m)?;
+                return Ok(());
+            }
+        }
         let (state, actions) = p.state.clone().handle(ev)?;
         p.state = state;
         for a in actions {

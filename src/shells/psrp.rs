@@ -12,11 +12,11 @@ use base64::Engine as _;
 use tokio::sync::Notify;
 
 use super::runner::{wake, Budget, Item, Lane, Line, Outbox, OutputBudget, Workers};
-use super::ShellSetup;
+use super::{ShellSetup, UserBudgets};
 use crate::engine::{
     CancelToken, Event, EventSink, RunOutcome, Session, StructuredPipeline, Value, VisibleCommand,
 };
-use crate::gates::{Gates, OpenError, Origin, SessionKind};
+use crate::gates::{Gates, Origin, SessionKind};
 use crate::psrp::message::MessageType;
 use crate::psrp::pool::{Effect, EventEncoder, PipeFramer, Plan, PoolCore, PoolError, Segment};
 use crate::psrp::ProtocolError;
@@ -74,11 +74,18 @@ impl PsrpEngine for Session {
 pub struct PsrpFactory {
     gates: Arc<Gates>,
     workers: Arc<Workers>,
+    budgets: Arc<UserBudgets>,
 }
 
 impl PsrpFactory {
-    pub fn new(gates: Arc<Gates>, workers: Arc<Workers>) -> PsrpFactory {
-        PsrpFactory { gates, workers }
+    /// `budgets` is the server's one table of per-user output budgets (shared with the other
+    /// factories, so a user's WinRS shells and PSRP pools draw from one budget).
+    pub fn new(gates: Arc<Gates>, workers: Arc<Workers>, budgets: Arc<UserBudgets>) -> PsrpFactory {
+        PsrpFactory {
+            gates,
+            workers,
+            budgets,
+        }
     }
 }
 
@@ -96,22 +103,18 @@ impl ShellFactory for PsrpFactory {
                 .refuse(id, origin, None, "a PSRP Create names no configuration");
             return Err(CreateError::Refused);
         };
-        let grant = match self.gates.open(id, endpoint, origin, SessionKind::Psrp) {
-            Ok(g) => g,
-            Err(OpenError::Denied(_)) => return Err(CreateError::Refused),
-            Err(e @ OpenError::SessionLimit { .. }) => {
-                return Err(ShellError::QuotaLimit(e.to_string()).into())
-            }
-        };
-        let limits = grant.limits.shell;
-        let setup = ShellSetup {
-            command_timeout: Some(grant.limits.command_timeout),
-            keep: Some(Box::new(grant.guard)),
-            ..ShellSetup::new(&id.user, self.workers.clone())
-        };
+        let o = super::open_session(
+            &self.gates,
+            &self.workers,
+            &self.budgets,
+            id,
+            endpoint,
+            origin,
+            SessionKind::Psrp,
+        )?;
         Ok(NewShell {
-            shell: Box::new(PsrpShell::new(grant.session, setup)),
-            limits,
+            shell: Box::new(PsrpShell::new(o.session, o.setup)),
+            limits: o.limits,
         })
     }
 }
@@ -225,14 +228,9 @@ impl<E: PsrpEngine> PsrpShell<E> {
                     if last {
                         p.out.push_last(frags);
                     } else {
-                        for f in frags {
-                            if !p.out.push_now(f) {
-                                return Err(ShellError::QuotaLimit(
-                                    "the pipeline's output waiting for the client is over its budget"
-                                        .into(),
-                                ));
-                            }
-                        }
+                        // A reply the protocol layer made (command metadata), bounded by the
+                        // session's visible commands: never refused for the user's budget.
+                        p.out.push_reply(frags);
                     }
                 }
                 Effect::Start { cid, plan, input } => {

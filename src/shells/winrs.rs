@@ -14,10 +14,10 @@ use tokio::sync::Notify;
 
 use super::codepage::CodePage;
 use super::runner::{wake, Item, Lane, Line, Outbox, Workers};
-use super::ShellSetup;
+use super::{ShellSetup, UserBudgets};
 use crate::engine::format::{error_text, Formatter};
 use crate::engine::{CancelToken, ErrorRecord, Event, EventSink, RunOutcome, Session};
-use crate::gates::{Gates, OpenError, Origin, SessionKind};
+use crate::gates::{Gates, Origin, SessionKind};
 use crate::wsman::shell::{
     CommandRequest, CommandState, CommandStateKind, CreateError, CreateRequest, Identity, NewShell,
     ReceiveResponse, Shell, ShellError, ShellFactory, Signal, StreamChunk, StreamName,
@@ -29,16 +29,30 @@ pub const MAX_COMMANDS_PER_SHELL: usize = 64;
 pub const MAX_STDIN: usize = 1024 * 1024;
 /// Smallest chunk of output returned by one Receive.
 const MIN_CHUNK: usize = 4096;
+/// Output is queued in pieces of at most this many bytes, so that a line waiting for the
+/// user's output budget holds at most one piece beyond it.
+pub const MAX_PIECE: usize = 16 * 1024;
 
 /// Opens WinRS sessions (in `[server] winrs_endpoint`) through the gates and builds shells.
 pub struct WinrsFactory {
     gates: Arc<Gates>,
     workers: Arc<Workers>,
+    budgets: Arc<UserBudgets>,
 }
 
 impl WinrsFactory {
-    pub fn new(gates: Arc<Gates>, workers: Arc<Workers>) -> WinrsFactory {
-        WinrsFactory { gates, workers }
+    /// `budgets` is the server's one table of per-user output budgets (shared with the other
+    /// factories, so a user's WinRS shells and PSRP pools draw from one budget).
+    pub fn new(
+        gates: Arc<Gates>,
+        workers: Arc<Workers>,
+        budgets: Arc<UserBudgets>,
+    ) -> WinrsFactory {
+        WinrsFactory {
+            gates,
+            workers,
+            budgets,
+        }
     }
 }
 
@@ -61,27 +75,23 @@ impl ShellFactory for WinrsFactory {
             );
             return Err(CreateError::Refused);
         }
-        let grant = match self.gates.open(id, &endpoint, origin, SessionKind::Winrs) {
-            Ok(g) => g,
-            Err(OpenError::Denied(_)) => return Err(CreateError::Refused),
-            Err(e @ OpenError::SessionLimit { .. }) => {
-                return Err(ShellError::QuotaLimit(e.to_string()).into())
-            }
-        };
-        let limits = grant.limits.shell;
-        let setup = ShellSetup {
-            command_timeout: Some(grant.limits.command_timeout),
-            keep: Some(Box::new(grant.guard)),
-            ..ShellSetup::new(&id.user, self.workers.clone())
-        };
+        let o = super::open_session(
+            &self.gates,
+            &self.workers,
+            &self.budgets,
+            id,
+            &endpoint,
+            origin,
+            SessionKind::Winrs,
+        )?;
         Ok(NewShell {
             shell: Box::new(WinrsShell::new(
-                grant.session,
-                setup,
-                &grant.endpoint,
+                o.session,
+                o.setup,
+                &o.endpoint,
                 req.max_envelope_size,
             )),
-            limits,
+            limits: o.limits,
         })
     }
 }
@@ -396,13 +406,17 @@ impl TextLine {
             return;
         }
         let bytes = self.codepage.encode(text);
-        let c = if stderr {
-            Chunk::Stderr(bytes)
-        } else {
-            Chunk::Stdout(bytes)
-        };
-        // Waits while the client is not receiving (back-pressure); dropped once stopped.
-        self.out.push(c, &self.cancel);
+        for piece in bytes.chunks(MAX_PIECE) {
+            let c = if stderr {
+                Chunk::Stderr(piece.to_vec())
+            } else {
+                Chunk::Stdout(piece.to_vec())
+            };
+            // Waits while the client is not receiving (back-pressure); dropped once stopped.
+            if !self.out.push(c, &self.cancel) {
+                return;
+            }
+        }
     }
 
     /// The text that ends the line (what the engine did not already emit), and its exit code.

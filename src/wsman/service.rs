@@ -2,6 +2,12 @@
 //! ResourceURI to the shell registry, and answer with a response or exactly one fault.
 //! HTTP-agnostic: the listener (`http`) feeds it authenticated request bodies; the shell
 //! factories it dispatches Create to are registered by the composition root.
+//!
+//! Every piece of CPU work of a request — parsing the envelope, the shell's `command`, `send`
+//! (PSRP fragments and CLIXML), `receive` (encoding), `signal`, close — runs on the
+//! [`RequestPool`] (fair between users), never on the async threads that accept connections
+//! and answer 401s. Only waiting happens here: for the pool, for a factory's session (on
+//! tokio's blocking threads: it writes and fsyncs the transcript), for a Receive's output.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -18,6 +24,7 @@ use super::shell::{
     CommandRequest, CreateError, CreateRequest, Identity, NewShell, ReceiveResponse, ShellError,
     ShellFactory, Signal, StreamName,
 };
+use super::work::RequestPool;
 use super::xml::Element;
 
 /// Default MaxEnvelopeSize when the client sends none (pypsrp's and WinRM's default).
@@ -59,8 +66,16 @@ enum Serves {
 /// The WS-Man service.
 pub struct WsmanService {
     pub cfg: ServiceConfig,
+    core: Arc<Core>,
     registry: Arc<Registry>,
     factories: Vec<(Serves, Arc<dyn ShellFactory>)>,
+    pool: Arc<RequestPool>,
+}
+
+/// What the operations that run on the pool need (shared with their jobs).
+struct Core {
+    cfg: ServiceConfig,
+    registry: Arc<Registry>,
 }
 
 enum Outcome {
@@ -74,11 +89,40 @@ impl WsmanService {
     /// A service with no shell factory: register them with [`WsmanService::register_exact`]
     /// and [`WsmanService::register_prefix`] (until then Create answers DestinationUnreachable).
     pub fn new(cfg: ServiceConfig) -> WsmanService {
+        WsmanService::with_pool(cfg, RequestPool::new(RequestPool::default_threads()))
+    }
+
+    /// As [`WsmanService::new`], with the pool requests run on.
+    pub fn with_pool(cfg: ServiceConfig, pool: Arc<RequestPool>) -> WsmanService {
+        let registry = Arc::new(Registry::new());
         WsmanService {
+            core: Arc::new(Core {
+                cfg: cfg.clone(),
+                registry: registry.clone(),
+            }),
             cfg,
-            registry: Arc::new(Registry::new()),
+            registry,
             factories: Vec::new(),
+            pool,
         }
+    }
+
+    /// The pool this service's requests run on.
+    pub fn pool(&self) -> Arc<RequestPool> {
+        self.pool.clone()
+    }
+
+    /// Run `f` with the operations' state on the pool, in `user`'s turn.
+    async fn on_pool<R: Send + 'static>(
+        &self,
+        user: &str,
+        f: impl FnOnce(&Core) -> R + Send + 'static,
+    ) -> Result<R, WsmanError> {
+        let core = self.core.clone();
+        self.pool
+            .run(user, move || f(&core))
+            .await
+            .map_err(|e| WsmanError::Internal(e.to_string()))
     }
 
     /// Serve the resource URI `uri` (case-insensitive) with `factory`; it gets no endpoint
@@ -116,7 +160,7 @@ impl WsmanService {
         id: &Identity,
         peer: SocketAddr,
         content_type: Option<&str>,
-        body: &[u8],
+        body: Vec<u8>,
         address: &str,
     ) -> Reply {
         let mut relates: Option<String> = None;
@@ -143,7 +187,7 @@ impl WsmanService {
         id: &Identity,
         peer: SocketAddr,
         content_type: Option<&str>,
-        body: &[u8],
+        body: Vec<u8>,
         address: &str,
         relates: &mut Option<String>,
     ) -> OpResult {
@@ -151,7 +195,9 @@ impl WsmanService {
         if body.len() > self.cfg.max_envelope_size {
             return Err(WsmanError::TooLarge(self.cfg.max_envelope_size));
         }
-        let env = Envelope::parse(body)?;
+        let env = self
+            .on_pool(&id.user, move |_| Envelope::parse(&body))
+            .await??;
         if env.is_identify() {
             return Ok(Outcome::Body(
                 "http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity/IdentifyResponse",
@@ -168,33 +214,89 @@ impl WsmanService {
             shell = env.selector("ShellId").unwrap_or(""),
             "wsman request"
         );
-        match env.action.as_str() {
-            ACTION_CREATE => self.create(id, peer, &env, address).await,
-            ACTION_COMMAND => self.command(id, &env),
-            ACTION_SEND => self.send(id, &env),
-            ACTION_RECEIVE => self.receive(id, &env).await,
-            ACTION_SIGNAL => self.signal(id, &env),
-            ACTION_DELETE => self.delete(id, &env),
-            ACTION_GET => self.get(id, &env),
-            other => Err(WsmanError::UnknownAction(other.to_string())),
+        let action = env.action.clone();
+        if action == ACTION_CREATE {
+            return self.create(id, peer, env, address).await;
         }
+        if action == ACTION_RECEIVE {
+            return self.receive(id, env).await;
+        }
+        let who = id.clone();
+        self.on_pool(&id.user, move |core| match action.as_str() {
+            ACTION_COMMAND => core.command(&who, &env),
+            ACTION_SEND => core.send(&who, &env),
+            ACTION_SIGNAL => core.signal(&who, &env),
+            ACTION_DELETE => core.delete(&who, &env),
+            ACTION_GET => core.get(&who, &env),
+            other => Err(WsmanError::UnknownAction(other.to_string())),
+        })
+        .await?
     }
 
-    fn shell_of(&self, id: &Identity, env: &Envelope) -> Result<Arc<ShellEntry>, WsmanError> {
-        let shell_id = env
-            .selector("ShellId")
-            .ok_or(ShellError::InvalidSelectors)?;
-        self.registry
-            .get(shell_id, &id.user)
-            .ok_or_else(|| self.no_such_shell(shell_id, id))
-    }
-
-    /// The fault for a ShellId that names no open shell of this user: InvalidSelectors, saying
-    /// why when the server closed that shell of theirs (idle timeout).
-    fn no_such_shell(&self, shell_id: &str, id: &Identity) -> WsmanError {
-        match self.registry.closed_reason(shell_id, &id.user) {
-            Some(why) => ShellError::Gone(why).into(),
-            None => ShellError::InvalidSelectors.into(),
+    async fn receive(&self, id: &Identity, env: Envelope) -> OpResult {
+        let entry = self.core.shell_of(id, &env)?;
+        let _g = entry.use_guard();
+        let recv = env
+            .body_element()
+            .filter(|b| b.is(NS_SHELL, "Receive"))
+            .ok_or_else(|| WsmanError::Body("the Receive body has no rsp:Receive".into()))?;
+        let desired = recv.child(NS_SHELL, "DesiredStream");
+        let command_id = desired
+            .and_then(|d| d.attr("CommandId"))
+            .map(str::to_string);
+        let wanted: Option<Vec<StreamName>> = match desired {
+            Some(d) => Some(
+                StreamName::parse_list(&d.text)
+                    .map_err(|n| WsmanError::Body(format!("unknown output stream {n:?}")))?,
+            ),
+            None => None,
+        }
+        .filter(|v| !v.is_empty());
+        let timeout = env
+            .operation_timeout
+            .unwrap_or(self.cfg.max_operation_timeout)
+            .min(self.cfg.max_operation_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let notify = entry.notify();
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Deleted, expired or shut down while waiting: answer now, as Windows does (995,
+            // ERROR_OPERATION_ABORTED; a later request on the shell gets InvalidSelectors).
+            if entry.is_closed() {
+                return Err(ShellError::Aborted.into());
+            }
+            let (e, cid, w) = (entry.clone(), command_id.clone(), wanted.clone());
+            // Taking output and encoding it (PSRP fragments, base64) is work: on the pool.
+            let body = self
+                .on_pool(&id.user, move |_| -> Result<Option<String>, WsmanError> {
+                    let mut r: ReceiveResponse = match e.shell().receive(cid.as_deref()) {
+                        Ok(r) => r,
+                        // Closed between the check above and the shell's answer: the same 995.
+                        Err(_) if e.is_closed() => return Err(ShellError::Aborted.into()),
+                        Err(err) => return Err(err.into()),
+                    };
+                    if let Some(w) = &w {
+                        r.streams.retain(|c| w.contains(&c.name));
+                    }
+                    if !r.streams.is_empty() || r.command_state.is_some() {
+                        Ok(Some(response::receive_response(&r)))
+                    } else {
+                        Ok(None)
+                    }
+                })
+                .await??;
+            if let Some(body) = body {
+                return Ok(Outcome::Body(
+                    "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/ReceiveResponse",
+                    body,
+                ));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(WsmanError::TimedOut),
+            }
         }
     }
 
@@ -229,26 +331,70 @@ impl WsmanService {
         &self,
         id: &Identity,
         peer: SocketAddr,
-        env: &Envelope,
+        env: Envelope,
         address: &str,
     ) -> OpResult {
         let uri = env.resource_uri.clone();
         let (endpoint, factory) = self
             .factory_for(&uri)
             .ok_or_else(|| WsmanError::UnknownResource(uri.clone()))?;
-        let req = parse_create(env, self.cfg.max_envelope_size)?;
+        let server_max = self.cfg.max_envelope_size;
+        let req = self
+            .on_pool(&id.user, move |_| parse_create(&env, server_max))
+            .await??;
         let ident = id.clone();
         let req2 = req.clone();
+        // Opening the session writes and fsyncs its transcript: tokio's blocking threads.
         let made = tokio::task::spawn_blocking(move || {
             factory.create(&ident, peer, endpoint.as_deref(), &req2)
         })
         .await
         .map_err(|e| WsmanError::Internal(format!("shell factory task failed: {e}")))?;
-        let NewShell { mut shell, limits } = match made {
+        let new = match made {
             Ok(n) => n,
             Err(CreateError::Refused) => return Ok(Outcome::Unauthorized),
             Err(CreateError::Shell(e)) => return Err(e.into()),
         };
+        let who = id.clone();
+        let address = address.to_string();
+        self.on_pool(&id.user, move |core| {
+            core.install(&who, peer, uri, req, new, &address)
+        })
+        .await?
+    }
+}
+
+impl Core {
+    fn shell_of(&self, id: &Identity, env: &Envelope) -> Result<Arc<ShellEntry>, WsmanError> {
+        let shell_id = env
+            .selector("ShellId")
+            .ok_or(ShellError::InvalidSelectors)?;
+        self.registry
+            .get(shell_id, &id.user)
+            .ok_or_else(|| self.no_such_shell(shell_id, id))
+    }
+
+    /// The fault for a ShellId that names no open shell of this user: InvalidSelectors, saying
+    /// why when the server closed that shell of theirs (idle timeout).
+    fn no_such_shell(&self, shell_id: &str, id: &Identity) -> WsmanError {
+        match self.registry.closed_reason(shell_id, &id.user) {
+            Some(why) => ShellError::Gone(why).into(),
+            None => ShellError::InvalidSelectors.into(),
+        }
+    }
+
+    /// The rest of a Create once the factory opened the session: the shell's own start (PSRP:
+    /// the pool's negotiation in creationXml), the quota, the registry.
+    fn install(
+        &self,
+        id: &Identity,
+        peer: SocketAddr,
+        uri: String,
+        req: CreateRequest,
+        new: NewShell,
+        address: &str,
+    ) -> OpResult {
+        let NewShell { mut shell, limits } = new;
         let owner = ShellOwner {
             user: id.user.clone(),
             client: peer.ip().to_string(),
@@ -369,63 +515,6 @@ impl WsmanService {
             "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/SendResponse",
             "<rsp:SendResponse/>".into(),
         ))
-    }
-
-    async fn receive(&self, id: &Identity, env: &Envelope) -> OpResult {
-        let entry = self.shell_of(id, env)?;
-        let _g = entry.use_guard();
-        let recv = env
-            .body_element()
-            .filter(|b| b.is(NS_SHELL, "Receive"))
-            .ok_or_else(|| WsmanError::Body("the Receive body has no rsp:Receive".into()))?;
-        let desired = recv.child(NS_SHELL, "DesiredStream");
-        let command_id = desired
-            .and_then(|d| d.attr("CommandId"))
-            .map(str::to_string);
-        let wanted: Option<Vec<StreamName>> = match desired {
-            Some(d) => Some(
-                StreamName::parse_list(&d.text)
-                    .map_err(|n| WsmanError::Body(format!("unknown output stream {n:?}")))?,
-            ),
-            None => None,
-        }
-        .filter(|v| !v.is_empty());
-        let timeout = env
-            .operation_timeout
-            .unwrap_or(self.cfg.max_operation_timeout)
-            .min(self.cfg.max_operation_timeout);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let notify = entry.notify();
-        loop {
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Deleted, expired or shut down while waiting: answer now, as Windows does (995,
-            // ERROR_OPERATION_ABORTED; a later request on the shell gets InvalidSelectors).
-            if entry.is_closed() {
-                return Err(ShellError::Aborted.into());
-            }
-            let received = entry.shell().receive(command_id.as_deref());
-            let mut r: ReceiveResponse = match received {
-                Ok(r) => r,
-                // Closed between the check above and the shell's answer: the same 995.
-                Err(_) if entry.is_closed() => return Err(ShellError::Aborted.into()),
-                Err(e) => return Err(e.into()),
-            };
-            if let Some(w) = &wanted {
-                r.streams.retain(|c| w.contains(&c.name));
-            }
-            if !r.streams.is_empty() || r.command_state.is_some() {
-                return Ok(Outcome::Body(
-                    "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/ReceiveResponse",
-                    response::receive_response(&r),
-                ));
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(deadline) => return Err(WsmanError::TimedOut),
-            }
-        }
     }
 
     fn signal(&self, id: &Identity, env: &Envelope) -> OpResult {

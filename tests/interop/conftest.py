@@ -50,7 +50,14 @@ ACCOUNTS = {
     "carol": ("carol-Pw-" + secrets.token_hex(8), "helpdesk"),
     "victor": ("victor-Pw-" + secrets.token_hex(8), "acme-vendor"),
     "nobody-rule": ("nobody-Pw-" + secrets.token_hex(8), "no-rule-group"),
+    # Only for the web console's session-limit test.
+    "dora": ("dora-Pw-" + secrets.token_hex(8), "helpdesk"),
 }
+
+# The web console is on in every test server (tests/interop/test_console.py drives it with
+# Chromium; the WS-Man tests show that it changes nothing for them).
+CONSOLE_TOML = '\n[console]\nenabled = true\ndefault_configuration = "Helpdesk"\n'
+
 
 # Test-only grants added to the temporary copy of the Diagnostics role capability: a program that
 # runs long (signals, stop) and a function printing many lines (fragmentation).
@@ -227,6 +234,10 @@ class Server:
     def url(self, scheme="https"):
         return "%s://%s/wsman" % (scheme, self.https if scheme == "https" else self.http)
 
+    def console(self, path=""):
+        """The web console's address (HTTPS only)."""
+        return "https://%s/console%s" % (self.https, path)
+
     def password(self, user):
         return self.accounts[user][0]
 
@@ -244,7 +255,7 @@ class Server:
         return "\n".join(lines[-n:])
 
 
-def _layout(dirpath, pam):
+def _layout(dirpath, pam, extra_toml=""):
     for name in ("endpoints", "role-capabilities"):
         shutil.copytree(ROOT / name, dirpath / name)
     shipped = (ROOT / "keyhole.toml").read_text()
@@ -263,6 +274,7 @@ def _layout(dirpath, pam):
     )
     if pam:
         text += 'pam_service = "%s"\n' % PAM_SERVICE
+    text += extra_toml
     (dirpath / "keyhole.toml").write_text(text)
 
     # Programs run as an unprivileged account the host surely has.
@@ -354,12 +366,14 @@ def _stop(srv):
     shutil.rmtree(srv.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def server(request, pam_account):
+def start_keyhole(pam_account, extra_toml=CONSOLE_TOML, prefix="keyhole-interop-"):
+    """Lay out a private configuration (the test accounts and rules, `extra_toml` appended to
+    keyhole.toml — by default the web console on), check it, start `keyhole serve`; returns
+    (Server, its stderr file) for `stop_keyhole`."""
     exe = keyhole_bin()
-    dirpath = pathlib.Path(tempfile.mkdtemp(prefix="keyhole-interop-"))
+    dirpath = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(dirpath, 0o700)
-    _layout(dirpath, pam_account)
+    _layout(dirpath, pam_account, extra_toml)
     cfg = dirpath / "keyhole.toml"
     for user, (password, group) in ACCOUNTS.items():
         _run(exe, cfg, "user", "add", user, "--group", group, stdin=password + "\n")
@@ -374,8 +388,18 @@ def server(request, pam_account):
     check = subprocess.run([exe, "check", "--config", str(cfg)], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, timeout=60)
     assert check.returncode == 0, "keyhole check refused the test configuration:\n" + check.stdout
-
     srv = _serve(exe, dirpath, ACCOUNTS, pam_account)
+    return srv, srv._stderr_file
+
+
+def stop_keyhole(srv, stderr_file):
+    """SIGTERM; `keyhole serve` must exit 0 within 15 s. Removes its directory."""
+    _stop(srv)
+
+
+@pytest.fixture(scope="session")
+def server(request, pam_account):
+    srv, _ = start_keyhole(pam_account)
     request.config._keyhole_servers = getattr(request.config, "_keyhole_servers", []) + [srv]
     yield srv
     _stop(srv)
