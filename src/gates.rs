@@ -176,6 +176,8 @@ pub struct Gates {
     /// Negotiate's settings (`[auth] negotiate`: the keytab's acceptor credentials, realms,
     /// NTLM), built once per configuration; None when it is off.
     negotiate: RwLock<Option<Arc<NegotiateSettings>>>,
+    /// Password verification slots, shared by every listener and the web console's sign-in.
+    verify_slots: Arc<auth::slots::VerifySlots>,
 }
 
 impl Gates {
@@ -213,6 +215,7 @@ impl Gates {
             audit,
             sessions: Mutex::new(HashMap::new()),
             negotiate: RwLock::new(None),
+            verify_slots: Arc::new(auth::slots::VerifySlots::for_this_host()),
         })
     }
 
@@ -766,10 +769,17 @@ impl Gates {
         Err(d)
     }
 
+    /// The password verification slots (gate 2 under load): the listeners and the web
+    /// console's sign-in wait for one before a verification ([`Gates::sign_in`]).
+    pub fn verify_slots(&self) -> Arc<auth::slots::VerifySlots> {
+        self.verify_slots.clone()
+    }
+
     /// Gate 2 for a sign-in form (the web console): the same Basic verification as an
     /// `Authorization: Basic` header — users file or PAM, lock-out, refusal accounting, audit —
     /// and the same refusal of a user no rule admits on this computer. None: refused (logged
-    /// and audited here). CPU-heavy: call it from a blocking thread.
+    /// and audited here). CPU-heavy: call it from a blocking thread, holding one of
+    /// [`Gates::verify_slots`].
     pub fn sign_in(&self, user: &str, password: &str, peer: SocketAddr) -> Option<Identity> {
         let origin = Origin::Remote(peer);
         let Some(authn) = &self.auth else {
@@ -908,6 +918,10 @@ impl Authenticate for Gates {
             }
             None => Plan::Verify,
         }
+    }
+
+    fn verify_slots(&self) -> Option<Arc<auth::slots::VerifySlots>> {
+        Some(self.verify_slots.clone())
     }
 
     fn challenges(&self) -> Vec<String> {

@@ -372,9 +372,19 @@ impl Console {
             get("computer").trim().to_string(),
             get("configuration").trim().to_string(),
         );
+        // Gate 2's verification waits for a slot like a WS-Man request's (bounded, fair between
+        // addresses, with a deadline): a flood of sign-ins cannot run more at once.
+        let Some(permit) = self.gates.verify_slots().acquire(peer.ip()).await else {
+            tracing::warn!(source = %peer.ip(), "console: sign-in refused: no password verification slot came free in time");
+            // Ended on a blocking thread, as below (its transcript's end is synced).
+            tokio::task::spawn_blocking(move || drop(old));
+            let typed = Some((user.as_str(), computer.as_str(), configuration.as_str()));
+            return self.sign_in_page(StatusCode::FORBIDDEN, ACCESS_DENIED, typed);
+        };
         let me = self.clone();
         let (u, comp, conf) = (user.clone(), computer.clone(), configuration.clone());
         let outcome = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             // Released first (its slot, its transcript's end), on this blocking thread.
             drop(old);
             me.open_session(&u, &password, &comp, &conf, peer)

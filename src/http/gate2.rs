@@ -32,13 +32,13 @@ pub(super) type SharedConnection = Arc<Mutex<Connection>>;
 
 /// The verification slots of one server, and the rate limit of their refusal log lines.
 pub(super) struct Gate2 {
-    pub(super) slots: VerifySlots,
+    pub(super) slots: Arc<VerifySlots>,
     refused: AtomicU64,
     last_log: Mutex<Option<Instant>>,
 }
 
 impl Gate2 {
-    pub(super) fn new(slots: VerifySlots) -> Gate2 {
+    pub(super) fn new(slots: Arc<VerifySlots>) -> Gate2 {
         Gate2 {
             slots,
             refused: AtomicU64::new(0),

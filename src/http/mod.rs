@@ -331,8 +331,12 @@ impl Server {
         let registry = self.service.registry();
         let ctx = Arc::new(Ctx {
             service: self.service,
+            gate2: gate2::Gate2::new(
+                self.gate
+                    .verify_slots()
+                    .unwrap_or_else(|| Arc::new(crate::auth::slots::VerifySlots::for_this_host())),
+            ),
             gate: self.gate,
-            gate2: gate2::Gate2::new(crate::auth::slots::VerifySlots::for_this_host()),
             max_body: self.max_body,
             routes: self.routes,
         });

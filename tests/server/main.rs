@@ -23,6 +23,7 @@ mod negotiate_http;
 mod output_budgets;
 mod parser_budgets;
 mod psrp_shell;
+mod refusals_live;
 mod request_pool;
 mod serve_systemd;
 mod under_attack;
