@@ -1181,4 +1181,99 @@ mod tests {
             Some(e.to_string())
         );
     }
+
+    /// Endpoint E with a role for alice only; rules admit alice and bob everywhere; both have a
+    /// password in users.toml. bob can never open a session (gate 4 refuses him at E).
+    fn gates_with_users() -> (tempfile::TempDir, Gates) {
+        let (d, _) = gates();
+        let users = format!(
+            "[users.alice]\npassword = {:?}\ngroups = []\n\n[users.bob]\npassword = {:?}\ngroups = []\n",
+            auth::hash_password("pw-alice").unwrap(),
+            auth::hash_password("pw-bob").unwrap()
+        );
+        std::fs::write(d.path().join("users.toml"), users).unwrap();
+        let cfg =
+            crate::config::load(&d.path().join("keyhole.toml")).unwrap_or_else(|e| panic!("{e:?}"));
+        (d, Gates::new(cfg).unwrap())
+    }
+
+    fn basic(user: &str, pw: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+        )
+        .into_bytes()
+    }
+
+    fn allowed(v: &Verdict) -> bool {
+        matches!(v, Verdict::Allow { .. })
+    }
+
+    #[test]
+    fn only_users_who_can_open_a_session_are_remembered_and_a_hit_is_planned_without_blocking() {
+        let (_d, g) = gates_with_users();
+        let remembered = || g.auth.as_ref().unwrap().remembered_count();
+        let mut conn = Connection::new("192.0.2.7:50000".parse().unwrap(), None, None, false);
+        let (alice, bob) = (basic("alice", "pw-alice"), basic("bob", "pw-bob"));
+        // Not yet verified: a password to verify, in a slot.
+        assert_eq!(g.plan(&mut conn, Some(&alice)), Plan::Verify);
+        assert!(allowed(&g.authenticate_connection(&mut conn, Some(&alice))));
+        assert_eq!(remembered(), 1);
+        // Remembered: decided on the serving thread, no verification, no blocking task.
+        let before = g.auth.as_ref().unwrap().verification_count();
+        assert!(matches!(
+            g.plan(&mut conn, Some(&alice)),
+            Plan::Decided(Verdict::Allow { .. })
+        ));
+        assert_eq!(g.auth.as_ref().unwrap().verification_count(), before);
+        // bob's right password: refused at gate 2 like a wrong one, and never remembered.
+        for _ in 0..3 {
+            assert_eq!(g.plan(&mut conn, Some(&bob)), Plan::Verify);
+            assert_eq!(
+                g.authenticate_connection(&mut conn, Some(&bob)),
+                Verdict::Refuse
+            );
+        }
+        assert_eq!(remembered(), 1);
+        // Each of bob's refusals cost one verification, as a wrong password's does.
+        let n = g.auth.as_ref().unwrap().verification_count();
+        assert_eq!(
+            g.authenticate_connection(&mut conn, Some(&basic("bob", "wrong"))),
+            Verdict::Refuse
+        );
+        assert_eq!(g.auth.as_ref().unwrap().verification_count(), n + 1);
+        assert_eq!(
+            g.authenticate_connection(&mut conn, Some(&bob)),
+            Verdict::Refuse
+        );
+        assert_eq!(g.auth.as_ref().unwrap().verification_count(), n + 2);
+    }
+
+    #[test]
+    fn a_reload_that_takes_a_users_last_role_forgets_her_remembered_credential() {
+        let (d, g) = gates_with_users();
+        let mut conn = Connection::new("192.0.2.7:50000".parse().unwrap(), None, None, false);
+        let alice = basic("alice", "pw-alice");
+        assert!(allowed(&g.authenticate_connection(&mut conn, Some(&alice))));
+        assert_eq!(g.auth.as_ref().unwrap().remembered_count(), 1);
+        // A reload that changes nothing for alice keeps her remembered.
+        let cfg = crate::config::load(&d.path().join("keyhole.toml")).unwrap();
+        g.reload(cfg).unwrap();
+        assert_eq!(g.auth.as_ref().unwrap().remembered_count(), 1);
+        // E's role now names carol: alice can open no session any more.
+        let e = d.path().join("endpoints/E.toml");
+        let text = std::fs::read_to_string(&e)
+            .unwrap()
+            .replace("user = \"alice\"", "user = \"carol\"");
+        std::fs::write(&e, text).unwrap();
+        let cfg = crate::config::load(&d.path().join("keyhole.toml")).unwrap();
+        g.reload(cfg).unwrap();
+        assert_eq!(g.auth.as_ref().unwrap().remembered_count(), 0);
+        assert_eq!(g.plan(&mut conn, Some(&alice)), Plan::Verify);
+        assert_eq!(
+            g.authenticate_connection(&mut conn, Some(&alice)),
+            Verdict::Refuse
+        );
+    }
 }

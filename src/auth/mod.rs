@@ -12,6 +12,14 @@
 //! lock-out never cuts open sessions: a credential verified from an address is remembered for
 //! that address (the cache key includes it) and keeps working during a lock-out of that address
 //! or of that user there, while every other attempt from there is refused unverified.
+//!
+//! Refusals reveal nothing through time (SPEC §1): every Basic refusal costs exactly one argon2id
+//! verification — against the stored hash when there is one, else (unknown user, locked out,
+//! empty or over-long credentials, an unusable stored hash) against a dummy hash of the same
+//! parameters — and the cache holds only users who can open a session (the caller's `admit`,
+//! gates 3–4, decides inside the verification: [`Authenticator::verify_basic_admitting`]). Each
+//! verification runs in a reused work area ([`verification_slots`] of them are kept), and the
+//! listener runs at most that many at once ([`slots`]).
 #![forbid(unsafe_code)]
 
 pub mod encryption;
@@ -663,7 +671,6 @@ impl Authenticator {
     /// area; `Err` when the stored hash is unusable (checked before any hashing: the caller
     /// then verifies against the dummy hash, so that the time is the same).
     fn argon2_verify(&self, stored: &str, password: &[u8]) -> Result<bool, String> {
-        self.verifications.fetch_add(1, Ordering::Relaxed);
         let parsed = PasswordHash::new(stored).map_err(|e| format!("cannot parse it: {e}"))?;
         if parsed.algorithm != argon2::Algorithm::Argon2id.ident() {
             return Err(format!(
@@ -693,6 +700,8 @@ impl Authenticator {
             .decode_b64(&mut salt_buf)
             .map_err(|e| format!("its salt is not usable: {e}"))?;
         let hasher = Argon2::new(argon2::Algorithm::Argon2id, version, params);
+        // Counted here, where the hashing starts: a hash refused before it costs nothing.
+        self.verifications.fetch_add(1, Ordering::Relaxed);
         let mut memory = self.memory.take(hasher.params().block_count());
         let mut out = [0u8; argon2::password_hash::Output::MAX_LENGTH];
         let computed = out
