@@ -50,6 +50,9 @@ ACCOUNTS = {
     "carol": ("carol-Pw-" + secrets.token_hex(8), "helpdesk"),
     "victor": ("victor-Pw-" + secrets.token_hex(8), "acme-vendor"),
     "nobody-rule": ("nobody-Pw-" + secrets.token_hex(8), "no-rule-group"),
+    # A rule admits her to Vendor, where no role applies to her: gate 4 refuses her, so she can
+    # open no session anywhere and gate 2 refuses her for every operation (SPEC §1).
+    "rule-no-role": ("norole-Pw-" + secrets.token_hex(8), "no-role-group"),
     # Only for the web console's session-limit test.
     "dora": ("dora-Pw-" + secrets.token_hex(8), "helpdesk"),
 }
@@ -383,6 +386,8 @@ def start_keyhole(pam_account, extra_toml=CONSOLE_TOML, prefix="keyhole-interop-
          "--configuration", "Vendor", "--name", "vendor to Vendor")
     _run(exe, cfg, "rule", "add", "--user-group", "helpdesk", "--computer", "*",
          "--configuration", "Objects", "--name", "helpdesk to Objects")
+    _run(exe, cfg, "rule", "add", "--user-group", "no-role-group", "--computer", "*",
+         "--configuration", "Vendor", "--name", "a group with a rule but no role in Vendor")
     _run(exe, cfg, "rule", "add", "--user-group", "helpdesk", "--computer", "*",
          "--configuration", "Brief", "--name", "helpdesk to Brief")
     check = subprocess.run([exe, "check", "--config", str(cfg)], stdout=subprocess.PIPE,

@@ -295,6 +295,8 @@ def test_an_endpoint_without_a_role_is_refused_like_a_wrong_password(server, htt
         ("no role in Vendor", "alice", None, "Vendor"),
         ("no such endpoint", "alice", None, "NoSuchEndpoint"),
         ("no rule", "nobody-rule", None, ENDPOINT),
+        # Gate 4: a rule admits her to Vendor, no role there applies to her.
+        ("a rule but no role in Vendor", "rule-no-role", None, "Vendor"),
     ]:
         del http_log[:]
         pool = RunspacePool(make_wsman(server, user=user, password=password), configuration_name=endpoint)
@@ -307,6 +309,36 @@ def test_an_endpoint_without_a_role_is_refused_like_a_wrong_password(server, htt
     for label, (t, fp) in seen.items():
         assert t is ref_type, "%s raised %s, a wrong password %s" % (label, t, ref_type)
         assert fp == ref, "%s answered differently from a wrong password" % label
+
+
+IDENTIFY = (b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+            b'xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd">'
+            b'<s:Header/><s:Body><wsmid:Identify/></s:Body></s:Envelope>')
+
+
+def test_a_user_with_a_rule_but_no_role_gets_the_same_401_for_everything(server, http_log):
+    """Gate 4 reached by the real client: rule-no-role's right password opening a pool on Vendor
+    gets the 401 a wrong password gets, byte for byte (less Date); so does her Identify (it was
+    answered with 200 when gate 2 only asked for a rule); the server log names gate 4."""
+    import requests
+
+    user, right = "rule-no-role", server.password("rule-no-role")
+    seen = {}
+    for label, password in [("wrong password", "wrong-" + right), ("right password", right)]:
+        del http_log[:]
+        pool = RunspacePool(make_wsman(server, user=user, password=password), configuration_name="Vendor")
+        with pytest.raises(AuthenticationError):
+            pool.open()
+        seen[label] = _fingerprint(http_log[-1][1])
+    assert seen["wrong password"][0] == 401
+    assert seen["right password"] == seen["wrong password"]
+    for label, password in [("wrong password", "wrong-" + right), ("right password", right)]:
+        r = requests.post(server.url("https"), data=IDENTIFY, auth=(user, password), verify=False, timeout=30,
+                          headers={"Content-Type": "application/soap+xml;charset=UTF-8"})
+        seen["Identify, " + label] = _fingerprint(r)
+    assert seen["Identify, right password"] == seen["Identify, wrong password"] == seen["wrong password"]
+    log = server.stderr_tail(2000)
+    assert "access denied at gate 4: authorization rules admit rule-no-role to Vendor but no role" in log, log
 
 
 def test_vendor_user_reaches_the_vendor_endpoint_only(server):
