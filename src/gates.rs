@@ -1248,6 +1248,12 @@ mod tests {
             Verdict::Refuse
         );
         assert_eq!(g.auth.as_ref().unwrap().verification_count(), n + 2);
+        // The web console's sign-in is the same gate 2: bob is refused and not remembered.
+        let peer = "192.0.2.7:50001".parse().unwrap();
+        assert!(g.sign_in("bob", "pw-bob", peer).is_none());
+        assert_eq!(g.auth.as_ref().unwrap().verification_count(), n + 3);
+        assert_eq!(remembered(), 1);
+        assert!(g.sign_in("alice", "pw-alice", peer).is_some());
     }
 
     #[test]
