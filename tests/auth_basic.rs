@@ -104,6 +104,65 @@ fn argon2_round_trip_and_refusals() {
     );
 }
 
+/// Every kind of Basic refusal costs exactly one argon2id verification (issue 9, finding 5c):
+/// unknown user, wrong password, disabled account, empty password, a stored hash asking for
+/// more memory than `MAX_ARGON2_MEMORY_KIB` (refused before hashing: the dummy one instead), a
+/// locked-out pair, and a right password that `admit` (gates 3–4) refuses.
+#[test]
+fn every_refusal_costs_exactly_one_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = setup(dir.path());
+    let mut users = load_users(&path).unwrap();
+    // A hash asking for 300 MiB: parsed, refused before any hashing.
+    users.users.get_mut("bob").unwrap().password = format!(
+        "$argon2id$v=19$m={},t=2,p=1$c2FsdHNhbHRzYWx0$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY",
+        keyhole::auth::MAX_ARGON2_MEMORY_KIB + 1
+    );
+    keyhole::config::edit::write_atomic(&path, toml::to_string(&users).unwrap().as_bytes())
+        .unwrap();
+    let a = auth_for(&path, &cfg(2, Duration::from_secs(300)));
+    let one = |r: &dyn Fn() -> AuthResult| -> DenyReason {
+        let before = a.verification_count();
+        let d = denied(&r());
+        assert_eq!(a.verification_count(), before + 1, "{d:?}");
+        d
+    };
+    assert_eq!(
+        one(&|| a.verify_basic("mallory", "x", ip("10.0.0.2"))),
+        DenyReason::UnknownUser
+    );
+    assert_eq!(
+        one(&|| a.verify_basic("alice", "nope", ip("10.0.0.3"))),
+        DenyReason::WrongPassword
+    );
+    assert_eq!(
+        one(&|| a.verify_basic("carol", "pw-carol", ip("10.0.0.4"))),
+        DenyReason::Disabled
+    );
+    assert_eq!(
+        one(&|| a.verify_basic("alice", "", ip("10.0.0.5"))),
+        DenyReason::Malformed
+    );
+    assert!(matches!(
+        one(&|| a.verify_basic("bob", "pw-bob", ip("10.0.0.6"))),
+        DenyReason::BadStoredHash(m) if m.contains("memory cost")
+    ));
+    assert_eq!(
+        one(&|| a.verify_basic_admitting("alice", "pw-alice", ip("10.0.0.7"), &mut |_| false)),
+        DenyReason::NoSession
+    );
+    // The refused right password counted as a failure and was not remembered: a second one
+    // locks the pair, and the next attempt (right password) is a locked-out refusal.
+    assert_eq!(
+        one(&|| a.verify_basic_admitting("alice", "pw-alice", ip("10.0.0.7"), &mut |_| false)),
+        DenyReason::NoSession
+    );
+    assert_eq!(
+        one(&|| a.verify_basic("alice", "pw-alice", ip("10.0.0.7"))),
+        DenyReason::LockedOutUser
+    );
+}
+
 #[test]
 fn unknown_user_still_costs_a_verification() {
     let dir = tempfile::tempdir().unwrap();
