@@ -188,6 +188,8 @@ async fn serve_async(
     let gates = Arc::new(Gates::new(cfg)?);
     gates.attach_metrics(metrics.clone());
     let mut server = Server::bind(runtime, gates.clone()).await?;
+    // One set of password verification slots for the listeners and the console's sign-in.
+    server.share_verify_slots(gates.verify_slots());
     let workers = Workers::new(DEFAULT_MAX_WORKERS);
     // One output budget per user, across the user's WinRS shells and PSRP pools.
     let budgets = UserBudgets::new();

@@ -920,10 +920,6 @@ impl Authenticate for Gates {
         }
     }
 
-    fn verify_slots(&self) -> Option<Arc<auth::slots::VerifySlots>> {
-        Some(self.verify_slots.clone())
-    }
-
     fn challenges(&self) -> Vec<String> {
         let cfg = self.config();
         // Negotiate (and Kerberos) first, each on its own line, as Windows sends them.

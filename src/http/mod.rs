@@ -45,6 +45,7 @@ use crate::wsman::shell::{
 };
 
 mod gate2;
+use crate::auth::slots::VerifySlots;
 pub mod tls;
 #[cfg(any(test, feature = "test-util"))]
 pub use gate2::blocking_calls as gate2_blocking_calls;
@@ -226,6 +227,9 @@ pub struct Server {
     unauthenticated_timeout: Duration,
     max_body: usize,
     routes: Vec<Arc<dyn WebRoutes>>,
+    /// Password verification slots (gate 2 under load); shared with the web console's sign-in
+    /// when the daemon says so ([`Server::share_verify_slots`]).
+    verify_slots: Arc<VerifySlots>,
 }
 
 impl Server {
@@ -305,7 +309,14 @@ impl Server {
             unauthenticated_timeout: rt.limits.unauthenticated_timeout.0,
             max_body,
             routes: Vec::new(),
+            verify_slots: Arc::new(VerifySlots::for_this_host()),
         })
+    }
+
+    /// Run gate 2's password verifications in `slots` (the gates' own, which the web console's
+    /// sign-in also takes) instead of slots of this server's own.
+    pub fn share_verify_slots(&mut self, slots: Arc<VerifySlots>) {
+        self.verify_slots = slots;
     }
 
     /// Serve `routes` (its prefix and the paths under it) on the HTTPS listener; plain HTTP
@@ -331,11 +342,7 @@ impl Server {
         let registry = self.service.registry();
         let ctx = Arc::new(Ctx {
             service: self.service,
-            gate2: gate2::Gate2::new(
-                self.gate
-                    .verify_slots()
-                    .unwrap_or_else(|| Arc::new(crate::auth::slots::VerifySlots::for_this_host())),
-            ),
+            gate2: gate2::Gate2::new(self.verify_slots),
             gate: self.gate,
             max_body: self.max_body,
             routes: self.routes,

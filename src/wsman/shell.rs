@@ -50,13 +50,6 @@ pub trait Authenticate: Send + Sync + 'static {
     /// `WWW-Authenticate` header values of the generic 401, e.g. `Basic realm="WSMAN"`.
     fn challenges(&self) -> Vec<String>;
 
-    /// The verification slots this gate's password verifications share with its other users
-    /// (the web console); None: the listener keeps its own
-    /// ([`crate::auth::slots::VerifySlots::for_this_host`]).
-    fn verify_slots(&self) -> Option<std::sync::Arc<crate::auth::slots::VerifySlots>> {
-        None
-    }
-
     /// Gate 2 for one request, as far as it can be decided without blocking or heavy work
     /// (a remembered credential, no credentials at all); called on the thread that serves the
     /// connection. The default sends everything to a verification slot.
