@@ -10,6 +10,8 @@
 //!   included, and is never remembered;
 //! - every refusal takes the same time: medians of 200 interleaved attempts per case differ by
 //!   less than 1 ms;
+//! - the listener runs verifications in its slots (a gate double that takes 1.5 s a verification):
+//!   per address at most half, the generic 401 after the queue deadline;
 //! - 64 concurrent wrong passwords from one address run at most `verification_slots()`
 //!   verifications at once: the server's peak RSS stays within a bound computed from the slots
 //!   and argon2's memory, and a legitimate user's remembered login is answered meanwhile.
@@ -25,6 +27,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyhole::wsman::envelope::*;
@@ -580,4 +583,94 @@ async fn sixty_four_concurrent_wrong_passwords_keep_memory_bounded_and_a_remembe
         growth / 1048576,
         bound / 1048576
     );
+}
+
+/// A gate 2 whose every verification takes `hold` (as a slow argon2id would): anyone with a
+/// Basic header is admitted after that time.
+struct SlowGate {
+    hold: Duration,
+    verifying: std::sync::atomic::AtomicUsize,
+    most_at_once: std::sync::atomic::AtomicUsize,
+}
+
+impl keyhole::wsman::shell::Authenticate for SlowGate {
+    fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        _peer: SocketAddr,
+        _cert: Option<[u8; 32]>,
+    ) -> Option<keyhole::wsman::shell::Identity> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.verifying.fetch_add(1, SeqCst) + 1;
+        self.most_at_once.fetch_max(now, SeqCst);
+        std::thread::sleep(self.hold);
+        self.verifying.fetch_sub(1, SeqCst);
+        authorization?;
+        Some(keyhole::wsman::shell::Identity {
+            user: "someone".into(),
+            groups: Vec::new(),
+        })
+    }
+
+    fn challenges(&self) -> Vec<String> {
+        vec!["Basic realm=\"keyhole\"".into()]
+    }
+}
+
+/// The listener runs gate 2's verifications in its slots: never more at once than the slots,
+/// one address at most half of them, and a request that gets no slot within the deadline gets
+/// the generic 401 — while another address still gets its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_bounds_verifications_per_address_and_refuses_after_the_queue_deadline() {
+    use keyhole::auth::slots::VerifySlots;
+    let state = tempfile::tempdir().unwrap();
+    let gate = Arc::new(SlowGate {
+        hold: Duration::from_millis(1500),
+        verifying: Default::default(),
+        most_at_once: Default::default(),
+    });
+    let mut server = keyhole::http::Server::bind(runtime(state.path()), gate.clone())
+        .await
+        .unwrap();
+    // 2 slots, so at most 1 per address; a request waits at most 400 ms for one.
+    server.share_verify_slots(Arc::new(VerifySlots::new(2, Duration::from_millis(400))));
+    let addr = server.http_addr.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        server
+            .run(async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let auth = basic("anyone", "anything");
+    // Three at once from one address: one verifies, the two others wait past the deadline.
+    let mut flood = Vec::new();
+    for _ in 0..3 {
+        let a = auth.clone();
+        flood.push(tokio::spawn(async move {
+            post_from(local(40), addr, &a, IDENTIFY).await.0.status
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another address takes the other half of the slots meanwhile.
+    let (other, _) = post_from(local(41), addr, &auth, IDENTIFY).await;
+    assert_eq!(other.status, 200, "{}", other.text());
+    let mut statuses = Vec::new();
+    for t in flood {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![200, 401, 401],
+        "one verified, two refused at the deadline"
+    );
+    assert!(
+        gate.most_at_once.load(std::sync::atomic::Ordering::SeqCst) <= 2,
+        "more verifications at once than slots"
+    );
+    let _ = tx.send(());
+    let _ = handle.await;
 }
