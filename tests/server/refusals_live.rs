@@ -8,8 +8,9 @@
 //!   the gate and the reason;
 //! - a user who can open no session is refused at gate 2 for every operation, Identify
 //!   included, and is never remembered;
-//! - every refusal takes the same time: medians of 200 interleaved attempts per case differ by
-//!   less than 1 ms;
+//! - every refusal takes the same time: in 200 shuffled rounds of the six cases, the medians of
+//!   each case's time less its round's median differ by less than 1 ms (the raw medians are
+//!   reported too);
 //! - the listener runs verifications in its slots (a gate double that takes 1.5 s a verification):
 //!   per address at most half, the generic 401 after the queue deadline;
 //! - 64 concurrent wrong passwords from one address run at most `verification_slots()`
@@ -482,46 +483,63 @@ async fn every_refusal_takes_the_same_time_medians_of_200_interleaved_attempts()
             }
         }
     }
-    // Raw medians per case, and the medians of each case's difference to the wrong password's
-    // time in the same round (the rounds share the machine's load, which on a shared 2-core
-    // machine moves an argon2id verification by several milliseconds: the paired differences
-    // cancel it). The assertion is on the paired medians.
+    // Raw medians per case, and per case the median of its time less its round's median (the
+    // six requests of a round share the machine's load, which on a shared 2-core machine moves
+    // an argon2id verification by milliseconds between rounds; the round's median cancels that
+    // and is itself steadier than any one sample). The assertion: those medians, one per case,
+    // differ by less than 1 ms.
     let ms = |d: f64| d * 1e3;
-    let mut raw: Vec<Duration> = times.iter().map(|t| median(&mut t.clone())).collect();
+    let raw: Vec<f64> = times
+        .iter()
+        .map(|t| median(&mut t.clone()).as_secs_f64())
+        .collect();
+    let rounds = times[0].len();
+    let round_median: Vec<f64> = (0..rounds)
+        .map(|r| {
+            let mut v: Vec<f64> = times.iter().map(|t| t[r].as_secs_f64()).collect();
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        })
+        .collect();
+    let relative: Vec<f64> = times
+        .iter()
+        .map(|t| {
+            let mut d: Vec<f64> = t
+                .iter()
+                .zip(&round_median)
+                .map(|(x, m)| x.as_secs_f64() - m)
+                .collect();
+            d.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            d[d.len() / 2]
+        })
+        .collect();
     let mut report = String::new();
-    let mut worst = 0f64;
     for (c, (name, _, _)) in cases.iter().enumerate() {
-        let mut diffs: Vec<f64> = times[c]
-            .iter()
-            .zip(&times[0])
-            .map(|(t, w)| t.as_secs_f64() - w.as_secs_f64())
-            .collect();
-        diffs.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let paired = diffs[diffs.len() / 2];
-        worst = worst.max(paired.abs());
         report.push_str(&format!(
-            "  {name}: median {:.3} ms, median difference to a wrong password in the same round {:+.3} ms\n",
-            ms(raw[c].as_secs_f64()),
-            ms(paired)
+            "  {name}: median {:.3} ms; median against its round {:+.3} ms\n",
+            ms(raw[c]),
+            ms(relative[c])
         ));
     }
-    raw.sort();
-    let spread = raw[raw.len() - 1] - raw[0];
+    let spread = |v: &[f64]| {
+        v.iter().cloned().fold(f64::MIN, f64::max) - v.iter().cloned().fold(f64::MAX, f64::min)
+    };
+    let (raw_spread, rel_spread) = (spread(&raw), spread(&relative));
     eprintln!(
-        "refusal timing, {ROUNDS} interleaved rounds of the {} cases (debug build of keyhole serve):\n{report}  spread of the raw medians: {:.3} ms; largest paired median difference: {:.3} ms",
+        "refusal timing, {ROUNDS} interleaved rounds of the {} cases (debug build of keyhole serve):\n{report}  the medians differ by at most {:.3} ms against their rounds ({:.3} ms raw)",
         cases.len(),
-        ms(spread.as_secs_f64()),
-        ms(worst)
+        ms(rel_spread),
+        ms(raw_spread)
     );
     // The one timing assertion issue 9 asks for.
     assert!(
-        worst < 1e-3,
-        "a refusal's median differs from a wrong password's by {:.3} ms:\n{report}",
-        ms(worst)
+        rel_spread < 1e-3,
+        "the refusals' medians differ by {:.3} ms:\n{report}",
+        ms(rel_spread)
     );
     // Each refusal was one argon2id verification, not a shortcut: well above a remembered
     // login's time (under 1 ms).
-    assert!(raw[0] > Duration::from_millis(2), "{report}");
+    assert!(raw.iter().all(|t| *t > 2e-3), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,18 +569,14 @@ async fn sixty_four_concurrent_wrong_passwords_keep_memory_bounded_and_a_remembe
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (r, alice_took) = post_from(local(1), s.addr, &alice, IDENTIFY).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let mut refused = 0;
-    let mut flood_done = None;
     for t in flood {
-        let r = t.await.unwrap();
-        assert_eq!(r.status, 401);
-        refused += 1;
-        flood_done = Some(Instant::now());
+        assert_eq!(t.await.unwrap().status, 401);
     }
-    assert_eq!(refused, 64);
-    let _ = flood_done;
     let (rss, hwm) = s.rss();
-    let growth = hwm.saturating_sub(base_rss.max(base_hwm.min(base_rss)));
+    // The peak since start, above the resident size before the flood (an over-estimate of the
+    // flood's growth when the start-up peak was higher).
+    let growth = hwm.saturating_sub(base_rss);
+    let _ = base_hwm;
     // At most `slots` verifications at once, each with one 19 MiB work area (reused, not
     // re-allocated); generous: twice that, plus 48 MiB for threads, buffers and the
     // allocator. Before, 64 ran at once (1.0 GiB).
