@@ -4,12 +4,18 @@
 //! start and end, refusals with gate and reason); all on a configuration that reloads without
 //! dropping sessions. Every refusal is the same to a remote client; the log and the audit log
 //! say which gate refused and why ([`Denied`]'s text, which `keyhole run` prints too).
+//!
+//! Every session it opens is in its [`SessionTable`] (`keyhole sessions`) until its guard drops;
+//! each command line of a session passes through [`SessionAudit`] on its way to the transcript,
+//! which counts it (the session's command count, `keyhole_commands_total`, the latency
+//! histogram) and logs it with the fields journald keeps (`user`, `endpoint`, `session_id`,
+//! `command`, `reason`; refusals at the gates also `gate` and `rule`).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use crate::audit::{
     AuditDecision, AuditEvent, AuditGate, AuditKind, AuditLog, Transcript, TranscriptHeader,
@@ -17,9 +23,11 @@ use crate::audit::{
 use crate::auth::{self, AuthResult, Authenticator};
 use crate::capability;
 use crate::config::LoadedConfig;
-use crate::engine::{self, HostEnv, SessionOptions};
+use crate::engine::{self, Audit, BoundArgs, EndState, HostEnv, SessionOptions};
+use crate::metrics::{Counter, Histogram, Metrics};
 use crate::rules;
-use crate::wsman::shell::{Authenticate, Identity, ShellLimits};
+use crate::sessions::{LiveSession, NewSession, SessionTable, Transport};
+use crate::wsman::shell::{Authenticate, Identity, SessionHook, ShellLimits};
 
 /// The `Authorization` value certificate-authenticating clients send (pypsrp, pywinrm).
 pub const CERT_AUTH_HEADER: &[u8] =
@@ -89,6 +97,17 @@ pub enum SessionKind {
     Run,
 }
 
+impl SessionKind {
+    /// What carries a session of this kind (`keyhole sessions`, metric labels).
+    pub fn transport(self) -> Transport {
+        match self {
+            SessionKind::Winrs => Transport::Winrs,
+            SessionKind::Psrp => Transport::Psrp,
+            SessionKind::Run => Transport::Local,
+        }
+    }
+}
+
 /// Limits a granted session runs with (from the configuration in force when it opened).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
@@ -109,8 +128,8 @@ pub struct Grant {
     pub guard: SessionGuard,
 }
 
-/// Ends a granted session when dropped: releases its per-user slot and writes the audit log's
-/// "session end" record.
+/// Ends a granted session when dropped: releases its per-user slot, takes it off the session
+/// list and writes the audit log's "session end" record (with why it ended, when known).
 pub struct SessionGuard {
     gates: Weak<Gates>,
     user: String,
@@ -119,6 +138,20 @@ pub struct SessionGuard {
     source: String,
     /// The per-user count this session holds a slot of (lower-case user name).
     slot: Option<String>,
+    live: Arc<LiveSession>,
+}
+
+impl SessionGuard {
+    /// The session's entry in the session list, for the shell registry (which tells it why
+    /// the shell closes and lets `keyhole sessions close` reach the shell).
+    pub fn hook(&self) -> Arc<dyn SessionHook> {
+        self.live.clone()
+    }
+
+    /// The session's entry in the session list.
+    pub fn live(&self) -> &Arc<LiveSession> {
+        &self.live
+    }
 }
 
 impl Drop for SessionGuard {
@@ -129,13 +162,132 @@ impl Drop for SessionGuard {
         if let Some(key) = &self.slot {
             g.release_slot(key);
         }
+        g.live.remove(&self.session_id);
+        let reason = self.live.end_reason();
+        tracing::info!(
+            user = %self.user,
+            endpoint = %self.endpoint,
+            session_id = %self.session_id,
+            source = %self.source,
+            reason = reason.as_deref().unwrap_or(""),
+            commands = self.live.commands(),
+            "session ended{}",
+            reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        );
         g.audit(AuditEvent {
             user: Some(self.user.clone()),
             source: Some(self.source.clone()),
             endpoint: Some(self.endpoint.clone()),
             session_id: Some(self.session_id.clone()),
+            reason,
             ..AuditEvent::new(AuditKind::SessionEnd)
         });
+    }
+}
+
+/// A line's counters and latency histogram, for one endpoint.
+struct LineMetrics {
+    ran: Arc<Counter>,
+    failed: Arc<Counter>,
+    refused: Arc<Counter>,
+    duration: Arc<Histogram>,
+}
+
+impl LineMetrics {
+    fn new(m: &Metrics, endpoint: &str) -> LineMetrics {
+        LineMetrics {
+            ran: m.commands.with(&[endpoint, "ran"]),
+            failed: m.commands.with(&[endpoint, "failed"]),
+            refused: m.commands.with(&[endpoint, "refused"]),
+            duration: m.command_duration.with(&[endpoint]),
+        }
+    }
+}
+
+/// Longest command line text put in one log event (the transcript has all of it).
+pub const MAX_LOGGED_LINE_CHARS: usize = 2048;
+
+fn logged_line(line: &str) -> String {
+    if line.chars().count() > MAX_LOGGED_LINE_CHARS {
+        let mut s: String = line.chars().take(MAX_LOGGED_LINE_CHARS).collect();
+        s.push('…');
+        s
+    } else {
+        line.to_string()
+    }
+}
+
+/// The transcript of a granted session, with the session's bookkeeping around it: each line
+/// counted on the session list and in the metrics (`ran` = Completed, `failed` = Failed or
+/// Stopped, `refused` = Refused, as the transcript's `[end]` record says), logged with its
+/// fields, and the transcript closed with why the session ended.
+pub struct SessionAudit {
+    transcript: Transcript,
+    live: Arc<LiveSession>,
+    metrics: Option<LineMetrics>,
+    /// The line running now (for the log) and when it started.
+    line: String,
+    started: Option<Instant>,
+}
+
+impl Audit for SessionAudit {
+    fn line(&mut self, line: &str) -> std::io::Result<()> {
+        self.started = Some(Instant::now());
+        self.line = logged_line(line);
+        self.live.line_started();
+        tracing::info!(
+            user = %self.live.user(),
+            endpoint = %self.live.endpoint(),
+            session_id = %self.live.session_id(),
+            command = %self.line,
+            "command line"
+        );
+        self.transcript.line(line)
+    }
+
+    fn command(&mut self, name: &str, args: &BoundArgs) -> std::io::Result<()> {
+        self.transcript.command(name, args)
+    }
+
+    fn refused(&mut self, reason: &str) -> std::io::Result<()> {
+        tracing::info!(
+            user = %self.live.user(),
+            endpoint = %self.live.endpoint(),
+            session_id = %self.live.session_id(),
+            command = %self.line,
+            reason,
+            "command line refused"
+        );
+        self.transcript.refused(reason)
+    }
+
+    fn output(&mut self, text: &str) -> std::io::Result<()> {
+        self.transcript.output(text)
+    }
+
+    fn end(&mut self, state: EndState) -> std::io::Result<()> {
+        let written = self.transcript.end(state);
+        self.live.line_ended();
+        if let Some(m) = &self.metrics {
+            match state {
+                EndState::Completed => m.ran.inc(),
+                EndState::Failed | EndState::Stopped => m.failed.inc(),
+                EndState::Refused => m.refused.inc(),
+            }
+            if let Some(t) = self.started.take() {
+                m.duration.observe(t.elapsed());
+            }
+        }
+        written
+    }
+}
+
+impl Drop for SessionAudit {
+    fn drop(&mut self) {
+        let reason = self.live.end_reason();
+        if let Err(e) = self.transcript.finish_with(reason.as_deref()) {
+            tracing::error!(path = %self.transcript.path().display(), error = %e, "cannot end transcript");
+        }
     }
 }
 
@@ -147,6 +299,9 @@ pub struct Gates {
     audit: Option<AuditLog>,
     /// Open sessions per user (lower-case name) of the kinds that count ([`SessionKind::Psrp`]).
     sessions: Mutex<HashMap<String, usize>>,
+    /// Every session open now (`keyhole sessions`).
+    live: Arc<SessionTable>,
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 impl Gates {
@@ -179,13 +334,29 @@ impl Gates {
             auth,
             audit,
             sessions: Mutex::new(HashMap::new()),
+            live: Arc::new(SessionTable::new()),
+            metrics: OnceLock::new(),
         })
     }
 
-    /// Count authentication failures and lock-outs in `m` (the gates' own counters: phase B).
-    pub fn attach_metrics(&self, m: Arc<crate::metrics::Metrics>) {
+    /// Count in `m` from now on: authentication failures and lock-outs, refusals by gate,
+    /// sessions, command lines and their latency.
+    pub fn attach_metrics(&self, m: Arc<Metrics>) {
         if let Some(a) = &self.auth {
-            a.attach_metrics(m)
+            a.attach_metrics(m.clone())
+        }
+        self.live.attach_metrics(m.clone());
+        let _ = self.metrics.set(m);
+    }
+
+    /// The live sessions (`keyhole sessions`).
+    pub fn sessions(&self) -> Arc<SessionTable> {
+        self.live.clone()
+    }
+
+    fn count_refusal(&self, gate: u8) {
+        if let Some(m) = self.metrics.get() {
+            m.refusals.with(&[&gate.to_string()]).inc();
         }
     }
 
@@ -226,7 +397,16 @@ impl Gates {
         endpoint: Option<&str>,
         d: &Denied,
     ) {
-        tracing::warn!(user, endpoint, rule = d.rule_id, source = %origin.source(), "{d}");
+        tracing::warn!(
+            gate = d.gate,
+            user,
+            endpoint,
+            rule = d.rule_id,
+            source = %origin.source(),
+            reason = %d.reason,
+            "{d}"
+        );
+        self.count_refusal(d.gate);
         self.audit(AuditEvent {
             user: Some(user.to_string()),
             source: Some(origin.source()),
@@ -324,7 +504,16 @@ impl Gates {
                         limit,
                     };
                     drop(m);
-                    tracing::warn!(user, endpoint, source = %origin.source(), "refused: {e}");
+                    let reason = e.to_string();
+                    tracing::warn!(
+                        gate = 4u8,
+                        user,
+                        endpoint,
+                        source = %origin.source(),
+                        reason = %reason,
+                        "refused: {e}"
+                    );
+                    self.count_refusal(4);
                     self.audit(AuditEvent {
                         user: Some(user.to_string()),
                         source: Some(origin.source()),
@@ -368,7 +557,15 @@ impl Gates {
                 )));
             }
         };
-        // From here the guard releases the slot and writes "session end" whatever happens.
+        // From here the guard releases the slot, leaves the list and writes "session end"
+        // whatever happens.
+        let live = self.live.open(NewSession {
+            session_id: session_id.clone(),
+            user: user.to_string(),
+            endpoint: ep.config.name.clone(),
+            client: origin.source(),
+            transport: kind.transport(),
+        });
         let guard = SessionGuard {
             gates: Arc::downgrade(self),
             user: user.to_string(),
@@ -376,6 +573,17 @@ impl Gates {
             session_id: session_id.clone(),
             source: origin.source(),
             slot,
+            live: live.clone(),
+        };
+        let audit = SessionAudit {
+            transcript,
+            metrics: self
+                .metrics
+                .get()
+                .map(|m| LineMetrics::new(m, &ep.config.name)),
+            live,
+            line: String::new(),
+            started: None,
         };
         let host = HostEnv {
             run_as: ep.config.run_as.clone(),
@@ -392,7 +600,7 @@ impl Gates {
                 host,
                 commands: crate::commands::source(),
             },
-            Box::new(transcript),
+            Box::new(audit),
         );
         self.audit(AuditEvent {
             user: Some(user.to_string()),
@@ -404,6 +612,14 @@ impl Gates {
             reason: Some(format!("roles: {}", cap.roles.join(", "))),
             ..AuditEvent::new(AuditKind::SessionStart)
         });
+        tracing::info!(
+            user,
+            endpoint = %ep.config.name,
+            session_id = %session_id,
+            source = %origin.source(),
+            transport = kind.transport().as_str(),
+            "session opened"
+        );
         Ok(Grant {
             session,
             endpoint: ep.config.name.clone(),

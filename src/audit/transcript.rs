@@ -256,12 +256,21 @@ impl Transcript {
 
     /// Write the end marker (also done on drop).
     pub fn finish(&mut self) -> io::Result<()> {
+        self.finish_with(None)
+    }
+
+    /// Write the end marker with why the session ended (`End reason: closed by the
+    /// administrator`, `End reason: idle for 20m (idle_timeout)`), when known.
+    pub fn finish_with(&mut self, reason: Option<&str>) -> io::Result<()> {
         if self.ended {
             return Ok(());
         }
         self.ended = true;
+        let why = reason
+            .map(|r| format!("End reason: {}\n", clean(r)))
+            .unwrap_or_default();
         let text = format!(
-            "{SEPARATOR}\nPowerShell transcript end\nEnd time: {}\n{SEPARATOR}\n",
+            "{SEPARATOR}\nPowerShell transcript end\nEnd time: {}\n{why}{SEPARATOR}\n",
             stamp(Utc::now())
         );
         self.write(&text, true)

@@ -26,6 +26,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{LimitsConfig, ListenerConfig, ServerConfig};
+use crate::metrics::Metrics;
 use crate::wsman::fault::WsmanError;
 use crate::wsman::service::{Reply, ServiceConfig, WsmanService};
 use crate::wsman::shell::{Authenticate, ShellFactory};
@@ -134,6 +135,36 @@ struct Ctx {
     service: WsmanService,
     gate: Arc<dyn Authenticate>,
     max_body: usize,
+    /// `keyhole_connections_open` and gate-1 refusals, when counted.
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Ctx {
+    fn refused_at_gate_1(&self) {
+        if let Some(m) = &self.metrics {
+            m.refusals.with(&["1"]).inc();
+        }
+    }
+}
+
+/// Counts one open connection in `keyhole_connections_open` while it lives.
+struct OpenConnection(Option<Arc<Metrics>>);
+
+impl OpenConnection {
+    fn new(m: Option<Arc<Metrics>>) -> OpenConnection {
+        if let Some(m) = &m {
+            m.connections_open.get().inc();
+        }
+        OpenConnection(m)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(m) = &self.0 {
+            m.connections_open.get().dec();
+        }
+    }
 }
 
 /// A bound server: call [`Server::run`] to serve.
@@ -149,6 +180,7 @@ pub struct Server {
     ip_allow: Arc<Vec<IpNet>>,
     max_connections: usize,
     max_body: usize,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Server {
@@ -212,7 +244,14 @@ impl Server {
             ip_allow: Arc::new(ip_allow),
             max_connections,
             max_body,
+            metrics: None,
         })
+    }
+
+    /// Count open connections and gate-1 refusals (address not in `ip_allow`, TLS handshake
+    /// failed) in `m`.
+    pub fn attach_metrics(&mut self, m: Arc<Metrics>) {
+        self.metrics = Some(m);
     }
 
     /// Serve the resource URI `uri` with `factory` (WinRS: `.../windows/shell/cmd`).
@@ -234,6 +273,7 @@ impl Server {
             service: self.service,
             gate: self.gate,
             max_body: self.max_body,
+            metrics: self.metrics,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let conns = Arc::new(Semaphore::new(self.max_connections));
@@ -338,7 +378,8 @@ async fn accept_loop(
         };
         let ip = canonical(peer.ip());
         if !ip_allow.iter().any(|n| n.contains(&ip)) {
-            tracing::warn!(%peer, "gate 1: connection dropped: address not in [listener] ip_allow");
+            tracing::warn!(%peer, gate = 1u8, "gate 1: connection dropped: address not in [listener] ip_allow");
+            ctx.refused_at_gate_1();
             drop(stream);
             continue;
         }
@@ -348,6 +389,7 @@ async fn accept_loop(
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = OpenConnection::new(ctx.metrics.clone());
             match tls {
                 Some(acc) => {
                     let tls_stream =
@@ -356,10 +398,12 @@ async fn accept_loop(
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 tracing::info!(%peer, "gate 1: TLS handshake failed: {e}");
+                                ctx.refused_at_gate_1();
                                 return;
                             }
                             Err(_) => {
                                 tracing::info!(%peer, "gate 1: TLS handshake timed out");
+                                ctx.refused_at_gate_1();
                                 return;
                             }
                         };

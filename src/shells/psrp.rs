@@ -103,6 +103,7 @@ impl ShellFactory for PsrpFactory {
             }
         };
         let limits = grant.limits.shell;
+        let session = Some(grant.guard.hook());
         let setup = ShellSetup {
             command_timeout: Some(grant.limits.command_timeout),
             keep: Some(Box::new(grant.guard)),
@@ -111,6 +112,7 @@ impl ShellFactory for PsrpFactory {
         Ok(NewShell {
             shell: Box::new(PsrpShell::new(grant.session, setup)),
             limits,
+            session,
         })
     }
 }

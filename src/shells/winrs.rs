@@ -69,6 +69,7 @@ impl ShellFactory for WinrsFactory {
             }
         };
         let limits = grant.limits.shell;
+        let session = Some(grant.guard.hook());
         let setup = ShellSetup {
             command_timeout: Some(grant.limits.command_timeout),
             keep: Some(Box::new(grant.guard)),
@@ -82,6 +83,7 @@ impl ShellFactory for WinrsFactory {
                 req.max_envelope_size,
             )),
             limits,
+            session,
         })
     }
 }
@@ -227,7 +229,7 @@ impl Shell for WinrsShell {
         }
         let out = Outbox::new(self.setup_budget.for_line(), self.notify.clone());
         let cancel = CancelToken::new();
-        tracing::info!(user = %self.user, endpoint = %self.endpoint, command = %id, "WinRS command");
+        tracing::debug!(user = %self.user, endpoint = %self.endpoint, command_id = %id, "WinRS command");
         self.lane.run(
             cancel.clone(),
             Box::new(TextLine {

@@ -1,16 +1,20 @@
 //! The shell registry: every open shell keyed by ShellId, owned by one user. Another user's
 //! ShellId looks exactly like an unknown one. Enforces the per-user shell quota and the idle
 //! timeout (closing a shell kills what runs in it and answers every Receive waiting on it).
+//! Every close — idle time-out, Delete, shutdown, or the administrator through a
+//! [`ShellControl`] — takes the same path and tells the session behind the shell why.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::shell::{Shell, ShellError, ShellLimits, StreamName};
+use super::shell::{
+    close_reason, SessionHook, Shell, ShellControl, ShellError, ShellLimits, StreamName,
+};
 
 /// Who opened a shell (user name as authenticated, client address).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +34,8 @@ pub struct ShellEntry {
     pub environment: Vec<(String, String)>,
     pub idle_timeout: Duration,
     pub created: Instant,
+    /// The session behind the shell (told why it closes), if its factory gave one.
+    pub session: Option<Arc<dyn SessionHook>>,
     shell: Mutex<Box<dyn Shell>>,
     notify: Arc<Notify>,
     last_used: Mutex<Instant>,
@@ -59,6 +65,7 @@ impl ShellEntry {
             environment: Vec::new(),
             idle_timeout: limits.idle_timeout,
             created: Instant::now(),
+            session: None,
             shell: Mutex::new(shell),
             notify,
             last_used: Mutex::new(Instant::now()),
@@ -99,8 +106,12 @@ impl ShellEntry {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Close the shell and answer every Receive waiting on it (they see `is_closed`).
-    fn close(&self) {
+    /// Close the shell and answer every Receive waiting on it (they see `is_closed`); its
+    /// session hears `reason` first.
+    fn close(&self, reason: &str) {
+        if let Some(s) = &self.session {
+            s.closing(reason);
+        }
         self.closed.store(true, Ordering::SeqCst);
         self.shell().close();
         self.notify.notify_waiters();
@@ -180,7 +191,7 @@ impl Registry {
             .cloned()
     }
 
-    /// Remove and close the shell `id` if `user` owns it.
+    /// Remove and close the shell `id` if `user` owns it (the client's Delete).
     pub fn delete(&self, id: &str, user: &str) -> bool {
         let removed = {
             let mut map = self.map();
@@ -191,11 +202,33 @@ impl Registry {
         };
         match removed {
             Some(e) => {
-                e.close();
+                e.close(close_reason::CLIENT);
                 true
             }
             None => false,
         }
+    }
+
+    /// Remove and close the shell `id`, whoever owns it, as an idle time-out would (the
+    /// administrator, through [`ShellControl`]). False when there is no such shell.
+    pub fn close_by_server(&self, id: &str, reason: &str) -> bool {
+        let removed = self.map().remove(&key(id));
+        match removed {
+            Some(e) => {
+                tracing::info!(shell = %e.id, user = %e.owner.user, reason, "closing shell: {reason}");
+                e.close(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A handle on the registered shell `id` for its session (see [`ShellControl`]).
+    pub fn control(self: &Arc<Self>, id: &str) -> Arc<dyn ShellControl> {
+        Arc::new(EntryControl {
+            registry: Arc::downgrade(self),
+            id: id.to_string(),
+        })
     }
 
     /// Number of shells `user` has open.
@@ -228,8 +261,12 @@ impl Registry {
             ids.iter().filter_map(|k| map.remove(k)).collect()
         };
         for e in &expired {
-            tracing::info!(shell = %e.id, user = %e.owner.user, "closing idle shell after {:?}", e.idle_timeout);
-            e.close();
+            let reason = format!(
+                "idle for {} (idle_timeout)",
+                humantime::format_duration(e.idle_timeout)
+            );
+            tracing::info!(shell = %e.id, user = %e.owner.user, reason = %reason, "closing idle shell");
+            e.close(&reason);
         }
         expired.iter().map(|e| e.id.clone()).collect()
     }
@@ -238,7 +275,36 @@ impl Registry {
     pub fn close_all(&self) {
         let all: Vec<Arc<ShellEntry>> = self.map().drain().map(|(_, e)| e).collect();
         for e in all {
-            e.close();
+            e.close(close_reason::SHUTDOWN);
         }
+    }
+
+    fn idle_of(&self, id: &str) -> Option<Duration> {
+        let e = self.map().get(&key(id)).cloned()?;
+        if e.busy.load(Ordering::SeqCst) > 0 {
+            return Some(Duration::ZERO);
+        }
+        Some(e.inactivity())
+    }
+}
+
+/// [`ShellControl`] over one registry entry (holds the registry weakly: no cycle through the
+/// session, which the entry holds).
+struct EntryControl {
+    registry: Weak<Registry>,
+    id: String,
+}
+
+impl ShellControl for EntryControl {
+    fn shell_id(&self) -> String {
+        self.id.clone()
+    }
+    fn idle(&self) -> Option<Duration> {
+        self.registry.upgrade()?.idle_of(&self.id)
+    }
+    fn close(&self, reason: &str) -> bool {
+        self.registry
+            .upgrade()
+            .is_some_and(|r| r.close_by_server(&self.id, reason))
     }
 }

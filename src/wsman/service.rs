@@ -234,7 +234,11 @@ impl WsmanService {
         })
         .await
         .map_err(|e| WsmanError::Internal(format!("shell factory task failed: {e}")))?;
-        let NewShell { mut shell, limits } = match made {
+        let NewShell {
+            mut shell,
+            limits,
+            session,
+        } = match made {
             Ok(n) => n,
             Err(CreateError::Refused) => return Ok(Outcome::Unauthorized),
             Err(CreateError::Shell(e)) => return Err(e.into()),
@@ -278,6 +282,7 @@ impl WsmanService {
             shell,
         );
         entry.environment = req.environment.clone();
+        entry.session = session.clone();
         let entry = match self.registry.insert(entry, limits.max_shells) {
             Ok(e) => e,
             Err((err, entry)) => {
@@ -285,6 +290,9 @@ impl WsmanService {
                 return Err(err.into());
             }
         };
+        if let Some(s) = &session {
+            s.attach(self.registry.control(&shell_id));
+        }
         tracing::info!(user = %id.user, shell = %shell_id, resource = %uri, "shell created");
         let info = self.info(&entry);
         let body = format!(

@@ -186,7 +186,7 @@ def pam_account(request):
 class Server:
     """A running `keyhole serve`: addresses, paths, accounts, and its standard error."""
 
-    def __init__(self, exe, dirpath, proc, stderr_path, https, http, accounts, pam):
+    def __init__(self, exe, dirpath, proc, stderr_path, https, http, accounts, pam, metrics=None):
         self.exe = exe
         self.dir = dirpath
         self.config = dirpath / "keyhole.toml"
@@ -194,6 +194,7 @@ class Server:
         self.stderr_path = stderr_path
         self.https = https  # "127.0.0.1:PORT"
         self.http = http
+        self.metrics = metrics  # "127.0.0.1:PORT" of [metrics] listen
         self.accounts = accounts
         self.pam = pam
         self.transcripts = dirpath / "transcripts"
@@ -242,6 +243,7 @@ def _layout(dirpath, pam):
     )
     if pam:
         text += 'pam_service = "%s"\n' % PAM_SERVICE
+    text += '\n[metrics]\nlisten = "127.0.0.1:0"\n'
     (dirpath / "keyhole.toml").write_text(text)
 
     # Programs run as an unprivileged account the host surely has.
@@ -267,7 +269,8 @@ def _layout(dirpath, pam):
 
 
 def _read_addresses(proc, timeout):
-    """Read stdout until both listener lines came; return (https, http, lines)."""
+    """Read stdout until both listener lines and the metrics line came; return
+    (https, http, metrics, lines)."""
     found = {}
     lines = []
     done = threading.Event()
@@ -275,17 +278,19 @@ def _read_addresses(proc, timeout):
     def reader():
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
-            m = re.match(r"keyhole: listening on (https?)://([0-9.]+:[0-9]+)/wsman", line)
+            m = re.match(r"keyhole: listening on (https?)://([0-9.]+:[0-9]+)/wsman", line) or re.match(
+                r"keyhole: (metrics) on http://([0-9.]+:[0-9]+)/metrics", line
+            )
             if m:
                 found[m.group(1)] = m.group(2)
-                if len(found) == 2:
+                if len(found) == 3:
                     done.set()
         done.set()  # EOF
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     done.wait(timeout)
-    return found.get("https"), found.get("http"), lines
+    return found.get("https"), found.get("http"), found.get("metrics"), lines
 
 
 @pytest.fixture(scope="session")
@@ -318,16 +323,16 @@ def server(request, pam_account):
         text=True,
         env=env,
     )
-    https, http, lines = _read_addresses(proc, 30)
-    if not https or not http:
+    https, http, metrics, lines = _read_addresses(proc, 30)
+    if not https or not http or not metrics:
         proc.kill()
         proc.wait()
         stderr_file.close()
         raise RuntimeError(
-            "keyhole serve did not print both listener addresses.\nstdout:\n%s\nstderr:\n%s"
+            "keyhole serve did not print its listener and metrics addresses.\nstdout:\n%s\nstderr:\n%s"
             % ("\n".join(lines), stderr_path.read_text(errors="replace"))
         )
-    srv = Server(exe, dirpath, proc, stderr_path, https, http, ACCOUNTS, pam_account)
+    srv = Server(exe, dirpath, proc, stderr_path, https, http, ACCOUNTS, pam_account, metrics)
     request.config._keyhole_server = srv
     yield srv
 
