@@ -432,6 +432,8 @@ impl Gates {
         let user = who.user.as_str();
         let groups = who.groups.as_slice();
         let cfg = self.config();
+        // The gateway rule that admitted a remote user (logged when the session opens).
+        let mut admitted_by = None;
         if let Origin::Remote(_) = origin {
             let mut names = vec![cfg.server.computer_name.clone()];
             names.extend(cfg.server.computer_aliases.iter().cloned());
@@ -452,6 +454,7 @@ impl Gates {
                 );
                 return Err(denied.into());
             }
+            admitted_by = d.rule_id;
             self.audit(AuditEvent {
                 user: Some(user.to_string()),
                 source: Some(origin.source()),
@@ -618,6 +621,7 @@ impl Gates {
             session_id = %session_id,
             source = %origin.source(),
             transport = kind.transport().as_str(),
+            rule = admitted_by,
             "session opened"
         );
         Ok(Grant {

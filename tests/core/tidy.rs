@@ -45,6 +45,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("check", &["catalog", "config", "engine", "commands"]),
     ("polkit", &["lang", "config", "capability", "commands"]),
     // sessions, shells, listeners
+    ("sessions", &["metrics", "wsman"]),
     (
         "gates",
         &[
@@ -57,8 +58,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "audit",
             "metrics",
             "wsman",
+            "sessions",
         ],
     ),
+    ("control", &["sessions", "gates", "wsman"]),
     (
         "shells",
         &[
@@ -72,7 +75,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "daemon",
         &[
             "check", "config", "gates", "http", "shells", "wsman", "sandbox", "metrics", "systemd",
-            "auth",
+            "auth", "control",
         ],
     ),
     (
@@ -98,6 +101,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "wsman",
             "sandbox",
             "metrics",
+            "control",
+            "sessions",
         ],
     ),
 ];

@@ -12,6 +12,7 @@ mod shipped;
 mod wsman_common;
 
 mod check_vs_serve;
+mod control_socket;
 mod golden_wsman_winrs;
 mod metrics_counts;
 mod psrp_shell;
