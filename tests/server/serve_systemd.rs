@@ -313,8 +313,11 @@ fn journald_entries_carry_the_fields() {
     assert!(get("CODE_LINE").parse::<u32>().is_ok());
 }
 
+/// One journal entry's fields, in order.
+type Entry = Vec<(String, String)>;
+
 /// Every datagram that arrives within `quiet` of the last one, parsed.
-fn journal_entries(sock: &UnixDatagram, quiet: Duration) -> Vec<Vec<(String, String)>> {
+fn journal_entries(sock: &UnixDatagram, quiet: Duration) -> Vec<Entry> {
     sock.set_read_timeout(Some(quiet)).unwrap();
     let mut out = Vec::new();
     let mut buf = vec![0u8; 65536];
@@ -398,7 +401,7 @@ fn gates_and_sessions_log_refusals_and_lines_with_the_journal_fields() {
         id
     });
     let entries = journal_entries(&journal, Duration::from_millis(500));
-    let find = |pred: &dyn Fn(&[(String, String)]) -> bool, what: &str| -> Vec<(String, String)> {
+    let find = |pred: &dyn Fn(&[(String, String)]) -> bool, what: &str| -> Entry {
         entries
             .iter()
             .find(|e| pred(e))
