@@ -315,6 +315,8 @@ fn journald_entries_carry_the_fields() {
 
 /// One journal entry's fields, in order.
 type Entry = Vec<(String, String)>;
+/// Says whether an entry is the one looked for.
+type Pred<'a> = &'a dyn Fn(&[(String, String)]) -> bool;
 
 /// Every datagram that arrives within `quiet` of the last one, parsed.
 fn journal_entries(sock: &UnixDatagram, quiet: Duration) -> Vec<Entry> {
@@ -401,7 +403,7 @@ fn gates_and_sessions_log_refusals_and_lines_with_the_journal_fields() {
         id
     });
     let entries = journal_entries(&journal, Duration::from_millis(500));
-    let find = |pred: &dyn Fn(&[(String, String)]) -> bool, what: &str| -> Entry {
+    let find = |pred: Pred<'_>, what: &str| -> Entry {
         entries
             .iter()
             .find(|e| pred(e))
