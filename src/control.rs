@@ -311,9 +311,9 @@ fn answer(req: Request, table: &SessionTable, uid: u32) -> Response {
         Request::Close(id) => match table.close(&id, close_reason::ADMINISTRATOR) {
             Ok(info) => {
                 tracing::warn!(
-                    session_id = %info.session_id,
-                    user = %info.user,
-                    endpoint = %info.endpoint,
+                    session_id = info.session_id.as_str(),
+                    user = info.user.as_str(),
+                    endpoint = info.endpoint.as_str(),
                     uid,
                     reason = close_reason::ADMINISTRATOR,
                     "session closed by the administrator (keyhole sessions close, uid {uid})"

@@ -165,14 +165,17 @@ impl Drop for SessionGuard {
         g.live.remove(&self.session_id);
         let reason = self.live.end_reason();
         tracing::info!(
-            user = %self.user,
-            endpoint = %self.endpoint,
-            session_id = %self.session_id,
-            source = %self.source,
+            user = self.user.as_str(),
+            endpoint = self.endpoint.as_str(),
+            session_id = self.session_id.as_str(),
+            source = self.source.as_str(),
             reason = reason.as_deref().unwrap_or(""),
             commands = self.live.commands(),
             "session ended{}",
-            reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
         );
         g.audit(AuditEvent {
             user: Some(self.user.clone()),
@@ -204,7 +207,10 @@ impl LineMetrics {
     }
 }
 
-/// Longest command line text put in one log event (the transcript has all of it).
+/// Longest command line text put in one log event (the transcript has all of it). Text a
+/// client chose (a user name, a command line, a refusal's reason) is always given to `tracing`
+/// as a `&str` field, never with `%`: the plain-text log prints such fields escaped and quoted
+/// (a line with a newline cannot forge a log line), journald receives them as they are.
 pub const MAX_LOGGED_LINE_CHARS: usize = 2048;
 
 fn logged_line(line: &str) -> String {
@@ -236,10 +242,10 @@ impl Audit for SessionAudit {
         self.line = logged_line(line);
         self.live.line_started();
         tracing::info!(
-            user = %self.live.user(),
-            endpoint = %self.live.endpoint(),
-            session_id = %self.live.session_id(),
-            command = %self.line,
+            user = self.live.user(),
+            endpoint = self.live.endpoint(),
+            session_id = self.live.session_id(),
+            command = self.line.as_str(),
             "command line"
         );
         self.transcript.line(line)
@@ -251,10 +257,10 @@ impl Audit for SessionAudit {
 
     fn refused(&mut self, reason: &str) -> std::io::Result<()> {
         tracing::info!(
-            user = %self.live.user(),
-            endpoint = %self.live.endpoint(),
-            session_id = %self.live.session_id(),
-            command = %self.line,
+            user = self.live.user(),
+            endpoint = self.live.endpoint(),
+            session_id = self.live.session_id(),
+            command = self.line.as_str(),
             reason,
             "command line refused"
         );
@@ -403,7 +409,7 @@ impl Gates {
             endpoint,
             rule = d.rule_id,
             source = %origin.source(),
-            reason = %d.reason,
+            reason = d.reason.as_str(),
             "{d}"
         );
         self.count_refusal(d.gate);
@@ -513,7 +519,7 @@ impl Gates {
                         user,
                         endpoint,
                         source = %origin.source(),
-                        reason = %reason,
+                        reason = reason.as_str(),
                         "refused: {e}"
                     );
                     self.count_refusal(4);
@@ -617,8 +623,8 @@ impl Gates {
         });
         tracing::info!(
             user,
-            endpoint = %ep.config.name,
-            session_id = %session_id,
+            endpoint = ep.config.name.as_str(),
+            session_id = session_id.as_str(),
             source = %origin.source(),
             transport = kind.transport().as_str(),
             rule = admitted_by,
@@ -913,6 +919,55 @@ mod tests {
             .unwrap();
         drop((a, c, w, r));
         assert_eq!(g.open_sessions("alice"), 0);
+    }
+
+    /// A `tracing` writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_command_line_cannot_forge_a_line_of_the_plain_text_log() {
+        let (_d, g) = gates();
+        let out = Captured::default();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(out.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let mut grant = g
+                .open(&who("alice"), "E", Origin::Local, SessionKind::Run)
+                .unwrap();
+            let mut sink = crate::engine::VecSink(Vec::new());
+            grant.session.run_line(
+                "Get-Date\n2026-01-01T00:00:00Z  WARN forged: root logged in",
+                &mut sink,
+                &crate::engine::CancelToken::new(),
+            );
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("command line"), "{text}");
+        assert!(text.contains("Get-Date\\n2026-01-01"), "escaped: {text}");
+        for l in text.lines() {
+            assert!(
+                !l.starts_with("2026-01-01T00:00:00Z"),
+                "forged line: {text}"
+            );
+        }
     }
 
     #[test]

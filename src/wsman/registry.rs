@@ -265,7 +265,7 @@ impl Registry {
                 "idle for {} (idle_timeout)",
                 humantime::format_duration(e.idle_timeout)
             );
-            tracing::info!(shell = %e.id, user = %e.owner.user, reason = %reason, "closing idle shell");
+            tracing::info!(shell = %e.id, user = %e.owner.user, reason = reason.as_str(), "closing idle shell");
             e.close(&reason);
         }
         expired.iter().map(|e| e.id.clone()).collect()
