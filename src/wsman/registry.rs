@@ -308,3 +308,135 @@ impl ShellControl for EntryControl {
             .is_some_and(|r| r.close_by_server(&self.id, reason))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::wsman::shell::{CommandRequest, CreateRequest, ReceiveResponse, Signal};
+
+    struct NullShell {
+        closed: Arc<AtomicBool>,
+        notify: Arc<Notify>,
+    }
+    impl Shell for NullShell {
+        fn on_create(&mut self, _: &CreateRequest) -> Result<(), ShellError> {
+            Ok(())
+        }
+        fn command(&mut self, _: CommandRequest) -> Result<String, ShellError> {
+            Err(ShellError::InvalidSelectors)
+        }
+        fn send(
+            &mut self,
+            _: Option<&str>,
+            _: StreamName,
+            _: Vec<u8>,
+            _: bool,
+        ) -> Result<(), ShellError> {
+            Ok(())
+        }
+        fn receive(&mut self, _: Option<&str>) -> Result<ReceiveResponse, ShellError> {
+            Ok(ReceiveResponse::default())
+        }
+        fn signal(&mut self, _: Option<&str>, _: Signal) -> Result<(), ShellError> {
+            Ok(())
+        }
+        fn close(&mut self) {
+            self.closed.store(true, Ordering::SeqCst);
+        }
+        fn notify(&self) -> Arc<Notify> {
+            self.notify.clone()
+        }
+    }
+
+    /// Records what the registry tells the session behind a shell.
+    #[derive(Default)]
+    struct Recorder {
+        reasons: Mutex<Vec<String>>,
+        control: Mutex<Option<Arc<dyn ShellControl>>>,
+    }
+    impl SessionHook for Recorder {
+        fn attach(&self, control: Arc<dyn ShellControl>) {
+            *self.control.lock().unwrap() = Some(control);
+        }
+        fn closing(&self, reason: &str) {
+            self.reasons.lock().unwrap().push(reason.into());
+        }
+    }
+
+    fn add(
+        reg: &Arc<Registry>,
+        id: &str,
+        idle: Duration,
+    ) -> (Arc<Recorder>, Arc<AtomicBool>, Arc<ShellEntry>) {
+        let closed = Arc::new(AtomicBool::new(false));
+        let rec = Arc::new(Recorder::default());
+        let mut e = ShellEntry::new(
+            id.into(),
+            ShellOwner {
+                user: "alice".into(),
+                client: "192.0.2.7".into(),
+            },
+            "urn:test".into(),
+            (vec![StreamName::Stdin], vec![StreamName::Stdout]),
+            ShellLimits {
+                max_shells: 10,
+                idle_timeout: idle,
+            },
+            Box::new(NullShell {
+                closed: closed.clone(),
+                notify: Arc::new(Notify::new()),
+            }),
+        );
+        e.session = Some(rec.clone());
+        let e = reg.insert(e, 10).map_err(|(err, _)| err).unwrap();
+        rec.attach(reg.control(id));
+        (rec, closed, e)
+    }
+
+    fn reasons(r: &Recorder) -> Vec<String> {
+        r.reasons.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn every_close_goes_one_way_and_tells_the_session_why() {
+        let reg = Arc::new(Registry::new());
+        let long = Duration::from_secs(3600);
+        let (idle, idle_closed, _) = add(&reg, "IDLE", Duration::ZERO);
+        let (admin, admin_closed, admin_entry) = add(&reg, "ADMIN", long);
+        let (client, client_closed, _) = add(&reg, "CLIENT", long);
+        let (last, last_closed, _) = add(&reg, "LAST", long);
+
+        // Idle time-out.
+        assert_eq!(reg.reap_idle(), vec!["IDLE".to_string()]);
+        assert!(idle_closed.load(Ordering::SeqCst));
+        assert_eq!(reasons(&idle), ["idle for 0s (idle_timeout)"]);
+
+        // The administrator, through the control the session was given (a request in flight
+        // does not keep it open).
+        let control = admin.control.lock().unwrap().clone().unwrap();
+        assert_eq!(control.shell_id(), "ADMIN");
+        let busy = admin_entry.use_guard();
+        assert_eq!(control.idle(), Some(Duration::ZERO), "in use: not idle");
+        assert!(control.close(close_reason::ADMINISTRATOR));
+        drop(busy);
+        assert!(admin_closed.load(Ordering::SeqCst));
+        assert!(admin_entry.is_closed(), "a waiting Receive sees it closed");
+        assert_eq!(reasons(&admin), [close_reason::ADMINISTRATOR]);
+        assert!(
+            reg.get("ADMIN", "alice").is_none(),
+            "the next request fails"
+        );
+        assert_eq!(control.idle(), None);
+        assert!(!control.close("again"), "already gone");
+
+        // The client's Delete, then shutdown.
+        assert!(reg.delete("CLIENT", "ALICE"));
+        assert!(client_closed.load(Ordering::SeqCst));
+        assert_eq!(reasons(&client), [close_reason::CLIENT]);
+        reg.close_all();
+        assert!(last_closed.load(Ordering::SeqCst));
+        assert_eq!(reasons(&last), [close_reason::SHUTDOWN]);
+        assert!(reg.is_empty());
+    }
+}
