@@ -186,7 +186,7 @@ def pam_account(request):
 class Server:
     """A running `keyhole serve`: addresses, paths, accounts, and its standard error."""
 
-    def __init__(self, exe, dirpath, proc, stderr_path, https, http, accounts, pam, metrics=None):
+    def __init__(self, exe, dirpath, proc, stderr_path, https, http, accounts, pam):
         self.exe = exe
         self.dir = dirpath
         self.config = dirpath / "keyhole.toml"
@@ -194,11 +194,17 @@ class Server:
         self.stderr_path = stderr_path
         self.https = https  # "127.0.0.1:PORT"
         self.http = http
-        self.metrics = metrics  # "127.0.0.1:PORT" of [metrics] listen
         self.accounts = accounts
         self.pam = pam
         self.transcripts = dirpath / "transcripts"
+        # "127.0.0.1:PORT" of [metrics] listen, once serve printed it (see `metrics`).
+        self._addresses = getattr(proc, "keyhole_addresses", {})
         self.audit_log = dirpath / "state" / "audit.jsonl"
+
+    @property
+    def metrics(self):
+        """The metrics listener's "127.0.0.1:PORT" (serve prints it right after the listeners)."""
+        return wait_until(lambda: self._addresses.get("metrics"), 10)
 
     @property
     def https_port(self):
@@ -269,28 +275,30 @@ def _layout(dirpath, pam):
 
 
 def _read_addresses(proc, timeout):
-    """Read stdout until both listener lines and the metrics line came; return
-    (https, http, metrics, lines)."""
+    """Read stdout until both listener lines came; return (https, http, lines). The reader goes
+    on in the background: the metrics address, printed next, lands in proc.keyhole_addresses."""
     found = {}
+    proc.keyhole_addresses = found
     lines = []
     done = threading.Event()
 
     def reader():
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
-            m = re.match(r"keyhole: listening on (https?)://([0-9.]+:[0-9]+)/wsman", line) or re.match(
-                r"keyhole: (metrics) on http://([0-9.]+:[0-9]+)/metrics", line
-            )
+            metrics = re.match(r"keyhole: metrics on http://([0-9.]+:[0-9]+)/metrics", line)
+            if metrics:
+                found["metrics"] = metrics.group(1)
+            m = re.match(r"keyhole: listening on (https?)://([0-9.]+:[0-9]+)/wsman", line)
             if m:
                 found[m.group(1)] = m.group(2)
-                if len(found) == 3:
+                if "https" in found and "http" in found:
                     done.set()
         done.set()  # EOF
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     done.wait(timeout)
-    return found.get("https"), found.get("http"), found.get("metrics"), lines
+    return found.get("https"), found.get("http"), lines
 
 
 @pytest.fixture(scope="session")
@@ -323,16 +331,16 @@ def server(request, pam_account):
         text=True,
         env=env,
     )
-    https, http, metrics, lines = _read_addresses(proc, 30)
-    if not https or not http or not metrics:
+    https, http, lines = _read_addresses(proc, 30)
+    if not https or not http:
         proc.kill()
         proc.wait()
         stderr_file.close()
         raise RuntimeError(
-            "keyhole serve did not print its listener and metrics addresses.\nstdout:\n%s\nstderr:\n%s"
+            "keyhole serve did not print both listener addresses.\nstdout:\n%s\nstderr:\n%s"
             % ("\n".join(lines), stderr_path.read_text(errors="replace"))
         )
-    srv = Server(exe, dirpath, proc, stderr_path, https, http, ACCOUNTS, pam_account, metrics)
+    srv = Server(exe, dirpath, proc, stderr_path, https, http, ACCOUNTS, pam_account)
     request.config._keyhole_server = srv
     yield srv
 

@@ -31,7 +31,7 @@ def reload_server():
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file, text=True,
         env=dict(os.environ, RUST_LOG="info", NO_COLOR="1"),
     )
-    https, http, _metrics, lines = _read_addresses(proc, 30)
+    https, http, lines = _read_addresses(proc, 30)
     assert https, "keyhole serve did not start: %s %s" % (lines, stderr_path.read_text())
     info = {"exe": exe, "dir": dirpath, "cfg": cfg, "url": "https://%s/wsman" % https,
             "stderr": stderr_path, "proc": proc, "password": password}
