@@ -17,6 +17,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+// The session list `keyhole sessions` reads (filled here only).
+use crate::sessions::{LiveSession, NewSession, SessionTable, Transport};
+
 use crate::audit::{
     AuditDecision, AuditEvent, AuditGate, AuditKind, AuditLog, Transcript, TranscriptHeader,
 };
@@ -26,8 +29,7 @@ use crate::config::LoadedConfig;
 use crate::engine::{self, Audit, BoundArgs, EndState, HostEnv, SessionOptions};
 use crate::metrics::{Counter, Histogram, Metrics};
 use crate::rules;
-use crate::sessions::{LiveSession, NewSession, SessionTable, Transport};
-use crate::wsman::shell::{Authenticate, Identity, SessionHook, ShellLimits};
+use crate::wsman::shell::{Authenticate, Identity, ShellLimits};
 
 /// The `Authorization` value certificate-authenticating clients send (pypsrp, pywinrm).
 pub const CERT_AUTH_HEADER: &[u8] =
@@ -144,7 +146,7 @@ pub struct SessionGuard {
 impl SessionGuard {
     /// The session's entry in the session list, for the shell registry (which tells it why
     /// the shell closes and lets `keyhole sessions close` reach the shell).
-    pub fn hook(&self) -> Arc<dyn SessionHook> {
+    pub fn hook(&self) -> Arc<dyn crate::wsman::shell::SessionHook> {
         self.live.clone()
     }
 
@@ -303,11 +305,11 @@ pub struct Gates {
     /// Gate 2; None for [`Gates::local`] (`keyhole run` authenticates nobody).
     auth: Option<Authenticator>,
     audit: Option<AuditLog>,
-    /// Open sessions per user (lower-case name) of the kinds that count ([`SessionKind::Psrp`]).
-    sessions: Mutex<HashMap<String, usize>>,
     /// Every session open now (`keyhole sessions`).
     live: Arc<SessionTable>,
     metrics: OnceLock<Arc<Metrics>>,
+    /// Open sessions per user (lower-case name) of the kinds that count ([`SessionKind::Psrp`]).
+    sessions: Mutex<HashMap<String, usize>>,
 }
 
 impl Gates {
@@ -339,9 +341,9 @@ impl Gates {
             cfg: RwLock::new(Arc::new(cfg)),
             auth,
             audit,
-            sessions: Mutex::new(HashMap::new()),
             live: Arc::new(SessionTable::new()),
             metrics: OnceLock::new(),
+            sessions: Mutex::new(HashMap::new()),
         })
     }
 
