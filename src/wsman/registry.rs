@@ -106,12 +106,16 @@ impl ShellEntry {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Close the shell and answer every Receive waiting on it (they see `is_closed`); its
-    /// session hears `reason` first.
-    fn close(&self, reason: &str) {
+    /// Tell the session behind the shell why it is about to close (every caller of `close`
+    /// does, first).
+    fn tell_session(&self, reason: &str) {
         if let Some(s) = &self.session {
             s.closing(reason);
         }
+    }
+
+    /// Close the shell and answer every Receive waiting on it (they see `is_closed`).
+    fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.shell().close();
         self.notify.notify_waiters();
@@ -202,7 +206,8 @@ impl Registry {
         };
         match removed {
             Some(e) => {
-                e.close(close_reason::CLIENT);
+                e.tell_session(close_reason::CLIENT);
+                e.close();
                 true
             }
             None => false,
@@ -216,7 +221,8 @@ impl Registry {
         match removed {
             Some(e) => {
                 tracing::info!(shell = %e.id, user = %e.owner.user, reason, "closing shell: {reason}");
-                e.close(reason);
+                e.tell_session(reason);
+                e.close();
                 true
             }
             None => false,
@@ -260,13 +266,16 @@ impl Registry {
                 .collect();
             ids.iter().filter_map(|k| map.remove(k)).collect()
         };
-        for e in &expired {
-            let reason = format!(
+        // Their sessions hear why first (the transcript and the audit log say it).
+        expired.iter().for_each(|e| {
+            e.tell_session(&format!(
                 "idle for {} (idle_timeout)",
                 humantime::format_duration(e.idle_timeout)
-            );
-            tracing::info!(shell = %e.id, user = %e.owner.user, reason = reason.as_str(), "closing idle shell");
-            e.close(&reason);
+            ))
+        });
+        for e in &expired {
+            tracing::info!(shell = %e.id, user = %e.owner.user, "closing idle shell after {:?}", e.idle_timeout);
+            e.close();
         }
         expired.iter().map(|e| e.id.clone()).collect()
     }
@@ -275,7 +284,8 @@ impl Registry {
     pub fn close_all(&self) {
         let all: Vec<Arc<ShellEntry>> = self.map().drain().map(|(_, e)| e).collect();
         for e in all {
-            e.close(close_reason::SHUTDOWN);
+            e.tell_session(close_reason::SHUTDOWN);
+            e.close();
         }
     }
 
