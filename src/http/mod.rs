@@ -35,6 +35,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{LimitsConfig, ListenerConfig, ServerConfig};
+use crate::metrics::Metrics;
 use crate::wsman::fault::WsmanError;
 use crate::wsman::service::{Reply, ServiceConfig, WsmanService, MAX_ANONYMOUS_IDENTIFY};
 use crate::wsman::shell::{
@@ -196,6 +197,36 @@ struct Ctx {
     gate: Arc<dyn Authenticate>,
     max_body: usize,
     routes: Vec<Arc<dyn WebRoutes>>,
+    /// `keyhole_connections_open` and gate-1 refusals, when counted.
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Ctx {
+    fn refused_at_gate_1(&self) {
+        if let Some(m) = &self.metrics {
+            m.refusals.with(&["1"]).inc();
+        }
+    }
+}
+
+/// Counts one open connection in `keyhole_connections_open` while it lives.
+struct OpenConnection(Option<Arc<Metrics>>);
+
+impl OpenConnection {
+    fn new(m: Option<Arc<Metrics>>) -> OpenConnection {
+        if let Some(m) = &m {
+            m.connections_open.get().inc();
+        }
+        OpenConnection(m)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(m) = &self.0 {
+            m.connections_open.get().dec();
+        }
+    }
 }
 
 /// A bound server: call [`Server::run`] to serve.
@@ -218,6 +249,7 @@ pub struct Server {
     unauthenticated_timeout: Duration,
     max_body: usize,
     routes: Vec<Arc<dyn WebRoutes>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Server {
@@ -297,6 +329,7 @@ impl Server {
             unauthenticated_timeout: rt.limits.unauthenticated_timeout.0,
             max_body,
             routes: Vec::new(),
+            metrics: None,
         })
     }
 
@@ -304,6 +337,12 @@ impl Server {
     /// answers 404 there.
     pub fn register_routes(&mut self, routes: Arc<dyn WebRoutes>) {
         self.routes.push(routes);
+    }
+
+    /// Count open connections and gate-1 refusals (address not in `ip_allow`, no connection
+    /// slot, TLS handshake failed) in `m`.
+    pub fn attach_metrics(&mut self, m: Arc<Metrics>) {
+        self.metrics = Some(m);
     }
 
     /// Serve the resource URI `uri` with `factory` (WinRS: `.../windows/shell/cmd`).
@@ -326,6 +365,7 @@ impl Server {
             gate: self.gate,
             max_body: self.max_body,
             routes: self.routes,
+            metrics: self.metrics,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let conns = Arc::new(Semaphore::new(self.max_connections));
@@ -584,7 +624,8 @@ async fn accept_loop(
         };
         let ip = canonical(peer.ip());
         if !gate1.ip_allow.iter().any(|n| n.contains(&ip)) {
-            tracing::warn!(%peer, "gate 1: connection dropped: address not in [listener] ip_allow");
+            tracing::warn!(%peer, gate = 1u8, "gate 1: connection dropped: address not in [listener] ip_allow");
+            ctx.refused_at_gate_1();
             drop(stream);
             continue;
         }
@@ -592,6 +633,7 @@ async fn accept_loop(
             Ok(s) => s,
             Err(why) => {
                 gate1.slots.log_refusal(peer, why);
+                ctx.refused_at_gate_1();
                 drop(stream);
                 continue;
             }
@@ -606,6 +648,7 @@ async fn accept_loop(
         let authenticated = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {
             let _slot = slot;
+            let _open = OpenConnection::new(ctx.metrics.clone());
             match tls {
                 Some((acc, channel_binding)) => {
                     // A connection still in its handshake when the server stops is dropped
@@ -620,10 +663,12 @@ async fn accept_loop(
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::info!(%peer, "gate 1: TLS handshake failed: {e}");
+                            ctx.refused_at_gate_1();
                             return;
                         }
                         Err(_) => {
                             tracing::info!(%peer, "gate 1: TLS handshake timed out (unauthenticated_timeout)");
+                            ctx.refused_at_gate_1();
                             return;
                         }
                     };

@@ -15,6 +15,7 @@ mod builtin_deadlines;
 mod check_vs_serve;
 mod connection_slots;
 mod console_web;
+mod control_socket;
 mod golden_wsman_winrs;
 mod live;
 mod lockout_live;
