@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every test runs here: one whose prerequisite (root, a tool, the venv) is missing FAILS rather
+# than skips (tests/fixtures/prereq.rs; in pytest, tests/interop/conftest.py turns skips into
+# failures). Run without this (plain `cargo test`, non-root), such tests skip, loudly.
+export KEYHOLE_REQUIRE_ALL=1
+
 # System packages (run time and tests only: building needs nothing but the Rust toolchain, see
 # tests/core/build_deps.rs): ping (Test-Connection), useradd/chpasswd (root tests), promtool (metrics
 # lint, Debian's prometheus package), debootstrap (the package's clean-room build), strace (the

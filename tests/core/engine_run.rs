@@ -1,6 +1,5 @@
 //! Engine behaviour through `Session`: command table, binding, validation, pipelines, common
-//! parameters, audit and formatting. Structured pipelines run now; `run_line` cases need the
-//! real parser and skip themselves (with a note) while the placeholder parser is in place.
+//! parameters, audit and formatting: structured pipelines and `run_line` through the parser.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use crate::engine_support as support;
@@ -695,10 +694,6 @@ fn out_default_formats_to_lines() {
 
 #[test]
 fn run_line_cases() {
-    if !parser_ready() {
-        eprintln!("run_line_cases skipped: lang::parse is still the placeholder");
-        return;
-    }
     let (mut s, rec) = session();
     let (o, ev) = line(&mut s, "Write-Output nginx | Sort-Object");
     assert_eq!(o, RunOutcome::Completed { had_errors: false });

@@ -4,6 +4,8 @@
 
 #[path = "../engine_support/mod.rs"]
 mod engine_support;
+#[path = "../fixtures/prereq.rs"]
+mod prereq;
 #[path = "../psrp_common/mod.rs"]
 mod psrp_common;
 #[path = "../fixtures/config/shipped.rs"]

@@ -672,14 +672,16 @@ fn merged_error_stream_arrives_as_output() {
     assert_eq!(e.property("FullyQualifiedErrorId"), Some(&sv("Boom")));
 }
 
-/// With `KEYHOLE_PSRP_DUMP=<dir>`, writes every server message of a rich conversation to
-/// `<dir>/NNN.bin` (whole messages) for `tests/interop/check_pypsrp_messages.py`, which feeds
-/// them to pypsrp's own deserializer. Does nothing otherwise.
+/// Writes every server message of a rich conversation to `<dir>/NNN.bin` (whole messages) and
+/// runs `tests/interop/check_pypsrp_messages.py <dir>`, which feeds them to pypsrp 0.9.1's own
+/// deserializers and checks what a pypsrp user reads, with the venv's python (`KEYHOLE_PYTHON`
+/// or `.venv/bin/python`; a missing venv skips, and fails under the test command). `<dir>` is
+/// `KEYHOLE_PSRP_DUMP` when set (to keep the messages), a temporary directory otherwise.
 #[test]
-fn dump_messages_for_pypsrp() {
-    let Ok(dir) = std::env::var("KEYHOLE_PSRP_DUMP") else {
-        return;
-    };
+fn pypsrp_deserializes_every_kind_of_server_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::env::var("KEYHOLE_PSRP_DUMP")
+        .unwrap_or_else(|_| tmp.path().to_string_lossy().into_owned());
     let status = Value::Enum(keyhole::engine::EnumValue {
         type_names: vec![
             "System.ServiceProcess.ServiceControllerStatus".into(),
@@ -791,6 +793,36 @@ fn dump_messages_for_pypsrp() {
     for (i, m) in all.iter().enumerate() {
         std::fs::write(format!("{dir}/{i:03}.bin"), m.encode()).unwrap();
     }
+    assert!(all.len() >= 20, "{} messages", all.len());
+
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("KEYHOLE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo.join(".venv/bin/python"));
+    let has_pypsrp = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import pypsrp"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !has_pypsrp {
+        crate::prereq::skip("the test venv with pypsrp 0.9.1 (.venv; tests/run.sh makes it)");
+        return;
+    }
+    let out = std::process::Command::new(&python)
+        .arg(repo.join("tests/interop/check_pypsrp_messages.py"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pypsrp refused keyhole's messages:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("pypsrp accepted {} keyhole messages", all.len())),
+        "{stdout}"
+    );
 }
 
 /// CREATE_PIPELINE for one script command, with the client's host present (Ansible's pool has
