@@ -12,8 +12,8 @@ export KEYHOLE_REQUIRE_ALL=1
 # System packages (run time and tests only: building needs nothing but the Rust toolchain, see
 # tests/core/build_deps.rs): ping (Test-Connection), useradd/chpasswd (root tests), promtool (metrics
 # lint, Debian's prometheus package), debootstrap (the package's clean-room build), strace (the
-# unit's system-call filter check), node (the polkit rule is evaluated in it; Debian's nodejs when
-# the machine has no node), MIT Kerberos: the GSSAPI library keyhole loads at run time, a KDC,
+# unit's system-call filter check; the transcript's sync order in tests/cli/cli_fsync.rs), node
+# (the polkit rule is evaluated in it; Debian's nodejs when the machine has no node), MIT Kerberos: the GSSAPI library keyhole loads at run time, a KDC,
 # kadmin.local and kinit for the throwaway realm of tests/krb/realm.sh (negotiate_* tests), and
 # libkrb5-dev/python3-dev/gcc to build pyspnego's Kerberos (python-gssapi, krb5) and pywinrm's
 # (pykerberos) in the venv; tests/interop/test_negotiate.py fails rather than skips without them
