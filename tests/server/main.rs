@@ -26,6 +26,7 @@ mod output_budgets;
 mod parser_budgets;
 mod psrp_shell;
 mod request_pool;
+mod secrets_in_logs;
 mod serve_systemd;
 mod under_attack;
 mod winrs_shell;
