@@ -30,11 +30,10 @@ fn config() -> tempfile::TempDir {
     d
 }
 
-/// One system call of the trace: its pid, its name, the rest of the line and whether this line
+/// One system call of the trace: its name, the rest of the line and whether this line
 /// is where it returned (a whole call, or `<... x resumed>`).
 #[derive(Debug)]
 struct Call {
-    pid: String,
     name: String,
     text: String,
     returned: bool,
@@ -54,7 +53,6 @@ fn parse_trace(trace: &str) -> Vec<Call> {
             let (name, tail) = resumed.split_once(" resumed>").unwrap_or((resumed, ""));
             let head = pending.remove(pid).unwrap_or_default();
             calls.push(Call {
-                pid: pid.into(),
                 name: name.into(),
                 text: format!("{head}{tail}"),
                 returned: true,
@@ -65,7 +63,6 @@ fn parse_trace(trace: &str) -> Vec<Call> {
                 // The entry counts for an execve: the program starts there.
                 if name == "execve" {
                     calls.push(Call {
-                        pid: pid.into(),
                         name: name.into(),
                         text: head.into(),
                         returned: false,
@@ -74,7 +71,6 @@ fn parse_trace(trace: &str) -> Vec<Call> {
                 continue;
             }
             calls.push(Call {
-                pid: pid.into(),
                 name: name.into(),
                 text: rest.into(),
                 returned: true,
@@ -138,45 +134,87 @@ fn the_command_record_is_synced_after_its_write_and_before_the_programs_exec() {
         "{stdout}"
     );
     let trace = std::fs::read_to_string(&trace_file).unwrap();
-    let calls = parse_trace(&trace);
+    if let Err(e) = check_trace(&trace, "[command] Get-Numbers", "/usr/bin/seq") {
+        panic!("{e}:\n{trace}");
+    }
+}
 
-    // The transcript: the file the command record is written to.
-    let record = calls
+/// In `trace`: the write of `record` to a file under `transcripts/`, then a sync of that file
+/// (any thread, any descriptor of it) that returned 0, and an fsync of its directory, all
+/// before the `execve` of `program`.
+fn check_trace(trace: &str, record: &str, program: &str) -> Result<(), String> {
+    let calls = parse_trace(trace);
+    let written = calls
         .iter()
         .position(|c| {
             c.name.starts_with("write")
-                && c.text.contains("[command] Get-Numbers")
+                && c.text.contains(record)
                 && fd_path(&c.text).is_some_and(|(_, p)| p.contains("/transcripts/"))
         })
-        .unwrap_or_else(|| panic!("no write of the command record to a transcript:\n{trace}"));
-    let (fd, transcript) = fd_path(&calls[record].text).unwrap();
-    let writer = &calls[record].pid;
+        .ok_or("no write of the command record to a transcript")?;
+    let (_, transcript) = fd_path(&calls[written].text).ok_or("no path")?;
     let exec = calls
         .iter()
-        .position(|c| c.name == "execve" && c.text.contains("\"/usr/bin/seq\""))
-        .unwrap_or_else(|| panic!("seq was never executed:\n{trace}"));
-    assert!(
-        record < exec,
-        "the record was written after the program started:\n{trace}"
-    );
-    // A sync of that file, by the thread that wrote it, returned 0 between the two.
-    let synced = calls[record..exec].iter().any(|c| {
+        .position(|c| c.name == "execve" && c.text.contains(&format!("\"{program}\"")))
+        .ok_or("the program was never executed")?;
+    if written > exec {
+        return Err("the record was written after the program started".into());
+    }
+    let synced = calls[written..exec].iter().any(|c| {
         (c.name == "fsync" || c.name == "fdatasync")
-            && &c.pid == writer
             && returned_zero(c)
-            && fd_path(&c.text) == Some((fd, transcript))
+            && fd_path(&c.text).is_some_and(|(_, p)| p == transcript)
     });
-    assert!(
-        synced,
-        "no fsync/fdatasync of {transcript} returned between the record's write and the \
-         program's exec:\n{trace}"
-    );
+    if !synced {
+        return Err(format!(
+            "no fsync/fdatasync of {transcript} returned between the record's write and the \
+             program's exec"
+        ));
+    }
     // The new file's directory entry is synced too, before the program runs.
-    let dir = Path::new(transcript).parent().unwrap().to_str().unwrap();
+    let dir = Path::new(transcript)
+        .parent()
+        .and_then(Path::to_str)
+        .ok_or("no directory")?;
+    if !calls[..exec].iter().any(|c| {
+        c.name == "fsync" && returned_zero(c) && fd_path(&c.text).is_some_and(|(_, p)| p == dir)
+    }) {
+        return Err(format!(
+            "the transcript directory {dir} was not synced before the program ran"
+        ));
+    }
+    Ok(())
+}
+
+/// The check tells a sync from a write: a trace with the write but no sync, a sync after the
+/// exec, a failed sync, a sync of another file or no directory sync is refused; a split call
+/// (`<unfinished ...>` / `resumed`) is read where it returned.
+#[test]
+fn the_trace_check_tells_a_sync_from_a_write() {
+    let t = "/k/transcripts/s.txt";
+    let w = format!("10 write(4<{t}>, \"[command] Get-Numbers\\n\", 22) = 22");
+    let dsync = "10 fsync(5</k/transcripts>) = 0".to_string();
+    let sync = format!("10 fdatasync(4<{t}>) = 0");
+    let exec = "11 execve(\"/usr/bin/seq\", [\"/usr/bin/seq\"], 0x0 /* 2 vars */) = 0".to_string();
+    let check =
+        |lines: &[&str]| check_trace(&lines.join("\n"), "[command] Get-Numbers", "/usr/bin/seq");
+    assert_eq!(check(&[&dsync, &w, &sync, &exec]), Ok(()));
+    assert!(check(&[&dsync, &w, &exec]).is_err(), "a write alone");
     assert!(
-        calls[..exec].iter().any(|c| c.name == "fsync"
-            && returned_zero(c)
-            && fd_path(&c.text).is_some_and(|(_, p)| p == dir)),
-        "the transcript directory {dir} was not synced before the program ran:\n{trace}"
+        check(&[&dsync, &w, &exec, &sync]).is_err(),
+        "a sync after the exec"
     );
+    assert!(check(&[&w, &sync, &exec]).is_err(), "no directory sync");
+    let failed = format!("10 fdatasync(4<{t}>) = -1 EIO (Input/output error)");
+    assert!(
+        check(&[&dsync, &w, &failed, &exec]).is_err(),
+        "a failed sync"
+    );
+    let other = "10 fdatasync(6</k/transcripts/other.txt>) = 0";
+    assert!(check(&[&dsync, &w, other, &exec]).is_err(), "another file");
+    // Split by another thread: the sync returns only after the exec began.
+    let unfinished = format!("10 fdatasync(4<{t}> <unfinished ...>");
+    let resumed = "10 <... fdatasync resumed>) = 0";
+    assert!(check(&[&dsync, &w, &unfinished, &exec, resumed]).is_err());
+    assert_eq!(check(&[&dsync, &w, &unfinished, resumed, &exec]), Ok(()));
 }
