@@ -20,9 +20,11 @@ export KEYHOLE_REQUIRE_ALL=1
 # as root.
 # curl: tests/interop/test_identify.py checks a host as an administrator would. Debian's chromium and
 # chromium-driver: the web console's browser tests (tests/interop/test_console.py).
+# systemd: systemd-analyze (packaging/check-syscalls.sh expands the unit's filter with it;
+# tests/package.sh verifies the installed unit).
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pkg in iputils-ping passwd prometheus debootstrap strace libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc curl chromium chromium-driver; do
+    for pkg in iputils-ping passwd prometheus debootstrap strace systemd libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc curl chromium chromium-driver; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     command -v node >/dev/null || missing+=(nodejs)
