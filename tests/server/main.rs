@@ -4,6 +4,8 @@
 
 #[path = "../engine_support/mod.rs"]
 mod engine_support;
+#[path = "../fixtures/prereq.rs"]
+mod prereq;
 #[path = "../psrp_common/mod.rs"]
 mod psrp_common;
 #[path = "../fixtures/config/shipped.rs"]
@@ -25,6 +27,7 @@ mod output_budgets;
 mod parser_budgets;
 mod psrp_shell;
 mod request_pool;
+mod secrets_in_logs;
 mod serve_systemd;
 mod under_attack;
 mod winrs_shell;

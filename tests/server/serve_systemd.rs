@@ -81,7 +81,7 @@ fn promtool_lint(text: &str) {
             std::env::var_os("KEYHOLE_REQUIRE_PROMTOOL").is_none(),
             "promtool is required (Debian package prometheus; tests/run.sh installs it)"
         );
-        eprintln!("SKIPPED: promtool lint (install Debian's prometheus package)");
+        crate::prereq::skip("promtool lint (install Debian's prometheus package)");
         return;
     };
     let mut child = Command::new(promtool)
