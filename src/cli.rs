@@ -121,6 +121,16 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// List the running server's sessions, or close one (through the control socket in state_directory: root or the server's account)
+    Sessions {
+        #[command(subcommand)]
+        action: Option<SessionsCommand>,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Create a working configuration in an empty directory (keyhole.toml, endpoints, role capabilities, rules, a TLS certificate, the run_as accounts)
     Init {
         /// Directory to create the configuration in (must be empty or absent)
@@ -154,6 +164,21 @@ pub enum UserCommand {
     },
     /// List accounts with their groups
     List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCommand {
+    /// Close a session as its idle time-out would: its programs killed, its transcript ended with "closed by the administrator"
+    Close {
+        /// The session id (or at least its first 8 characters), as `keyhole sessions` lists it
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Print the closed session as JSON
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -267,7 +292,184 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             config,
         } => cmd_polkit(&config.path(), write, &rules_file),
         Command::Init { dir } => crate::init::run(&dir),
+        Command::Sessions {
+            action,
+            json,
+            config,
+        } => match action {
+            None => cmd_sessions_list(&config.path(), json),
+            Some(SessionsCommand::Close {
+                id,
+                json: close_json,
+                config: close_config,
+            }) => {
+                let path = if close_config.config.is_some() {
+                    close_config.path()
+                } else {
+                    config.path()
+                };
+                cmd_sessions_close(&path, &id, json || close_json)
+            }
+        },
     }
+}
+
+/// The state directory of the server running with the configuration at `path`: from the
+/// whole configuration, or — when it does not validate now (being edited, say), while the
+/// server still runs on the one it loaded — from `state_directory` in keyhole.toml alone.
+fn state_directory(path: &Path) -> Result<PathBuf> {
+    if let Ok(cfg) = crate::config::load(path) {
+        return Ok(cfg.resolve(&cfg.server.state_directory));
+    }
+    let abs =
+        std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let base = abs.parent().map(Path::to_path_buf).unwrap_or_default();
+    let raw = crate::config::read_regular_file(&abs, crate::config::MAX_CONFIG_FILE_BYTES)
+        .with_context(|| format!("cannot read {}", abs.display()))?
+        .unwrap_or_default();
+    let table: toml::Table = std::str::from_utf8(&raw)
+        .ok()
+        .and_then(|t| toml::from_str(t).ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "{} is not valid TOML: cannot find state_directory (run `keyhole check --config {}`)",
+                abs.display(),
+                abs.display()
+            )
+        })?;
+    let dir = match table.get("state_directory") {
+        Some(toml::Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(anyhow!(
+                "{}: state_directory is not a string",
+                abs.display()
+            ))
+        }
+        None => crate::config::ServerConfig::default().state_directory,
+    };
+    let p = PathBuf::from(&dir);
+    Ok(if p.is_absolute() { p } else { base.join(p) })
+}
+
+fn control_request(
+    config: &Path,
+    req: &crate::control::Request,
+) -> Result<crate::control::Response> {
+    let sock = crate::control::socket_path(&state_directory(config)?);
+    crate::control::request(&sock, req).map_err(|e| anyhow!("{e}"))
+}
+
+fn idle_text(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+fn transport_text(t: &str) -> &str {
+    match t {
+        "winrs" => "WinRS",
+        "psrp" => "PSRP",
+        "console" => "console",
+        other => other,
+    }
+}
+
+/// The table `keyhole sessions` prints.
+pub fn sessions_table(list: &[crate::sessions::SessionInfo]) -> String {
+    if list.is_empty() {
+        return "no sessions\n".into();
+    }
+    let header = [
+        "SESSION ID",
+        "USER",
+        "ENDPOINT",
+        "CLIENT",
+        "TRANSPORT",
+        "STARTED (UTC)",
+        "IDLE",
+        "COMMANDS",
+    ];
+    let rows: Vec<[String; 8]> = list
+        .iter()
+        .map(|s| {
+            [
+                s.session_id.clone(),
+                s.user.clone(),
+                s.endpoint.clone(),
+                s.client.clone(),
+                transport_text(&s.transport).to_string(),
+                s.started
+                    .replace('T', " ")
+                    .trim_end_matches('Z')
+                    .to_string(),
+                idle_text(s.idle_seconds),
+                s.commands.to_string(),
+            ]
+        })
+        .collect();
+    let mut width = header.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(width.iter()).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(header.to_vec());
+    for r in &rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// `keyhole sessions`.
+fn cmd_sessions_list(path: &Path, json: bool) -> Result<ExitCode> {
+    let r = control_request(path, &crate::control::Request::List)?;
+    let list = r.sessions.unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+    } else {
+        write!(out, "{}", sessions_table(&list))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keyhole sessions close ID`.
+fn cmd_sessions_close(path: &Path, id: &str, json: bool) -> Result<ExitCode> {
+    let r = control_request(path, &crate::control::Request::Close(id.to_string()))?;
+    let Some(s) = r.closed else {
+        return Err(anyhow!("the server closed nothing and said nothing"));
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+    } else {
+        writeln!(
+            out,
+            "closed session {} ({} on {} from {}, {}, {} commands); its programs were stopped and its transcript says why",
+            s.session_id,
+            s.user,
+            s.endpoint,
+            s.client,
+            transport_text(&s.transport),
+            s.commands
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {

@@ -185,11 +185,23 @@ async fn serve_async(
         .map_err(|m| DaemonError::Config(format!("{} ({m})", path.display())))?;
     let ip_allow = ip_allow_nets(&cfg.server.listener.ip_allow);
     let console_enabled = cfg.server.console.enabled;
+    let state_directory = runtime.state_directory.clone();
     let gates = Arc::new(Gates::new(cfg)?);
     gates.attach_metrics(metrics.clone());
+    // Values kept where they happen, process-wide, copied in at each scrape.
+    metrics.on_scrape(|m| {
+        let buffered = crate::shells::runner::buffered_output_bytes();
+        m.buffered_output_bytes
+            .get()
+            .set(i64::try_from(buffered).unwrap_or(i64::MAX));
+        let (started, failed) = crate::sandbox::spawn_counts();
+        m.program_spawns.with(&["started"]).raise_to(started);
+        m.program_spawns.with(&["failed"]).raise_to(failed);
+    });
     let mut server = Server::bind(runtime, gates.clone()).await?;
     // One set of password verification slots for the listeners and the console's sign-in.
     server.share_verify_slots(gates.verify_slots());
+    server.attach_metrics(metrics.clone());
     let workers = Workers::new(DEFAULT_MAX_WORKERS);
     // One output budget per user, across the user's WinRS shells and PSRP pools.
     let budgets = UserBudgets::new();
@@ -249,6 +261,25 @@ async fn serve_async(
     if let Some(a) = started.http {
         tracing::info!(address = %a, "listening (HTTP: loopback, allow_unencrypted, or encrypted Negotiate only)");
     }
+    // `keyhole sessions`: the control socket in state_directory. Without it the server still
+    // serves (the reason is logged).
+    let (control_stop, control_stopped) = tokio::sync::oneshot::channel::<()>();
+    let control_task = match crate::control::bind(&state_directory) {
+        Ok(sock) => {
+            tracing::info!(path = %sock.path().display(), "control socket ready (keyhole sessions)");
+            Some(tokio::spawn(crate::control::serve(
+                sock,
+                gates.sessions(),
+                async move {
+                    let _ = control_stopped.await;
+                },
+            )))
+        }
+        Err(e) => {
+            tracing::error!("{e}; `keyhole sessions` will not reach this server");
+            None
+        }
+    };
     on_started(&started);
     // Type=notify: the listeners are bound, clients can connect.
     crate::systemd::notify(&format!(
@@ -314,6 +345,10 @@ async fn serve_async(
         tracing::info!("shutting down: finishing requests, stopping programs, closing transcripts");
     };
     let result = server.run(shutdown).await;
+    let _ = control_stop.send(());
+    if let Some(t) = control_task {
+        let _ = t.await;
+    }
     reloader.abort();
     if let Some(t) = metrics_task {
         t.abort();

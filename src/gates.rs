@@ -4,12 +4,21 @@
 //! start and end, refusals with gate and reason); all on a configuration that reloads without
 //! dropping sessions. Every refusal is the same to a remote client; the log and the audit log
 //! say which gate refused and why ([`Denied`]'s text, which `keyhole run` prints too).
+//!
+//! Every session it opens is in its [`SessionTable`] (`keyhole sessions`) until its guard drops;
+//! each command line of a session passes through [`SessionAudit`] on its way to the transcript,
+//! which counts it (the session's command count, `keyhole_commands_total`, the latency
+//! histogram) and logs it with the fields journald keeps (`user`, `endpoint`, `session_id`,
+//! `command`, `reason`; refusals at the gates also `gate` and `rule`).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+// The session list `keyhole sessions` reads (filled here only).
+use crate::sessions::{LiveSession, NewSession, SessionTable, Transport};
 
 use crate::audit::{
     AuditDecision, AuditEvent, AuditGate, AuditKind, AuditLog, Transcript, TranscriptHeader,
@@ -18,7 +27,8 @@ use crate::auth::negotiate::NegotiateSettings;
 use crate::auth::{self, AuthResult, Authenticator};
 use crate::capability;
 use crate::config::LoadedConfig;
-use crate::engine::{self, HostEnv, SessionOptions};
+use crate::engine::{self, Audit, BoundArgs, EndState, HostEnv, SessionOptions};
+use crate::metrics::{Counter, Histogram, Metrics};
 use crate::rules;
 use crate::wsman::shell::{
     Authenticate, Connection, Identity, Plan, RequestBody, ResponseBody, ShellLimits, Verdict,
@@ -98,13 +108,14 @@ pub enum SessionKind {
 }
 
 impl SessionKind {
-    /// The transport as transcripts and the audit log name it.
-    pub fn transport(self) -> &'static str {
+    /// What carries a session of this kind (transcripts, the audit log, `keyhole sessions`,
+    /// metric labels).
+    pub fn transport(self) -> Transport {
         match self {
-            SessionKind::Winrs => "winrs",
-            SessionKind::Psrp => "psrp",
-            SessionKind::Run => "local",
-            SessionKind::Console => "console",
+            SessionKind::Winrs => Transport::Winrs,
+            SessionKind::Psrp => Transport::Psrp,
+            SessionKind::Run => Transport::Local,
+            SessionKind::Console => Transport::Console,
         }
     }
 }
@@ -132,8 +143,8 @@ pub struct Grant {
     pub guard: SessionGuard,
 }
 
-/// Ends a granted session when dropped: releases its per-user slot and writes the audit log's
-/// "session end" record.
+/// Ends a granted session when dropped: releases its per-user slot, takes it off the session
+/// list and writes the audit log's "session end" record (with why it ended, when known).
 pub struct SessionGuard {
     gates: Weak<Gates>,
     user: String,
@@ -143,6 +154,20 @@ pub struct SessionGuard {
     kind: SessionKind,
     /// The per-user count this session holds a slot of (kind, lower-case user name).
     slot: Option<(SessionKind, String)>,
+    live: Arc<LiveSession>,
+}
+
+impl SessionGuard {
+    /// The session's entry in the session list, for the shell registry (which tells it why
+    /// the shell closes and lets `keyhole sessions close` reach the shell).
+    pub fn hook(&self) -> Arc<dyn crate::wsman::shell::SessionHook> {
+        self.live.clone()
+    }
+
+    /// The session's entry in the session list.
+    pub fn live(&self) -> &Arc<LiveSession> {
+        &self.live
+    }
 }
 
 impl Drop for SessionGuard {
@@ -153,14 +178,139 @@ impl Drop for SessionGuard {
         if let Some(key) = &self.slot {
             g.release_slot(key);
         }
+        g.live.remove(&self.session_id);
+        let reason = self.live.end_reason();
+        tracing::info!(
+            user = self.user.as_str(),
+            endpoint = self.endpoint.as_str(),
+            session_id = self.session_id.as_str(),
+            source = self.source.as_str(),
+            reason = reason.as_deref().unwrap_or(""),
+            commands = self.live.commands(),
+            "session ended{}",
+            reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
         g.audit(AuditEvent {
             user: Some(self.user.clone()),
             source: Some(self.source.clone()),
             endpoint: Some(self.endpoint.clone()),
             session_id: Some(self.session_id.clone()),
-            transport: Some(self.kind.transport().to_string()),
+            transport: Some(self.kind.transport().as_str().to_string()),
+            reason,
             ..AuditEvent::new(AuditKind::SessionEnd)
         });
+    }
+}
+
+/// A line's counters and latency histogram, for one endpoint.
+struct LineMetrics {
+    ran: Arc<Counter>,
+    failed: Arc<Counter>,
+    refused: Arc<Counter>,
+    duration: Arc<Histogram>,
+}
+
+impl LineMetrics {
+    fn new(m: &Metrics, endpoint: &str) -> LineMetrics {
+        LineMetrics {
+            ran: m.commands.with(&[endpoint, "ran"]),
+            failed: m.commands.with(&[endpoint, "failed"]),
+            refused: m.commands.with(&[endpoint, "refused"]),
+            duration: m.command_duration.with(&[endpoint]),
+        }
+    }
+}
+
+/// Longest command line text put in one log event (the transcript has all of it). Text a
+/// client chose (a user name, a command line, a refusal's reason) is always given to `tracing`
+/// as a `&str` field, never with `%`: the plain-text log prints such fields escaped and quoted
+/// (a line with a newline cannot forge a log line), journald receives them as they are.
+pub const MAX_LOGGED_LINE_CHARS: usize = 2048;
+
+fn logged_line(line: &str) -> String {
+    if line.chars().count() > MAX_LOGGED_LINE_CHARS {
+        let mut s: String = line.chars().take(MAX_LOGGED_LINE_CHARS).collect();
+        s.push('…');
+        s
+    } else {
+        line.to_string()
+    }
+}
+
+/// The transcript of a granted session, with the session's bookkeeping around it: each line
+/// counted on the session list and in the metrics (`ran` = Completed, `failed` = Failed or
+/// Stopped, `refused` = Refused, as the transcript's `[end]` record says), logged with its
+/// fields, and the transcript closed with why the session ended.
+pub struct SessionAudit {
+    transcript: Transcript,
+    live: Arc<LiveSession>,
+    metrics: Option<LineMetrics>,
+    /// The line running now (for the log) and when it started.
+    line: String,
+    started: Option<Instant>,
+}
+
+impl Audit for SessionAudit {
+    fn line(&mut self, line: &str) -> std::io::Result<()> {
+        self.started = Some(Instant::now());
+        self.line = logged_line(line);
+        self.live.line_started();
+        tracing::info!(
+            user = self.live.user(),
+            endpoint = self.live.endpoint(),
+            session_id = self.live.session_id(),
+            command = self.line.as_str(),
+            "command line"
+        );
+        self.transcript.line(line)
+    }
+
+    fn command(&mut self, name: &str, args: &BoundArgs) -> std::io::Result<()> {
+        self.transcript.command(name, args)
+    }
+
+    fn refused(&mut self, reason: &str) -> std::io::Result<()> {
+        tracing::info!(
+            user = self.live.user(),
+            endpoint = self.live.endpoint(),
+            session_id = self.live.session_id(),
+            command = self.line.as_str(),
+            reason,
+            "command line refused"
+        );
+        self.transcript.refused(reason)
+    }
+
+    fn output(&mut self, text: &str) -> std::io::Result<()> {
+        self.transcript.output(text)
+    }
+
+    fn end(&mut self, state: EndState) -> std::io::Result<()> {
+        let written = self.transcript.end(state);
+        self.live.line_ended();
+        if let Some(m) = &self.metrics {
+            match state {
+                EndState::Completed => m.ran.inc(),
+                EndState::Failed | EndState::Stopped => m.failed.inc(),
+                EndState::Refused => m.refused.inc(),
+            }
+            if let Some(t) = self.started.take() {
+                m.duration.observe(t.elapsed());
+            }
+        }
+        written
+    }
+}
+
+impl Drop for SessionAudit {
+    fn drop(&mut self) {
+        let reason = self.live.end_reason();
+        if let Err(e) = self.transcript.finish_with(reason.as_deref()) {
+            tracing::error!(path = %self.transcript.path().display(), error = %e, "cannot end transcript");
+        }
     }
 }
 
@@ -170,6 +320,9 @@ pub struct Gates {
     /// Gate 2; None for [`Gates::local`] (`keyhole run` authenticates nobody).
     auth: Option<Authenticator>,
     audit: Option<AuditLog>,
+    /// Every session open now (`keyhole sessions`).
+    live: Arc<SessionTable>,
+    metrics: OnceLock<Arc<Metrics>>,
     /// Open sessions per kind and user (lower-case name), of the kinds that count
     /// ([`SessionKind::Psrp`], [`SessionKind::Console`]).
     sessions: Mutex<HashMap<(SessionKind, String), usize>>,
@@ -213,16 +366,32 @@ impl Gates {
             cfg: RwLock::new(Arc::new(cfg)),
             auth,
             audit,
+            live: Arc::new(SessionTable::new()),
+            metrics: OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),
             negotiate: RwLock::new(None),
             verify_slots: Arc::new(auth::slots::VerifySlots::for_this_host()),
         })
     }
 
-    /// Count authentication failures and lock-outs in `m` (the gates' own counters: phase B).
-    pub fn attach_metrics(&self, m: Arc<crate::metrics::Metrics>) {
+    /// Count in `m` from now on: authentication failures and lock-outs, refusals by gate,
+    /// sessions, command lines and their latency.
+    pub fn attach_metrics(&self, m: Arc<Metrics>) {
         if let Some(a) = &self.auth {
-            a.attach_metrics(m)
+            a.attach_metrics(m.clone())
+        }
+        self.live.attach_metrics(m.clone());
+        let _ = self.metrics.set(m);
+    }
+
+    /// The live sessions (`keyhole sessions`).
+    pub fn sessions(&self) -> Arc<SessionTable> {
+        self.live.clone()
+    }
+
+    fn count_refusal(&self, gate: u8) {
+        if let Some(m) = self.metrics.get() {
+            m.refusals.with(&[&gate.to_string()]).inc();
         }
     }
 
@@ -292,7 +461,16 @@ impl Gates {
         endpoint: Option<&str>,
         d: &Denied,
     ) {
-        tracing::warn!(user, endpoint, rule = d.rule_id, source = %origin.source(), "{d}");
+        tracing::warn!(
+            gate = d.gate,
+            user,
+            endpoint,
+            rule = d.rule_id,
+            source = %origin.source(),
+            reason = d.reason.as_str(),
+            "{d}"
+        );
+        self.count_refusal(d.gate);
         self.audit(AuditEvent {
             user: Some(user.to_string()),
             source: Some(origin.source()),
@@ -318,6 +496,8 @@ impl Gates {
         let user = who.user.as_str();
         let groups = who.groups.as_slice();
         let cfg = self.config();
+        // The gateway rule that admitted a remote user (logged when the session opens).
+        let mut admitted_by = None;
         if let Origin::Remote(_) = origin {
             let mut names = vec![cfg.server.computer_name.clone()];
             names.extend(cfg.server.computer_aliases.iter().cloned());
@@ -338,6 +518,7 @@ impl Gates {
                 );
                 return Err(denied.into());
             }
+            admitted_by = d.rule_id;
             self.audit(AuditEvent {
                 user: Some(user.to_string()),
                 source: Some(origin.source()),
@@ -396,7 +577,16 @@ impl Gates {
                         limit,
                     };
                     drop(m);
-                    tracing::warn!(user, endpoint, source = %origin.source(), "refused: {e}");
+                    let reason = e.to_string();
+                    tracing::warn!(
+                        gate = 4u8,
+                        user,
+                        endpoint,
+                        source = %origin.source(),
+                        reason = reason.as_str(),
+                        "refused: {e}"
+                    );
+                    self.count_refusal(4);
                     self.audit(AuditEvent {
                         user: Some(user.to_string()),
                         source: Some(origin.source()),
@@ -444,7 +634,7 @@ impl Gates {
             run_as: ep.config.run_as.clone(),
             endpoint: ep.config.name.clone(),
             client_address: origin.peer().map(|p| p.ip().to_string()),
-            transport: kind.transport().to_string(),
+            transport: kind.transport().as_str().to_string(),
             start_time: chrono::Utc::now(),
             session_id: session_id.clone(),
         };
@@ -463,7 +653,15 @@ impl Gates {
                 )));
             }
         };
-        // From here the guard releases the slot and writes "session end" whatever happens.
+        // From here the guard releases the slot, leaves the list and writes "session end"
+        // whatever happens.
+        let live = self.live.open(NewSession {
+            session_id: session_id.clone(),
+            user: user.to_string(),
+            endpoint: ep.config.name.clone(),
+            client: origin.source(),
+            transport: kind.transport(),
+        });
         let guard = SessionGuard {
             gates: Arc::downgrade(self),
             user: user.to_string(),
@@ -472,6 +670,17 @@ impl Gates {
             source: origin.source(),
             kind,
             slot,
+            live: live.clone(),
+        };
+        let audit = SessionAudit {
+            transcript,
+            metrics: self
+                .metrics
+                .get()
+                .map(|m| LineMetrics::new(m, &ep.config.name)),
+            live,
+            line: String::new(),
+            started: None,
         };
         let host = HostEnv {
             run_as: ep.config.run_as.clone(),
@@ -488,7 +697,7 @@ impl Gates {
                 host,
                 commands: crate::commands::source(),
             },
-            Box::new(transcript),
+            Box::new(audit),
         );
         self.audit(AuditEvent {
             user: Some(user.to_string()),
@@ -497,10 +706,19 @@ impl Gates {
             decision: Some(AuditDecision::Allow),
             endpoint: Some(ep.config.name.clone()),
             session_id: Some(session_id.clone()),
-            transport: Some(kind.transport().to_string()),
+            transport: Some(kind.transport().as_str().to_string()),
             reason: Some(format!("roles: {}", cap.roles.join(", "))),
             ..AuditEvent::new(AuditKind::SessionStart)
         });
+        tracing::info!(
+            user,
+            endpoint = ep.config.name.as_str(),
+            session_id = session_id.as_str(),
+            source = %origin.source(),
+            transport = kind.transport().as_str(),
+            rule = admitted_by,
+            "session opened"
+        );
         Ok(Grant {
             session,
             endpoint: ep.config.name.clone(),
@@ -1091,6 +1309,55 @@ mod tests {
             .unwrap();
         drop((a, c, w, r));
         assert_eq!(g.open_sessions("alice"), 0);
+    }
+
+    /// A `tracing` writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_command_line_cannot_forge_a_line_of_the_plain_text_log() {
+        let (_d, g) = gates();
+        let out = Captured::default();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(out.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let mut grant = g
+                .open(&who("alice"), "E", Origin::Local, SessionKind::Run)
+                .unwrap();
+            let mut sink = crate::engine::VecSink(Vec::new());
+            grant.session.run_line(
+                "Get-Date\n2026-01-01T00:00:00Z  WARN forged: root logged in",
+                &mut sink,
+                &crate::engine::CancelToken::new(),
+            );
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("command line"), "{text}");
+        assert!(text.contains("Get-Date\\n2026-01-01"), "escaped: {text}");
+        for l in text.lines() {
+            assert!(
+                !l.starts_with("2026-01-01T00:00:00Z"),
+                "forged line: {text}"
+            );
+        }
     }
 
     #[test]

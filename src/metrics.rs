@@ -46,6 +46,11 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// Mirror a count kept elsewhere (a process-wide atomic read at scrape time): the counter
+    /// becomes `total` unless it is already higher (it never goes down).
+    pub fn raise_to(&self, total: u64) {
+        self.0.fetch_max(total, Ordering::Relaxed);
+    }
 }
 
 /// A value that goes up and down.
@@ -312,7 +317,11 @@ pub struct Metrics {
     pub start_time: Family<Gauge>,
     /// Always 1; the labels carry the version.
     pub build_info: Family<Gauge>,
+    /// Run before each scrape to copy in values kept elsewhere (see [`Metrics::on_scrape`]).
+    collectors: RwLock<Vec<Collector>>,
 }
+
+type Collector = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -411,6 +420,7 @@ impl Metrics {
                 "Always 1; the version label says which keyhole runs.",
                 &["version"],
             )),
+            collectors: RwLock::new(Vec::new()),
         };
         m.build_info.with(&[env!("CARGO_PKG_VERSION")]).set(1);
         let now = unix_now();
@@ -443,8 +453,25 @@ impl Metrics {
         }
     }
 
+    /// Run `f` before every scrape, to copy in values that are kept elsewhere (the runner's
+    /// buffered bytes, the sandbox's spawn counts) without this module knowing them.
+    pub fn on_scrape(&self, f: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.collectors
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(f));
+    }
+
     /// The text exposition format of every family.
     pub fn render(&self) -> String {
+        for c in self
+            .collectors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            c(self);
+        }
         let mut out = String::new();
         self.sessions_open.render(&mut out);
         self.sessions_opened.render(&mut out);

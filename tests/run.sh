@@ -4,20 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every test runs here: one whose prerequisite (root, a tool, the venv) is missing FAILS rather
+# than skips (tests/fixtures/prereq.rs; in pytest, tests/interop/conftest.py turns skips into
+# failures). Run without this (plain `cargo test`, non-root), such tests skip, loudly.
+export KEYHOLE_REQUIRE_ALL=1
+
 # System packages (run time and tests only: building needs nothing but the Rust toolchain, see
 # tests/core/build_deps.rs): ping (Test-Connection), useradd/chpasswd (root tests), promtool (metrics
 # lint, Debian's prometheus package), debootstrap (the package's clean-room build), strace (the
-# unit's system-call filter check), node (the polkit rule is evaluated in it; Debian's nodejs when
-# the machine has no node), MIT Kerberos: the GSSAPI library keyhole loads at run time, a KDC,
+# unit's system-call filter check; the transcript's sync order in tests/cli/cli_fsync.rs), node
+# (the polkit rule is evaluated in it; Debian's nodejs when the machine has no node), MIT Kerberos: the GSSAPI library keyhole loads at run time, a KDC,
 # kadmin.local and kinit for the throwaway realm of tests/krb/realm.sh (negotiate_* tests), and
 # libkrb5-dev/python3-dev/gcc to build pyspnego's Kerberos (python-gssapi, krb5) and pywinrm's
 # (pykerberos) in the venv; tests/interop/test_negotiate.py fails rather than skips without them
 # as root.
 # curl: tests/interop/test_identify.py checks a host as an administrator would. Debian's chromium and
 # chromium-driver: the web console's browser tests (tests/interop/test_console.py).
+# systemd: systemd-analyze (packaging/check-syscalls.sh expands the unit's filter with it;
+# tests/package.sh verifies the installed unit).
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pkg in iputils-ping passwd prometheus debootstrap strace libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc curl chromium chromium-driver; do
+    for pkg in iputils-ping passwd prometheus debootstrap strace systemd libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc curl chromium chromium-driver; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     command -v node >/dev/null || missing+=(nodejs)

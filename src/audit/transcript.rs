@@ -302,6 +302,12 @@ impl Transcript {
 
     /// Write the end marker (also done on drop).
     pub fn finish(&mut self) -> io::Result<()> {
+        self.finish_with(None)
+    }
+
+    /// Write the end marker with why the session ended (`End reason: closed by the
+    /// administrator`, `End reason: idle for 20m (idle_timeout)`), when known.
+    pub fn finish_with(&mut self, reason: Option<&str>) -> io::Result<()> {
         if self.ended {
             return Ok(());
         }
@@ -315,8 +321,11 @@ impl Transcript {
         } else {
             String::new()
         };
+        let why = reason
+            .map(|r| format!("End reason: {}\n", clean(r)))
+            .unwrap_or_default();
         let text = format!(
-            "{SEPARATOR}\nPowerShell transcript end\nEnd time: {}\n{not_recorded}{SEPARATOR}\n",
+            "{SEPARATOR}\nPowerShell transcript end\nEnd time: {}\n{why}{not_recorded}{SEPARATOR}\n",
             stamp(Utc::now())
         );
         self.write(&text, true)

@@ -22,10 +22,11 @@ pub mod complete;
 pub mod store;
 pub mod web;
 
+use crate::wsman::shell::ShellControl;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -107,6 +108,7 @@ fn ended_message(why: Ended) -> &'static str {
         Ended::TimedOut => "You were signed out because the session was idle too long. Programs you started in it were stopped.",
         Ended::Exited => "The session has ended (exit).",
         Ended::ServerStopped => "The session ended because the server stopped.",
+        Ended::Closed => "The session was closed by the administrator. Programs you started in it were stopped.",
     }
 }
 
@@ -399,6 +401,7 @@ impl Console {
                     session.endpoint.clone(),
                     session.session_id.clone(),
                 );
+                let hook = session.hook.clone();
                 let Some(id) = self.store.insert(*session) else {
                     tracing::error!("console: the operating system gave no random bytes");
                     return self.sign_in_page(
@@ -407,6 +410,12 @@ impl Console {
                         typed,
                     );
                 };
+                if let Some(h) = hook {
+                    h.attach(Arc::new(ConsoleControl {
+                        console: Arc::downgrade(&self),
+                        session_id: sid.clone(),
+                    }));
+                }
                 tracing::info!(user = %who, endpoint = %ep, session = %sid, source = %peer.ip(), "console session started");
                 let r = see_other("/console");
                 let r = with_cookie(r, &web::set_cookie(web::SESSION_COOKIE, &id, None));
@@ -459,8 +468,9 @@ impl Console {
         };
         let visible = o.session.visible().to_vec();
         let idle_timeout = o.limits.idle_timeout;
+        let hook = o.hook;
         let shell = ConsoleShell::new(o.session, o.setup);
-        SignIn::Opened(Box::new(ConsoleSession::new(
+        let mut session = ConsoleSession::new(
             who.user,
             o.endpoint,
             computer,
@@ -471,7 +481,9 @@ impl Console {
             visible,
             idle_timeout,
             Instant::now(),
-        )))
+        );
+        session.hook = Some(hook);
+        SignIn::Opened(Box::new(session))
     }
 
     /// `POST /console/sign-out` (the page's form: the CSRF token in a hidden field).
@@ -742,6 +754,45 @@ fn idle_json(s: &ConsoleSession, now: Instant) -> serde_json::Value {
 
 /// Drop ended sessions on a blocking thread when there is a runtime (their transcripts end
 /// with an fsync), else here.
+/// How `keyhole sessions` reaches a console session: closed as its idle time-out would close
+/// it (the command stopped, its programs killed; the page then says the administrator closed
+/// it).
+struct ConsoleControl {
+    console: Weak<Console>,
+    session_id: String,
+}
+
+impl ShellControl for ConsoleControl {
+    fn shell_id(&self) -> String {
+        "web console".to_string()
+    }
+
+    fn idle(&self) -> Option<Duration> {
+        let c = self.console.upgrade()?;
+        let s = c.store.by_session_id(&self.session_id)?;
+        Some(s.idle(Instant::now()))
+    }
+
+    fn close(&self, reason: &str) -> bool {
+        let Some(c) = self.console.upgrade() else {
+            return false;
+        };
+        match c
+            .store
+            .end_session(&self.session_id, Ended::Closed, Instant::now())
+        {
+            Some(s) => {
+                if let Some(h) = &s.hook {
+                    h.closing(reason);
+                }
+                release(vec![s]);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 fn release(done: Vec<Arc<ConsoleSession>>) {
     if done.is_empty() {
         return;

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use super::web;
 use crate::engine::VisibleCommand;
 use crate::shells::console::ConsoleShell;
+use crate::wsman::shell::SessionHook;
 
 /// Requests one session may make in a burst, and per second after it.
 pub const RATE_BURST: f64 = 40.0;
@@ -40,6 +41,8 @@ pub enum Ended {
     /// `exit` or `Exit-PSSession`.
     Exited,
     ServerStopped,
+    /// `keyhole sessions close`.
+    Closed,
 }
 
 impl Ended {
@@ -49,6 +52,7 @@ impl Ended {
             Ended::TimedOut => "timed-out",
             Ended::Exited => "exited",
             Ended::ServerStopped => "server-stopped",
+            Ended::Closed => "closed",
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct ConsoleSession {
     /// The session's command table as the user sees it (tab completion).
     pub visible: Vec<VisibleCommand>,
     pub idle_timeout: Duration,
+    /// Its entry in the session list (`keyhole sessions`), told why the session ends.
+    pub hook: Option<Arc<dyn SessionHook>>,
     clock: Mutex<Clock>,
     polls: AtomicU64,
 }
@@ -103,6 +109,7 @@ impl ConsoleSession {
             shell,
             visible,
             idle_timeout,
+            hook: None,
             clock: Mutex::new(Clock {
                 last_activity: now,
                 tokens: RATE_BURST,
@@ -110,6 +117,11 @@ impl ConsoleSession {
             }),
             polls: AtomicU64::new(0),
         }
+    }
+
+    /// Time since the user's last request (what the idle time-out measures).
+    pub fn idle(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(lock(&self.clock).last_activity)
     }
 
     /// A request from the user (not a poll): the idle clock starts again.
@@ -223,6 +235,38 @@ impl Store {
         };
         finish(&s, why);
         Some(s)
+    }
+
+    /// End the session whose audit-log id is `session_id` (`keyhole sessions close`); the
+    /// page then says why, like after an idle time-out.
+    pub fn end_session(
+        &self,
+        session_id: &str,
+        why: Ended,
+        now: Instant,
+    ) -> Option<Arc<ConsoleSession>> {
+        let s = {
+            let mut inner = lock(&self.inner);
+            let k = inner
+                .live
+                .iter()
+                .find(|(_, s)| s.session_id == session_id)
+                .map(|(k, _)| *k)?;
+            let s = inner.live.remove(&k)?;
+            remember(&mut inner, k, why, now);
+            s
+        };
+        finish(&s, why);
+        Some(s)
+    }
+
+    /// The live session whose audit-log id is `session_id`.
+    pub fn by_session_id(&self, session_id: &str) -> Option<Arc<ConsoleSession>> {
+        lock(&self.inner)
+            .live
+            .values()
+            .find(|s| s.session_id == session_id)
+            .cloned()
     }
 
     /// Sessions live now.

@@ -38,6 +38,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{LimitsConfig, ListenerConfig, ServerConfig};
+use crate::metrics::Metrics;
 use crate::wsman::fault::WsmanError;
 use crate::wsman::service::{Reply, ServiceConfig, WsmanService, MAX_ANONYMOUS_IDENTIFY};
 use crate::wsman::shell::{
@@ -205,6 +206,36 @@ struct Ctx {
     gate2: gate2::Gate2,
     max_body: usize,
     routes: Vec<Arc<dyn WebRoutes>>,
+    /// `keyhole_connections_open` and gate-1 refusals, when counted.
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Ctx {
+    fn refused_at_gate_1(&self) {
+        if let Some(m) = &self.metrics {
+            m.refusals.with(&["1"]).inc();
+        }
+    }
+}
+
+/// Counts one open connection in `keyhole_connections_open` while it lives.
+struct OpenConnection(Option<Arc<Metrics>>);
+
+impl OpenConnection {
+    fn new(m: Option<Arc<Metrics>>) -> OpenConnection {
+        if let Some(m) = &m {
+            m.connections_open.get().inc();
+        }
+        OpenConnection(m)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(m) = &self.0 {
+            m.connections_open.get().dec();
+        }
+    }
 }
 
 /// A bound server: call [`Server::run`] to serve.
@@ -230,6 +261,7 @@ pub struct Server {
     /// Password verification slots (gate 2 under load); shared with the web console's sign-in
     /// when the daemon says so ([`Server::share_verify_slots`]).
     verify_slots: Arc<VerifySlots>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Server {
@@ -310,6 +342,7 @@ impl Server {
             max_body,
             routes: Vec::new(),
             verify_slots: Arc::new(VerifySlots::for_this_host()),
+            metrics: None,
         })
     }
 
@@ -323,6 +356,12 @@ impl Server {
     /// answers 404 there.
     pub fn register_routes(&mut self, routes: Arc<dyn WebRoutes>) {
         self.routes.push(routes);
+    }
+
+    /// Count open connections and gate-1 refusals (address not in `ip_allow`, no connection
+    /// slot, TLS handshake failed) in `m`.
+    pub fn attach_metrics(&mut self, m: Arc<Metrics>) {
+        self.metrics = Some(m);
     }
 
     /// Serve the resource URI `uri` with `factory` (WinRS: `.../windows/shell/cmd`).
@@ -346,6 +385,7 @@ impl Server {
             gate: self.gate,
             max_body: self.max_body,
             routes: self.routes,
+            metrics: self.metrics,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let conns = Arc::new(Semaphore::new(self.max_connections));
@@ -604,7 +644,8 @@ async fn accept_loop(
         };
         let ip = canonical(peer.ip());
         if !gate1.ip_allow.iter().any(|n| n.contains(&ip)) {
-            tracing::warn!(%peer, "gate 1: connection dropped: address not in [listener] ip_allow");
+            tracing::warn!(%peer, gate = 1u8, "gate 1: connection dropped: address not in [listener] ip_allow");
+            ctx.refused_at_gate_1();
             drop(stream);
             continue;
         }
@@ -612,6 +653,7 @@ async fn accept_loop(
             Ok(s) => s,
             Err(why) => {
                 gate1.slots.log_refusal(peer, why);
+                ctx.refused_at_gate_1();
                 drop(stream);
                 continue;
             }
@@ -626,6 +668,7 @@ async fn accept_loop(
         let authenticated = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {
             let _slot = slot;
+            let _open = OpenConnection::new(ctx.metrics.clone());
             match tls {
                 Some((acc, channel_binding)) => {
                     // A connection still in its handshake when the server stops is dropped
@@ -640,10 +683,12 @@ async fn accept_loop(
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::info!(%peer, "gate 1: TLS handshake failed: {e}");
+                            ctx.refused_at_gate_1();
                             return;
                         }
                         Err(_) => {
                             tracing::info!(%peer, "gate 1: TLS handshake timed out (unauthenticated_timeout)");
+                            ctx.refused_at_gate_1();
                             return;
                         }
                     };

@@ -29,7 +29,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Everything needed to run one program. Never a shell: `program` is absolute, `args` are argv[1..].
@@ -185,6 +185,25 @@ impl CancelToken {
 
 /// The fixed environment every program gets (SPEC §4.4).
 pub const BASE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Programs [`run`] started in this process, and attempts that failed before the program ran.
+static SPAWNS_STARTED: AtomicU64 = AtomicU64::new(0);
+static SPAWNS_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Programs started through [`run`] in this process so far, and attempts that failed before
+/// the program ran (a refused spec, the run_as account, exec): `(started, failed)`. Read by the
+/// daemon for `keyhole_program_spawns_total`.
+pub fn spawn_counts() -> (u64, u64) {
+    (
+        SPAWNS_STARTED.load(Ordering::Relaxed),
+        SPAWNS_FAILED.load(Ordering::Relaxed),
+    )
+}
+
+fn spawn_failed<T>(e: SandboxError) -> Result<T, SandboxError> {
+    SPAWNS_FAILED.fetch_add(1, Ordering::Relaxed);
+    Err(e)
+}
 pub const BASE_LANG: &str = "C.UTF-8";
 /// How often the run loop wakes to check the timeout and cancellation.
 const POLL_INTERVAL_MS: u16 = 25;
@@ -364,14 +383,16 @@ pub fn run(
     cancel: &CancelToken,
     on_stdout: &mut dyn FnMut(&[u8]),
 ) -> Result<ProgramResult, SandboxError> {
-    validate(spec)?;
+    if let Err(e) = validate(spec) {
+        return spawn_failed(e);
+    }
     init();
     let (containment, procs_fd) = contain::Containment::new();
     let prepared = match privileges::prepare(&spec.run_as, &spec.capabilities, procs_fd) {
         Ok(p) => p,
         Err(e) => {
             containment.cleanup();
-            return Err(e);
+            return spawn_failed(e);
         }
     };
 
@@ -405,12 +426,13 @@ pub fn run(
         Ok(c) => c,
         Err(e) => {
             containment.cleanup();
-            return Err(SandboxError::Spawn {
+            return spawn_failed(SandboxError::Spawn {
                 program: spec.program.display().to_string(),
                 source: e,
             });
         }
     };
+    SPAWNS_STARTED.fetch_add(1, Ordering::Relaxed);
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
 
     if let (Some(mut stdin), Some(data)) = (child.stdin.take(), spec.stdin.clone()) {

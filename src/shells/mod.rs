@@ -19,7 +19,7 @@ use runner::{Budget, OutputBudget, Workers};
 
 use crate::engine::Session;
 use crate::gates::{Gates, OpenError, Origin, SessionKind};
-use crate::wsman::shell::{CreateError, Identity, ShellError, ShellLimits};
+use crate::wsman::shell::{CreateError, Identity, SessionHook, ShellError, ShellLimits};
 
 /// Output one line may hold while the client is not receiving, by default (`Budget::PerLine`).
 pub const MAX_BUFFERED_OUTPUT_PER_LINE: usize = 16 * 1024 * 1024;
@@ -61,6 +61,8 @@ pub struct Opened {
     pub session_id: String,
     pub setup: ShellSetup,
     pub limits: ShellLimits,
+    /// The session's entry in the session list (`keyhole sessions`), for the shell registry.
+    pub hook: Arc<dyn SessionHook>,
 }
 
 /// Open a session for a shell through `gates` (the one opener) and turn the grant into what a
@@ -81,6 +83,7 @@ pub fn open_session(
             return Err(ShellError::QuotaLimit(e.to_string()).into())
         }
     };
+    let hook = grant.guard.hook();
     let setup = ShellSetup {
         command_timeout: Some(grant.limits.command_timeout),
         budget: Budget::Shared(budgets.for_user(&id.user, grant.limits.max_buffered_output_bytes)),
@@ -93,6 +96,7 @@ pub fn open_session(
         session_id: grant.session_id,
         setup,
         limits: grant.limits.shell,
+        hook,
     })
 }
 

@@ -115,6 +115,7 @@ impl ShellFactory for PsrpFactory {
         Ok(NewShell {
             shell: Box::new(PsrpShell::new(o.session, o.setup)),
             limits: o.limits,
+            session: Some(o.hook),
         })
     }
 }

@@ -346,6 +346,27 @@ impl<S: Send + 'static> Lane<S> {
 // ---------------------------------------------------------------------------------------------
 // Output: budgets and outboxes
 
+/// Bytes held by every budget of this process (`keyhole_buffered_output_bytes`).
+static BUFFERED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Output produced and not yet received, all budgets of this process together.
+pub fn buffered_output_bytes() -> usize {
+    BUFFERED_BYTES.load(Ordering::Relaxed)
+}
+
+/// Add `n` bytes to a budget's count (and the process total).
+fn grow(used: &mut usize, n: usize) {
+    *used = used.saturating_add(n);
+    BUFFERED_BYTES.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Take `n` bytes off a budget's count (never below zero; the process total by as much).
+fn shrink(used: &mut usize, n: usize) {
+    let d = n.min(*used);
+    *used -= d;
+    BUFFERED_BYTES.fetch_sub(d, Ordering::Relaxed);
+}
+
 /// Bytes of produced-but-unreceived output allowed, shared by every outbox drawing from it.
 pub struct OutputBudget {
     limit: usize,
@@ -392,7 +413,7 @@ impl OutputBudget {
             }
             if *used == 0 || used.saturating_add(n) <= self.limit || own.load(Ordering::SeqCst) == 0
             {
-                *used = used.saturating_add(n);
+                grow(&mut used, n);
                 return true;
             }
             if cancel.is_cancelled() {
@@ -415,7 +436,7 @@ impl OutputBudget {
     fn try_acquire(&self, n: usize) -> bool {
         let mut used = lock(&self.used);
         if *used == 0 || used.saturating_add(n) <= self.limit {
-            *used = used.saturating_add(n);
+            grow(&mut used, n);
             true
         } else {
             false
@@ -428,7 +449,7 @@ impl OutputBudget {
         }
         {
             let mut used = lock(&self.used);
-            *used = used.saturating_sub(n);
+            shrink(&mut used, n);
         }
         self.cv.notify_all();
     }
@@ -437,6 +458,15 @@ impl OutputBudget {
     pub fn wake_all(&self) {
         let _g = lock(&self.used);
         self.cv.notify_all();
+    }
+}
+
+impl Drop for OutputBudget {
+    /// What a budget still counts when it goes (an outbox dropped with items queued) leaves the
+    /// process total too.
+    fn drop(&mut self) {
+        let used = self.used.get_mut().unwrap_or_else(|e| e.into_inner());
+        shrink(used, *used);
     }
 }
 
@@ -551,7 +581,7 @@ impl<T: Item> Outbox<T> {
             let n = item.weight();
             // Counted so that taking it releases it; never waited for.
             let mut used = lock(&self.budget.used);
-            *used = used.saturating_add(n);
+            grow(&mut used, n);
             drop(used);
             st.bytes = st.bytes.saturating_add(n);
             st.items.push_back(item);

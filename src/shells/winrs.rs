@@ -92,6 +92,7 @@ impl ShellFactory for WinrsFactory {
                 req.max_envelope_size,
             )),
             limits: o.limits,
+            session: Some(o.hook),
         })
     }
 }
@@ -246,7 +247,7 @@ impl Shell for WinrsShell {
         }
         let out = Outbox::new(self.setup_budget.for_line(), self.notify.clone());
         let cancel = CancelToken::new();
-        tracing::info!(user = %self.user, endpoint = %self.endpoint, command = %id, "WinRS command");
+        tracing::debug!(user = %self.user, endpoint = %self.endpoint, command_id = %id, "WinRS command");
         self.lane.run(
             cancel.clone(),
             Box::new(TextLine {

@@ -1,16 +1,20 @@
 //! The shell registry: every open shell keyed by ShellId, owned by one user. Another user's
 //! ShellId looks exactly like an unknown one. Enforces the per-user shell quota and the idle
 //! timeout (closing a shell kills what runs in it and answers every Receive waiting on it).
+//! Every close — idle time-out, Delete, shutdown, or the administrator through a
+//! [`ShellControl`] — takes the same path and tells the session behind the shell why.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::shell::{Shell, ShellError, ShellLimits, StreamName};
+use super::shell::{
+    close_reason, SessionHook, Shell, ShellControl, ShellError, ShellLimits, StreamName,
+};
 
 /// Who opened a shell (user name as authenticated, client address).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +34,8 @@ pub struct ShellEntry {
     pub environment: Vec<(String, String)>,
     pub idle_timeout: Duration,
     pub created: Instant,
+    /// The session behind the shell (told why it closes), if its factory gave one.
+    pub session: Option<Arc<dyn SessionHook>>,
     shell: Mutex<Box<dyn Shell>>,
     notify: Arc<Notify>,
     last_used: Mutex<Instant>,
@@ -59,6 +65,7 @@ impl ShellEntry {
             environment: Vec::new(),
             idle_timeout: limits.idle_timeout,
             created: Instant::now(),
+            session: None,
             shell: Mutex::new(shell),
             notify,
             last_used: Mutex::new(Instant::now()),
@@ -97,6 +104,14 @@ impl ShellEntry {
     /// The shell was deleted, expired or shut down.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Tell the session behind the shell why it is about to close (every caller of `close`
+    /// does, first).
+    fn tell_session(&self, reason: &str) {
+        if let Some(s) = &self.session {
+            s.closing(reason);
+        }
     }
 
     /// Close the shell and answer every Receive waiting on it (they see `is_closed`).
@@ -196,7 +211,7 @@ impl Registry {
             .cloned()
     }
 
-    /// Remove and close the shell `id` if `user` owns it.
+    /// Remove and close the shell `id` if `user` owns it (the client's Delete).
     pub fn delete(&self, id: &str, user: &str) -> bool {
         let removed = {
             let mut map = self.map();
@@ -207,11 +222,35 @@ impl Registry {
         };
         match removed {
             Some(e) => {
+                e.tell_session(close_reason::CLIENT);
                 e.close();
                 true
             }
             None => false,
         }
+    }
+
+    /// Remove and close the shell `id`, whoever owns it, as an idle time-out would (the
+    /// administrator, through [`ShellControl`]). False when there is no such shell.
+    pub fn close_by_server(&self, id: &str, reason: &str) -> bool {
+        let removed = self.map().remove(&key(id));
+        match removed {
+            Some(e) => {
+                tracing::info!(shell = %e.id, user = %e.owner.user, reason, "closing shell: {reason}");
+                e.tell_session(reason);
+                e.close();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A handle on the registered shell `id` for its session (see [`ShellControl`]).
+    pub fn control(self: &Arc<Self>, id: &str) -> Arc<dyn ShellControl> {
+        Arc::new(EntryControl {
+            registry: Arc::downgrade(self),
+            id: id.to_string(),
+        })
     }
 
     /// Number of shells `user` has open.
@@ -274,6 +313,13 @@ impl Registry {
                 .collect();
             ids.iter().filter_map(|k| map.remove(k)).collect()
         };
+        // Their sessions hear why first (the transcript and the audit log say it).
+        expired.iter().for_each(|e| {
+            e.tell_session(&format!(
+                "idle for {} (idle_timeout)",
+                humantime::format_duration(e.idle_timeout)
+            ))
+        });
         for e in &expired {
             tracing::info!(shell = %e.id, user = %e.owner.user, "closing idle shell after {:?}", e.idle_timeout);
             self.remember_closed(
@@ -293,7 +339,169 @@ impl Registry {
     pub fn close_all(&self) {
         let all: Vec<Arc<ShellEntry>> = self.map().drain().map(|(_, e)| e).collect();
         for e in all {
+            e.tell_session(close_reason::SHUTDOWN);
             e.close();
         }
+    }
+
+    fn idle_of(&self, id: &str) -> Option<Duration> {
+        let e = self.map().get(&key(id)).cloned()?;
+        if e.busy.load(Ordering::SeqCst) > 0 {
+            return Some(Duration::ZERO);
+        }
+        Some(e.inactivity())
+    }
+}
+
+/// [`ShellControl`] over one registry entry (holds the registry weakly: no cycle through the
+/// session, which the entry holds).
+struct EntryControl {
+    registry: Weak<Registry>,
+    id: String,
+}
+
+impl ShellControl for EntryControl {
+    fn shell_id(&self) -> String {
+        self.id.clone()
+    }
+    fn idle(&self) -> Option<Duration> {
+        self.registry.upgrade()?.idle_of(&self.id)
+    }
+    fn close(&self, reason: &str) -> bool {
+        self.registry
+            .upgrade()
+            .is_some_and(|r| r.close_by_server(&self.id, reason))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::wsman::shell::{CommandRequest, CreateRequest, ReceiveResponse, Signal};
+
+    struct NullShell {
+        closed: Arc<AtomicBool>,
+        notify: Arc<Notify>,
+    }
+    impl Shell for NullShell {
+        fn on_create(&mut self, _: &CreateRequest) -> Result<(), ShellError> {
+            Ok(())
+        }
+        fn command(&mut self, _: CommandRequest) -> Result<String, ShellError> {
+            Err(ShellError::InvalidSelectors)
+        }
+        fn send(
+            &mut self,
+            _: Option<&str>,
+            _: StreamName,
+            _: Vec<u8>,
+            _: bool,
+        ) -> Result<(), ShellError> {
+            Ok(())
+        }
+        fn receive(&mut self, _: Option<&str>) -> Result<ReceiveResponse, ShellError> {
+            Ok(ReceiveResponse::default())
+        }
+        fn signal(&mut self, _: Option<&str>, _: Signal) -> Result<(), ShellError> {
+            Ok(())
+        }
+        fn close(&mut self) {
+            self.closed.store(true, Ordering::SeqCst);
+        }
+        fn notify(&self) -> Arc<Notify> {
+            self.notify.clone()
+        }
+    }
+
+    /// Records what the registry tells the session behind a shell.
+    #[derive(Default)]
+    struct Recorder {
+        reasons: Mutex<Vec<String>>,
+        control: Mutex<Option<Arc<dyn ShellControl>>>,
+    }
+    impl SessionHook for Recorder {
+        fn attach(&self, control: Arc<dyn ShellControl>) {
+            *self.control.lock().unwrap() = Some(control);
+        }
+        fn closing(&self, reason: &str) {
+            self.reasons.lock().unwrap().push(reason.into());
+        }
+    }
+
+    fn add(
+        reg: &Arc<Registry>,
+        id: &str,
+        idle: Duration,
+    ) -> (Arc<Recorder>, Arc<AtomicBool>, Arc<ShellEntry>) {
+        let closed = Arc::new(AtomicBool::new(false));
+        let rec = Arc::new(Recorder::default());
+        let mut e = ShellEntry::new(
+            id.into(),
+            ShellOwner {
+                user: "alice".into(),
+                client: "192.0.2.7".into(),
+            },
+            "urn:test".into(),
+            (vec![StreamName::Stdin], vec![StreamName::Stdout]),
+            ShellLimits {
+                max_shells: 10,
+                idle_timeout: idle,
+            },
+            Box::new(NullShell {
+                closed: closed.clone(),
+                notify: Arc::new(Notify::new()),
+            }),
+        );
+        e.session = Some(rec.clone());
+        let e = reg.insert(e, 10).map_err(|(err, _)| err).unwrap();
+        rec.attach(reg.control(id));
+        (rec, closed, e)
+    }
+
+    fn reasons(r: &Recorder) -> Vec<String> {
+        r.reasons.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn every_close_goes_one_way_and_tells_the_session_why() {
+        let reg = Arc::new(Registry::new());
+        let long = Duration::from_secs(3600);
+        let (idle, idle_closed, _) = add(&reg, "IDLE", Duration::ZERO);
+        let (admin, admin_closed, admin_entry) = add(&reg, "ADMIN", long);
+        let (client, client_closed, _) = add(&reg, "CLIENT", long);
+        let (last, last_closed, _) = add(&reg, "LAST", long);
+
+        // Idle time-out.
+        assert_eq!(reg.reap_idle(), vec!["IDLE".to_string()]);
+        assert!(idle_closed.load(Ordering::SeqCst));
+        assert_eq!(reasons(&idle), ["idle for 0s (idle_timeout)"]);
+
+        // The administrator, through the control the session was given (a request in flight
+        // does not keep it open).
+        let control = admin.control.lock().unwrap().clone().unwrap();
+        assert_eq!(control.shell_id(), "ADMIN");
+        let busy = admin_entry.use_guard();
+        assert_eq!(control.idle(), Some(Duration::ZERO), "in use: not idle");
+        assert!(control.close(close_reason::ADMINISTRATOR));
+        drop(busy);
+        assert!(admin_closed.load(Ordering::SeqCst));
+        assert!(admin_entry.is_closed(), "a waiting Receive sees it closed");
+        assert_eq!(reasons(&admin), [close_reason::ADMINISTRATOR]);
+        assert!(
+            reg.get("ADMIN", "alice").is_none(),
+            "the next request fails"
+        );
+        assert_eq!(control.idle(), None);
+        assert!(!control.close("again"), "already gone");
+
+        // The client's Delete, then shutdown.
+        assert!(reg.delete("CLIENT", "ALICE"));
+        assert!(client_closed.load(Ordering::SeqCst));
+        assert_eq!(reasons(&client), [close_reason::CLIENT]);
+        reg.close_all();
+        assert!(last_closed.load(Ordering::SeqCst));
+        assert_eq!(reasons(&last), [close_reason::SHUTDOWN]);
+        assert!(reg.is_empty());
     }
 }

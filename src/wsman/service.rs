@@ -394,7 +394,11 @@ impl Core {
         new: NewShell,
         address: &str,
     ) -> OpResult {
-        let NewShell { mut shell, limits } = new;
+        let NewShell {
+            mut shell,
+            limits,
+            session,
+        } = new;
         let owner = ShellOwner {
             user: id.user.clone(),
             client: peer.ip().to_string(),
@@ -434,6 +438,7 @@ impl Core {
             shell,
         );
         entry.environment = req.environment.clone();
+        entry.session = session.clone();
         let entry = match self.registry.insert(entry, limits.max_shells) {
             Ok(e) => e,
             Err((err, entry)) => {
@@ -441,6 +446,9 @@ impl Core {
                 return Err(err.into());
             }
         };
+        if let Some(s) = &session {
+            s.attach(self.registry.control(&shell_id));
+        }
         tracing::info!(user = %id.user, shell = %shell_id, resource = %uri, "shell created");
         let info = self.info(&entry);
         let body = format!(

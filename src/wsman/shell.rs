@@ -214,6 +214,42 @@ pub struct ShellLimits {
 pub struct NewShell {
     pub shell: Box<dyn Shell>,
     pub limits: ShellLimits,
+    /// The session behind the shell, told by the registry why the shell closes and handed a
+    /// [`ShellControl`] once the shell is registered (None: a shell nobody lists).
+    pub session: Option<Arc<dyn SessionHook>>,
+}
+
+/// Why a shell closed, as its session's transcript and the audit log say it.
+pub mod close_reason {
+    /// `keyhole sessions close`.
+    pub const ADMINISTRATOR: &str = "closed by the administrator";
+    /// The client deleted the shell (WS-Man Delete).
+    pub const CLIENT: &str = "closed by the client";
+    /// The server stopped (SIGTERM).
+    pub const SHUTDOWN: &str = "the server shut down";
+}
+
+/// The session behind a shell, as the shell registry sees it (implemented by the gates' session
+/// list, which `keyhole sessions` reads).
+pub trait SessionHook: Send + Sync {
+    /// The shell is registered: `control` reaches it from outside a request.
+    fn attach(&self, control: Arc<dyn ShellControl>);
+    /// The shell is closing, and why (an idle time-out, the client, the administrator, a
+    /// shutdown); called before its commands are stopped. The first reason given is kept.
+    fn closing(&self, reason: &str);
+}
+
+/// A registered shell, reached from outside a request (`keyhole sessions`).
+pub trait ShellControl: Send + Sync {
+    /// Its ShellId.
+    fn shell_id(&self) -> String;
+    /// Time since a request last used it (what its idle time-out measures); zero while one
+    /// does; None once it is gone from the registry.
+    fn idle(&self) -> Option<Duration>;
+    /// Close it exactly as its idle time-out would: removed from the registry, its commands
+    /// stopped and their programs killed, a waiting Receive answered; `reason` goes to
+    /// [`SessionHook::closing`]. False when it was already gone.
+    fn close(&self, reason: &str) -> bool;
 }
 
 /// Why a factory made no shell.

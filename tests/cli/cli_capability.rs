@@ -188,7 +188,7 @@ fn help_lists_every_subcommand() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for sub in ["check", "capability", "run"] {
+    for sub in ["check", "capability", "run", "sessions"] {
         assert!(
             text.contains(&format!("  {sub} ")),
             "{sub} missing:\n{text}"

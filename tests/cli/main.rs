@@ -4,6 +4,8 @@
 
 #[path = "../corpus_support/mod.rs"]
 mod corpus_support;
+#[path = "../fixtures/prereq.rs"]
+mod prereq;
 #[path = "../fixtures/config/shipped.rs"]
 mod shipped;
 
@@ -11,6 +13,7 @@ mod cli_budgets;
 mod cli_capability;
 mod cli_corpus;
 mod cli_demo;
+mod cli_fsync;
 mod cli_init;
 mod cli_objects;
 mod cli_run;

@@ -294,3 +294,209 @@ fn groups_from_users_file_or_os() {
         .contains(&"root".to_string()));
     assert_eq!(groups_of(&cfg.users, true, "no-such-user-xyz"), None);
 }
+
+// ------------------------------------------- never-provided names and wildcard grants, all of them
+
+/// The errors `config::load` gives for role capability A (setup's layout), rendered.
+fn load_errors(a: &str) -> Option<String> {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::create_dir_all(p.join("endpoints")).unwrap();
+    std::fs::create_dir_all(p.join("role-capabilities")).unwrap();
+    std::fs::write(p.join("keyhole.toml"), "").unwrap();
+    std::fs::write(
+        p.join("endpoints/E.toml"),
+        format!(
+            "name = \"E\"\nrun_as = {:?}\n[[role]]\nuser = \"solo\"\nrole_capabilities = [\"A\"]\n",
+            run_as()
+        ),
+    )
+    .unwrap();
+    std::fs::write(p.join("role-capabilities/A.toml"), a).unwrap();
+    config::load(&p.join("keyhole.toml"))
+        .err()
+        .map(|e| e.iter().map(|d| d.rendered.clone()).collect::<String>())
+}
+
+/// A concrete command name for each entry of the never-provided list: the name itself, or the
+/// wildcard with `*` filled in (`*-Job` → `Get-Job`, `Register-*Event` → `Register-ObjectEvent`).
+fn never_provided_instances() -> Vec<String> {
+    keyhole::catalog::NEVER_PROVIDED
+        .iter()
+        .map(|p| {
+            let s = if let Some(rest) = p.strip_prefix('*') {
+                format!("Get{rest}")
+            } else {
+                p.replace('*', "Object")
+            };
+            assert!(keyhole::catalog::is_never_provided(&s), "{p} → {s}");
+            s
+        })
+        .collect()
+}
+
+/// SECURITY.md "wildcard grants" and "Invoke-Expression ... never provided": EVERY entry of the
+/// catalogue's never-provided list, as written, as a concrete name and in other letter cases,
+/// is a `check` error in every place a role capability names a command: visible_cmdlets (plain
+/// and with parameters), visible_functions, visible_aliases, an alias target, an alias name and
+/// a function definition.
+#[test]
+fn every_never_provided_name_is_refused_wherever_a_role_names_a_command() {
+    let mut names: Vec<String> = keyhole::catalog::NEVER_PROVIDED
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for i in never_provided_instances() {
+        names.push(i.to_lowercase());
+        names.push(i.to_uppercase());
+        names.push(i);
+    }
+    let mut accepted = Vec::new();
+    for n in &names {
+        let q = format!("{n:?}");
+        let places = [
+            format!("visible_cmdlets = [{q}]\n"),
+            format!(
+                "visible_cmdlets = [ {{ name = {q}, parameters = [ {{ name = \"Name\" }} ] }} ]\n"
+            ),
+            format!("visible_functions = [{q}]\n"),
+            format!("visible_aliases = [{q}]\n"),
+            format!("[aliases]\nx = {q}\n"),
+            format!("[aliases]\n{q} = \"Get-Service\"\n"),
+            format!("[functions.{q}]\nprogram = \"/usr/bin/uptime\"\n"),
+        ];
+        for role in places {
+            match load_errors(&role) {
+                Some(e) if e.contains("is never provided by keyhole") => {}
+                other => accepted.push(format!("{role:?}: {other:?}")),
+            }
+        }
+    }
+    eprintln!("{} never-provided names × 7 places refused", names.len());
+    assert!(
+        accepted.is_empty(),
+        "never-provided names not refused ({} of {}):\n{}",
+        accepted.len(),
+        names.len() * 7,
+        accepted.join("\n")
+    );
+}
+
+/// Every name of the never-provided list is "not found" in a session granted every cmdlet
+/// keyhole has (a role with `*`), by its name, in other letter cases and module-qualified:
+/// the engine's command table holds only built-ins.
+#[test]
+fn every_never_provided_name_is_not_found_in_a_session_granted_every_cmdlet() {
+    use keyhole::engine::RunOutcome;
+    let cap = only_a("visible_cmdlets = [\"*\"]\n");
+    for b in keyhole::catalog::BUILTIN_CMDLETS {
+        if !keyhole::catalog::RESTRICTED_DEFAULTS.contains(b) {
+            assert!(
+                cap.cmdlets.contains_key(&b.to_lowercase()),
+                "`*` missed {b}"
+            );
+        }
+    }
+    let (mut s, rec) = crate::engine_support::session_with(
+        &cap,
+        keyhole::config::SessionType::RestrictedRemoteServer,
+    );
+    for n in never_provided_instances() {
+        if n.eq_ignore_ascii_case("Exit-PSSession") {
+            continue; // (not an instance: *-PSSession is filled in as Get-PSSession)
+        }
+        for name in [
+            n.clone(),
+            n.to_lowercase(),
+            format!("Microsoft.PowerShell.Core\\{n}"),
+            format!("Microsoft.PowerShell.Utility\\{n}"),
+        ] {
+            let (out, _) = crate::engine_support::run(
+                &mut s,
+                vec![crate::engine_support::sc(&name, vec![])],
+                vec![],
+            );
+            match out {
+                RunOutcome::Refused(r) => {
+                    assert_eq!(r.id, "CommandNotFoundException", "{name}: {r:?}")
+                }
+                other => panic!("{name} was not refused: {other:?}"),
+            }
+        }
+    }
+    assert!(rec.lock().unwrap().commands.is_empty(), "nothing ran");
+}
+
+/// Every wildcard a role may write that reaches a built-in (`Verb-*` and `*-Noun` of every
+/// built-in, `*`, and the same two forms of every never-provided name, e.g. `*-Process`,
+/// `Start-*`, `Invoke-*`) grants exactly the built-ins it matches, never a never-provided name
+/// (`*-Process` is Get-Process and Stop-Process, never Start-Process), or is refused
+/// (it matches no cmdlet, or is itself never provided).
+#[test]
+fn every_wildcard_grant_reaches_exactly_the_builtins_it_matches() {
+    use keyhole::catalog::{is_builtin, is_never_provided, BUILTIN_CMDLETS};
+    use keyhole::lang::wildcard::{Mode, Wildcard};
+    let baseline: std::collections::BTreeSet<String> = only_a("").cmdlets.keys().cloned().collect();
+    let mut patterns = std::collections::BTreeSet::from(["*".to_string()]);
+    for name in BUILTIN_CMDLETS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(never_provided_instances())
+    {
+        if let Some((verb, noun)) = name.split_once('-') {
+            patterns.insert(format!("{verb}-*"));
+            patterns.insert(format!("*-{noun}"));
+            patterns.insert(format!("*{noun}"));
+        }
+    }
+    let mut reached = 0;
+    for p in &patterns {
+        let w = Wildcard::new(p, Mode::Name).unwrap();
+        let expected: std::collections::BTreeSet<String> = BUILTIN_CMDLETS
+            .iter()
+            .filter(|b| w.is_match(b))
+            .map(|b| b.to_lowercase())
+            .collect();
+        let role = format!("visible_cmdlets = [{p:?}]\n");
+        if let Some(e) = load_errors(&role) {
+            assert!(
+                e.contains("matches no cmdlet") || e.contains("is never provided"),
+                "{p}: refused for another reason: {e}"
+            );
+            assert!(
+                expected.is_empty() || is_never_provided(p),
+                "{p} reaches {expected:?} but is refused: {e}"
+            );
+            continue;
+        }
+        let cap = only_a(&role);
+        let got: std::collections::BTreeSet<String> = cap.cmdlets.keys().cloned().collect();
+        let want: std::collections::BTreeSet<String> = baseline.union(&expected).cloned().collect();
+        assert_eq!(got, want, "{p}");
+        for c in cap.cmdlets.values() {
+            assert!(is_builtin(&c.name), "{p} granted {}", c.name);
+            // Exit-PSSession matches `*-PSSession` but is keyhole's own restricted proxy (a
+            // restricted default, SPEC §4.2), which `*` and `Exit-*` reach like any built-in.
+            assert!(
+                !is_never_provided(&c.name)
+                    || keyhole::catalog::RESTRICTED_DEFAULTS.contains(&c.name.as_str()),
+                "{p} granted the never-provided {}",
+                c.name
+            );
+        }
+        reached += 1;
+    }
+    eprintln!(
+        "{} wildcard grants: {reached} reach built-ins exactly, the others are refused",
+        patterns.len()
+    );
+    assert!(
+        reached >= 40,
+        "only {reached} of {} patterns reached a built-in",
+        patterns.len()
+    );
+    // The row's example, spelled out.
+    let cap = only_a("visible_cmdlets = [\"*-Process\"]\n");
+    assert!(cap.cmdlets.contains_key("get-process") && cap.cmdlets.contains_key("stop-process"));
+    assert!(!cap.cmdlets.contains_key("start-process"));
+}

@@ -1,6 +1,5 @@
 //! Every line of `tests/corpus/engine_refused.txt` must be refused before anything runs, with
-//! the expected FullyQualifiedErrorId or a message containing the expected text. Skips itself
-//! (with a note) while `lang::parse` is the placeholder.
+//! the expected FullyQualifiedErrorId or a message containing the expected text.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use crate::engine_support as support;
@@ -24,13 +23,6 @@ fn refused_corpus() {
         })
         .collect();
     assert!(cases.len() >= 40, "the corpus needs at least 40 lines");
-    if !parser_ready() {
-        eprintln!(
-            "refused_corpus skipped: lang::parse is still the placeholder ({} lines waiting)",
-            cases.len()
-        );
-        return;
-    }
     let mut failures = Vec::new();
     for (expected, line_text) in cases {
         let (mut s, rec) = session();

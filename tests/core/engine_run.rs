@@ -1,6 +1,5 @@
 //! Engine behaviour through `Session`: command table, binding, validation, pipelines, common
-//! parameters, audit and formatting. Structured pipelines run now; `run_line` cases need the
-//! real parser and skip themselves (with a note) while the placeholder parser is in place.
+//! parameters, audit and formatting: structured pipelines and `run_line` through the parser.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use crate::engine_support as support;
@@ -695,10 +694,6 @@ fn out_default_formats_to_lines() {
 
 #[test]
 fn run_line_cases() {
-    if !parser_ready() {
-        eprintln!("run_line_cases skipped: lang::parse is still the placeholder");
-        return;
-    }
     let (mut s, rec) = session();
     let (o, ev) = line(&mut s, "Write-Output nginx | Sort-Object");
     assert_eq!(o, RunOutcome::Completed { had_errors: false });
@@ -1014,6 +1009,107 @@ fn constrained_parameters_take_plain_values_only() {
         vec![input],
     );
     assert_eq!(out, RunOutcome::Completed { had_errors: false }, "{ev:?}");
+}
+
+/// Pipeline input bound BY PROPERTY NAME into a parameter the ROLE constrains (Restart-Service
+/// with `Name` limited to the set `nginx`): each object's `Name` (or its alias `ServiceName`) is
+/// checked against the role's set like a typed value, per object: a value in the set binds, one
+/// outside it, a wildcard, a mixed array or an object whose text is in the set is an error
+/// record for that object and never binds, and the other objects go on.
+#[test]
+fn pipeline_input_by_property_name_into_a_role_constrained_parameter() {
+    let mut cap = EffectiveCapability::default();
+    cap.cmdlets.insert(
+        "restart-service".into(),
+        keyhole::capability::CommandGrant {
+            name: "Restart-Service".into(),
+            params: keyhole::capability::ParamsGrant::Only(
+                [
+                    (
+                        "name".to_string(),
+                        keyhole::capability::ParamGrant {
+                            name: "Name".into(),
+                            constraint: keyhole::capability::ValueConstraint::Set(vec![
+                                "nginx".into()
+                            ]),
+                        },
+                    ),
+                    (
+                        "whatif".to_string(),
+                        keyhole::capability::ParamGrant {
+                            name: "WhatIf".into(),
+                            constraint: keyhole::capability::ValueConstraint::Any,
+                        },
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+        },
+    );
+    let (mut s, _) = session_with(&cap, SessionType::Empty);
+    let svc = |prop: &str, v: Value| PsObject::new("Fake.Service").with(prop, v).into_value();
+    let text_nginx = {
+        let mut o = PsObject::new("Fake").with("Secret", "sshd");
+        o.to_string = Some("nginx".into());
+        o.into_value()
+    };
+    let refused_inputs = [
+        ("a name outside the set", svc("Name", "sshd".into())),
+        (
+            "by the alias ServiceName",
+            svc("ServiceName", "sshd".into()),
+        ),
+        ("a wildcard", svc("Name", "ngin*".into())),
+        (
+            "a mixed array",
+            svc("Name", Value::Array(vec!["nginx".into(), "sshd".into()])),
+        ),
+        (
+            "an object whose text is in the set",
+            svc("Name", text_nginx),
+        ),
+    ];
+    for (what, bad) in refused_inputs {
+        let (out, ev) = run(
+            &mut s,
+            vec![sc("Restart-Service", vec![(Some("WhatIf"), None)])],
+            vec![
+                svc("Name", "nginx".into()),
+                bad,
+                svc("ServiceName", "nginx".into()),
+            ],
+        );
+        assert_eq!(
+            out,
+            RunOutcome::Completed { had_errors: true },
+            "{what}: {ev:?}"
+        );
+        let bound: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Information(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            bound.len(),
+            2,
+            "{what}: only the two nginx objects bind: {ev:?}"
+        );
+        assert!(
+            bound
+                .iter()
+                .all(|t| t.contains("nginx") && !t.contains("sshd")),
+            "{what}: {bound:?}"
+        );
+        let errs = errors(&ev);
+        assert_eq!(errs.len(), 1, "{what}: {ev:?}");
+        assert_eq!(
+            errs[0].fully_qualified_error_id, "ParameterArgumentValidationError,Restart-Service",
+            "{what}"
+        );
+    }
 }
 
 /// One wildcard matcher: `Get-Command -Name P` and GET_COMMAND_METADATA (PSRP's command

@@ -6,6 +6,8 @@
 mod corpus_support;
 #[path = "../engine_support/mod.rs"]
 mod engine_support;
+#[path = "../fixtures/prereq.rs"]
+mod prereq;
 #[path = "../psrp_common/mod.rs"]
 mod psrp_common;
 #[path = "../fixtures/config/shipped.rs"]

@@ -312,7 +312,7 @@ fn accounts() -> Option<(String, String)> {
 #[test]
 fn sets_wildcards_patterns_and_merges_are_translated_faithfully() {
     let Some((a, b)) = accounts() else {
-        eprintln!("SKIPPED: needs root (run_as accounts other than the current user)");
+        crate::prereq::skip("needs root (run_as accounts other than the current user)");
         return;
     };
     let d = rich_config(&a, &b);

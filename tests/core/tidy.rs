@@ -45,6 +45,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("check", &["catalog", "config", "engine", "commands"]),
     ("polkit", &["lang", "config", "capability", "commands"]),
     // sessions, shells, listeners
+    ("sessions", &["metrics", "wsman"]),
     (
         "gates",
         &[
@@ -57,8 +58,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "audit",
             "metrics",
             "wsman",
+            "sessions",
         ],
     ),
+    ("control", &["sessions", "gates", "wsman"]),
     (
         "shells",
         &[
@@ -68,17 +71,20 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("http", &["config", "wsman", "auth", "metrics", "sys"]),
     ("init", &["config", "http", "sandbox"]),
     // the web console: routes on the HTTPS listener (http's WebRoutes), sessions through gates,
-    // its shell on the shared runtime
+    // its shell on the shared runtime, the session list's close through the shell contract
+    // (wsman::shell::ShellControl)
     (
         "console",
-        &["catalog", "config", "engine", "gates", "http", "shells"],
+        &[
+            "catalog", "config", "engine", "gates", "http", "shells", "wsman",
+        ],
     ),
     // the composition root and the command line
     (
         "daemon",
         &[
             "check", "config", "console", "gates", "http", "shells", "wsman", "sandbox", "metrics",
-            "systemd", "auth",
+            "systemd", "auth", "control",
         ],
     ),
     (
@@ -104,6 +110,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "wsman",
             "sandbox",
             "metrics",
+            "control",
+            "sessions",
         ],
     ),
 ];

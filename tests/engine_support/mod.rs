@@ -262,13 +262,6 @@ pub fn session() -> (Session, Arc<Mutex<Record>>) {
     session_with(&capability(), SessionType::RestrictedRemoteServer)
 }
 
-/// True once the real parser has landed (the placeholder parses everything to nothing).
-pub fn parser_ready() -> bool {
-    keyhole::lang::parse("Get-Date")
-        .map(|s| !s.statements.is_empty())
-        .unwrap_or(false)
-}
-
 pub fn line(s: &mut Session, text: &str) -> (RunOutcome, Vec<Event>) {
     let mut sink = VecSink::default();
     let out = s.run_line(text, &mut sink, &CancelToken::new());

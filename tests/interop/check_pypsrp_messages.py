@@ -1,6 +1,7 @@
-"""Feed keyhole's server messages (dumped by `KEYHOLE_PSRP_DUMP=<dir> cargo test --test
-psrp_shell dump_messages_for_pypsrp`) to pypsrp's own message and CLIXML deserializers, the way
-pypsrp's RunspacePool/PowerShell process them, and check what a pypsrp user would read.
+"""Feed keyhole's server messages (written by `cargo test --test server
+psrp_shell::pypsrp_deserializes_every_kind_of_server_message`, which runs this script on them;
+`KEYHOLE_PSRP_DUMP=<dir>` keeps them in <dir>) to pypsrp's own message and CLIXML deserializers,
+the way pypsrp's RunspacePool/PowerShell process them, and check what a pypsrp user would read.
 
 Usage: python3 tests/interop/check_pypsrp_messages.py <dir>   (needs `pip install pypsrp`)
 """

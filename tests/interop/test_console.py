@@ -1,6 +1,7 @@
 """The web console in a real browser: Debian's Chromium driven by chromedriver through the
 pinned selenium, against the live `keyhole serve` of conftest.py (console on) and one of its own
-with a short idle time-out. Writes docs/console-sign-in.png and docs/console-session.png.
+with a short idle time-out. Writes docs/console-sign-in.png and docs/console-session.png when
+KEYHOLE_SCREENSHOTS=1 (else the same screenshots to a temporary directory).
 
 Chromium runs headless with a fresh profile and the flags that keep it off the (closed)
 network; the server's self-signed certificate is accepted with --ignore-certificate-errors.
@@ -29,7 +30,9 @@ ACCESS_DENIED = ("Access denied. Check the user name, password, computer name an
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SHORT_IDLE = 8  # seconds: the warning comes at half-time
-DOCS = ROOT / "docs"
+# The screenshots go to docs/ only when asked (KEYHOLE_SCREENSHOTS=1), so that a test run leaves
+# the checkout as it found it; otherwise to a temporary directory (still taken and checked).
+DOCS = ROOT / "docs" if os.environ.get("KEYHOLE_SCREENSHOTS") == "1" else pathlib.Path(tempfile.mkdtemp(prefix="keyhole-screens-"))
 
 
 def _browser_missing():

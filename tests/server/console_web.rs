@@ -920,6 +920,64 @@ async fn exit_ends_the_session_and_requests_are_budgeted() {
     assert_eq!(f.console.store().len(), 0);
 }
 
+/// A console session is in the one session list (`keyhole sessions`) and the administrator's
+/// close ends it as an idle time-out would: the page says why, the session list and the
+/// transcript's end say the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyhole_sessions_lists_and_closes_a_console_session() {
+    let f = fixture("");
+    let mut b = Browser::new(&f);
+    assert_eq!(
+        b.sign_in("alice", "alice-pw", "testhost", "E").await.status,
+        303
+    );
+    let csrf = b.csrf().await;
+    let table = f.gates.sessions();
+    let listed = table.list();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].transport, "console");
+    assert_eq!(listed[0].user, "alice");
+    assert_eq!(listed[0].shell_id.as_deref(), Some("web console"));
+    let closed = table
+        .close(&listed[0].session_id, "closed by the administrator")
+        .expect("a console session can be closed");
+    assert_eq!(closed.session_id, listed[0].session_id);
+    assert_eq!(f.console.store().len(), 0);
+    let r = b.api(&csrf, "poll", json!({"cursor": 0})).await;
+    assert_eq!(r.json()["reason"], "closed", "{}", r.text());
+    // The guard is dropped on a blocking thread: the list empties soon after.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !table.list().is_empty() && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(table.list().is_empty(), "{:?}", table.list());
+    let transcripts: Vec<String> = walk(&f.dir.path().join("transcripts"))
+        .into_iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        transcripts
+            .iter()
+            .any(|t| t.contains("End reason: closed by the administrator")),
+        "{transcripts:?}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_serves_the_console_on_https_only_and_bounds_its_bodies() {
     let f = fixture("");

@@ -4,6 +4,8 @@
 
 #[path = "../engine_support/mod.rs"]
 mod engine_support;
+#[path = "../fixtures/prereq.rs"]
+mod prereq;
 #[path = "../psrp_common/mod.rs"]
 mod psrp_common;
 #[path = "../fixtures/config/shipped.rs"]
@@ -15,6 +17,7 @@ mod builtin_deadlines;
 mod check_vs_serve;
 mod connection_slots;
 mod console_web;
+mod control_socket;
 mod golden_wsman_winrs;
 mod live;
 mod lockout_live;
@@ -25,6 +28,7 @@ mod parser_budgets;
 mod psrp_shell;
 mod refusals_live;
 mod request_pool;
+mod secrets_in_logs;
 mod serve_systemd;
 mod under_attack;
 mod winrs_shell;

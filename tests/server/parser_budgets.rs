@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use crate::wsman_common::StaticGatekeeper;
 use keyhole::psrp::clixml::read::{
-    parse_default, MAX_ATTRIBUTES as CLIXML_MAX_ATTRIBUTES, MAX_EXPANDED_BYTES,
+    parse_default, DEFAULT_LIMITS, MAX_ATTRIBUTES as CLIXML_MAX_ATTRIBUTES, MAX_EXPANDED_BYTES,
 };
-use keyhole::psrp::fragment::{fragment_message, Fragment, Reassembler};
+use keyhole::psrp::fragment::{fragment_message, Fragment, Reassembler, MAX_MESSAGE_SIZE};
 use keyhole::psrp::message::{Destination, Message, MessageType};
-use keyhole::psrp::ProtocolError;
+use keyhole::psrp::{FragmentError, ProtocolError};
 use keyhole::wsman::envelope::{Envelope, EnvelopeError, NS_IDENTITY, NS_SOAP};
 use keyhole::wsman::xml::{XmlError, MAX_ATTRIBUTES as XML_MAX_ATTRIBUTES};
 use wsman_common::*;
@@ -139,6 +139,93 @@ fn reference_bomb_is_refused_before_it_materializes() {
     // The same shape with a few references is an ordinary message and is accepted.
     let v = through_the_psrp_layers(&reference_bomb(3)).unwrap();
     assert_eq!(v.property("r2"), v.property("payload"));
+}
+
+/// The `RefId` limit of the reader the pool uses (`DEFAULT_LIMITS.max_refs`, 50,000), through
+/// the PSRP layers: exactly the limit is an ordinary message, one more is refused by that limit
+/// (not by the element, depth or byte budgets, which the message stays far below).
+#[test]
+fn the_refid_limit_is_exactly_max_refs() {
+    let max = DEFAULT_LIMITS.max_refs;
+    let body = |ids: usize| {
+        let mut s = String::from("<Obj RefId=\"0\"><LST>");
+        for i in 1..ids {
+            s.push_str(&format!("<Obj RefId=\"{i}\"><MS /></Obj>"));
+        }
+        s.push_str("</LST></Obj>");
+        s
+    };
+    let ok = through_the_psrp_layers(&body(max)).unwrap();
+    match &ok {
+        keyhole::engine::Value::Array(a) => assert_eq!(a.len(), max - 1),
+        other => panic!("{other:?}"),
+    }
+    match through_the_psrp_layers(&body(max + 1)) {
+        Err(ProtocolError::Clixml(m)) => {
+            assert_eq!(m.to_string(), format!("more than {max} RefIds"), "{m}")
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("{} RefIds were accepted", max + 1),
+    }
+}
+
+/// The values limit (`DEFAULT_LIMITS.max_values`, 500,000 after expanding references): a list
+/// of 1,000 small values referenced again and again is refused by that limit, before the byte
+/// budget (small values cost little) and although the message is 40 KiB.
+#[test]
+fn the_values_limit_counts_values_after_reference_expansion() {
+    let max = DEFAULT_LIMITS.max_values;
+    let body = |refs: usize| {
+        let mut s = String::from(
+            "<Obj RefId=\"0\"><MS><Obj N=\"l\" RefId=\"1\"><TN RefId=\"0\"><T>System.Object[]</T></TN><LST>",
+        );
+        s.push_str(&"<Nil />".repeat(1000));
+        s.push_str("</LST></Obj>");
+        for i in 0..refs {
+            s.push_str(&format!("<Ref N=\"r{i}\" RefId=\"1\" />"));
+        }
+        s.push_str("</MS></Obj>");
+        s
+    };
+    // 1,000 × 400 values: accepted.
+    let ok = through_the_psrp_layers(&body(399)).unwrap();
+    assert_eq!(ok.property("r398"), ok.property("l"));
+    let bomb = body(max / 1000);
+    assert!(bomb.len() < 40 * 1024, "{}", bomb.len());
+    match through_the_psrp_layers(&bomb) {
+        Err(ProtocolError::Clixml(m)) => assert_eq!(
+            m.to_string(),
+            format!("more than {max} values after expanding references"),
+            "{m}"
+        ),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("{max} values were accepted"),
+    }
+}
+
+/// The message-size limit of the reassembler (`fragment::MAX_MESSAGE_SIZE`, 16 MiB), with the
+/// fragment size pypsrp uses: a message of exactly the limit is reassembled, one byte more is
+/// refused (`TooBig`) and its partial message dropped; the reassembler then takes the next one.
+#[test]
+fn the_message_size_limit_is_exactly_max_message_size() {
+    let wire = |oid: u64, len: usize| -> Vec<u8> {
+        fragment_message(oid, &vec![b'm'; len], 32_747)
+            .iter()
+            .flat_map(Fragment::encode)
+            .collect()
+    };
+    let mut r = Reassembler::new();
+    let done = r.push_bytes(&wire(1, MAX_MESSAGE_SIZE)).unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].len(), MAX_MESSAGE_SIZE);
+    match r.push_bytes(&wire(2, MAX_MESSAGE_SIZE + 1)) {
+        Err(e @ ProtocolError::Fragment(FragmentError::TooBig { object_id: 2 })) => {
+            assert!(e.to_string().contains(&MAX_MESSAGE_SIZE.to_string()), "{e}")
+        }
+        other => panic!("not refused by the message size: {other:?}"),
+    }
+    assert_eq!(r.in_flight(), 0, "the partial message is dropped");
+    assert_eq!(r.push_bytes(&wire(3, 10)).unwrap().len(), 1);
 }
 
 #[test]

@@ -288,6 +288,145 @@ fn execute_ps_reaches_the_real_engine_as_its_line_and_no_other_shape_unlocks_inv
     assert!(state.contains("CommandNotFoundException"), "{state}");
 }
 
+/// Every shape near pypsrp's `execute_ps` but not exactly it reaches the REAL engine as the
+/// structured pipeline (or script) it is, where Invoke-Expression and its alias do not exist:
+/// nothing runs (the line inside is never run, no output), the pipeline fails with the engine's
+/// refusal. Each shape is also checked not to be recognised as the wrapper.
+#[test]
+fn no_shape_near_execute_ps_unlocks_invoke_expression_in_the_real_engine() {
+    const LINE: &str = "<S N=\"V\">Write-Output cups</S>";
+    let iex = |name: &str, args: &[(Option<&str>, &str)]| command_xml(name, false, args);
+    let out_stream = command_xml("Out-String", false, &[(Some("Stream"), "<Nil N=\"V\" />")]);
+    let as_object = "<Obj N=\"V\" RefId=\"7\"><MS><S N=\"Command\">Write-Output cups</S></MS><ToString>Write-Output cups</ToString></Obj>";
+    let shapes: Vec<(&str, Vec<String>)> = vec![
+        (
+            "positional TEXT",
+            vec![
+                iex("Invoke-Expression", &[(None, LINE)]),
+                out_stream.clone(),
+            ],
+        ),
+        (
+            "the alias iex",
+            vec![iex("iex", &[(Some("Command"), LINE)]), out_stream.clone()],
+        ),
+        (
+            "module-qualified",
+            vec![
+                iex(
+                    "Microsoft.PowerShell.Utility\\Invoke-Expression",
+                    &[(Some("Command"), LINE)],
+                ),
+                out_stream.clone(),
+            ],
+        ),
+        (
+            "a prefix of -Command",
+            vec![
+                iex("Invoke-Expression", &[(Some("Comm"), LINE)]),
+                out_stream.clone(),
+            ],
+        ),
+        (
+            "without Out-String",
+            vec![iex("Invoke-Expression", &[(Some("Command"), LINE)])],
+        ),
+        (
+            "Out-String without -Stream",
+            vec![
+                iex("Invoke-Expression", &[(Some("Command"), LINE)]),
+                command_xml("Out-String", false, &[]),
+            ],
+        ),
+        (
+            "a third command",
+            vec![
+                iex("Invoke-Expression", &[(Some("Command"), LINE)]),
+                out_stream.clone(),
+                command_xml("Write-Output", false, &[]),
+            ],
+        ),
+        (
+            "an extra argument",
+            vec![
+                iex(
+                    "Invoke-Expression",
+                    &[
+                        (Some("Command"), LINE),
+                        (Some("Verbose"), "<Nil N=\"V\" />"),
+                    ],
+                ),
+                out_stream.clone(),
+            ],
+        ),
+        (
+            "TEXT as an object",
+            vec![
+                iex("Invoke-Expression", &[(Some("Command"), as_object)]),
+                out_stream.clone(),
+            ],
+        ),
+        (
+            "the commands reversed",
+            vec![
+                out_stream.clone(),
+                iex("Invoke-Expression", &[(Some("Command"), LINE)]),
+            ],
+        ),
+        (
+            "the wrapper as script text",
+            vec![command_xml(
+                "Invoke-Expression -Command 'Write-Output cups' | Out-String -Stream",
+                true,
+                &[],
+            )],
+        ),
+    ];
+    let (session, _) = support::session();
+    let mut client = Client::default();
+    let (mut shell, mut r) = open(session, &mut client, 153_600);
+    for (i, (what, commands)) in shapes.iter().enumerate() {
+        let xml = create_pipeline_xml(true, commands);
+        let cp = keyhole::psrp::objects::CreatePipeline::from_value(&parse_default(&xml).unwrap())
+            .unwrap();
+        assert_eq!(
+            keyhole::psrp::pool::Wrapper::recognise(&cp),
+            None,
+            "{what}: recognised as a wrapper"
+        );
+        let cid = format!("B1B2C3D4-0000-4000-8000-{:012}", 100 + i);
+        command(&mut shell, &mut client, &cid, T::CreatePipeline, &xml).unwrap();
+        let (msgs, _) = receive_until_state(&mut shell, &mut r, &cid);
+        let all: String = msgs.iter().map(body).collect();
+        assert!(!all.contains("<S>cups</S>"), "{what}: the line ran: {all}");
+        assert!(
+            !msgs.iter().any(|m| m.message_type == T::PipelineOutput),
+            "{what}: output: {all}"
+        );
+        let state = body(msgs.last().unwrap());
+        assert_eq!(
+            parse_default(&state).unwrap().property("PipelineState"),
+            Some(&Value::Int(5)),
+            "{what}: {state}"
+        );
+        assert!(
+            state.contains("CommandNotFoundException"),
+            "{what}: {state}"
+        );
+        let term = if what.contains("iex") {
+            "iex"
+        } else if what.contains("module") {
+            "Microsoft.PowerShell.Utility\\Invoke-Expression"
+        } else {
+            "Invoke-Expression"
+        };
+        assert!(
+            state.contains(&format!("The term &apos;{term}&apos; is not recognized")),
+            "{what}: not refused for {term}: {state}"
+        );
+    }
+}
+
 #[test]
 fn refusal_ends_failed_with_the_error_record() {
     let refusal = Refusal {
@@ -672,14 +811,16 @@ fn merged_error_stream_arrives_as_output() {
     assert_eq!(e.property("FullyQualifiedErrorId"), Some(&sv("Boom")));
 }
 
-/// With `KEYHOLE_PSRP_DUMP=<dir>`, writes every server message of a rich conversation to
-/// `<dir>/NNN.bin` (whole messages) for `tests/interop/check_pypsrp_messages.py`, which feeds
-/// them to pypsrp's own deserializer. Does nothing otherwise.
+/// Writes every server message of a rich conversation to `<dir>/NNN.bin` (whole messages) and
+/// runs `tests/interop/check_pypsrp_messages.py <dir>`, which feeds them to pypsrp 0.9.1's own
+/// deserializers and checks what a pypsrp user reads, with the venv's python (`KEYHOLE_PYTHON`
+/// or `.venv/bin/python`; a missing venv skips, and fails under the test command). `<dir>` is
+/// `KEYHOLE_PSRP_DUMP` when set (to keep the messages), a temporary directory otherwise.
 #[test]
-fn dump_messages_for_pypsrp() {
-    let Ok(dir) = std::env::var("KEYHOLE_PSRP_DUMP") else {
-        return;
-    };
+fn pypsrp_deserializes_every_kind_of_server_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::env::var("KEYHOLE_PSRP_DUMP")
+        .unwrap_or_else(|_| tmp.path().to_string_lossy().into_owned());
     let status = Value::Enum(keyhole::engine::EnumValue {
         type_names: vec![
             "System.ServiceProcess.ServiceControllerStatus".into(),
@@ -791,6 +932,36 @@ fn dump_messages_for_pypsrp() {
     for (i, m) in all.iter().enumerate() {
         std::fs::write(format!("{dir}/{i:03}.bin"), m.encode()).unwrap();
     }
+    assert!(all.len() >= 20, "{} messages", all.len());
+
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("KEYHOLE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo.join(".venv/bin/python"));
+    let has_pypsrp = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import pypsrp"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !has_pypsrp {
+        crate::prereq::skip("the test venv with pypsrp 0.9.1 (.venv; tests/run.sh makes it)");
+        return;
+    }
+    let out = std::process::Command::new(&python)
+        .arg(repo.join("tests/interop/check_pypsrp_messages.py"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pypsrp refused keyhole's messages:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("pypsrp accepted {} keyhole messages", all.len())),
+        "{stdout}"
+    );
 }
 
 /// CREATE_PIPELINE for one script command, with the client's host present (Ansible's pool has

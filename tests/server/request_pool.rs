@@ -106,6 +106,7 @@ impl ShellFactory for SlowFactory {
                 notify: Arc::new(Notify::new()),
             }),
             limits: self.limits,
+            session: None,
         })
     }
 }

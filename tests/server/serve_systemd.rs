@@ -81,7 +81,7 @@ fn promtool_lint(text: &str) {
             std::env::var_os("KEYHOLE_REQUIRE_PROMTOOL").is_none(),
             "promtool is required (Debian package prometheus; tests/run.sh installs it)"
         );
-        eprintln!("SKIPPED: promtool lint (install Debian's prometheus package)");
+        crate::prereq::skip("promtool lint (install Debian's prometheus package)");
         return;
     };
     let mut child = Command::new(promtool)
@@ -311,4 +311,169 @@ fn journald_entries_carry_the_fields() {
     assert_eq!(get("KEYHOLE_COMMAND"), "Restart-Service nginx\nGet-Service");
     assert!(get("CODE_FILE").ends_with("serve_systemd.rs"));
     assert!(get("CODE_LINE").parse::<u32>().is_ok());
+}
+
+/// One journal entry's fields, in order.
+type Entry = Vec<(String, String)>;
+/// Says whether an entry is the one looked for.
+type Pred<'a> = &'a dyn Fn(&[(String, String)]) -> bool;
+
+/// Every datagram that arrives within `quiet` of the last one, parsed.
+fn journal_entries(sock: &UnixDatagram, quiet: Duration) -> Vec<Entry> {
+    sock.set_read_timeout(Some(quiet)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = sock.recv(&mut buf) {
+        out.push(keyhole::systemd::parse_entry(&buf[..n]).unwrap());
+    }
+    out
+}
+
+fn field<'a>(entry: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    entry
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn gates_and_sessions_log_refusals_and_lines_with_the_journal_fields() {
+    use keyhole::gates::{Gates, OpenError, Origin, SessionKind};
+    use keyhole::wsman::shell::{Authenticate, Identity};
+    use std::sync::Arc;
+
+    let d = shipped::shipped_copy();
+    let users = d.path().join("users.toml");
+    keyhole::auth::user_add(&users, "alice", &["helpdesk".into()], "pw-alice-1").unwrap();
+    // mallory passes gate 3 (a rule admits her everywhere) but has no role in Helpdesk.
+    shipped::append(
+        d.path(),
+        "authorization-rules.toml",
+        "\n[[rule]]\nid = 90\nname = \"mallory anywhere\"\nuser = \"mallory\"\ncomputer = \"*\"\nconfiguration = \"*\"\n",
+    );
+    let cfg = keyhole::config::load(&d.path().join("keyhole.toml")).unwrap();
+    let gates = Arc::new(Gates::new(cfg).unwrap());
+    let peer: std::net::SocketAddr = "192.0.2.9:40000".parse().unwrap();
+    let alice = Identity {
+        user: "alice".into(),
+        groups: vec!["helpdesk".into()],
+    };
+    let mallory = Identity {
+        user: "mallory".into(),
+        groups: Vec::new(),
+    };
+
+    let path = d.path().join("journal.sock");
+    let journal = UnixDatagram::bind(&path).unwrap();
+    let layer = keyhole::systemd::JournaldLayer::connect(&path).unwrap();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    let session_id = tracing::subscriber::with_default(subscriber, || {
+        let wrong = format!(
+            "Basic {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:wrong")
+        );
+        assert!(gates
+            .authenticate(Some(wrong.as_bytes()), peer, None)
+            .is_none());
+        assert!(matches!(
+            gates.open(&alice, "Vendor", Origin::Remote(peer), SessionKind::Psrp),
+            Err(OpenError::Denied(_))
+        ));
+        assert!(matches!(
+            gates.open(
+                &mallory,
+                "Helpdesk",
+                Origin::Remote(peer),
+                SessionKind::Psrp
+            ),
+            Err(OpenError::Denied(_))
+        ));
+        let mut grant = gates
+            .open(&alice, "Helpdesk", Origin::Remote(peer), SessionKind::Psrp)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cancel = keyhole::engine::CancelToken::new();
+        let mut sink = keyhole::engine::VecSink(Vec::new());
+        grant.session.run_line("Get-Uptime", &mut sink, &cancel);
+        grant
+            .session
+            .run_line("Invoke-Expression 'id'", &mut sink, &cancel);
+        grant.guard.live().set_end_reason("a test ended it");
+        let id = grant.session_id.clone();
+        drop(grant);
+        id
+    });
+    let entries = journal_entries(&journal, Duration::from_millis(500));
+    let find = |pred: Pred<'_>, what: &str| -> Entry {
+        entries
+            .iter()
+            .find(|e| pred(e))
+            .cloned()
+            .unwrap_or_else(|| panic!("no journal entry {what} in {entries:#?}"))
+    };
+    let msg_starts = |p: &'static str| {
+        move |e: &[(String, String)]| field(e, "MESSAGE").is_some_and(|m| m.starts_with(p))
+    };
+
+    // The refusal text stays as it was; the fields come with it.
+    let g2 = find(&msg_starts("access denied at gate 2: "), "for gate 2");
+    assert_eq!(field(&g2, "KEYHOLE_GATE"), Some("2"));
+    assert_eq!(field(&g2, "KEYHOLE_USER"), Some("alice"));
+    assert_eq!(field(&g2, "KEYHOLE_SOURCE"), Some("192.0.2.9"));
+    assert_eq!(field(&g2, "PRIORITY"), Some("4"));
+    let reason2 = field(&g2, "KEYHOLE_REASON").unwrap();
+    assert!(field(&g2, "MESSAGE").unwrap().ends_with(reason2), "{g2:?}");
+
+    let g3 = find(&msg_starts("access denied at gate 3: "), "for gate 3");
+    assert_eq!(field(&g3, "KEYHOLE_GATE"), Some("3"));
+    assert_eq!(field(&g3, "KEYHOLE_USER"), Some("alice"));
+    assert_eq!(field(&g3, "KEYHOLE_ENDPOINT"), Some("Vendor"));
+    assert!(field(&g3, "KEYHOLE_REASON").is_some_and(|r| !r.is_empty()));
+
+    let g4 = find(&msg_starts("access denied at gate 4: "), "for gate 4");
+    assert_eq!(field(&g4, "KEYHOLE_GATE"), Some("4"));
+    assert_eq!(field(&g4, "KEYHOLE_USER"), Some("mallory"));
+    assert_eq!(field(&g4, "KEYHOLE_ENDPOINT"), Some("Helpdesk"));
+    assert!(
+        field(&g4, "KEYHOLE_REASON").is_some_and(|r| r.contains("no role")),
+        "{g4:?}"
+    );
+
+    let sid = session_id.as_str();
+    let opened = find(&msg_starts("session opened"), "for the session's start");
+    assert_eq!(field(&opened, "KEYHOLE_SESSION_ID"), Some(sid));
+    assert_eq!(field(&opened, "KEYHOLE_USER"), Some("alice"));
+    assert_eq!(field(&opened, "KEYHOLE_ENDPOINT"), Some("Helpdesk"));
+    assert_eq!(
+        field(&opened, "KEYHOLE_RULE"),
+        Some("1"),
+        "the rule that admitted her"
+    );
+    assert_eq!(field(&opened, "KEYHOLE_TRANSPORT"), Some("psrp"));
+
+    let ran = find(
+        &|e| {
+            field(e, "MESSAGE") == Some("command line")
+                && field(e, "KEYHOLE_COMMAND") == Some("Get-Uptime")
+        },
+        "for Get-Uptime",
+    );
+    assert_eq!(field(&ran, "KEYHOLE_SESSION_ID"), Some(sid));
+    assert_eq!(field(&ran, "KEYHOLE_USER"), Some("alice"));
+    assert_eq!(field(&ran, "KEYHOLE_ENDPOINT"), Some("Helpdesk"));
+
+    let refused = find(&msg_starts("command line refused"), "for the refused line");
+    assert_eq!(field(&refused, "KEYHOLE_SESSION_ID"), Some(sid));
+    assert_eq!(
+        field(&refused, "KEYHOLE_COMMAND"),
+        Some("Invoke-Expression 'id'")
+    );
+    assert!(
+        field(&refused, "KEYHOLE_REASON").is_some_and(|r| r.contains("Invoke-Expression")),
+        "{refused:?}"
+    );
+
+    let ended = find(&msg_starts("session ended"), "for the session's end");
+    assert_eq!(field(&ended, "KEYHOLE_SESSION_ID"), Some(sid));
+    assert_eq!(field(&ended, "KEYHOLE_REASON"), Some("a test ended it"));
+    assert_eq!(field(&ended, "KEYHOLE_COMMANDS"), Some("2"));
 }

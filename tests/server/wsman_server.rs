@@ -94,6 +94,7 @@ impl ShellFactory for QuietFactory {
                 receives: self.receives.clone(),
             }),
             limits: self.gate.limits(),
+            session: None,
         })
     }
 }

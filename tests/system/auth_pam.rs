@@ -74,10 +74,6 @@ impl Drop for TempAccount {
     }
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// The tests run one at a time: account creation takes the passwd lock, and a log capture
 /// (`with_default`) must not race other threads registering the same tracing callsites.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -113,8 +109,7 @@ impl Write for Capture {
 
 #[test]
 fn pam_account_password_and_groups() {
-    if !is_root() {
-        eprintln!("SKIPPED: auth_pam needs root (useradd, chpasswd, /etc/pam.d)");
+    if !crate::prereq::root_or_skip("auth_pam: useradd, chpasswd, /etc/pam.d") {
         return;
     }
     let _serial = serial();
@@ -175,8 +170,7 @@ fn pam_account_password_and_groups() {
 
 #[test]
 fn local_account_shadows_pam() {
-    if !is_root() {
-        eprintln!("SKIPPED: auth_pam needs root (useradd, chpasswd, /etc/pam.d)");
+    if !crate::prereq::root_or_skip("auth_pam: useradd, chpasswd, /etc/pam.d") {
         return;
     }
     let _serial = serial();
@@ -203,8 +197,7 @@ fn local_account_shadows_pam() {
 
 #[test]
 fn without_pam_service_os_accounts_are_unknown() {
-    if !is_root() {
-        eprintln!("SKIPPED: auth_pam needs root (useradd, chpasswd, /etc/pam.d)");
+    if !crate::prereq::root_or_skip("auth_pam: useradd, chpasswd, /etc/pam.d") {
         return;
     }
     let _serial = serial();
@@ -270,8 +263,7 @@ fn transcript_groups(dir: &Path) -> String {
 /// `capability` and `run` read the OS groups anyway and let it in).
 #[test]
 fn cli_and_login_agree_on_groups() {
-    if !is_root() {
-        eprintln!("SKIPPED: auth_pam needs root (useradd, chpasswd, /etc/pam.d)");
+    if !crate::prereq::root_or_skip("auth_pam: useradd, chpasswd, /etc/pam.d") {
         return;
     }
     let _serial = serial();
@@ -376,8 +368,7 @@ fn cli_and_login_agree_on_groups() {
 
 #[test]
 fn expired_account_is_refused_by_the_account_check() {
-    if !is_root() {
-        eprintln!("SKIPPED: auth_pam needs root (useradd, chpasswd, chage, /etc/pam.d)");
+    if !crate::prereq::root_or_skip("auth_pam: useradd, chpasswd, chage, /etc/pam.d") {
         return;
     }
     let _serial = serial();

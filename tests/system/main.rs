@@ -2,6 +2,8 @@
 //!
 //! One binary per area (link time on 2 cores); each module below was once its own test file.
 
+#[path = "../fixtures/prereq.rs"]
+mod prereq;
 #[path = "../sandbox_common/mod.rs"]
 mod sandbox_common;
 #[path = "../fixtures/config/shipped.rs"]

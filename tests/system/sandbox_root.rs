@@ -220,6 +220,110 @@ fn setsid_and_double_fork_do_not_survive() {
     assert_no_survivor("2717");
 }
 
+/// The same escape, showing that the containment used was the command's own cgroup (this row
+/// of SECURITY.md claims the cgroup; `tests/sandbox_fallback.rs` covers the fallback): the
+/// program and both detached grandchildren report, from /proc/self/cgroup, one and the same
+/// per-command cgroup `<keyhole's>/keyhole/<pid>-<uuid>` under the directory keyhole chose; no
+/// fallback marker is in their environment; after the command the cgroup is gone, and so are
+/// they. Without a writable cgroup v2 (a host property) it says NOT RUN and passes, unless
+/// `KEYHOLE_REQUIRE_CGROUP=1`.
+#[test]
+fn setsid_and_double_fork_are_contained_by_the_commands_cgroup() {
+    require_root();
+    let keyhole::sandbox::contain::Mechanism::Cgroup(parent) =
+        keyhole::sandbox::contain::mechanism().clone()
+    else {
+        // A writable cgroup v2 is the host's to give (an unprivileged container has none), not a
+        // package the test command can install: there keyhole uses its fallback, whose
+        // containment of the same escape tests/sandbox_fallback.rs proves. So this is not a
+        // failure under the test command unless KEYHOLE_REQUIRE_CGROUP=1 says the host has one.
+        assert!(
+            std::env::var_os("KEYHOLE_REQUIRE_CGROUP").is_none_or(|v| v != "1"),
+            "KEYHOLE_REQUIRE_CGROUP=1 but the sandbox chose the fallback: no writable cgroup v2"
+        );
+        eprintln!(
+            "NOT RUN: no writable cgroup v2 here (the sandbox chose the fallback, proven by \
+             tests/sandbox_fallback.rs)"
+        );
+        return;
+    };
+    let acct = Account::create();
+    let report = |who: &str| {
+        format!(
+            "echo {who} $(grep ^0:: /proc/self/cgroup) $(grep -ac {}= /proc/self/environ)",
+            keyhole::sandbox::contain::MARKER_VAR
+        )
+    };
+    let script = format!(
+        "{}; setsid sh -c '{}; exec sleep 2738' & (setsid sh -c '{}; exec sleep 2737' &) ; \
+         sleep 0.5; exit 0",
+        report("main"),
+        report("setsid"),
+        report("double")
+    );
+    let s = spec(&acct.name, "/bin/sh", &["-c", &script]);
+    let res = run_ok(&s);
+    assert_eq!(res.termination, Termination::Exited(0));
+    let out = String::from_utf8_lossy(&res.stdout).into_owned();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "{out}{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let mount = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(" - ")?;
+            rest.starts_with("cgroup2 ")
+                .then(|| l.split(' ').nth(4).unwrap().to_string())
+        })
+        .unwrap();
+    let rel = parent
+        .strip_prefix(&mount)
+        .unwrap_or_else(|_| panic!("{} is not under {mount}", parent.display()));
+    let mut cgroups = Vec::new();
+    let mut who_reported: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    who_reported.sort_unstable();
+    assert_eq!(who_reported, ["double", "main", "setsid"], "{out}");
+    for line in &lines {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 3, "{line}");
+        let who = f[0];
+        let cg = f[1]
+            .strip_prefix("0::/")
+            .unwrap_or_else(|| panic!("{line}"));
+        let leaf = cg
+            .strip_prefix(
+                &format!("{}/", rel.display())
+                    .trim_start_matches('/')
+                    .to_string(),
+            )
+            .unwrap_or_else(|| panic!("{who} ran in {cg}, not under keyhole's {}", rel.display()));
+        let (pid, uuid) = leaf.split_once('-').unwrap_or_else(|| panic!("{leaf}"));
+        assert_eq!(pid, std::process::id().to_string(), "{leaf}");
+        assert!(uuid::Uuid::parse_str(uuid).is_ok(), "{leaf}");
+        assert_eq!(
+            f[2], "0",
+            "{who}: a fallback marker in the environment: {line}"
+        );
+        cgroups.push(parent.join(leaf));
+    }
+    assert!(
+        cgroups.iter().all(|c| c == &cgroups[0]),
+        "not one cgroup: {cgroups:?}"
+    );
+    assert!(
+        !cgroups[0].exists(),
+        "the command's cgroup {} is left behind",
+        cgroups[0].display()
+    );
+    assert_no_survivor("2738");
+    assert_no_survivor("2737");
+}
+
 #[test]
 fn output_cap_stops_the_program() {
     require_root();

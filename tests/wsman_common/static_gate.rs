@@ -188,6 +188,7 @@ impl ShellFactory for StaticWinrs {
         Ok(NewShell {
             shell: Box::new(shell),
             limits: self.gate.limits(),
+            session: None,
         })
     }
 }
