@@ -18,16 +18,6 @@ use crate::wsman::shell::{Authenticate, Connection, Plan, Verdict};
 /// (with the count since the last line), so that a flood cannot flood the log too.
 pub const SLOT_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Gate-2 calls the listener made on a blocking thread (the `test-util` feature: tests show a
-/// remembered credential costs none).
-static BLOCKING_CALLS: AtomicU64 = AtomicU64::new(0);
-
-/// How many gate-2 calls ran on a blocking thread so far, in this process.
-#[cfg(any(test, feature = "test-util"))]
-pub fn blocking_calls() -> u64 {
-    BLOCKING_CALLS.load(Ordering::Relaxed)
-}
-
 pub(super) type SharedConnection = Arc<Mutex<Connection>>;
 
 /// The verification slots of one server, and the rate limit of their refusal log lines.
@@ -81,7 +71,6 @@ pub(super) async fn with_gate<T: Send + 'static>(
     conn: &SharedConnection,
     f: impl FnOnce(&dyn Authenticate, &mut Connection) -> T + Send + 'static,
 ) -> Option<T> {
-    BLOCKING_CALLS.fetch_add(1, Ordering::Relaxed);
     let gate = gate.clone();
     let conn = conn.clone();
     tokio::task::spawn_blocking(move || {

@@ -48,8 +48,6 @@ use crate::wsman::shell::{
 mod gate2;
 use crate::auth::slots::VerifySlots;
 pub mod tls;
-#[cfg(any(test, feature = "test-util"))]
-pub use gate2::blocking_calls as gate2_blocking_calls;
 pub use tls::{
     certificate_fingerprint, load_or_generate_certificate, self_signed_fingerprint,
     SELF_SIGNED_CERT, SELF_SIGNED_KEY,
