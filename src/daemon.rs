@@ -280,6 +280,17 @@ async fn serve_async(
             None
         }
     };
+    // Signal handlers first: a SIGTERM or SIGHUP that arrives as soon as we say we are ready
+    // (a test, `systemctl reload` right after start) must not meet the default action.
+    let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot watch SIGHUP: {e}; reload on file change only");
+            None
+        }
+    };
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     on_started(&started);
     // Type=notify: the listeners are bound, clients can connect.
     crate::systemd::notify(&format!(
@@ -300,13 +311,7 @@ async fn serve_async(
     let reload_path = path.clone();
     let reload_metrics = metrics.clone();
     let reloader = tokio::spawn(async move {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!("cannot watch SIGHUP: {e}; reload on file change only");
-                None
-            }
-        };
+        let mut hup = hup;
         let mut seen = snapshot(&reload_gates.config());
         loop {
             let by_signal = tokio::select! {
@@ -333,10 +338,9 @@ async fn serve_async(
     });
 
     let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let (mut term, mut int) = (term, int);
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match int.as_mut() { Some(i) => { i.recv().await; } None => std::future::pending::<()>().await } } => {},
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
         }
         crate::systemd::notify(

@@ -202,3 +202,21 @@ fn demo_help_lists_the_port_options() {
     assert!(text.contains("--https-port <P>"), "{text}");
     assert!(text.contains("--http-port <P>"), "{text}");
 }
+
+/// A SIGHUP (`systemctl reload`) the moment the server says it is ready is a reload, not the
+/// default action that ends the process: the handlers are in place before the ready line (they
+/// were registered later, in tasks, and a signal in between killed the server).
+#[test]
+fn a_reload_signal_right_after_the_ready_line_does_not_kill_the_server() {
+    let d = start(&["--https-port", "0", "--http-port", "0"]);
+    let pid = nix::unistd::Pid::from_raw(d.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut d = d;
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "the demo ended on SIGHUP right after it started"
+    );
+    let st = d.stop();
+    assert!(st.success(), "{st:?}");
+}

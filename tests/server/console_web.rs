@@ -640,9 +640,11 @@ async fn lines_run_one_at_a_time_and_stop_or_sign_out_kills_the_program() {
     assert!(!processes(&argv).is_empty());
     let r = b.api(&csrf, "sign-out", json!({})).await;
     assert_eq!(r.json()["signed_out"], true);
+    // The guard, dropped on a blocking thread, releases the slot, then writes "session end".
     let until = Instant::now() + Duration::from_secs(20);
     while (!processes(&argv).is_empty()
-        || f.gates.open_sessions_of(SessionKind::Console, "alice") > 0)
+        || f.gates.open_sessions_of(SessionKind::Console, "alice") > 0
+        || !audit(&f).iter().any(|e| e["kind"] == "session_end"))
         && Instant::now() < until
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -661,7 +663,12 @@ async fn lines_run_one_at_a_time_and_stop_or_sign_out_kills_the_program() {
         .flatten()
         .collect();
     assert_eq!(transcripts.len(), 1);
-    let t = std::fs::read_to_string(transcripts[0].path()).unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut t = std::fs::read_to_string(transcripts[0].path()).unwrap();
+    while !t.contains("PowerShell transcript end") && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        t = std::fs::read_to_string(transcripts[0].path()).unwrap();
+    }
     for want in [
         "Transport: console",
         "Client Address: 127.0.0.1",
