@@ -378,7 +378,7 @@ impl Gates {
             slot,
         };
         let host = HostEnv {
-            run_as: ep.config.run_as.clone(),
+            run_as: ep.config.run_as.as_str().into(),
             command_timeout: limits.command_timeout.0,
             max_output_bytes: limits.max_output_bytes.0,
             endpoint: ep.config.name.clone(),

@@ -94,19 +94,61 @@ fn last_cap() -> u32 {
         .unwrap_or(FALLBACK_LAST_CAP)
 }
 
-/// Resolve the account, its groups and the capability set, before any `fork`.
-pub(crate) fn prepare(
-    run_as: &str,
-    capabilities: &[String],
-    cgroup_procs: Option<OwnedFd>,
-) -> Result<Prepared, SandboxError> {
+/// A run-as account as the kernel needs it: looked up once (`getpwnam`, and `getgrouplist`
+/// when keyhole is root) and then used for every program of a session.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub uid: Uid,
+    pub gid: Gid,
+    /// The supplementary groups (looked up only when keyhole is root: otherwise they are not
+    /// changed).
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// Look the account up in the user and group databases (NSS).
+pub(crate) fn lookup_account(run_as: &str) -> Result<Account, SandboxError> {
     let user = User::from_name(run_as)
         .map_err(|source| SandboxError::AccountLookup {
             user: run_as.to_string(),
             source,
         })?
         .ok_or_else(|| SandboxError::UnknownUser(run_as.to_string()))?;
+    let groups = if nix::unistd::geteuid().is_root() {
+        let cname = CString::new(user.name.as_bytes())
+            .map_err(|_| SandboxError::NulInAccountName(run_as.to_string()))?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid).map_err(|source| {
+            SandboxError::GroupList {
+                user: run_as.to_string(),
+                source,
+            }
+        })?;
+        if groups.len() > MAX_GROUPS {
+            return Err(SandboxError::TooManyGroups {
+                user: run_as.to_string(),
+                count: groups.len(),
+                max: MAX_GROUPS,
+            });
+        }
+        groups.iter().map(|g| g.as_raw()).collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Account {
+        name: run_as.to_string(),
+        uid: user.uid,
+        gid: user.gid,
+        groups,
+    })
+}
 
+/// Resolve the capability set and the credential change for `account`, before the child exists.
+pub(crate) fn prepare(
+    account: &Account,
+    capabilities: &[String],
+    cgroup_procs: Option<OwnedFd>,
+) -> Result<Prepared, SandboxError> {
+    let run_as = account.name.as_str();
     let mut caps_mask = 0u64;
     let mut cap_list = Vec::new();
     for name in capabilities {
@@ -146,28 +188,13 @@ pub(crate) fn prepare(
         }
     }
     let identity = if root {
-        let cname = CString::new(user.name.as_bytes())
-            .map_err(|_| SandboxError::NulInAccountName(run_as.to_string()))?;
-        let groups = nix::unistd::getgrouplist(&cname, user.gid).map_err(|source| {
-            SandboxError::GroupList {
-                user: run_as.to_string(),
-                source,
-            }
-        })?;
-        if groups.len() > MAX_GROUPS {
-            return Err(SandboxError::TooManyGroups {
-                user: run_as.to_string(),
-                count: groups.len(),
-                max: MAX_GROUPS,
-            });
-        }
         Identity::Switch {
-            uid: user.uid,
-            gid: user.gid,
-            groups: groups.iter().map(|g| g.as_raw()).collect(),
+            uid: account.uid,
+            gid: account.gid,
+            groups: account.groups.clone(),
         }
     } else {
-        if user.uid != nix::unistd::getuid() || user.uid != nix::unistd::geteuid() {
+        if account.uid != nix::unistd::getuid() || account.uid != nix::unistd::geteuid() {
             return Err(SandboxError::NotRoot(run_as.to_string()));
         }
         if caps_mask != 0 {
@@ -208,6 +235,14 @@ pub(crate) fn prepare(
         parent: nix::unistd::getpid(),
         cgroup_procs,
     })
+}
+
+fn check_syscall(rc: libc::c_long) -> io::Result<()> {
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
@@ -293,18 +328,23 @@ pub(crate) fn set_target_user(p: &Prepared) -> io::Result<()> {
     }
 
     if let Identity::Switch { uid, gid, groups } = &p.identity {
+        // Raw system calls, not glibc's wrappers: those broadcast the change to every thread
+        // glibc knows of, and a child that shares keyhole's memory (clone3 with CLONE_VM)
+        // would find keyhole's threads there. The kernel changes the calling process only.
         // SAFETY: `groups` is a live Vec owned by `p`; setgroups reads `len` gid_t from it.
-        check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+        check_syscall(unsafe {
+            libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr())
+        })?;
         let g = gid.as_raw();
         // SAFETY: integer arguments only.
-        check(unsafe { libc::setresgid(g, g, g) })?;
+        check_syscall(unsafe { libc::syscall(libc::SYS_setresgid, g, g, g) })?;
         if p.caps != 0 {
             // SAFETY: integer arguments only.
             check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, 0, 0, 0) })?;
         }
         let u = uid.as_raw();
         // SAFETY: integer arguments only.
-        check(unsafe { libc::setresuid(u, u, u) })?;
+        check_syscall(unsafe { libc::syscall(libc::SYS_setresuid, u, u, u) })?;
         if p.caps != 0 {
             // SAFETY: integer arguments only.
             check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0 as libc::c_ulong, 0, 0, 0) })?;
@@ -385,7 +425,7 @@ mod tests {
 
     #[test]
     fn unknown_account_is_refused() {
-        let e = prepare("no-such-account-keyhole-xyz", &[], None).unwrap_err();
+        let e = lookup_account("no-such-account-keyhole-xyz").unwrap_err();
         assert!(matches!(e, SandboxError::UnknownUser(_)));
     }
 }
