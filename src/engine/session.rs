@@ -271,37 +271,51 @@ impl Session {
                 let _ = shared.borrow_mut().audit.end(EndState::Completed);
                 return RunOutcome::Exit;
             }
-            for st in p.stages.iter_mut() {
-                let res = shared
+            // Every command of the statement is recorded, then the records (and the line) are
+            // made durable with one sync, then the commands start.
+            let mut recorded = Ok(());
+            let mut failed_at = 0;
+            for (i, st) in p.stages.iter().enumerate() {
+                failed_at = i;
+                recorded = shared
                     .borrow_mut()
                     .audit
                     .command(&st.entry.decl.name, &st.bound.audit);
-                if let Err(e) = res {
-                    let msg = format!(
-                        "The transcript could not be written ({e}); '{}' was not run because keyhole never runs unaudited.",
-                        st.entry.decl.name
-                    );
-                    let mut s = shared.borrow_mut();
-                    let _ = s.audit.refused(&msg);
-                    let rec = ErrorRecord::new(
-                        msg.clone(),
-                        "AuditWriteFailed",
-                        ErrorCategory::WriteError,
-                    )
-                    .terminating();
-                    if ran_any {
-                        let _ = s.audit.end(EndState::Failed);
-                        s.sink.event(super::command::Event::Error(rec.clone()));
-                        return RunOutcome::Failed(rec);
-                    }
-                    let _ = s.audit.end(EndState::Refused);
-                    return RunOutcome::Refused(Refusal {
-                        message: msg,
-                        id: "AuditWriteFailed".into(),
-                        category: ErrorCategory::WriteError,
-                        column: None,
-                    });
+                if recorded.is_err() {
+                    break;
                 }
+            }
+            if recorded.is_ok() && !p.stages.is_empty() {
+                recorded = shared.borrow_mut().audit.commit();
+            }
+            if let Err(e) = recorded {
+                let name = p
+                    .stages
+                    .get(failed_at)
+                    .map(|st| st.entry.decl.name.as_str())
+                    .unwrap_or_default();
+                let msg = format!(
+                    "The transcript could not be written ({e}); '{name}' was not run because keyhole never runs unaudited."
+                );
+                let mut s = shared.borrow_mut();
+                let _ = s.audit.refused(&msg);
+                let rec =
+                    ErrorRecord::new(msg.clone(), "AuditWriteFailed", ErrorCategory::WriteError)
+                        .terminating();
+                if ran_any {
+                    let _ = s.audit.end(EndState::Failed);
+                    s.sink.event(super::command::Event::Error(rec.clone()));
+                    return RunOutcome::Failed(rec);
+                }
+                let _ = s.audit.end(EndState::Refused);
+                return RunOutcome::Refused(Refusal {
+                    message: msg,
+                    id: "AuditWriteFailed".into(),
+                    category: ErrorCategory::WriteError,
+                    column: None,
+                });
+            }
+            for st in p.stages.iter_mut() {
                 if !st.bound.common.whatif {
                     st.inv = Some(st.entry.cmd.start(&st.bound.args));
                 }
