@@ -139,9 +139,25 @@ impl Drop for SessionGuard {
     }
 }
 
+/// Most command tables kept per configuration generation (distinct endpoint × role sets);
+/// beyond it a session builds its own.
+const MAX_SHARED_TABLES: usize = 4096;
+
+/// The command tables of one configuration generation, shared by the sessions with the same
+/// endpoint and applicable roles (hence the same effective capability). A reload starts a new
+/// generation; sessions opened before keep the tables they hold.
+#[derive(Default)]
+struct Tables {
+    /// The configuration these tables were built from (a `Weak` keeps its address unique).
+    cfg: Weak<LoadedConfig>,
+    /// (lower-case endpoint name, applicable role capability names in order) → table.
+    map: HashMap<(String, Vec<String>), engine::SharedTable>,
+}
+
 /// Gates 2–4 and audit, shared by every connection.
 pub struct Gates {
     cfg: RwLock<Arc<LoadedConfig>>,
+    tables: Mutex<Tables>,
     /// Gate 2; None for [`Gates::local`] (`keyhole run` authenticates nobody).
     auth: Option<Authenticator>,
     audit: Option<AuditLog>,
@@ -176,6 +192,7 @@ impl Gates {
         };
         Ok(Gates {
             cfg: RwLock::new(Arc::new(cfg)),
+            tables: Mutex::new(Tables::default()),
             auth,
             audit,
             sessions: Mutex::new(HashMap::new()),
@@ -237,6 +254,46 @@ impl Gates {
             endpoint: endpoint.map(str::to_string),
             ..AuditEvent::new(kind)
         });
+    }
+
+    /// The command table for `caps` (the roles that apply) on `ep`: built once per configuration
+    /// generation and shared, or built for this session alone when `cfg` is no longer the one
+    /// in force (a reload came in between) or the cache is full.
+    fn table(
+        &self,
+        cfg: &Arc<LoadedConfig>,
+        ep: &crate::config::LoadedEndpoint,
+        caps: &[&crate::config::LoadedCapability],
+        roles: &[String],
+    ) -> engine::SharedTable {
+        let build = || {
+            let cap = capability::merge(cfg, ep, caps);
+            engine::SharedTable::build(
+                &cap,
+                ep.config.session_type,
+                crate::commands::source().as_ref(),
+            )
+        };
+        let key = (ep.config.name.to_lowercase(), roles.to_vec());
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if !std::ptr::eq(tables.cfg.as_ptr(), Arc::as_ptr(cfg)) {
+            if !Arc::ptr_eq(cfg, &self.config()) {
+                drop(tables);
+                return build();
+            }
+            *tables = Tables {
+                cfg: Arc::downgrade(cfg),
+                map: HashMap::new(),
+            };
+        }
+        if let Some(t) = tables.map.get(&key) {
+            return t.clone();
+        }
+        let table = build();
+        if tables.map.len() < MAX_SHARED_TABLES {
+            tables.map.insert(key, table.clone());
+        }
+        table
     }
 
     /// Open a session for `who` on `endpoint`: gate 3 (remote origins only), gate 4 (the
@@ -302,10 +359,12 @@ impl Gates {
         let Some(ep) = cfg.endpoint(endpoint) else {
             return Err(refuse4(format!("no endpoint named {endpoint:?}")));
         };
-        let cap = match capability::effective_capability(&cfg, ep, user, groups) {
+        let caps = match capability::applicable_roles(&cfg, ep, user, groups) {
             Ok(c) => c,
             Err(r) => return Err(refuse4(r.reason)),
         };
+        let roles: Vec<String> = caps.iter().map(|c| c.name.clone()).collect();
+        let table = self.table(&cfg, ep, &caps, &roles);
         let limits = &cfg.server.limits;
         let slot = match kind {
             SessionKind::Psrp => {
@@ -385,8 +444,8 @@ impl Gates {
             user: user.to_string(),
             groups: groups.to_vec(),
         };
-        let session = engine::Session::new(
-            &cap,
+        let session = engine::Session::with_table(
+            table,
             SessionOptions {
                 session_type: ep.config.session_type,
                 host,
@@ -401,7 +460,7 @@ impl Gates {
             decision: Some(AuditDecision::Allow),
             endpoint: Some(ep.config.name.clone()),
             session_id: Some(session_id.clone()),
-            reason: Some(format!("roles: {}", cap.roles.join(", "))),
+            reason: Some(format!("roles: {}", roles.join(", "))),
             ..AuditEvent::new(AuditKind::SessionStart)
         });
         Ok(Grant {
@@ -618,13 +677,17 @@ mod tests {
         w(
             "endpoints/E.toml",
             &format!(
-                "name = \"E\"\nrun_as = {:?}\nidle_timeout = \"90s\"\n[[role]]\nuser = \"alice\"\nrole_capabilities = [\"R\"]\n",
+                "name = \"E\"\nrun_as = {:?}\nidle_timeout = \"90s\"\n[[role]]\nuser = \"alice\"\nrole_capabilities = [\"R\"]\n[[role]]\nuser = \"carol\"\nrole_capabilities = [\"R\"]\n[[role]]\nuser = \"dave\"\nrole_capabilities = [\"R\", \"S\"]\n",
                 me()
             ),
         );
         w(
             "role-capabilities/R.toml",
             "visible_cmdlets = [\"Get-Date\"]\n",
+        );
+        w(
+            "role-capabilities/S.toml",
+            "visible_cmdlets = [\"Get-Uptime\"]\n",
         );
         w(
             "authorization-rules.toml",
@@ -778,5 +841,45 @@ mod tests {
                 .map(|r| format!("access denied at gate 4: {r}")),
             Some(e.to_string())
         );
+    }
+
+    #[test]
+    fn sessions_with_the_same_roles_share_one_command_table_until_a_reload() {
+        let (d, g) = gates();
+        let open = |user: &str| {
+            g.open(&who(user), "E", Origin::Local, SessionKind::Run)
+                .unwrap()
+        };
+        let a = open("alice");
+        let b = open("ALICE");
+        let c = open("carol");
+        let dave = open("dave");
+        assert!(a.session.table().same(&b.session.table()));
+        assert!(
+            a.session.table().same(&c.session.table()),
+            "another user with the same roles shares the table"
+        );
+        assert!(
+            !a.session.table().same(&dave.session.table()),
+            "other roles, another table"
+        );
+        let names = |t: &engine::SharedTable| -> Vec<String> {
+            t.visible().iter().map(|v| v.decl.name.clone()).collect()
+        };
+        assert!(names(&dave.session.table()).contains(&"Get-Uptime".to_string()));
+        assert!(!names(&a.session.table()).contains(&"Get-Uptime".to_string()));
+        // A reload: new sessions get new tables; open ones keep theirs.
+        std::fs::write(
+            d.path().join("role-capabilities/R.toml"),
+            "visible_cmdlets = [\"Get-Date\", \"Get-Uptime\"]\n",
+        )
+        .unwrap();
+        let cfg = crate::config::load(&d.path().join("keyhole.toml")).unwrap();
+        g.reload(cfg);
+        let e = open("alice");
+        assert!(!e.session.table().same(&a.session.table()));
+        assert!(names(&e.session.table()).contains(&"Get-Uptime".to_string()));
+        assert!(!names(&a.session.table()).contains(&"Get-Uptime".to_string()));
+        assert!(e.session.table().same(&open("carol").session.table()));
     }
 }

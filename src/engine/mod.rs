@@ -31,7 +31,7 @@ mod pipeline;
 mod session;
 mod table;
 
-pub use session::Session;
+pub use session::{Session, SharedTable};
 
 pub use command::*;
 pub use value::*;

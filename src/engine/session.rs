@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use super::bind::{bind, ArgIn};
 use super::command::{CancelToken, ErrorCategory, ErrorRecord, EventSink, VisibleCommand};
@@ -46,7 +47,34 @@ struct Prepared {
 pub struct Session {
     opts: SessionOptions,
     audit: Box<dyn Audit>,
-    table: CommandTable,
+    table: Arc<CommandTable>,
+}
+
+/// A command table built once from an effective capability and shared (read-only) by every
+/// session that has that capability: its entries, compiled patterns and visible commands cost
+/// memory once, not per session.
+#[derive(Clone)]
+pub struct SharedTable(Arc<CommandTable>);
+
+impl SharedTable {
+    /// Build the table from the effective capability, and nothing else.
+    pub fn build(
+        cap: &crate::capability::EffectiveCapability,
+        session_type: crate::config::SessionType,
+        source: &dyn super::CommandSource,
+    ) -> SharedTable {
+        SharedTable(Arc::new(CommandTable::build(cap, session_type, source)))
+    }
+
+    /// The commands a session with this table can see.
+    pub fn visible(&self) -> &[VisibleCommand] {
+        &self.0.visible
+    }
+
+    /// The same table (not merely an equal one)?
+    pub fn same(&self, other: &SharedTable) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 fn literal_value(l: &Literal) -> Value {
@@ -130,8 +158,23 @@ impl Session {
         opts: SessionOptions,
         audit: Box<dyn Audit>,
     ) -> Session {
-        let table = CommandTable::build(cap, opts.session_type, opts.commands.as_ref());
-        Session { opts, audit, table }
+        let table = SharedTable::build(cap, opts.session_type, opts.commands.as_ref());
+        Session::with_table(table, opts, audit)
+    }
+
+    /// A session on a table built earlier (from the same capability, session type and command
+    /// source as `opts` names).
+    pub fn with_table(table: SharedTable, opts: SessionOptions, audit: Box<dyn Audit>) -> Session {
+        Session {
+            opts,
+            audit,
+            table: table.0,
+        }
+    }
+
+    /// The session's command table (shared with the sessions of the same capability).
+    pub fn table(&self) -> SharedTable {
+        SharedTable(self.table.clone())
     }
 
     /// The commands this session can see (Get-Command, GET_COMMAND_METADATA).
@@ -556,7 +599,10 @@ mod tests {
                 log: log.clone(),
                 fail,
             });
-            s.table.entries.push(apply_grant(cmd, &ParamsGrant::All));
+            Arc::get_mut(&mut s.table)
+                .unwrap()
+                .entries
+                .push(Arc::new(apply_grant(cmd, &ParamsGrant::All)));
         }
         (s, log)
     }
