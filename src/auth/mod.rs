@@ -415,19 +415,19 @@ fn record_failure<K: Hash + Eq + Clone>(
     false
 }
 
+/// What an unknown user's password is verified against, so that an unknown user costs the same
+/// argon2id work as a known one: a hash with the parameters `hash_password` uses (argon2's
+/// defaults: m = 19 MiB, t = 2, p = 1, 32-byte output; a test holds them equal) of a random
+/// password that was discarded. A constant: hashing one at every start made the 19 MiB
+/// start-up peak (issue 10); the salt need not be secret and nobody can pass this check.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$Jg7YVePCnAoXVKo4SHRz4A$0RlZsBBlNtV1Vb8jUALD7lpTV+p5B1RJxAeWbW9UMRc";
+
 impl Authenticator {
     /// `users_path` is where `reload_users` reads from; `users` is its parsed content.
     pub fn new(cfg: &AuthConfig, users_path: &Path, users: UsersFile) -> Self {
         let cache_key: [u8; 32] = rand::random();
-        let random_password: [u8; 32] = rand::random();
-        let dummy_hash = hash_password(
-            &base64::engine::general_purpose::STANDARD.encode(random_password),
-        )
-        // Hashing with default parameters cannot fail; keep a valid fixed hash regardless.
-        .unwrap_or_else(|_| {
-            "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"
-                .into()
-        });
+        let dummy_hash = DUMMY_HASH.to_string();
         Authenticator {
             cfg: RwLock::new(cfg.clone()),
             users_path: users_path.to_path_buf(),
@@ -864,6 +864,26 @@ pub fn www_authenticate_headers(cfg: &AuthConfig, client_cert_enabled: bool) -> 
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dummy_hash_costs_what_a_real_one_costs() {
+        let dummy = PasswordHash::new(DUMMY_HASH).unwrap();
+        let real_text = hash_password("a password of the usual length").unwrap();
+        let real = PasswordHash::new(&real_text).unwrap();
+        assert_eq!(dummy.algorithm, argon2::Algorithm::Argon2id.ident());
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(
+            argon2::Params::try_from(&dummy).unwrap(),
+            argon2::Params::try_from(&real).unwrap(),
+            "same m, t, p and output length as hash_password"
+        );
+        assert_eq!(
+            dummy.hash.unwrap().len(),
+            real.hash.unwrap().len(),
+            "same output length"
+        );
+    }
 
     #[test]
     fn basic_header() {
