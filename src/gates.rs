@@ -154,9 +154,31 @@ struct Tables {
     map: HashMap<(String, Vec<String>), engine::SharedTable>,
 }
 
+/// The configuration in force and what is derived from it once: gate 3's rule index and the
+/// names this computer answers to.
+struct Current {
+    cfg: Arc<LoadedConfig>,
+    rules: rules::RuleIndex,
+    /// `computer_name`, then its aliases.
+    names: Vec<String>,
+}
+
+impl Current {
+    fn new(cfg: LoadedConfig) -> Current {
+        let rules = rules::RuleIndex::new(&cfg.rules);
+        let mut names = vec![cfg.server.computer_name.clone()];
+        names.extend(cfg.server.computer_aliases.iter().cloned());
+        Current {
+            cfg: Arc::new(cfg),
+            rules,
+            names,
+        }
+    }
+}
+
 /// Gates 2–4 and audit, shared by every connection.
 pub struct Gates {
-    cfg: RwLock<Arc<LoadedConfig>>,
+    cfg: RwLock<Arc<Current>>,
     tables: Mutex<Tables>,
     /// Gate 2; None for [`Gates::local`] (`keyhole run` authenticates nobody).
     auth: Option<Authenticator>,
@@ -191,7 +213,7 @@ impl Gates {
             Some(AuditLog::open(&path)?)
         };
         Ok(Gates {
-            cfg: RwLock::new(Arc::new(cfg)),
+            cfg: RwLock::new(Arc::new(Current::new(cfg))),
             tables: Mutex::new(Tables::default()),
             auth,
             audit,
@@ -208,6 +230,11 @@ impl Gates {
 
     /// The configuration in force now (sessions keep the one they were opened with).
     pub fn config(&self) -> Arc<LoadedConfig> {
+        self.current().cfg.clone()
+    }
+
+    /// The configuration in force with its rule index (taken together: a reload swaps both).
+    fn current(&self) -> Arc<Current> {
         match self.cfg.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
@@ -220,11 +247,12 @@ impl Gates {
             auth.replace_config(&new.server.auth);
             auth.replace_users(new.users.clone());
         }
+        let next = Arc::new(Current::new(new)); // the rule index is built before the lock
         let mut g = match self.cfg.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        *g = Arc::new(new);
+        *g = next;
     }
 
     /// Write one audit record (and never fail the caller: a broken audit log is logged).
@@ -308,11 +336,12 @@ impl Gates {
     ) -> Result<Grant, OpenError> {
         let user = who.user.as_str();
         let groups = who.groups.as_slice();
-        let cfg = self.config();
+        let current = self.current();
+        let cfg = current.cfg.clone();
         if let Origin::Remote(_) = origin {
-            let mut names = vec![cfg.server.computer_name.clone()];
-            names.extend(cfg.server.computer_aliases.iter().cloned());
-            let d = rules::evaluate(&cfg.rules, user, groups, &names, endpoint);
+            let d = current
+                .rules
+                .evaluate(user, groups, &current.names, endpoint);
             if !d.allowed {
                 let denied = Denied {
                     gate: 3,
@@ -573,12 +602,10 @@ impl Authenticate for Gates {
                 // Only Create opens a session (gates 3–4); every other operation from a user who
                 // passed gate 2 would otherwise answer with a WS-Man fault and so reveal that the
                 // password was right. A user no rule admits on this computer is refused here.
-                let cfg = self.config();
-                let mut names = vec![cfg.server.computer_name.clone()];
-                names.extend(cfg.server.computer_aliases.iter().cloned());
-                let admitted = names
-                    .iter()
-                    .any(|c| rules::test_rule(&cfg.rules, &id.user, &id.groups, c, None).allowed);
+                let current = self.current();
+                let admitted = current
+                    .rules
+                    .admits_anywhere(&id.user, &id.groups, &current.names);
                 if !admitted {
                     let d = Denied {
                         gate: 3,

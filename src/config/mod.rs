@@ -9,7 +9,7 @@ pub mod listener;
 mod load;
 mod types;
 pub mod validate;
-pub use load::{load, MAX_CONFIG_FILE_BYTES, MAX_FILES_PER_DIR};
+pub use load::{load, MAX_CONFIG_FILE_BYTES, MAX_FILES_PER_DIR, MAX_RULES_FILE_BYTES};
 pub(crate) use load::{load_with, Ctx};
 pub use types::*;
 
