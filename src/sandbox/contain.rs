@@ -262,6 +262,17 @@ impl Containment {
         }
     }
 
+    /// Once more after the program was reaped, for what forked while the first kill ran: the
+    /// fallback's marker scan. (`cgroup.kill` already refuses new processes in a cgroup being
+    /// killed, so with a cgroup nothing can have escaped the first; only the process group, whose
+    /// id the reaped program no longer reserves, is not signalled again.)
+    pub fn kill_again(&self, pgid: Pid) {
+        if self.cgroup.is_none() {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            kill_marked(&self.id);
+        }
+    }
+
     /// After everything is dead: remove the cgroup (waiting, without sleeping, for processes
     /// that were killed but are not gone yet).
     pub fn cleanup(&self) {

@@ -671,7 +671,7 @@ fn run_contained(
     // Whatever happened, nothing the command started survives it.
     containment.kill_all(pid);
     let status = reap(pid);
-    containment.kill_all(pid);
+    containment.kill_again(pid);
 
     if reason != Some(Termination::OutputLimit) {
         // What the program wrote before it ended is still in the pipes; everything that could

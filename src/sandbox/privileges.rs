@@ -86,12 +86,16 @@ pub fn parse_capability(name: &str) -> Result<caps::Capability, SandboxError> {
         .map_err(|_| SandboxError::UnknownCapability(name.to_string()))
 }
 
+/// The kernel's highest capability number (read once: it does not change while keyhole runs).
 fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|n| *n < 64)
-        .unwrap_or(FALLBACK_LAST_CAP)
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|n| *n < 64)
+            .unwrap_or(FALLBACK_LAST_CAP)
+    })
 }
 
 /// A run-as account as the kernel needs it: looked up once (`getpwnam`, and `getgrouplist`
