@@ -771,6 +771,9 @@ fn cmd_serve(path: &Path) -> Result<ExitCode> {
         if let Some(a) = s.metrics {
             println!("keyhole: metrics on http://{a}/metrics");
         }
+        if let Some(a) = s.console {
+            println!("keyhole: web console on https://{a}/console");
+        }
         let _ = std::io::stdout().flush();
     })?;
     Ok(ExitCode::SUCCESS)

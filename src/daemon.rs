@@ -1,6 +1,6 @@
 //! `daemon`: the server process and the composition root — load and validate the
 //! configuration, build the gates, the shared workers and the shell factories (WinRS, PSRP),
-//! start the listeners, reload on SIGHUP or a changed file (a bad configuration never replaces a
+//! register the web console on the HTTPS listener when `[console] enabled`, start the listeners, reload on SIGHUP or a changed file (a bad configuration never replaces a
 //! good one; open sessions are never dropped), and stop gracefully on SIGTERM/SIGINT.
 #![forbid(unsafe_code)]
 
@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{self, LoadedConfig, Severity};
+use crate::console::Console;
 use crate::gates::Gates;
 use crate::http::{Server, ServerError, ServerRuntime};
 use crate::metrics::Metrics;
 use crate::shells::psrp::PsrpFactory;
 use crate::shells::runner::{Workers, DEFAULT_MAX_WORKERS};
 use crate::shells::winrs::WinrsFactory;
+use crate::shells::UserBudgets;
 use crate::wsman::envelope::{URI_CMD, URI_POWERSHELL_PREFIX};
 
 /// How often configuration files are checked for changes.
@@ -27,6 +29,8 @@ pub struct Started {
     pub fingerprint: Option<String>,
     /// The Prometheus scrape listener (`[metrics] listen`), when configured.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The HTTPS listener, when it serves the web console (`[console] enabled`).
+    pub console: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +139,10 @@ fn reload_inner(gates: &Gates, path: &Path) -> bool {
             if new.rules.rules.is_empty() {
                 tracing::error!("no authorization rules after reload: nobody gets in");
             }
-            gates.reload(new);
+            if let Err(e) = gates.reload(new) {
+                tracing::error!(config = %path.display(), "reload refused: {e}; the running configuration stays in force");
+                return false;
+            }
             tracing::info!(config = %path.display(), "configuration reloaded; open sessions keep the one they started with");
             true
         }
@@ -203,18 +210,34 @@ async fn serve_async(
     let metrics_addr = crate::metrics::parse_listen(&cfg.server.metrics.listen)
         .map_err(|m| DaemonError::Config(format!("{} ({m})", path.display())))?;
     let ip_allow = ip_allow_nets(&cfg.server.listener.ip_allow);
+    let console_enabled = cfg.server.console.enabled;
     let gates = Arc::new(Gates::new(cfg)?);
     gates.attach_metrics(metrics.clone());
     let mut server = Server::bind(runtime, gates.clone()).await?;
     let workers = Workers::new(DEFAULT_MAX_WORKERS);
+    // One output budget per user, across the user's WinRS shells and PSRP pools.
+    let budgets = UserBudgets::new();
     server.register_exact(
         URI_CMD,
-        Arc::new(WinrsFactory::new(gates.clone(), workers.clone())),
+        Arc::new(WinrsFactory::new(
+            gates.clone(),
+            workers.clone(),
+            budgets.clone(),
+        )),
     );
     server.register_prefix(
         URI_POWERSHELL_PREFIX,
-        Arc::new(PsrpFactory::new(gates.clone(), workers)),
+        Arc::new(PsrpFactory::new(
+            gates.clone(),
+            workers.clone(),
+            budgets.clone(),
+        )),
     );
+    // The web console: HTTPS only (the listener never serves it over plain HTTP). Read at
+    // start; turning it on or off takes a restart.
+    if console_enabled {
+        server.register_routes(Console::new(gates.clone(), workers, budgets));
+    }
     let metrics_listener = match metrics_addr {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -228,6 +251,7 @@ async fn serve_async(
         http: server.http_addr,
         fingerprint: server.tls_fingerprint.clone(),
         metrics: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        console: server.https_addr.filter(|_| console_enabled),
     };
     let metrics_task = metrics_listener.map(|l| {
         tokio::spawn(crate::metrics::serve(
@@ -242,9 +266,12 @@ async fn serve_async(
     }
     if let Some(a) = started.https {
         tracing::info!(address = %a, fingerprint = started.fingerprint.as_deref().unwrap_or(""), "listening (HTTPS)");
+        if started.console.is_some() {
+            tracing::info!(address = %a, "web console at https://{a}/console");
+        }
     }
     if let Some(a) = started.http {
-        tracing::info!(address = %a, "listening (HTTP, loopback or allow_unencrypted)");
+        tracing::info!(address = %a, "listening (HTTP: loopback, allow_unencrypted, or encrypted Negotiate only)");
     }
     on_started(&started);
     // Type=notify: the listeners are bound, clients can connect.

@@ -2,6 +2,12 @@
 //! the binary), with a throwaway account whose random password is printed, rules that admit
 //! it, and the exact client commands to connect. Everything lives in a private temporary
 //! directory removed at exit.
+//!
+//! The account logs in with Basic, and with NTLM through Negotiate (`[auth] negotiate`, `ntlm`,
+//! no keytab: the demo has no Kerberos realm), so that clients that speak only NTLM
+//! (evil-winrm-py, Ansible's `ansible_psrp_auth=ntlm`) connect too. Those clients, and a bare
+//! `Enter-PSSession`, ask for the default configuration `Microsoft.PowerShell`: the demo serves
+//! the Helpdesk endpoint under that name as well.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -10,32 +16,11 @@ use rand::distributions::{Alphanumeric, DistString};
 
 use crate::daemon::{self, DaemonError, Started};
 
-/// The shipped examples, embedded so that `keyhole demo` works from any directory.
-const SHIPPED: &[(&str, &str)] = &[
-    (
-        "endpoints/Helpdesk.toml",
-        include_str!("../endpoints/Helpdesk.toml"),
-    ),
-    (
-        "endpoints/Vendor.toml",
-        include_str!("../endpoints/Vendor.toml"),
-    ),
-    (
-        "role-capabilities/ServiceOperator.toml",
-        include_str!("../role-capabilities/ServiceOperator.toml"),
-    ),
-    (
-        "role-capabilities/Diagnostics.toml",
-        include_str!("../role-capabilities/Diagnostics.toml"),
-    ),
-    (
-        "role-capabilities/VendorReadOnly.toml",
-        include_str!("../role-capabilities/VendorReadOnly.toml"),
-    ),
-];
-
 /// The demo account's name.
 pub const DEMO_USER: &str = "demo";
+
+/// The endpoint clients ask for when they name none; the demo serves Helpdesk under it too.
+pub const DEFAULT_CONFIGURATION: &str = "Microsoft.PowerShell";
 
 /// A demo directory, removed when dropped.
 pub struct DemoDir {
@@ -91,7 +76,7 @@ pub fn prepare(https: &str, http: &str) -> Result<DemoDir, DaemonError> {
         password: password.clone(),
         run_as: run_as.clone(),
     };
-    for (rel, text) in SHIPPED {
+    for (rel, text) in crate::config::shipped::EXAMPLES {
         let text = if rel.starts_with("endpoints/") {
             let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| {
                 DaemonError::Io(std::io::Error::other(format!("embedded {rel}: {e}")))
@@ -101,13 +86,32 @@ pub fn prepare(https: &str, http: &str) -> Result<DemoDir, DaemonError> {
         } else {
             text.to_string()
         };
+        if *rel == "endpoints/Helpdesk.toml" {
+            let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| {
+                DaemonError::Io(std::io::Error::other(format!("embedded {rel}: {e}")))
+            })?;
+            doc.insert("name", toml_edit::value(DEFAULT_CONFIGURATION));
+            doc.insert(
+                "description",
+                toml_edit::value(
+                    "The Helpdesk endpoint under the name clients use when they name none",
+                ),
+            );
+            write_private(
+                &dir.join(format!("endpoints/{DEFAULT_CONFIGURATION}.toml")),
+                &doc.to_string(),
+            )?;
+        }
         write_private(&dir.join(rel), &text)?;
     }
     let hash = crate::auth::hash_password(&password)
         .map_err(|e| DaemonError::Io(std::io::Error::other(e.to_string())))?;
     write_private(
         &dir.join("users.toml"),
-        &format!("[users.{DEMO_USER}]\npassword = \"{hash}\"\ngroups = [\"helpdesk\", \"acme-vendor\"]\n"),
+        &format!(
+            "[users.{DEMO_USER}]\npassword = \"{hash}\"\nnt_hash = \"{}\"\ngroups = [\"helpdesk\", \"acme-vendor\"]\n",
+            crate::auth::ntlm::nt_hash_hex(&password)
+        ),
     )?;
     write_private(
         &dir.join("authorization-rules.toml"),
@@ -118,7 +122,7 @@ pub fn prepare(https: &str, http: &str) -> Result<DemoDir, DaemonError> {
     write_private(
         &dir.join("keyhole.toml"),
         &format!(
-            "computer_name = \"localhost\"\ncomputer_aliases = [\"127.0.0.1\"]\nwinrs_endpoint = \"Helpdesk\"\n\n[listener]\nhttps = \"{https}\"\nhttp = \"{http}\"\n\n[auth]\nmax_failed_logins = 20\n"
+            "computer_name = \"localhost\"\ncomputer_aliases = [\"127.0.0.1\"]\nwinrs_endpoint = \"Helpdesk\"\n\n[listener]\nhttps = \"{https}\"\nhttp = \"{http}\"\n\n[auth]\nmax_failed_logins = 20\nnegotiate = true\nntlm = true\nkeytab = \"\"\n"
         ),
     )?;
     Ok(demo)
@@ -151,7 +155,23 @@ pub fn snippets(demo: &DemoDir, s: &Started) -> String {
         ));
     }
     if let Some(a) = s.http {
+        let port = a.port();
         out.push_str(&format!("\nplain HTTP (loopback only): http://{a}/wsman\n"));
+        out.push_str(
+            "\nNTLM (Negotiate) over plain HTTP, every message encrypted (MS-WSMV), as on Windows' port 5985:\n",
+        );
+        out.push_str(&format!(
+            "  pypsrp:  python3 -c \"from pypsrp.client import Client; c = Client('127.0.0.1', port={port}, username='{DEMO_USER}', password='{pw}', ssl=False, auth='ntlm'); out, streams, had_errors = c.execute_ps('Get-Uptime', configuration_name='Helpdesk'); print(out, had_errors)\"\n"
+        ));
+        out.push_str(&format!(
+            "  pywinrm: python3 -c \"import winrm; s = winrm.Session('http://127.0.0.1:{port}/wsman', auth=('{DEMO_USER}', '{pw}'), transport='ntlm'); r = s.run_cmd('Get-Process -Id 1'); print(r.status_code, r.std_out.decode(), r.std_err.decode())\"\n"
+        ));
+        out.push_str(&format!(
+            "  evil-winrm-py (lands in {DEFAULT_CONFIGURATION}, the Helpdesk roles):\n    evil-winrm-py -i 127.0.0.1 --port {port} -u {DEMO_USER} -p '{pw}'\n"
+        ));
+        out.push_str(&format!(
+            "  Ansible (psrp connection, raw module):\n    ansible all -i 127.0.0.1, -c psrp -m raw -a 'Get-Uptime' -e ansible_user={DEMO_USER} -e ansible_password='{pw}' -e ansible_port={port} -e ansible_psrp_protocol=http -e ansible_psrp_auth=ntlm -e ansible_psrp_configuration_name=Helpdesk\n"
+        ));
     }
     out.push_str("\nTry: Get-Command · Get-Service · Restart-Service cron · Get-Journal -Newest 5 · Get-DiskUsage /var · Invoke-Expression 'id' (refused)\nCtrl+C stops the server.\n");
     out

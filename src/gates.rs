@@ -1,5 +1,5 @@
-//! `gates`: the ONLY place a session is opened — for WinRS, PSRP, `keyhole run` (and, later,
-//! the web console). Gates 2–4 over `auth`, `rules` and `capability`; the per-user session
+//! `gates`: the ONLY place a session is opened — for WinRS, PSRP, `keyhole run` and the web
+//! console. Gates 2–4 over `auth`, `rules` and `capability`; the per-user session
 //! count; the transcript; the JSON audit log (authentication, authorization decisions, session
 //! start and end, refusals with gate and reason); all on a configuration that reloads without
 //! dropping sessions. Every refusal is the same to a remote client; the log and the audit log
@@ -14,12 +14,17 @@ use std::time::Duration;
 use crate::audit::{
     AuditDecision, AuditEvent, AuditGate, AuditKind, AuditLog, Transcript, TranscriptHeader,
 };
+use crate::auth::negotiate::NegotiateSettings;
 use crate::auth::{self, AuthResult, Authenticator};
 use crate::capability;
 use crate::config::LoadedConfig;
 use crate::engine::{self, HostEnv, SessionOptions};
 use crate::rules;
-use crate::wsman::shell::{Authenticate, Identity, ShellLimits};
+use crate::wsman::shell::{
+    Authenticate, Connection, Identity, RequestBody, ResponseBody, ShellLimits, Verdict,
+};
+
+mod negotiate;
 
 /// The `Authorization` value certificate-authenticating clients send (pypsrp, pywinrm).
 pub const CERT_AUTH_HEADER: &[u8] =
@@ -78,7 +83,7 @@ impl Origin {
 }
 
 /// What kind of session; decides which per-user count it takes a slot of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SessionKind {
     /// A WinRS cmd shell (counted by the shell registry's `max_shells_per_user` only).
     Winrs,
@@ -87,6 +92,21 @@ pub enum SessionKind {
     Psrp,
     /// `keyhole run`: not counted.
     Run,
+    /// A web console session: counted against `[console] max_sessions_per_user`, across all of
+    /// the user's console sessions; its idle time-out is `[console] idle_timeout`.
+    Console,
+}
+
+impl SessionKind {
+    /// The transport as transcripts and the audit log name it.
+    pub fn transport(self) -> &'static str {
+        match self {
+            SessionKind::Winrs => "winrs",
+            SessionKind::Psrp => "psrp",
+            SessionKind::Run => "local",
+            SessionKind::Console => "console",
+        }
+    }
 }
 
 /// Limits a granted session runs with (from the configuration in force when it opened).
@@ -96,6 +116,9 @@ pub struct SessionLimits {
     pub shell: ShellLimits,
     /// `[limits] command_timeout`: the deadline of one pipeline.
     pub command_timeout: Duration,
+    /// `[limits] max_buffered_output_bytes`: output of all of the user's sessions not yet
+    /// received (the shells share one budget per user).
+    pub max_buffered_output_bytes: usize,
 }
 
 /// A session the gates let through: the engine session, its limits, and its guard.
@@ -117,8 +140,9 @@ pub struct SessionGuard {
     endpoint: String,
     session_id: String,
     source: String,
-    /// The per-user count this session holds a slot of (lower-case user name).
-    slot: Option<String>,
+    kind: SessionKind,
+    /// The per-user count this session holds a slot of (kind, lower-case user name).
+    slot: Option<(SessionKind, String)>,
 }
 
 impl Drop for SessionGuard {
@@ -134,6 +158,7 @@ impl Drop for SessionGuard {
             source: Some(self.source.clone()),
             endpoint: Some(self.endpoint.clone()),
             session_id: Some(self.session_id.clone()),
+            transport: Some(self.kind.transport().to_string()),
             ..AuditEvent::new(AuditKind::SessionEnd)
         });
     }
@@ -183,17 +208,25 @@ pub struct Gates {
     /// Gate 2; None for [`Gates::local`] (`keyhole run` authenticates nobody).
     auth: Option<Authenticator>,
     audit: Option<AuditLog>,
-    /// Open sessions per user (lower-case name) of the kinds that count ([`SessionKind::Psrp`]).
-    sessions: Mutex<HashMap<String, usize>>,
+    /// Open sessions per kind and user (lower-case name), of the kinds that count
+    /// ([`SessionKind::Psrp`], [`SessionKind::Console`]).
+    sessions: Mutex<HashMap<(SessionKind, String), usize>>,
+    /// Negotiate's settings (`[auth] negotiate`: the keytab's acceptor credentials, realms,
+    /// NTLM), built once per configuration; None when it is off.
+    negotiate: RwLock<Option<Arc<NegotiateSettings>>>,
 }
 
 impl Gates {
     /// The server's gates, from a validated configuration; opens the audit log when one is
-    /// configured.
+    /// configured, and acquires the Kerberos acceptor credentials when Negotiate is on (an
+    /// error keeps `serve` from starting).
     pub fn new(cfg: LoadedConfig) -> std::io::Result<Gates> {
         let users_path = cfg.resolve(&cfg.server.users);
         let auth = Authenticator::new(&cfg.server.auth, &users_path, cfg.users.clone());
-        Gates::build(cfg, Some(auth))
+        let settings = negotiate::settings_for(&cfg).map_err(std::io::Error::other)?;
+        let gates = Gates::build(cfg, Some(auth))?;
+        *gates.negotiate.write().unwrap_or_else(|e| e.into_inner()) = settings;
+        Ok(gates)
     }
 
     /// Gates for `keyhole run` on this machine: sessions open with [`Origin::Local`] only; gate 2
@@ -218,6 +251,7 @@ impl Gates {
             auth,
             audit,
             sessions: Mutex::new(HashMap::new()),
+            negotiate: RwLock::new(None),
         })
     }
 
@@ -241,8 +275,15 @@ impl Gates {
         }
     }
 
-    /// Swap in a new, already validated configuration. Open sessions are not touched.
-    pub fn reload(&self, new: LoadedConfig) {
+    /// Swap in a new, already validated configuration. Open sessions are not touched. Fails,
+    /// keeping everything as it was, when Negotiate's settings cannot be built for it (the
+    /// keytab became unusable between the check and now).
+    pub fn reload(&self, new: LoadedConfig) -> Result<(), String> {
+        let settings = if self.auth.is_some() {
+            negotiate::settings_for(&new)?
+        } else {
+            None
+        };
         if let Some(auth) = &self.auth {
             auth.replace_config(&new.server.auth);
             auth.replace_users(new.users.clone());
@@ -253,6 +294,17 @@ impl Gates {
             Err(p) => p.into_inner(),
         };
         *g = next;
+        drop(g);
+        *self.negotiate.write().unwrap_or_else(|e| e.into_inner()) = settings;
+        Ok(())
+    }
+
+    /// Negotiate's settings now (None: `[auth] negotiate` is off).
+    fn negotiate_settings(&self) -> Option<Arc<NegotiateSettings>> {
+        self.negotiate
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Write one audit record (and never fail the caller: a broken audit log is logged).
@@ -395,14 +447,20 @@ impl Gates {
         let roles: Vec<String> = caps.iter().map(|c| c.name.clone()).collect();
         let table = self.table(&cfg, ep, &caps, &roles);
         let limits = &cfg.server.limits;
-        let slot = match kind {
-            SessionKind::Psrp => {
-                let limit = ep
-                    .config
+        let counted = match kind {
+            SessionKind::Psrp => Some(
+                ep.config
                     .max_sessions_per_user
                     .unwrap_or(limits.max_sessions_per_user)
-                    .0 as usize;
-                let key = user.to_lowercase();
+                    .0,
+            ),
+            SessionKind::Console => Some(cfg.server.console.max_sessions_per_user.0),
+            SessionKind::Winrs | SessionKind::Run => None,
+        };
+        let slot = match counted {
+            Some(limit) => {
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                let key = (kind, user.to_lowercase());
                 let mut m = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
                 let n = m.entry(key.clone()).or_insert(0);
                 if *n >= limit {
@@ -427,7 +485,7 @@ impl Gates {
                 *n += 1;
                 Some(key)
             }
-            SessionKind::Winrs | SessionKind::Run => None,
+            None => None,
         };
         let session_id = uuid::Uuid::new_v4().to_string();
         let dir = if ep.config.transcript_directory.is_empty() {
@@ -435,17 +493,40 @@ impl Gates {
         } else {
             cfg.resolve(&ep.config.transcript_directory)
         };
+        // A transcript directory short of space refuses new sessions (running ones go on): a
+        // full disk must not leave sessions running unaudited, nor let one user's transcripts
+        // take the space every other session needs.
+        let min_free = limits.transcript_min_free_bytes.0;
+        match free_bytes(&dir) {
+            Ok(free) if free < min_free => {
+                if let Some(key) = &slot {
+                    self.release_slot(key);
+                }
+                return Err(refuse4(format!(
+                    "the transcript directory {} has {free} bytes free, less than transcript_min_free_bytes ({min_free}); new sessions are refused until space is freed there (sessions already open go on)",
+                    dir.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot read the free space of the transcript directory: {e}");
+            }
+        }
         let header = TranscriptHeader {
             user: user.to_string(),
             groups: groups.to_vec(),
             run_as: ep.config.run_as.clone(),
             endpoint: ep.config.name.clone(),
             client_address: origin.peer().map(|p| p.ip().to_string()),
+            transport: kind.transport().to_string(),
             start_time: chrono::Utc::now(),
             session_id: session_id.clone(),
         };
         let transcript = match Transcript::create(&dir, &header) {
-            Ok(t) => t,
+            Ok(mut t) => {
+                t.set_max_bytes(limits.max_transcript_bytes.0);
+                t
+            }
             Err(e) => {
                 if let Some(key) = &slot {
                     self.release_slot(key);
@@ -463,6 +544,7 @@ impl Gates {
             endpoint: ep.config.name.clone(),
             session_id: session_id.clone(),
             source: origin.source(),
+            kind,
             slot,
         };
         let host = HostEnv {
@@ -489,6 +571,7 @@ impl Gates {
             decision: Some(AuditDecision::Allow),
             endpoint: Some(ep.config.name.clone()),
             session_id: Some(session_id.clone()),
+            transport: Some(kind.transport().to_string()),
             reason: Some(format!("roles: {}", roles.join(", "))),
             ..AuditEvent::new(AuditKind::SessionStart)
         });
@@ -499,13 +582,18 @@ impl Gates {
             limits: SessionLimits {
                 shell: ShellLimits {
                     max_shells: limits.max_shells_per_user.0 as usize,
-                    idle_timeout: ep
-                        .config
-                        .idle_timeout
-                        .map(|d| d.0)
-                        .unwrap_or(limits.idle_timeout.0),
+                    idle_timeout: match kind {
+                        SessionKind::Console => cfg.server.console.idle_timeout.0,
+                        _ => ep
+                            .config
+                            .idle_timeout
+                            .map(|d| d.0)
+                            .unwrap_or(limits.idle_timeout.0),
+                    },
                 },
                 command_timeout: limits.command_timeout.0,
+                max_buffered_output_bytes: usize::try_from(limits.max_buffered_output_bytes.0)
+                    .unwrap_or(usize::MAX),
             },
             guard,
         })
@@ -536,7 +624,143 @@ impl Gates {
         d
     }
 
-    fn release_slot(&self, key: &str) {
+    /// The end of gate 2 for an authenticated caller. Only Create opens a session (gates 3–4);
+    /// every other operation from a user who passed gate 2 would otherwise answer with a
+    /// WS-Man fault and so reveal that the password was right: a user no rule admits on this
+    /// computer is refused here. `how` adds to the audit record (the Negotiate principal);
+    /// `audit` is false for a request riding a connection Negotiate authenticated earlier.
+    fn admit(
+        &self,
+        id: auth::Identity,
+        origin: Origin,
+        how: Option<&str>,
+        audit: bool,
+    ) -> Option<Identity> {
+        let current = self.current();
+        let admitted = current
+            .rules
+            .admits_anywhere(&id.user, &id.groups, &current.names);
+        if !admitted {
+            let d = Denied {
+                gate: 3,
+                reason: format!(
+                    "no authorization rule admits {} on this computer for any configuration",
+                    id.user
+                ),
+                rule_id: None,
+            };
+            self.deny(
+                AuditKind::Authorization,
+                AuditGate::Gateway,
+                &id.user,
+                origin,
+                None,
+                &d,
+            );
+            return None;
+        }
+        if audit {
+            let method = format!("{:?}", id.method);
+            self.audit(AuditEvent {
+                user: Some(id.user.clone()),
+                source: Some(origin.source()),
+                gate: Some(AuditGate::Authentication),
+                decision: Some(AuditDecision::Allow),
+                reason: Some(match how {
+                    Some(h) => format!("{method} {h}"),
+                    None => method,
+                }),
+                ..AuditEvent::new(AuditKind::Authentication)
+            });
+        }
+        Some(Identity {
+            user: id.user,
+            groups: id.groups,
+        })
+    }
+
+    /// The names this server answers to: `computer_name` and `computer_aliases`.
+    pub fn computer_names(&self) -> Vec<String> {
+        self.current().names.clone()
+    }
+
+    /// The web console's computer name (PSWA's "Computer name"): it must be one of this
+    /// server's names ([`Gates::computer_names`], case-insensitive). Anything else is refused
+    /// (and audited) at gate 3, where a gateway to other keyhole hosts would go one day; the
+    /// match is returned as configured.
+    pub fn check_computer(
+        &self,
+        who: &Identity,
+        computer: &str,
+        origin: Origin,
+        endpoint: &str,
+    ) -> Result<String, Denied> {
+        let computer = computer.trim();
+        if let Some(n) = self
+            .computer_names()
+            .into_iter()
+            .find(|n| !computer.is_empty() && n.eq_ignore_ascii_case(computer))
+        {
+            return Ok(n);
+        }
+        let d = Denied {
+            gate: 3,
+            reason: format!(
+                "computer name {:?} is neither computer_name nor an alias of this server (the console has no gateway to other computers)",
+                computer.chars().take(crate::auth::MAX_LOGIN_NAME_LEN).collect::<String>()
+            ),
+            rule_id: None,
+        };
+        self.deny(
+            AuditKind::Authorization,
+            AuditGate::Gateway,
+            &who.user,
+            origin,
+            Some(endpoint),
+            &d,
+        );
+        Err(d)
+    }
+
+    /// Gate 2 for a sign-in form (the web console): the same Basic verification as an
+    /// `Authorization: Basic` header — users file or PAM, lock-out, refusal accounting, audit —
+    /// and the same refusal of a user no rule admits on this computer. None: refused (logged
+    /// and audited here). CPU-heavy: call it from a blocking thread.
+    pub fn sign_in(&self, user: &str, password: &str, peer: SocketAddr) -> Option<Identity> {
+        let origin = Origin::Remote(peer);
+        let Some(authn) = &self.auth else {
+            tracing::error!("gate 2: these gates were built for local sessions only");
+            return None;
+        };
+        let result = authn.verify_basic(user, password, peer.ip());
+        self.admit_result(result, origin, user)
+    }
+
+    /// After gate 2's verdict: a verified caller goes on to [`Gates::admit`]; a refusal is
+    /// logged and audited at gate 2 under the name the caller claimed.
+    fn admit_result(&self, result: AuthResult, origin: Origin, claimed: &str) -> Option<Identity> {
+        match result {
+            AuthResult::Ok(id) => self.admit(id, origin, None, true),
+            AuthResult::Denied(reason) => {
+                let d = Denied {
+                    gate: 2,
+                    reason: reason.to_string(),
+                    rule_id: None,
+                };
+                self.deny(
+                    AuditKind::Authentication,
+                    AuditGate::Authentication,
+                    claimed,
+                    origin,
+                    None,
+                    &d,
+                );
+                None
+            }
+        }
+    }
+
+    fn release_slot(&self, key: &(SessionKind, String)) {
         let mut m = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = m.get_mut(key) {
             *n = n.saturating_sub(1);
@@ -546,12 +770,17 @@ impl Gates {
         }
     }
 
-    /// Sessions of `user` that count against `max_sessions_per_user`, open now.
+    /// PSRP sessions of `user` (they count against `max_sessions_per_user`), open now.
     pub fn open_sessions(&self, user: &str) -> usize {
+        self.open_sessions_of(SessionKind::Psrp, user)
+    }
+
+    /// Sessions of `kind` that `user` holds now (0 for the kinds that are not counted).
+    pub fn open_sessions_of(&self, kind: SessionKind, user: &str) -> usize {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&user.to_lowercase())
+            .get(&(kind, user.to_lowercase()))
             .copied()
             .unwrap_or(0)
     }
@@ -597,71 +826,67 @@ impl Authenticate for Gates {
             },
             (None, None) => return None,
         };
-        match result {
-            AuthResult::Ok(id) => {
-                // Only Create opens a session (gates 3–4); every other operation from a user who
-                // passed gate 2 would otherwise answer with a WS-Man fault and so reveal that the
-                // password was right. A user no rule admits on this computer is refused here.
-                let current = self.current();
-                let admitted = current
-                    .rules
-                    .admits_anywhere(&id.user, &id.groups, &current.names);
-                if !admitted {
-                    let d = Denied {
-                        gate: 3,
-                        reason: format!("no authorization rule admits {} on this computer for any configuration", id.user),
-                        rule_id: None,
-                    };
-                    self.deny(
-                        AuditKind::Authorization,
-                        AuditGate::Gateway,
-                        &id.user,
-                        origin,
-                        None,
-                        &d,
-                    );
-                    return None;
-                }
-                self.audit(AuditEvent {
-                    user: Some(id.user.clone()),
-                    source: Some(peer.ip().to_string()),
-                    gate: Some(AuditGate::Authentication),
-                    decision: Some(AuditDecision::Allow),
-                    reason: Some(format!("{:?}", id.method)),
-                    ..AuditEvent::new(AuditKind::Authentication)
-                });
-                Some(Identity {
-                    user: id.user,
-                    groups: id.groups,
-                })
-            }
-            AuthResult::Denied(reason) => {
-                let user = authorization
-                    .and_then(auth::parse_basic_header)
-                    .map(|(u, _)| u)
-                    .unwrap_or_default();
-                let d = Denied {
-                    gate: 2,
-                    reason: reason.to_string(),
-                    rule_id: None,
-                };
-                self.deny(
-                    AuditKind::Authentication,
-                    AuditGate::Authentication,
-                    &user,
-                    origin,
-                    None,
-                    &d,
-                );
-                None
-            }
-        }
+        let claimed = authorization
+            .and_then(auth::parse_basic_header)
+            .map(|(u, _)| u)
+            .unwrap_or_default();
+        self.admit_result(result, origin, &claimed)
     }
 
     fn challenges(&self) -> Vec<String> {
         let cfg = self.config();
-        auth::www_authenticate_headers(&cfg.server.auth, !cfg.server.listener.client_ca.is_empty())
+        // Negotiate (and Kerberos) first, each on its own line, as Windows sends them.
+        let mut out: Vec<String> = self
+            .negotiate_settings()
+            .map(|s| {
+                s.challenge_headers()
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.extend(auth::www_authenticate_headers(
+            &cfg.server.auth,
+            !cfg.server.listener.client_ca.is_empty(),
+        ));
+        out
     }
+
+    fn authenticate_connection(
+        &self,
+        conn: &mut Connection,
+        authorization: Option<&[u8]>,
+    ) -> Verdict {
+        negotiate::authenticate_connection(self, conn, authorization)
+    }
+
+    fn open_body(
+        &self,
+        conn: &mut Connection,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        max_envelope: usize,
+    ) -> Option<RequestBody> {
+        negotiate::open_body(conn, content_type, body, max_envelope)
+    }
+
+    fn seal_body(&self, conn: &mut Connection, soap: Vec<u8>) -> Option<ResponseBody> {
+        negotiate::seal_body(conn, soap)
+    }
+}
+
+/// Bytes available (to an unprivileged writer) on the file system holding `dir`, or its
+/// nearest existing ancestor when it does not exist yet.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) if !p.as_os_str().is_empty() => probe = p,
+            _ => break,
+        }
+    }
+    let st = nix::sys::statvfs::statvfs(probe).map_err(std::io::Error::from)?;
+    Ok(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 /// Create a directory (and parents) with mode 0700 if missing.
@@ -902,7 +1127,7 @@ mod tests {
         )
         .unwrap();
         let cfg = crate::config::load(&d.path().join("keyhole.toml")).unwrap();
-        g.reload(cfg);
+        g.reload(cfg).unwrap();
         let e = open("alice");
         assert!(!e.session.table().same(&a.session.table()));
         assert!(names(&e.session.table()).contains(&"Get-Uptime".to_string()));

@@ -20,33 +20,10 @@ pub const SYSTEM_DIR: &str = "/etc/keyhole";
 /// The server configuration `init` writes (and the Debian package installs).
 pub const KEYHOLE_TOML: &str = include_str!("../packaging/keyhole.toml");
 
-/// The shipped examples, as (path relative to the configuration directory, content).
-pub const SHIPPED: &[(&str, &str)] = &[
-    (
-        "authorization-rules.toml",
-        include_str!("../authorization-rules.toml"),
-    ),
-    (
-        "endpoints/Helpdesk.toml",
-        include_str!("../endpoints/Helpdesk.toml"),
-    ),
-    (
-        "endpoints/Vendor.toml",
-        include_str!("../endpoints/Vendor.toml"),
-    ),
-    (
-        "role-capabilities/ServiceOperator.toml",
-        include_str!("../role-capabilities/ServiceOperator.toml"),
-    ),
-    (
-        "role-capabilities/Diagnostics.toml",
-        include_str!("../role-capabilities/Diagnostics.toml"),
-    ),
-    (
-        "role-capabilities/VendorReadOnly.toml",
-        include_str!("../role-capabilities/VendorReadOnly.toml"),
-    ),
-];
+/// The shipped examples and rules, as (path relative to the configuration directory, content).
+fn shipped() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    std::iter::once(&crate::config::shipped::RULES).chain(crate::config::shipped::EXAMPLES)
+}
 
 /// The `keyhole.toml` for `dir`: the package's, with the writable paths under `dir` unless `dir`
 /// is the system directory (where the service's StateDirectory/LogsDirectory are used).
@@ -72,7 +49,7 @@ pub fn keyhole_toml_for(dir: &Path) -> String {
 /// The `run_as` accounts the shipped endpoints name, in order, without duplicates.
 pub fn run_as_accounts() -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for (path, text) in SHIPPED {
+    for (path, text) in shipped() {
         if !path.starts_with("endpoints/") {
             continue;
         }
@@ -156,7 +133,7 @@ pub fn run(dir: &Path) -> Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config_path = dir.join("keyhole.toml");
     create_file(&config_path, &toml_text, 0o644)?;
-    for (rel, text) in SHIPPED {
+    for (rel, text) in shipped() {
         let mode = if rel.starts_with("authorization-rules") {
             0o600
         } else {

@@ -13,6 +13,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod demo;
 pub mod engine;

@@ -368,7 +368,7 @@ impl Metrics {
             )),
             auth_lockouts: Family::new(info(
                 "keyhole_auth_lockouts_total",
-                "Lock-outs started after repeated failed logins, per user or per source address.",
+                "Lock-outs started after repeated failed logins, per (user, source address) pair or per source address.",
                 &["scope"],
             )),
             program_spawns: Family::new(info(
@@ -420,7 +420,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             let _ = m.reloads.with(&[result]);
         }
-        for scope in ["user", "source"] {
+        for scope in ["user_source", "source"] {
             let _ = m.auth_lockouts.with(&[scope]);
         }
         for gate in ["1", "2", "3", "4"] {

@@ -133,26 +133,39 @@ fn basic_disabled_refuses() {
 }
 
 #[test]
-fn lockout_per_user_then_expiry() {
+fn lockout_per_user_and_source_then_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let path = setup(dir.path());
     let a = auth_for(&path, &cfg(3, Duration::from_secs(1)));
-    // Three failures from three addresses: only the user counter reaches the limit.
+    // Three failures from three addresses lock nothing: no address reached the limit, and a
+    // user is never locked out everywhere at once.
     for i in 1..=3 {
         let r = a.verify_basic("alice", "wrong", ip(&format!("10.1.0.{i}")));
         assert_eq!(denied(&r), DenyReason::WrongPassword);
     }
-    // Even the right password is refused now, from a fresh address.
-    let r = a.verify_basic("alice", "pw-alice", ip("10.1.0.9"));
+    assert!(a
+        .verify_basic("alice", "pw-alice", ip("10.1.0.1"))
+        .identity()
+        .is_some());
+    // Three failures from one address lock alice there (and that address).
+    for _ in 0..3 {
+        let r = a.verify_basic("alice", "wrong", ip("10.1.1.1"));
+        assert_eq!(denied(&r), DenyReason::WrongPassword);
+    }
+    let r = a.verify_basic("alice", "pw-alice", ip("10.1.1.1"));
     assert_eq!(denied(&r), DenyReason::LockedOutUser);
-    // Another user is not affected.
+    // Elsewhere alice gets in, and so does another user.
+    assert!(a
+        .verify_basic("alice", "pw-alice", ip("10.1.0.9"))
+        .identity()
+        .is_some());
     assert!(a
         .verify_basic("bob", "pw-bob", ip("10.1.0.9"))
         .identity()
         .is_some());
     std::thread::sleep(Duration::from_millis(1100));
     assert!(a
-        .verify_basic("alice", "pw-alice", ip("10.1.0.9"))
+        .verify_basic("alice", "pw-alice", ip("10.1.1.1"))
         .identity()
         .is_some());
 }
@@ -185,24 +198,158 @@ fn lockout_per_source() {
 }
 
 #[test]
-fn success_resets_the_user_counter() {
+fn success_resets_the_pair_counter_not_the_source() {
     let dir = tempfile::tempdir().unwrap();
     let path = setup(dir.path());
     let a = auth_for(&path, &cfg(3, Duration::from_secs(60)));
-    for i in 1..=2 {
-        a.verify_basic("bob", "wrong", ip(&format!("10.3.0.{i}")));
+    for _ in 0..2 {
+        a.verify_basic("bob", "wrong", ip("10.3.0.1"));
     }
     assert!(a
-        .verify_basic("bob", "pw-bob", ip("10.3.1.1"))
+        .verify_basic("bob", "pw-bob", ip("10.3.0.1"))
         .identity()
         .is_some());
-    for i in 3..=4 {
-        a.verify_basic("bob", "wrong", ip(&format!("10.3.0.{i}")));
+    // bob's failures there were cleared; the address's were not: one more failure from it
+    // (any user) locks the address, not bob at the address.
+    assert_eq!(
+        denied(&a.verify_basic("bob", "wrong", ip("10.3.0.1"))),
+        DenyReason::WrongPassword
+    );
+    assert_eq!(
+        denied(&a.verify_basic("bob", "pw-bob-new", ip("10.3.0.1"))),
+        DenyReason::LockedOutSource
+    );
+}
+
+/// Issue 9, finding 7: five requests with an empty password from another address locked alice
+/// out everywhere. An empty password is not a guess: nothing is counted.
+#[test]
+fn empty_passwords_from_another_address_lock_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = setup(dir.path());
+    let a = auth_for(&path, &cfg(5, Duration::from_secs(300)));
+    let (home, attacker) = (ip("10.8.0.1"), ip("10.8.0.2"));
+    for _ in 0..10 {
+        assert_eq!(
+            denied(&a.verify_basic("alice", "", attacker)),
+            DenyReason::Malformed
+        );
     }
     assert!(a
-        .verify_basic("bob", "pw-bob", ip("10.3.1.2"))
+        .verify_basic("alice", "pw-alice", home)
         .identity()
         .is_some());
+    // Not even the attacker's address is locked.
+    assert!(a
+        .verify_basic("alice", "pw-alice", attacker)
+        .identity()
+        .is_some());
+}
+
+/// Five wrong passwords from address B lock (alice, B) and B, never (alice, A).
+#[test]
+fn wrong_passwords_from_another_address_lock_only_that_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = setup(dir.path());
+    let a = auth_for(&path, &cfg(5, Duration::from_secs(300)));
+    let (home, attacker) = (ip("10.8.1.1"), ip("10.8.1.2"));
+    for _ in 0..5 {
+        assert_eq!(
+            denied(&a.verify_basic("alice", "guess", attacker)),
+            DenyReason::WrongPassword
+        );
+    }
+    assert_eq!(
+        denied(&a.verify_basic("alice", "pw-alice", attacker)),
+        DenyReason::LockedOutUser
+    );
+    assert_eq!(
+        denied(&a.verify_basic("bob", "pw-bob", attacker)),
+        DenyReason::LockedOutSource
+    );
+    assert!(a
+        .verify_basic("alice", "pw-alice", home)
+        .identity()
+        .is_some());
+    // IPv6: the whole /64 is one source.
+    let (v6a, v6b) = (ip("2001:db8:0:1::a"), ip("2001:db8:0:1::b"));
+    for _ in 0..5 {
+        a.verify_basic("bob", "guess", v6a);
+    }
+    assert_eq!(
+        denied(&a.verify_basic("bob", "pw-bob", v6b)),
+        DenyReason::LockedOutUser
+    );
+    assert!(a
+        .verify_basic("bob", "pw-bob", ip("2001:db8:0:2::b"))
+        .identity()
+        .is_some());
+}
+
+/// A lock-out of the very address an open session uses (someone there guessing) does not cut
+/// that session: the credential it verified keeps working there; guesses during the lock-out
+/// are refused unverified and, past the limit, not even a remembered credential is honoured
+/// (so the cache cannot be used to test passwords during a lock-out).
+#[test]
+fn a_lockout_does_not_cut_an_open_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = setup(dir.path());
+    let a = auth_for(&path, &cfg(3, Duration::from_secs(300)));
+    let office = ip("10.8.2.1");
+    assert!(a
+        .verify_basic("alice", "pw-alice", office)
+        .identity()
+        .is_some());
+    let verified = a.verification_count();
+    for _ in 0..3 {
+        assert_eq!(
+            denied(&a.verify_basic("alice", "guess", office)),
+            DenyReason::WrongPassword
+        );
+    }
+    // Her session's requests keep working, without verifying again.
+    for _ in 0..3 {
+        assert!(a
+            .verify_basic("alice", "pw-alice", office)
+            .identity()
+            .is_some());
+    }
+    assert_eq!(a.verification_count(), verified + 3);
+    // A reload of an unchanged users file does not make her verify again either.
+    a.reload_users().unwrap();
+    assert!(a
+        .verify_basic("alice", "pw-alice", office)
+        .identity()
+        .is_some());
+    assert_eq!(a.verification_count(), verified + 3);
+    // Guesses while locked are refused without a verification...
+    for _ in 0..2 {
+        assert_eq!(
+            denied(&a.verify_basic("alice", "guess2", office)),
+            DenyReason::LockedOutUser
+        );
+    }
+    assert_eq!(a.verification_count(), verified + 3);
+    assert!(a
+        .verify_basic("alice", "pw-alice", office)
+        .identity()
+        .is_some());
+    // ...and once the guessing budget of the lock-out is spent, nothing from there gets in.
+    assert_eq!(
+        denied(&a.verify_basic("alice", "guess3", office)),
+        DenyReason::LockedOutUser
+    );
+    assert_eq!(
+        denied(&a.verify_basic("alice", "pw-alice", office)),
+        DenyReason::LockedOutUser
+    );
+    // A credential remembered at one address is not honoured at another.
+    let n = a.verification_count();
+    assert!(a
+        .verify_basic("alice", "pw-alice", ip("10.8.2.2"))
+        .identity()
+        .is_some());
+    assert_eq!(a.verification_count(), n + 1);
 }
 
 #[test]
@@ -1186,11 +1333,18 @@ fn negotiate_outcomes_go_through_gate_2_with_lockouts() {
             AuthResult::Denied(DenyReason::WrongPassword)
         );
     }
+    // Locked out at that address (the pair), even with the right hash; from another address
+    // alice still gets in: failures never lock a user out elsewhere (issue 9, finding 7).
     let done = ntlm_with(&s, &auth, "alice", "pw-a").unwrap();
     assert_eq!(
-        auth.verify_negotiated(Ok(&done), ip("198.51.100.1")),
+        auth.verify_negotiated(Ok(&done), src),
         AuthResult::Denied(DenyReason::LockedOutUser)
     );
+    let done = ntlm_with(&s, &auth, "alice", "pw-a").unwrap();
+    assert!(matches!(
+        auth.verify_negotiated(Ok(&done), ip("198.51.100.1")),
+        AuthResult::Ok(_)
+    ));
 
     // A malformed exchange is refused without counting against anyone.
     let mut conn = ConnectionAuth::new();

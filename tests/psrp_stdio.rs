@@ -18,7 +18,8 @@ use keyhole::shells::runner::Workers;
 use keyhole::shells::ShellSetup;
 use keyhole::wsman::shell::{CommandRequest, CreateRequest, Shell, ShellError, Signal, StreamName};
 
-/// Echoes arguments and input; `Write-All` writes one record of every kind; `Refuse-Me` is refused.
+/// Echoes arguments and input; `Write-All` writes one record of every kind; `Refuse-Me` is refused;
+/// `Fail-Hard` ends with a terminating error.
 struct EchoEngine;
 
 impl PsrpEngine for EchoEngine {
@@ -70,6 +71,17 @@ impl PsrpEngine for EchoEngine {
                     sink.event(Event::Verbose("verb".into()));
                     sink.event(Event::Debug("dbg".into()));
                     sink.event(Event::Information("info".into()));
+                }
+                "Fail-Hard" => {
+                    // As the engine does: the terminating error as an event, then Failed with it.
+                    let rec = ErrorRecord::new(
+                        "hard failure",
+                        "HardFailure,Fail-Hard",
+                        ErrorCategory::InvalidOperation,
+                    )
+                    .terminating();
+                    sink.event(Event::Error(rec.clone()));
+                    return RunOutcome::Failed(rec);
                 }
                 "Wait-Stop" => {
                     let t = Instant::now();

@@ -10,10 +10,14 @@ cd "$(dirname "$0")/.."
 # unit's system-call filter check), node (the polkit rule is evaluated in it; Debian's nodejs when
 # the machine has no node), MIT Kerberos: the GSSAPI library keyhole loads at run time, a KDC,
 # kadmin.local and kinit for the throwaway realm of tests/krb/realm.sh (negotiate_* tests), and
-# libkrb5-dev/python3-dev/gcc to build pyspnego's Kerberos (python-gssapi, krb5) in the venv.
+# libkrb5-dev/python3-dev/gcc to build pyspnego's Kerberos (python-gssapi, krb5) and pywinrm's
+# (pykerberos) in the venv; tests/interop/test_negotiate.py fails rather than skips without them
+# as root.
+# curl: tests/interop/test_identify.py checks a host as an administrator would. Debian's chromium and
+# chromium-driver: the web console's browser tests (tests/interop/test_console.py).
 if [ "$(id -u)" = 0 ]; then
     missing=()
-    for pkg in iputils-ping passwd prometheus debootstrap strace libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc; do
+    for pkg in iputils-ping passwd prometheus debootstrap strace libgssapi-krb5-2 krb5-kdc krb5-admin-server krb5-user libkrb5-dev python3-dev gcc curl chromium chromium-driver; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     command -v node >/dev/null || missing+=(nodejs)
@@ -21,15 +25,22 @@ if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
-    # promtool is there now: the metrics test must lint, not skip.
+    # promtool is there now: the metrics test must lint, not skip; Chromium too: the browser
+    # tests must run, not skip.
     export KEYHOLE_REQUIRE_PROMTOOL=1
+    export KEYHOLE_REQUIRE_BROWSER=1
 fi
 
-# Pinned real clients in a venv.
+# Pinned real clients in a venv (tests/interop/requirements.txt: every version pinned).
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check pywinrm==0.5.0 pypsrp==0.9.1 psrpcore==0.3.1 pytest==8.3.4 pyspnego==0.12.4 gssapi==1.12.0 krb5==0.10.0
+.venv/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
+# pypsrp 1.0 (the psrp API) is the same distribution as pypsrp 0.9.1: its own venv.
+if [ ! -x .venv-psrp1/bin/python ]; then
+    python3 -m venv .venv-psrp1
+fi
+.venv-psrp1/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements-psrp1.txt
 
 # Rust: lints, then unit + integration tests (root-only tests run when root, as in CI).
 cargo clippy --all-targets -- -D warnings
@@ -44,9 +55,11 @@ cargo test --bench load -- --smoke
 # the line bridge in tests/psrp_stdio.rs.
 .venv/bin/python tests/interop/check_psrpcore_client.py
 
-# Real-client interop (pywinrm, pypsrp) against the real `keyhole serve` just built; as root it also
-# creates, and removes again, a PAM test account (see tests/interop/README.md).
-KEYHOLE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/keyhole" timeout 600 .venv/bin/python -m pytest -q -rfEx tests/interop
+# Real-client interop (pywinrm, pypsrp, the psrp 1.0 API, ansible-core, and Chromium for the web
+# console) against the real `keyhole serve` just built; as root it also creates, and removes again,
+# a PAM test account (see tests/interop/README.md). The console tests write docs/console-sign-in.png
+# and docs/console-session.png.
+KEYHOLE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/keyhole" timeout 900 .venv/bin/python -m pytest -q -rfEx tests/interop
 
 # The Debian package: built (as root inside a debootstrap clean room with only gcc, libc6-dev and
 # the Rust toolchain), installed, used (check, serve, pywinrm, a metrics scrape), purged.

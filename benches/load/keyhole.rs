@@ -86,7 +86,9 @@ impl Config {
                 "computer_name = \"localhost\"\ncomputer_aliases = [\"127.0.0.1\"]\nwinrs_endpoint = \"{ENDPOINT}\"\n\n\
                  [listener]\nhttps = \"{https}\"\nhttp = \"\"\n\n\
                  [auth]\nmax_failed_logins = 1000\n\n\
-                 [limits]\nmax_sessions_per_user = {n}\nmax_shells_per_user = {n}\nmax_concurrent_users = {n}\nidle_timeout = \"1h\"\n"
+                 [limits]\nmax_sessions_per_user = {n}\nmax_shells_per_user = {n}\nmax_concurrent_users = {n}\nidle_timeout = \"1h\"\n\
+                 # every benchmark connection comes from 127.0.0.1\n\
+                 max_connections = {n}\nmax_connections_per_address = {n}\n"
             ),
         )?;
         Ok(Config {

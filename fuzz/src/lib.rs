@@ -18,6 +18,11 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_toml", config_toml),
     ("proc_parsers", proc_parsers),
     ("basic_header", basic_header),
+    ("wsman_envelope", wsman_envelope),
+    ("psrp_fragments", psrp_fragments),
+    ("psrp_message", psrp_message),
+    ("clixml_read", clixml_read),
+    ("winrs_command", winrs_command),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -382,5 +387,239 @@ pub fn basic_header(data: &[u8]) {
             "non-Basic header accepted: {text:?}"
         );
         let _ = password;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// wsman_envelope
+// ---------------------------------------------------------------------------------------------
+
+/// Arbitrary bytes as a request body → the bounded XML tree and the envelope decoder. A tree
+/// that parses respects every cap (depth, elements, attributes with namespace declarations);
+/// a decoded envelope respects the selector, option and header-value limits.
+pub fn wsman_envelope(data: &[u8]) {
+    use keyhole::wsman::envelope::{Envelope, MAX_HEADER_VALUE, MAX_OPTIONS, MAX_SELECTORS};
+    use keyhole::wsman::xml;
+    if let Ok(root) = xml::parse(data) {
+        let mut elements = 0usize;
+        check_element(&root, 1, &mut elements);
+        assert!(elements <= xml::MAX_ELEMENTS, "{elements} elements");
+        if let Ok(env) = Envelope::from_tree(root) {
+            assert!(
+                env.selectors.len() <= MAX_SELECTORS,
+                "{} selectors",
+                env.selectors.len()
+            );
+            assert!(
+                env.options.len() <= MAX_OPTIONS,
+                "{} options",
+                env.options.len()
+            );
+            for v in [&env.message_id, &env.resource_uri] {
+                assert!(v.len() <= MAX_HEADER_VALUE, "{}-byte header value", v.len());
+            }
+            let _ = env.require_addressing();
+            let _ = env.is_identify();
+        }
+    }
+    let _ = Envelope::parse(data);
+}
+
+fn check_element(e: &keyhole::wsman::xml::Element, depth: usize, count: &mut usize) {
+    use keyhole::wsman::xml;
+    *count += 1;
+    assert!(depth <= xml::MAX_DEPTH, "element at depth {depth}");
+    assert!(
+        e.attrs.len() <= xml::MAX_ATTRIBUTES,
+        "{} attributes on <{}>",
+        e.attrs.len(),
+        e.local
+    );
+    for c in &e.children {
+        check_element(c, depth + 1, count);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// psrp_fragments
+// ---------------------------------------------------------------------------------------------
+
+/// Arbitrary bytes as the payload of successive `rsp:Stream`s: the first byte says after how
+/// many fragments to cut the rest in two (a Send carries whole fragments), each part goes to the
+/// same reassembler; bytes that are no sequence of fragments go in whole. Completed messages
+/// never exceed `MAX_MESSAGE_SIZE`, partial ones never exceed `MAX_OBJECTS_IN_FLIGHT`; every
+/// completed message goes through the message decoder.
+pub fn psrp_fragments(data: &[u8]) {
+    use keyhole::psrp::fragment::{
+        decode_fragments, Fragment, Reassembler, MAX_MESSAGE_SIZE, MAX_OBJECTS_IN_FLIGHT,
+    };
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
+    let parts: Vec<Vec<u8>> = match decode_fragments(rest) {
+        Ok(frags) => {
+            let at = usize::from(cut) % (frags.len() + 1);
+            let (a, b) = frags.split_at(at);
+            [a, b]
+                .iter()
+                .map(|p| p.iter().flat_map(Fragment::encode).collect())
+                .collect()
+        }
+        Err(_) => vec![rest.to_vec()],
+    };
+    let mut r = Reassembler::new();
+    for part in &parts {
+        if let Ok(messages) = r.push_bytes(part) {
+            for m in messages {
+                assert!(m.len() <= MAX_MESSAGE_SIZE, "{}-byte message", m.len());
+                psrp_message(&m);
+            }
+        }
+        assert!(
+            r.in_flight() <= MAX_OBJECTS_IN_FLIGHT,
+            "{} in flight",
+            r.in_flight()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// psrp_message
+// ---------------------------------------------------------------------------------------------
+
+/// Arbitrary bytes as one reassembled PSRP message: the header decoder, an encode/decode round
+/// trip, then the body through the CLIXML reader and the typed decoder of its message type.
+pub fn psrp_message(data: &[u8]) {
+    use keyhole::psrp::message::{Message, MessageType};
+    use keyhole::psrp::objects::{
+        CreatePipeline, GetCommandMetadata, InitRunspacePool, SessionCapability,
+    };
+    let Ok(m) = Message::decode(data) else {
+        return;
+    };
+    let again = Message::decode(&m.encode()).expect("an encoded message decodes");
+    assert_eq!(again, m, "message round trip");
+    let Ok(text) = m.text() else {
+        return;
+    };
+    let Ok(v) = clixml_checked(text) else {
+        return;
+    };
+    match m.message_type {
+        MessageType::SessionCapability => {
+            let _ = SessionCapability::from_value(&v);
+        }
+        MessageType::InitRunspacePool => {
+            let _ = InitRunspacePool::from_value(&v);
+        }
+        MessageType::CreatePipeline => {
+            let _ = CreatePipeline::from_value(&v);
+        }
+        MessageType::GetCommandMetadata => {
+            let _ = GetCommandMetadata::from_value(&v);
+        }
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// clixml_read
+// ---------------------------------------------------------------------------------------------
+
+/// Arbitrary UTF-8 as a CLIXML body: with the default limits the value it yields holds no more
+/// than the bytes the reader counted (references expanded), which stay within
+/// `MAX_EXPANDED_BYTES`; with tight limits the same holds for the tight budget.
+pub fn clixml_read(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = clixml_checked(text);
+    let tight = keyhole::psrp::clixml::read::ClixmlLimits {
+        max_depth: 8,
+        max_elements: 64,
+        max_string_len: 64,
+        max_refs: 4,
+        max_values: 32,
+        max_attributes: 4,
+        max_bytes: 4096,
+    };
+    if let Ok((v, size)) = keyhole::psrp::clixml::read::parse_sized(text, &tight) {
+        assert!(
+            size <= tight.max_bytes,
+            "{size} bytes under a {}-byte budget",
+            tight.max_bytes
+        );
+        let real = value_bytes(&v, 0);
+        assert!(
+            real <= size,
+            "the value holds {real} bytes, the reader counted {size}"
+        );
+    }
+}
+
+/// Parse with the default limits and check the budget's account of the value.
+fn clixml_checked(text: &str) -> Result<keyhole::engine::Value, keyhole::psrp::ProtocolError> {
+    use keyhole::psrp::clixml::read::{parse_sized, DEFAULT_LIMITS, MAX_EXPANDED_BYTES};
+    let (v, size) = parse_sized(text, &DEFAULT_LIMITS)?;
+    assert!(size <= MAX_EXPANDED_BYTES, "{size} bytes");
+    let real = value_bytes(&v, 0);
+    assert!(
+        real <= size,
+        "the value holds {real} bytes, the reader counted {size}"
+    );
+    Ok(v)
+}
+
+/// The bytes a value holds as the CLIXML budget counts them: `VALUE_OVERHEAD` per value (and
+/// per type name) plus every string's length.
+pub fn value_bytes(v: &keyhole::engine::Value, depth: usize) -> usize {
+    use keyhole::engine::Value;
+    use keyhole::psrp::clixml::read::VALUE_OVERHEAD;
+    assert!(depth <= 128, "value nested {depth} deep");
+    let names = |t: &[String]| t.iter().map(|n| VALUE_OVERHEAD + n.len()).sum::<usize>();
+    VALUE_OVERHEAD
+        + match v {
+            Value::String(s) => s.len(),
+            Value::Enum(e) => names(&e.type_names) + e.name.len(),
+            Value::Array(items) => items.iter().map(|i| value_bytes(i, depth + 1)).sum(),
+            Value::Dict(entries) => entries
+                .iter()
+                .map(|(k, v)| k.len() + value_bytes(v, depth + 1))
+                .sum(),
+            Value::Object(o) => {
+                names(&o.type_names)
+                    + o.to_string.as_ref().map_or(0, String::len)
+                    + o.properties
+                        .iter()
+                        .map(|(k, v)| k.len() + value_bytes(v, depth + 1))
+                        .sum::<usize>()
+            }
+            _ => 0,
+        }
+}
+
+// ---------------------------------------------------------------------------------------------
+// winrs_command
+// ---------------------------------------------------------------------------------------------
+
+/// Arbitrary UTF-8 as a WinRS `rsp:Command` and its `rsp:Arguments` (separated by NUL): the
+/// line it becomes (or the `-EncodedCommand`/`-Command` script it carries) is bounded by its
+/// input (at most quote doubling and the quotes and spaces around each argument), and goes
+/// through the language parser (which refuses lines over its own limit).
+pub fn winrs_command(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut parts = text.split('\0');
+    let command = parts.next().unwrap_or("");
+    let args: Vec<String> = parts.take(64).map(str::to_string).collect();
+    if let Ok(line) = keyhole::shells::winrs::command_line(command, &args) {
+        assert!(
+            line.len() <= 2 * data.len() + 3 * (args.len() + 1),
+            "{}-byte line from {} bytes",
+            line.len(),
+            data.len()
+        );
+        lang_parse(line.as_bytes());
     }
 }

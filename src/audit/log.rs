@@ -66,6 +66,9 @@ pub struct AuditEvent {
     pub endpoint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// How the client came (session start and end): "winrs", "psrp", "console", "local".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
     /// The command line (kind `command`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,

@@ -8,6 +8,12 @@
 //!   in one `write`; [`Audit::commit`] then syncs once before the commands start;
 //! - output, `[end]` and refusals are written (in the page cache: nothing is lost if keyhole is
 //!   killed) and become durable with the next command's sync or the footer's.
+//!
+//! A transcript is bounded by `[limits] max_transcript_bytes` (set with
+//! [`Transcript::set_max_bytes`]): once it holds that many bytes, output is no longer copied
+//! into it — each pipeline's end record is preceded by `[output not recorded] N bytes in M
+//! lines` — while the header, command lines, bound commands with their parameters, refusals and
+//! end states are always written, so what ran stays on record whatever the size.
 #![forbid(unsafe_code)]
 
 use std::fs::{DirBuilder, File, OpenOptions};
@@ -40,6 +46,8 @@ pub struct TranscriptHeader {
     pub endpoint: String,
     /// None: a local session (`keyhole run`).
     pub client_address: Option<String>,
+    /// How the client came: "winrs", "psrp", "console" (the web console) or "local".
+    pub transport: String,
     pub start_time: DateTime<Utc>,
     pub session_id: String,
 }
@@ -58,6 +66,14 @@ pub struct Transcript {
     /// `fdatasync`s so far (tests and the benchmark count them).
     syncs: u64,
     ended: bool,
+    /// Bytes written so far.
+    written: u64,
+    /// Beyond this many bytes output is summarized, not copied.
+    max_bytes: u64,
+    /// Output of the current pipeline not copied: bytes, lines.
+    skipped: (u64, u64),
+    /// Output of the whole session not copied, bytes.
+    skipped_total: u64,
 }
 
 /// File-name-safe: ASCII letters, digits, `.`, `_`, `-`; anything else becomes `_`; never
@@ -240,10 +256,14 @@ impl Transcript {
             unsynced: false,
             syncs: 0,
             ended: false,
+            written: 0,
+            max_bytes: u64::MAX,
+            skipped: (0, 0),
+            skipped_total: 0,
         };
         let h = header;
         let text = format!(
-            "{SEPARATOR}\nPowerShell transcript start\nStart time: {}\nUsername: {}\nRunAs User: {}\nGroups: {}\nConfiguration Name: {}\nMachine: {} (Linux)\nClient Address: {}\nSession ID: {}\nHost Application: keyhole {KEYHOLE_VERSION}\nKeyhole Version: {KEYHOLE_VERSION}\nProcess ID: {}\nStart time (UTC): {}\n{SEPARATOR}\n",
+            "{SEPARATOR}\nPowerShell transcript start\nStart time: {}\nUsername: {}\nRunAs User: {}\nGroups: {}\nConfiguration Name: {}\nMachine: {} (Linux)\nClient Address: {}\nTransport: {}\nSession ID: {}\nHost Application: keyhole {KEYHOLE_VERSION}\nKeyhole Version: {KEYHOLE_VERSION}\nProcess ID: {}\nStart time (UTC): {}\n{SEPARATOR}\n",
             stamp(h.start_time),
             clean(&h.user),
             clean(&h.run_as),
@@ -251,6 +271,7 @@ impl Transcript {
             clean(&h.endpoint),
             clean(&hostname()),
             clean(h.client_address.as_deref().unwrap_or("local")),
+            clean(&h.transport),
             clean(&h.session_id),
             std::process::id(),
             h.start_time.to_rfc3339(),
@@ -265,6 +286,17 @@ impl Transcript {
         &self.path
     }
 
+    /// Copy output only while the transcript holds fewer than `max` bytes (`[limits]
+    /// max_transcript_bytes`); records of what ran are always written.
+    pub fn set_max_bytes(&mut self, max: u64) {
+        self.max_bytes = max;
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
     /// How many times the file was synced (`fdatasync`) so far.
     pub fn syncs(&self) -> u64 {
         self.syncs
@@ -277,6 +309,7 @@ impl Transcript {
         }
         let text = std::mem::take(&mut self.pending);
         self.unsynced = true;
+        self.written = self.written.saturating_add(text.len() as u64);
         self.file.write_all(text.as_bytes())?;
         self.file.flush()
     }
@@ -303,14 +336,36 @@ impl Transcript {
         Ok(())
     }
 
+    /// The summary of the current pipeline's output that was not copied (if any).
+    fn write_skipped(&mut self) -> io::Result<()> {
+        let (bytes, lines) = std::mem::take(&mut self.skipped);
+        if bytes == 0 && lines == 0 {
+            return Ok(());
+        }
+        let text = format!(
+            "[output not recorded] {bytes} bytes in {lines} lines: this transcript reached max_transcript_bytes ({} bytes)\n",
+            self.max_bytes
+        );
+        self.write(&text)
+    }
+
     /// Write the end marker and sync (also done on drop).
     pub fn finish(&mut self) -> io::Result<()> {
         if self.ended {
             return Ok(());
         }
         self.ended = true;
+        self.write_skipped()?;
+        let not_recorded = if self.skipped_total > 0 {
+            format!(
+                "Output not recorded: {} bytes (max_transcript_bytes = {})\n",
+                self.skipped_total, self.max_bytes
+            )
+        } else {
+            String::new()
+        };
         let text = format!(
-            "{SEPARATOR}\nPowerShell transcript end\nEnd time: {}\n{SEPARATOR}\n",
+            "{SEPARATOR}\nPowerShell transcript end\nEnd time: {}\n{not_recorded}{SEPARATOR}\n",
             stamp(Utc::now())
         );
         self.pending.push_str(&text);
@@ -360,6 +415,13 @@ impl Audit for Transcript {
             return Ok(());
         }
         let body = text.strip_suffix('\n').unwrap_or(text);
+        let lines = body.split('\n').count() as u64;
+        if self.written.saturating_add(text.len() as u64) > self.max_bytes {
+            self.skipped.0 = self.skipped.0.saturating_add(text.len() as u64);
+            self.skipped.1 = self.skipped.1.saturating_add(lines);
+            self.skipped_total = self.skipped_total.saturating_add(text.len() as u64);
+            return Ok(());
+        }
         let mut out = String::with_capacity(body.len() + 16);
         for l in body.split('\n') {
             out.push_str(&output_line(l.strip_suffix('\r').unwrap_or(l)));
@@ -369,6 +431,7 @@ impl Audit for Transcript {
     }
 
     fn end(&mut self, state: EndState) -> io::Result<()> {
+        self.write_skipped()?;
         let text = format!("[end] {state}\n");
         self.write(&text)
     }

@@ -4,6 +4,14 @@
 //! Everything a refusal says is for the log only: the client always gets the same 401.
 //! Passwords are never logged, never cached (the cache key is an HMAC under a per-process
 //! random key) and never kept beyond the call.
+//!
+//! Lock-outs cannot be turned against a user (SPEC §1, §2.1 `[auth]`): failures are counted per
+//! (user, source address) and per source address (IPv6 per /64), never per user alone, so
+//! failures from one address never lock the user out at another; only a verification that
+//! failed counts (an empty or over-long password is refused unverified and not counted); and a
+//! lock-out never cuts open sessions: a credential verified from an address is remembered for
+//! that address (the cache key includes it) and keeps working during a lock-out of that address
+//! or of that user there, while every other attempt from there is refused unverified.
 #![forbid(unsafe_code)]
 
 pub mod encryption;
@@ -38,7 +46,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::config::{AuthConfig, UserEntry, UsersFile};
 
-/// How long a successful verification is remembered.
+/// How long a successful verification is remembered after its last use (a local account's entry
+/// is checked against the users file at every use, so it may slide; a PAM user's is fixed).
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most remembered successful verifications.
 pub const MAX_CACHE_ENTRIES: usize = 10_000;
@@ -124,7 +133,9 @@ pub enum DenyReason {
     UnknownUser,
     WrongPassword,
     Disabled,
+    /// This user is locked out at this source address (failures from there).
     LockedOutUser,
+    /// This source address is locked out (failures from there, whatever the user).
     LockedOutSource,
     /// The stored hash cannot be used (not argon2id, unparsable).
     BadStoredHash(String),
@@ -143,7 +154,9 @@ impl fmt::Display for DenyReason {
             DenyReason::UnknownUser => f.write_str("unknown user"),
             DenyReason::WrongPassword => f.write_str("wrong password"),
             DenyReason::Disabled => f.write_str("account disabled"),
-            DenyReason::LockedOutUser => f.write_str("user locked out after failed logins"),
+            DenyReason::LockedOutUser => {
+                f.write_str("user locked out at this source address after failed logins")
+            }
             DenyReason::LockedOutSource => {
                 f.write_str("source address locked out after failed logins")
             }
@@ -231,8 +244,6 @@ struct UserRecord {
 
 #[derive(Default)]
 struct UsersState {
-    /// Bumped by every `replace_users`; cache entries of an older generation are dead.
-    generation: u64,
     /// Keyed by lower-case name.
     by_name: HashMap<String, UserRecord>,
     /// Certificate SHA-256 → lower-case user name.
@@ -241,7 +252,6 @@ struct UsersState {
 
 struct CacheEntry {
     expires: Instant,
-    generation: u64,
     /// The user entry's fingerprint (None for PAM users).
     fingerprint: Option<[u8; 32]>,
     identity: Identity,
@@ -253,11 +263,18 @@ struct Counter {
     window_start: Instant,
     locked_until: Option<Instant>,
     last: Instant,
+    /// Attempts refused unverified while this counter was locked (pair counters only): once
+    /// they reach the limit, even a remembered credential is refused until the lock-out ends,
+    /// so the cache cannot be used to test passwords at full speed during a lock-out.
+    guesses_while_locked: u64,
 }
+
+/// A (lower-case user name, source key) pair.
+type PairKey = (String, IpAddr);
 
 #[derive(Default)]
 struct Lockouts {
-    by_user: HashMap<String, Counter>,
+    by_pair: HashMap<PairKey, Counter>,
     by_source: HashMap<IpAddr, Counter>,
 }
 
@@ -315,11 +332,8 @@ pub fn format_fingerprint(fp: &[u8; 32]) -> String {
     format!("sha256:{hex}")
 }
 
-fn build_state(users: UsersFile, generation: u64) -> UsersState {
-    let mut state = UsersState {
-        generation,
-        ..Default::default()
-    };
+fn build_state(users: UsersFile) -> UsersState {
+    let mut state = UsersState::default();
     for (name, entry) in users.users {
         let lower = name.to_lowercase();
         for c in &entry.client_certificates {
@@ -347,7 +361,7 @@ fn build_state(users: UsersFile, generation: u64) -> UsersState {
 }
 
 /// The lock-out key of a source: the address, or its /64 for IPv6 (one host owns a /64).
-fn source_key(ip: IpAddr) -> IpAddr {
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -370,6 +384,40 @@ fn is_locked<K: Hash + Eq>(map: &mut HashMap<K, Counter>, key: &K, now: Instant)
             false
         }
         None => false,
+    }
+}
+
+/// Is a remembered credential still honoured for this pair? Not once the pair is locked and
+/// has seen `max` refused guesses during the lock-out.
+fn cache_budget_left(
+    map: &HashMap<PairKey, Counter>,
+    key: &PairKey,
+    now: Instant,
+    max: u64,
+) -> bool {
+    match map.get(key) {
+        Some(c) => !(c.locked_until.is_some_and(|t| t > now) && c.guesses_while_locked >= max),
+        None => true,
+    }
+}
+
+/// An attempt refused unverified because the pair or the source is locked: it spends the
+/// pair's guessing budget (locking the pair first when only the source was locked).
+fn record_locked_guess(
+    map: &mut HashMap<PairKey, Counter>,
+    key: &PairKey,
+    now: Instant,
+    max: u64,
+    window: Duration,
+) {
+    match map.get_mut(key) {
+        Some(c) if c.locked_until.is_some_and(|t| t > now) => {
+            c.guesses_while_locked = c.guesses_while_locked.saturating_add(1);
+            c.last = now;
+        }
+        _ => {
+            record_failure(map, key, now, max, window);
+        }
     }
 }
 
@@ -401,6 +449,7 @@ fn record_failure<K: Hash + Eq + Clone>(
         window_start: now,
         locked_until: None,
         last: now,
+        guesses_while_locked: 0,
     });
     if c.locked_until.is_none() && now.saturating_duration_since(c.window_start) > window {
         c.failures = 0;
@@ -431,7 +480,7 @@ impl Authenticator {
         Authenticator {
             cfg: RwLock::new(cfg.clone()),
             users_path: users_path.to_path_buf(),
-            users: RwLock::new(build_state(users, 1)),
+            users: RwLock::new(build_state(users)),
             cache: Mutex::new(HashMap::new()),
             lockouts: Mutex::new(Lockouts::default()),
             cache_key,
@@ -452,13 +501,16 @@ impl Authenticator {
         &self.users_path
     }
 
-    /// Swaps in a new users file (reload); every cached verification is dropped.
+    /// Swaps in a new users file (reload). A remembered verification whose account entry
+    /// changed (password, groups, disabled, certificates), disappeared, or (for PAM) is now
+    /// shadowed by a local account is dropped; the others stay, so a reload never makes an
+    /// open session verify again (which a lock-out of its address would refuse).
     pub fn replace_users(&self, users: UsersFile) {
+        let new_state = build_state(users);
+        let mut cache = lock(&self.cache);
+        cache.retain(|_, e| entry_still_valid(e, &new_state));
         let mut state = self.users.write().unwrap_or_else(|e| e.into_inner());
-        let generation = state.generation.wrapping_add(1);
-        *state = build_state(users, generation);
-        drop(state);
-        lock(&self.cache).clear();
+        *state = new_state;
     }
 
     /// Re-reads `users_path` and swaps it in; on error the running accounts stay.
@@ -518,9 +570,17 @@ impl Authenticator {
         ntlm::parse_nt_hash(r.entry.nt_hash.as_deref()?)
     }
 
-    fn cache_key_for(&self, username: &str, password: &str) -> Option<[u8; 32]> {
+    /// The cache key of a credential presented from a source: remembered credentials are
+    /// per source (IPv6 /64), so a lock-out elsewhere never touches them and a guess from
+    /// elsewhere never hits them.
+    fn cache_key_for(&self, source: IpAddr, username: &str, password: &str) -> Option<[u8; 32]> {
         let mut mac = <Hmac<Sha256> as hmac::Mac>::new_from_slice(&self.cache_key).ok()?;
-        mac.update(username.as_bytes());
+        match source_key(source) {
+            IpAddr::V4(a) => mac.update(&a.octets()),
+            IpAddr::V6(a) => mac.update(&a.octets()),
+        }
+        mac.update(&[0u8]);
+        mac.update(username.to_lowercase().as_bytes());
         mac.update(&[0u8]);
         mac.update(password.as_bytes());
         Some(mac.finalize().into_bytes().into())
@@ -557,21 +617,19 @@ impl Authenticator {
             let now = Instant::now();
             let mut l = lock(&self.lockouts);
             let max = cfg.max_failed_logins.0.max(1);
-            let user_locked = record_failure(
-                &mut l.by_user,
-                &username.to_lowercase(),
-                now,
-                max,
-                cfg.lockout.0,
-            );
-            let source_locked = source.is_some_and(|ip| {
-                record_failure(&mut l.by_source, &source_key(ip), now, max, cfg.lockout.0)
-            });
-            drop(l);
-            if let Some(m) = self.metrics.get() {
-                for (locked, scope) in [(user_locked, "user"), (source_locked, "source")] {
-                    if locked {
-                        m.auth_lockouts.with(&[scope]).inc();
+            // Certificates (no source) are never counted; every Basic refusal has a source.
+            if let Some(ip) = source {
+                let pair = (username.to_lowercase(), source_key(ip));
+                let pair_locked = record_failure(&mut l.by_pair, &pair, now, max, cfg.lockout.0);
+                let source_locked =
+                    record_failure(&mut l.by_source, &source_key(ip), now, max, cfg.lockout.0);
+                drop(l);
+                if let Some(m) = self.metrics.get() {
+                    for (locked, scope) in [(pair_locked, "user_source"), (source_locked, "source")]
+                    {
+                        if locked {
+                            m.auth_lockouts.with(&[scope]).inc();
+                        }
                     }
                 }
             }
@@ -588,10 +646,14 @@ impl Authenticator {
         AuthResult::Denied(reason)
     }
 
-    fn accept(&self, identity: Identity, source: Option<IpAddr>) -> AuthResult {
-        lock(&self.lockouts)
-            .by_user
-            .remove(&identity.user.to_lowercase());
+    /// `verified`: the password was checked just now (not remembered), which clears this
+    /// user's failures at this source (never the source's own counter).
+    fn accept(&self, identity: Identity, source: Option<IpAddr>, verified: bool) -> AuthResult {
+        if let (true, Some(ip)) = (verified, source) {
+            lock(&self.lockouts)
+                .by_pair
+                .remove(&(identity.user.to_lowercase(), source_key(ip)));
+        }
         match source {
             Some(ip) => {
                 tracing::info!(user = %identity.user, source = %ip, method = %identity.method, "authenticated")
@@ -605,22 +667,19 @@ impl Authenticator {
 
     fn cache_lookup(&self, key: &[u8; 32], now: Instant) -> Option<Identity> {
         let mut cache = lock(&self.cache);
-        let hit = cache.get(key)?;
+        let hit = cache.get_mut(key)?;
         let valid = hit.expires > now && {
             let state = self.users.read().unwrap_or_else(|e| e.into_inner());
-            hit.generation == state.generation
-                && match hit.fingerprint {
-                    Some(fp) => state
-                        .by_name
-                        .get(&hit.identity.user.to_lowercase())
-                        .is_some_and(|r| r.fingerprint == fp && !r.entry.disabled),
-                    // A PAM user stays valid only while no local account shadows the name.
-                    None => !state
-                        .by_name
-                        .contains_key(&hit.identity.user.to_lowercase()),
-                }
+            entry_still_valid(hit, &state)
         };
         if valid {
+            // A local account's entry slides: it is checked against the users file at each
+            // use. A PAM user's expires CACHE_TTL after the verification, whatever happens.
+            if hit.fingerprint.is_some() {
+                if let Some(t) = now.checked_add(CACHE_TTL) {
+                    hit.expires = t;
+                }
+            }
             Some(hit.identity.clone())
         } else {
             cache.remove(key);
@@ -648,35 +707,50 @@ impl Authenticator {
         if !cfg.basic {
             return self.deny(username, src, DenyReason::BasicDisabled, false);
         }
+        // Nothing is verified for an empty or over-long name or password, so nothing is
+        // counted: an empty password is not a guess.
         if username.is_empty()
             || username.len() > MAX_LOGIN_NAME_LEN
             || password.is_empty()
             || password.len() > MAX_PASSWORD_LEN
         {
-            return self.deny(username, src, DenyReason::Malformed, true);
+            return self.deny(username, src, DenyReason::Malformed, false);
         }
         let now = Instant::now();
-        {
+        let max = cfg.max_failed_logins.0.max(1);
+        let pair = (username.to_lowercase(), source_key(source));
+        let (pair_locked, source_locked, budget_left) = {
             let mut l = lock(&self.lockouts);
-            if is_locked(&mut l.by_user, &username.to_lowercase(), now) {
-                drop(l);
-                return self.deny(username, src, DenyReason::LockedOutUser, false);
-            }
-            if is_locked(&mut l.by_source, &source_key(source), now) {
-                drop(l);
-                return self.deny(username, src, DenyReason::LockedOutSource, false);
+            let p = is_locked(&mut l.by_pair, &pair, now);
+            let s = is_locked(&mut l.by_source, &pair.1, now);
+            (p, s, cache_budget_left(&l.by_pair, &pair, now, max))
+        };
+        // A credential already verified from this source is honoured first, lock-out or not:
+        // a lock-out never cuts an open session.
+        let key = self.cache_key_for(source, username, password);
+        if budget_left {
+            if let Some(identity) = key.as_ref().and_then(|k| self.cache_lookup(k, now)) {
+                return self.accept(identity, src, false);
             }
         }
-        let key = self.cache_key_for(username, password);
-        if let Some(identity) = key.as_ref().and_then(|k| self.cache_lookup(k, now)) {
-            return self.accept(identity, src);
+        if pair_locked || source_locked {
+            record_locked_guess(
+                &mut lock(&self.lockouts).by_pair,
+                &pair,
+                now,
+                max,
+                cfg.lockout.0,
+            );
+            let reason = if pair_locked {
+                DenyReason::LockedOutUser
+            } else {
+                DenyReason::LockedOutSource
+            };
+            return self.deny(username, src, reason, false);
         }
-        let (record, generation) = {
+        let record = {
             let state = self.users.read().unwrap_or_else(|e| e.into_inner());
-            (
-                state.by_name.get(&username.to_lowercase()).cloned(),
-                state.generation,
-            )
+            state.by_name.get(&username.to_lowercase()).cloned()
         };
         let (identity, fingerprint) = match record {
             Some(rec) => {
@@ -719,13 +793,12 @@ impl Authenticator {
         if let (Some(k), Some(expires)) = (key, now.checked_add(CACHE_TTL)) {
             let entry = CacheEntry {
                 expires,
-                generation,
                 fingerprint,
                 identity: identity.clone(),
             };
             self.cache_store(k, entry, now);
         }
-        self.accept(identity, src)
+        self.accept(identity, src, true)
     }
 
     /// Gate 2 for a finished Negotiate exchange (issue 12), with Basic's lock-outs: an NTLM
@@ -752,7 +825,8 @@ impl Authenticator {
         let now = Instant::now();
         {
             let mut l = lock(&self.lockouts);
-            if is_locked(&mut l.by_user, &done.user.to_lowercase(), now) {
+            let pair = (done.user.to_lowercase(), source_key(source));
+            if is_locked(&mut l.by_pair, &pair, now) {
                 drop(l);
                 return self.deny(&done.user, src, DenyReason::LockedOutUser, false);
             }
@@ -798,7 +872,34 @@ impl Authenticator {
             None => return self.deny(&done.user, src, DenyReason::UnknownUser, false),
         };
         tracing::info!(principal = %done.principal, "Negotiate principal");
-        self.accept(identity, src)
+        self.accept(identity, src, true)
+    }
+
+    /// A caller Negotiate authenticated earlier on this connection, as the accounts stand now
+    /// (each later request on the connection rides that authentication): a users.toml account
+    /// with its current groups, None once it is disabled or removed; a Kerberos principal
+    /// without a users.toml entry keeps the groups it was admitted with while the OS (SSSD)
+    /// still knows the account. No
+    /// lock-out check: a lock-out refuses new logins and never cuts what is open.
+    pub fn negotiated_identity_now(&self, id: &Identity) -> Option<Identity> {
+        let state = self.users.read().unwrap_or_else(|e| e.into_inner());
+        match state.by_name.get(&id.user.to_lowercase()) {
+            Some(r) if r.entry.disabled => None,
+            Some(r) => Some(Identity {
+                user: r.name.clone(),
+                groups: r.entry.groups.clone(),
+                method: id.method,
+            }),
+            None if id.method == AuthMethod::Kerberos
+                && nix::unistd::User::from_name(&id.user)
+                    .ok()
+                    .flatten()
+                    .is_some() =>
+            {
+                Some(id.clone())
+            }
+            None => None,
+        }
     }
 
     /// Gate 2 for a verified TLS client certificate (its DER's SHA-256).
@@ -821,8 +922,22 @@ impl Authenticator {
                     method: AuthMethod::Certificate,
                 },
                 None,
+                true,
             ),
         }
+    }
+}
+
+/// Is a remembered verification still good for `state` (same account entry, not disabled; a
+/// PAM user only while no local account shadows the name)?
+fn entry_still_valid(e: &CacheEntry, state: &UsersState) -> bool {
+    let lower = e.identity.user.to_lowercase();
+    match e.fingerprint {
+        Some(fp) => state
+            .by_name
+            .get(&lower)
+            .is_some_and(|r| r.fingerprint == fp && !r.entry.disabled),
+        None => !state.by_name.contains_key(&lower),
     }
 }
 
@@ -1015,6 +1130,27 @@ mod tests {
         assert!(is_locked(&mut m, &k, t0 + Duration::from_secs(5)));
         assert!(!is_locked(&mut m, &k, t0 + Duration::from_secs(11)));
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn guesses_while_locked_spend_the_cache_budget() {
+        let mut m: HashMap<PairKey, Counter> = HashMap::new();
+        let t0 = Instant::now();
+        let w = Duration::from_secs(10);
+        let k: PairKey = ("u".into(), "10.0.0.1".parse().unwrap());
+        // Only the source was locked: the first guesses lock the pair.
+        record_locked_guess(&mut m, &k, t0, 2, w);
+        assert!(cache_budget_left(&m, &k, t0, 2));
+        record_locked_guess(&mut m, &k, t0, 2, w);
+        assert!(is_locked(&mut m, &k, t0));
+        assert!(cache_budget_left(&m, &k, t0, 2));
+        record_locked_guess(&mut m, &k, t0, 2, w);
+        assert!(cache_budget_left(&m, &k, t0, 2));
+        record_locked_guess(&mut m, &k, t0, 2, w);
+        assert!(!cache_budget_left(&m, &k, t0, 2));
+        // The lock-out ends: the budget is back.
+        assert!(!is_locked(&mut m, &k, t0 + Duration::from_secs(11)));
+        assert!(cache_budget_left(&m, &k, t0 + Duration::from_secs(11), 2));
     }
 
     #[test]

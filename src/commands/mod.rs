@@ -15,7 +15,52 @@ pub mod proxies;
 use std::sync::{Arc, OnceLock};
 
 use crate::config::{ExternalCommandDef, ResolvedFunction};
-use crate::engine::{Command, CommandSource};
+use crate::engine::{BoundArgs, Command, CommandSource};
+use crate::lang::wildcard::{self, Mode};
+
+/// One name a Linux cmdlet filters on (a service, process, mount point, address): a wildcard
+/// pattern ([`Mode::Name`]), or the exact name when the engine marked the parameter literal —
+/// its values passed a set or pattern ([`BoundArgs::literal`]). A value validated against the
+/// pattern `ng.nx` may be `ng*nx`; read as a wildcard it would reach units the constraint
+/// never allowed, so it is only ever the name `ng*nx` itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NameFilter {
+    pub text: String,
+    pub literal: bool,
+}
+
+impl NameFilter {
+    /// An exact name (ASCII case-insensitive, as names are matched).
+    pub fn exact(text: impl Into<String>) -> NameFilter {
+        NameFilter {
+            text: text.into(),
+            literal: true,
+        }
+    }
+
+    /// Does `name` match?
+    pub fn matches(&self, name: &str) -> bool {
+        if self.literal {
+            self.text.eq_ignore_ascii_case(name)
+        } else {
+            wildcard::matches(&self.text, name, Mode::Name)
+        }
+    }
+
+    /// Is it a pattern that may match several names (so matching none is not an error)?
+    pub fn has_wildcards(&self) -> bool {
+        !self.literal && wildcard::has_wildcards(&self.text, Mode::Name)
+    }
+}
+
+/// The values of string[] parameter `param` as name filters (literal when it is constrained).
+pub(crate) fn name_filters(args: &BoundArgs, param: &str) -> Vec<NameFilter> {
+    let literal = args.is_literal(param);
+    args.strings(param)
+        .into_iter()
+        .map(|text| NameFilter { text, literal })
+        .collect()
+}
 
 /// Every built-in command object, built anew (the catalogue's cmdlets, in family order).
 fn build_all() -> Vec<Arc<dyn Command>> {
@@ -135,7 +180,7 @@ mod tests {
             ),
         ];
         let accessor = regex::Regex::new(
-            r#"(?:\.(?:strings|string|switch|int|ints|has)|\bargs\s*\.\s*get)\(\s*"([A-Za-z]+)"\s*\)"#,
+            r#"(?:\.(?:strings|string|switch|int|ints|has|is_literal)\(|\bargs\s*\.\s*get\(|\bname_filters\(\s*\w+\s*,)\s*"([A-Za-z]+)"\s*\)"#,
         )
         .unwrap();
         let mut reads = 0;

@@ -4,7 +4,7 @@
 // The engine's Invocation interface returns ErrorRecord by value; helpers follow it.
 #![allow(clippy::result_large_err)]
 
-use crate::lang::wildcard::{self, Mode};
+use super::name_filters;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::system::{
     enum_value, find_program, program_said, read_bounded, run_program, termination_text,
-    typed_object, with_pattern, FnCommand, MODULE,
+    typed_object, with_pattern, FnCommand, MAX_PROC_FILE_BYTES, MODULE,
 };
 use crate::engine::{
     BoundArgs, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, ParamDecl, ParamType, Value,
@@ -181,13 +181,25 @@ fn connection_object(t: &TcpEntry, owner: Option<i64>) -> Value {
     o.into_value()
 }
 
+/// A socket table read in one `read` call where the kernel allows: `/proc/net/tcp` is produced
+/// as it is read, and between two reads a table that changes (connections closing, TIME_WAIT
+/// expiring) can make the kernel skip entries. Bounded by `MAX_PROC_FILE_BYTES`.
+fn read_table(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let cap = usize::try_from(MAX_PROC_FILE_BYTES).unwrap_or(usize::MAX);
+    let mut buf = Vec::with_capacity(cap);
+    f.take(MAX_PROC_FILE_BYTES).read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 fn get_net_tcp_connection(
     ctx: &mut Ctx<'_>,
     args: &BoundArgs,
     _input: Option<&Value>,
 ) -> Result<(), ErrorRecord> {
-    let local_addr = args.strings("LocalAddress");
-    let remote_addr = args.strings("RemoteAddress");
+    let local_addr = name_filters(args, "LocalAddress");
+    let remote_addr = name_filters(args, "RemoteAddress");
     let local_port = args.ints("LocalPort");
     let remote_port = args.ints("RemotePort");
     let states = args.strings("State");
@@ -195,7 +207,7 @@ fn get_net_tcp_connection(
     let mut entries = Vec::new();
     let mut read_any = false;
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = read_bounded(Path::new(file)) else {
+        let Ok(text) = read_table(Path::new(file)) else {
             continue;
         };
         read_any = true;
@@ -209,14 +221,8 @@ fn get_net_tcp_connection(
         ));
     }
     entries.retain(|t| {
-        (local_addr.is_empty()
-            || local_addr
-                .iter()
-                .any(|a| wildcard::matches(a, &t.local, Mode::Name)))
-            && (remote_addr.is_empty()
-                || remote_addr
-                    .iter()
-                    .any(|a| wildcard::matches(a, &t.remote, Mode::Name)))
+        (local_addr.is_empty() || local_addr.iter().any(|a| a.matches(&t.local)))
+            && (remote_addr.is_empty() || remote_addr.iter().any(|a| a.matches(&t.remote)))
             && (local_port.is_empty() || local_port.contains(&i64::from(t.local_port)))
             && (remote_port.is_empty() || remote_port.contains(&i64::from(t.remote_port)))
             && (states.is_empty()
@@ -231,6 +237,9 @@ fn get_net_tcp_connection(
     };
     let mut found = false;
     for t in &entries {
+        if ctx.cancelled() {
+            break;
+        }
         let owner = owners.get(&t.inode).copied();
         if !owners_wanted.is_empty() && !owner.is_some_and(|o| owners_wanted.contains(&o)) {
             continue;

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use crate::lang::wildcard::{self, Mode, Wildcard};
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
@@ -11,10 +12,10 @@ use regex::{Regex, RegexBuilder};
 
 use super::proxies::{cmd, input_object, output_lines, UTILITY};
 use crate::engine::bind::parse_date;
-use crate::engine::format::{date_text, format_forced, Forced, Formatter};
+use crate::engine::format::{date_text, format_forced_until, Forced, Formatter};
 use crate::engine::{
-    BoundArgs, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, Invocation, ParamDecl,
-    ParamType, PsObject, Value,
+    BoundArgs, CancelToken, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, Invocation,
+    ParamDecl, ParamType, PsObject, Value,
 };
 
 /// Most objects Sort-Object, Format-*, Out-String, ConvertTo-Json and Get-Member hold.
@@ -23,6 +24,8 @@ pub const MAX_COLLECTED: usize = 100_000;
 pub const MAX_JSON_DEPTH: i64 = 100;
 /// Compiled size limit of a -match regex.
 pub const MAX_MATCH_REGEX: usize = 1 << 20;
+/// Sort-Object asks whether the line was stopped once per this many comparisons.
+pub const CANCEL_CHECK_EVERY: usize = 256;
 
 /// (switch name, operator, case-sensitive)
 const OPERATORS: &[(&str, Op, bool)] = &[
@@ -385,6 +388,24 @@ fn elements(v: &Value) -> Vec<&Value> {
     }
 }
 
+/// True when `f` holds for any of `items`; None when the line was cancelled (or reached its
+/// deadline) first — checked before every element, and `f` may give up itself (None).
+fn any_until<'v>(
+    items: impl IntoIterator<Item = &'v Value>,
+    cancel: &CancelToken,
+    mut f: impl FnMut(&Value) -> Option<bool>,
+) -> Option<bool> {
+    for v in items {
+        if cancel.is_cancelled() {
+            return None;
+        }
+        if f(v)? {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
 struct WhereObject {
     re: Option<(String, bool, Regex)>,
 }
@@ -449,56 +470,63 @@ impl Invocation for WhereObject {
         };
         let left = obj.member(&prop).unwrap_or(Value::Null);
         let right = args.get("Value").cloned().unwrap_or(Value::Null);
+        // Every loop over the client's values asks the line's token: Stop, a closed pool or
+        // command_timeout end it (None), also inside one long -like match.
+        let cancel: &CancelToken = ctx.cancel;
+        let stop = || cancel.is_cancelled();
         let keep = match ops.first() {
-            None => truthy(&left),
+            None => Some(truthy(&left)),
             Some((op, cs)) => {
                 let cs = *cs;
+                let cmp = |pred: fn(Option<Ordering>) -> bool| {
+                    any_until(elements(&left), cancel, |l| {
+                        Some(pred(compare(l, &right, cs)))
+                    })
+                };
                 match op {
-                    Op::Not => !truthy(&left),
-                    Op::Eq => elements(&left).iter().any(|l| equal(l, &right, cs)),
+                    Op::Not => Some(!truthy(&left)),
+                    Op::Eq | Op::Contains => {
+                        any_until(elements(&left), cancel, |l| Some(equal(l, &right, cs)))
+                    }
                     Op::Ne => match &left {
-                        Value::Array(items) => items.iter().any(|l| !equal(l, &right, cs)),
-                        l => !equal(l, &right, cs),
+                        Value::Array(items) => {
+                            any_until(items, cancel, |l| Some(!equal(l, &right, cs)))
+                        }
+                        l => Some(!equal(l, &right, cs)),
                     },
-                    Op::Gt => elements(&left)
-                        .iter()
-                        .any(|l| compare(l, &right, cs) == Some(Ordering::Greater)),
-                    Op::Ge => elements(&left).iter().any(|l| {
-                        matches!(
-                            compare(l, &right, cs),
-                            Some(Ordering::Greater | Ordering::Equal)
-                        )
-                    }),
-                    Op::Lt => elements(&left)
-                        .iter()
-                        .any(|l| compare(l, &right, cs) == Some(Ordering::Less)),
-                    Op::Le => elements(&left).iter().any(|l| {
-                        matches!(
-                            compare(l, &right, cs),
-                            Some(Ordering::Less | Ordering::Equal)
-                        )
-                    }),
+                    Op::Gt => cmp(|o| o == Some(Ordering::Greater)),
+                    Op::Ge => cmp(|o| matches!(o, Some(Ordering::Greater | Ordering::Equal))),
+                    Op::Lt => cmp(|o| o == Some(Ordering::Less)),
+                    Op::Le => cmp(|o| matches!(o, Some(Ordering::Less | Ordering::Equal))),
                     Op::Like | Op::NotLike => {
                         let w = like_pattern(&right.to_ps_string(), cs)?;
                         let want = *op == Op::Like;
-                        elements(&left)
-                            .iter()
-                            .any(|l| w.is_match(&l.to_ps_string()) == want)
+                        any_until(elements(&left), cancel, |l| {
+                            w.is_match_until(&l.to_ps_string(), &stop)
+                                .map(|m| m == want)
+                        })
                     }
                     Op::Match | Op::NotMatch => {
                         let pattern = right.to_ps_string();
                         let re = self.regex(&pattern, cs)?;
                         let want = *op == Op::Match;
-                        elements(&left)
-                            .iter()
-                            .any(|l| re.is_match(&l.to_ps_string()) == want)
+                        any_until(elements(&left), cancel, |l| {
+                            Some(re.is_match(&l.to_ps_string()) == want)
+                        })
                     }
-                    Op::Contains => elements(&left).iter().any(|l| equal(l, &right, cs)),
-                    Op::NotContains => !elements(&left).iter().any(|l| equal(l, &right, cs)),
-                    Op::In => elements(&right).iter().any(|r| equal(&left, r, cs)),
-                    Op::NotIn => !elements(&right).iter().any(|r| equal(&left, r, cs)),
+                    Op::NotContains => {
+                        any_until(elements(&left), cancel, |l| Some(equal(l, &right, cs)))
+                            .map(|b| !b)
+                    }
+                    Op::In => any_until(elements(&right), cancel, |r| Some(equal(&left, r, cs))),
+                    Op::NotIn => any_until(elements(&right), cancel, |r| Some(equal(&left, r, cs)))
+                        .map(|b| !b),
                 }
             }
+        };
+        let Some(keep) = keep else {
+            // Stopped: the engine ends the line (Stopped, or the timeout record).
+            return Ok(());
         };
         if keep {
             ctx.output(obj);
@@ -582,13 +610,18 @@ fn sort_key_cmp(a: &Value, b: &Value, cs: bool) -> Ordering {
     }
 }
 
+/// Sort (and with `unique` deduplicate) `values`; false when the line was cancelled or reached
+/// its deadline meanwhile (then `values` is left empty). The comparisons ask the token every
+/// [`CANCEL_CHECK_EVERY`] calls and, once it says stop, compare everything as equal so the sort
+/// ends at once.
 fn sort_values(
     values: &mut Vec<Value>,
     props: &[String],
     descending: bool,
     unique: bool,
     cs: bool,
-) {
+    cancel: &CancelToken,
+) -> bool {
     let keys = |v: &Value| -> Vec<Value> {
         if props.is_empty() {
             vec![v.clone()]
@@ -599,28 +632,50 @@ fn sort_values(
                 .collect()
         }
     };
-    let mut keyed: Vec<(Vec<Value>, Value)> = values.drain(..).map(|v| (keys(&v), v)).collect();
-    keyed.sort_by(|(a, _), (b, _)| {
-        let o = a
-            .iter()
+    let mut keyed: Vec<(Vec<Value>, Value)> = Vec::with_capacity(values.len());
+    for v in values.drain(..) {
+        if cancel.is_cancelled() {
+            return false;
+        }
+        keyed.push((keys(&v), v));
+    }
+    let stopped = Cell::new(false);
+    let calls = Cell::new(0usize);
+    let halted = || {
+        if !stopped.get() {
+            calls.set(calls.get().wrapping_add(1));
+            if calls.get() % CANCEL_CHECK_EVERY == 0 && cancel.is_cancelled() {
+                stopped.set(true);
+            }
+        }
+        stopped.get()
+    };
+    let key_cmp = |a: &[Value], b: &[Value]| {
+        a.iter()
             .zip(b.iter())
             .map(|(x, y)| sort_key_cmp(x, y, cs))
             .find(|o| *o != Ordering::Equal)
-            .unwrap_or(Ordering::Equal);
+            .unwrap_or(Ordering::Equal)
+    };
+    keyed.sort_by(|(a, _), (b, _)| {
+        if halted() {
+            return Ordering::Equal;
+        }
+        let o = key_cmp(a, b);
         if descending {
             o.reverse()
         } else {
             o
         }
     });
-    if unique {
-        keyed.dedup_by(|(a, _), (b, _)| {
-            a.iter()
-                .zip(b.iter())
-                .all(|(x, y)| sort_key_cmp(x, y, cs) == Ordering::Equal)
-        });
+    if unique && !stopped.get() {
+        keyed.dedup_by(|(a, _), (b, _)| !halted() && key_cmp(a, b) == Ordering::Equal);
+    }
+    if stopped.get() || cancel.is_cancelled() {
+        return false;
     }
     values.extend(keyed.into_iter().map(|(_, v)| v));
+    true
 }
 
 impl Invocation for Collect {
@@ -648,14 +703,21 @@ impl Invocation for Collect {
         let mut values = std::mem::take(&mut self.values);
         match self.kind {
             Kind::Sort => {
-                sort_values(
+                let sorted = sort_values(
                     &mut values,
                     &args.strings("Property"),
                     args.switch("Descending"),
                     args.switch("Unique"),
                     args.switch("CaseSensitive"),
+                    ctx.cancel,
                 );
+                if !sorted {
+                    return Ok(());
+                }
                 for v in values {
+                    if ctx.cancelled() {
+                        return Ok(());
+                    }
                     ctx.output(v);
                 }
             }
@@ -670,13 +732,17 @@ impl Invocation for Collect {
                 } else {
                     Some(props)
                 };
-                let text = format_forced(
+                let cancel = ctx.cancel;
+                let Some(text) = format_forced_until(
                     &values,
                     Forced {
                         table: self.kind == Kind::Table,
                         props,
                     },
-                );
+                    &|| cancel.is_cancelled(),
+                ) else {
+                    return Ok(());
+                };
                 output_lines(ctx, &text);
             }
             Kind::Json => {
@@ -688,10 +754,18 @@ impl Invocation for Collect {
                         .map(|v| to_json(v, depth, enums))
                         .unwrap_or(serde_json::Value::Null)
                 } else {
-                    serde_json::Value::Array(
-                        values.iter().map(|v| to_json(v, depth, enums)).collect(),
-                    )
+                    let mut items = Vec::with_capacity(values.len());
+                    for v in &values {
+                        if ctx.cancelled() {
+                            return Ok(());
+                        }
+                        items.push(to_json(v, depth, enums));
+                    }
+                    serde_json::Value::Array(items)
                 };
+                if ctx.cancelled() {
+                    return Ok(());
+                }
                 if values.is_empty() && !args.switch("AsArray") {
                     return Ok(());
                 }
@@ -720,6 +794,9 @@ impl Invocation for Collect {
                 let names = args.strings("Name");
                 let mut seen: Vec<String> = Vec::new();
                 for v in &values {
+                    if ctx.cancelled() {
+                        return Ok(());
+                    }
                     let tn = v.type_name();
                     if seen.contains(&tn) {
                         continue;
@@ -773,7 +850,12 @@ impl Invocation for OutString {
             let text = self.fmt.finish();
             output_lines(ctx, &text);
         } else if !self.values.is_empty() {
-            let text = crate::engine::format::format_values(&self.values);
+            let cancel = ctx.cancel;
+            let Some(text) =
+                crate::engine::format::format_values_until(&self.values, &|| cancel.is_cancelled())
+            else {
+                return Ok(());
+            };
             ctx.output(Value::String(text));
         }
         Ok(())
@@ -1176,6 +1258,9 @@ impl Invocation for WriteOutput {
         match args.get("InputObject").cloned() {
             Some(Value::Array(items)) if !args.switch("NoEnumerate") => {
                 for i in items {
+                    if ctx.cancelled() {
+                        break;
+                    }
                     ctx.output(i);
                 }
             }
@@ -1273,10 +1358,24 @@ mod tests {
     #[test]
     fn sorting() {
         let mut v: Vec<Value> = vec!["b".into(), "A".into(), "c".into(), "a".into()];
-        sort_values(&mut v, &[], false, true, false);
+        assert!(sort_values(
+            &mut v,
+            &[],
+            false,
+            true,
+            false,
+            &CancelToken::new()
+        ));
         assert_eq!(v, vec![Value::from("A"), "b".into(), "c".into()]);
         let mut n: Vec<Value> = vec![10.into(), 9.into(), 100.into()];
-        sort_values(&mut n, &[], true, false, false);
+        assert!(sort_values(
+            &mut n,
+            &[],
+            true,
+            false,
+            false,
+            &CancelToken::new()
+        ));
         assert_eq!(n, vec![Value::Int(100), 10.into(), 9.into()]);
     }
 }

@@ -5,7 +5,7 @@
 // The engine's Invocation interface returns ErrorRecord by value; helpers follow it.
 #![allow(clippy::result_large_err)]
 
-use crate::lang::wildcard::{self, has_wildcards, Mode};
+use super::{name_filters, NameFilter};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -261,7 +261,7 @@ pub(crate) fn all_processes(ctx: &Ctx<'_>) -> Vec<ProcInfo> {
 
 /// Select processes by -Id or -Name; writes PowerShell's "cannot find" errors for each literal
 /// name or id that matches nothing.
-fn select(ctx: &mut Ctx<'_>, ids: &[i64], names: &[String], ps_cmd: &str) -> Vec<ProcInfo> {
+fn select(ctx: &mut Ctx<'_>, ids: &[i64], names: &[NameFilter], ps_cmd: &str) -> Vec<ProcInfo> {
     let mut out = Vec::new();
     if !ids.is_empty() {
         let env = ProcEnv::read();
@@ -288,7 +288,7 @@ fn select(ctx: &mut Ctx<'_>, ids: &[i64], names: &[String], ps_cmd: &str) -> Vec
     for p in all {
         let mut any = false;
         for (i, n) in names.iter().enumerate() {
-            if wildcard::matches(n, &p.stat.comm, Mode::Name) {
+            if n.matches(&p.stat.comm) {
                 any = true;
                 if let Some(h) = hit.get_mut(i) {
                     *h = true;
@@ -300,7 +300,8 @@ fn select(ctx: &mut Ctx<'_>, ids: &[i64], names: &[String], ps_cmd: &str) -> Vec
         }
     }
     for (n, h) in names.iter().zip(hit) {
-        if !h && !has_wildcards(n, Mode::Name) {
+        if !h && !n.has_wildcards() {
+            let n = &n.text;
             ctx.write_error(
                 ErrorRecord::new(
                     format!("Cannot find a process with the name \"{n}\". Verify the process name and call the cmdlet again."),
@@ -320,8 +321,11 @@ fn get_process(
     _input: Option<&Value>,
 ) -> Result<(), ErrorRecord> {
     let ids = args.ints("Id");
-    let names = args.strings("Name");
+    let names = name_filters(args, "Name");
     for p in select(ctx, &ids, &names, "GetProcessCommand") {
+        if ctx.cancelled() {
+            break;
+        }
         ctx.output(p.value);
     }
     Ok(())
@@ -334,7 +338,7 @@ fn stop_process(
 ) -> Result<(), ErrorRecord> {
     const PS: &str = "StopProcessCommand";
     let mut ids = args.ints("Id");
-    let names = args.strings("Name");
+    let names = name_filters(args, "Name");
     // -InputObject: process objects give their Id, numbers are ids.
     let items = match args.get("InputObject") {
         None | Some(Value::Null) => Vec::new(),

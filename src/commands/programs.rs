@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use crate::config::{ExternalCommandDef, FunctionParamType, OutputFormat, ResolvedFunction};
 use crate::engine::{
-    BoundArgs, Command, CommandDecl, CommandKind, Ctx, ErrorCategory, ErrorRecord, Invocation,
-    ParamDecl, ParamType, PsObject, Value,
+    begins_with_dash, BoundArgs, Command, CommandDecl, CommandKind, Ctx, ErrorCategory,
+    ErrorRecord, Invocation, ParamDecl, ParamType, PsObject, Value,
 };
 use crate::lang::fold::eq_simple_fold;
 use crate::lang::pattern::{AnchoredPattern, Case, PatternError};
@@ -449,6 +449,15 @@ impl Program {
             return Ok(());
         }
         let timeout = self.timeout.unwrap_or(ctx.host.command_timeout);
+        // max_output_bytes is per pipeline: this program gets what the line's earlier programs
+        // left of it.
+        let left = ctx
+            .host
+            .max_output_bytes
+            .saturating_sub(ctx.cancel.output_used());
+        if left == 0 {
+            return Err(output_limit_error(&self.name, ctx.host.max_output_bytes));
+        }
         let spec = ProgramSpec {
             program: self.program.clone().into(),
             args: argv,
@@ -456,8 +465,9 @@ impl Program {
             run_as: ctx.host.run_as.clone(),
             capabilities: self.capabilities.clone(),
             timeout,
-            max_output_bytes: ctx.host.max_output_bytes,
+            max_output_bytes: left,
             stdin: None,
+            keep_stdout: false,
         };
         let cancel = ctx.cancel.clone();
         let mut parser = OutputParser::new(self.output);
@@ -468,7 +478,10 @@ impl Program {
             })
         };
         let res = match result {
-            Ok(r) => r,
+            Ok(r) => {
+                ctx.cancel.add_output(r.output_bytes);
+                r
+            }
             Err(e) => {
                 tracing::error!(command = %self.name, program = %self.program, error = %e, "program could not be started");
                 return Err(ErrorRecord::new(
@@ -547,21 +560,25 @@ impl Program {
                 Err(e)
             }
             Termination::OutputLimit => {
-                let mut e = ErrorRecord::new(
-                    format!(
-                        "{} wrote more than {} bytes of output (max_output_bytes); it was stopped",
-                        self.name, ctx.host.max_output_bytes
-                    ),
-                    "OutputLimitExceeded",
-                    ErrorCategory::LimitsExceeded,
-                )
-                .terminating();
-                e.command = Some(self.name.clone());
-                Err(e)
+                Err(output_limit_error(&self.name, ctx.host.max_output_bytes))
             }
             Termination::Cancelled => Ok(()),
         }
     }
+}
+
+/// The terminating error of a pipeline whose programs wrote more than `max_output_bytes`.
+fn output_limit_error(name: &str, max: u64) -> ErrorRecord {
+    let mut e = ErrorRecord::new(
+        format!(
+            "{name} was stopped: the programs of this pipeline wrote more than {max} bytes of output together (max_output_bytes applies to a whole pipeline); narrow the request or ask the administrator to raise [limits] max_output_bytes"
+        ),
+        "OutputLimitExceeded",
+        ErrorCategory::LimitsExceeded,
+    )
+    .terminating();
+    e.command = Some(name.to_string());
+    e
 }
 
 /// A parameter's declared constraints: name, set (empty: none), compiled pattern (an invalid
@@ -605,6 +622,22 @@ impl FunctionCommand {
                 return Err(validation_error(
                     name,
                     format!("{name}: the mandatory parameter '{}' has no value", p.name),
+                ));
+            }
+        }
+        for p in self.decl.params.iter().filter(|p| p.no_leading_dash) {
+            let values = match args.get(&p.name) {
+                None | Some(Value::Null) => continue,
+                Some(Value::Array(items)) => items.iter().map(scalar_text).collect::<Vec<_>>(),
+                Some(v) => vec![scalar_text(v)],
+            };
+            if let Some(v) = values.iter().find(|v| begins_with_dash(v)) {
+                return Err(validation_error(
+                    name,
+                    format!(
+                        "{name}: '{v}' begins with '-', which {} would read as an option; parameter '{}' does not allow a leading dash",
+                        self.program.program, p.name
+                    ),
                 ));
             }
         }
@@ -730,6 +763,9 @@ pub fn function_command(f: &ResolvedFunction) -> Arc<dyn Command> {
     for (name, p) in &f.params {
         let mut d = ParamDecl::new(name, param_type(p.ty)).help(&p.help);
         d.mandatory = p.mandatory;
+        // A bool or switch fills in `true`/`false`, never a dash.
+        d.no_leading_dash = !p.allow_leading_dash
+            && !matches!(p.ty, FunctionParamType::Bool | FunctionParamType::Switch);
         d.position = p.position.and_then(|n| usize::try_from(n).ok());
         if let Some(set) = &p.validate_set {
             d.set = set.clone();

@@ -54,6 +54,9 @@ pub(crate) fn input_object(help: &str) -> ParamDecl {
 /// Send text to the output one line per string (what Out-String -Stream and Out-Default do).
 pub(crate) fn output_lines(ctx: &mut Ctx<'_>, text: &str) {
     for line in text.split_terminator('\n') {
+        if ctx.cancelled() {
+            return;
+        }
         ctx.output(Value::String(line.to_string()));
     }
 }
@@ -836,6 +839,9 @@ impl Invocation for SelectObject {
             return Ok(());
         }
         for out in self.transform(ctx, args, v) {
+            if ctx.cancelled() {
+                return Ok(());
+            }
             if args.switch("Unique") {
                 let key = format!("{out:?}");
                 if self.seen.contains(&key) {
@@ -877,6 +883,9 @@ impl Invocation for SelectObject {
             .len()
             .saturating_sub(usize::try_from(skip.max(0)).unwrap_or(0));
         for v in self.last.drain(..).take(keep) {
+            if ctx.cancelled() {
+                break;
+            }
             ctx.output(v);
         }
         Ok(())
@@ -997,6 +1006,9 @@ impl Invocation for MeasureObject {
                     .collect()
             };
             for t in texts {
+                if ctx.cancelled() {
+                    return Ok(());
+                }
                 self.lines += t.lines().count() as i64;
                 self.words += t.split_whitespace().count() as i64;
                 self.chars += if args.switch("IgnoreWhiteSpace") {
@@ -1021,6 +1033,9 @@ impl Invocation for MeasureObject {
         }
         let available = v.member_names();
         for p in resolve_props(&props, &available) {
+            if ctx.cancelled() {
+                return Ok(());
+            }
             let Some(pv) = v.member(&p) else {
                 continue;
             };

@@ -17,7 +17,7 @@
 // The engine's Invocation interface returns ErrorRecord by value; helpers follow it.
 #![allow(clippy::result_large_err)]
 
-use crate::lang::wildcard::{self, has_wildcards, Mode};
+use super::{name_filters, NameFilter};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -315,19 +315,20 @@ fn all_units(ctx: &mut Ctx<'_>, cmd: &str, ps_cmd: &str) -> Result<Vec<UnitInfo>
 fn select_units(
     ctx: &mut Ctx<'_>,
     args: &BoundArgs,
-    names: Vec<String>,
+    names: Vec<NameFilter>,
     cmd: &str,
     ps_cmd: &str,
 ) -> Result<Vec<UnitInfo>, ErrorRecord> {
-    let display = args.strings("DisplayName");
-    let include = args.strings("Include");
-    let exclude = args.strings("Exclude");
-    let literal_only = !names.is_empty()
-        && display.is_empty()
-        && names.iter().all(|n| !has_wildcards(n, Mode::Name));
+    // Each filter is a wildcard, or the exact name when the role constrained the parameter
+    // (a value that passed `ng.nx` is never expanded as the wildcard `ng*nx`).
+    let display = name_filters(args, "DisplayName");
+    let include = name_filters(args, "Include");
+    let exclude = name_filters(args, "Exclude");
+    let literal_only =
+        !names.is_empty() && display.is_empty() && names.iter().all(|n| !n.has_wildcards());
     let mut selected: Vec<UnitInfo> = Vec::new();
     if literal_only {
-        let ids: Vec<String> = names.iter().map(|n| unit_id(n)).collect();
+        let ids: Vec<String> = names.iter().map(|n| unit_id(&n.text)).collect();
         let units = show_units(ctx, cmd, ps_cmd, &ids)?;
         // Service names are case-insensitive in PowerShell but not in systemd: a name systemd
         // does not know exactly is looked up once more, case-insensitively, among all units.
@@ -342,13 +343,12 @@ fn select_units(
                     if all.is_none() {
                         all = Some(all_units(ctx, cmd, ps_cmd)?);
                     }
-                    let found = all
-                        .iter()
-                        .flatten()
-                        .find(|a| a.name().eq_ignore_ascii_case(n) || a.id.eq_ignore_ascii_case(n));
+                    let found = all.iter().flatten().find(|a| {
+                        a.name().eq_ignore_ascii_case(&n.text) || a.id.eq_ignore_ascii_case(&n.text)
+                    });
                     match found {
                         Some(a) => selected.push(a.clone()),
-                        None => not_found(ctx, ps_cmd, n),
+                        None => not_found(ctx, ps_cmd, &n.text),
                     }
                 }
             }
@@ -360,10 +360,7 @@ fn select_units(
             let name_hits: Vec<usize> = names
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| {
-                    wildcard::matches(p, u.name(), Mode::Name)
-                        || wildcard::matches(p, &u.id, Mode::Name)
-                })
+                .filter(|(_, p)| p.matches(u.name()) || p.matches(&u.id))
                 .map(|(i, _)| i)
                 .collect();
             if !names.is_empty() && name_hits.is_empty() {
@@ -374,27 +371,24 @@ fn select_units(
                     *h = true;
                 }
             }
-            if !display.is_empty()
-                && !display
-                    .iter()
-                    .any(|p| wildcard::matches(p, &u.description, Mode::Name))
-            {
+            if !display.is_empty() && !display.iter().any(|p| p.matches(&u.description)) {
                 continue;
             }
             selected.push(u);
         }
         for (n, h) in names.iter().zip(hit) {
-            if !h && !has_wildcards(n, Mode::Name) {
-                not_found(ctx, ps_cmd, n);
+            if !h && !n.has_wildcards() {
+                not_found(ctx, ps_cmd, &n.text);
             }
         }
         if names.is_empty() {
             for d in &display {
-                if !has_wildcards(d, Mode::Name)
+                if !d.has_wildcards()
                     && !selected
                         .iter()
-                        .any(|u| u.description.eq_ignore_ascii_case(d))
+                        .any(|u| u.description.eq_ignore_ascii_case(&d.text))
                 {
+                    let d = &d.text;
                     ctx.write_error(
                         ErrorRecord::new(
                             format!("Cannot find any service with display name '{d}'."),
@@ -408,13 +402,8 @@ fn select_units(
         }
     }
     selected.retain(|u| {
-        (include.is_empty()
-            || include
-                .iter()
-                .any(|p| wildcard::matches(p, u.name(), Mode::Name)))
-            && !exclude
-                .iter()
-                .any(|p| wildcard::matches(p, u.name(), Mode::Name))
+        (include.is_empty() || include.iter().any(|p| p.matches(u.name())))
+            && !exclude.iter().any(|p| p.matches(u.name()))
     });
     Ok(selected)
 }
@@ -438,11 +427,14 @@ fn get_service(
     let units = select_units(
         ctx,
         args,
-        args.strings("Name"),
+        name_filters(args, "Name"),
         "Get-Service",
         "GetServiceCommand",
     )?;
     for u in &units {
+        if ctx.cancelled() {
+            break;
+        }
         ctx.output(service_object(u));
     }
     Ok(())
@@ -488,8 +480,9 @@ impl Action {
 
 /// -Name plus -InputObject: service objects give their Name, other values their text. Names
 /// that are not service names are reported and left out.
-fn names_with_input(ctx: &mut Ctx<'_>, args: &BoundArgs, ps_cmd: &str) -> Vec<String> {
-    let mut names = args.strings("Name");
+fn names_with_input(ctx: &mut Ctx<'_>, args: &BoundArgs, ps_cmd: &str) -> Vec<NameFilter> {
+    // Names from -InputObject (a service object's Name, or a value's text) are exact names.
+    let mut names = name_filters(args, "Name");
     let items = match args.get("InputObject") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
@@ -512,8 +505,8 @@ fn names_with_input(ctx: &mut Ctx<'_>, args: &BoundArgs, ps_cmd: &str) -> Vec<St
             );
             continue;
         }
-        if !names.contains(&n) {
-            names.push(n);
+        if !names.iter().any(|f| f.text == n) {
+            names.push(NameFilter::exact(n));
         }
     }
     names
@@ -916,6 +909,46 @@ esac
             a.set("Name", Value::from("zz*"));
             let (out, ev) = invoke(&get, &a, vec![]);
             assert!(out.is_empty() && ev.is_empty());
+        });
+    }
+
+    /// A value that passed the role's set or pattern is one name, never a wildcard: `n*x`
+    /// (which the pattern `n.x` admits) restarts no `nginx`.
+    #[test]
+    fn constrained_names_are_never_expanded_as_wildcards() {
+        with_fake(|dir| {
+            let cmds = commands();
+            let calls = || std::fs::read_to_string(dir.join("calls")).unwrap_or_default();
+            let mut a = BoundArgs::default();
+            a.set("Name", Value::from("n*x"));
+            // Unconstrained, it is a wildcard (as PowerShell has it).
+            let (out, _) = invoke(&find(&cmds, "Get-Service"), &a, vec![]);
+            assert_eq!(names(&out), vec!["nginx"]);
+            // Constrained (the engine marks it), it is the name "n*x", which does not exist.
+            a.mark_literal("Name");
+            let (out, ev) = invoke(&find(&cmds, "Get-Service"), &a, vec![]);
+            assert!(out.is_empty(), "{out:?}");
+            assert_eq!(
+                errors(&ev)[0].message,
+                "Cannot find any service with service name 'n*x'."
+            );
+            let (_, ev) = invoke(&find(&cmds, "Restart-Service"), &a, vec![]);
+            assert_eq!(
+                calls(),
+                "",
+                "systemctl was asked to restart something: {ev:?}"
+            );
+            for p in ["DisplayName", "Include", "Exclude"] {
+                let mut a = BoundArgs::default();
+                a.set(p, Value::from("*"));
+                a.mark_literal(p);
+                let (out, _) = invoke(&find(&cmds, "Get-Service"), &a, vec![]);
+                assert!(
+                    p == "Exclude" && names(&out) == vec!["cron", "nginx", "ssh"]
+                        || p != "Exclude" && out.is_empty(),
+                    "-{p} '*' taken as a wildcard: {out:?}"
+                );
+            }
         });
     }
 

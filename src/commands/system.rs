@@ -5,7 +5,7 @@
 // The engine's Invocation interface returns ErrorRecord by value; helpers follow it.
 #![allow(clippy::result_large_err)]
 
-use crate::lang::wildcard::{self, has_wildcards, Mode};
+use super::name_filters;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -154,6 +154,25 @@ pub(crate) fn run_program(
     args: Vec<String>,
     capabilities: Vec<String>,
 ) -> Result<ProgramResult, ErrorRecord> {
+    let shown = program.display().to_string();
+    // max_output_bytes is per pipeline: what the line's earlier programs left of it.
+    let left = ctx
+        .host
+        .max_output_bytes
+        .saturating_sub(ctx.cancel.output_used());
+    let over = |ctx: &Ctx<'_>| {
+        ErrorRecord::new(
+            format!(
+                "{command}: {shown} was stopped: the programs of this pipeline wrote more than {} bytes of output together (max_output_bytes applies to a whole pipeline); narrow the request or raise [limits] max_output_bytes",
+                ctx.host.max_output_bytes
+            ),
+            format!("ProgramOutputLimit,{command}"),
+            ErrorCategory::LimitsExceeded,
+        )
+    };
+    if left == 0 {
+        return Err(over(ctx));
+    }
     let spec = ProgramSpec {
         program: program.to_path_buf(),
         args,
@@ -161,10 +180,10 @@ pub(crate) fn run_program(
         run_as: ctx.host.run_as.clone(),
         capabilities,
         timeout: ctx.host.command_timeout,
-        max_output_bytes: ctx.host.max_output_bytes,
+        max_output_bytes: left,
         stdin: None,
+        keep_stdout: true,
     };
-    let shown = program.display().to_string();
     let res = sandbox::run(&spec, ctx.cancel, &mut |_| {}).map_err(|e| {
         let category = match &e {
             SandboxError::UnknownUser(_) => ErrorCategory::PermissionDenied,
@@ -178,6 +197,7 @@ pub(crate) fn run_program(
             category,
         )
     })?;
+    ctx.cancel.add_output(res.output_bytes);
     match res.termination {
         Termination::Exited(_) | Termination::Signaled(_) => Ok(res),
         Termination::TimedOut => Err(ErrorRecord::new(
@@ -193,14 +213,7 @@ pub(crate) fn run_program(
             format!("ProgramCancelled,{command}"),
             ErrorCategory::OperationStopped,
         )),
-        Termination::OutputLimit => Err(ErrorRecord::new(
-            format!(
-                "{command}: {shown} wrote more than the output limit ({} bytes) and was killed; narrow the request or raise [limits] max_output_bytes",
-                ctx.host.max_output_bytes
-            ),
-            format!("ProgramOutputLimit,{command}"),
-            ErrorCategory::LimitsExceeded,
-        )),
+        Termination::OutputLimit => Err(over(ctx)),
     }
 }
 
@@ -431,8 +444,8 @@ fn get_volume(
         )
     })?;
     let mounts = parse_mountinfo(&text);
-    let want_mp = args.strings("MountPoint");
-    let want_fs = args.strings("FileSystemType");
+    let want_mp = name_filters(args, "MountPoint");
+    let want_fs = name_filters(args, "FileSystemType");
     let file_path = args.string("FilePath");
     // -FilePath: the volume holding that path is the one with the longest matching mount point.
     let holder: Option<String> = file_path.as_ref().map(|fp| {
@@ -472,7 +485,7 @@ fn get_volume(
             let hits: Vec<usize> = want_mp
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| wildcard::matches(p, &m.mount_point, Mode::Name))
+                .filter(|(_, p)| p.matches(&m.mount_point))
                 .map(|(i, _)| i)
                 .collect();
             if hits.is_empty() {
@@ -484,11 +497,7 @@ fn get_volume(
                 }
             }
         }
-        if !want_fs.is_empty()
-            && !want_fs
-                .iter()
-                .any(|p| wildcard::matches(p, &m.fs_type, Mode::Name))
-        {
+        if !want_fs.is_empty() && !want_fs.iter().any(|p| p.matches(&m.fs_type)) {
             continue;
         }
         // statvfs on an autofs trigger would mount it; df leaves them out too.
@@ -519,7 +528,8 @@ fn get_volume(
         ctx.output(volume_object(m, s));
     }
     for (p, hit) in want_mp.iter().zip(matched) {
-        if !hit && !has_wildcards(p, Mode::Name) {
+        if !hit && !p.has_wildcards() {
+            let p = &p.text;
             ctx.write_error(
                 ErrorRecord::new(
                     format!("No volume is mounted at '{p}'."),

@@ -7,6 +7,12 @@
 //! that is unusable or cannot be generated — is a [`Problem`] naming its setting, which
 //! `config::validate` turns into a `file:line:col` error and `serve` into its refusal to start.
 //!
+//! The plaintext rule (SPEC §2.1): an `http` listener on a loopback address, or anywhere with
+//! `allow_unencrypted = true`, admits everything; off loopback without it, it is accepted only
+//! when `[auth] negotiate` is on, and then admits nothing but encrypted Negotiate
+//! ([`Listeners::http_encrypted_only`]): Basic, a plaintext body or an unencrypted Negotiate
+//! request get the generic 401.
+//!
 //! What no configuration check can know is left to `serve`: a port another process holds now,
 //! and the privileges of the account `serve` runs as (ports below 1024).
 #![forbid(unsafe_code)]
@@ -80,6 +86,9 @@ fn problem(setting: Setting, message: impl Into<String>) -> Problem {
 pub struct Listeners {
     pub https: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// The `http` listener is off loopback without `allow_unencrypted`: it admits only
+    /// encrypted Negotiate.
+    pub http_encrypted_only: bool,
     pub ip_allow: Vec<IpNet>,
 }
 
@@ -113,8 +122,9 @@ fn address_problem(key: &str, a: SocketAddr) -> Option<String> {
     }
 }
 
-/// Addresses, the plaintext rule and `ip_allow`: every problem, or what to bind.
-pub fn addresses(l: &ListenerConfig) -> Result<Listeners, Vec<Problem>> {
+/// Addresses, the plaintext rule and `ip_allow`: every problem, or what to bind. `negotiate`
+/// is `[auth] negotiate` (an `http` listener off loopback may then admit encrypted Negotiate).
+pub fn addresses(l: &ListenerConfig, negotiate: bool) -> Result<Listeners, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut parsed = |setting: Setting, key: &str, v: &str| match parse_addr(key, v) {
         Ok(a) => {
@@ -136,13 +146,15 @@ pub fn addresses(l: &ListenerConfig) -> Result<Listeners, Vec<Problem>> {
             "both https and http are disabled (\"\"): `keyhole serve` would have nothing to listen on; enable at least one",
         ));
     }
+    let http_encrypted_only = http.is_some_and(|a| !a.ip().is_loopback() && !l.allow_unencrypted);
     if let Some(a) = http {
-        if !a.ip().is_loopback() && !l.allow_unencrypted {
+        if http_encrypted_only && !negotiate {
             problems.push(problem(
                 Setting::Http,
                 format!(
                     "http = \"{a}\" is not a loopback address: plain HTTP would send passwords in clear text. \
-                     Use https, bind http to 127.0.0.1, or set allow_unencrypted = true if you really mean it"
+                     Use https, bind http to 127.0.0.1, turn on [auth] negotiate (the listener then admits only \
+                     encrypted Negotiate, as Windows' port 5985 does), or set allow_unencrypted = true if you really mean it"
                 ),
             ));
         }
@@ -158,6 +170,7 @@ pub fn addresses(l: &ListenerConfig) -> Result<Listeners, Vec<Problem>> {
         Ok(Listeners {
             https,
             http,
+            http_encrypted_only,
             ip_allow,
         })
     } else {
@@ -448,9 +461,13 @@ pub fn tls_problems(l: &ListenerConfig, state_dir: &Path) -> Vec<Problem> {
 }
 
 /// Everything `serve` checks before it binds, with the TLS paths and `state_dir` already
-/// resolved: the addresses to bind, or every problem.
-pub fn check(l: &ListenerConfig, state_dir: &Path) -> Result<Listeners, Vec<Problem>> {
-    let addrs = addresses(l);
+/// resolved: the addresses to bind, or every problem. `negotiate` is `[auth] negotiate`.
+pub fn check(
+    l: &ListenerConfig,
+    negotiate: bool,
+    state_dir: &Path,
+) -> Result<Listeners, Vec<Problem>> {
+    let addrs = addresses(l, negotiate);
     let mut problems = tls_problems(l, state_dir);
     match addrs {
         Ok(a) if problems.is_empty() => Ok(a),
@@ -528,25 +545,38 @@ mod tests {
 
     #[test]
     fn addresses_and_the_plaintext_rule() {
-        let ok = addresses(&listener("127.0.0.1:0", "127.0.0.1:0")).unwrap();
+        let ok = addresses(&listener("127.0.0.1:0", "127.0.0.1:0"), false).unwrap();
         assert!(ok.https.is_some() && ok.http.is_some());
-        let e = addresses(&listener("", "0.0.0.0:5985")).unwrap_err();
+        assert!(!ok.http_encrypted_only);
+        let e = addresses(&listener("", "0.0.0.0:5985"), false).unwrap_err();
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].setting, Setting::Http);
         assert!(e[0].message.contains("allow_unencrypted"), "{e:?}");
+        assert!(e[0].message.contains("[auth] negotiate"), "{e:?}");
         let mut l = listener("", "0.0.0.0:5985");
         l.allow_unencrypted = true;
-        assert!(addresses(&l).is_ok());
-        let e = addresses(&listener("", "")).unwrap_err();
+        let ok = addresses(&l, false).unwrap();
+        assert!(!ok.http_encrypted_only);
+        // Off loopback with Negotiate on: accepted, and only encrypted Negotiate gets in.
+        let ok = addresses(&listener("", "0.0.0.0:5985"), true).unwrap();
+        assert!(ok.http_encrypted_only);
+        let ok = addresses(&l, true).unwrap();
+        assert!(
+            !ok.http_encrypted_only,
+            "allow_unencrypted admits everything"
+        );
+        let ok = addresses(&listener("", "127.0.0.1:5985"), true).unwrap();
+        assert!(!ok.http_encrypted_only, "loopback admits everything");
+        let e = addresses(&listener("", ""), false).unwrap_err();
         assert_eq!(e[0].setting, Setting::Listener);
-        let e = addresses(&listener("localhost:5986", "")).unwrap_err();
+        let e = addresses(&listener("localhost:5986", ""), false).unwrap_err();
         assert_eq!(e[0].setting, Setting::Https);
         // TEST-NET-3: no host has it.
-        let e = addresses(&listener("203.0.113.7:5986", "")).unwrap_err();
+        let e = addresses(&listener("203.0.113.7:5986", ""), false).unwrap_err();
         assert!(e[0].message.contains("this host has no address"), "{e:?}");
         let mut l = listener("127.0.0.1:0", "");
         l.ip_allow = vec!["10.0.0.0/8".into(), "nope".into(), "::1".into()];
-        let e = addresses(&l).unwrap_err();
+        let e = addresses(&l, false).unwrap_err();
         assert_eq!(e[0].setting, Setting::IpAllow(1));
     }
 

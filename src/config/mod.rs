@@ -7,6 +7,7 @@ pub mod edit;
 pub mod keytab;
 pub mod listener;
 mod load;
+pub mod shipped;
 mod types;
 pub mod validate;
 pub use load::{load, MAX_CONFIG_FILE_BYTES, MAX_FILES_PER_DIR, MAX_RULES_FILE_BYTES};

@@ -80,7 +80,39 @@ pub struct ServerConfig {
     pub listener: ListenerConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub console: ConsoleConfig,
     pub metrics: MetricsConfig,
+}
+
+/// `[console]`: the web console (PowerShell Web Access for keyhole endpoints), served on the
+/// HTTPS listener only.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve `https://HOST:PORT/console` (read at start: turning it on or off needs a restart).
+    pub enabled: bool,
+    /// Console sessions one user may hold at once (PowerShell Web Access: 3).
+    pub max_sessions_per_user: Positive,
+    /// A console session without a request from its user (and no command running) for this long
+    /// is signed out and its programs killed (PowerShell Web Access: 20 minutes).
+    pub idle_timeout: Dur,
+    /// The computer name the sign-in form starts with (PSWA's `appSettings`); "" means
+    /// `computer_name`.
+    pub default_computer: String,
+    /// The configuration (endpoint) name the sign-in form starts with; "" leaves it empty.
+    pub default_configuration: String,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: false,
+            max_sessions_per_user: Positive(3),
+            idle_timeout: Dur(std::time::Duration::from_secs(20 * 60)),
+            default_computer: String::new(),
+            default_configuration: String::new(),
+        }
+    }
 }
 
 /// `[metrics]`: the Prometheus scrape listener.
@@ -107,6 +139,7 @@ impl Default for ServerConfig {
             listener: ListenerConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            console: ConsoleConfig::default(),
             metrics: MetricsConfig::default(),
         }
     }
@@ -200,7 +233,20 @@ pub struct LimitsConfig {
     pub max_envelope_size_kb: Positive,
     pub max_operation_timeout: Dur,
     pub command_timeout: Dur,
+    /// Per pipeline: every program the line runs, counted together.
     pub max_output_bytes: Positive,
+    /// Open connections, all listeners together, authenticated or not.
+    pub max_connections: Positive,
+    /// Open connections per client address (IPv6: per /64), authenticated or not.
+    pub max_connections_per_address: Positive,
+    /// TLS handshake and requests of a connection until one of them authenticates.
+    pub unauthenticated_timeout: Dur,
+    /// Per user: output produced and not yet received, across all of the user's shells.
+    pub max_buffered_output_bytes: Positive,
+    /// Per session: transcript bytes before output is summarized by byte counts.
+    pub max_transcript_bytes: Positive,
+    /// Free bytes below which a transcript directory refuses new sessions.
+    pub transcript_min_free_bytes: Positive,
 }
 
 impl Default for LimitsConfig {
@@ -214,6 +260,12 @@ impl Default for LimitsConfig {
             max_operation_timeout: Dur(std::time::Duration::from_secs(60)),
             command_timeout: Dur(std::time::Duration::from_secs(600)),
             max_output_bytes: Positive(16 * 1024 * 1024),
+            max_connections: Positive(1000),
+            max_connections_per_address: Positive(32),
+            unauthenticated_timeout: Dur(std::time::Duration::from_secs(10)),
+            max_buffered_output_bytes: Positive(64 * 1024 * 1024),
+            max_transcript_bytes: Positive(100 * 1024 * 1024),
+            transcript_min_free_bytes: Positive(1024 * 1024 * 1024),
         }
     }
 }
@@ -421,6 +473,11 @@ pub struct FunctionParam {
     pub validate_pattern: Option<String>,
     #[serde(default)]
     pub help: String,
+    /// A value that begins with `-` (a negative number, or any element of an array, included)
+    /// is refused before the program runs unless this is true (SPEC §2.3): a program must never
+    /// receive an option the administrator did not write.
+    #[serde(default)]
+    pub allow_leading_dash: bool,
 }
 
 fn default_param_type() -> FunctionParamType {

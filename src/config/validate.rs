@@ -529,7 +529,12 @@ fn validate_function(ctx: &mut Ctx, file: &Path, f: &super::ResolvedFunction) {
         }
     }
     let mut has_placeholder = false;
+    // Before a literal "--" the program still parses options (getopt's end of options).
+    let mut options_end = false;
     for (i, a) in f.def.args.iter().enumerate() {
+        if a == "--" {
+            options_end = true;
+        }
         let ph = placeholders(a);
         if ph.is_empty() {
             continue;
@@ -539,6 +544,26 @@ fn validate_function(ctx: &mut Ctx, file: &Path, f: &super::ResolvedFunction) {
         let whole = a.starts_with('{') && a.ends_with('}') && ph.len() == 1;
         if !whole {
             ctx.err(file, &ap, format!("{a:?}: a placeholder must be a whole argument (write \"--x\", \"{{Name}}\" as two arguments); keyhole never splices values into text"));
+        }
+        // A value that may begin with '-' in option position is an option the caller chooses.
+        // Without allow_leading_dash such values are refused, so only those parameters warn.
+        if whole && !options_end {
+            if let Some((pname, _)) = f.params.iter().find(|(n, p)| {
+                ph.iter().any(|x| n.eq_ignore_ascii_case(x))
+                    && p.allow_leading_dash
+                    && p.validate_set.is_none()
+            }) {
+                ctx.at(
+                    Severity::Warning,
+                    file,
+                    &ap,
+                    false,
+                    format!(
+                        "{{{pname}}} stands where {} still parses options (no \"--\" before it in args) and {pname} has allow_leading_dash = true: a caller can pass options you did not write. Put \"--\" before it in args, or list the values it may take with validate_set",
+                        f.def.program
+                    ),
+                );
+            }
         }
         for p in ph {
             if !f.params.iter().any(|(n, _)| n.eq_ignore_ascii_case(&p)) {
@@ -879,8 +904,55 @@ pub(crate) fn validate(ctx: &mut Ctx, cfg: &LoadedConfig) {
         );
     }
 
+    validate_console(ctx, cfg);
     validate_rules(ctx, cfg);
     validate_users(ctx, cfg);
+}
+
+/// `[console]`: served on the HTTPS listener only; its sign-in defaults must name this server
+/// and an endpoint (a typo would have every sign-in that keeps the default refused).
+fn validate_console(ctx: &mut Ctx, cfg: &LoadedConfig) {
+    let c = &cfg.server.console;
+    let file = cfg.path.as_path();
+    if c.enabled && cfg.server.listener.https.trim().is_empty() {
+        ctx.err(
+            file,
+            &tpath!["console", "enabled"],
+            "the web console is served on the HTTPS listener only, and [listener] https is \"\": set an https address or console.enabled = false",
+        );
+    }
+    let computer = c.default_computer.trim();
+    if !computer.is_empty() {
+        let served = std::iter::once(&cfg.server.computer_name)
+            .chain(cfg.server.computer_aliases.iter())
+            .any(|n| n.eq_ignore_ascii_case(computer));
+        if !served {
+            ctx.err(
+                file,
+                &tpath!["console", "default_computer"],
+                format!(
+                    "console.default_computer {computer:?} is neither computer_name ({:?}) nor one of computer_aliases: the console signs in to this server only; use one of its names or \"\"",
+                    cfg.server.computer_name
+                ),
+            );
+        }
+    }
+    let ep = c.default_configuration.trim();
+    if !ep.is_empty() && cfg.endpoint(ep).is_none() && !ctx.broken_endpoint {
+        let list: Vec<&str> = cfg
+            .endpoints
+            .iter()
+            .map(|e| e.config.name.as_str())
+            .collect();
+        ctx.err(
+            file,
+            &tpath!["console", "default_configuration"],
+            format!(
+                "console.default_configuration {ep:?} names no endpoint (endpoints: {})",
+                list.join(", ")
+            ),
+        );
+    }
 }
 
 /// keyhole.toml's `[listener]`: exactly what `serve` checks before it binds
@@ -907,7 +979,7 @@ fn validate_server(ctx: &mut Ctx, cfg: &LoadedConfig) {
     validate_negotiate(ctx, cfg);
     let l = super::listener::resolved(&cfg.server.listener, |p| cfg.resolve(p));
     let state_dir = cfg.resolve(&cfg.server.state_directory);
-    let Err(problems) = super::listener::check(&l, &state_dir) else {
+    let Err(problems) = super::listener::check(&l, cfg.server.auth.negotiate, &state_dir) else {
         return;
     };
     for p in problems {
@@ -947,9 +1019,6 @@ fn validate_negotiate(ctx: &mut Ctx, cfg: &LoadedConfig) {
     if !a.negotiate {
         return;
     }
-    // Phase A of issue 12: everything behind Negotiate is checked, but the listener does not
-    // offer it yet. Say so rather than let the setting look as if it took effect.
-    ctx.warn(file, &tpath!["auth", "negotiate"], "negotiate = true is validated but not yet offered by the listener in this build: clients still get Basic (and certificates) only");
     if a.ntlm && !cfg.users.users.values().any(|u| u.nt_hash.is_some()) {
         ctx.warn(file, &tpath!["auth", "ntlm"], "ntlm = true but no account in the users file has an nt_hash yet: run `keyhole user passwd NAME` (with ntlm on) for each account that may use NTLM");
     }

@@ -496,6 +496,18 @@ fn bind_application(entry: &Entry, args: &[ArgIn]) -> Result<Bound, Refusal> {
 
 /// Bind the arguments written for one command. `has_input`: pipeline input will arrive, so
 /// mandatory parameters that take it may be left unbound for now.
+/// Mark every constrained parameter bound in `args` literal (see [`BoundArgs::literal`]).
+fn mark_constrained(entry: &Entry, args: &mut BoundArgs) {
+    for p in &entry.params {
+        if !p.checks.is_empty()
+            && !matches!(p.decl.ty, ParamType::Switch | ParamType::Bool)
+            && args.has(&p.decl.name)
+        {
+            args.mark_literal(&p.decl.name);
+        }
+    }
+}
+
 pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bound, Refusal> {
     if entry.decl.kind == CommandKind::Application {
         return bind_application(entry, args);
@@ -704,6 +716,7 @@ pub(crate) fn bind(entry: &Entry, args: &[ArgIn], has_input: bool) -> Result<Bou
             None,
         ));
     }
+    mark_constrained(entry, &mut out.args);
     Ok(out)
 }
 
@@ -835,6 +848,7 @@ pub(crate) fn bind_input(
         .target(input.clone())
         .exception("System.Management.Automation.ParameterBindingException"));
     }
+    mark_constrained(entry, &mut args);
     Ok(args)
 }
 

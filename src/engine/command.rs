@@ -66,6 +66,10 @@ pub struct ParamDecl {
     /// Takes every remaining positional argument (PowerShell's ValueFromRemainingArguments):
     /// an external command's `ArgumentList` receives all its arguments through it.
     pub remaining: bool,
+    /// A value (each element of an array) whose text begins with `-` after leading white space
+    /// is refused before anything runs: a declared function's placeholder parameter without
+    /// `allow_leading_dash = true` (SPEC §2.3).
+    pub no_leading_dash: bool,
 }
 
 impl ParamDecl {
@@ -81,6 +85,7 @@ impl ParamDecl {
             set: Vec::new(),
             patterns: Vec::new(),
             remaining: false,
+            no_leading_dash: false,
         }
     }
     pub fn mandatory(mut self) -> Self {
@@ -334,6 +339,10 @@ pub use crate::sandbox::CancelToken;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BoundArgs {
     pub values: Vec<(String, Value)>,
+    /// Parameters whose values passed a set or pattern (the command's own or the role's): a
+    /// command takes them literally and never expands them as wildcards, so `ng*nx` validated
+    /// against the pattern `ng.nx` names only a unit called `ng*nx`, not every `ng…nx`.
+    pub literal: Vec<String>,
 }
 
 impl BoundArgs {
@@ -345,6 +354,16 @@ impl BoundArgs {
     }
     pub fn has(&self, name: &str) -> bool {
         self.get(name).is_some()
+    }
+    /// The parameter's values passed a set or pattern: take them literally (see `literal`).
+    pub fn is_literal(&self, name: &str) -> bool {
+        self.literal.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+    /// Mark `name` literal (the engine does, for every constrained parameter it binds).
+    pub fn mark_literal(&mut self, name: &str) {
+        if !self.is_literal(name) {
+            self.literal.push(name.to_string());
+        }
     }
     /// A switch is on when bound to true (or bound with no value).
     pub fn switch(&self, name: &str) -> bool {

@@ -372,10 +372,25 @@ fn flush_table(t: &mut TableState, out: &mut String) {
 
 /// Format a whole list of values as Out-Default would.
 pub fn format_values(values: &[Value]) -> String {
-    let mut f = Formatter::whole();
-    let mut s: String = values.iter().map(|v| f.push(v)).collect();
+    format_values_until(values, &|| false).unwrap_or_default()
+}
+
+/// [`format_values`] asking `stop` before each value; None when it said stop (Ctrl+C, the
+/// pipeline's deadline).
+pub fn format_values_until(values: &[Value], stop: &dyn Fn() -> bool) -> Option<String> {
+    format_with(Formatter::whole(), values, stop)
+}
+
+fn format_with(mut f: Formatter, values: &[Value], stop: &dyn Fn() -> bool) -> Option<String> {
+    let mut s = String::new();
+    for v in values {
+        if stop() {
+            return None;
+        }
+        s.push_str(&f.push(v));
+    }
     s.push_str(&f.finish());
-    s
+    Some(s)
 }
 
 /// The type whose view formats `o`: objects of one family (CmdletInfo, FunctionInfo, AliasInfo
@@ -392,10 +407,16 @@ fn view_family(o: &PsObject) -> String {
 
 /// Format a whole list of values in a forced shape (Format-Table / Format-List).
 pub fn format_forced(values: &[Value], forced: Forced) -> String {
-    let mut f = Formatter::forced(forced);
-    let mut s: String = values.iter().map(|v| f.push(v)).collect();
-    s.push_str(&f.finish());
-    s
+    format_forced_until(values, forced, &|| false).unwrap_or_default()
+}
+
+/// [`format_forced`] asking `stop` before each value; None when it said stop.
+pub fn format_forced_until(
+    values: &[Value],
+    forced: Forced,
+    stop: &dyn Fn() -> bool,
+) -> Option<String> {
+    format_with(Formatter::forced(forced), values, stop)
 }
 
 /// An error record as PowerShell's console prints it (the one rendering used by `keyhole run`,

@@ -32,6 +32,7 @@ mod session;
 mod table;
 
 pub use session::{Session, SharedTable};
+pub use table::begins_with_dash;
 
 pub use command::*;
 pub use value::*;

@@ -26,6 +26,15 @@ pub(crate) enum Check {
     Pattern(AnchoredPattern),
     /// A pattern that could not be compiled: every value fails (fail closed).
     Broken { shown: String, why: String },
+    /// The value must not begin with `-` (after leading white space): it fills a program's
+    /// argument, and the program would take it as an option (SPEC §2.3 `allow_leading_dash`).
+    NoLeadingDash,
+}
+
+/// Would a program take this argument for an option? (Leading white space is skipped, as
+/// `strtol` and some option parsers do.)
+pub fn begins_with_dash(value: &str) -> bool {
+    value.trim_start().starts_with('-')
 }
 
 /// The patterns as messages show them: anchored, as keyhole applies them.
@@ -80,6 +89,9 @@ impl Check {
             }
             Check::Broken { shown, why } => Some(format!(
                 "Cannot validate argument on parameter '{param}'. The pattern \"{shown}\" is not usable ({why}); every value is refused until the role capability is fixed."
+            )),
+            Check::NoLeadingDash => begins_with_dash(value).then(|| format!(
+                "Cannot validate argument on parameter '{param}'. The argument \"{shown_value}\" begins with '-', which the program would read as an option. Supply a value that does not begin with '-' (the role capability can set allow_leading_dash = true on this parameter)."
             )),
         }
     }
@@ -188,6 +200,9 @@ pub(crate) fn apply_grant(cmd: Arc<dyn Command>, grant: &ParamsGrant) -> Entry {
         }
         if !p.patterns.is_empty() {
             checks.push(Check::patterns(&p.patterns, Case::AsciiInsensitive));
+        }
+        if p.no_leading_dash {
+            checks.push(Check::NoLeadingDash);
         }
         let mut shown = p.clone();
         match grant {

@@ -157,10 +157,17 @@ fn generate_self_signed(
     Ok((certs, key, fp))
 }
 
-pub(super) fn tls_acceptor(rt: &ServerRuntime) -> Result<(TlsAcceptor, String), ServerError> {
+/// The acceptor, the leaf certificate's fingerprint and its DER (for channel bindings).
+pub(super) fn tls_acceptor(
+    rt: &ServerRuntime,
+) -> Result<(TlsAcceptor, String, Vec<u8>), ServerError> {
     let (certs, key, fp) = load_or_generate_certificate(rt)?;
+    let leaf = certs
+        .first()
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default();
     // The same rustls configuration `keyhole check` builds (config::listener).
     let cfg = crate::config::listener::server_tls_config(certs, key, &rt.listener)
         .map_err(|p| ServerError::Tls(p.message))?;
-    Ok((TlsAcceptor::from(Arc::new(cfg)), fp))
+    Ok((TlsAcceptor::from(Arc::new(cfg)), fp, leaf))
 }

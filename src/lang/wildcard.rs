@@ -30,6 +30,8 @@ use super::fold::simple_fold;
 
 /// Longest wildcard pattern (characters) keyhole compiles; longer ones are refused.
 pub const MAX_WILDCARD_CHARS: usize = 1024;
+/// [`Wildcard::is_match_until`] asks whether to stop once per this many text characters.
+pub const STOP_CHECK_CHARS: usize = 4096;
 
 /// Which rules a pattern follows (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,16 +303,27 @@ impl Wildcard {
 
     /// [`Wildcard::is_match`], adding the word steps taken to `steps` (for the cost bound).
     pub fn is_match_counted(&self, text: &str, steps: &mut u64) -> bool {
+        self.run(text, steps, &|| false).unwrap_or(false)
+    }
+
+    /// [`Wildcard::is_match`] that asks `stop` every [`STOP_CHECK_CHARS`] characters and gives
+    /// up (None) when it says so: a deadline or a Ctrl+C ends even one long match.
+    pub fn is_match_until(&self, text: &str, stop: &dyn Fn() -> bool) -> Option<bool> {
+        let mut steps = 0;
+        self.run(text, &mut steps, stop)
+    }
+
+    fn run(&self, text: &str, steps: &mut u64, stop: &dyn Fn() -> bool) -> Option<bool> {
         if let Some(lit) = &self.literal {
             let mut t = text.chars();
             for &p in lit {
                 *steps += 1;
                 match t.next() {
                     Some(c) if self.mode.fold(c) == p => {}
-                    _ => return false,
+                    _ => return Some(false),
                 }
             }
-            return t.next().is_none();
+            return Some(t.next().is_none());
         }
         let words = self.words;
         let mut cur = vec![0u64; words];
@@ -319,7 +332,10 @@ impl Wildcard {
             *w = 1;
         }
         self.close(&mut cur);
-        for c in text.chars() {
+        for (i, c) in text.chars().enumerate() {
+            if i % STOP_CHECK_CHARS == STOP_CHECK_CHARS - 1 && stop() {
+                return None;
+            }
             let f = self.mode.fold(c);
             let iv = self.bounds.partition_point(|b| *b <= f).saturating_sub(1);
             let mask = self.masks.get(iv * words..(iv + 1) * words).unwrap_or(&[]);
@@ -340,14 +356,16 @@ impl Wildcard {
             }
             *steps += words as u64;
             if alive == 0 {
-                return false;
+                return Some(false);
             }
             self.close(&mut next);
             *steps += words as u64;
             std::mem::swap(&mut cur, &mut next);
         }
-        cur.get(self.m / 64)
-            .is_some_and(|w| w & (1u64 << (self.m % 64)) != 0)
+        Some(
+            cur.get(self.m / 64)
+                .is_some_and(|w| w & (1u64 << (self.m % 64)) != 0),
+        )
     }
 
     /// A `*` may match nothing: being before a star means being after it too.
@@ -371,6 +389,39 @@ pub fn matches(pattern: &str, text: &str, mode: Mode) -> bool {
 /// counts as one).
 pub fn has_wildcards(pattern: &str, mode: Mode) -> bool {
     Wildcard::new(pattern, mode).map_or(true, |w| !w.is_literal())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod stop_tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_long_match_stops_when_asked() {
+        let w = Wildcard::new("*a*a*a*b", Mode::LIKE).unwrap();
+        let text = "a".repeat(100_000);
+        let asked = Cell::new(0usize);
+        let r = w.is_match_until(&text, &|| {
+            asked.set(asked.get() + 1);
+            asked.get() >= 3
+        });
+        assert_eq!(r, None, "stopped");
+        assert_eq!(
+            asked.get(),
+            3,
+            "asked once per {STOP_CHECK_CHARS} characters"
+        );
+        assert_eq!(w.is_match_until(&text, &|| false), Some(false));
+        assert_eq!(w.is_match_until(&format!("{text}b"), &|| false), Some(true));
+        assert_eq!(
+            Wildcard::new("aaa", Mode::LIKE)
+                .unwrap()
+                .is_match_until("AAA", &|| true),
+            Some(true),
+            "a literal compare is short: it never asks"
+        );
+    }
 }
 
 #[cfg(test)]

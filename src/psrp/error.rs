@@ -148,6 +148,12 @@ pub enum ClixmlError {
     DictEntryChild,
     #[error("<En> without a Key")]
     DictEntryWithoutKey,
+    #[error("<{tag}> has more than {max} attributes (refused at attribute {at}; namespace declarations count)")]
+    TooManyAttributes { tag: String, max: usize, at: usize },
+    #[error("<{tag}> has the attribute {name} twice")]
+    DuplicateAttribute { tag: String, name: String },
+    #[error("the message expands to more than {0} bytes (MAX_EXPANDED_BYTES)")]
+    ExpandsTooMuch(usize),
 }
 
 /// A feature keyhole does not implement.
@@ -157,6 +163,22 @@ pub enum Unsupported {
     ProtocolVersion(String),
     #[error("{0}")]
     Message(&'static str),
+}
+
+impl Unsupported {
+    /// What the client is told: what is not supported and why (it names only what the client
+    /// sent).
+    pub fn explain(&self) -> String {
+        use super::message::MessageType as T;
+        match self {
+            Unsupported::ProtocolVersion(v) => format!(
+                "PSRP protocol version {v:?} is not supported: keyhole speaks PSRP 2.x (PowerShell 2.0 and later)"
+            ),
+            Unsupported::Message(m) if *m == T::PublicKey.name() => "SecureString is not supported: keyhole does not do PSRP's session key exchange (PUBLIC_KEY), so no SecureString (a credential, a password parameter) can be sent to it; pass what the command needs as a plain value, or use a command that does not take a SecureString".to_string(),
+            Unsupported::Message(m) if *m == T::ConnectRunspacePool.name() => "Reconnecting to a runspace pool (CONNECT_RUNSPACEPOOL) is not supported: keyhole has no disconnected sessions; open a new session".to_string(),
+            Unsupported::Message(m) => format!("the PSRP message {m} is not supported by keyhole"),
+        }
+    }
 }
 
 /// A message whose contents lack something required or hold too much.

@@ -390,6 +390,63 @@ mod tests {
     }
 
     #[test]
+    fn limits_message_size_and_buffered_bytes() {
+        // One message over MAX_MESSAGE_SIZE, sent in 1 MiB fragments: refused at the fragment
+        // that crosses the limit, and the partial message is dropped.
+        let chunk = vec![b'x'; 1024 * 1024];
+        let mut r = Reassembler::new();
+        let mut refused_at = None;
+        for i in 0..=(MAX_MESSAGE_SIZE / chunk.len()) as u64 {
+            let f = Fragment {
+                object_id: 1,
+                fragment_id: i,
+                start: i == 0,
+                end: false,
+                blob: chunk.clone(),
+            };
+            if r.push(f).is_err() {
+                refused_at = Some(i);
+                break;
+            }
+        }
+        assert_eq!(refused_at, Some((MAX_MESSAGE_SIZE / chunk.len()) as u64));
+        assert_eq!(r.in_flight(), 0);
+        // A single fragment over the limit is refused at once.
+        let big = Fragment {
+            object_id: 2,
+            fragment_id: 0,
+            start: true,
+            end: true,
+            blob: vec![0; MAX_MESSAGE_SIZE + 1],
+        };
+        assert!(r.push(big).is_err());
+        // Several partial messages together cannot buffer more than MAX_BUFFERED_BYTES.
+        let mut r = Reassembler::new();
+        let per = MAX_MESSAGE_SIZE - 1;
+        let mut total = 0usize;
+        let mut refused = false;
+        for oid in 0..4u64 {
+            let f = Fragment {
+                object_id: oid,
+                fragment_id: 0,
+                start: true,
+                end: false,
+                blob: vec![0; per],
+            };
+            match r.push(f) {
+                Ok(_) => total += per,
+                Err(e) => {
+                    assert!(e.to_string().contains("buffered"), "{e}");
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(refused);
+        assert!(total <= MAX_BUFFERED_BYTES, "{total}");
+    }
+
+    #[test]
     fn blob_size_from_envelope() {
         assert_eq!(max_blob_for_envelope(512_000), MAX_SEND_BLOB);
         let b = max_blob_for_envelope(8192);

@@ -146,6 +146,37 @@ pub fn pipeline_state(state: InvocationState, error: Option<&ErrorRecord>) -> St
     w.finish()
 }
 
+/// PIPELINE_HOST_CALL `SetShouldExit(code)` (RemoteHostMethodId 6), as Windows sends it when a
+/// script runs `exit N`: call id -100 (a void method: the client sends no response).
+pub fn set_should_exit(code: i32) -> String {
+    let mut w = Writer::new();
+    w.begin_obj(None, &[]);
+    w.raw("<MS>");
+    w.i64(Some("ci"), -100);
+    w.enum_value(
+        Some("mi"),
+        &[
+            "System.Management.Automation.Remoting.RemoteHostMethodId",
+            "System.Enum",
+            "System.ValueType",
+            "System.Object",
+        ],
+        "SetShouldExit",
+        6,
+    );
+    w.begin_obj(
+        Some("mp"),
+        &["System.Collections.ArrayList", "System.Object"],
+    );
+    w.raw("<LST>");
+    w.i32(None, code);
+    w.raw("</LST>");
+    w.end_obj();
+    w.raw("</MS>");
+    w.end_obj();
+    w.finish()
+}
+
 /// RUNSPACE_AVAILABILITY answering SET_MAX/MIN_RUNSPACES (bool) or GET_AVAILABLE_RUNSPACES (count).
 pub fn runspace_availability(response: &Value, ci: i64) -> String {
     let mut w = Writer::new();
@@ -503,6 +534,9 @@ pub struct CreatePipeline {
     pub no_input: bool,
     pub add_to_history: bool,
     pub is_nested: bool,
+    /// The client has a host for this pipeline (`HostInfo._isHostNull` false): host calls
+    /// (SetShouldExit) may be sent to it.
+    pub has_host: bool,
     /// Statements in order (ExtraCmds when present, else Cmds as one statement).
     pub statements: Vec<Vec<PipelineCommand>>,
 }
@@ -590,6 +624,10 @@ impl CreatePipeline {
                 .unwrap_or(true),
             add_to_history: bool_of(v.property("AddToHistory")),
             is_nested: bool_of(v.property("IsNested")),
+            has_host: v
+                .property("HostInfo")
+                .and_then(|h| h.property("_isHostNull"))
+                .is_some_and(|b| matches!(b, Value::Bool(false))),
             statements,
         })
     }
@@ -607,33 +645,103 @@ impl CreatePipeline {
         let [stmt] = self.statements.as_slice() else {
             return None;
         };
-        let [iex, out] = stmt.as_slice() else {
-            return None;
-        };
-        if iex.is_script
-            || out.is_script
-            || !iex.cmd.eq_ignore_ascii_case("Invoke-Expression")
-            || !out.cmd.eq_ignore_ascii_case("Out-String")
-        {
+        execute_ps_statement(stmt)
+    }
+
+    /// pypsrp `Client.execute_ps(TEXT, environment={...})`: one statement `New-Item -Path env:
+    /// -Name K -Value V -Force | Out-Null` per variable, then the `execute_ps` statement. The
+    /// variables' names, in order.
+    pub fn execute_ps_environment(&self) -> Option<Vec<String>> {
+        let (last, env) = self.statements.split_last()?;
+        if env.is_empty() || execute_ps_statement(last).is_none() {
             return None;
         }
-        let [CommandArg {
+        env.iter().map(|s| set_env_statement(s)).collect()
+    }
+
+    /// Ansible's psrp connection (`exec_command` of a plain command, as `raw` sends): exactly one
+    /// script command, without arguments, whose text is `LINE` + `"\nexit $LASTEXITCODE"`. LINE.
+    pub fn ansible_exec_line(&self) -> Option<&str> {
+        let [stmt] = self.statements.as_slice() else {
+            return None;
+        };
+        let [c] = stmt.as_slice() else {
+            return None;
+        };
+        if !c.is_script || !c.args.is_empty() {
+            return None;
+        }
+        c.cmd.strip_suffix(ANSIBLE_EXIT_SUFFIX)
+    }
+}
+
+/// What Ansible's psrp connection appends to the command it runs.
+pub const ANSIBLE_EXIT_SUFFIX: &str = "\nexit $LASTEXITCODE";
+
+fn named<'a>(args: &'a [CommandArg], name: &str) -> Option<&'a Option<Value>> {
+    args.iter()
+        .find(|a| {
+            a.name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .map(|a| &a.value)
+}
+
+/// `New-Item -Path env: -Name K -Value V -Force | Out-Null` (pypsrp's environment statement): K.
+fn set_env_statement(stmt: &[PipelineCommand]) -> Option<String> {
+    let [ni, null] = stmt else {
+        return None;
+    };
+    if ni.is_script
+        || null.is_script
+        || !ni.cmd.eq_ignore_ascii_case("New-Item")
+        || !null.cmd.eq_ignore_ascii_case("Out-Null")
+        || !null.args.is_empty()
+        || ni.args.len() != 4
+    {
+        return None;
+    }
+    match named(&ni.args, "Path") {
+        Some(Some(Value::String(p))) if p.eq_ignore_ascii_case("env:") => {}
+        _ => return None,
+    }
+    named(&ni.args, "Value")?;
+    named(&ni.args, "Force")?;
+    match named(&ni.args, "Name") {
+        Some(Some(Value::String(k))) => Some(k.clone()),
+        _ => None,
+    }
+}
+
+/// `Invoke-Expression -Command TEXT | Out-String -Stream`: TEXT.
+fn execute_ps_statement(stmt: &[PipelineCommand]) -> Option<&str> {
+    let [iex, out] = stmt else {
+        return None;
+    };
+    if iex.is_script
+        || out.is_script
+        || !iex.cmd.eq_ignore_ascii_case("Invoke-Expression")
+        || !out.cmd.eq_ignore_ascii_case("Out-String")
+    {
+        return None;
+    }
+    let [CommandArg {
+        name: Some(n),
+        value: Some(Value::String(text)),
+    }] = iex.args.as_slice()
+    else {
+        return None;
+    };
+    if !n.eq_ignore_ascii_case("Command") {
+        return None;
+    }
+    match out.args.as_slice() {
+        [CommandArg {
             name: Some(n),
-            value: Some(Value::String(text)),
-        }] = iex.args.as_slice()
-        else {
-            return None;
-        };
-        if !n.eq_ignore_ascii_case("Command") {
-            return None;
-        }
-        match out.args.as_slice() {
-            [CommandArg {
-                name: Some(n),
-                value: None | Some(Value::Bool(true)),
-            }] if n.eq_ignore_ascii_case("Stream") => Some(text),
-            _ => None,
-        }
+            value: None | Some(Value::Bool(true)),
+        }] if n.eq_ignore_ascii_case("Stream") => Some(text),
+        _ => None,
     }
 }
 

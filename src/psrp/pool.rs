@@ -237,8 +237,15 @@ pub enum Wrapper {
     /// -Stream`, `-Command` named (a positional TEXT is not that shape and reaches the engine as
     /// the structured pipeline it is, where Invoke-Expression does not exist).
     ExecutePs(String),
-    // Ansible's psrp connection (script text `LINE` + "\n" + `exit $LASTEXITCODE`, the exit
-    // code then being the line's) is the next arm (issue 11).
+    /// pypsrp `Client.execute_ps(TEXT, environment={...})`: a `New-Item -Path env: ... |
+    /// Out-Null` statement per variable before the `execute_ps` statement. Refused with a message
+    /// that says environments are not supported (these are the variables' names).
+    ExecutePsEnvironment(Vec<String>),
+    /// Ansible's psrp connection running a plain command (`raw`, `exec_command`): script text
+    /// exactly `LINE` + `"\nexit $LASTEXITCODE"` with no arguments. LINE runs as one restricted
+    /// line and its exit code (0 ran, 1 failed, 2 refused) reaches the client's host as
+    /// `SetShouldExit`, where Ansible reads it.
+    AnsibleExec(String),
 }
 
 impl Wrapper {
@@ -246,6 +253,12 @@ impl Wrapper {
     pub fn recognise(cp: &CreatePipeline) -> Option<Wrapper> {
         if let Some(text) = cp.execute_ps_text() {
             return Some(Wrapper::ExecutePs(text.to_string()));
+        }
+        if let Some(names) = cp.execute_ps_environment() {
+            return Some(Wrapper::ExecutePsEnvironment(names));
+        }
+        if let Some(line) = cp.ansible_exec_line() {
+            return Some(Wrapper::AnsibleExec(line.to_string()));
         }
         None
     }
@@ -257,6 +270,9 @@ pub enum Plan {
     /// One restricted line whose output objects are formatted to strings (`Out-String
     /// -Stream`): what [`Wrapper::ExecutePs`] asks for.
     LineAsStrings(String),
+    /// One restricted line whose exit code goes to the client's host (`SetShouldExit`) before
+    /// its end state: what [`Wrapper::AnsibleExec`] asks for.
+    LineSettingExit(String),
     /// Statements in order: script lines (IsScript) and structured pipelines.
     Segments(Vec<Segment>, Merge),
     /// GET_COMMAND_METADATA.
@@ -284,6 +300,16 @@ impl Plan {
     pub fn from_create(cp: &CreatePipeline) -> Plan {
         match Wrapper::recognise(cp) {
             Some(Wrapper::ExecutePs(text)) => return Plan::LineAsStrings(text),
+            Some(Wrapper::AnsibleExec(line)) => return Plan::LineSettingExit(line),
+            Some(Wrapper::ExecutePsEnvironment(names)) => {
+                return refusal(
+                    &format!(
+                        "keyhole does not support environment variables (execute_ps environment: {}): a NoLanguage session has no env: drive and cannot set variables, so nothing was run; call execute_ps without environment",
+                        names.join(", ")
+                    ),
+                    "EnvironmentNotSupported",
+                )
+            }
             None => {}
         }
         let mut segments: Vec<Segment> = Vec::new();
@@ -297,7 +323,10 @@ impl Plan {
                     );
                 };
                 if !only.args.is_empty() {
-                    return refusal("keyhole does not pass arguments to script text; write them into the script line", "ScriptArgumentsNotSupported");
+                    return refusal(
+                        "script text with arguments cannot run in a NoLanguage session: a script that takes arguments is a full-language script (param blocks, variables), as the scripts of pypsrp's copy and fetch are, and keyhole runs script text only as one restricted line, without arguments; nothing was run",
+                        "ScriptArgumentsNotSupported",
+                    );
                 }
                 segments.push(Segment::Script(only.cmd.clone()));
             } else {
@@ -362,6 +391,31 @@ impl Pipeline {
         matches!(self, Pipeline::Done(_))
     }
 
+    /// One PIPELINE_INPUT message into the input buffered so far (within the limits); on an
+    /// error nothing changes.
+    fn push_input(
+        input: &mut Vec<Value>,
+        bytes: &mut usize,
+        m: &Message,
+    ) -> Result<(), ProtocolError> {
+        // Counted in the bytes the values hold after reference expansion (or the message's,
+        // whichever is larger), so that many small messages that each expand a lot cannot pile
+        // up (issue 9, finding 1).
+        let (value, size) =
+            super::clixml::read::parse_sized(m.text()?, &super::clixml::read::DEFAULT_LIMITS)?;
+        let total = bytes.saturating_add(size.max(m.data.len()));
+        if input.len() >= MAX_INPUT_OBJECTS || total > MAX_INPUT_BYTES {
+            return Err(Malformed::InputTooLarge {
+                max_objects: MAX_INPUT_OBJECTS,
+                max_bytes: MAX_INPUT_BYTES,
+            }
+            .into());
+        }
+        input.push(value);
+        *bytes = total;
+        Ok(())
+    }
+
     pub fn handle(
         self,
         ev: PipelineEvent,
@@ -405,15 +459,8 @@ impl Pipeline {
                 E::Input(m),
             ) => match m.message_type {
                 MessageType::PipelineInput => {
-                    let bytes = bytes.saturating_add(m.data.len());
-                    if input.len() >= MAX_INPUT_OBJECTS || bytes > MAX_INPUT_BYTES {
-                        return Err(Malformed::InputTooLarge {
-                            max_objects: MAX_INPUT_OBJECTS,
-                            max_bytes: MAX_INPUT_BYTES,
-                        }
-                        .into());
-                    }
-                    input.push(body_value(&m)?);
+                    let mut bytes = bytes;
+                    Pipeline::push_input(&mut input, &mut bytes, &m)?;
                     Ok((Pipeline::AwaitingInput { plan, input, bytes }, Vec::new()))
                 }
                 MessageType::EndOfPipelineInput => {
@@ -531,6 +578,8 @@ struct PipeCore {
     seq: u64,
     pid: [u8; 16],
     state: Pipeline,
+    /// Send the run's exit code to the client's host (`SetShouldExit`) before its end state.
+    exit_to_host: bool,
 }
 
 /// One runspace pool's protocol state (see the module documentation).
@@ -619,6 +668,7 @@ impl PoolCore {
                 seq,
                 pid: guid_to_net_bytes(cid).unwrap_or([0u8; 16]),
                 state: Pipeline::AwaitingCreate,
+                exit_to_host: false,
             },
         );
         Ok(evicted)
@@ -718,8 +768,14 @@ impl PoolCore {
                 }
                 PoolOutput::CreatePipeline(cp) => {
                     let cid = self.pipe_id(cid, "CREATE_PIPELINE", msg.pid)?;
+                    let plan = Plan::from_create(&cp);
+                    if matches!(plan, Plan::LineSettingExit(_)) && cp.has_host {
+                        if let Some(p) = self.pipes.get_mut(&cid) {
+                            p.exit_to_host = true;
+                        }
+                    }
                     let ev = PipelineEvent::Created {
-                        plan: Plan::from_create(&cp),
+                        plan,
                         no_input: cp.no_input,
                     };
                     self.pipe_event(&cid, ev, visible, effects)?;
@@ -785,6 +841,17 @@ impl PoolCore {
         effects: &mut Vec<Effect>,
     ) -> Result<(), PoolError> {
         let p = self.pipes.get_mut(cid).ok_or(PoolError::UnknownPipeline)?;
+        // Input is the frequent event, and its state holds every object received so far: it is
+        // added in place (the transition below clones the state, which made feeding input
+        // quadratic in time and doubled its memory).
+        if let (Pipeline::AwaitingInput { input, bytes, .. }, PipelineEvent::Input(m)) =
+            (&mut p.state, &ev)
+        {
+            if m.message_type == MessageType::PipelineInput {
+                Pipeline::push_input(input, bytes, m)?;
+                return Ok(());
+            }
+        }
         let (state, actions) = p.state.clone().handle(ev)?;
         p.state = state;
         for a in actions {
@@ -849,12 +916,14 @@ impl PoolCore {
     }
 
     /// Pipeline `cid`'s run ended with `outcome`: its PIPELINE_STATE fragments (empty when the
-    /// pipeline is gone or already done).
+    /// pipeline is gone or already done), after the host call that hands the client its exit
+    /// code when the pipeline asked for one ([`Plan::LineSettingExit`]) and was not stopped.
     pub fn finished(&mut self, cid: &str, outcome: &RunOutcome) -> Vec<Vec<u8>> {
         let (state, err) = end_state(outcome);
         let Some(p) = self.pipes.get_mut(cid) else {
             return Vec::new();
         };
+        let exit_to_host = p.exit_to_host;
         let Ok((next, _)) = p.state.clone().handle(PipelineEvent::Finished(state)) else {
             return Vec::new();
         };
@@ -869,13 +938,21 @@ impl PoolCore {
         } else {
             None
         };
-        match self.framer_for(cid) {
-            Some(f) => f.fragments(
-                MessageType::PipelineState,
-                &objects::pipeline_state(final_state, err.as_ref()),
-            ),
-            None => Vec::new(),
+        let Some(f) = self.framer_for(cid) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if exit_to_host && final_state != InvocationState::Stopped {
+            out.extend(f.fragments(
+                MessageType::PipelineHostCall,
+                &objects::set_should_exit(outcome.exit_code()),
+            ));
         }
+        out.extend(f.fragments(
+            MessageType::PipelineState,
+            &objects::pipeline_state(final_state, err.as_ref()),
+        ));
+        out
     }
 }
 
@@ -899,6 +976,9 @@ pub struct EventEncoder {
     formatter: Option<Formatter>,
     user: String,
     computer: String,
+    /// A terminating error the run wrote, held back: it reaches the client inside the Failed
+    /// PIPELINE_STATE, once, as Windows sends it ([`EventEncoder::end`]).
+    terminating: Option<ErrorRecord>,
 }
 
 /// Split formatted text into lines (no trailing empty line for a final newline).
@@ -927,6 +1007,7 @@ impl EventEncoder {
             formatter: matches!(plan, Plan::LineAsStrings(_)).then(Formatter::new),
             user: user.to_string(),
             computer: computer.to_string(),
+            terminating: None,
         }
     }
 
@@ -956,6 +1037,12 @@ impl EventEncoder {
             vec![(t, objects::informational(kind, s))]
         };
         match e {
+            // The engine writes a terminating error as it happens and then ends the run Failed
+            // with it; PSRP carries it in the Failed state only.
+            Event::Error(er) if er.terminating && self.terminating.is_none() => {
+                self.terminating = Some(er);
+                Vec::new()
+            }
             Event::Output(v) => match self.formatter.as_mut() {
                 Some(f) => Self::strings(&f.push(&v)),
                 None => vec![(T::PipelineOutput, objects::output(&v))],
@@ -984,6 +1071,30 @@ impl EventEncoder {
             Some(f) => Self::strings(&f.finish()),
             None => Vec::new(),
         }
+    }
+
+    /// The run ended with `outcome`: the terminating error held back, unless the Failed state
+    /// carries it (then nothing: the client gets it once).
+    pub fn end(&mut self, outcome: &RunOutcome) -> Vec<(MessageType, String)> {
+        let Some(held) = self.terminating.take() else {
+            return Vec::new();
+        };
+        if let RunOutcome::Failed(rec) = outcome {
+            if rec.message == held.message
+                && rec.fully_qualified_error_id == held.fully_qualified_error_id
+            {
+                return Vec::new();
+            }
+        }
+        let (t, body) = if self.merge.error {
+            (
+                MessageType::PipelineOutput,
+                objects::merged_error_record(&held),
+            )
+        } else {
+            (MessageType::ErrorRecord, objects::error_record(&held))
+        };
+        vec![(t, body)]
     }
 }
 
@@ -1073,6 +1184,51 @@ mod tests {
         );
     }
 
+    /// Pipeline input is counted in the bytes its values hold after reference expansion: a few
+    /// small messages that each expand to tens of MiB cannot pile up past MAX_INPUT_BYTES
+    /// (issue 9, finding 1 across messages; counted in message bytes these were accepted).
+    #[test]
+    fn pipeline_input_is_counted_after_reference_expansion() {
+        let chunk = "x".repeat(100 * 1024);
+        // 250 references to one 100 KiB list: ~25 MiB once expanded, ~10 KiB on the wire.
+        let mut list =
+            format!(r#"<Obj RefId="1"><LST><Obj RefId="0"><LST><S>{chunk}</S></LST></Obj>"#);
+        for _ in 0..250 {
+            list.push_str(r#"<Ref RefId="0" />"#);
+        }
+        list.push_str("</LST></Obj>");
+        let msg = || {
+            Message::new(
+                Destination::Server,
+                MessageType::PipelineInput,
+                [0; 16],
+                [0; 16],
+                list.clone().into_bytes(),
+            )
+        };
+        let mut p = Pipeline::AwaitingCreate
+            .handle(PipelineEvent::Created {
+                plan: Plan::Segments(Vec::new(), Merge::default()),
+                no_input: false,
+            })
+            .unwrap()
+            .0;
+        let mut refused = None;
+        for i in 0..4 {
+            match p.handle(PipelineEvent::Input(msg())) {
+                Ok((next, _)) => p = next,
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (i, e) = refused.expect("input expanding past MAX_INPUT_BYTES must be refused");
+        assert_eq!(i, 2, "the third ~25 MiB message crosses 64 MiB");
+        assert!(e.to_string().contains("pipeline input exceeds"), "{e}");
+        assert!(list.len() < 120 * 1024, "the messages themselves are small");
+    }
+
     fn cp(iex_named: bool, out_cmd: &str) -> CreatePipeline {
         use crate::engine::CommandArg;
         let cmd = |name: &str, args: Vec<CommandArg>| objects::PipelineCommand {
@@ -1085,6 +1241,7 @@ mod tests {
             no_input: true,
             add_to_history: false,
             is_nested: false,
+            has_host: false,
             statements: vec![vec![
                 cmd(
                     "Invoke-Expression",
@@ -1122,5 +1279,216 @@ mod tests {
             Plan::Segments(ref s, _) if matches!(s.as_slice(), [Segment::Structured(_)])
         ));
         assert_eq!(Wrapper::recognise(&cp(true, "Out-Default")), None);
+    }
+
+    fn script(text: &str, args: Vec<crate::engine::CommandArg>) -> CreatePipeline {
+        CreatePipeline {
+            no_input: true,
+            add_to_history: false,
+            is_nested: false,
+            has_host: true,
+            statements: vec![vec![objects::PipelineCommand {
+                cmd: text.into(),
+                is_script: true,
+                args,
+                merge: Merge::default(),
+            }]],
+        }
+    }
+
+    #[test]
+    fn ansible_exec_is_recognised_only_in_its_exact_shape() {
+        assert_eq!(
+            Wrapper::recognise(&script("Get-Uptime\nexit $LASTEXITCODE", vec![])),
+            Some(Wrapper::AnsibleExec("Get-Uptime".into()))
+        );
+        // A multi-line LINE is still the line; its own lines and columns are unchanged.
+        assert_eq!(
+            Plan::from_create(&script("Get-Date\nGet-Uptime\nexit $LASTEXITCODE", vec![])),
+            Plan::LineSettingExit("Get-Date\nGet-Uptime".into())
+        );
+        for other in [
+            "Get-Uptime\nexit $LASTEXITCODE\n",
+            "Get-Uptime\nexit $lastexitcode",
+            "Get-Uptime; exit $LASTEXITCODE",
+            "Get-Uptime",
+        ] {
+            assert_eq!(
+                Wrapper::recognise(&script(other, vec![])),
+                None,
+                "{other:?}"
+            );
+        }
+        let with_arg = script(
+            "Get-Uptime\nexit $LASTEXITCODE",
+            vec![crate::engine::CommandArg {
+                name: None,
+                value: Some(Value::Int(1)),
+            }],
+        );
+        assert_eq!(Wrapper::recognise(&with_arg), None);
+    }
+
+    fn open_core() -> PoolCore {
+        let mut core = PoolCore::new();
+        let rpid = [7u8; 16];
+        for (t, body) in [
+            (MessageType::SessionCapability, objects::session_capability()),
+            (
+                MessageType::InitRunspacePool,
+                r#"<Obj RefId="0"><MS><I32 N="MinRunspaces">1</I32><I32 N="MaxRunspaces">1</I32></MS></Obj>"#.to_string(),
+            ),
+        ] {
+            let m = Message::new(Destination::Server, t, rpid, [0; 16], body.into_bytes());
+            let bytes: Vec<u8> = fragment_message(1, &m.encode(), 100_000)
+                .iter()
+                .flat_map(|f| f.encode())
+                .collect();
+            core.feed(None, &bytes, &[]).unwrap();
+        }
+        core
+    }
+
+    fn types_of(frags: &[Vec<u8>]) -> Vec<MessageType> {
+        let mut r = Reassembler::new();
+        let mut out = Vec::new();
+        for f in frags {
+            for m in r.push_bytes(f).unwrap() {
+                out.push(Message::decode(&m).unwrap().message_type);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_line_s_exit_code_reaches_a_host_before_the_state() {
+        for (has_host, outcome, code) in [
+            (true, RunOutcome::Completed { had_errors: false }, Some(0)),
+            (true, RunOutcome::Completed { had_errors: true }, Some(1)),
+            (
+                true,
+                RunOutcome::Refused(crate::engine::Refusal {
+                    message: "no".into(),
+                    id: "X".into(),
+                    category: ErrorCategory::PermissionDenied,
+                    column: Some(3),
+                }),
+                Some(2),
+            ),
+            (true, RunOutcome::Stopped, None),
+            (false, RunOutcome::Completed { had_errors: true }, None),
+        ] {
+            let mut core = open_core();
+            let cid = "5F1C3B2A-0000-4000-8000-000000000001";
+            core.add_pipeline(cid, |_| true).unwrap();
+            let mut cp = script("Get-Uptime\nexit $LASTEXITCODE", vec![]);
+            cp.has_host = has_host;
+            let mut effects = Vec::new();
+            core.pipes.get_mut(cid).unwrap().state = Pipeline::AwaitingCreate;
+            let plan = Plan::from_create(&cp);
+            if has_host {
+                core.pipes.get_mut(cid).unwrap().exit_to_host = true;
+            }
+            core.pipe_event(
+                cid,
+                PipelineEvent::Created {
+                    plan,
+                    no_input: true,
+                },
+                &[],
+                &mut effects,
+            )
+            .unwrap();
+            assert!(
+                matches!(effects.as_slice(), [Effect::Start { plan: Plan::LineSettingExit(l), .. }] if l == "Get-Uptime")
+            );
+            let frags = core.finished(cid, &outcome);
+            let types = types_of(&frags);
+            match code {
+                Some(c) => {
+                    assert_eq!(
+                        types,
+                        vec![MessageType::PipelineHostCall, MessageType::PipelineState]
+                    );
+                    let mut r = Reassembler::new();
+                    let first = r.push_bytes(frags.first().unwrap()).unwrap();
+                    let text = Message::decode(first.first().unwrap())
+                        .unwrap()
+                        .text()
+                        .unwrap()
+                        .to_string();
+                    assert!(
+                        text.contains("<ToString>SetShouldExit</ToString><I32>6</I32>"),
+                        "{text}"
+                    );
+                    assert!(
+                        text.contains(&format!("<LST><I32>{c}</I32></LST>")),
+                        "{text}"
+                    );
+                    assert!(text.contains(r#"<I64 N="ci">-100</I64>"#), "{text}");
+                }
+                None => assert_eq!(types, vec![MessageType::PipelineState]),
+            }
+        }
+    }
+
+    #[test]
+    fn a_terminating_error_is_held_for_the_failed_state() {
+        let plan = Plan::Segments(Vec::new(), Merge::default());
+        let rec = ErrorRecord::new("boom", "Boom", ErrorCategory::NotSpecified).terminating();
+        let other = ErrorRecord::new("soft", "Soft", ErrorCategory::NotSpecified);
+        let mut e = EventEncoder::for_plan(&plan, "u", "c");
+        assert_eq!(e.encode(Event::Error(other)).len(), 1);
+        assert!(e.encode(Event::Error(rec.clone())).is_empty());
+        assert!(e.end(&RunOutcome::Failed(rec.clone())).is_empty());
+        // Had the run not ended Failed with it, the held record is not lost.
+        let mut e = EventEncoder::for_plan(&plan, "u", "c");
+        assert!(e.encode(Event::Error(rec)).is_empty());
+        let tail = e.end(&RunOutcome::Stopped);
+        assert!(matches!(tail.as_slice(), [(MessageType::ErrorRecord, b)] if b.contains("boom")));
+    }
+
+    #[test]
+    fn execute_ps_with_environment_is_refused_saying_so() {
+        use crate::engine::CommandArg;
+        let arg = |n: &str, v: Option<Value>| CommandArg {
+            name: Some(n.into()),
+            value: v,
+        };
+        let cmd = |name: &str, args: Vec<CommandArg>| objects::PipelineCommand {
+            cmd: name.into(),
+            is_script: false,
+            args,
+            merge: Merge::default(),
+        };
+        let env = vec![
+            cmd(
+                "New-Item",
+                vec![
+                    arg("Path", Some(Value::String("env:".into()))),
+                    arg("Name", Some(Value::String("FOO".into()))),
+                    arg("Value", Some(Value::String("bar".into()))),
+                    arg("Force", Some(Value::Bool(true))),
+                ],
+            ),
+            cmd("Out-Null", vec![]),
+        ];
+        let mut p = cp(true, "Out-String");
+        p.statements.insert(0, env);
+        assert_eq!(
+            Wrapper::recognise(&p),
+            Some(Wrapper::ExecutePsEnvironment(vec!["FOO".into()]))
+        );
+        match Plan::from_create(&p) {
+            Plan::Refuse(r) => {
+                assert_eq!(r.fully_qualified_error_id, "EnvironmentNotSupported");
+                assert!(
+                    r.message.contains("environment variables") && r.message.contains("FOO"),
+                    "{}",
+                    r.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

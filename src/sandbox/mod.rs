@@ -54,9 +54,16 @@ pub struct ProgramSpec {
     /// Linux capabilities kept (names like "CAP_NET_RAW"); empty: none.
     pub capabilities: Vec<String>,
     pub timeout: Duration,
+    /// Bytes of output (stdout and stderr together) this program may write; beyond them it is
+    /// stopped ([`Termination::OutputLimit`]). Callers pass what is left of the pipeline's
+    /// `max_output_bytes` ([`CancelToken::output_used`]).
     pub max_output_bytes: u64,
     /// Bytes for standard input; None: /dev/null.
     pub stdin: Option<Vec<u8>>,
+    /// Keep the standard output in [`ProgramResult::stdout`] (for callers that parse it whole).
+    /// False when the caller streams it through `on_stdout`: nothing is kept, so a program's
+    /// output is held only where the client has not received it yet.
+    pub keep_stdout: bool,
 }
 
 /// The account programs run as: its name, and the account looked up the first time a program
@@ -127,8 +134,11 @@ pub enum Termination {
 #[derive(Debug, Clone)]
 pub struct ProgramResult {
     pub termination: Termination,
+    /// Empty unless [`ProgramSpec::keep_stdout`].
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// Bytes read from the program (stdout and stderr, up to the cap), kept or not.
+    pub output_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +212,8 @@ struct CancelState {
     deadline: OnceLock<Instant>,
     /// Created by the first program that runs under this token.
     waker: OnceLock<OwnedFd>,
+    /// Bytes the line's programs have written so far (`max_output_bytes` is per pipeline).
+    output: std::sync::atomic::AtomicU64,
 }
 
 impl CancelToken {
@@ -244,6 +256,20 @@ impl CancelToken {
     /// The deadline has passed (whether or not someone also called [`CancelToken::cancel`]).
     pub fn timed_out(&self) -> bool {
         self.0.deadline.get().is_some_and(|d| Instant::now() >= *d)
+    }
+    /// Bytes of output the line's programs have written so far: the token is the one object
+    /// every command of a line shares, so `max_output_bytes` is counted here, per pipeline.
+    pub fn output_used(&self) -> u64 {
+        self.0.output.load(Ordering::SeqCst)
+    }
+    /// Count `n` more bytes of program output.
+    pub fn add_output(&self, n: u64) {
+        let _ = self
+            .0
+            .output
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_add(n))
+            });
     }
 }
 
@@ -335,6 +361,7 @@ fn poll_timeout(deadline: Option<Instant>, cap: Option<Duration>) -> PollTimeout
 struct Collector<'a> {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    keep_stdout: bool,
     total: u64,
     max: u64,
     on_stdout: &'a mut dyn FnMut(&[u8]),
@@ -348,7 +375,9 @@ impl Collector<'_> {
         let kept = chunk.get(..take).unwrap_or_default();
         self.total = self.total.saturating_add(take as u64);
         if is_stdout {
-            self.stdout.extend_from_slice(kept);
+            if self.keep_stdout {
+                self.stdout.extend_from_slice(kept);
+            }
             if !kept.is_empty() {
                 (self.on_stdout)(kept);
             }
@@ -643,6 +672,7 @@ fn run_contained(
     let mut sink = Collector {
         stdout: Vec::new(),
         stderr: Vec::new(),
+        keep_stdout: spec.keep_stdout,
         total: 0,
         max: spec.max_output_bytes,
         on_stdout,
@@ -697,5 +727,6 @@ fn run_contained(
         termination,
         stdout: sink.stdout,
         stderr: sink.stderr,
+        output_bytes: sink.total,
     })
 }

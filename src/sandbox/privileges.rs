@@ -72,6 +72,25 @@ pub(crate) struct Prepared {
     pub parent: Pid,
     /// Open `cgroup.procs` of the command's cgroup: the child writes "0" to join it.
     pub cgroup_procs: Option<OwnedFd>,
+    /// keyhole's open descriptors above 2 when the command was prepared: marked close-on-exec
+    /// one by one in the child when the kernel has no `close_range` (before Linux 5.11).
+    pub open_fds: Vec<libc::c_int>,
+}
+
+/// Most descriptors listed for the `close_range` fallback (keyhole's own RLIMIT_NOFILE is far
+/// below in practice; beyond it the listing stops and the rest rely on close-on-exec).
+const MAX_LISTED_FDS: usize = 65_536;
+
+/// keyhole's open descriptors above 2, from /proc/self/fd (read before `fork`).
+fn open_fds() -> Vec<libc::c_int> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|fd| *fd > 2)
+        .take(MAX_LISTED_FDS)
+        .collect()
 }
 
 /// Parse a capability name as configuration writes it (`CAP_NET_RAW`, `net_raw`).
@@ -238,6 +257,7 @@ pub(crate) fn prepare(
         rlimits,
         parent: nix::unistd::getpid(),
         cgroup_procs,
+        open_fds: open_fds(),
     })
 }
 
@@ -299,7 +319,42 @@ pub(crate) fn child_setup(p: &Prepared) -> io::Result<()> {
     if unsafe { libc::getppid() } != p.parent.as_raw() {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
+    close_on_exec_above_stdio(&p.open_fds);
     Ok(())
+}
+
+/// No descriptor but standard input, output and error reaches the program (SPEC §4.4), whatever
+/// keyhole inherited or opened without close-on-exec. The standard streams are already in
+/// place (std `dup2`s them before this runs). Descriptors from 3 up are marked close-on-exec
+/// rather than closed now: std's own error pipe (close-on-exec already) must stay open until
+/// `exec` so that an exec failure is still reported to the parent.
+pub(crate) fn close_on_exec_above_stdio(listed: &[libc::c_int]) {
+    // SAFETY: close_range(2) takes integer arguments only; with CLOSE_RANGE_CLOEXEC it sets the
+    // flag on every descriptor in the range and closes none.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    // Before Linux 5.11 (ENOSYS, or EINVAL for the flag): the descriptors listed in the parent.
+    mark_close_on_exec(listed);
+}
+
+/// Set FD_CLOEXEC on each listed descriptor above 2 (one that is closed by now fails with
+/// EBADF, which is what we want anyway).
+pub(crate) fn mark_close_on_exec(listed: &[libc::c_int]) {
+    for &fd in listed {
+        if fd > 2 {
+            // SAFETY: fcntl with integer arguments only.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
 }
 
 /// The one audited privilege change. Order and why:
@@ -425,6 +480,34 @@ mod tests {
         assert_eq!(parse_capability("cap_sys_admin").unwrap().index(), 21);
         assert!(parse_capability("CAP_FOO").is_err());
         assert!(parse_capability("").is_err());
+    }
+
+    #[test]
+    fn fallback_marks_listed_descriptors_close_on_exec() {
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        // SAFETY: dup of a descriptor this test owns; the copy has no FD_CLOEXEC.
+        let fd = unsafe { libc::dup(f.as_raw_fd()) };
+        assert!(fd > 2);
+        // SAFETY: fcntl with integer arguments only.
+        assert_eq!(
+            unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC,
+            0
+        );
+        assert!(open_fds().contains(&fd));
+        mark_close_on_exec(&[0, 1, 2, fd]);
+        // SAFETY: as above.
+        assert_ne!(
+            unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC,
+            0
+        );
+        // Standard streams are never touched.
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::fcntl(2, libc::F_GETFD) } & libc::FD_CLOEXEC,
+            0
+        );
+        // SAFETY: closes the descriptor dup'd above, owned by nothing else.
+        unsafe { libc::close(fd) };
     }
 
     #[test]

@@ -12,13 +12,14 @@ use base64::Engine as _;
 use tokio::sync::Notify;
 
 use super::runner::{wake, Budget, Item, Lane, Line, Outbox, OutputBudget, Workers};
-use super::ShellSetup;
+use super::{ShellSetup, UserBudgets};
 use crate::engine::{
     CancelToken, Event, EventSink, RunOutcome, Session, StructuredPipeline, Value, VisibleCommand,
 };
-use crate::gates::{Gates, OpenError, Origin, SessionKind};
+use crate::gates::{Gates, Origin, SessionKind};
 use crate::psrp::message::MessageType;
 use crate::psrp::pool::{Effect, EventEncoder, PipeFramer, Plan, PoolCore, PoolError, Segment};
+use crate::psrp::ProtocolError;
 use crate::wsman::shell::{
     CommandRequest, CommandState, CommandStateKind, CreateError, CreateRequest, Identity, NewShell,
     ReceiveResponse, Shell, ShellError, ShellFactory, Signal, StreamChunk, StreamName,
@@ -73,11 +74,18 @@ impl PsrpEngine for Session {
 pub struct PsrpFactory {
     gates: Arc<Gates>,
     workers: Arc<Workers>,
+    budgets: Arc<UserBudgets>,
 }
 
 impl PsrpFactory {
-    pub fn new(gates: Arc<Gates>, workers: Arc<Workers>) -> PsrpFactory {
-        PsrpFactory { gates, workers }
+    /// `budgets` is the server's one table of per-user output budgets (shared with the other
+    /// factories, so a user's WinRS shells and PSRP pools draw from one budget).
+    pub fn new(gates: Arc<Gates>, workers: Arc<Workers>, budgets: Arc<UserBudgets>) -> PsrpFactory {
+        PsrpFactory {
+            gates,
+            workers,
+            budgets,
+        }
     }
 }
 
@@ -95,22 +103,18 @@ impl ShellFactory for PsrpFactory {
                 .refuse(id, origin, None, "a PSRP Create names no configuration");
             return Err(CreateError::Refused);
         };
-        let grant = match self.gates.open(id, endpoint, origin, SessionKind::Psrp) {
-            Ok(g) => g,
-            Err(OpenError::Denied(_)) => return Err(CreateError::Refused),
-            Err(e @ OpenError::SessionLimit { .. }) => {
-                return Err(ShellError::QuotaLimit(e.to_string()).into())
-            }
-        };
-        let limits = grant.limits.shell;
-        let setup = ShellSetup {
-            command_timeout: Some(grant.limits.command_timeout),
-            keep: Some(Box::new(grant.guard)),
-            ..ShellSetup::new(&id.user, self.workers.clone())
-        };
+        let o = super::open_session(
+            &self.gates,
+            &self.workers,
+            &self.budgets,
+            id,
+            endpoint,
+            origin,
+            SessionKind::Psrp,
+        )?;
         Ok(NewShell {
-            shell: Box::new(PsrpShell::new(grant.session, setup)),
-            limits,
+            shell: Box::new(PsrpShell::new(o.session, o.setup)),
+            limits: o.limits,
         })
     }
 }
@@ -146,6 +150,7 @@ fn hostname() -> String {
 
 fn shell_error(e: PoolError) -> ShellError {
     match e {
+        PoolError::Protocol(ProtocolError::Unsupported(u)) => ShellError::Unsupported(u.explain()),
         PoolError::UnknownPipeline => ShellError::InvalidSelectors,
         PoolError::TooManyPipelines => ShellError::QuotaLimit(e.to_string()),
         PoolError::NotOpened(_) | PoolError::DuplicatePipeline(_) | PoolError::Protocol(_) => {
@@ -223,14 +228,9 @@ impl<E: PsrpEngine> PsrpShell<E> {
                     if last {
                         p.out.push_last(frags);
                     } else {
-                        for f in frags {
-                            if !p.out.push_now(f) {
-                                return Err(ShellError::QuotaLimit(
-                                    "the pipeline's output waiting for the client is over its budget"
-                                        .into(),
-                                ));
-                            }
-                        }
+                        // A reply the protocol layer made (command metadata), bounded by the
+                        // session's visible commands: never refused for the user's budget.
+                        p.out.push_reply(frags);
                     }
                 }
                 Effect::Start { cid, plan, input } => {
@@ -328,7 +328,9 @@ impl<E: PsrpEngine> Line<E> for PipelineRun {
         };
         let sink = &mut self.sink;
         let out = match plan {
-            Plan::LineAsStrings(text) => engine.run_line(&text, sink, cancel),
+            Plan::LineAsStrings(text) | Plan::LineSettingExit(text) => {
+                engine.run_line(&text, sink, cancel)
+            }
             Plan::Segments(segments, _) => {
                 let mut input = Some(std::mem::take(&mut self.input));
                 let mut had_errors = false;
@@ -360,7 +362,9 @@ impl<E: PsrpEngine> Line<E> for PipelineRun {
         out
     }
 
-    fn end(self: Box<Self>, outcome: RunOutcome) {
+    fn end(mut self: Box<Self>, outcome: RunOutcome) {
+        let held = self.sink.encoder.end(&outcome);
+        self.sink.emit(held);
         let last = lock(&self.core).finished(&self.cid, &outcome);
         self.sink
             .out

@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,8 @@ struct WorkersState {
     queue: VecDeque<Task>,
     threads: usize,
     idle: usize,
+    /// Tasks running now.
+    busy: usize,
 }
 
 /// A bounded pool of worker threads (see the module documentation).
@@ -82,6 +84,7 @@ impl Workers {
                 queue: VecDeque::new(),
                 threads: 0,
                 idle: 0,
+                busy: 0,
             }),
             cv: Condvar::new(),
         })
@@ -95,6 +98,11 @@ impl Workers {
     /// Tasks waiting for a thread.
     pub fn queued(&self) -> usize {
         lock(&self.state).queue.len()
+    }
+
+    /// Tasks running now (a line holding a thread: running, or waiting for the client).
+    pub fn busy(&self) -> usize {
+        lock(&self.state).busy
     }
 
     fn submit(self: &Arc<Self>, task: Task) {
@@ -130,12 +138,14 @@ impl Workers {
         let mut st = lock(&self.state);
         loop {
             if let Some(task) = st.queue.pop_front() {
+                st.busy += 1;
                 drop(st);
                 // A task catches its own panics; this keeps the thread count right if not.
                 if catch_unwind(AssertUnwindSafe(|| task(Go::Run))).is_err() {
                     tracing::error!("a worker task panicked");
                 }
                 st = lock(&self.state);
+                st.busy -= 1;
                 continue;
             }
             st.idle += 1;
@@ -361,16 +371,27 @@ impl OutputBudget {
         *lock(&self.used)
     }
 
-    /// Take `n` bytes, waiting while they do not fit (an item larger than the whole budget
-    /// passes when nothing else is held). False when the line was cancelled, its deadline
+    /// Take `n` bytes, waiting while they do not fit. An item passes anyway when the budget
+    /// holds nothing, or when its own outbox holds nothing (`own` is that outbox's queued
+    /// bytes): the client has received everything this line produced, so the line may go on
+    /// one item at a time at the client's pace even when another shell of the same user has
+    /// filled the shared budget and is not being received. The budget is therefore exceeded by
+    /// at most one item per running line. False when the line was cancelled, its deadline
     /// passed or the outbox was closed first.
-    fn acquire(&self, n: usize, cancel: &CancelToken, closed: &AtomicBool) -> bool {
+    fn acquire(
+        &self,
+        n: usize,
+        cancel: &CancelToken,
+        closed: &AtomicBool,
+        own: &AtomicUsize,
+    ) -> bool {
         let mut used = lock(&self.used);
         loop {
             if closed.load(Ordering::SeqCst) {
                 return false;
             }
-            if *used == 0 || used.saturating_add(n) <= self.limit {
+            if *used == 0 || used.saturating_add(n) <= self.limit || own.load(Ordering::SeqCst) == 0
+            {
                 *used = used.saturating_add(n);
                 return true;
             }
@@ -456,6 +477,8 @@ struct OutState<T> {
 /// What one line produced and the client has not received yet.
 pub struct Outbox<T> {
     state: Mutex<OutState<T>>,
+    /// `state.bytes`, readable without the state lock (by a producer waiting for room).
+    held: AtomicUsize,
     closed: AtomicBool,
     budget: Arc<OutputBudget>,
     notify: Arc<Notify>,
@@ -478,6 +501,7 @@ impl<T: Item> Outbox<T> {
                 bytes: 0,
                 ended: false,
             }),
+            held: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             budget,
             notify,
@@ -489,7 +513,7 @@ impl<T: Item> Outbox<T> {
     /// deadline or the outbox was closed while waiting.
     pub fn push(&self, item: T, cancel: &CancelToken) -> bool {
         let n = item.weight();
-        if !self.budget.acquire(n, cancel, &self.closed) {
+        if !self.budget.acquire(n, cancel, &self.closed, &self.held) {
             return false;
         }
         self.enqueue(item, n)
@@ -507,6 +531,18 @@ impl<T: Item> Outbox<T> {
     /// The line's last items (its end state): queued whatever the budget, and the outbox is
     /// marked ended.
     pub fn push_last(&self, items: Vec<T>) {
+        self.push_unbudgeted(items, true);
+    }
+
+    /// Items a request itself produced (a protocol reply of bounded size, e.g. command
+    /// metadata): queued whatever the budget, counted so that taking them releases them. A
+    /// request never waits for room, and a budget shared with the user's other shells must not
+    /// make it fail either.
+    pub fn push_reply(&self, items: Vec<T>) {
+        self.push_unbudgeted(items, false);
+    }
+
+    fn push_unbudgeted(&self, items: Vec<T>, last: bool) {
         if self.closed.load(Ordering::SeqCst) {
             return;
         }
@@ -520,7 +556,10 @@ impl<T: Item> Outbox<T> {
             st.bytes = st.bytes.saturating_add(n);
             st.items.push_back(item);
         }
-        st.ended = true;
+        self.held.store(st.bytes, Ordering::SeqCst);
+        if last {
+            st.ended = true;
+        }
         drop(st);
         wake(&self.notify);
     }
@@ -534,6 +573,7 @@ impl<T: Item> Outbox<T> {
         }
         st.items.push_back(item);
         st.bytes = st.bytes.saturating_add(n);
+        self.held.store(st.bytes, Ordering::SeqCst);
         drop(st);
         wake(&self.notify);
         true
@@ -572,6 +612,7 @@ impl<T: Item> Outbox<T> {
             break;
         }
         st.bytes = st.bytes.saturating_sub(released);
+        self.held.store(st.bytes, Ordering::SeqCst);
         let finished = st.ended && st.items.is_empty();
         drop(st);
         self.budget.release(released);
@@ -595,6 +636,7 @@ impl<T: Item> Outbox<T> {
         let released = {
             let mut st = lock(&self.state);
             st.items.clear();
+            self.held.store(0, Ordering::SeqCst);
             std::mem::take(&mut st.bytes)
         };
         self.budget.release(released);
@@ -899,15 +941,25 @@ mod tests {
         );
 
         let out2: Arc<Outbox<Whole>> = Outbox::new(budget.clone(), Arc::new(Notify::new()));
-        let rx = producer(out2.clone(), CancelToken::new(), vec![10]);
-        assert!(
-            blocked(&rx),
-            "the budget is shared: the first outbox still holds 10"
-        );
-        out.close();
+        let rx = producer(out2.clone(), CancelToken::new(), vec![10, 10]);
         assert!(
             rx.recv_timeout(LONG).unwrap(),
-            "closing the other outbox freed the budget"
+            "an outbox holding nothing may queue one item, whoever filled the shared budget"
+        );
+        assert!(
+            blocked(&rx),
+            "the budget is shared: the first outbox still holds 10, the second 10"
+        );
+        assert_eq!(budget.used(), 20);
+        out.close();
+        assert!(
+            blocked(&rx),
+            "out2's own 10 fill the budget: its second item still waits"
+        );
+        assert_eq!(out2.take(1000, Whole::weight).items, vec![Whole(10)]);
+        assert!(
+            rx.recv_timeout(LONG).unwrap(),
+            "taking out2's item let its second one in"
         );
         let rx = producer(out2.clone(), CancelToken::new(), vec![10]);
         assert!(blocked(&rx));

@@ -1,7 +1,8 @@
 //! `shells::winrs`: the WinRS cmd shell. Each Command is one line of the language (pywinrm
-//! `run_cmd` command + arguments, or `powershell -EncodedCommand <base64 UTF-16LE>` as `run_ps`
-//! sends), run on the shared runtime (`runner`); output streams back as text on stdout, errors
-//! on stderr, and the exit code is `keyhole run`'s (0 ran, 1 failed, 2 refused).
+//! `run_cmd` command + arguments, `powershell -EncodedCommand <base64 UTF-16LE>` as `run_ps`
+//! sends, or `powershell -Command LINE`), run on the shared runtime (`runner`); output streams
+//! back as text on stdout, errors on stderr, in the code page the shell asked for
+//! (`WINRS_CODEPAGE`), and the exit code is `keyhole run`'s (0 ran, 1 failed, 2 refused).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -11,11 +12,12 @@ use std::sync::Arc;
 use base64::Engine as _;
 use tokio::sync::Notify;
 
+use super::codepage::CodePage;
 use super::runner::{wake, Item, Lane, Line, Outbox, Workers};
-use super::ShellSetup;
+use super::{ShellSetup, UserBudgets};
 use crate::engine::format::{error_text, Formatter};
 use crate::engine::{CancelToken, ErrorRecord, Event, EventSink, RunOutcome, Session};
-use crate::gates::{Gates, OpenError, Origin, SessionKind};
+use crate::gates::{Gates, Origin, SessionKind};
 use crate::wsman::shell::{
     CommandRequest, CommandState, CommandStateKind, CreateError, CreateRequest, Identity, NewShell,
     ReceiveResponse, Shell, ShellError, ShellFactory, Signal, StreamChunk, StreamName,
@@ -25,20 +27,32 @@ use crate::wsman::shell::{
 pub const MAX_COMMANDS_PER_SHELL: usize = 64;
 /// Stdin kept per command.
 pub const MAX_STDIN: usize = 1024 * 1024;
-/// Longest command line accepted, in bytes (after decoding -EncodedCommand).
-pub const MAX_LINE: usize = 256 * 1024;
 /// Smallest chunk of output returned by one Receive.
 const MIN_CHUNK: usize = 4096;
+/// Output is queued in pieces of at most this many bytes, so that a line waiting for the
+/// user's output budget holds at most one piece beyond it.
+pub const MAX_PIECE: usize = 16 * 1024;
 
 /// Opens WinRS sessions (in `[server] winrs_endpoint`) through the gates and builds shells.
 pub struct WinrsFactory {
     gates: Arc<Gates>,
     workers: Arc<Workers>,
+    budgets: Arc<UserBudgets>,
 }
 
 impl WinrsFactory {
-    pub fn new(gates: Arc<Gates>, workers: Arc<Workers>) -> WinrsFactory {
-        WinrsFactory { gates, workers }
+    /// `budgets` is the server's one table of per-user output budgets (shared with the other
+    /// factories, so a user's WinRS shells and PSRP pools draw from one budget).
+    pub fn new(
+        gates: Arc<Gates>,
+        workers: Arc<Workers>,
+        budgets: Arc<UserBudgets>,
+    ) -> WinrsFactory {
+        WinrsFactory {
+            gates,
+            workers,
+            budgets,
+        }
     }
 }
 
@@ -61,27 +75,23 @@ impl ShellFactory for WinrsFactory {
             );
             return Err(CreateError::Refused);
         }
-        let grant = match self.gates.open(id, &endpoint, origin, SessionKind::Winrs) {
-            Ok(g) => g,
-            Err(OpenError::Denied(_)) => return Err(CreateError::Refused),
-            Err(e @ OpenError::SessionLimit { .. }) => {
-                return Err(ShellError::QuotaLimit(e.to_string()).into())
-            }
-        };
-        let limits = grant.limits.shell;
-        let setup = ShellSetup {
-            command_timeout: Some(grant.limits.command_timeout),
-            keep: Some(Box::new(grant.guard)),
-            ..ShellSetup::new(&id.user, self.workers.clone())
-        };
+        let o = super::open_session(
+            &self.gates,
+            &self.workers,
+            &self.budgets,
+            id,
+            &endpoint,
+            origin,
+            SessionKind::Winrs,
+        )?;
         Ok(NewShell {
             shell: Box::new(WinrsShell::new(
-                grant.session,
-                setup,
-                &grant.endpoint,
+                o.session,
+                o.setup,
+                &o.endpoint,
                 req.max_envelope_size,
             )),
-            limits,
+            limits: o.limits,
         })
     }
 }
@@ -132,6 +142,8 @@ pub struct WinrsShell {
     order: Vec<String>,
     notify: Arc<Notify>,
     chunk: usize,
+    /// What output is encoded in (the Create's `WINRS_CODEPAGE`).
+    codepage: CodePage,
     closed: bool,
 }
 
@@ -154,8 +166,14 @@ impl WinrsShell {
             order: Vec::new(),
             notify: Arc::new(Notify::new()),
             chunk,
+            codepage: super::codepage::DEFAULT,
             closed: false,
         }
+    }
+
+    /// The code page output is encoded in.
+    pub fn codepage(&self) -> CodePage {
+        self.codepage
     }
 
     fn forget_finished(&mut self) {
@@ -191,6 +209,7 @@ impl Shell for WinrsShell {
         if !req.environment.is_empty() || req.working_directory.is_some() {
             tracing::info!(user = %self.user, "WinRS: client environment and working directory are ignored");
         }
+        self.codepage = CodePage::from_options(&req.options).map_err(ShellError::Unsupported)?;
         Ok(())
     }
 
@@ -236,6 +255,7 @@ impl Shell for WinrsShell {
                 cancel: cancel.clone(),
                 formatter: Formatter::new(),
                 errors: Vec::new(),
+                codepage: self.codepage,
             }),
         );
         self.commands.insert(
@@ -377,6 +397,7 @@ struct TextLine {
     cancel: CancelToken,
     formatter: Formatter,
     errors: Vec<ErrorRecord>,
+    codepage: CodePage,
 }
 
 impl TextLine {
@@ -384,14 +405,18 @@ impl TextLine {
         if text.is_empty() {
             return;
         }
-        let bytes = text.as_bytes().to_vec();
-        let c = if stderr {
-            Chunk::Stderr(bytes)
-        } else {
-            Chunk::Stdout(bytes)
-        };
-        // Waits while the client is not receiving (back-pressure); dropped once stopped.
-        self.out.push(c, &self.cancel);
+        let bytes = self.codepage.encode(text);
+        for piece in bytes.chunks(MAX_PIECE) {
+            let c = if stderr {
+                Chunk::Stderr(piece.to_vec())
+            } else {
+                Chunk::Stdout(piece.to_vec())
+            };
+            // Waits while the client is not receiving (back-pressure); dropped once stopped.
+            if !self.out.push(c, &self.cancel) {
+                return;
+            }
+        }
     }
 
     /// The text that ends the line (what the engine did not already emit), and its exit code.
@@ -399,7 +424,7 @@ impl TextLine {
         let mut v = Vec::new();
         let tail = self.formatter.finish();
         if !tail.is_empty() {
-            v.push(Chunk::Stdout(tail.into_bytes()));
+            v.push(Chunk::Stdout(self.codepage.encode(&tail)));
         }
         let record = match outcome {
             RunOutcome::Refused(r) => Some(r.to_error_record()),
@@ -408,7 +433,7 @@ impl TextLine {
         };
         if let Some(rec) = record {
             if !self.errors.iter().any(|e| e.message == rec.message) {
-                v.push(Chunk::Stderr(error_text(&rec).into_bytes()));
+                v.push(Chunk::Stderr(self.codepage.encode(&error_text(&rec))));
             }
         }
         if *outcome == RunOutcome::Stopped {
@@ -463,9 +488,14 @@ fn quote_arg(a: &str) -> String {
     format!("'{}'", a.replace('\'', "''"))
 }
 
-/// The line a WinRS command runs: `command` and its arguments joined by spaces, or the script
-/// a `powershell -EncodedCommand <base64 UTF-16LE>` carries.
+/// The line a WinRS command runs: `command` and its arguments joined by spaces, or the line a
+/// `powershell -EncodedCommand <base64 UTF-16LE>` or `powershell -Command LINE` carries.
+/// Lines are as long as the envelope lets them be: the language refuses one over its limit
+/// with a message that says so (exit 2), like any other refusal.
 pub fn command_line(command: &str, arguments: &[String]) -> Result<String, ShellError> {
+    if let Some(script) = decode_powershell(command, arguments)? {
+        return Ok(script);
+    }
     let mut line = command.trim().to_string();
     for a in arguments {
         if !line.is_empty() {
@@ -478,15 +508,63 @@ pub fn command_line(command: &str, arguments: &[String]) -> Result<String, Shell
             line.push_str(&quote_arg(a));
         }
     }
-    if line.len() > MAX_LINE {
-        return Err(ShellError::Malformed(format!(
-            "the command line is longer than {MAX_LINE} bytes"
-        )));
-    }
-    if let Some(script) = decode_powershell(&line)? {
-        return Ok(script);
-    }
     Ok(line)
+}
+
+/// Split a Windows command line into arguments as the C runtime (and so powershell.exe) does:
+/// whitespace separates arguments outside double quotes; `"` toggles quoting; `""` inside quotes
+/// is a literal quote; 2n backslashes before a quote are n backslashes (and the quote toggles),
+/// 2n+1 are n backslashes and a literal quote; other backslashes are literal.
+pub fn split_argv(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_arg = false;
+    let mut quoted = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let mut n = 1usize;
+                while chars.peek() == Some(&'\\') {
+                    chars.next();
+                    n += 1;
+                }
+                in_arg = true;
+                if chars.peek() == Some(&'"') {
+                    cur.extend(std::iter::repeat('\\').take(n / 2));
+                    if n % 2 == 1 {
+                        chars.next();
+                        cur.push('"');
+                    }
+                } else {
+                    cur.extend(std::iter::repeat('\\').take(n));
+                }
+            }
+            '"' => {
+                in_arg = true;
+                if quoted && chars.peek() == Some(&'"') {
+                    chars.next();
+                    cur.push('"');
+                } else {
+                    quoted = !quoted;
+                }
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_arg {
+                    out.push(std::mem::take(&mut cur));
+                    in_arg = false;
+                }
+            }
+            c => {
+                in_arg = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_arg {
+        out.push(cur);
+    }
+    out
 }
 
 fn is_powershell(tok: &str) -> bool {
@@ -501,18 +579,24 @@ fn is_powershell(tok: &str) -> bool {
     )
 }
 
-/// `-EncodedCommand` and every prefix PowerShell accepts for it (`-e`, `-ec`, `-enc`, ...).
-fn is_encoded_flag(tok: &str) -> bool {
+/// The option's name without its `-`, `--` or `/`, lower case; None when `tok` is no option.
+fn option_name(tok: &str) -> Option<String> {
     let t = tok.trim_start_matches(['-', '/']).to_ascii_lowercase();
-    if tok.len() == t.len() || t.is_empty() {
-        return false;
-    }
-    t == "ec" || "encodedcommand".starts_with(&t)
+    (tok.len() != t.len() && !t.is_empty()).then_some(t)
 }
 
-/// Options of powershell.exe that take a value (skipped while looking for -EncodedCommand).
-fn takes_value(tok: &str) -> bool {
-    let t = tok.trim_start_matches(['-', '/']).to_ascii_lowercase();
+/// `-EncodedCommand` and every prefix PowerShell accepts for it (`-e`, `-ec`, `-enc`, ...).
+fn is_encoded_flag(name: &str) -> bool {
+    name == "ec" || "encodedcommand".starts_with(name)
+}
+
+/// `-Command` and every prefix PowerShell accepts for it (`-c`, `-com`, ...).
+fn is_command_flag(name: &str) -> bool {
+    name.starts_with('c') && "command".starts_with(name)
+}
+
+/// Options of powershell.exe that take a value (skipped while looking for the command).
+fn takes_value(name: &str) -> bool {
     [
         "executionpolicy",
         "ep",
@@ -525,59 +609,81 @@ fn takes_value(tok: &str) -> bool {
         "workingdirectory",
         "wd",
     ]
-    .contains(&t.as_str())
+    .contains(&name)
 }
 
-fn decode_powershell(line: &str) -> Result<Option<String>, ShellError> {
-    let mut toks = line.split_whitespace();
-    let Some(first) = toks.next() else {
-        return Ok(None);
-    };
-    if !is_powershell(first) {
-        return Ok(None);
+fn decode_utf16le_base64(b64: &str) -> Result<String, ShellError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| ShellError::Malformed(format!("-EncodedCommand is not valid base64: {e}")))?;
+    if bytes.len() % 2 != 0 {
+        return Err(ShellError::Malformed(
+            "-EncodedCommand is not UTF-16LE (odd length)".into(),
+        ));
+    }
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|c| {
+            u16::from_le_bytes([
+                c.first().copied().unwrap_or(0),
+                c.get(1).copied().unwrap_or(0),
+            ])
+        })
+        .collect();
+    let s = String::from_utf16(&units)
+        .map_err(|_| ShellError::Malformed("-EncodedCommand is not valid UTF-16LE".into()))?;
+    Ok(s.trim_start_matches('\u{feff}').to_string())
+}
+
+/// The line a `powershell`/`pwsh` invocation carries: `-EncodedCommand B64` (decoded) or
+/// `-Command ARG...` (the arguments after it joined by spaces, as powershell.exe joins them),
+/// after any other options. None when the command is not such an invocation.
+fn decode_powershell(command: &str, arguments: &[String]) -> Result<Option<String>, ShellError> {
+    let mut argv = split_argv(command);
+    match arguments {
+        // pywinrm joins its arguments into one string: split it as Windows would.
+        [one] => argv.extend(split_argv(one)),
+        many => argv.extend(many.iter().cloned()),
+    }
+    let mut toks = argv.into_iter();
+    match toks.next() {
+        Some(first) if is_powershell(&first) => {}
+        _ => return Ok(None),
     }
     while let Some(t) = toks.next() {
-        if is_encoded_flag(t) {
+        let Some(name) = option_name(&t) else {
+            // Not an option: not an invocation keyhole decodes.
+            return Ok(None);
+        };
+        if is_encoded_flag(&name) {
             let b64 = toks
                 .next()
                 .ok_or_else(|| ShellError::Malformed("-EncodedCommand without a value".into()))?;
             if toks.next().is_some() {
-                return Err(ShellError::Malformed(
-                    "arguments after -EncodedCommand are not supported".into(),
+                return Err(ShellError::Unsupported(
+                    "powershell -EncodedCommand with arguments after it is not supported: keyhole runs the encoded line alone".into(),
                 ));
             }
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|e| {
-                    ShellError::Malformed(format!("-EncodedCommand is not valid base64: {e}"))
-                })?;
-            if bytes.len() % 2 != 0 {
-                return Err(ShellError::Malformed(
-                    "-EncodedCommand is not UTF-16LE (odd length)".into(),
+            return decode_utf16le_base64(&b64).map(Some);
+        }
+        if is_command_flag(&name) {
+            let rest: Vec<String> = toks.collect();
+            let line = rest.join(" ");
+            if line == "-" {
+                return Err(ShellError::Unsupported(
+                    "powershell -Command - (the command read from standard input) is not supported: write the line after -Command".into(),
                 ));
             }
-            let units: Vec<u16> = bytes
-                .chunks_exact(2)
-                .map(|c| {
-                    u16::from_le_bytes([
-                        c.first().copied().unwrap_or(0),
-                        c.get(1).copied().unwrap_or(0),
-                    ])
-                })
-                .collect();
-            let s = String::from_utf16(&units).map_err(|_| {
-                ShellError::Malformed("-EncodedCommand is not valid UTF-16LE".into())
-            })?;
-            return Ok(Some(s.trim_start_matches('\u{feff}').to_string()));
-        }
-        if t.starts_with('-') || t.starts_with('/') {
-            if takes_value(t) {
-                toks.next();
+            if line.trim().is_empty() {
+                return Err(ShellError::Unsupported(
+                    "powershell -Command without a command: write the line after -Command".into(),
+                ));
             }
-            continue;
+            return Ok(Some(line));
         }
-        // Not an option: the line is not a powershell.exe invocation keyhole decodes.
-        return Ok(None);
+        if takes_value(&name) {
+            toks.next();
+        }
     }
     Ok(None)
 }
@@ -640,5 +746,73 @@ mod tests {
             command_line("powershell Get-Date", &[]).unwrap(),
             "powershell Get-Date"
         );
+    }
+
+    #[test]
+    fn splits_a_command_line_as_windows_does() {
+        let v = |s: &str| split_argv(s);
+        assert_eq!(v(r#"a "b c" d"#), ["a", "b c", "d"]);
+        assert_eq!(v(r#""a ""b"" c""#), [r#"a "b" c"#]);
+        assert_eq!(v(r#"a\\\"b "c\\" d"#), [r#"a\"b"#, r#"c\"#, "d"]);
+        assert_eq!(v(r#"a\"b "c\" d"#), [r#"a"b"#, r#"c" d"#]);
+        assert_eq!(v(r#"C:\x\y 'q r'"#), [r#"C:\x\y"#, "'q", "r'"]);
+        assert_eq!(v(r#""" x"#), ["", "x"]);
+        assert!(v("   ").is_empty());
+    }
+
+    #[test]
+    fn decodes_command_forms() {
+        let line = "Get-Process -Name 'a b'";
+        for (cmd, args) in [
+            (format!("powershell -Command \"{line}\""), vec![]),
+            (format!("powershell.exe -NoProfile -c \"{line}\""), vec![]),
+            (format!("pwsh -command {line}"), vec![]),
+            (
+                "PowerShell".to_string(),
+                vec![format!("-Command \"{line}\"")],
+            ),
+            // pypsrp's run_executable sends one argument per element.
+            (
+                "powershell".to_string(),
+                vec!["-NonInteractive".into(), "-Command".into(), line.into()],
+            ),
+            (
+                "powershell".to_string(),
+                vec![
+                    "-ExecutionPolicy".into(),
+                    "Bypass".into(),
+                    "-Com".into(),
+                    line.into(),
+                ],
+            ),
+        ] {
+            assert_eq!(command_line(&cmd, &args).unwrap(), line, "{cmd} {args:?}");
+        }
+        // The arguments after -Command are joined by spaces, as powershell.exe joins them.
+        assert_eq!(
+            command_line("powershell -Command Get-Uptime; Get-Date", &[]).unwrap(),
+            "Get-Uptime; Get-Date"
+        );
+        for bad in [
+            "powershell -Command -",
+            "powershell -Command",
+            "powershell -c \"  \"",
+        ] {
+            match command_line(bad, &[]) {
+                Err(ShellError::Unsupported(m)) => assert!(m.contains("-Command"), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // Not powershell: the line as it came.
+        assert_eq!(
+            command_line("Get-Process", &["-Command x".into()]).unwrap(),
+            "Get-Process -Command x"
+        );
+    }
+
+    #[test]
+    fn long_lines_reach_the_language_which_refuses_them_by_its_own_limit() {
+        let long = format!("Get-Process -Name {}", "a".repeat(400_000));
+        assert_eq!(command_line(&long, &[]).unwrap(), long);
     }
 }

@@ -193,6 +193,22 @@ impl Envelope {
     }
 }
 
+/// Is `root` exactly DSP0226's Identify request: a SOAP Envelope holding an empty Header (no
+/// addressing or any other header) and a Body holding only an empty `wsmid:Identify`?
+pub fn is_bare_identify(root: &Element) -> bool {
+    let [header, body] = root.children.as_slice() else {
+        return false;
+    };
+    if !root.is(NS_SOAP, "Envelope")
+        || !header.is(NS_SOAP, "Header")
+        || !header.children.is_empty()
+        || !body.is(NS_SOAP, "Body")
+    {
+        return false;
+    }
+    matches!(body.children.as_slice(), [id] if id.is(NS_IDENTITY, "Identify") && id.children.is_empty() && id.text.trim().is_empty())
+}
+
 fn bounded(what: &'static str, s: &str) -> Result<String, EnvelopeError> {
     let s = s.trim();
     if s.len() > MAX_HEADER_VALUE {

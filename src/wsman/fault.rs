@@ -31,6 +31,10 @@ pub enum Fault {
     DestinationUnreachable,
     /// Anything else.
     InternalError,
+    /// A Receive that was waiting when its shell closed: Windows answers it with
+    /// ERROR_OPERATION_ABORTED (995), which clients that keep a Receive open (the psrp 1.0
+    /// client, PowerShell) take as "the shell is gone".
+    OperationAborted,
 }
 
 struct Shape {
@@ -107,6 +111,13 @@ impl Fault {
                 detail: None,
                 wsman_code: 2150858752,
             },
+            Fault::OperationAborted => Shape {
+                code: "s:Receiver",
+                subcode: "w:InternalError",
+                reason: "The I/O operation has been aborted because of either a thread exit or an application request. ",
+                detail: None,
+                wsman_code: 995,
+            },
         }
     }
 
@@ -118,11 +129,27 @@ impl Fault {
     /// The SOAP fault envelope (send it with HTTP 500). `relates_to` is the request MessageID
     /// when the request got that far.
     pub fn to_xml(self, relates_to: Option<&str>, machine: &str) -> String {
+        self.to_xml_with(relates_to, machine, None)
+    }
+
+    /// [`Fault::to_xml`] with `message` (see [`client_message`]) in place of the generic text,
+    /// in both the SOAP Reason (what pywinrm shows) and the WSManFault Message (what pypsrp and
+    /// PowerShell show).
+    pub fn to_xml_with(
+        self,
+        relates_to: Option<&str>,
+        machine: &str,
+        message: Option<&str>,
+    ) -> String {
         let sh = self.shape();
+        let reason = match message {
+            Some(m) => esc(m),
+            None => sh.reason.to_string(),
+        };
         let mut body = format!(
             "<s:Fault><s:Code><s:Value>{}</s:Value><s:Subcode><s:Value>{}</s:Value></s:Subcode></s:Code>\
              <s:Reason><s:Text xml:lang=\"en-US\">{}</s:Text></s:Reason><s:Detail>",
-            sh.code, sh.subcode, sh.reason
+            sh.code, sh.subcode, reason
         );
         if let Some(d) = sh.detail {
             body.push_str(&format!("<w:FaultDetail>{d}</w:FaultDetail>"));
@@ -132,7 +159,7 @@ impl Fault {
             NS_WSMANFAULT,
             sh.wsman_code,
             esc(machine),
-            sh.reason
+            reason
         ));
         envelope(ACTION_FAULT, relates_to, &body)
     }
@@ -142,7 +169,11 @@ impl Fault {
         let fault = match err {
             WsmanError::Envelope(_) | WsmanError::ContentType(_) => Fault::InvalidMessage,
             WsmanError::TooLarge(_) => Fault::EncodingLimit,
-            WsmanError::Shell(ShellError::InvalidSelectors) => Fault::InvalidSelectors,
+            WsmanError::Shell(ShellError::InvalidSelectors | ShellError::Gone(_)) => {
+                Fault::InvalidSelectors
+            }
+            WsmanError::Shell(ShellError::Aborted) => Fault::OperationAborted,
+            WsmanError::Shell(ShellError::Unsupported(_)) => Fault::InvalidParameter,
             WsmanError::Shell(ShellError::QuotaLimit(_)) | WsmanError::ShellQuota(_) => {
                 Fault::QuotaLimit
             }
@@ -157,11 +188,26 @@ impl Fault {
             WsmanError::TimedOut => Fault::TimedOut,
         };
         match fault {
-            Fault::TimedOut => tracing::debug!("wsman: {err}"),
+            Fault::TimedOut | Fault::OperationAborted => tracing::debug!("wsman: {err}"),
             Fault::InternalError => tracing::error!("wsman: internal error: {err}"),
             _ => tracing::info!("wsman: request refused with {:?}: {err}", fault),
         }
         fault
+    }
+}
+
+/// The text a fault shows the client instead of the generic one, for the errors whose detail
+/// helps the client and tells nothing about the server or other users: what keyhole does not
+/// support, a shell the server closed (to its owner only), and the envelope limit. Every other
+/// fault keeps Windows' generic text; its detail goes to the log.
+pub fn client_message(err: &WsmanError) -> Option<String> {
+    match err {
+        WsmanError::Shell(ShellError::Unsupported(m) | ShellError::Gone(m)) => Some(m.clone()),
+        WsmanError::TooLarge(max) => Some(format!(
+            "The WS-Management service cannot process the request because the request is larger than this server's MaxEnvelopeSize ({max} bytes, max_envelope_size_kb = {} in keyhole.toml). Send less in one request: a shorter command line, or a client MaxEnvelopeSize at most this size.",
+            max / 1024
+        )),
+        _ => None,
     }
 }
 

@@ -9,4 +9,5 @@ pub mod registry;
 pub mod response;
 pub mod service;
 pub mod shell;
+pub mod work;
 pub mod xml;

@@ -3,7 +3,7 @@
 //! timeout (closing a shell kills what runs in it and answers every Receive waiting on it).
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -124,10 +124,26 @@ fn same_user(a: &str, b: &str) -> bool {
     a.to_lowercase() == b.to_lowercase()
 }
 
+/// Shells the server closed whose owners are told why on their next request (bounded).
+pub const MAX_REMEMBERED_CLOSED: usize = 1024;
+/// How long the reason a shell was closed is remembered.
+pub const REMEMBER_CLOSED_FOR: Duration = Duration::from_secs(3600);
+
+/// A shell the server closed by itself, and why.
+struct ClosedShell {
+    key: String,
+    user: String,
+    reason: String,
+    at: Instant,
+}
+
 /// Every open shell.
 #[derive(Default)]
 pub struct Registry {
     shells: Mutex<HashMap<String, Arc<ShellEntry>>>,
+    /// Shells closed by the server (idle timeout), newest last; at most
+    /// [`MAX_REMEMBERED_CLOSED`], each for [`REMEMBER_CLOSED_FOR`].
+    closed: Mutex<VecDeque<ClosedShell>>,
 }
 
 impl Registry {
@@ -214,6 +230,37 @@ impl Registry {
         self.map().is_empty()
     }
 
+    /// Why the server closed shell `id` of `user`, if it did so recently (idle timeout). None
+    /// for a shell of another user, as for one that never existed.
+    pub fn closed_reason(&self, id: &str, user: &str) -> Option<String> {
+        let k = key(id);
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        closed
+            .iter()
+            .rev()
+            .find(|c| {
+                c.key == k && same_user(&c.user, user) && c.at.elapsed() < REMEMBER_CLOSED_FOR
+            })
+            .map(|c| c.reason.clone())
+    }
+
+    fn remember_closed(&self, e: &ShellEntry, reason: String) {
+        let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        while closed.len() >= MAX_REMEMBERED_CLOSED
+            || closed
+                .front()
+                .is_some_and(|c| c.at.elapsed() >= REMEMBER_CLOSED_FOR)
+        {
+            closed.pop_front();
+        }
+        closed.push_back(ClosedShell {
+            key: key(&e.id),
+            user: e.owner.user.clone(),
+            reason,
+            at: Instant::now(),
+        });
+    }
+
     /// Close every shell idle longer than its idle timeout (and not in use); returns their ids.
     pub fn reap_idle(&self) -> Vec<String> {
         let expired: Vec<Arc<ShellEntry>> = {
@@ -229,6 +276,14 @@ impl Registry {
         };
         for e in &expired {
             tracing::info!(shell = %e.id, user = %e.owner.user, "closing idle shell after {:?}", e.idle_timeout);
+            self.remember_closed(
+                e,
+                format!(
+                    "The shell {} was closed by the server because it was idle for longer than its idle timeout ({} s); its session and anything still running in it ended. Open a new shell (a new session) and run the command again.",
+                    e.id,
+                    e.idle_timeout.as_secs()
+                ),
+            );
             e.close();
         }
         expired.iter().map(|e| e.id.clone()).collect()

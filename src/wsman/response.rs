@@ -195,6 +195,22 @@ pub fn identify_response(product_version: &str) -> String {
     )
 }
 
+/// The whole reply to an anonymous Identify, shaped as WinRM's (a SOAP envelope with an empty
+/// Header): ProtocolVersion, ProductVendor and a ProductVersion without operating-system or
+/// version details (`OS: 0.0.0 SP: 0.0 Stack: 3.0`, what WinRM answers without credentials).
+pub fn anonymous_identify_envelope() -> String {
+    format!(
+        "<s:Envelope xmlns:s=\"{NS_SOAP}\"><s:Header/><s:Body>\
+         <wsmid:IdentifyResponse xmlns:wsmid=\"{}\"><wsmid:ProtocolVersion>{NS_WSMAN}</wsmid:ProtocolVersion>\
+         <wsmid:ProductVendor>keyhole</wsmid:ProductVendor><wsmid:ProductVersion>{ANONYMOUS_PRODUCT_VERSION}</wsmid:ProductVersion>\
+         </wsmid:IdentifyResponse></s:Body></s:Envelope>",
+        super::envelope::NS_IDENTITY,
+    )
+}
+
+/// What an anonymous Identify learns of the product version: nothing.
+pub const ANONYMOUS_PRODUCT_VERSION: &str = "OS: 0.0.0 SP: 0.0 Stack: 3.0";
+
 /// `<cfg:Config>` with the envelope limit (pypsrp `update_max_payload_size`).
 pub fn config_response(max_envelope_size_kb: u64) -> String {
     format!(

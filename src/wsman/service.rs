@@ -2,6 +2,12 @@
 //! ResourceURI to the shell registry, and answer with a response or exactly one fault.
 //! HTTP-agnostic: the listener (`http`) feeds it authenticated request bodies; the shell
 //! factories it dispatches Create to are registered by the composition root.
+//!
+//! Every piece of CPU work of a request — parsing the envelope, the shell's `command`, `send`
+//! (PSRP fragments and CLIXML), `receive` (encoding), `signal`, close — runs on the
+//! [`RequestPool`] (fair between users), never on the async threads that accept connections
+//! and answer 401s. Only waiting happens here: for the pool, for a factory's session (on
+//! tokio's blocking threads: it writes and fsyncs the transcript), for a Receive's output.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -18,6 +24,7 @@ use super::shell::{
     CommandRequest, CreateError, CreateRequest, Identity, NewShell, ReceiveResponse, ShellError,
     ShellFactory, Signal, StreamName,
 };
+use super::work::RequestPool;
 use super::xml::Element;
 
 /// Default MaxEnvelopeSize when the client sends none (pypsrp's and WinRM's default).
@@ -59,8 +66,16 @@ enum Serves {
 /// The WS-Man service.
 pub struct WsmanService {
     pub cfg: ServiceConfig,
+    core: Arc<Core>,
     registry: Arc<Registry>,
     factories: Vec<(Serves, Arc<dyn ShellFactory>)>,
+    pool: Arc<RequestPool>,
+}
+
+/// What the operations that run on the pool need (shared with their jobs).
+struct Core {
+    cfg: ServiceConfig,
+    registry: Arc<Registry>,
 }
 
 enum Outcome {
@@ -74,11 +89,40 @@ impl WsmanService {
     /// A service with no shell factory: register them with [`WsmanService::register_exact`]
     /// and [`WsmanService::register_prefix`] (until then Create answers DestinationUnreachable).
     pub fn new(cfg: ServiceConfig) -> WsmanService {
+        WsmanService::with_pool(cfg, RequestPool::new(RequestPool::default_threads()))
+    }
+
+    /// As [`WsmanService::new`], with the pool requests run on.
+    pub fn with_pool(cfg: ServiceConfig, pool: Arc<RequestPool>) -> WsmanService {
+        let registry = Arc::new(Registry::new());
         WsmanService {
+            core: Arc::new(Core {
+                cfg: cfg.clone(),
+                registry: registry.clone(),
+            }),
             cfg,
-            registry: Arc::new(Registry::new()),
+            registry,
             factories: Vec::new(),
+            pool,
         }
+    }
+
+    /// The pool this service's requests run on.
+    pub fn pool(&self) -> Arc<RequestPool> {
+        self.pool.clone()
+    }
+
+    /// Run `f` with the operations' state on the pool, in `user`'s turn.
+    async fn on_pool<R: Send + 'static>(
+        &self,
+        user: &str,
+        f: impl FnOnce(&Core) -> R + Send + 'static,
+    ) -> Result<R, WsmanError> {
+        let core = self.core.clone();
+        self.pool
+            .run(user, move || f(&core))
+            .await
+            .map_err(|e| WsmanError::Internal(e.to_string()))
     }
 
     /// Serve the resource URI `uri` (case-insensitive) with `factory`; it gets no endpoint
@@ -116,7 +160,7 @@ impl WsmanService {
         id: &Identity,
         peer: SocketAddr,
         content_type: Option<&str>,
-        body: &[u8],
+        body: Vec<u8>,
         address: &str,
     ) -> Reply {
         let mut relates: Option<String> = None;
@@ -134,7 +178,8 @@ impl WsmanService {
 
     /// A fault envelope for an error (through the one mapping).
     pub fn fault_xml(&self, e: &WsmanError, relates: Option<&str>) -> String {
-        Fault::from_error(e).to_xml(relates, &self.cfg.computer_name)
+        let message = super::fault::client_message(e);
+        Fault::from_error(e).to_xml_with(relates, &self.cfg.computer_name, message.as_deref())
     }
 
     async fn handle_inner(
@@ -142,7 +187,7 @@ impl WsmanService {
         id: &Identity,
         peer: SocketAddr,
         content_type: Option<&str>,
-        body: &[u8],
+        body: Vec<u8>,
         address: &str,
         relates: &mut Option<String>,
     ) -> OpResult {
@@ -150,7 +195,9 @@ impl WsmanService {
         if body.len() > self.cfg.max_envelope_size {
             return Err(WsmanError::TooLarge(self.cfg.max_envelope_size));
         }
-        let env = Envelope::parse(body)?;
+        let env = self
+            .on_pool(&id.user, move |_| Envelope::parse(&body))
+            .await??;
         if env.is_identify() {
             return Ok(Outcome::Body(
                 "http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity/IdentifyResponse",
@@ -167,25 +214,90 @@ impl WsmanService {
             shell = env.selector("ShellId").unwrap_or(""),
             "wsman request"
         );
-        match env.action.as_str() {
-            ACTION_CREATE => self.create(id, peer, &env, address).await,
-            ACTION_COMMAND => self.command(id, &env),
-            ACTION_SEND => self.send(id, &env),
-            ACTION_RECEIVE => self.receive(id, &env).await,
-            ACTION_SIGNAL => self.signal(id, &env),
-            ACTION_DELETE => self.delete(id, &env),
-            ACTION_GET => self.get(id, &env),
-            other => Err(WsmanError::UnknownAction(other.to_string())),
+        let action = env.action.clone();
+        if action == ACTION_CREATE {
+            return self.create(id, peer, env, address).await;
         }
+        if action == ACTION_RECEIVE {
+            return self.receive(id, env).await;
+        }
+        let who = id.clone();
+        self.on_pool(&id.user, move |core| match action.as_str() {
+            ACTION_COMMAND => core.command(&who, &env),
+            ACTION_SEND => core.send(&who, &env),
+            ACTION_SIGNAL => core.signal(&who, &env),
+            ACTION_DELETE => core.delete(&who, &env),
+            ACTION_GET => core.get(&who, &env),
+            other => Err(WsmanError::UnknownAction(other.to_string())),
+        })
+        .await?
     }
 
-    fn shell_of(&self, id: &Identity, env: &Envelope) -> Result<Arc<ShellEntry>, WsmanError> {
-        let shell_id = env
-            .selector("ShellId")
-            .ok_or(ShellError::InvalidSelectors)?;
-        self.registry
-            .get(shell_id, &id.user)
-            .ok_or(WsmanError::Shell(ShellError::InvalidSelectors))
+    async fn receive(&self, id: &Identity, env: Envelope) -> OpResult {
+        let entry = self.core.shell_of(id, &env)?;
+        let _g = entry.use_guard();
+        let recv = env
+            .body_element()
+            .filter(|b| b.is(NS_SHELL, "Receive"))
+            .ok_or_else(|| WsmanError::Body("the Receive body has no rsp:Receive".into()))?;
+        let desired = recv.child(NS_SHELL, "DesiredStream");
+        let command_id = desired
+            .and_then(|d| d.attr("CommandId"))
+            .map(str::to_string);
+        let wanted: Option<Vec<StreamName>> = match desired {
+            Some(d) => Some(
+                StreamName::parse_list(&d.text)
+                    .map_err(|n| WsmanError::Body(format!("unknown output stream {n:?}")))?,
+            ),
+            None => None,
+        }
+        .filter(|v| !v.is_empty());
+        let timeout = env
+            .operation_timeout
+            .unwrap_or(self.cfg.max_operation_timeout)
+            .min(self.cfg.max_operation_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let notify = entry.notify();
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Deleted, expired or shut down while waiting: answer now, as Windows does (995,
+            // ERROR_OPERATION_ABORTED; a later request on the shell gets InvalidSelectors).
+            if entry.is_closed() {
+                return Err(ShellError::Aborted.into());
+            }
+            let (e, cid, w) = (entry.clone(), command_id.clone(), wanted.clone());
+            // Taking output and encoding it (PSRP fragments, base64) is work: on the pool.
+            let body = self
+                .on_pool(&id.user, move |_| -> Result<Option<String>, WsmanError> {
+                    let mut r: ReceiveResponse = match e.shell().receive(cid.as_deref()) {
+                        Ok(r) => r,
+                        // Closed between the check above and the shell's answer: the same 995.
+                        Err(_) if e.is_closed() => return Err(ShellError::Aborted.into()),
+                        Err(err) => return Err(err.into()),
+                    };
+                    if let Some(w) = &w {
+                        r.streams.retain(|c| w.contains(&c.name));
+                    }
+                    if !r.streams.is_empty() || r.command_state.is_some() {
+                        Ok(Some(response::receive_response(&r)))
+                    } else {
+                        Ok(None)
+                    }
+                })
+                .await??;
+            if let Some(body) = body {
+                return Ok(Outcome::Body(
+                    "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/ReceiveResponse",
+                    body,
+                ));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(WsmanError::TimedOut),
+            }
+        }
     }
 
     /// The factory for `uri` and the endpoint name it gets: an exact registration first, then
@@ -219,26 +331,70 @@ impl WsmanService {
         &self,
         id: &Identity,
         peer: SocketAddr,
-        env: &Envelope,
+        env: Envelope,
         address: &str,
     ) -> OpResult {
         let uri = env.resource_uri.clone();
         let (endpoint, factory) = self
             .factory_for(&uri)
             .ok_or_else(|| WsmanError::UnknownResource(uri.clone()))?;
-        let req = parse_create(env, self.cfg.max_envelope_size)?;
+        let server_max = self.cfg.max_envelope_size;
+        let req = self
+            .on_pool(&id.user, move |_| parse_create(&env, server_max))
+            .await??;
         let ident = id.clone();
         let req2 = req.clone();
+        // Opening the session writes and fsyncs its transcript: tokio's blocking threads.
         let made = tokio::task::spawn_blocking(move || {
             factory.create(&ident, peer, endpoint.as_deref(), &req2)
         })
         .await
         .map_err(|e| WsmanError::Internal(format!("shell factory task failed: {e}")))?;
-        let NewShell { mut shell, limits } = match made {
+        let new = match made {
             Ok(n) => n,
             Err(CreateError::Refused) => return Ok(Outcome::Unauthorized),
             Err(CreateError::Shell(e)) => return Err(e.into()),
         };
+        let who = id.clone();
+        let address = address.to_string();
+        self.on_pool(&id.user, move |core| {
+            core.install(&who, peer, uri, req, new, &address)
+        })
+        .await?
+    }
+}
+
+impl Core {
+    fn shell_of(&self, id: &Identity, env: &Envelope) -> Result<Arc<ShellEntry>, WsmanError> {
+        let shell_id = env
+            .selector("ShellId")
+            .ok_or(ShellError::InvalidSelectors)?;
+        self.registry
+            .get(shell_id, &id.user)
+            .ok_or_else(|| self.no_such_shell(shell_id, id))
+    }
+
+    /// The fault for a ShellId that names no open shell of this user: InvalidSelectors, saying
+    /// why when the server closed that shell of theirs (idle timeout).
+    fn no_such_shell(&self, shell_id: &str, id: &Identity) -> WsmanError {
+        match self.registry.closed_reason(shell_id, &id.user) {
+            Some(why) => ShellError::Gone(why).into(),
+            None => ShellError::InvalidSelectors.into(),
+        }
+    }
+
+    /// The rest of a Create once the factory opened the session: the shell's own start (PSRP:
+    /// the pool's negotiation in creationXml), the quota, the registry.
+    fn install(
+        &self,
+        id: &Identity,
+        peer: SocketAddr,
+        uri: String,
+        req: CreateRequest,
+        new: NewShell,
+        address: &str,
+    ) -> OpResult {
+        let NewShell { mut shell, limits } = new;
         let owner = ShellOwner {
             user: id.user.clone(),
             client: peer.ip().to_string(),
@@ -361,56 +517,6 @@ impl WsmanService {
         ))
     }
 
-    async fn receive(&self, id: &Identity, env: &Envelope) -> OpResult {
-        let entry = self.shell_of(id, env)?;
-        let _g = entry.use_guard();
-        let recv = env
-            .body_element()
-            .filter(|b| b.is(NS_SHELL, "Receive"))
-            .ok_or_else(|| WsmanError::Body("the Receive body has no rsp:Receive".into()))?;
-        let desired = recv.child(NS_SHELL, "DesiredStream");
-        let command_id = desired
-            .and_then(|d| d.attr("CommandId"))
-            .map(str::to_string);
-        let wanted: Option<Vec<StreamName>> = match desired {
-            Some(d) => Some(
-                StreamName::parse_list(&d.text)
-                    .map_err(|n| WsmanError::Body(format!("unknown output stream {n:?}")))?,
-            ),
-            None => None,
-        }
-        .filter(|v| !v.is_empty());
-        let timeout = env
-            .operation_timeout
-            .unwrap_or(self.cfg.max_operation_timeout)
-            .min(self.cfg.max_operation_timeout);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let notify = entry.notify();
-        loop {
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Deleted, expired or shut down while waiting: answer now, as Windows does.
-            if entry.is_closed() {
-                return Err(ShellError::InvalidSelectors.into());
-            }
-            let mut r: ReceiveResponse = entry.shell().receive(command_id.as_deref())?;
-            if let Some(w) = &wanted {
-                r.streams.retain(|c| w.contains(&c.name));
-            }
-            if !r.streams.is_empty() || r.command_state.is_some() {
-                return Ok(Outcome::Body(
-                    "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/ReceiveResponse",
-                    response::receive_response(&r),
-                ));
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(deadline) => return Err(WsmanError::TimedOut),
-            }
-        }
-    }
-
     fn signal(&self, id: &Identity, env: &Envelope) -> OpResult {
         let entry = self.shell_of(id, env)?;
         let _g = entry.use_guard();
@@ -436,7 +542,7 @@ impl WsmanService {
             .selector("ShellId")
             .ok_or(ShellError::InvalidSelectors)?;
         if !self.registry.delete(shell_id, &id.user) {
-            return Err(ShellError::InvalidSelectors.into());
+            return Err(self.no_such_shell(shell_id, id));
         }
         tracing::info!(user = %id.user, shell = %shell_id, "shell deleted");
         Ok(Outcome::Body(
@@ -460,6 +566,21 @@ impl WsmanService {
             response::shell_element(&info, Some("Connected")),
         ))
     }
+}
+
+/// Largest Identify request answered without credentials (Test-WSMan's is about 400 bytes).
+pub const MAX_ANONYMOUS_IDENTIFY: usize = 4096;
+
+/// The reply to a request that came without credentials, when it is exactly DSP0226's Identify
+/// (SPEC §1: the one request answered without authentication, with WinRM's reduced reply);
+/// None for anything else, which gets the generic 401. Cheap: at most
+/// [`MAX_ANONYMOUS_IDENTIFY`] bytes through the bounded parser.
+pub fn anonymous_identify(content_type: Option<&str>, body: &[u8]) -> Option<String> {
+    if body.len() > MAX_ANONYMOUS_IDENTIFY || check_content_type(content_type).is_err() {
+        return None;
+    }
+    let root = super::xml::parse(body).ok()?;
+    is_bare_identify(&root).then(response::anonymous_identify_envelope)
 }
 
 /// `application/soap+xml` with no charset or charset UTF-8; anything else is refused.
@@ -563,6 +684,36 @@ mod tests {
         assert!(check_content_type(Some("application/soap+xml;charset=UTF-16")).is_err());
         assert!(check_content_type(Some("text/xml")).is_err());
         assert!(check_content_type(None).is_err());
+    }
+
+    #[test]
+    fn only_the_bare_identify_is_answered_anonymously() {
+        const CT: Option<&str> = Some("application/soap+xml;charset=UTF-8");
+        let ok = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"><s:Header/><s:Body><wsmid:Identify/></s:Body></s:Envelope>"#;
+        let reply = anonymous_identify(CT, ok).unwrap();
+        assert!(reply.contains("<s:Header/>"), "{reply}");
+        assert!(reply.contains("OS: 0.0.0 SP: 0.0 Stack: 3.0"), "{reply}");
+        assert!(!reply.contains("Linux") && !reply.contains(env!("CARGO_PKG_VERSION")));
+        let spaced = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope">
+  <s:Header> </s:Header>
+  <s:Body><wsmid:Identify xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"></wsmid:Identify></s:Body>
+</s:Envelope>"#;
+        assert!(anonymous_identify(CT, spaced).is_some());
+        let with_action = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"><s:Header><a:Action>x</a:Action></s:Header><s:Body><wsmid:Identify/></s:Body></s:Envelope>"#;
+        let no_header = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"><s:Body><wsmid:Identify/></s:Body></s:Envelope>"#;
+        let extra = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"><s:Header/><s:Body><wsmid:Identify/><wsmid:Identify/></s:Body></s:Envelope>"#;
+        let inner = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:wsmid="http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"><s:Header/><s:Body><wsmid:Identify><x/></wsmid:Identify></s:Body></s:Envelope>"#;
+        for bad in [&with_action[..], no_header, extra, inner, b"<a/>", b""] {
+            assert!(
+                anonymous_identify(CT, bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(anonymous_identify(Some("text/xml"), ok).is_none());
+        let mut big = ok.to_vec();
+        big.extend(std::iter::repeat(b' ').take(MAX_ANONYMOUS_IDENTIFY));
+        assert!(anonymous_identify(CT, &big).is_none());
     }
 
     #[test]

@@ -27,6 +27,13 @@ pub struct Identity {
 /// every other operation needs only this, and an authenticated caller gets WS-Man faults where
 /// an unauthenticated one gets the 401. So that a fault never tells a stranger the password was
 /// right, an implementation also refuses (None) a user who could open no session at all.
+///
+/// Basic and client certificates authenticate each request ([`Authenticate::authenticate`]).
+/// Negotiate authenticates the connection, over several requests, and may encrypt the bodies
+/// that follow: the listener keeps one [`Connection`] per TCP connection and hands it to the
+/// `*_connection`/`*_body` methods, whose defaults fall back to the per-request form (and admit
+/// nothing on a listener that requires encryption). Every method is called on a blocking
+/// thread, one request of a connection at a time.
 pub trait Authenticate: Send + Sync + 'static {
     /// CPU-heavy (password hashing): called on a blocking thread. None → the generic 401.
     fn authenticate(
@@ -35,8 +42,136 @@ pub trait Authenticate: Send + Sync + 'static {
         peer: SocketAddr,
         client_cert_sha256: Option<[u8; 32]>,
     ) -> Option<Identity>;
-    /// `WWW-Authenticate` header values, e.g. `Basic realm="WSMAN"`.
+    /// `WWW-Authenticate` header values of the generic 401, e.g. `Basic realm="WSMAN"`.
     fn challenges(&self) -> Vec<String>;
+
+    /// Gate 2 for one request on `conn` (its `Authorization` header, if any).
+    fn authenticate_connection(
+        &self,
+        conn: &mut Connection,
+        authorization: Option<&[u8]>,
+    ) -> Verdict {
+        if conn.encrypted_only {
+            return Verdict::Refuse;
+        }
+        match self.authenticate(authorization, conn.peer, conn.client_cert_sha256) {
+            Some(identity) => Verdict::Allow {
+                identity,
+                www_authenticate: None,
+            },
+            None => Verdict::Refuse,
+        }
+    }
+
+    /// The body of a request [`Authenticate::authenticate_connection`] allowed, as the WS-Man
+    /// layer is to read it (decrypted, when the connection encrypts). None → the generic 401
+    /// (and the connection is closed): a body this connection may not send.
+    fn open_body(
+        &self,
+        conn: &mut Connection,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        max_envelope: usize,
+    ) -> Option<RequestBody> {
+        let _ = max_envelope;
+        if conn.encrypted_only {
+            return None;
+        }
+        Some(RequestBody::Envelope {
+            content_type: content_type.map(str::to_string),
+            bytes: body,
+        })
+    }
+
+    /// The response to the request [`Authenticate::open_body`] opened, as sent: encrypted when
+    /// the request was. None → the generic 401 (and the connection is closed).
+    fn seal_body(&self, conn: &mut Connection, soap: Vec<u8>) -> Option<ResponseBody> {
+        let _ = conn;
+        Some(ResponseBody {
+            content_type: None,
+            bytes: soap,
+        })
+    }
+}
+
+/// One TCP connection as gate 2 sees it, kept by the listener for the connection's life.
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// SHA-256 of the TLS client certificate, when the client presented one.
+    pub client_cert_sha256: Option<[u8; 32]>,
+    /// HTTPS: the channel binding data of the server's certificate (RFC 5929
+    /// `tls-server-end-point`), which Negotiate clients bind their authentication to. None on
+    /// plain HTTP.
+    pub channel_binding: Option<Arc<[u8]>>,
+    /// A plain-HTTP listener that admits nothing but encrypted Negotiate (one off loopback
+    /// without `allow_unencrypted`).
+    pub encrypted_only: bool,
+    /// What the [`Authenticate`] implementation keeps between the requests of this connection
+    /// (Negotiate: the exchange in progress, the security context).
+    pub state: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl Connection {
+    pub fn new(
+        peer: SocketAddr,
+        client_cert_sha256: Option<[u8; 32]>,
+        channel_binding: Option<Arc<[u8]>>,
+        encrypted_only: bool,
+    ) -> Connection {
+        Connection {
+            peer,
+            client_cert_sha256,
+            channel_binding,
+            encrypted_only,
+            state: None,
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("tls", &self.channel_binding.is_some())
+            .field("encrypted_only", &self.encrypted_only)
+            .finish()
+    }
+}
+
+/// What gate 2 decided about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Serve the request as `identity`; send `www_authenticate` (Negotiate's last token) with
+    /// the response.
+    Allow {
+        identity: Identity,
+        www_authenticate: Option<String>,
+    },
+    /// A multi-leg exchange goes on: answer 401 with this one `WWW-Authenticate` value.
+    Continue { www_authenticate: String },
+    /// The generic 401.
+    Refuse,
+}
+
+/// A request body as [`Authenticate::open_body`] hands it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestBody {
+    /// The SOAP envelope to serve, with its content type.
+    Envelope {
+        content_type: Option<String>,
+        bytes: Vec<u8>,
+    },
+    /// Nothing to serve: the empty request Negotiate clients authenticate with before they
+    /// encrypt (answered 200 with an empty body).
+    Setup,
+}
+
+/// A response body as [`Authenticate::seal_body`] hands it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseBody {
+    /// Replaces the SOAP content type (`multipart/encrypted;…` when encrypted).
+    pub content_type: Option<String>,
+    pub bytes: Vec<u8>,
 }
 
 /// The limits of a shell, set by the factory that opened its session.
@@ -253,6 +388,19 @@ pub enum ShellError {
     /// Anything else; detail goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Something the client asked for that keyhole does not support. The text says what and
+    /// why, and is shown to the client (the fault's Reason and Message): it must name only what
+    /// the client sent, never anything about the server or another user.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// A Receive was waiting when its shell closed (deleted, expired, shutdown): Windows answers
+    /// it with ERROR_OPERATION_ABORTED (995).
+    #[error("the shell closed while the request waited")]
+    Aborted,
+    /// The shell the request names was closed by the server (idle timeout); the text, shown to
+    /// the client, says so. Only its owner ever gets it: to anyone else it is InvalidSelectors.
+    #[error("the shell is gone: {0}")]
+    Gone(String),
 }
 
 /// A shell instance (a WinRS cmd shell or a PSRP runspace pool).

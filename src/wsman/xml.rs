@@ -2,7 +2,9 @@
 //! prefixes), DTDs and unknown entities refused, depth/element/attribute/text counts capped.
 #![forbid(unsafe_code)]
 
-use quick_xml::events::Event;
+use std::collections::HashSet;
+
+use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 
@@ -10,7 +12,8 @@ use quick_xml::NsReader;
 pub const MAX_DEPTH: usize = 32;
 /// Most elements in one document.
 pub const MAX_ELEMENTS: usize = 10_000;
-/// Most attributes on one element.
+/// Most attributes on one element, namespace declarations (`xmlns`, `xmlns:p`) included
+/// (pypsrp's and Windows' `s:Envelope` declare 5 to 9 namespaces).
 pub const MAX_ATTRIBUTES: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,8 +26,12 @@ pub enum XmlError {
     TooDeep,
     #[error("the document has more than {MAX_ELEMENTS} elements")]
     TooManyElements,
-    #[error("an element has more than {MAX_ATTRIBUTES} attributes")]
+    #[error(
+        "an element has more than {MAX_ATTRIBUTES} attributes (namespace declarations included)"
+    )]
     TooManyAttributes,
+    #[error("an element has the attribute {0} twice")]
+    DuplicateAttribute(String),
     #[error("the document has no root element")]
     Empty,
     #[error("content after the root element")]
@@ -100,6 +107,48 @@ fn ns_of(r: &ResolveResult) -> Result<Option<String>, XmlError> {
     }
 }
 
+/// Count, check and resolve the attributes of one start tag into `el`. Every attribute counts
+/// against [`MAX_ATTRIBUTES`], namespace declarations included, and the count is checked
+/// before anything else is done with it. Duplicates are found with a set of raw names (linear;
+/// quick-xml's own check, off here, compares each attribute with every earlier one).
+fn read_attributes(
+    reader: &NsReader<&[u8]>,
+    s: &BytesStart<'_>,
+    el: &mut Element,
+) -> Result<(), XmlError> {
+    let malformed = |e: &dyn std::fmt::Display| XmlError::Malformed {
+        pos: reader.buffer_position(),
+        msg: e.to_string(),
+    };
+    let mut seen: HashSet<&[u8]> = HashSet::new();
+    let mut resolved: HashSet<(Option<String>, String)> = HashSet::new();
+    for (i, a) in s.attributes().with_checks(false).enumerate() {
+        if i >= MAX_ATTRIBUTES {
+            return Err(XmlError::TooManyAttributes);
+        }
+        let a = a.map_err(|e| malformed(&e))?;
+        let raw: &[u8] = a.key.into_inner();
+        if !seen.insert(raw) {
+            return Err(XmlError::DuplicateAttribute(
+                String::from_utf8_lossy(raw).into_owned(),
+            ));
+        }
+        if a.key.as_namespace_binding().is_some() {
+            continue;
+        }
+        let (ares, local) = reader.resolve_attribute(a.key);
+        let ns = ns_of(&ares)?;
+        let local = String::from_utf8_lossy(local.as_ref()).into_owned();
+        // Two prefixes bound to one namespace name the same attribute (Namespaces in XML §6.3).
+        if !resolved.insert((ns.clone(), local.clone())) {
+            return Err(XmlError::DuplicateAttribute(local));
+        }
+        let value = a.unescape_value().map_err(|e| malformed(&e))?.into_owned();
+        el.attrs.push(Attr { ns, local, value });
+    }
+    Ok(())
+}
+
 /// Parse a whole document into its root element.
 pub fn parse(bytes: &[u8]) -> Result<Element, XmlError> {
     let text = std::str::from_utf8(bytes).map_err(|e| XmlError::Utf8(e.valid_up_to()))?;
@@ -143,25 +192,7 @@ pub fn parse(bytes: &[u8]) -> Result<Element, XmlError> {
                     local: String::from_utf8_lossy(s.local_name().as_ref()).into_owned(),
                     ..Default::default()
                 };
-                for a in s.attributes() {
-                    let a = a.map_err(|e| malformed(&reader, &e))?;
-                    if a.key.as_namespace_binding().is_some() {
-                        continue;
-                    }
-                    if el.attrs.len() >= MAX_ATTRIBUTES {
-                        return Err(XmlError::TooManyAttributes);
-                    }
-                    let (ares, local) = reader.resolve_attribute(a.key);
-                    let value = a
-                        .unescape_value()
-                        .map_err(|e| malformed(&reader, &e))?
-                        .into_owned();
-                    el.attrs.push(Attr {
-                        ns: ns_of(&ares)?,
-                        local: String::from_utf8_lossy(local.as_ref()).into_owned(),
-                        value,
-                    });
-                }
+                read_attributes(&reader, s, &mut el)?;
                 if is_empty {
                     match stack.last_mut() {
                         Some(parent) => parent.children.push(el),
@@ -264,5 +295,27 @@ mod tests {
             Err(XmlError::TooManyAttributes)
         );
         assert_eq!(parse(b"  "), Err(XmlError::Empty));
+    }
+
+    #[test]
+    fn namespace_declarations_count_and_duplicates_are_refused() {
+        let decls: String = (0..MAX_ATTRIBUTES)
+            .map(|i| format!(" xmlns:p{i}=\"urn:{i}\""))
+            .collect();
+        // 32 declarations and one more attribute: 33.
+        assert_eq!(
+            parse(format!("<a{decls} b=\"1\"/>").as_bytes()),
+            Err(XmlError::TooManyAttributes)
+        );
+        assert!(parse(format!("<a{decls}/>").as_bytes()).is_ok());
+        assert_eq!(
+            parse(br#"<a b="1" b="2"/>"#),
+            Err(XmlError::DuplicateAttribute("b".into()))
+        );
+        assert_eq!(
+            parse(br#"<a xmlns:p="urn:x" xmlns:q="urn:x" p:b="1" q:b="2"/>"#),
+            Err(XmlError::DuplicateAttribute("b".into()))
+        );
+        assert!(parse(br#"<a xmlns:p="urn:x" xmlns:q="urn:y" p:b="1" q:b="2"/>"#).is_ok());
     }
 }

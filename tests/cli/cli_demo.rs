@@ -115,6 +115,17 @@ fn demo_port_zero_picks_free_ports_and_prints_them() {
         "{}",
         d.text
     );
+    // NTLM over plain HTTP (issue 12): pypsrp, pywinrm, evil-winrm-py and Ansible name the HTTP
+    // port (tests/interop/test_negotiate.py runs the pypsrp one against a demo).
+    for want in [
+        format!("port={http}, username='demo'"),
+        "auth='ntlm'); out, streams".to_string(),
+        format!("winrm.Session('http://127.0.0.1:{http}/wsman'"),
+        format!("evil-winrm-py -i 127.0.0.1 --port {http} -u demo -p '"),
+        format!("-e ansible_port={http} -e ansible_psrp_protocol=http -e ansible_psrp_auth=ntlm"),
+    ] {
+        assert!(d.text.contains(&want), "{want:?} not in:\n{}", d.text);
+    }
     let dir = d.config_dir();
     assert!(dir.join("keyhole.toml").is_file(), "{}", dir.display());
     let st = d.stop();

@@ -197,3 +197,121 @@ fn run_writes_the_audit_log_and_refuses_with_the_servers_text() {
         "{err}"
     );
 }
+
+/// A Diagnostics role with `Stop-AppProcess` = `kill {Id}`, `Id` an `int[]` (issue 9, finding 8).
+fn with_stop_app_process(dir: &std::path::Path, allow_leading_dash: bool) {
+    let p = dir.join("role-capabilities/Diagnostics.toml");
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "visible_functions = [\"Get-DiskUsage\"]",
+        "visible_functions = [\"Get-DiskUsage\", \"Stop-AppProcess\"]",
+    );
+    assert!(text.contains("Stop-AppProcess"), "{text}");
+    std::fs::write(
+        &p,
+        format!(
+            "{text}\n[functions.Stop-AppProcess]\nsynopsis = \"Stop an application process\"\n\
+             program = \"/usr/bin/kill\"\nargs = [\"{{Id}}\"]\n\n\
+             [functions.Stop-AppProcess.parameters.Id]\ntype = \"int[]\"\nmandatory = true\n\
+             position = 0\nallow_leading_dash = {allow_leading_dash}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// A process of the Helpdesk endpoint's run_as account that `kill -9 -1` run as that account
+/// would kill.
+fn victim() -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let acct = nix::unistd::User::from_name("keyhole-helpdesk")
+        .unwrap()
+        .expect("the shipped run_as account (created by shipped_copy as root)");
+    std::process::Command::new("/usr/bin/sleep")
+        .arg("120")
+        .uid(acct.uid.as_raw())
+        .gid(acct.gid.as_raw())
+        .spawn()
+        .unwrap()
+}
+
+const ALICE: &[&str] = &[
+    "run",
+    "--endpoint",
+    "Helpdesk",
+    "--user",
+    "alice",
+    "--group",
+    "helpdesk",
+];
+
+#[test]
+fn placeholder_values_beginning_with_a_dash_are_refused() {
+    assert!(
+        shipped::is_root(),
+        "this test runs as root: it needs the shipped run_as account (CI runs as root)"
+    );
+    let d = shipped_copy();
+    with_stop_app_process(d.path(), false);
+    let (code, out, err) = keyhole(d.path(), &["check"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !format!("{out}{err}").contains("still parses options"),
+        "{out}{err}"
+    );
+    let mut v = victim();
+    for line in [
+        "Stop-AppProcess -Id -9,-1",
+        "Stop-AppProcess -9,-1",
+        "Stop-AppProcess -Id 1,-1",
+        "Stop-AppProcess -Id -1",
+    ] {
+        let (code, out, err) = keyhole(d.path(), ALICE, Some(line));
+        assert_eq!(code, 2, "{line}: {out}{err}");
+        assert!(err.contains("begins with '-'"), "{line}: {err}");
+    }
+    assert!(
+        v.try_wait().unwrap().is_none(),
+        "a process of the run_as account was killed"
+    );
+    let _ = v.kill();
+    let _ = v.wait();
+}
+
+#[test]
+fn allow_leading_dash_binds_and_check_warns() {
+    assert!(
+        shipped::is_root(),
+        "this test runs as root: it needs the shipped run_as account (CI runs as root)"
+    );
+    let d = shipped_copy();
+    with_stop_app_process(d.path(), true);
+    let (code, out, err) = keyhole(d.path(), &["check"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let all = format!("{out}{err}");
+    assert!(
+        all.contains("{Id} stands where /usr/bin/kill still parses options"),
+        "{all}"
+    );
+    // The value is an option now: `kill -9 <pid>` stops exactly that process.
+    let mut v = victim();
+    let (code, out, err) = keyhole(
+        d.path(),
+        ALICE,
+        Some(&format!("Stop-AppProcess -Id -9,{}", v.id())),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let status = v.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    // With "--" before the placeholder, check is quiet.
+    let p = d.path().join("role-capabilities/Diagnostics.toml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("args = [\"{Id}\"]", "args = [\"--\", \"{Id}\"]");
+    std::fs::write(&p, text).unwrap();
+    let (code, out, err) = keyhole(d.path(), &["check"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !format!("{out}{err}").contains("still parses options"),
+        "{out}{err}"
+    );
+}

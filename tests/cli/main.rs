@@ -7,6 +7,7 @@ mod corpus_support;
 #[path = "../fixtures/config/shipped.rs"]
 mod shipped;
 
+mod cli_budgets;
 mod cli_capability;
 mod cli_corpus;
 mod cli_demo;

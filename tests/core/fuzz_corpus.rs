@@ -51,7 +51,17 @@ fn every_target_has_seeds_and_a_test() {
     let names: Vec<&str> = fuzz_logic::TARGETS.iter().map(|(n, _)| *n).collect();
     assert_eq!(
         names,
-        ["lang_parse", "config_toml", "proc_parsers", "basic_header"]
+        [
+            "lang_parse",
+            "config_toml",
+            "proc_parsers",
+            "basic_header",
+            "wsman_envelope",
+            "psrp_fragments",
+            "psrp_message",
+            "clixml_read",
+            "winrs_command"
+        ]
     );
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     for name in names {
@@ -123,6 +133,89 @@ fn proc_parsers_corpus() {
 #[test]
 fn basic_header_corpus() {
     assert!(run_corpus("basic_header", fuzz_logic::basic_header) >= 5);
+}
+
+#[test]
+fn wsman_envelope_corpus() {
+    assert!(run_corpus("wsman_envelope", fuzz_logic::wsman_envelope) >= 5);
+}
+
+#[test]
+fn psrp_fragments_corpus() {
+    assert!(run_corpus("psrp_fragments", fuzz_logic::psrp_fragments) >= 5);
+}
+
+#[test]
+fn psrp_message_corpus() {
+    assert!(run_corpus("psrp_message", fuzz_logic::psrp_message) >= 5);
+}
+
+#[test]
+fn clixml_read_corpus() {
+    assert!(run_corpus("clixml_read", fuzz_logic::clixml_read) >= 5);
+}
+
+#[test]
+fn winrs_command_corpus() {
+    assert!(run_corpus("winrs_command", fuzz_logic::winrs_command) >= 5);
+}
+
+/// The seeds copied from real clients' traffic are valid inputs, so fuzzing starts deep in each
+/// decoder rather than at its first check.
+#[test]
+fn protocol_seeds_are_valid_inputs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    for f in files_in(&root.join("wsman_envelope")) {
+        let data = std::fs::read(&f).unwrap();
+        keyhole::wsman::envelope::Envelope::parse(&data)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    }
+    for f in files_in(&root.join("psrp_message")) {
+        let data = std::fs::read(&f).unwrap();
+        let m = keyhole::psrp::message::Message::decode(&data)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        if !m.data.is_empty() {
+            keyhole::psrp::clixml::read::parse_default(m.text().unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        }
+    }
+    for f in files_in(&root.join("clixml_read")) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        keyhole::psrp::clixml::read::parse_default(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    }
+    let mut complete = 0;
+    for f in files_in(&root.join("psrp_fragments")) {
+        let data = std::fs::read(&f).unwrap();
+        let mut r = keyhole::psrp::fragment::Reassembler::new();
+        complete += r
+            .push_bytes(&data[1..])
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+            .len();
+    }
+    assert!(
+        complete >= 5,
+        "{complete} complete messages in the fragment seeds"
+    );
+}
+
+/// The budget checks of the CLIXML target can fail: a value holding more than the reader
+/// counted is caught.
+#[test]
+fn clixml_budget_check_can_fail() {
+    use keyhole::engine::Value;
+    let v = Value::Array(vec![Value::from("x".repeat(1000))]);
+    assert!(fuzz_logic::value_bytes(&v, 0) > 1000);
+    let outcome = std::panic::catch_unwind(|| fuzz_logic::value_bytes(&nest(200), 0));
+    assert!(outcome.is_err(), "a value nested 200 deep passed");
+}
+
+fn nest(n: usize) -> keyhole::engine::Value {
+    let mut v = keyhole::engine::Value::Null;
+    for _ in 0..n {
+        v = keyhole::engine::Value::Array(vec![v]);
+    }
+    v
 }
 
 /// The findings in fuzz/artifacts-found/*/open/ are bugs outside fuzz/ not fixed yet: this test

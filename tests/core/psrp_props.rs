@@ -128,13 +128,13 @@ proptest! {
     #[test]
     fn clixml_reader_never_panics_on_clixml_like_input(s in arb_clixmlish()) {
         let _ = parse_default(&s);
-        let tight = ClixmlLimits { max_depth: 4, max_elements: 20, max_string_len: 8, max_refs: 2, max_values: 10 };
+        let tight = ClixmlLimits { max_depth: 4, max_elements: 20, max_string_len: 8, max_refs: 2, max_values: 10, max_attributes: 2, max_bytes: 4096 };
         let _ = parse(&s, &tight);
     }
 
     #[test]
     fn clixml_limits_hold(depth in 1usize..40, width in 1usize..60) {
-        let limits = ClixmlLimits { max_depth: 10, max_elements: 50, max_string_len: 16, max_refs: 8, max_values: 100 };
+        let limits = ClixmlLimits { max_depth: 10, max_elements: 50, max_string_len: 16, max_refs: 8, max_values: 100, max_attributes: 4, max_bytes: 1 << 20 };
         let deep = "<Obj RefId=\"0\"><MS>".repeat(depth) + &"</MS></Obj>".repeat(depth);
         let r = parse(&deep, &limits);
         if depth * 2 > limits.max_depth {

@@ -67,12 +67,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("http", &["config", "wsman", "auth", "metrics", "sys"]),
     ("init", &["config", "http", "sandbox"]),
+    // the web console: routes on the HTTPS listener (http's WebRoutes), sessions through gates,
+    // its shell on the shared runtime
+    (
+        "console",
+        &["catalog", "config", "engine", "gates", "http", "shells"],
+    ),
     // the composition root and the command line
     (
         "daemon",
         &[
-            "check", "config", "gates", "http", "shells", "wsman", "sandbox", "metrics", "systemd",
-            "auth",
+            "check", "config", "console", "gates", "http", "shells", "wsman", "sandbox", "metrics",
+            "systemd", "auth",
         ],
     ),
     (
@@ -136,6 +142,16 @@ const NEVER: &[(&str, &str, &str)] = &[
         "http",
         "gates",
         "the listener reaches gate 2 through wsman::shell::Authenticate",
+    ),
+    (
+        "http",
+        "console",
+        "the listener serves the console through http::WebRoutes, registered by daemon",
+    ),
+    (
+        "gates",
+        "console",
+        "the console opens its sessions through gates, never the reverse",
     ),
 ];
 

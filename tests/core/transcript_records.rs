@@ -21,6 +21,7 @@ fn header(client: Option<&str>) -> TranscriptHeader {
         run_as: "keyhole-helpdesk".into(),
         endpoint: "Helpdesk".into(),
         client_address: client.map(str::to_string),
+        transport: if client.is_some() { "console" } else { "local" }.into(),
         start_time: chrono::Utc::now(),
         session_id: "0f1e2d3c".into(),
     }
@@ -67,6 +68,7 @@ fn header_records_and_modes() {
         "Configuration Name: Helpdesk",
         "Machine: ",
         "Client Address: 192.0.2.7",
+        "Transport: console",
         "Session ID: 0f1e2d3c",
         &format!("Keyhole Version: {}", env!("CARGO_PKG_VERSION")),
         "Command start time: ",

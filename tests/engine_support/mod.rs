@@ -79,6 +79,7 @@ fn fparam(
         validate_set: None,
         validate_pattern: pattern.map(str::to_string),
         help: "test parameter".into(),
+        allow_leading_dash: false,
     }
 }
 

@@ -1,6 +1,7 @@
 """Drive keyhole's PsrpShell with psrpcore's client state machine (modelled on PowerShell's own
 client) through the line bridge in tests/psrp_stdio.rs: open a pool, run pipelines with
-arguments, input, every record kind, a refusal, a script, a stop, and GET_COMMAND_METADATA.
+arguments, input, every record kind, a refusal, a terminating error (once), a script, a stop, and
+GET_COMMAND_METADATA.
 
 Usage (needs `pip install psrpcore`):
   cargo test --test psrp_stdio --no-run && python3 tests/interop/check_psrpcore_client.py
@@ -140,6 +141,16 @@ def main():
     assert ps.state == PSInvocationState.Failed, ps.state
     st = evs[-1]
     assert st.reason.FullyQualifiedErrorId == "CommandNotFoundException", st.reason
+
+    # a terminating error reaches the client once: inside the Failed state, no ErrorRecordEvent
+    ps = psrpcore.ClientPowerShell(pool)
+    ps.add_command("Fail-Hard")
+    cid = run(bridge, pool, ps)
+    evs = receive(bridge, pool, cid, lambda e: ps.state != PSInvocationState.Running)
+    assert ps.state == PSInvocationState.Failed, ps.state
+    kinds = [type(e).__name__ for e in evs]
+    assert kinds == ["PipelineStateEvent"], kinds
+    assert evs[-1].reason.FullyQualifiedErrorId == "HardFailure,Fail-Hard", evs[-1].reason
 
     # script text
     ps = psrpcore.ClientPowerShell(pool)

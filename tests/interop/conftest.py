@@ -5,7 +5,12 @@ out a private (0700) copy of the shipped keyhole.toml, endpoints/ and role-capab
 ports, small limits and a few test grants, creates the accounts with `keyhole user add` and the
 rules with `keyhole rule add`, starts `keyhole serve --config ...`, parses the addresses it prints,
 and stops it with SIGTERM at the end (it must exit 0 within 15 s). When a test fails, the tail of
-the server's standard error is attached to the report.
+each server's standard error is attached to the report.
+
+For Negotiate (issue 12), `realm` starts a throwaway MIT KDC (tests/krb/realm.sh, everything in a
+temporary directory removed afterwards) and `negotiate_server` a second `keyhole serve` with
+Kerberos (that realm's keytab) and NTLM, HTTPS on 127.0.0.1 and plain HTTP on 0.0.0.0 that admits
+only encrypted Negotiate.
 """
 import grp
 import json
@@ -45,7 +50,14 @@ ACCOUNTS = {
     "carol": ("carol-Pw-" + secrets.token_hex(8), "helpdesk"),
     "victor": ("victor-Pw-" + secrets.token_hex(8), "acme-vendor"),
     "nobody-rule": ("nobody-Pw-" + secrets.token_hex(8), "no-rule-group"),
+    # Only for the web console's session-limit test.
+    "dora": ("dora-Pw-" + secrets.token_hex(8), "helpdesk"),
 }
+
+# The web console is on in every test server (tests/interop/test_console.py drives it with
+# Chromium; the WS-Man tests show that it changes nothing for them).
+CONSOLE_TOML = '\n[console]\nenabled = true\ndefault_configuration = "Helpdesk"\n'
+
 
 # Test-only grants added to the temporary copy of the Diagnostics role capability: a program that
 # runs long (signals, stop) and a function printing many lines (fragmentation).
@@ -76,6 +88,22 @@ OBJECTS_ROLE = """description = "Object cmdlets and the values to shape with the
 visible_cmdlets = ["Get-Date", "Write-Output", "Select-Object", "Where-Object", "Sort-Object",
                    "Measure-Object", "Get-Member", "Get-Uptime"]
 """
+
+
+# An endpoint whose sessions expire after a short idle time (issue 11 item 7: an expired pool
+# says so). helpdesk → Brief.
+BRIEF_IDLE_SECONDS = 2
+BRIEF_ENDPOINT = """name = "Brief"
+description = "Sessions that expire quickly (interop tests: the expired-pool message)"
+session_type = "restricted-remote-server"
+language_mode = "no-language"
+run_as = "nobody"
+idle_timeout = "%ds"
+
+[[role]]
+group = "helpdesk"
+role_capabilities = ["Diagnostics"]
+""" % BRIEF_IDLE_SECONDS
 
 
 def keyhole_bin():
@@ -206,6 +234,10 @@ class Server:
     def url(self, scheme="https"):
         return "%s://%s/wsman" % (scheme, self.https if scheme == "https" else self.http)
 
+    def console(self, path=""):
+        """The web console's address (HTTPS only)."""
+        return "https://%s/console%s" % (self.https, path)
+
     def password(self, user):
         return self.accounts[user][0]
 
@@ -223,7 +255,7 @@ class Server:
         return "\n".join(lines[-n:])
 
 
-def _layout(dirpath, pam):
+def _layout(dirpath, pam, extra_toml=""):
     for name in ("endpoints", "role-capabilities"):
         shutil.copytree(ROOT / name, dirpath / name)
     shipped = (ROOT / "keyhole.toml").read_text()
@@ -242,6 +274,7 @@ def _layout(dirpath, pam):
     )
     if pam:
         text += 'pam_service = "%s"\n' % PAM_SERVICE
+    text += extra_toml
     (dirpath / "keyhole.toml").write_text(text)
 
     # Programs run as an unprivileged account the host surely has.
@@ -264,6 +297,7 @@ def _layout(dirpath, pam):
     diag.write_text(t + DIAGNOSTICS_EXTRA)
     (dirpath / "endpoints" / "Objects.toml").write_text(OBJECTS_ENDPOINT)
     (dirpath / "role-capabilities" / "ObjectCmdlets.toml").write_text(OBJECTS_ROLE)
+    (dirpath / "endpoints" / "Brief.toml").write_text(BRIEF_ENDPOINT)
 
 
 def _read_addresses(proc, timeout):
@@ -288,28 +322,13 @@ def _read_addresses(proc, timeout):
     return found.get("https"), found.get("http"), lines
 
 
-@pytest.fixture(scope="session")
-def server(request, pam_account):
-    exe = keyhole_bin()
-    dirpath = pathlib.Path(tempfile.mkdtemp(prefix="keyhole-interop-"))
-    os.chmod(dirpath, 0o700)
-    _layout(dirpath, pam_account)
+def _serve(exe, dirpath, accounts, pam, env_extra=None):
+    """Start `keyhole serve` on the configuration in `dirpath`; a Server once both listeners are up."""
     cfg = dirpath / "keyhole.toml"
-    for user, (password, group) in ACCOUNTS.items():
-        _run(exe, cfg, "user", "add", user, "--group", group, stdin=password + "\n")
-    _run(exe, cfg, "rule", "add", "--user-group", "helpdesk", "--computer", "*",
-         "--configuration", "Helpdesk", "--name", "helpdesk to Helpdesk")
-    _run(exe, cfg, "rule", "add", "--user-group", "acme-vendor", "--computer", "*",
-         "--configuration", "Vendor", "--name", "vendor to Vendor")
-    _run(exe, cfg, "rule", "add", "--user-group", "helpdesk", "--computer", "*",
-         "--configuration", "Objects", "--name", "helpdesk to Objects")
-    check = subprocess.run([exe, "check", "--config", str(cfg)], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=60)
-    assert check.returncode == 0, "keyhole check refused the test configuration:\n" + check.stdout
-
     stderr_path = dirpath / "serve.stderr"
     stderr_file = open(stderr_path, "w")
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1")
+    env.update(env_extra or {})
     proc = subprocess.Popen(
         [exe, "serve", "--config", str(cfg)],
         stdin=subprocess.DEVNULL,
@@ -327,30 +346,195 @@ def server(request, pam_account):
             "keyhole serve did not print both listener addresses.\nstdout:\n%s\nstderr:\n%s"
             % ("\n".join(lines), stderr_path.read_text(errors="replace"))
         )
-    srv = Server(exe, dirpath, proc, stderr_path, https, http, ACCOUNTS, pam_account)
-    request.config._keyhole_server = srv
-    yield srv
+    srv = Server(exe, dirpath, proc, stderr_path, https, http, accounts, pam)
+    srv._stderr_file = stderr_file
+    return srv
 
-    proc.send_signal(signal.SIGTERM)
+
+def _stop(srv):
+    """SIGTERM; `keyhole serve` must exit 0 within 15 s. Then its directory is removed."""
+    srv.proc.send_signal(signal.SIGTERM)
     try:
-        code = proc.wait(timeout=15)
+        code = srv.proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        stderr_file.close()
+        srv.proc.kill()
+        srv.proc.wait()
+        srv._stderr_file.close()
         pytest.fail("keyhole serve did not exit within 15 s of SIGTERM\n" + srv.stderr_tail())
-    stderr_file.close()
+    srv._stderr_file.close()
     assert code == 0, "keyhole serve exited %s after SIGTERM\n%s" % (code, srv.stderr_tail())
-    shutil.rmtree(dirpath, ignore_errors=True)
+    shutil.rmtree(srv.dir, ignore_errors=True)
+
+
+def start_keyhole(pam_account, extra_toml=CONSOLE_TOML, prefix="keyhole-interop-"):
+    """Lay out a private configuration (the test accounts and rules, `extra_toml` appended to
+    keyhole.toml — by default the web console on), check it, start `keyhole serve`; returns
+    (Server, its stderr file) for `stop_keyhole`."""
+    exe = keyhole_bin()
+    dirpath = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(dirpath, 0o700)
+    _layout(dirpath, pam_account, extra_toml)
+    cfg = dirpath / "keyhole.toml"
+    for user, (password, group) in ACCOUNTS.items():
+        _run(exe, cfg, "user", "add", user, "--group", group, stdin=password + "\n")
+    _run(exe, cfg, "rule", "add", "--user-group", "helpdesk", "--computer", "*",
+         "--configuration", "Helpdesk", "--name", "helpdesk to Helpdesk")
+    _run(exe, cfg, "rule", "add", "--user-group", "acme-vendor", "--computer", "*",
+         "--configuration", "Vendor", "--name", "vendor to Vendor")
+    _run(exe, cfg, "rule", "add", "--user-group", "helpdesk", "--computer", "*",
+         "--configuration", "Objects", "--name", "helpdesk to Objects")
+    _run(exe, cfg, "rule", "add", "--user-group", "helpdesk", "--computer", "*",
+         "--configuration", "Brief", "--name", "helpdesk to Brief")
+    check = subprocess.run([exe, "check", "--config", str(cfg)], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert check.returncode == 0, "keyhole check refused the test configuration:\n" + check.stdout
+    srv = _serve(exe, dirpath, ACCOUNTS, pam_account)
+    return srv, srv._stderr_file
+
+
+def stop_keyhole(srv, stderr_file):
+    """SIGTERM; `keyhole serve` must exit 0 within 15 s. Removes its directory."""
+    _stop(srv)
+
+
+@pytest.fixture(scope="session")
+def server(request, pam_account):
+    srv, _ = start_keyhole(pam_account)
+    request.config._keyhole_servers = getattr(request.config, "_keyhole_servers", []) + [srv]
+    yield srv
+    _stop(srv)
+
+
+# ------------------------------------------------------------------------------------------------
+# Negotiate (issue 12): a throwaway MIT Kerberos realm and a server that offers Kerberos and NTLM
+# ------------------------------------------------------------------------------------------------
+
+KRB_TOOLS = ("krb5kdc", "kadmin.local", "kdb5_util", "kinit")
+REALM = "KEYHOLE.TEST"
+OTHER_REALM = "OTHER.TEST"
+# What tests/krb/realm.sh creates: principal -> password.
+PRINCIPALS = {
+    "alice@" + REALM: "alice-pw-1",
+    "mallory@" + REALM: "mallory-pw-1",
+    "nobody-rule@" + REALM: "nobody-pw-1",
+    "bob@" + OTHER_REALM: "bob-pw-1",
+}
+# The negotiate server's users.toml accounts (NTLM passwords; their NT hashes are stored because
+# `ntlm = true` when they are added): alice maps from alice@KEYHOLE.TEST, nobody-rule from
+# nobody-rule@KEYHOLE.TEST; mallory has no account.
+NEGOTIATE_ACCOUNTS = {
+    "alice": ("alice-Ntlm-" + secrets.token_hex(8), "helpdesk"),
+    "nobody-rule": ("nobody-Ntlm-" + secrets.token_hex(8), "no-rule-group"),
+}
+
+
+def _missing_or_fail(what):
+    """A missing prerequisite of the Negotiate tests: a failure as root or in CI (tests/run.sh
+    installs it there), a skip (with the reason) on a developer machine without it."""
+    msg = "%s (tests/run.sh installs it as root)" % what
+    if os.geteuid() == 0 or os.environ.get("CI"):
+        pytest.fail(msg + ": missing although the test command runs as root or in CI")
+    pytest.skip(msg)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def realm():
+    """KEYHOLE.TEST (and OTHER.TEST, which it trusts) on 127.0.0.1, in a temporary directory that
+    is removed afterwards; this process's Kerberos environment points at it meanwhile."""
+    missing = [t for t in KRB_TOOLS
+               if not any(os.path.exists(os.path.join(d, t)) for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"))]
+    if missing:
+        _missing_or_fail("the MIT KDC tools %s" % ", ".join(missing))
+    for module, pkg in (("gssapi", "gssapi"), ("krb5", "krb5"), ("kerberos", "pykerberos")):
+        try:
+            __import__(module)
+        except ImportError:
+            _missing_or_fail("the Python module %s (pip package %s, in tests/interop/requirements.txt)" % (module, pkg))
+    d = pathlib.Path(tempfile.mkdtemp(prefix="keyhole-realm-"))
+    script = ROOT / "tests" / "krb" / "realm.sh"
+    out = subprocess.run(["bash", str(script), "start", str(d / "realm"), str(_free_port())],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    if out.returncode != 0:
+        subprocess.run(["bash", str(script), "stop", str(d / "realm")])
+        shutil.rmtree(d, ignore_errors=True)
+        raise RuntimeError("tests/krb/realm.sh start failed:\n" + out.stdout + out.stderr)
+    env = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    saved = {k: os.environ.get(k) for k in ("KRB5_CONFIG", "KRB5RCACHEDIR", "KRB5CCNAME")}
+    for k in saved:
+        os.environ[k] = env[k]
+    try:
+        yield {"dir": d / "realm", "keytab": env["KEYTAB"], "env": {k: env[k] for k in saved}}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        subprocess.run(["bash", str(script), "stop", str(d / "realm")], timeout=60)
+        shutil.rmtree(d, ignore_errors=True)
+        assert not (d / "realm").exists(), "the realm directory survived"
+
+
+class NegotiateServer(Server):
+    """A `keyhole serve` with Kerberos and NTLM: HTTPS on 127.0.0.1 (channel bindings required)
+    and plain HTTP on 0.0.0.0 without allow_unencrypted (only encrypted Negotiate gets in)."""
+
+    def url(self, scheme="https"):
+        if scheme == "http":
+            return "http://127.0.0.1:%d/wsman" % self.http_port
+        return super().url(scheme)
+
+    @property
+    def http_port(self):
+        return int(self.http.rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="session")
+def negotiate_server(request, realm):
+    exe = keyhole_bin()
+    dirpath = pathlib.Path(tempfile.mkdtemp(prefix="keyhole-interop-negotiate-"))
+    os.chmod(dirpath, 0o700)
+    _layout(dirpath, None)
+    cfg = dirpath / "keyhole.toml"
+    text = cfg.read_text()
+    text, n = re.subn(r'(?m)^http\s*=.*$', 'http = "0.0.0.0:0"\nip_allow = ["127.0.0.0/8"]', text)
+    assert n == 1
+    text += (
+        'negotiate = true\nkeytab = "%s"\nrealms = ["%s"]\nntlm = true\nchannel_binding = "required"\n'
+        % (realm["keytab"], REALM)
+    )
+    cfg.write_text(text)
+    for user, (password, group) in NEGOTIATE_ACCOUNTS.items():
+        _run(exe, cfg, "user", "add", user, "--group", group, stdin=password + "\n")
+    users = (dirpath / "users.toml").read_text()
+    assert users.count("nt_hash") == len(NEGOTIATE_ACCOUNTS), "keyhole user add stored no NT hash:\n" + users
+    _run(exe, cfg, "rule", "add", "--user-group", "helpdesk", "--computer", "*",
+         "--configuration", "Helpdesk", "--name", "helpdesk to Helpdesk")
+    check = subprocess.run([exe, "check", "--config", str(cfg)], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=60, env=dict(os.environ, **realm["env"]))
+    assert check.returncode == 0, "keyhole check refused the Negotiate configuration:\n" + check.stdout
+    srv = _serve(exe, dirpath, NEGOTIATE_ACCOUNTS, None, realm["env"])
+    srv.__class__ = NegotiateServer
+    request.config._keyhole_servers = getattr(request.config, "_keyhole_servers", []) + [srv]
+    yield srv
+    _stop(srv)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
-    srv = getattr(item.config, "_keyhole_server", None)
-    if srv is not None and rep.failed:
-        rep.sections.append(("keyhole serve stderr (tail)", srv.stderr_tail()))
+    if rep.failed:
+        for srv in getattr(item.config, "_keyhole_servers", []):
+            rep.sections.append(("keyhole serve stderr (tail) of %s" % srv.dir.name, srv.stderr_tail()))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -366,6 +550,12 @@ def winrm_session(server, user="alice", password=None, scheme="https"):
         return winrm.Session(server.url("https"), auth=(user, password), transport="basic",
                              server_cert_validation="ignore")
     return winrm.Session(server.url("http"), auth=(user, password), transport="plaintext")
+
+
+def psrp1_python():
+    """The interpreter of the second venv that holds pypsrp 1.0's `psrp` package (it cannot be
+    installed beside pypsrp 0.9.1; tests/run.sh makes it): $KEYHOLE_PSRP1_PYTHON or .venv-psrp1."""
+    return os.environ.get("KEYHOLE_PSRP1_PYTHON") or str(ROOT / ".venv-psrp1" / "bin" / "python")
 
 
 def winrm_protocol(server, user="alice", password=None):

@@ -1,18 +1,21 @@
 """pypsrp 0.9.1 against the real `keyhole serve` over PSRP (marker `psrp`): execute_ps,
 structured pipelines, add_script, objects and their properties, command metadata, session limits,
 refusals that look like a wrong password, stop, large output, and what evil-jea tries."""
+import json
 import os
 import re
+import subprocess
+import tempfile
 import time
 
 import pytest
 from pypsrp.client import Client
 from pypsrp.complex_objects import PSInvocationState, RunspacePoolState
-from pypsrp.exceptions import AuthenticationError, WinRMError
+from pypsrp.exceptions import AuthenticationError, WinRMError, WSManFaultError
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
-from conftest import SEQ_COUNT, processes_matching, wait_until
+from conftest import BRIEF_IDLE_SECONDS, SEQ_COUNT, processes_matching, psrp1_python, wait_until
 
 pytestmark = pytest.mark.psrp
 
@@ -366,3 +369,105 @@ def test_evil_jea_bypasses_are_refused_with_an_error_record(pool, kind, text):
     assert ps.had_errors, "refused silently: %r" % out
     assert out == []
     assert ps.streams.error, "no error record"
+
+
+# --- issue 11: what real clients expect ----------------------------------------------------------
+
+def test_a_terminating_error_arrives_once(pool):
+    """Windows sends a terminating error once, inside the Failed PIPELINE_STATE; pypsrp appends
+    the state's record to streams.error, so a second ERROR_RECORD would show it twice."""
+    ps = PowerShell(pool)
+    ps.add_cmdlet("Get-Process").add_parameter("Id", 999999999).add_parameter("ErrorAction", "Stop")
+    ps.invoke()
+    assert ps.state == PSInvocationState.FAILED, ps.state
+    assert ps.had_errors
+    assert len(ps.streams.error) == 1, error_text(ps.streams.error)
+    assert "999999999" in str(ps.streams.error[0])
+    # The same line as script text.
+    ps = PowerShell(pool)
+    ps.add_script("Get-Process -Id 999999999 -ErrorAction Stop")
+    ps.invoke()
+    assert ps.state == PSInvocationState.FAILED, ps.state
+    assert len(ps.streams.error) == 1, error_text(ps.streams.error)
+    # A non-terminating error is a record of its own, and the pipeline completes.
+    ps = PowerShell(pool)
+    ps.add_script("Get-Process -Id 999999999")
+    ps.invoke()
+    assert ps.state == PSInvocationState.COMPLETED, ps.state
+    assert len(ps.streams.error) == 1, error_text(ps.streams.error)
+
+
+def test_psrp_1_0_closes_its_pool_at_once_with_a_receive_outstanding(server):
+    """The psrp 1.0 API keeps a pool-level Receive open; closing the pool deletes the shell and
+    waits for that Receive. keyhole answers it at once with ERROR_OPERATION_ABORTED (995), as
+    Windows does, so the close takes well under the OperationTimeout."""
+    timeout = 20
+    p = subprocess.run(
+        [psrp1_python(), os.path.join(os.path.dirname(__file__), "psrp1_pool_close.py"),
+         server.url("https"), "alice", server.password("alice"), ENDPOINT, str(timeout)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["errors"] == [] and len(r["output"]) == 1, r
+    deletes = [q for q in r["requests"] if q["action"] == "Delete"]
+    assert len(deletes) == 1, r["requests"]
+    delete = deletes[0]
+    # A pool-level Receive (no CommandId) was waiting when the Delete went out ...
+    waiting = [q for q in r["requests"] if q["action"] == "Receive" and not q["command"]
+               and q["start"] < delete["start"] <= q["end"]]
+    assert waiting, r["requests"]
+    # ... was answered with 995 right after it, and the close took well under the timeout.
+    assert waiting[0]["fault"] == "995", waiting[0]
+    assert waiting[0]["end"] - delete["start"] < timeout / 4, waiting[0]
+    assert r["close_seconds"] < timeout / 4, r["close_seconds"]
+
+
+def test_copy_and_fetch_say_their_scripts_cannot_run_here(server, tmp_path):
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    client = make_client(server)
+    with pytest.raises(WinRMError) as e:
+        client.copy(str(src), "/tmp/keyhole-copy-target", configuration_name=ENDPOINT)
+    msg = str(e.value)
+    assert "script text with arguments" in msg and "NoLanguage" in msg and "copy and fetch" in msg, msg
+    with pytest.raises(WinRMError) as e:
+        client.fetch("/etc/hostname", str(tmp_path / "out"), configuration_name=ENDPOINT)
+    assert "script text with arguments" in str(e.value), str(e.value)
+
+
+def test_execute_ps_with_environment_says_environments_are_not_supported(server):
+    out, streams, had_errors = make_client(server).execute_ps(
+        "Get-Uptime", configuration_name=ENDPOINT, environment={"FOO": "bar"})
+    assert had_errors
+    assert out.strip() == ""
+    text = error_text(streams.error)
+    assert len(streams.error) == 1, text
+    assert "environment variables" in text and "FOO" in text and "not support" in text, text
+    assert "New-Item" not in text, text
+
+
+def test_securestring_key_exchange_says_it_is_not_supported(pool):
+    with pytest.raises(WSManFaultError) as e:
+        pool.exchange_keys()
+    assert "SecureString is not supported" in str(e.value), str(e.value)
+    assert "PUBLIC_KEY" in str(e.value), str(e.value)
+
+
+def test_an_expired_pool_says_it_expired(server, wsman):
+    pool = RunspacePool(wsman, configuration_name="Brief")
+    pool.open()
+    try:
+        time.sleep(BRIEF_IDLE_SECONDS + 2.5)
+        ps = PowerShell(pool)
+        ps.add_cmdlet("Get-Uptime")
+        with pytest.raises(WSManFaultError) as e:
+            ps.invoke()
+        msg = str(e.value)
+        assert e.value.code == 2150858843, msg
+        assert "idle timeout" in msg and "closed by the server" in msg, msg
+    finally:
+        try:
+            pool.close()
+        except WSManFaultError:
+            pass

@@ -314,3 +314,95 @@ def test_pam_account_logs_in_and_its_os_group_selects_the_role(server, pam_accou
     with pytest.raises(InvalidCredentialsError):
         winrm_session(server, user=pam_account["user"], password="wrong-" + pam_account["password"]).run_cmd(
             "Get-Uptime")
+
+
+# --- issue 11: code pages, powershell -Command, long lines ----------------------------------------
+
+HELLO = "héllo ✓"
+
+
+def _run_in_codepage(server, codepage, command, args=()):
+    p = winrm_protocol(server)
+    shell = p.open_shell(codepage=codepage)
+    try:
+        cid = p.run_command(shell, command, list(args))
+        out, err, code = p.get_command_output(shell, cid)
+        p.cleanup_command(shell, cid)
+    finally:
+        p.close_shell(shell)
+    return out, err, code
+
+
+def test_run_cmd_output_is_in_code_page_437_by_default(session):
+    # pywinrm's Session asks for WINRS_CODEPAGE 437; ✓ is not in 437 and becomes '?'.
+    r = session.run_cmd("Select-Object -InputObject '%s'" % HELLO)
+    assert r.status_code == 0, r.std_err
+    assert b"h\x82llo ?" in r.std_out, r.std_out
+    assert "héllo ?" in r.std_out.decode("cp437"), r.std_out
+
+
+def test_code_page_65001_is_utf8(server):
+    out, err, code = _run_in_codepage(server, 65001, "Select-Object -InputObject '%s'" % HELLO)
+    assert code == 0, err
+    assert HELLO in out.decode("utf-8"), out
+
+
+def test_errors_are_in_the_shell_s_code_page_too(server):
+    out, err, code = _run_in_codepage(server, 437, "Get-Process", ["-Name", "'%s'" % HELLO])
+    assert code == 1, (out, err)
+    assert "héllo ?" in err.decode("cp437"), err
+    out, err, code = _run_in_codepage(server, 65001, "Get-Process", ["-Name", "'%s'" % HELLO])
+    assert HELLO in err.decode("utf-8"), err
+
+
+def test_pypsrp_execute_cmd_decodes_cp437_as_keyhole_encodes_it(server):
+    from pypsrp.client import Client
+
+    c = Client("127.0.0.1", port=server.https_port, username="alice", password=server.password("alice"),
+               ssl=True, cert_validation=False, auth="basic")
+    out, err, code = c.execute_cmd("Select-Object -InputObject '%s'" % HELLO)
+    assert code == 0, err
+    assert "héllo ?" in out, out
+
+
+def test_a_code_page_keyhole_cannot_write_is_refused_saying_which_it_can(server):
+    from winrm.exceptions import WSManFaultError
+
+    p = winrm_protocol(server)
+    with pytest.raises(WSManFaultError) as e:
+        p.open_shell(codepage=932)
+    assert "932" in e.value.reason and "65001" in e.value.reason and "437" in e.value.reason, e.value.reason
+
+
+@pytest.mark.parametrize("command,args", [
+    ('powershell -Command "Get-Process -Id %d"' % os.getpid(), []),
+    ("powershell", ["-NoProfile", "-c", "Get-Process -Id %d" % os.getpid()]),
+    ("pwsh -NonInteractive -Command Get-Process -Id %d" % os.getpid(), []),
+])
+def test_powershell_command_runs_the_line(session, command, args):
+    r = session.run_cmd(command, args)
+    assert r.status_code == 0, r.std_err
+    assert str(os.getpid()).encode() in r.std_out, r.std_out
+
+
+def test_powershell_command_refusal_points_into_the_line(session):
+    r = session.run_cmd('powershell -Command "Get-Process -Id 1 | Stop-Process"')
+    assert r.status_code == 2, (r.std_out, r.std_err)
+    assert b"Stop-Process" in r.std_err and b"(at column 21)" in r.std_err, r.std_err
+
+
+def test_a_line_over_the_language_limit_is_refused_saying_so(session):
+    # Inside the envelope limit: the language refuses it, naming its limit (exit 2).
+    r = session.run_cmd("Get-Process -Name " + "a" * 100_000)
+    assert r.status_code == 2, r.std_err[:500]
+    assert b"a line longer than 65536 bytes" in r.std_err, r.std_err[:500]
+
+
+def test_a_line_over_the_envelope_limit_gets_a_fault_naming_the_limit(server):
+    from winrm.exceptions import WSManFaultError
+
+    # 400,000 characters do not fit in this server's 150 KiB envelope.
+    with pytest.raises(WSManFaultError) as e:
+        winrm_session(server).run_cmd("Get-Process -Name " + "a" * 400_000)
+    reason = e.value.reason
+    assert "MaxEnvelopeSize" in reason and "max_envelope_size_kb = %d" % MAX_ENVELOPE_KB in reason, reason

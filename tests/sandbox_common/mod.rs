@@ -140,6 +140,7 @@ pub fn spec(run_as: &str, program: &str, args: &[&str]) -> ProgramSpec {
         timeout: Duration::from_secs(10),
         max_output_bytes: 1 << 20,
         stdin: None,
+        keep_stdout: true,
     }
 }
 

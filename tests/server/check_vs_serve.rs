@@ -279,6 +279,25 @@ fn the_unbroken_configuration_passes_check_and_serves() {
     }
 }
 
+/// Plain HTTP off loopback without `allow_unencrypted` is accepted by both when `[auth]
+/// negotiate` is on (the listener then admits only encrypted Negotiate, SPEC §2.1), and refused
+/// by both when it is off (the first case of `cases()`).
+#[test]
+fn an_http_listener_off_loopback_with_negotiate_passes_check_and_serves() {
+    let d = shipped_copy();
+    configure(
+        d.path(),
+        "",
+        "https = \"127.0.0.1:0\"\nhttp = \"0.0.0.0:0\"\nip_allow = [\"127.0.0.0/8\"]\n\n[auth]\nnegotiate = true\nntlm = true\nkeytab = \"\"\n",
+    );
+    let (code, text) = check(d.path());
+    assert_eq!(code, 0, "{text}");
+    match serve(d.path()) {
+        Served::Listening(_) => {}
+        Served::Exited(code, err) => panic!("serve exited {code}:\n{err}"),
+    }
+}
+
 #[test]
 fn check_refuses_what_serve_refuses_at_start() {
     let mut failures = Vec::new();

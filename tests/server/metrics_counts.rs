@@ -43,13 +43,15 @@ fn auth_failures_and_lockouts_are_counted_by_reason_and_scope() {
         auth.verify_basic("alice", "wrong", src),
         AuthResult::Denied(_)
     ));
-    // The second failure starts a lock-out of alice and of the source address.
+    // The second failure starts a lock-out of (alice, this address) and of the address.
     assert!(matches!(
         auth.verify_basic("alice", "wrong", src),
         AuthResult::Denied(_)
     ));
+    // Another guess from there is refused unverified (the credential verified earlier from this
+    // address would still work: a lock-out never cuts open sessions).
     assert!(matches!(
-        auth.verify_basic("alice", "pw-alice", src),
+        auth.verify_basic("alice", "another-guess", src),
         AuthResult::Denied(_)
     ));
     assert!(matches!(
@@ -80,8 +82,8 @@ fn auth_failures_and_lockouts_are_counted_by_reason_and_scope() {
         "keyhole_auth_failures_total{reason=\"unknown_user\"} 1"
     );
     assert_eq!(
-        line(&text, "keyhole_auth_lockouts_total{scope=\"user\"}"),
-        "keyhole_auth_lockouts_total{scope=\"user\"} 1"
+        line(&text, "keyhole_auth_lockouts_total{scope=\"user_source\"}"),
+        "keyhole_auth_lockouts_total{scope=\"user_source\"} 1"
     );
     assert_eq!(
         line(&text, "keyhole_auth_lockouts_total{scope=\"source\"}"),

@@ -792,3 +792,114 @@ fn dump_messages_for_pypsrp() {
         std::fs::write(format!("{dir}/{i:03}.bin"), m.encode()).unwrap();
     }
 }
+
+/// CREATE_PIPELINE for one script command, with the client's host present (Ansible's pool has
+/// one: `HostInfo._isHostNull` false).
+fn script_with_host_xml(text: &str) -> String {
+    create_pipeline_xml(true, &[command_xml(text, true, &[])]).replacen(
+        "<B N=\"AddToHistory\">false</B>",
+        "<B N=\"AddToHistory\">false</B><Obj N=\"HostInfo\" RefId=\"3\"><MS><B N=\"_isHostNull\">false</B><B N=\"_isHostUINull\">false</B><B N=\"_isHostRawUINull\">false</B><B N=\"_useRunspaceHost\">false</B></MS></Obj>",
+        1,
+    )
+}
+
+/// The exit code in a SetShouldExit host call.
+fn should_exit_code(m: &keyhole::psrp::message::Message) -> i64 {
+    let v = parse_default(&body(m)).unwrap();
+    assert_eq!(v.property("ci"), Some(&Value::Int(-100)));
+    assert!(body(m).contains("<ToString>SetShouldExit</ToString><I32>6</I32>"));
+    match v.property("mp") {
+        Some(Value::Array(a)) => match a.as_slice() {
+            [Value::Int(n)] => *n,
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 11 item 1: Ansible's psrp connection sends `LINE` + "\n" + `exit $LASTEXITCODE`.
+/// keyhole runs LINE as one restricted line and hands its exit code (0 ran, 2 refused) to the
+/// client's host as SetShouldExit before the end state, as Windows does for `exit N`; a
+/// refusal points at the column in LINE, never at the wrapper.
+#[test]
+fn ansible_exec_runs_the_line_and_hands_its_exit_code_to_the_host() {
+    let (session, _) = support::session();
+    let mut client = Client::default();
+    let (mut shell, mut r) = open(session, &mut client, 153_600);
+    let xml = script_with_host_xml("Write-Output cups\nexit $LASTEXITCODE");
+    command(&mut shell, &mut client, CID, T::CreatePipeline, &xml).unwrap();
+    let (msgs, _) = receive_until_state(&mut shell, &mut r, CID);
+    assert_eq!(
+        types(&msgs),
+        vec![T::PipelineOutput, T::PipelineHostCall, T::PipelineState]
+    );
+    assert_eq!(body(&msgs[0]), "<S>cups</S>");
+    assert_eq!(should_exit_code(&msgs[1]), 0);
+    assert_eq!(
+        parse_default(&body(&msgs[2]))
+            .unwrap()
+            .property("PipelineState"),
+        Some(&Value::Int(4))
+    );
+
+    let c2 = "B1B2C3D4-0000-4000-8000-000000000013";
+    let xml = script_with_host_xml("Write-Output cups | Stop-Thing\nexit $LASTEXITCODE");
+    command(&mut shell, &mut client, c2, T::CreatePipeline, &xml).unwrap();
+    let (msgs, _) = receive_until_state(&mut shell, &mut r, c2);
+    assert_eq!(types(&msgs), vec![T::PipelineHostCall, T::PipelineState]);
+    assert_eq!(should_exit_code(&msgs[0]), 2);
+    let state = body(&msgs[1]);
+    assert_eq!(
+        parse_default(&state).unwrap().property("PipelineState"),
+        Some(&Value::Int(5))
+    );
+    assert!(
+        state.contains("Stop-Thing") && state.contains("column 21"),
+        "{state}"
+    );
+    assert!(!state.contains("exit"), "{state}");
+
+    // Without a host on the client there is nobody to tell: no host call (as Windows).
+    let c3 = "B1B2C3D4-0000-4000-8000-000000000014";
+    let xml = create_pipeline_xml(
+        true,
+        &[command_xml(
+            "Write-Output cups\nexit $LASTEXITCODE",
+            true,
+            &[],
+        )],
+    );
+    command(&mut shell, &mut client, c3, T::CreatePipeline, &xml).unwrap();
+    let (msgs, _) = receive_until_state(&mut shell, &mut r, c3);
+    assert_eq!(types(&msgs), vec![T::PipelineOutput, T::PipelineState]);
+}
+
+/// Issue 11 item 3: the engine writes a terminating error as it happens and ends the run Failed
+/// with it; the client gets it once, inside the Failed PIPELINE_STATE (as Windows sends it),
+/// while non-terminating errors before it still arrive as ERROR_RECORDs.
+#[test]
+fn a_terminating_error_arrives_once_inside_the_failed_state() {
+    let soft = ErrorRecord::new("soft one", "Soft", ErrorCategory::NotSpecified);
+    let hard = ErrorRecord::new("hard one", "Hard", ErrorCategory::NotSpecified).terminating();
+    let engine = FakeEngine::with_steps(vec![Step {
+        events: vec![Event::Error(soft), Event::Error(hard.clone())],
+        outcome: RunOutcome::Failed(hard),
+        wait_cancel: false,
+    }]);
+    let mut client = Client::default();
+    let (mut shell, mut r) = open(engine, &mut client, 153_600);
+    let xml = create_pipeline_xml(true, &[command_xml("Get-Thing", false, &[])]);
+    command(&mut shell, &mut client, CID, T::CreatePipeline, &xml).unwrap();
+    let (msgs, _) = receive_until_state(&mut shell, &mut r, CID);
+    assert_eq!(types(&msgs), vec![T::ErrorRecord, T::PipelineState]);
+    assert!(body(&msgs[0]).contains("soft one"));
+    let state = body(&msgs[1]);
+    assert!(state.contains("hard one"), "{state}");
+    let all: String = msgs.iter().map(body).collect();
+    assert_eq!(
+        all.matches("<S N=\"FullyQualifiedErrorId\">Hard</S>")
+            .count(),
+        1,
+        "{all}"
+    );
+}

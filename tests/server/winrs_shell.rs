@@ -251,3 +251,106 @@ fn output_over_the_budget_waits_for_a_receive_instead_of_stopping_the_line() {
     assert_eq!(code, 0);
     assert_eq!(budget.used(), 0);
 }
+
+fn shell_with_codepage(cp: Option<&str>) -> Result<WinrsShell, ShellError> {
+    let mut s = shell();
+    let options = cp
+        .map(|c| vec![("WINRS_CODEPAGE".to_string(), c.to_string())])
+        .unwrap_or_default();
+    s.on_create(&CreateRequest {
+        options,
+        ..Default::default()
+    })?;
+    Ok(s)
+}
+
+/// Issue 11 item 5: output is encoded in the code page the Create asked for (`WINRS_CODEPAGE`,
+/// 437 by default in pywinrm and pypsrp); characters it lacks become `?`. No option: 437, as
+/// Windows (pypsrp's `execute_cmd` sends none and decodes 437).
+#[test]
+fn output_is_encoded_in_the_shell_s_code_page() {
+    let line = "Select-Object -InputObject 'héllo ✓'";
+    for (cp, want) in [
+        (Some("437"), b"h\x82llo ?".to_vec()),
+        (Some("850"), b"h\x82llo ?".to_vec()),
+        (Some("1252"), b"h\xe9llo ?".to_vec()),
+        (Some("65001"), "héllo ✓".as_bytes().to_vec()),
+        (None, b"h\x82llo ?".to_vec()),
+    ] {
+        let mut s = shell_with_codepage(cp).unwrap();
+        let id = cmd(&mut s, line);
+        let (out, err, code, _) = run_to_done(&mut s, &id);
+        assert_eq!(code, 0, "{cp:?}: {}", String::from_utf8_lossy(&err));
+        assert!(
+            out.windows(want.len()).any(|w| w == want.as_slice()),
+            "{cp:?}: {out:?}"
+        );
+        // Errors on stderr are in the same code page.
+        let id = cmd(&mut s, "Get-Thing 'ü'");
+        let (_, err, code, _) = run_to_done(&mut s, &id);
+        assert_eq!(code, 2);
+        if cp == Some("437") {
+            assert!(
+                !err.iter().any(|b| *b >= 0xC0),
+                "UTF-8 in a 437 shell: {err:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_code_page_keyhole_cannot_write_is_refused_saying_which_it_can() {
+    match shell_with_codepage(Some("932")) {
+        Err(ShellError::Unsupported(m)) => {
+            assert!(
+                m.contains("WINRS_CODEPAGE") && m.contains("437") && m.contains("65001"),
+                "{m}"
+            )
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("code page 932 accepted"),
+    }
+}
+
+/// Issue 11 item 6: `powershell -Command "LINE"` runs LINE (as `-EncodedCommand` does), and a
+/// refusal's column is LINE's.
+#[test]
+fn powershell_command_runs_the_line() {
+    let mut s = shell_with_codepage(Some("65001")).unwrap();
+    let id = s
+        .command(CommandRequest {
+            command_id: None,
+            command: "powershell".into(),
+            arguments: vec!["-NoProfile -Command \"Select-Object -InputObject 'a b'\"".into()],
+        })
+        .unwrap();
+    let (out, err, code, _) = run_to_done(&mut s, &id);
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert!(String::from_utf8(out).unwrap().contains("a b"));
+    let id = cmd(&mut s, "powershell -c \"Get-Command | Stop-It\"");
+    let (_, err, code, _) = run_to_done(&mut s, &id);
+    assert_eq!(code, 2);
+    let err = String::from_utf8(err).unwrap();
+    assert!(
+        err.contains("Stop-It") && err.contains("column 15"),
+        "{err}"
+    );
+}
+
+/// Issue 11 item 7: a line longer than the language's limit is refused (exit 2) with a message
+/// that names the limit, however long it is (400,000 characters was an opaque fault).
+#[test]
+fn an_overlong_line_is_refused_naming_the_limit() {
+    let mut s = shell();
+    for n in [100_000, 400_000] {
+        let id = cmd(&mut s, &format!("Get-Command {}", "a".repeat(n)));
+        let (_, err, code, _) = run_to_done(&mut s, &id);
+        assert_eq!(code, 2);
+        let err = String::from_utf8(err).unwrap();
+        assert!(
+            err.contains("a line longer than 65536 bytes") && err.contains("LimitExceeded"),
+            "{}",
+            &err[..err.len().min(400)]
+        );
+    }
+}

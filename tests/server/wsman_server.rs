@@ -311,6 +311,15 @@ async fn oversized_envelope_is_refused_and_the_server_keeps_serving() {
     let r = post(s.addr, &alice(), &x).await;
     assert_eq!(r.status, 500);
     assert!(r.text().contains("w:EncodingLimit"), "{}", r.text());
+    // Issue 11 item 7: the fault says which limit, how large, and where it is set.
+    let reason = r.xml().find(NS_SOAP, "Text").unwrap().text.clone();
+    let message = r.xml().find(NS_WSMANFAULT, "Message").unwrap().text.clone();
+    for t in [&reason, &message] {
+        assert!(
+            t.contains("MaxEnvelopeSize (16384 bytes") && t.contains("max_envelope_size_kb = 16"),
+            "{t}"
+        );
+    }
     // Way over the limit (beyond what the server drains): still a fault or a closed connection, never a crash.
     let huge = vec![b'<'; 16 * 1024 * 9];
     let r = post_ct(
@@ -486,7 +495,8 @@ async fn receive_times_out_with_the_fault_clients_retry() {
 
 /// Issue 11 item 5: psrp 1.0 and PowerShell keep a pool-level Receive open; when the shell is
 /// deleted (or expires, or the server stops) it is answered at once, as Windows does, not after
-/// its OperationTimeout.
+/// its OperationTimeout: with ERROR_OPERATION_ABORTED (995), the fault psrp 1.0 ends its
+/// listener on. A later request on the deleted shell gets InvalidSelectors.
 #[tokio::test]
 async fn a_waiting_receive_is_answered_at_once_when_its_shell_is_deleted() {
     let (s, closed, receives) = start_quiet_counting(gate(), |_| {}).await;
@@ -512,13 +522,26 @@ async fn a_waiting_receive_is_answered_at_once_when_its_shell_is_deleted() {
         .expect("the waiting Receive was not answered when its shell was deleted")
         .unwrap();
     assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.fault_code().as_deref(), Some("995"), "{}", r.text());
+    assert_eq!(
+        r.xml().find(NS_WSMANFAULT, "Message").unwrap().text,
+        "The I/O operation has been aborted because of either a thread exit or an application request. "
+    );
+    assert_eq!(r.relates_to().as_deref(), Some(mid.as_str()));
+    let (_, again) = envelope(
+        ACTION_RECEIVE,
+        PS_URI,
+        Some(&shell),
+        Some("PT60S"),
+        "<rsp:Receive/>",
+    );
+    let r = post(s.addr, &alice(), &again).await;
     assert_eq!(
         r.fault_code().as_deref(),
         Some("2150858843"),
         "{}",
         r.text()
     );
-    assert_eq!(r.relates_to().as_deref(), Some(mid.as_str()));
     s.shutdown().await;
 }
 
@@ -544,12 +567,7 @@ async fn a_waiting_receive_is_answered_at_once_when_the_server_stops() {
         .await
         .expect("the waiting Receive was not answered at shutdown")
         .unwrap();
-    assert_eq!(
-        r.fault_code().as_deref(),
-        Some("2150858843"),
-        "{}",
-        r.text()
-    );
+    assert_eq!(r.fault_code().as_deref(), Some("995"), "{}", r.text());
     let _ = stopping.await;
 }
 
@@ -657,11 +675,21 @@ async fn only_post_wsman_is_served() {
     s.shutdown().await;
 }
 
+const IDENTIFY: &str = "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" xmlns:wsmid=\"http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd\"><s:Header/><s:Body><wsmid:Identify/></s:Body></s:Envelope>";
+
+/// A raw POST with extra header lines (`Name: value\r\n` each).
+async fn post_with(addr: std::net::SocketAddr, extra: &str, body: &str) -> HttpReply {
+    let head = format!(
+        "POST /wsman HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/soap+xml;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+        body.len()
+    );
+    raw_request(addr, &head, body.as_bytes()).await
+}
+
 #[tokio::test]
 async fn identify_answers_with_the_product() {
     let s = start(gate()).await;
-    let body = "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" xmlns:wsmid=\"http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd\"><s:Header/><s:Body><wsmid:Identify/></s:Body></s:Envelope>";
-    let r = post(s.addr, &alice(), body).await;
+    let r = post(s.addr, &alice(), IDENTIFY).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let t = r.xml();
     assert_eq!(
@@ -669,13 +697,81 @@ async fn identify_answers_with_the_product() {
         "keyhole"
     );
     assert!(t.find(NS_IDENTITY, "ProtocolVersion").is_some());
-    // Identify needs authentication like everything else.
-    assert_eq!(
-        post_ct(s.addr, None, "application/soap+xml", body.as_bytes())
-            .await
-            .status,
-        401
+    // Authenticated: the full reply, with the product's version.
+    let v = t.find(NS_IDENTITY, "ProductVersion").unwrap().text.clone();
+    assert!(
+        v.contains(env!("CARGO_PKG_VERSION")) && v.contains("OS: Linux"),
+        "{v}"
     );
+    s.shutdown().await;
+}
+
+/// SPEC §1 (issue 11 item 2): an Identify without credentials, as Test-WSMan and `winrm id
+/// -a:none` send it, gets WinRM's reduced reply — with or without `WSMANIDENTIFY:
+/// unauthenticated` — and nothing about the operating system or keyhole's version.
+#[tokio::test]
+async fn anonymous_identify_gets_the_reduced_reply() {
+    let s = start(gate()).await;
+    for extra in ["", "WSMANIDENTIFY: unauthenticated\r\n"] {
+        let r = post_with(s.addr, extra, IDENTIFY).await;
+        assert_eq!(r.status, 200, "{extra:?}: {}", r.text());
+        assert!(r.header_values("www-authenticate").is_empty());
+        let t = r.xml();
+        let header = t.child(NS_SOAP, "Header").unwrap();
+        assert!(header.children.is_empty(), "{}", r.text());
+        assert_eq!(
+            t.find(NS_IDENTITY, "ProtocolVersion").unwrap().text,
+            NS_WSMAN
+        );
+        assert_eq!(
+            t.find(NS_IDENTITY, "ProductVendor").unwrap().text,
+            "keyhole"
+        );
+        assert_eq!(
+            t.find(NS_IDENTITY, "ProductVersion").unwrap().text,
+            "OS: 0.0.0 SP: 0.0 Stack: 3.0"
+        );
+        assert!(!r.text().contains("Linux") && !r.text().contains(env!("CARGO_PKG_VERSION")));
+    }
+    s.shutdown().await;
+}
+
+/// Only the exact DSP0226 Identify is answered without credentials: with addressing headers,
+/// any other operation, a wrong password, a body over the limit or the wrong content type it is
+/// the generic 401, identical to any other refusal.
+#[tokio::test]
+async fn anything_else_without_credentials_is_the_generic_401() {
+    let s = start(gate()).await;
+    let reference = post_with(s.addr, "", "<a/>").await;
+    assert_eq!(reference.status, 401);
+    let (_, with_headers) = envelope(
+        "http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity/Identify",
+        URI_CMD,
+        None,
+        None,
+        "<wsmid:Identify xmlns:wsmid=\"http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd\"/>",
+    );
+    let (_, create) = envelope(ACTION_CREATE, URI_CMD, None, None, "<rsp:Shell/>");
+    let padded = IDENTIFY.replace("<s:Header/>", &format!("<s:Header/>{}", " ".repeat(5000)));
+    for (extra, body) in [
+        ("", with_headers.as_str()),
+        ("WSMANIDENTIFY: unauthenticated\r\n", create.as_str()),
+        ("", padded.as_str()),
+        (
+            &format!("Authorization: {}\r\n", basic("alice", "wrong"))[..],
+            IDENTIFY,
+        ),
+    ] {
+        let r = post_with(s.addr, extra, body).await;
+        assert_eq!(r.status, 401, "{extra:?} {body}");
+        assert_eq!(r.body, reference.body);
+        assert_eq!(
+            r.header_values("www-authenticate"),
+            reference.header_values("www-authenticate")
+        );
+    }
+    let r = post_ct(s.addr, None, "text/xml", IDENTIFY.as_bytes()).await;
+    assert_eq!(r.status, 401);
     s.shutdown().await;
 }
 
@@ -698,7 +794,11 @@ async fn get_on_a_shell_reports_it_connected() {
 
 #[tokio::test]
 async fn idle_shells_are_closed() {
-    let mut g = StaticGatekeeper::new("alice", "pw-alice", &["Quiet"]);
+    let mut g = StaticGatekeeper::new("alice", "pw-alice", &["Quiet"]).with_user(
+        "bob",
+        "pw-bob",
+        &["Quiet"],
+    );
     g.idle_timeout = Duration::from_millis(300);
     let (s, closed) = start_quiet(Arc::new(g), |_| {}).await;
     let shell = shell_id_of(&create_shell(s.addr, &alice(), PS_URI).await);
@@ -708,10 +808,26 @@ async fn idle_shells_are_closed() {
         "the idle shell was not closed"
     );
     let (_, x) = envelope(ACTION_GET, URI_SHELL, Some(&shell), None, "");
-    assert_eq!(
-        post(s.addr, &alice(), &x).await.fault_code().as_deref(),
-        Some("2150858843")
+    let r = post(s.addr, &alice(), &x).await;
+    assert_eq!(r.fault_code().as_deref(), Some("2150858843"));
+    // Issue 11 item 7: its owner is told it expired, and why; anyone else sees an unknown shell.
+    let m = r.xml().find(NS_WSMANFAULT, "Message").unwrap().text.clone();
+    assert!(
+        m.contains(&shell) && m.contains("idle timeout") && m.contains("closed by the server"),
+        "{m}"
     );
+    assert!(r.text().contains("w:InvalidSelectors"));
+    let (_, rx) = envelope(ACTION_RECEIVE, PS_URI, Some(&shell), None, "<rsp:Receive/>");
+    let again = post(s.addr, &alice(), &rx).await;
+    assert!(again.text().contains("idle timeout"), "{}", again.text());
+    let (_, del) = envelope(ACTION_DELETE, PS_URI, Some(&shell), None, "");
+    assert!(post(s.addr, &alice(), &del)
+        .await
+        .text()
+        .contains("idle timeout"));
+    let other = post(s.addr, &basic("bob", "pw-bob"), &x).await;
+    assert_eq!(other.fault_code().as_deref(), Some("2150858843"));
+    assert!(!other.text().contains("idle"), "{}", other.text());
     s.shutdown().await;
 }
 

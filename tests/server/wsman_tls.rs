@@ -337,3 +337,30 @@ async fn configured_certificate_files_are_loaded() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_connection_still_in_its_tls_handshake_does_not_hold_up_shutdown() {
+    // Browsers open spare connections they may never use; shutdown must not wait out
+    // SHUTDOWN_GRACE (or the handshake timeout) for them.
+    let gate = Arc::new(StaticGatekeeper::new("alice", "pw", &["WinRS"]));
+    let s = start_with(
+        gate,
+        |rt| {
+            rt.listener.https = "127.0.0.1:0".into();
+            rt.listener.http = String::new();
+        },
+        Vec::new(),
+    )
+    .await;
+    let idle = tokio::net::TcpStream::connect(s.https.unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let limit = server::SHUTDOWN_GRACE / 2;
+    let done = tokio::time::timeout(limit, s.shutdown()).await;
+    assert!(
+        done.is_ok(),
+        "shutdown waited for a connection that never finished its handshake"
+    );
+    drop(idle);
+}

@@ -8,6 +8,7 @@ mod sandbox_common;
 mod shipped;
 
 mod auth_pam;
+mod sandbox_fds;
 mod sandbox_nonroot;
 mod sandbox_programs;
 mod sandbox_root;

@@ -39,6 +39,7 @@ fn param(ty: FunctionParamType, mandatory: bool, position: Option<u32>) -> Funct
         validate_set: None,
         validate_pattern: None,
         help: "help text".into(),
+        allow_leading_dash: false,
     }
 }
 
@@ -130,22 +131,26 @@ fn strings(v: &[Value]) -> Vec<String> {
 fn placeholders_cannot_inject() {
     require_root();
     let acct = Account::create();
-    let f = function_command(&function(
-        "Show-Value",
-        "/usr/bin/printf",
-        &["[%s]\\n", "{Value}"],
-        OutputFormat::Lines,
-        vec![("Value", param(FunctionParamType::String, true, Some(0)))],
-    ));
+    let show = |allow_leading_dash: bool| {
+        let mut p = param(FunctionParamType::String, true, Some(0));
+        p.allow_leading_dash = allow_leading_dash;
+        function_command(&function(
+            "Show-Value",
+            "/usr/bin/printf",
+            &["[%s]\\n", "{Value}"],
+            OutputFormat::Lines,
+            vec![("Value", p)],
+        ))
+    };
+    let f = show(false);
     for v in [
         "two words",
         "it's \"quoted\"",
         "a; rm -rf / #",
         "line1\nline2",
-        "-n",
-        "--help",
         "$(id) `id` *",
         "{Value}",
+        "x-n",
     ] {
         let o = invoke(f.as_ref(), &acct.name, &[("Value", Value::from(v))]);
         assert!(
@@ -159,6 +164,25 @@ fn placeholders_cannot_inject() {
             format!("[{v}]"),
             "value {v:?} must arrive as exactly one argument"
         );
+    }
+    // A leading dash would be an option: refused before the program runs (the engine refuses it
+    // first; this is the command's own re-check).
+    for v in ["-n", "--help", " -v", "\t--x"] {
+        let o = invoke(f.as_ref(), &acct.name, &[("Value", Value::from(v))]);
+        let e = o.result.expect_err(v);
+        assert!(
+            e.message.contains("begins with '-'"),
+            "{v:?}: {}",
+            e.message
+        );
+        assert!(o.out.is_empty(), "{v:?} ran: {:?}", o.out);
+    }
+    // Unless the parameter allows it: then it is still exactly one argument.
+    let f = show(true);
+    for v in ["-n", "--help"] {
+        let o = invoke(f.as_ref(), &acct.name, &[("Value", Value::from(v))]);
+        assert!(o.result.is_ok(), "{v:?}: {:?}", o.result);
+        assert_eq!(strings(&o.out).join("\n"), format!("[{v}]"));
     }
 }
 

@@ -2,7 +2,7 @@
 //! command metadata requests) to engine values. No DTD, named limits on every dimension.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::DateTime;
 use quick_xml::events::{BytesStart, Event as XmlEvent};
@@ -25,7 +25,28 @@ pub struct ClixmlLimits {
     pub max_refs: usize,
     /// Values produced after expanding `<Ref>`s (stops reference "billion laughs").
     pub max_values: usize,
+    /// Attributes on one element, namespace declarations (`xmlns`, `xmlns:p`) included.
+    pub max_attributes: usize,
+    /// Bytes one body may materialize: the element tree (each element and attribute counted
+    /// with a fixed overhead plus its text) and the values built from it, every `<Ref>` and
+    /// `<TNRef>` counted again at the full size of what it copies. Stops a reference bomb that
+    /// stays under `max_values` with a few large strings.
+    pub max_bytes: usize,
 }
+
+/// Attributes one CLIXML element may carry, namespace declarations included (`<Obj N=""
+/// RefId="">` needs 2; the root 2 more for `Version` and `xmlns`).
+pub const MAX_ATTRIBUTES: usize = 32;
+/// Bytes one message body may materialize (tree and values, references expanded): four times
+/// the largest message the reassembler accepts ([`crate::psrp::fragment::MAX_MESSAGE_SIZE`]),
+/// which covers a 16 MiB string held once in the tree and once as a value.
+pub const MAX_EXPANDED_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes counted for each element of the tree besides its tag and text (the `Node` itself).
+pub const NODE_OVERHEAD: usize = std::mem::size_of::<Node>();
+/// Bytes counted for each attribute besides its name and value.
+pub const ATTR_OVERHEAD: usize = std::mem::size_of::<(String, String)>();
+/// Bytes counted for each value produced (the `Value` itself, or a name in a type list).
+pub const VALUE_OVERHEAD: usize = std::mem::size_of::<Value>();
 
 /// Default limits: generous for anything a PowerShell client sends as commands and input,
 /// small enough that one message cannot exhaust memory.
@@ -35,6 +56,8 @@ pub const DEFAULT_LIMITS: ClixmlLimits = ClixmlLimits {
     max_string_len: 8 * 1024 * 1024,
     max_refs: 50_000,
     max_values: 500_000,
+    max_attributes: MAX_ATTRIBUTES,
+    max_bytes: MAX_EXPANDED_BYTES,
 };
 
 /// One parsed element.
@@ -66,16 +89,57 @@ fn err(e: ClixmlError) -> ProtocolError {
     ProtocolError::Clixml(e)
 }
 
-fn start_node(e: &BytesStart<'_>) -> Result<Node, ProtocolError> {
+/// Counts the bytes a body materializes against `max_bytes`.
+struct Budget {
+    used: usize,
+    max: usize,
+}
+
+impl Budget {
+    fn take(&mut self, n: usize) -> Result<(), ProtocolError> {
+        self.used = self.used.saturating_add(n);
+        if self.used > self.max {
+            return Err(err(ClixmlError::ExpandsTooMuch(self.max)));
+        }
+        Ok(())
+    }
+}
+
+fn start_node(
+    e: &BytesStart<'_>,
+    limits: &ClixmlLimits,
+    budget: &mut Budget,
+) -> Result<Node, ProtocolError> {
     let tag = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+    budget.take(NODE_OVERHEAD.saturating_add(tag.len()))?;
     let mut attrs = Vec::new();
-    for a in e.attributes() {
+    // quick-xml's own duplicate check compares every attribute with every earlier one
+    // (quadratic); it is off, and duplicates are found with a set after the count is capped.
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    for (i, a) in e.attributes().with_checks(false).enumerate() {
+        if i >= limits.max_attributes {
+            return Err(err(ClixmlError::TooManyAttributes {
+                tag: tag.clone(),
+                max: limits.max_attributes,
+                at: i + 1,
+            }));
+        }
         let a = a.map_err(|x| {
             err(ClixmlError::Attribute {
                 tag: tag.clone(),
                 detail: x.to_string(),
             })
         })?;
+        if !seen.insert(a.key.as_ref().to_vec()) {
+            return Err(err(ClixmlError::DuplicateAttribute {
+                tag: tag.clone(),
+                name: String::from_utf8_lossy(a.key.as_ref()).into_owned(),
+            }));
+        }
+        if a.key.as_namespace_binding().is_some() {
+            // Counted against the cap, never kept (CLIXML names carry no prefixes).
+            continue;
+        }
         let k = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
         let v = a
             .unescape_value()
@@ -86,6 +150,11 @@ fn start_node(e: &BytesStart<'_>) -> Result<Node, ProtocolError> {
                 })
             })?
             .into_owned();
+        budget.take(
+            ATTR_OVERHEAD
+                .saturating_add(k.len())
+                .saturating_add(v.len()),
+        )?;
         attrs.push((k, v));
     }
     Ok(Node {
@@ -98,6 +167,18 @@ fn start_node(e: &BytesStart<'_>) -> Result<Node, ProtocolError> {
 
 /// Parse XML text into one root element tree, within `limits`.
 pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolError> {
+    let mut budget = Budget {
+        used: 0,
+        max: limits.max_bytes,
+    };
+    parse_tree_counted(text, limits, &mut budget)
+}
+
+fn parse_tree_counted(
+    text: &str,
+    limits: &ClixmlLimits,
+    budget: &mut Budget,
+) -> Result<Node, ProtocolError> {
     let mut reader = Reader::from_str(text);
     reader.config_mut().trim_text(false);
     let mut stack: Vec<Node> = Vec::new();
@@ -123,7 +204,7 @@ pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolErr
                 if stack.len() >= limits.max_depth {
                     return Err(err(ClixmlError::TooDeep(limits.max_depth)));
                 }
-                stack.push(start_node(&e)?);
+                stack.push(start_node(&e, limits, budget)?);
             }
             XmlEvent::Empty(e) => {
                 elements += 1;
@@ -133,7 +214,7 @@ pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolErr
                 if stack.len() >= limits.max_depth {
                     return Err(err(ClixmlError::TooDeep(limits.max_depth)));
                 }
-                let n = start_node(&e)?;
+                let n = start_node(&e, limits, budget)?;
                 match stack.last_mut() {
                     Some(p) => p.children.push(n),
                     None => root = Some(n),
@@ -154,6 +235,7 @@ pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolErr
                     if cur.text.len().saturating_add(s.len()) > limits.max_string_len {
                         return Err(err(ClixmlError::TextTooLong(limits.max_string_len)));
                     }
+                    budget.take(s.len())?;
                     cur.text.push_str(&s);
                 } else if !s.trim().is_empty() {
                     return Err(err(ClixmlError::TextOutsideRoot));
@@ -165,6 +247,7 @@ pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolErr
                     if cur.text.len().saturating_add(s.len()) > limits.max_string_len {
                         return Err(err(ClixmlError::TextTooLong(limits.max_string_len)));
                     }
+                    budget.take(s.len())?;
                     cur.text.push_str(&s);
                 }
             }
@@ -182,9 +265,22 @@ pub fn parse_tree(text: &str, limits: &ClixmlLimits) -> Result<Node, ProtocolErr
 /// Converts element trees to values, resolving `Ref`/`TNRef` within one body.
 struct Conv<'l> {
     limits: &'l ClixmlLimits,
-    objs: HashMap<String, (Value, usize)>,
-    tns: HashMap<String, Vec<String>>,
+    /// Objects by RefId, with the values and bytes a `<Ref>` to them adds again.
+    objs: HashMap<String, (Value, Weight)>,
+    /// Type-name lists by RefId, with the bytes a `<TNRef>` to them adds again.
+    tns: HashMap<String, (Vec<String>, usize)>,
     values: usize,
+    budget: Budget,
+    /// Bytes of `budget` spent on the copies kept in `objs` and `tns` (left out of the weight
+    /// of an enclosing object, which a `<Ref>` copies without them).
+    stored: usize,
+}
+
+/// What copying one referenced object costs.
+#[derive(Debug, Clone, Copy)]
+struct Weight {
+    values: usize,
+    bytes: usize,
 }
 
 fn parse_int(n: &Node) -> Result<i64, ProtocolError> {
@@ -246,6 +342,9 @@ impl Conv<'_> {
 
     fn value(&mut self, n: &Node) -> Result<Value, ProtocolError> {
         self.count(1)?;
+        // The value itself, and at most its text again (decoding never lengthens it).
+        let own = VALUE_OVERHEAD.saturating_add(n.text.len());
+        self.budget.take(own)?;
         let text = || decode_string(&n.text);
         Ok(match n.tag.as_str() {
             "Nil" => Value::Null,
@@ -301,22 +400,39 @@ impl Conv<'_> {
                 let id = n
                     .attr("RefId")
                     .ok_or_else(|| err(ClixmlError::RefWithoutId))?;
-                let (v, weight) = self
+                let weight = self
                     .objs
                     .get(id)
-                    .cloned()
+                    .map(|(_, w)| *w)
                     .ok_or_else(|| err(ClixmlError::UnknownRef(id.to_string())))?;
-                self.count(weight)?;
-                v
+                // Counted before the copy is made: a refused reference allocates nothing.
+                self.count(weight.values)?;
+                self.budget.take(weight.bytes)?;
+                self.objs
+                    .get(id)
+                    .map(|(v, _)| v.clone())
+                    .unwrap_or(Value::Null)
             }
             "Obj" => {
-                let before = self.values;
+                let values_before = self.values;
+                let bytes_before = self.budget.used.saturating_sub(self.stored);
                 let v = self.object(n)?;
                 if let Some(id) = n.attr("RefId") {
                     if self.objs.len() + self.tns.len() >= self.limits.max_refs {
                         return Err(err(ClixmlError::TooManyRefs(self.limits.max_refs)));
                     }
-                    let weight = self.values.saturating_sub(before).max(1);
+                    let weight = Weight {
+                        values: self.values.saturating_sub(values_before).max(1),
+                        bytes: self
+                            .budget
+                            .used
+                            .saturating_sub(self.stored)
+                            .saturating_sub(bytes_before)
+                            .max(VALUE_OVERHEAD),
+                    };
+                    // The stored copy is one more materialization of the object.
+                    self.budget.take(weight.bytes)?;
+                    self.stored = self.stored.saturating_add(weight.bytes);
                     self.objs.insert(id.to_string(), (v.clone(), weight));
                 }
                 v
@@ -327,17 +443,21 @@ impl Conv<'_> {
 
     fn type_names(&mut self, n: &Node) -> Result<Vec<String>, ProtocolError> {
         if let Some(tn) = n.child("TN") {
-            let names: Vec<String> = tn
-                .children
-                .iter()
-                .filter(|c| c.tag == "T")
-                .map(|c| decode_string(&c.text))
-                .collect();
+            let mut names = Vec::new();
+            let mut bytes = 0usize;
+            for c in tn.children.iter().filter(|c| c.tag == "T") {
+                let b = VALUE_OVERHEAD.saturating_add(c.text.len());
+                self.budget.take(b)?;
+                bytes = bytes.saturating_add(b);
+                names.push(decode_string(&c.text));
+            }
             if let Some(id) = tn.attr("RefId") {
                 if self.objs.len() + self.tns.len() >= self.limits.max_refs {
                     return Err(err(ClixmlError::TooManyRefs(self.limits.max_refs)));
                 }
-                self.tns.insert(id.to_string(), names.clone());
+                self.budget.take(bytes)?;
+                self.stored = self.stored.saturating_add(bytes);
+                self.tns.insert(id.to_string(), (names.clone(), bytes));
             }
             return Ok(names);
         }
@@ -345,11 +465,17 @@ impl Conv<'_> {
             let id = r
                 .attr("RefId")
                 .ok_or_else(|| err(ClixmlError::TnRefWithoutId))?;
-            return self
+            let bytes = self
                 .tns
                 .get(id)
-                .cloned()
-                .ok_or_else(|| err(ClixmlError::UnknownTnRef(id.to_string())));
+                .map(|(_, b)| *b)
+                .ok_or_else(|| err(ClixmlError::UnknownTnRef(id.to_string())))?;
+            self.budget.take(bytes)?;
+            return Ok(self
+                .tns
+                .get(id)
+                .map(|(names, _)| names.clone())
+                .unwrap_or_default());
         }
         Ok(Vec::new())
     }
@@ -364,10 +490,14 @@ impl Conv<'_> {
         for c in &n.children {
             match c.tag.as_str() {
                 "TN" | "TNRef" => {}
-                "ToString" => to_string = Some(decode_string(&c.text)),
+                "ToString" => {
+                    self.budget.take(c.text.len())?;
+                    to_string = Some(decode_string(&c.text));
+                }
                 "MS" | "Props" => {
                     for p in &c.children {
                         let name = p.name().unwrap_or_default();
+                        self.budget.take(name.len())?;
                         let v = self.value(p)?;
                         props.push((name, v));
                     }
@@ -434,15 +564,34 @@ impl Conv<'_> {
 }
 
 /// Parse one CLIXML message body (a single root value) into an engine value.
+/// Everything the body materializes — its tree, its values and every reference copied —
+/// counts against one budget of `limits.max_bytes`.
 pub fn parse(text: &str, limits: &ClixmlLimits) -> Result<Value, ProtocolError> {
-    let root = parse_tree(text, limits)?;
+    parse_sized(text, limits).map(|(v, _)| v)
+}
+
+/// [`parse`], also returning the bytes the value holds (references expanded, counted as the
+/// budget counts them; the element tree and the reader's own copies left out). A consumer that
+/// keeps many values (pipeline input) bounds their sum with this, not with the message size:
+/// a small message can hold a large value.
+pub fn parse_sized(text: &str, limits: &ClixmlLimits) -> Result<(Value, usize), ProtocolError> {
+    let mut budget = Budget {
+        used: 0,
+        max: limits.max_bytes,
+    };
+    let root = parse_tree_counted(text, limits, &mut budget)?;
+    let tree = budget.used;
     let mut c = Conv {
         limits,
         objs: HashMap::new(),
         tns: HashMap::new(),
         values: 0,
+        budget,
+        stored: 0,
     };
-    c.value(&root)
+    let v = c.value(&root)?;
+    let size = c.budget.used.saturating_sub(tree).saturating_sub(c.stored);
+    Ok((v, size))
 }
 
 /// Parse with [`DEFAULT_LIMITS`].
@@ -499,6 +648,80 @@ mod tests {
             );
         }
         assert!(parse_default(&s).is_err());
+    }
+
+    #[test]
+    fn attributes_are_capped_and_duplicates_refused() {
+        let many: String = (0..40).map(|i| format!(" a{i}=\"1\"")).collect();
+        let e = parse_default(&format!("<S{many}>x</S>")).unwrap_err();
+        assert!(e.to_string().contains("refused at attribute 33"), "{e}");
+        let ns: String = (0..40).map(|i| format!(" xmlns:p{i}=\"u\"")).collect();
+        assert!(parse_default(&format!("<S{ns}>x</S>")).is_err());
+        let e = parse_default("<S N=\"a\" N=\"b\">x</S>").unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+        // A namespace declaration on the root is accepted and not kept as an attribute.
+        let v = parse_default(
+            "<Obj RefId=\"0\" xmlns=\"http://schemas.microsoft.com/powershell/2004/04\"><MS><S N=\"a\">b</S></MS></Obj>",
+        )
+        .unwrap();
+        assert_eq!(v.property("a"), Some(&Value::from("b")));
+    }
+
+    #[test]
+    fn bytes_after_references_are_counted() {
+        let limits = ClixmlLimits {
+            max_bytes: 128 * 1024,
+            ..DEFAULT_LIMITS
+        };
+        let big = "x".repeat(8 * 1024);
+        let refs = "<Ref RefId=\"1\" />".repeat(4);
+        let ok = format!("<Obj RefId=\"0\"><LST><Obj RefId=\"1\"><LST><S>{big}</S></LST></Obj>{refs}</LST></Obj>");
+        assert!(parse(&ok, &limits).is_ok(), "{:?}", parse(&ok, &limits));
+        let refs = "<Ref RefId=\"1\" />".repeat(8);
+        let bomb = format!("<Obj RefId=\"0\"><LST><Obj RefId=\"1\"><LST><S>{big}</S></LST></Obj>{refs}</LST></Obj>");
+        let e = parse(&bomb, &limits).unwrap_err();
+        assert!(e.to_string().contains("expands to more than"), "{e}");
+        // Type-name lists copied by TNRef count too.
+        let names = format!("<T>{big}</T>");
+        let tn = |n: usize| {
+            let objs = "<Obj><TNRef RefId=\"0\" /><MS /></Obj>".repeat(n);
+            format!("<Obj><LST><Obj><TN RefId=\"0\">{names}</TN><MS /></Obj>{objs}</LST></Obj>")
+        };
+        assert!(
+            parse(&tn(2), &limits).is_ok(),
+            "{:?}",
+            parse(&tn(2), &limits)
+        );
+        let e = parse(&tn(16), &limits).unwrap_err();
+        assert!(e.to_string().contains("expands to more than"), "{e}");
+    }
+
+    #[test]
+    fn sized_counts_the_value_with_references_expanded() {
+        let big = "x".repeat(10_000);
+        let one = format!(
+            "<Obj RefId=\"0\"><LST><Obj RefId=\"1\"><LST><S>{big}</S></LST></Obj></LST></Obj>"
+        );
+        let three = format!("<Obj RefId=\"0\"><LST><Obj RefId=\"1\"><LST><S>{big}</S></LST></Obj><Ref RefId=\"1\" /><Ref RefId=\"1\" /></LST></Obj>");
+        let (_, a) = parse_sized(&one, &DEFAULT_LIMITS).unwrap();
+        let (_, b) = parse_sized(&three, &DEFAULT_LIMITS).unwrap();
+        assert!((10_000..11_000).contains(&a), "{a}");
+        assert!((30_000..33_000).contains(&b), "{b}");
+    }
+
+    #[test]
+    fn nested_references_are_not_overcounted() {
+        // Ten objects nested with RefIds (as CREATE_PIPELINE nests them) weigh about what they
+        // hold, not twice as much per level.
+        let mut s = String::from("<S>leaf</S>");
+        for i in 0..10 {
+            s = format!("<Obj RefId=\"{i}\"><LST>{s}</LST></Obj>");
+        }
+        let limits = ClixmlLimits {
+            max_bytes: 8 * 1024,
+            ..DEFAULT_LIMITS
+        };
+        assert!(parse(&s, &limits).is_ok());
     }
 
     #[test]

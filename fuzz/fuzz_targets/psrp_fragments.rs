@@ -1,0 +1,9 @@
+//! cargo-fuzz target `psrp_fragments`: the logic lives in `keyhole_fuzz::psrp_fragments` (fuzz/src/lib.rs), which
+//! tests/fuzz_corpus.rs also runs over fuzz/corpus/psrp_fragments/ without nightly.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    keyhole_fuzz::psrp_fragments(data);
+});
