@@ -73,7 +73,8 @@ pub(crate) struct Prepared {
     /// Open `cgroup.procs` of the command's cgroup: the child writes "0" to join it.
     pub cgroup_procs: Option<OwnedFd>,
     /// keyhole's open descriptors above 2 when the command was prepared: marked close-on-exec
-    /// one by one in the child when the kernel has no `close_range` (before Linux 5.11).
+    /// one by one in the child when the kernel has no `close_range` (before Linux 5.11); empty
+    /// (not listed) when it has.
     pub open_fds: Vec<libc::c_int>,
 }
 
@@ -81,7 +82,30 @@ pub(crate) struct Prepared {
 /// below in practice; beyond it the listing stops and the rest rely on close-on-exec).
 const MAX_LISTED_FDS: usize = 65_536;
 
-/// keyhole's open descriptors above 2, from /proc/self/fd (read before `fork`).
+/// Whether the kernel has `close_range` with `CLOSE_RANGE_CLOEXEC` (Linux ≥ 5.11), probed once
+/// on a range that holds no descriptor (it changes nothing). When it has, the child marks every
+/// descriptor close-on-exec in one call and the parent lists none: reading /proc/self/fd per
+/// command costs a directory walk of every open descriptor (one per session's transcript: 10,000
+/// entries with 10,000 sessions).
+pub(crate) fn has_close_range_cloexec() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        // SAFETY: close_range(2) takes integer arguments only; the range [u32::MAX, u32::MAX]
+        // is beyond any descriptor table, so the call marks nothing.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                libc::c_uint::MAX,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        rc == 0
+    })
+}
+
+/// keyhole's open descriptors above 2, from /proc/self/fd (read before `fork`), for kernels
+/// without `close_range` only ([`has_close_range_cloexec`]).
 fn open_fds() -> Vec<libc::c_int> {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return Vec::new();
@@ -257,7 +281,11 @@ pub(crate) fn prepare(
         rlimits,
         parent: nix::unistd::getpid(),
         cgroup_procs,
-        open_fds: open_fds(),
+        open_fds: if has_close_range_cloexec() {
+            Vec::new()
+        } else {
+            open_fds()
+        },
     })
 }
 
@@ -508,6 +536,25 @@ mod tests {
         );
         // SAFETY: closes the descriptor dup'd above, owned by nothing else.
         unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn descriptors_are_listed_only_where_the_kernel_lacks_close_range() {
+        let _f = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(!open_fds().is_empty());
+        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        let account = lookup_account(&me).unwrap();
+        let p = prepare(&account, &[], None).unwrap();
+        // Linux ≥ 5.11 (every kernel CI runs): no directory walk per command.
+        assert!(has_close_range_cloexec());
+        assert!(
+            p.open_fds.is_empty(),
+            "listed {} descriptors",
+            p.open_fds.len()
+        );
     }
 
     #[test]
