@@ -20,9 +20,10 @@ pub const MAX_CONFIG_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Largest authorization rules file read (bytes). The rules file is bounded by its size, not by
 /// a number of rules: 16 MiB holds about 140,000 rules as `keyhole rule add` writes them
 /// (issue 10 asks for 100,000 to be served). Parsing is the `toml` crate's document model, about
-/// 60 bytes of memory per byte of file while it runs: measured with `keyhole check` (release),
-/// 100,000 rules (9.5 MiB) peak at 596 MiB RSS in 2.3 s, a full 16 MiB file (166,660 short
-/// rules) at 989 MiB in 6–7 s (load average 5) — paid at start and at every reload.
+/// 30 bytes of memory per byte of file while it runs: measured with `keyhole check` (release,
+/// load average 5), 100,000 rules (9.5 MiB) peak at 314 MiB RSS in 0.8 s, a full 16 MiB file
+/// (166,660 short rules) at 518 MiB in 1.9 s — paid at start and at every reload. (Twice that
+/// before diagnostics' span document became lazy: `diag::SourceFile`.)
 pub const MAX_RULES_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// Most `*.toml` files read from one directory.
 pub const MAX_FILES_PER_DIR: usize = 10_000;
