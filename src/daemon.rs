@@ -156,12 +156,38 @@ fn reload_inner(gates: &Gates, path: &Path) -> bool {
     }
 }
 
+/// Raise the soft limit on open descriptors to the hard limit: each session holds its
+/// transcript open and each connection a socket, so 10,000 sessions need more than the 1,024 a
+/// service gets by default (systemd's soft limit; its hard limit is 524,288). Programs still
+/// start with `RLIMIT_NOFILE` = 1,024 (the sandbox sets it). Returns (before, after).
+pub fn raise_nofile_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
+        return Some((soft, soft));
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => Some((soft, hard)),
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit; sessions beyond it are refused");
+            Some((soft, soft))
+        }
+    }
+}
+
 /// Run the server until SIGTERM/SIGINT. `on_started` is called once the listeners are bound.
 pub fn serve(
     path: &Path,
     cfg: LoadedConfig,
     on_started: impl FnOnce(&Started),
 ) -> Result<(), DaemonError> {
+    if let Some((before, after)) = raise_nofile_limit() {
+        tracing::info!(
+            before,
+            after,
+            "open-file limit (RLIMIT_NOFILE soft) raised to the hard limit"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

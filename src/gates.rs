@@ -288,6 +288,10 @@ impl Audit for SessionAudit {
         self.transcript.output(text)
     }
 
+    fn commit(&mut self) -> std::io::Result<()> {
+        self.transcript.commit()
+    }
+
     fn end(&mut self, state: EndState) -> std::io::Result<()> {
         let written = self.transcript.end(state);
         self.live.line_ended();
@@ -314,9 +318,47 @@ impl Drop for SessionAudit {
     }
 }
 
+/// Most command tables kept per configuration generation (distinct endpoint × role sets);
+/// beyond it a session builds its own.
+const MAX_SHARED_TABLES: usize = 4096;
+
+/// The command tables of one configuration generation, shared by the sessions with the same
+/// endpoint and applicable roles (hence the same effective capability). A reload starts a new
+/// generation; sessions opened before keep the tables they hold.
+#[derive(Default)]
+struct Tables {
+    /// The configuration these tables were built from (a `Weak` keeps its address unique).
+    cfg: Weak<LoadedConfig>,
+    /// (lower-case endpoint name, applicable role capability names in order) → table.
+    map: HashMap<(String, Vec<String>), engine::SharedTable>,
+}
+
+/// The configuration in force and what is derived from it once: gate 3's rule index and the
+/// names this computer answers to.
+struct Current {
+    cfg: Arc<LoadedConfig>,
+    rules: rules::RuleIndex,
+    /// `computer_name`, then its aliases.
+    names: Vec<String>,
+}
+
+impl Current {
+    fn new(cfg: LoadedConfig) -> Current {
+        let rules = rules::RuleIndex::new(&cfg.rules);
+        let mut names = vec![cfg.server.computer_name.clone()];
+        names.extend(cfg.server.computer_aliases.iter().cloned());
+        Current {
+            cfg: Arc::new(cfg),
+            rules,
+            names,
+        }
+    }
+}
+
 /// Gates 2–4 and audit, shared by every connection.
 pub struct Gates {
-    cfg: RwLock<Arc<LoadedConfig>>,
+    cfg: RwLock<Arc<Current>>,
+    tables: Mutex<Tables>,
     /// Gate 2; None for [`Gates::local`] (`keyhole run` authenticates nobody).
     auth: Option<Authenticator>,
     audit: Option<AuditLog>,
@@ -363,7 +405,8 @@ impl Gates {
             Some(AuditLog::open(&path)?)
         };
         Ok(Gates {
-            cfg: RwLock::new(Arc::new(cfg)),
+            cfg: RwLock::new(Arc::new(Current::new(cfg))),
+            tables: Mutex::new(Tables::default()),
             auth,
             audit,
             live: Arc::new(SessionTable::new()),
@@ -397,6 +440,11 @@ impl Gates {
 
     /// The configuration in force now (sessions keep the one they were opened with).
     pub fn config(&self) -> Arc<LoadedConfig> {
+        self.current().cfg.clone()
+    }
+
+    /// The configuration in force with its rule index (taken together: a reload swaps both).
+    fn current(&self) -> Arc<Current> {
         match self.cfg.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
@@ -417,11 +465,12 @@ impl Gates {
             auth.replace_config(&new.server.auth);
             auth.replace_users(new.users.clone());
         }
+        let next = Arc::new(Current::new(new)); // the rule index is built before the lock
         let mut g = match self.cfg.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        *g = Arc::new(new);
+        *g = next;
         let now = g.clone();
         drop(g);
         *self.negotiate.write().unwrap_or_else(|e| e.into_inner()) = settings;
@@ -483,6 +532,46 @@ impl Gates {
         });
     }
 
+    /// The command table for `caps` (the roles that apply) on `ep`: built once per configuration
+    /// generation and shared, or built for this session alone when `cfg` is no longer the one
+    /// in force (a reload came in between) or the cache is full.
+    fn table(
+        &self,
+        cfg: &Arc<LoadedConfig>,
+        ep: &crate::config::LoadedEndpoint,
+        caps: &[&crate::config::LoadedCapability],
+        roles: &[String],
+    ) -> engine::SharedTable {
+        let build = || {
+            let cap = capability::merge(cfg, ep, caps);
+            engine::SharedTable::build(
+                &cap,
+                ep.config.session_type,
+                crate::commands::source().as_ref(),
+            )
+        };
+        let key = (ep.config.name.to_lowercase(), roles.to_vec());
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if !std::ptr::eq(tables.cfg.as_ptr(), Arc::as_ptr(cfg)) {
+            if !Arc::ptr_eq(cfg, &self.config()) {
+                drop(tables);
+                return build();
+            }
+            *tables = Tables {
+                cfg: Arc::downgrade(cfg),
+                map: HashMap::new(),
+            };
+        }
+        if let Some(t) = tables.map.get(&key) {
+            return t.clone();
+        }
+        let table = build();
+        if tables.map.len() < MAX_SHARED_TABLES {
+            tables.map.insert(key, table.clone());
+        }
+        table
+    }
+
     /// Open a session for `who` on `endpoint`: gate 3 (remote origins only), gate 4 (the
     /// endpoint and the user's roles), the per-user session count for `kind`, then the
     /// transcript (keyhole never runs unaudited). Every refusal is logged and audited here.
@@ -495,13 +584,14 @@ impl Gates {
     ) -> Result<Grant, OpenError> {
         let user = who.user.as_str();
         let groups = who.groups.as_slice();
-        let cfg = self.config();
+        let current = self.current();
+        let cfg = current.cfg.clone();
         // The gateway rule that admitted a remote user (logged when the session opens).
         let mut admitted_by = None;
         if let Origin::Remote(_) = origin {
-            let mut names = vec![cfg.server.computer_name.clone()];
-            names.extend(cfg.server.computer_aliases.iter().cloned());
-            let d = rules::evaluate(&cfg.rules, user, groups, &names, endpoint);
+            let d = current
+                .rules
+                .evaluate(user, groups, &current.names, endpoint);
             if !d.allowed {
                 let denied = Denied {
                     gate: 3,
@@ -549,10 +639,12 @@ impl Gates {
         let Some(ep) = cfg.endpoint(endpoint) else {
             return Err(refuse4(format!("no endpoint named {endpoint:?}")));
         };
-        let cap = match capability::effective_capability(&cfg, ep, user, groups) {
+        let caps = match capability::applicable_roles(&cfg, ep, user, groups) {
             Ok(c) => c,
             Err(r) => return Err(refuse4(r.reason)),
         };
+        let roles: Vec<String> = caps.iter().map(|c| c.name.clone()).collect();
+        let table = self.table(&cfg, ep, &caps, &roles);
         let limits = &cfg.server.limits;
         let counted = match kind {
             SessionKind::Psrp => Some(
@@ -683,15 +775,15 @@ impl Gates {
             started: None,
         };
         let host = HostEnv {
-            run_as: ep.config.run_as.clone(),
+            run_as: ep.config.run_as.as_str().into(),
             command_timeout: limits.command_timeout.0,
             max_output_bytes: limits.max_output_bytes.0,
             endpoint: ep.config.name.clone(),
             user: user.to_string(),
             groups: groups.to_vec(),
         };
-        let session = engine::Session::new(
-            &cap,
+        let session = engine::Session::with_table(
+            table,
             SessionOptions {
                 session_type: ep.config.session_type,
                 host,
@@ -707,7 +799,7 @@ impl Gates {
             endpoint: Some(ep.config.name.clone()),
             session_id: Some(session_id.clone()),
             transport: Some(kind.transport().as_str().to_string()),
-            reason: Some(format!("roles: {}", cap.roles.join(", "))),
+            reason: Some(format!("roles: {}", roles.join(", "))),
             ..AuditEvent::new(AuditKind::SessionStart)
         });
         tracing::info!(
@@ -772,14 +864,23 @@ impl Gates {
     /// an endpoint that an authorization rule admits them to on this computer (gate 3) and
     /// where a role applies to them (gate 4: `required_groups`, then the roles)? The refusal
     /// says which gate would refuse every endpoint and why (for the log only).
-    fn can_open_any(cfg: &LoadedConfig, user: &str, groups: &[String]) -> Result<(), Denied> {
-        let mut names = vec![cfg.server.computer_name.clone()];
-        names.extend(cfg.server.computer_aliases.iter().cloned());
+    fn can_open_any(cur: &Current, user: &str, groups: &[String]) -> Result<(), Denied> {
+        let cfg = &cur.cfg;
+        // Gate 3 through the index first: most users no rule admits anywhere end here.
+        if !cur.rules.admits_anywhere(user, groups, &cur.names) {
+            return Err(Denied {
+                gate: 3,
+                reason: format!(
+                    "no authorization rule admits {user} on this computer for any endpoint configured here; refused at gate 2 for every operation, as this user can open no session here"
+                ),
+                rule_id: None,
+            });
+        }
         let mut ruled: Vec<&str> = Vec::new();
         let mut first_gate4: Option<String> = None;
         for ep in &cfg.endpoints {
             let name = ep.config.name.as_str();
-            if !rules::evaluate(&cfg.rules, user, groups, &names, name).allowed {
+            if !cur.rules.evaluate(user, groups, &cur.names, name).allowed {
                 continue;
             }
             match capability::applicable_roles(cfg, ep, user, groups) {
@@ -852,7 +953,7 @@ impl Gates {
         how: Option<&str>,
         audit: bool,
     ) -> Option<Identity> {
-        if let Err(d) = Gates::can_open_any(&self.config(), &id.user, &id.groups) {
+        if let Err(d) = Gates::can_open_any(&self.current(), &id.user, &id.groups) {
             self.deny_no_session(&id.user, origin, &d);
             return None;
         }
@@ -899,11 +1000,11 @@ impl Gates {
         origin: Origin,
         ip: std::net::IpAddr,
     ) -> Option<Identity> {
-        let cfg = self.config();
+        let cur = self.current();
         let mut no_session: Option<Denied> = None;
         let result =
             authn.verify_basic_admitting(user, password, ip, &mut |id| match Gates::can_open_any(
-                &cfg, &id.user, &id.groups,
+                &cur, &id.user, &id.groups,
             ) {
                 Ok(()) => true,
                 Err(d) => {
@@ -943,10 +1044,7 @@ impl Gates {
 
     /// The names this server answers to: `computer_name` and `computer_aliases`.
     pub fn computer_names(&self) -> Vec<String> {
-        let cfg = self.config();
-        let mut names = vec![cfg.server.computer_name.clone()];
-        names.extend(cfg.server.computer_aliases.iter().cloned());
-        names
+        self.current().names.clone()
     }
 
     /// The web console's computer name (PSWA's "Computer name"): it must be one of this
@@ -1121,9 +1219,9 @@ impl Authenticate for Gates {
         let Some((user, pw)) = auth::parse_basic_header(h) else {
             return Plan::Blocking;
         };
-        let cfg = self.config();
+        let cur = self.current();
         let remembered = authn.remembered(&user, &pw, conn.peer.ip(), &mut |id| {
-            Gates::can_open_any(&cfg, &id.user, &id.groups).is_ok()
+            Gates::can_open_any(&cur, &id.user, &id.groups).is_ok()
         });
         match remembered {
             Some(id) => {
@@ -1234,13 +1332,17 @@ mod tests {
         w(
             "endpoints/E.toml",
             &format!(
-                "name = \"E\"\nrun_as = {:?}\nidle_timeout = \"90s\"\n[[role]]\nuser = \"alice\"\nrole_capabilities = [\"R\"]\n",
+                "name = \"E\"\nrun_as = {:?}\nidle_timeout = \"90s\"\n[[role]]\nuser = \"alice\"\nrole_capabilities = [\"R\"]\n[[role]]\nuser = \"carol\"\nrole_capabilities = [\"R\"]\n[[role]]\nuser = \"dave\"\nrole_capabilities = [\"R\", \"S\"]\n",
                 me()
             ),
         );
         w(
             "role-capabilities/R.toml",
             "visible_cmdlets = [\"Get-Date\"]\n",
+        );
+        w(
+            "role-capabilities/S.toml",
+            "visible_cmdlets = [\"Get-Uptime\"]\n",
         );
         w(
             "authorization-rules.toml",
@@ -1544,5 +1646,45 @@ mod tests {
             g.authenticate_connection(&mut conn, Some(&alice)),
             Verdict::Refuse
         );
+    }
+
+    #[test]
+    fn sessions_with_the_same_roles_share_one_command_table_until_a_reload() {
+        let (d, g) = gates();
+        let open = |user: &str| {
+            g.open(&who(user), "E", Origin::Local, SessionKind::Run)
+                .unwrap()
+        };
+        let a = open("alice");
+        let b = open("ALICE");
+        let c = open("carol");
+        let dave = open("dave");
+        assert!(a.session.table().same(&b.session.table()));
+        assert!(
+            a.session.table().same(&c.session.table()),
+            "another user with the same roles shares the table"
+        );
+        assert!(
+            !a.session.table().same(&dave.session.table()),
+            "other roles, another table"
+        );
+        let names = |t: &engine::SharedTable| -> Vec<String> {
+            t.visible().iter().map(|v| v.decl.name.clone()).collect()
+        };
+        assert!(names(&dave.session.table()).contains(&"Get-Uptime".to_string()));
+        assert!(!names(&a.session.table()).contains(&"Get-Uptime".to_string()));
+        // A reload: new sessions get new tables; open ones keep theirs.
+        std::fs::write(
+            d.path().join("role-capabilities/R.toml"),
+            "visible_cmdlets = [\"Get-Date\", \"Get-Uptime\"]\n",
+        )
+        .unwrap();
+        let cfg = crate::config::load(&d.path().join("keyhole.toml")).unwrap();
+        g.reload(cfg).unwrap();
+        let e = open("alice");
+        assert!(!e.session.table().same(&a.session.table()));
+        assert!(names(&e.session.table()).contains(&"Get-Uptime".to_string()));
+        assert!(!names(&a.session.table()).contains(&"Get-Uptime".to_string()));
+        assert!(e.session.table().same(&open("carol").session.table()));
     }
 }

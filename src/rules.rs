@@ -9,19 +9,18 @@
 //! [`validate_rules`] all use.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-
 use std::io;
+use std::sync::Arc;
 
 use std::path::{Path, PathBuf};
 
 use crate::config::edit::{lock_dir_of, read_bounded, render_preserving, write_atomic};
-use crate::config::validate::{rule_field_problem, rule_problems, rules_file_problems, RuleSpot};
-pub use crate::config::validate::{MAX_RULES, MAX_RULE_FIELD_LEN};
+pub use crate::config::validate::MAX_RULE_FIELD_LEN;
+use crate::config::validate::{rule_problems, rules_file_problems, RuleSpot};
+pub use crate::config::MAX_RULES_FILE_BYTES;
 use crate::config::{Rule, RulesFile};
-
-/// Largest rules file read (bytes).
-pub const MAX_RULES_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The outcome of gate 3.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,11 +77,6 @@ fn eq_ci(a: &str, b: &str) -> bool {
     a == b || a.to_lowercase() == b.to_lowercase()
 }
 
-/// A field gate 3 may match on (the one rule-field check, from `config`).
-fn field_ok(value: &str) -> bool {
-    rule_field_problem("", value).is_none()
-}
-
 /// Every problem of a rules file, as "rule N: message" lines (empty when the file is fine).
 /// Malformed rules never match in `evaluate`; this tells the administrator why.
 pub fn validate_rules(rules: &RulesFile) -> Vec<String> {
@@ -99,69 +93,335 @@ pub fn validate_rules(rules: &RulesFile) -> Vec<String> {
         .collect()
 }
 
-fn user_matches(rule: &Rule, user: &str, groups: &[String]) -> bool {
-    match (&rule.user, &rule.user_group) {
-        (Some(u), None) if field_ok(u) => u == "*" || eq_ci(u, user),
-        (None, Some(g)) if field_ok(g) => g == "*" || groups.iter().any(|x| eq_ci(x, g)),
-        _ => false,
+/// Longest ASCII name lower-cased on the stack (longer or non-ASCII names allocate).
+const FOLD_ON_STACK: usize = 128;
+
+/// Call `f` with `s` lower-cased as `str::to_lowercase` does it, without allocating when `s` is
+/// ASCII and short (the common case: account and group names).
+fn with_folded<R>(s: &str, f: impl FnOnce(&str) -> R) -> R {
+    if s.is_ascii() {
+        if !s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return f(s);
+        }
+        let mut buf = [0u8; FOLD_ON_STACK];
+        if let Some(b) = buf.get_mut(..s.len()) {
+            b.copy_from_slice(s.as_bytes());
+            b.make_ascii_lowercase();
+            if let Ok(lower) = std::str::from_utf8(b) {
+                return f(lower);
+            }
+        }
+    }
+    f(&s.to_lowercase())
+}
+
+/// `lower` (already lower-cased) equals `input` lower-cased; allocates only for non-ASCII input.
+fn eq_folded(lower: &str, input: &str) -> bool {
+    if input.is_ascii() {
+        lower.len() == input.len()
+            && lower
+                .bytes()
+                .zip(input.bytes())
+                .all(|(l, i)| l == i.to_ascii_lowercase())
+    } else {
+        lower == input.to_lowercase()
     }
 }
 
-fn computer_matches(rules: &RulesFile, rule: &Rule, names: &[String]) -> bool {
-    match (&rule.computer, &rule.computer_group) {
-        (Some(c), None) if field_ok(c) => c == "*" || names.iter().any(|n| eq_ci(n, c)),
-        (None, Some(g)) if field_ok(g) => rules
-            .computer_groups
+/// The computers a rule admits: every one, or these names (lower-cased; a computer group's
+/// members, shared between the rules that name the group).
+#[derive(Debug, Clone)]
+enum Computers {
+    Any,
+    Names(Arc<[String]>),
+}
+
+impl Computers {
+    fn admits(&self, names: &[String]) -> bool {
+        match self {
+            Computers::Any => true,
+            Computers::Names(list) => list.iter().any(|m| names.iter().any(|n| eq_folded(m, n))),
+        }
+    }
+}
+
+/// One valid rule, ready to match: every field checked once, names lower-cased once.
+#[derive(Debug, Clone)]
+struct Compiled {
+    id: u64,
+    name: String,
+    computers: Computers,
+    /// None: `*` (every configuration).
+    configuration: Option<String>,
+}
+
+impl Compiled {
+    fn admits(&self, computer_names: &[String], configuration: Option<&str>) -> bool {
+        let conf_ok = match (&self.configuration, configuration) {
+            (None, _) | (_, None) => true,
+            (Some(want), Some(c)) => eq_folded(want, c),
+        };
+        conf_ok && self.computers.admits(computer_names)
+    }
+}
+
+/// Gate 3's rules, indexed once per rules file (at load and reload): rules validated once
+/// (`config::validate::rules_file_problems`: a rule with any problem is left out, so it never
+/// matches), names lower-cased once, and the rules grouped by user, by group and `*`, each group
+/// in id order. A decision looks at the caller's rules only, stops at the first match of each
+/// group, and allocates nothing when the names are ASCII (the reason text aside).
+#[derive(Debug, Clone, Default)]
+pub struct RuleIndex {
+    rules: Vec<Compiled>,
+    /// Positions in `rules` (ascending id) by lower-cased user name.
+    by_user: HashMap<String, Vec<u32>>,
+    /// By lower-cased group name.
+    by_group: HashMap<String, Vec<u32>>,
+    /// `user = "*"` and `user_group = "*"`: everyone.
+    anyone: Vec<u32>,
+    /// The file holds no rule at all (its own message: nobody gets in).
+    empty: bool,
+}
+
+impl RuleIndex {
+    pub fn new(file: &RulesFile) -> RuleIndex {
+        let mut bad = vec![false; file.rules.len()];
+        for p in rules_file_problems(file) {
+            if let RuleSpot::Rule { index, .. } = p.spot {
+                if let Some(b) = bad.get_mut(index) {
+                    *b = true;
+                }
+            }
+        }
+        let mut order: Vec<&Rule> = file
+            .rules
             .iter()
-            .filter(|(name, _)| g == "*" || eq_ci(name, g))
-            .flat_map(|(_, members)| members.iter())
-            .any(|m| names.iter().any(|n| eq_ci(n, m))),
-        _ => false,
+            .zip(bad.iter())
+            .filter(|(_, bad)| !**bad)
+            .map(|(r, _)| r)
+            .collect();
+        order.sort_by_key(|r| r.id);
+        // Members of the computer groups a rule may name, by lower-cased group name ("*": all).
+        let mut groups: HashMap<String, Arc<[String]>> = HashMap::new();
+        let mut members_of = |g: &str| -> Arc<[String]> {
+            let key = if g == "*" {
+                "*".to_string()
+            } else {
+                g.to_lowercase()
+            };
+            groups
+                .entry(key)
+                .or_insert_with(|| {
+                    file.computer_groups
+                        .iter()
+                        .filter(|(name, _)| g == "*" || eq_ci(name, g))
+                        .flat_map(|(_, members)| members.iter().map(|m| m.to_lowercase()))
+                        .collect::<Vec<_>>()
+                        .into()
+                })
+                .clone()
+        };
+        let mut ix = RuleIndex {
+            empty: file.rules.is_empty(),
+            ..RuleIndex::default()
+        };
+        for r in order {
+            let computers = match (&r.computer, &r.computer_group) {
+                (Some(c), None) if c == "*" => Computers::Any,
+                (Some(c), None) => Computers::Names(vec![c.to_lowercase()].into()),
+                (None, Some(g)) => Computers::Names(members_of(g)),
+                _ => continue, // not valid: already left out
+            };
+            let Ok(pos) = u32::try_from(ix.rules.len()) else {
+                break;
+            };
+            match (&r.user, &r.user_group) {
+                (Some(u), None) if u == "*" => ix.anyone.push(pos),
+                (Some(u), None) => ix.by_user.entry(u.to_lowercase()).or_default().push(pos),
+                (None, Some(g)) if g == "*" => ix.anyone.push(pos),
+                (None, Some(g)) => ix.by_group.entry(g.to_lowercase()).or_default().push(pos),
+                _ => continue,
+            }
+            ix.rules.push(Compiled {
+                id: r.id,
+                name: r.name.clone(),
+                computers,
+                configuration: (r.configuration != "*").then(|| r.configuration.to_lowercase()),
+            });
+        }
+        ix
+    }
+
+    /// How many rules can match (the valid ones).
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Every candidate list of the caller: their own rules, their groups' rules, everyone's.
+    fn for_each_list(&self, user: &str, groups: &[String], mut f: impl FnMut(&[u32])) {
+        f(&self.anyone);
+        with_folded(user, |u| {
+            if let Some(l) = self.by_user.get(u) {
+                f(l)
+            }
+        });
+        for g in groups {
+            with_folded(g, |g| {
+                if let Some(l) = self.by_group.get(g) {
+                    f(l)
+                }
+            });
+        }
+    }
+
+    /// The lowest-id rule that admits the caller (no allocation for ASCII names).
+    fn first_match(
+        &self,
+        user: &str,
+        groups: &[String],
+        computer_names: &[String],
+        configuration: Option<&str>,
+    ) -> Option<&Compiled> {
+        let mut best: Option<&Compiled> = None;
+        self.for_each_list(user, groups, |list| {
+            for pos in list {
+                let Some(r) = self.rules.get(*pos as usize) else {
+                    continue;
+                };
+                if best.is_some_and(|b| b.id <= r.id) {
+                    break; // each list is in id order: nothing lower follows
+                }
+                if r.admits(computer_names, configuration) {
+                    best = Some(r);
+                    break;
+                }
+            }
+        });
+        best
+    }
+
+    /// Does any rule admit the caller on this computer (known by `computer_names`), for some
+    /// configuration? (Asked for every authenticated request; no allocation for ASCII names.)
+    pub fn admits_anywhere(
+        &self,
+        user: &str,
+        groups: &[String],
+        computer_names: &[String],
+    ) -> bool {
+        self.first_match(user, groups, computer_names, None)
+            .is_some()
+    }
+
+    /// Ids of every rule that admits the caller, ascending.
+    fn matching_ids(
+        &self,
+        user: &str,
+        groups: &[String],
+        computer_names: &[String],
+        configuration: Option<&str>,
+    ) -> Vec<u64> {
+        let mut ids = Vec::new();
+        self.for_each_list(user, groups, |list| {
+            for pos in list {
+                if let Some(r) = self.rules.get(*pos as usize) {
+                    if r.admits(computer_names, configuration) {
+                        ids.push(r.id);
+                    }
+                }
+            }
+        });
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn describe(&self, id: u64) -> String {
+        match self.rules.iter().find(|r| r.id == id) {
+            Some(r) if !r.name.is_empty() => format!("rule {id} ({})", r.name),
+            _ => format!("rule {id}"),
+        }
+    }
+
+    /// Gate 3: may `user` (member of `groups`) open `configuration` on this computer, known by
+    /// `computer_names` (computer_name followed by its aliases)?
+    pub fn evaluate(
+        &self,
+        user: &str,
+        groups: &[String],
+        computer_names: &[String],
+        configuration: &str,
+    ) -> Decision {
+        if self.empty {
+            return Decision {
+                allowed: false,
+                rule_id: None,
+                reason: "no authorization rules: nobody gets in".into(),
+            };
+        }
+        match self.first_match(user, groups, computer_names, Some(configuration)) {
+            Some(r) => Decision {
+                allowed: true,
+                rule_id: Some(r.id),
+                reason: if r.name.is_empty() {
+                    format!("allowed by rule {}", r.id)
+                } else {
+                    format!("allowed by rule {} ({})", r.id, r.name)
+                },
+            },
+            None => Decision {
+                allowed: false,
+                rule_id: None,
+                reason: format!(
+                    "denied: no rule matches user {user} on computer {} for configuration {configuration}",
+                    computer_names.first().map(String::as_str).unwrap_or("")
+                ),
+            },
+        }
+    }
+
+    /// `keyhole rule test`: would `user` (with `groups`) get in on `computer`, for
+    /// `configuration` (any configuration when `None`)?
+    pub fn test(
+        &self,
+        user: &str,
+        groups: &[String],
+        computer: &str,
+        configuration: Option<&str>,
+    ) -> TestOutcome {
+        let names = [computer.to_string()];
+        let matching = self.matching_ids(user, groups, &names, configuration);
+        let message = match matching.first() {
+            Some(&id) => {
+                let mut m = format!("allowed by {}", self.describe(id));
+                if matching.len() > 1 {
+                    let others: Vec<String> =
+                        matching.iter().skip(1).map(u64::to_string).collect();
+                    let _ = write!(m, "; also matched by rule {}", others.join(", "));
+                }
+                m
+            }
+            None if self.empty => "denied: no authorization rules: nobody gets in".into(),
+            None => match configuration {
+                Some(c) => format!(
+                    "denied: no rule matches user {user} on computer {computer} for configuration {c}"
+                ),
+                None => format!("denied: no rule matches user {user} on computer {computer}"),
+            },
+        };
+        TestOutcome {
+            allowed: !matching.is_empty(),
+            matching,
+            message,
+        }
     }
 }
 
-fn configuration_matches(rule: &Rule, configuration: Option<&str>) -> bool {
-    if !field_ok(&rule.configuration) {
-        return false;
-    }
-    match configuration {
-        None => true,
-        Some(c) => rule.configuration == "*" || eq_ci(&rule.configuration, c),
-    }
-}
-
-/// Ids of every rule that matches, ascending. `configuration = None` ignores the field.
-fn matching_ids(
-    rules: &RulesFile,
-    user: &str,
-    groups: &[String],
-    computer_names: &[String],
-    configuration: Option<&str>,
-) -> Vec<u64> {
-    let mut ids: Vec<u64> = rules
-        .rules
-        .iter()
-        .filter(|r| {
-            user_matches(r, user, groups)
-                && computer_matches(rules, r, computer_names)
-                && configuration_matches(r, configuration)
-        })
-        .map(|r| r.id)
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
-fn describe_rule(rules: &RulesFile, id: u64) -> String {
-    match rules.rules.iter().find(|r| r.id == id) {
-        Some(r) if !r.name.is_empty() => format!("rule {id} ({})", r.name),
-        _ => format!("rule {id}"),
-    }
-}
-
-/// Gate 3: may `user` (member of `groups`) open `configuration` on this computer, known by
-/// `computer_names` (computer_name followed by its aliases)?
+/// Gate 3 over a rules file not indexed yet: indexes it and decides (the server keeps a
+/// [`RuleIndex`] per configuration instead; this is for one-off decisions).
 pub fn evaluate(
     rules: &RulesFile,
     user: &str,
@@ -169,29 +429,7 @@ pub fn evaluate(
     computer_names: &[String],
     configuration: &str,
 ) -> Decision {
-    if rules.rules.is_empty() {
-        return Decision {
-            allowed: false,
-            rule_id: None,
-            reason: "no authorization rules: nobody gets in".into(),
-        };
-    }
-    let ids = matching_ids(rules, user, groups, computer_names, Some(configuration));
-    match ids.first() {
-        Some(&id) => Decision {
-            allowed: true,
-            rule_id: Some(id),
-            reason: format!("allowed by {}", describe_rule(rules, id)),
-        },
-        None => Decision {
-            allowed: false,
-            rule_id: None,
-            reason: format!(
-                "denied: no rule matches user {user} on computer {} for configuration {configuration}",
-                computer_names.first().map(String::as_str).unwrap_or("")
-            ),
-        },
-    }
+    RuleIndex::new(rules).evaluate(user, groups, computer_names, configuration)
 }
 
 /// `keyhole rule test`: would `user` (with `groups`) get in on `computer`, for `configuration`
@@ -203,30 +441,7 @@ pub fn test_rule(
     computer: &str,
     configuration: Option<&str>,
 ) -> TestOutcome {
-    let names = [computer.to_string()];
-    let matching = matching_ids(rules, user, groups, &names, configuration);
-    let message = match matching.first() {
-        Some(&id) => {
-            let mut m = format!("allowed by {}", describe_rule(rules, id));
-            if matching.len() > 1 {
-                let others: Vec<String> = matching.iter().skip(1).map(u64::to_string).collect();
-                let _ = write!(m, "; also matched by rule {}", others.join(", "));
-            }
-            m
-        }
-        None if rules.rules.is_empty() => "denied: no authorization rules: nobody gets in".into(),
-        None => match configuration {
-            Some(c) => format!(
-                "denied: no rule matches user {user} on computer {computer} for configuration {c}"
-            ),
-            None => format!("denied: no rule matches user {user} on computer {computer}"),
-        },
-    };
-    TestOutcome {
-        allowed: !matching.is_empty(),
-        matching,
-        message,
-    }
+    RuleIndex::new(rules).test(user, groups, computer, configuration)
 }
 
 /// Reads a rules file; a missing file is an empty rule set (which denies everyone).
@@ -267,6 +482,13 @@ fn save_rules(
             path: path.to_path_buf(),
             source: io::Error::new(io::ErrorKind::InvalidData, e),
         })?;
+    if text.len() as u64 > MAX_RULES_FILE_BYTES {
+        return Err(RulesError::Invalid(format!(
+            "{} would grow to {} bytes, more than the {MAX_RULES_FILE_BYTES} a rules file may hold; remove some rules first (or merge them: a user_group rule covers many users)",
+            path.display(),
+            text.len()
+        )));
+    }
     write_atomic(path, text.as_bytes()).map_err(|source| RulesError::Write {
         path: path.to_path_buf(),
         source,
@@ -317,12 +539,6 @@ pub fn add_rule(path: &Path, spec: RuleSpec) -> Result<u64, RulesError> {
             path: path.to_path_buf(),
             message: p,
         });
-    }
-    if rules.rules.len() >= MAX_RULES {
-        return Err(RulesError::Invalid(format!(
-            "{} already holds {MAX_RULES} rules; remove some first",
-            path.display()
-        )));
     }
     let id = rules
         .rules
@@ -538,6 +754,10 @@ mod tests {
         }
     }
 
+    fn field_ok(value: &str) -> bool {
+        crate::config::validate::rule_field_problem("", value).is_none()
+    }
+
     #[test]
     fn field_check_rejects_inner_wildcard() {
         assert!(field_ok("*"));
@@ -578,5 +798,156 @@ mod tests {
         let d = evaluate(&rules, "bob", &[], &["h".into()], "E");
         assert_eq!(d.rule_id, Some(2));
         assert_eq!(d.reason, "allowed by rule 2");
+    }
+
+    /// Gate 3 as it was before the index: every rule, every field checked and compared
+    /// case-insensitively on each call. The index must decide exactly as this does.
+    fn linear(
+        rules: &RulesFile,
+        user: &str,
+        groups: &[String],
+        names: &[String],
+        conf: Option<&str>,
+    ) -> Vec<u64> {
+        let user_ok = |r: &Rule| match (&r.user, &r.user_group) {
+            (Some(u), None) if field_ok(u) => u == "*" || eq_ci(u, user),
+            (None, Some(g)) if field_ok(g) => g == "*" || groups.iter().any(|x| eq_ci(x, g)),
+            _ => false,
+        };
+        let computer_ok = |r: &Rule| match (&r.computer, &r.computer_group) {
+            (Some(c), None) if field_ok(c) => c == "*" || names.iter().any(|n| eq_ci(n, c)),
+            (None, Some(g)) if field_ok(g) => rules
+                .computer_groups
+                .iter()
+                .filter(|(name, _)| g == "*" || eq_ci(name, g))
+                .flat_map(|(_, members)| members.iter())
+                .any(|m| names.iter().any(|n| eq_ci(n, m))),
+            _ => false,
+        };
+        let conf_ok = |r: &Rule| {
+            field_ok(&r.configuration)
+                && match conf {
+                    None => true,
+                    Some(c) => r.configuration == "*" || eq_ci(&r.configuration, c),
+                }
+        };
+        let mut ids: Vec<u64> = rules
+            .rules
+            .iter()
+            .filter(|r| user_ok(r) && computer_ok(r) && conf_ok(r))
+            .map(|r| r.id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    const NAMES: &[&str] = &[
+        "alice",
+        "Alice",
+        "ALICE",
+        "bob",
+        "*",
+        "al*",
+        "",
+        "staff",
+        "Staff",
+        "web01",
+        "WEB01",
+        "Helpdesk",
+        "helpdesk",
+        "\u{212A}elvin",
+        "kelvin",
+        "Stra\u{df}e",
+        "STRASSE",
+        "\u{c4}rger",
+        "\u{e4}rger",
+        "\u{39f}\u{394}\u{3a5}\u{3a3}\u{3a3}\u{395}\u{3a5}\u{3a3}",
+        "a\nb",
+        "db",
+    ];
+
+    fn name() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::sample::select(NAMES).prop_map(str::to_string)
+    }
+
+    use proptest::prelude::*;
+
+    prop_compose! {
+        fn a_rule(id: u64)(
+            by_group in any::<bool>(),
+            who in name(),
+            group_computer in any::<bool>(),
+            computer in name(),
+            conf in name(),
+        ) -> Rule {
+            Rule {
+                id,
+                name: format!("r{id}"),
+                user: (!by_group).then(|| who.clone()),
+                user_group: by_group.then(|| who.clone()),
+                computer: (!group_computer).then(|| computer.clone()),
+                computer_group: group_computer.then(|| computer.clone()),
+                configuration: conf,
+            }
+        }
+    }
+
+    fn a_file() -> impl Strategy<Value = RulesFile> {
+        (
+            proptest::collection::vec(any::<u8>(), 0..12),
+            proptest::collection::btree_map(name(), proptest::collection::vec(name(), 0..3), 0..3),
+        )
+            .prop_flat_map(|(ids, groups)| {
+                let mut ids: Vec<u64> = ids.into_iter().map(u64::from).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let rules: Vec<_> = ids.into_iter().map(a_rule).collect();
+                (rules, Just(groups))
+            })
+            .prop_map(|(mut rules, groups)| {
+                rules.reverse(); // file order is not id order
+                RulesFile {
+                    rules,
+                    computer_groups: groups.into_iter().collect(),
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_index_decides_as_the_linear_scan_did(
+            file in a_file(),
+            user in name(),
+            groups in proptest::collection::vec(name(), 0..3),
+            names in proptest::collection::vec(name(), 1..3),
+            conf in proptest::option::of(name()),
+        ) {
+            let ix = RuleIndex::new(&file);
+            let want = linear(&file, &user, &groups, &names, conf.as_deref());
+            prop_assert_eq!(ix.matching_ids(&user, &groups, &names, conf.as_deref()), want.clone());
+            prop_assert_eq!(
+                ix.admits_anywhere(&user, &groups, &names),
+                !linear(&file, &user, &groups, &names, None).is_empty()
+            );
+            if let Some(c) = conf.as_deref() {
+                let d = ix.evaluate(&user, &groups, &names, c);
+                prop_assert_eq!(d.allowed, !want.is_empty());
+                prop_assert_eq!(d.rule_id, want.first().copied());
+            }
+        }
+    }
+
+    #[test]
+    fn case_folding_matches_str_to_lowercase_without_allocating_for_ascii() {
+        with_folded("Alice", |s| assert_eq!(s, "alice"));
+        with_folded("alice", |s| assert_eq!(s, "alice"));
+        with_folded("\u{212A}elvin", |s| assert_eq!(s, "kelvin"));
+        let long = "A".repeat(FOLD_ON_STACK + 5);
+        with_folded(&long, |s| assert_eq!(s, long.to_lowercase()));
+        assert!(eq_folded("kelvin", "KELVIN"));
+        assert!(eq_folded("kelvin", "\u{212A}elvin"));
+        assert!(!eq_folded("kelvin", "kelvi"));
+        assert!(eq_folded(&"ΟΔΥΣΣΕΥΣ".to_lowercase(), "ΟΔΥΣΣΕΥΣ"));
     }
 }

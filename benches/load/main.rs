@@ -185,6 +185,9 @@ fn ms(d: Duration) -> f64 {
 struct Targets {
     keyhole: Target,
     baseline: Target,
+    /// The same, with a client that resumes TLS sessions.
+    keyhole_resume: Target,
+    baseline_resume: Target,
 }
 
 fn targets(cfg: &keyhole::Config, base: &baseline::Baseline) -> Res<Targets> {
@@ -197,19 +200,20 @@ fn targets(cfg: &keyhole::Config, base: &baseline::Baseline) -> Res<Targets> {
             cfg.password
         ))
     );
-    Ok(Targets {
-        keyhole: Target {
-            name: "keyhole",
-            addr: cfg.https,
-            tls: net::tls_connector(&net::pem_certificate(&cfg.certificate())?)?,
+    let keyhole_cert = net::pem_certificate(&cfg.certificate())?;
+    let target = |name, addr, cert: &_, resume| -> Res<Target> {
+        Ok(Target {
+            name,
+            addr,
+            tls: net::tls_connector(cert, resume)?,
             authorization: basic.clone(),
-        },
-        baseline: Target {
-            name: "baseline",
-            addr: base.addr,
-            tls: net::tls_connector(&base.cert)?,
-            authorization: basic,
-        },
+        })
+    };
+    Ok(Targets {
+        keyhole: target("keyhole", cfg.https, &keyhole_cert, false)?,
+        baseline: target("baseline", base.addr, &base.cert, false)?,
+        keyhole_resume: target("keyhole", cfg.https, &keyhole_cert, true)?,
+        baseline_resume: target("baseline", base.addr, &base.cert, true)?,
     })
 }
 
@@ -518,8 +522,16 @@ async fn external(ts: &Targets, o: &Opts, p: Proto, program: &str) -> Res<Figure
     })
 }
 
-async fn new_connection(ts: &Targets, o: &Opts, p: Proto) -> Res<Figure> {
+async fn new_connection(ts: &Targets, o: &Opts, p: Proto, resume: bool) -> Res<Figure> {
     let body = wsman::identify();
+    let (kt, bt) = if resume {
+        (&ts.keyhole_resume, &ts.baseline_resume)
+    } else {
+        (&ts.keyhole, &ts.baseline)
+    };
+    // Connections whose handshake resumed a session, per side (resumption must work when the
+    // client keeps its sessions, and never happen when it does not).
+    let mut resumed = [0usize; 2];
     // Each step of the keyhole side too, to see where the time goes.
     let names = ["connect", "open", "command", "signal", "delete"];
     let mut step_samples: Vec<Samples> = vec![Samples::default(); names.len()];
@@ -534,7 +546,8 @@ async fn new_connection(ts: &Targets, o: &Opts, p: Proto) -> Res<Figure> {
                 t[i] = lap.elapsed();
                 lap = Instant::now();
             };
-            let mut c = Conn::open(&ts.keyhole).await?;
+            let mut c = Conn::open(kt).await?;
+            resumed[0] += usize::from(c.resumed);
             next(0);
             let mut s = Session::open(p, &mut c).await?;
             next(1);
@@ -553,29 +566,53 @@ async fn new_connection(ts: &Targets, o: &Opts, p: Proto) -> Res<Figure> {
             }
         },
         bs = {
-            let mut c = Conn::open(&ts.baseline).await?;
+            let mut c = Conn::open(bt).await?;
+            resumed[1] += usize::from(c.resumed);
             c.post_ok(body.clone()).await?;
             drop(c);
         }
     );
-    let (id, steps) = match p {
-        Proto::Winrs => (
+    let rounds = o.n(100) + 3;
+    if resume && resumed.iter().any(|r| *r + 1 < rounds) {
+        return Err(format!(
+            "the client keeps its TLS sessions but only {} of {rounds} keyhole and {} baseline connections resumed one",
+            resumed[0], resumed[1]
+        ));
+    }
+    if !resume && resumed.iter().any(|r| *r > 0) {
+        return Err("a cold connection resumed a TLS session".into());
+    }
+    let (id, steps) = match (p, resume) {
+        (Proto::Winrs, false) => (
             "winrs_new_connection",
             "TLS connect + Create + Command + Receive + Signal + Delete",
         ),
-        Proto::Psrp => (
+        (Proto::Psrp, false) => (
             "psrp_new_connection",
             "TLS connect + Create + Receive (pool opened) + Command + Receive + Delete",
         ),
+        (Proto::Winrs, true) => (
+            "winrs_new_connection_resumed",
+            "resumed TLS connect + Create + Command + Receive + Signal + Delete",
+        ),
+        (Proto::Psrp, true) => (
+            "psrp_new_connection_resumed",
+            "resumed TLS connect + Create + Receive (pool opened) + Command + Receive + Delete",
+        ),
+    };
+    let tls = if resume {
+        "resumed TLS session"
+    } else {
+        "new TLS session"
     };
     Ok(Figure {
         id,
         title: format!(
-            "New connection + Basic + {} session + one built-in + close ({steps})",
+            "New connection ({tls}) + Basic + {} session + one built-in + close ({steps})",
             p.name()
         ),
         keyhole_label: "keyhole (median)".into(),
-        baseline_label: "baseline: new TLS connection + one request (median)".into(),
+        baseline_label: format!("baseline: new connection ({tls}) + one request (median)"),
         value: ms(ks.median()),
         baseline: Some(ms(bs.median())),
         unit: "ms",
@@ -583,6 +620,7 @@ async fn new_connection(ts: &Targets, o: &Opts, p: Proto) -> Res<Figure> {
         goal_text: "≤ 3x the baseline",
         detail: json!({
             "keyhole": ks.json(), "baseline": bs.json(),
+            "resumed_connections": {"keyhole": resumed[0], "baseline": resumed[1]},
             "keyhole_steps": names.iter().zip(&step_samples).map(|(n, s)| (n.to_string(), s.json())).collect::<serde_json::Map<_, _>>(),
         }),
     })
@@ -923,7 +961,7 @@ async fn active_sessions(o: &Opts, base: &baseline::Baseline) -> Res<Figure> {
 // ---------------------------------------------------------------------------------------------
 
 /// The figures measured on the main keyhole instance.
-const MAIN_FIGURES: [&str; 11] = [
+const MAIN_FIGURES: [&str; 13] = [
     "idle_rss_after_start",
     "startup_peak_rss",
     "wsman_throughput_64",
@@ -935,6 +973,8 @@ const MAIN_FIGURES: [&str; 11] = [
     "psrp_external_uptime",
     "winrs_new_connection",
     "psrp_new_connection",
+    "winrs_new_connection_resumed",
+    "psrp_new_connection_resumed",
 ];
 
 fn main() {
@@ -1080,12 +1120,14 @@ fn main() {
                     mem(id);
                 }
             }
-            for (p, id) in [
-                (Proto::Winrs, "winrs_new_connection"),
-                (Proto::Psrp, "psrp_new_connection"),
+            for (p, resume, id) in [
+                (Proto::Winrs, false, "winrs_new_connection"),
+                (Proto::Psrp, false, "psrp_new_connection"),
+                (Proto::Winrs, true, "winrs_new_connection_resumed"),
+                (Proto::Psrp, true, "psrp_new_connection_resumed"),
             ] {
                 if o.wants(id) {
-                    record(id, new_connection(&ts, &o, p).await, &mut figs);
+                    record(id, new_connection(&ts, &o, p, resume).await, &mut figs);
                     mem(id);
                 }
             }

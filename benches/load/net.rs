@@ -1,6 +1,7 @@
 //! The benchmark's HTTP client: hyper's HTTP/1.1 client over rustls (TLS 1.3, the server's
-//! own certificate as the only trust anchor, no session resumption, as pywinrm/pypsrp
-//! connect), one connection per `Conn`.
+//! own certificate as the only trust anchor; no session resumption, as pywinrm/pypsrp connect,
+//! except for the `*_resumed` figures, whose client keeps its TLS sessions across connections),
+//! one connection per `Conn`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,8 +25,12 @@ pub struct Target {
 }
 
 /// A TLS client configuration that trusts exactly `cert` (a self-signed certificate for
-/// `localhost`), speaks TLS 1.3 only and never resumes a session.
-pub fn tls_connector(cert: &CertificateDer<'static>) -> Res<tokio_rustls::TlsConnector> {
+/// `localhost`), speaks TLS 1.3 only and never resumes a session — or, with `resume`, keeps the
+/// server's session tickets in memory and resumes with them.
+pub fn tls_connector(
+    cert: &CertificateDer<'static>,
+    resume: bool,
+) -> Res<tokio_rustls::TlsConnector> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -36,7 +41,11 @@ pub fn tls_connector(cert: &CertificateDer<'static>) -> Res<tokio_rustls::TlsCon
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.resumption = rustls::client::Resumption::disabled();
+    cfg.resumption = if resume {
+        rustls::client::Resumption::in_memory_sessions(64)
+    } else {
+        rustls::client::Resumption::disabled()
+    };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
@@ -53,6 +62,8 @@ pub fn pem_certificate(path: &std::path::Path) -> Res<CertificateDer<'static>> {
 
 /// One kept-alive HTTPS connection.
 pub struct Conn {
+    /// The TLS handshake resumed a session.
+    pub resumed: bool,
     send: SendRequest<Full<Bytes>>,
     authorization: String,
     host: String,
@@ -90,6 +101,7 @@ impl Conn {
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS handshake with {}: {e}", t.addr))?;
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| format!("HTTP handshake: {e}"))?;
@@ -97,6 +109,7 @@ impl Conn {
             let _ = conn.await;
         });
         Ok(Conn {
+            resumed,
             send,
             authorization: t.authorization.clone(),
             host: format!("localhost:{}", t.addr.port()),

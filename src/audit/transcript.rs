@@ -1,5 +1,13 @@
 //! Session transcripts: one file per session, PowerShell-transcript-like, every record written
-//! (and the ones that precede running something fsync'd) before the engine goes on.
+//! before the engine goes on, and made durable (`fdatasync`) before anything runs.
+//!
+//! Durability, and what it costs (one sync per statement that runs, not one per record):
+//! - the header is written when the session opens, and synced with the directory entry at the
+//!   first [`Audit::commit`] (before the session's first command runs) or at the end;
+//! - a line waits in memory for its first `[command]` or `[refused]` record and goes out with it
+//!   in one `write`; [`Audit::commit`] then syncs once before the commands start;
+//! - output, `[end]` and refusals are written (in the page cache: nothing is lost if keyhole is
+//!   killed) and become durable with the next command's sync or the footer's.
 //!
 //! A transcript is bounded by `[limits] max_transcript_bytes` (set with
 //! [`Transcript::set_max_bytes`]): once it holds that many bytes, output is no longer copied
@@ -49,6 +57,14 @@ pub struct TranscriptHeader {
 pub struct Transcript {
     file: File,
     path: PathBuf,
+    /// The directory, synced once (the new entry) at the first commit.
+    dir: Option<PathBuf>,
+    /// Records not written yet (a line waits for its first command or refusal).
+    pending: String,
+    /// Written since the last sync.
+    unsynced: bool,
+    /// `fdatasync`s so far (tests and the benchmark count them).
+    syncs: u64,
     ended: bool,
     /// Bytes written so far.
     written: u64,
@@ -177,8 +193,9 @@ fn stamp(t: DateTime<Utc>) -> String {
 
 impl Transcript {
     /// Create the transcript of a new session in `dir` (created 0700 when missing), file 0600,
-    /// named `<yyyyMMddHHmmss>-<endpoint>-<user>-<sessionid>.txt` (UTC). The header is on disk
-    /// when this returns; any failure is an error and the session must be refused.
+    /// named `<yyyyMMddHHmmss>-<endpoint>-<user>-<sessionid>.txt` (UTC). The header is written
+    /// when this returns (and synced, with the directory, before the first command runs: see
+    /// the module); any failure is an error and the session must be refused.
     pub fn create(dir: &Path, header: &TranscriptHeader) -> io::Result<Transcript> {
         if !dir.exists() {
             DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
@@ -234,6 +251,10 @@ impl Transcript {
         let mut t = Transcript {
             file,
             path,
+            dir: Some(dir.to_path_buf()),
+            pending: String::new(),
+            unsynced: false,
+            syncs: 0,
             ended: false,
             written: 0,
             max_bytes: u64::MAX,
@@ -255,9 +276,8 @@ impl Transcript {
             std::process::id(),
             h.start_time.to_rfc3339(),
         );
-        t.write(&text, true)?;
-        // The new directory entry must survive a crash too.
-        File::open(dir)?.sync_all()?;
+        t.pending = text;
+        t.flush()?;
         Ok(t)
     }
 
@@ -277,13 +297,42 @@ impl Transcript {
         self.written
     }
 
-    fn write(&mut self, text: &str, sync: bool) -> io::Result<()> {
-        self.file.write_all(text.as_bytes())?;
-        self.file.flush()?;
-        if sync {
-            self.file.sync_data()?;
+    /// How many times the file was synced (`fdatasync`) so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
+    /// Write what is pending (one `write`), without syncing.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
+        let text = std::mem::take(&mut self.pending);
+        self.unsynced = true;
         self.written = self.written.saturating_add(text.len() as u64);
+        self.file.write_all(text.as_bytes())?;
+        self.file.flush()
+    }
+
+    /// Queue `text` and write everything pending.
+    fn write(&mut self, text: &str) -> io::Result<()> {
+        self.pending.push_str(text);
+        self.flush()
+    }
+
+    /// Write what is pending and make everything written durable: one `fdatasync` (and, the
+    /// first time, one `fsync` of the directory so that the new file's entry survives too).
+    fn sync(&mut self) -> io::Result<()> {
+        self.flush()?;
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+            self.syncs += 1;
+        }
+        if let Some(dir) = &self.dir {
+            File::open(dir)?.sync_all()?;
+            self.dir = None;
+        }
         Ok(())
     }
 
@@ -297,10 +346,10 @@ impl Transcript {
             "[output not recorded] {bytes} bytes in {lines} lines: this transcript reached max_transcript_bytes ({} bytes)\n",
             self.max_bytes
         );
-        self.write(&text, false)
+        self.write(&text)
     }
 
-    /// Write the end marker (also done on drop).
+    /// Write the end marker and sync (also done on drop).
     pub fn finish(&mut self) -> io::Result<()> {
         self.finish_with(None)
     }
@@ -328,7 +377,8 @@ impl Transcript {
             "{SEPARATOR}\nPowerShell transcript end\nEnd time: {}\n{why}{not_recorded}{SEPARATOR}\n",
             stamp(Utc::now())
         );
-        self.write(&text, true)
+        self.pending.push_str(&text);
+        self.sync()
     }
 }
 
@@ -342,22 +392,23 @@ impl Drop for Transcript {
 
 impl Audit for Transcript {
     fn line(&mut self, line: &str) -> io::Result<()> {
-        let mut text = format!(
+        let text = &mut self.pending;
+        text.push_str(&format!(
             "{SEPARATOR}\nCommand start time: {}\n{SEPARATOR}\n",
             stamp(Utc::now())
-        );
+        ));
         let body = line.strip_suffix('\n').unwrap_or(line);
         for (i, l) in body.split('\n').enumerate() {
             text.push_str(if i == 0 { "PS>" } else { ">> " });
             text.push_str(&clean(l.strip_suffix('\r').unwrap_or(l)));
             text.push('\n');
         }
-        self.write(&text, true)
+        Ok(())
     }
 
     fn command(&mut self, name: &str, args: &BoundArgs) -> io::Result<()> {
         let text = format!("[command] {}\n", render_command(name, args));
-        self.write(&text, true)
+        self.write(&text)
     }
 
     fn refused(&mut self, reason: &str) -> io::Result<()> {
@@ -365,7 +416,7 @@ impl Audit for Transcript {
             .split('\n')
             .map(|l| format!("[refused] {}\n", clean(l)))
             .collect();
-        self.write(&text, true)
+        self.write(&text)
     }
 
     fn output(&mut self, text: &str) -> io::Result<()> {
@@ -385,13 +436,17 @@ impl Audit for Transcript {
             out.push_str(&output_line(l.strip_suffix('\r').unwrap_or(l)));
             out.push('\n');
         }
-        self.write(&out, false)
+        self.write(&out)
     }
 
     fn end(&mut self, state: EndState) -> io::Result<()> {
         self.write_skipped()?;
         let text = format!("[end] {state}\n");
-        self.write(&text, true)
+        self.write(&text)
+    }
+
+    fn commit(&mut self) -> io::Result<()> {
+        self.sync()
     }
 }
 

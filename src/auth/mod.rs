@@ -44,7 +44,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::PasswordHash;
@@ -322,7 +322,9 @@ pub struct Authenticator {
     cache_key: [u8; 32],
     /// A hash of a random password with default parameters, verified for unknown users so
     /// that the time taken does not tell whether an account exists.
-    dummy_hash: String,
+    /// What refusals with nothing real to verify are verified against: a hash made at the first
+    /// verification (see [`Authenticator::dummy_hash`]).
+    dummy_hash: OnceLock<String>,
     verifications: AtomicU64,
     /// argon2's work areas, kept for the next verification.
     memory: ArgonMemory,
@@ -544,19 +546,18 @@ fn record_failure<K: Hash + Eq + Clone>(
     false
 }
 
+/// What an unknown user's password is verified against, so that an unknown user costs the same
+/// argon2id work as a known one: a hash with the parameters `hash_password` uses (argon2's
+/// defaults: m = 19 MiB, t = 2, p = 1, 32-byte output; a test holds them equal) of a random
+/// password that was discarded. A constant: hashing one at every start made the 19 MiB
+/// start-up peak (issue 10); the salt need not be secret and nobody can pass this check.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$Jg7YVePCnAoXVKo4SHRz4A$0RlZsBBlNtV1Vb8jUALD7lpTV+p5B1RJxAeWbW9UMRc";
+
 impl Authenticator {
     /// `users_path` is where `reload_users` reads from; `users` is its parsed content.
     pub fn new(cfg: &AuthConfig, users_path: &Path, users: UsersFile) -> Self {
         let cache_key: [u8; 32] = rand::random();
-        let random_password: [u8; 32] = rand::random();
-        let dummy_hash = hash_password(
-            &base64::engine::general_purpose::STANDARD.encode(random_password),
-        )
-        // Hashing with default parameters cannot fail; keep a valid fixed hash regardless.
-        .unwrap_or_else(|_| {
-            "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"
-                .into()
-        });
         Authenticator {
             cfg: RwLock::new(cfg.clone()),
             users_path: users_path.to_path_buf(),
@@ -564,7 +565,7 @@ impl Authenticator {
             cache: Mutex::new(HashMap::new()),
             lockouts: Mutex::new(Lockouts::default()),
             cache_key,
-            dummy_hash,
+            dummy_hash: OnceLock::new(),
             verifications: AtomicU64::new(0),
             memory: ArgonMemory::new(verification_slots()),
             metrics: std::sync::OnceLock::new(),
@@ -670,7 +671,23 @@ impl Authenticator {
     /// argon2id verification of `password` against the PHC string `stored`, in a reused work
     /// area; `Err` when the stored hash is unusable (checked before any hashing: the caller
     /// then verifies against the dummy hash, so that the time is the same).
+    /// The dummy hash, made by `hash_password` at the first verification (not at start: that
+    /// made the 19 MiB start-up peak of issue 10; the first verification needs that memory
+    /// anyway). Made before any work area is taken: with a constant hash and no hashing before
+    /// the first verification, verifications against real hashes measured 1–2 ms slower than
+    /// against the dummy on the live server (the refusal timing test failed), which hashing
+    /// once first removes. [`DUMMY_HASH`] (same parameters) if hashing fails.
+    fn dummy_hash(&self) -> &str {
+        self.dummy_hash.get_or_init(|| {
+            let random: [u8; 32] = rand::random();
+            hash_password(&base64::engine::general_purpose::STANDARD.encode(random))
+                .unwrap_or_else(|_| DUMMY_HASH.to_string())
+        })
+    }
+
     fn argon2_verify(&self, stored: &str, password: &[u8]) -> Result<bool, String> {
+        // The first verification makes the dummy hash before it takes a work area.
+        let _ = self.dummy_hash();
         let parsed = PasswordHash::new(stored).map_err(|e| format!("cannot parse it: {e}"))?;
         if parsed.algorithm != argon2::Algorithm::Argon2id.ident() {
             return Err(format!(
@@ -720,7 +737,7 @@ impl Authenticator {
     /// One verification against the dummy hash: the work a refusal costs when there is nothing
     /// real to verify (unknown user, locked out, malformed, unusable stored hash).
     fn dummy_verify(&self, password: &[u8]) {
-        let _ = self.argon2_verify(&self.dummy_hash, password);
+        let _ = self.argon2_verify(self.dummy_hash(), password);
     }
 
     fn deny(
@@ -1186,6 +1203,26 @@ pub fn www_authenticate_headers(cfg: &AuthConfig, client_cert_enabled: bool) -> 
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dummy_hash_costs_what_a_real_one_costs() {
+        let dummy = PasswordHash::new(DUMMY_HASH).unwrap();
+        let real_text = hash_password("a password of the usual length").unwrap();
+        let real = PasswordHash::new(&real_text).unwrap();
+        assert_eq!(dummy.algorithm, argon2::Algorithm::Argon2id.ident());
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(
+            argon2::Params::try_from(&dummy).unwrap(),
+            argon2::Params::try_from(&real).unwrap(),
+            "same m, t, p and output length as hash_password"
+        );
+        assert_eq!(
+            dummy.hash.unwrap().len(),
+            real.hash.unwrap().len(),
+            "same output length"
+        );
+    }
 
     #[test]
     fn basic_header() {

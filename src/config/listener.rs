@@ -251,8 +251,64 @@ pub fn client_verifier(
         .map_err(|e| problem(Setting::ClientCa, format!("{}: {e}", ca.display())))
 }
 
+/// How long after its full handshake a TLS session may be resumed. Enforced by keyhole (rustls
+/// itself only rotates its ticket keys every 6 hours and keeps accepting the previous key):
+/// a resumed connection skips the certificate checks of the handshake it resumes — the client
+/// certificate's chain, expiry and `client_ca` were checked at most this long ago. Every request
+/// is still authenticated (gate 2) and gate 1 still applies to every connection.
+pub const TLS_RESUMPTION_MAX_AGE_SECS: u32 = 3600;
+
+/// Stateless TLS session tickets (rustls' rotating ChaCha20-Poly1305 ticketer) that carry the
+/// time they were issued and are refused once older than [`TLS_RESUMPTION_MAX_AGE_SECS`]. No
+/// per-session state on the server: 10,000 clients can resume as well as one.
+#[derive(Debug)]
+struct AgedTickets {
+    inner: Arc<dyn rustls::server::ProducesTickets>,
+    max_age: u32,
+}
+
+impl AgedTickets {
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn encrypt_at(&self, plain: &[u8], now: u64) -> Option<Vec<u8>> {
+        let mut m = Vec::with_capacity(8 + plain.len());
+        m.extend_from_slice(&now.to_be_bytes());
+        m.extend_from_slice(plain);
+        self.inner.encrypt(&m)
+    }
+
+    fn decrypt_at(&self, cipher: &[u8], now: u64) -> Option<Vec<u8>> {
+        let m = self.inner.decrypt(cipher)?;
+        let (stamp, plain) = m.split_at_checked(8)?;
+        let issued = u64::from_be_bytes(stamp.try_into().ok()?);
+        let age = now.checked_sub(issued)?;
+        (age <= u64::from(self.max_age)).then(|| plain.to_vec())
+    }
+}
+
+impl rustls::server::ProducesTickets for AgedTickets {
+    fn enabled(&self) -> bool {
+        true
+    }
+    fn lifetime(&self) -> u32 {
+        self.max_age
+    }
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.encrypt_at(plain, Self::now())
+    }
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.decrypt_at(cipher, Self::now())
+    }
+}
+
 /// The rustls configuration `serve` accepts TLS with: TLS 1.3 and 1.2, this certificate chain
-/// and key (which must match), the client-certificate verifier, HTTP/1.1.
+/// and key (which must match), the client-certificate verifier, HTTP/1.1, and session
+/// resumption through [`AgedTickets`] only (no server-side session cache).
 pub fn server_tls_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -271,6 +327,13 @@ pub fn server_tls_config(
             )
         })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| problem(Setting::TlsCertificate, format!("TLS session tickets: {e}")))?;
+    cfg.ticketer = Arc::new(AgedTickets {
+        inner: ticketer,
+        max_age: TLS_RESUMPTION_MAX_AGE_SECS,
+    });
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(cfg)
 }
 
@@ -437,6 +500,40 @@ pub fn resolved(l: &ListenerConfig, resolve: impl Fn(&str) -> PathBuf) -> Listen
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_tickets_expire_after_the_maximum_age() {
+        use rustls::server::ProducesTickets;
+        let t = AgedTickets {
+            inner: rustls::crypto::ring::Ticketer::new().unwrap(),
+            max_age: 3600,
+        };
+        assert!(t.enabled());
+        assert_eq!(t.lifetime(), 3600);
+        let now = AgedTickets::now();
+        let c = t.encrypt_at(b"session state", now).unwrap();
+        assert_eq!(
+            t.decrypt_at(&c, now + 10).as_deref(),
+            Some(&b"session state"[..])
+        );
+        assert_eq!(
+            t.decrypt_at(&c, now + 3600).as_deref(),
+            Some(&b"session state"[..])
+        );
+        assert_eq!(
+            t.decrypt_at(&c, now + 3601),
+            None,
+            "older than the maximum age"
+        );
+        assert_eq!(t.decrypt_at(&c, now - 5), None, "issued in the future");
+        assert_eq!(t.decrypt(&c).as_deref(), Some(&b"session state"[..]));
+        let mut forged = c.clone();
+        if let Some(b) = forged.last_mut() {
+            *b ^= 1;
+        }
+        assert_eq!(t.decrypt(&forged), None, "tickets are authenticated");
+        assert_eq!(t.decrypt(b"short"), None);
+    }
 
     fn listener(https: &str, http: &str) -> ListenerConfig {
         ListenerConfig {

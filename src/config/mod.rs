@@ -10,7 +10,7 @@ mod load;
 pub mod shipped;
 mod types;
 pub mod validate;
-pub use load::{load, MAX_CONFIG_FILE_BYTES, MAX_FILES_PER_DIR};
+pub use load::{load, MAX_CONFIG_FILE_BYTES, MAX_FILES_PER_DIR, MAX_RULES_FILE_BYTES};
 pub(crate) use load::{load_with, Ctx};
 pub use types::*;
 

@@ -422,8 +422,9 @@ impl BoundArgs {
 /// What a session knows about the host it runs programs on (from the endpoint and [limits]).
 #[derive(Debug, Clone)]
 pub struct HostEnv {
-    /// Unix account programs run as (the endpoint's `run_as`).
-    pub run_as: String,
+    /// Unix account programs run as (the endpoint's `run_as`), looked up at the session's first
+    /// program and then kept for the session.
+    pub run_as: crate::sandbox::RunAs,
     pub command_timeout: Duration,
     pub max_output_bytes: u64,
     /// Endpoint name, user and groups (for $PSSenderInfo-like display and Get-PSSessionCapability).

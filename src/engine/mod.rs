@@ -31,7 +31,7 @@ mod pipeline;
 mod session;
 mod table;
 
-pub use session::Session;
+pub use session::{Session, SharedTable};
 pub use table::begins_with_dash;
 
 pub use command::*;
@@ -40,12 +40,15 @@ pub use value::*;
 use crate::config::SessionType;
 
 /// Records what a session does (transcripts). Every method is called *before* the thing it
-/// records happens or right after it ends, and must have flushed when it returns; an error
-/// refuses the command (keyhole never runs unaudited).
+/// records happens or right after it ends; an error refuses the command (keyhole never runs
+/// unaudited). What a method records reaches the operating system (survives keyhole being
+/// killed) when the method returns — except `line`, which may wait for the `command` or
+/// `refused` that follows it — and reaches the disk (survives the machine) at the next
+/// [`Audit::commit`], which the engine calls once before the commands of a statement start.
 pub trait Audit: Send {
     /// A pipeline line as received (script text, or a rendering of a structured pipeline).
     fn line(&mut self, line: &str) -> std::io::Result<()>;
-    /// A command about to run, with its bound parameters (fsync'd).
+    /// A command about to run, with its bound parameters.
     fn command(&mut self, name: &str, args: &BoundArgs) -> std::io::Result<()>;
     /// A refusal and its reason.
     fn refused(&mut self, reason: &str) -> std::io::Result<()>;
@@ -53,6 +56,9 @@ pub trait Audit: Send {
     fn output(&mut self, text: &str) -> std::io::Result<()>;
     /// How the pipeline ended.
     fn end(&mut self, state: EndState) -> std::io::Result<()>;
+    /// Make everything recorded so far durable (one `fdatasync` for the line and its command
+    /// records, and whatever ended before them); called before commands start.
+    fn commit(&mut self) -> std::io::Result<()>;
 }
 
 /// How a line ended, as the transcript records it (`[end] Completed`).
@@ -103,6 +109,9 @@ impl Audit for NoAudit {
         Ok(())
     }
     fn end(&mut self, _: EndState) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn commit(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }

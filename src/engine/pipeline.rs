@@ -16,7 +16,7 @@ use super::Audit;
 
 /// One bound command of a pipeline.
 pub(crate) struct Stage {
-    pub entry: Entry,
+    pub entry: std::sync::Arc<Entry>,
     pub bound: Bound,
     /// Started invocation (None with -WhatIf: the command is never called).
     pub inv: Option<Box<dyn Invocation>>,

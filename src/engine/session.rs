@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use super::bind::{bind, ArgIn};
 use super::command::{CancelToken, ErrorCategory, ErrorRecord, EventSink, VisibleCommand};
@@ -46,7 +47,34 @@ struct Prepared {
 pub struct Session {
     opts: SessionOptions,
     audit: Box<dyn Audit>,
-    table: CommandTable,
+    table: Arc<CommandTable>,
+}
+
+/// A command table built once from an effective capability and shared (read-only) by every
+/// session that has that capability: its entries, compiled patterns and visible commands cost
+/// memory once, not per session.
+#[derive(Clone)]
+pub struct SharedTable(Arc<CommandTable>);
+
+impl SharedTable {
+    /// Build the table from the effective capability, and nothing else.
+    pub fn build(
+        cap: &crate::capability::EffectiveCapability,
+        session_type: crate::config::SessionType,
+        source: &dyn super::CommandSource,
+    ) -> SharedTable {
+        SharedTable(Arc::new(CommandTable::build(cap, session_type, source)))
+    }
+
+    /// The commands a session with this table can see.
+    pub fn visible(&self) -> &[VisibleCommand] {
+        &self.0.visible
+    }
+
+    /// The same table (not merely an equal one)?
+    pub fn same(&self, other: &SharedTable) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 fn literal_value(l: &Literal) -> Value {
@@ -130,8 +158,23 @@ impl Session {
         opts: SessionOptions,
         audit: Box<dyn Audit>,
     ) -> Session {
-        let table = CommandTable::build(cap, opts.session_type, opts.commands.as_ref());
-        Session { opts, audit, table }
+        let table = SharedTable::build(cap, opts.session_type, opts.commands.as_ref());
+        Session::with_table(table, opts, audit)
+    }
+
+    /// A session on a table built earlier (from the same capability, session type and command
+    /// source as `opts` names).
+    pub fn with_table(table: SharedTable, opts: SessionOptions, audit: Box<dyn Audit>) -> Session {
+        Session {
+            opts,
+            audit,
+            table: table.0,
+        }
+    }
+
+    /// The session's command table (shared with the sessions of the same capability).
+    pub fn table(&self) -> SharedTable {
+        SharedTable(self.table.clone())
     }
 
     /// The commands this session can see (Get-Command, GET_COMMAND_METADATA).
@@ -271,37 +314,51 @@ impl Session {
                 let _ = shared.borrow_mut().audit.end(EndState::Completed);
                 return RunOutcome::Exit;
             }
-            for st in p.stages.iter_mut() {
-                let res = shared
+            // Every command of the statement is recorded, then the records (and the line) are
+            // made durable with one sync, then the commands start.
+            let mut recorded = Ok(());
+            let mut failed_at = 0;
+            for (i, st) in p.stages.iter().enumerate() {
+                failed_at = i;
+                recorded = shared
                     .borrow_mut()
                     .audit
                     .command(&st.entry.decl.name, &st.bound.audit);
-                if let Err(e) = res {
-                    let msg = format!(
-                        "The transcript could not be written ({e}); '{}' was not run because keyhole never runs unaudited.",
-                        st.entry.decl.name
-                    );
-                    let mut s = shared.borrow_mut();
-                    let _ = s.audit.refused(&msg);
-                    let rec = ErrorRecord::new(
-                        msg.clone(),
-                        "AuditWriteFailed",
-                        ErrorCategory::WriteError,
-                    )
-                    .terminating();
-                    if ran_any {
-                        let _ = s.audit.end(EndState::Failed);
-                        s.sink.event(super::command::Event::Error(rec.clone()));
-                        return RunOutcome::Failed(rec);
-                    }
-                    let _ = s.audit.end(EndState::Refused);
-                    return RunOutcome::Refused(Refusal {
-                        message: msg,
-                        id: "AuditWriteFailed".into(),
-                        category: ErrorCategory::WriteError,
-                        column: None,
-                    });
+                if recorded.is_err() {
+                    break;
                 }
+            }
+            if recorded.is_ok() && !p.stages.is_empty() {
+                recorded = shared.borrow_mut().audit.commit();
+            }
+            if let Err(e) = recorded {
+                let name = p
+                    .stages
+                    .get(failed_at)
+                    .map(|st| st.entry.decl.name.as_str())
+                    .unwrap_or_default();
+                let msg = format!(
+                    "The transcript could not be written ({e}); '{name}' was not run because keyhole never runs unaudited."
+                );
+                let mut s = shared.borrow_mut();
+                let _ = s.audit.refused(&msg);
+                let rec =
+                    ErrorRecord::new(msg.clone(), "AuditWriteFailed", ErrorCategory::WriteError)
+                        .terminating();
+                if ran_any {
+                    let _ = s.audit.end(EndState::Failed);
+                    s.sink.event(super::command::Event::Error(rec.clone()));
+                    return RunOutcome::Failed(rec);
+                }
+                let _ = s.audit.end(EndState::Refused);
+                return RunOutcome::Refused(Refusal {
+                    message: msg,
+                    id: "AuditWriteFailed".into(),
+                    category: ErrorCategory::WriteError,
+                    column: None,
+                });
+            }
+            for st in p.stages.iter_mut() {
                 if !st.bound.common.whatif {
                     st.inv = Some(st.entry.cmd.start(&st.bound.args));
                 }
@@ -542,7 +599,10 @@ mod tests {
                 log: log.clone(),
                 fail,
             });
-            s.table.entries.push(apply_grant(cmd, &ParamsGrant::All));
+            Arc::get_mut(&mut s.table)
+                .unwrap()
+                .entries
+                .push(Arc::new(apply_grant(cmd, &ParamsGrant::All)));
         }
         (s, log)
     }

@@ -183,7 +183,8 @@ impl Entry {
 }
 
 pub(crate) struct CommandTable {
-    pub entries: Vec<Entry>,
+    /// Shared: a line's stages hold the entry without copying its declaration and checks.
+    pub entries: Vec<Arc<Entry>>,
     /// (alias as written, index of the target entry).
     pub aliases: Vec<(String, usize)>,
     pub visible: Vec<VisibleCommand>,
@@ -343,7 +344,7 @@ impl CommandTable {
             }
         }
         CommandTable {
-            entries,
+            entries: entries.into_iter().map(Arc::new).collect(),
             aliases,
             visible,
         }
@@ -351,7 +352,7 @@ impl CommandTable {
 
     /// Resolve a command name as written (case-insensitive; aliases; applications by full path
     /// or file name). Module-qualified names are never resolved.
-    pub(crate) fn lookup(&self, name: &str, column: Option<usize>) -> Result<&Entry, Refusal> {
+    pub(crate) fn lookup(&self, name: &str, column: Option<usize>) -> Result<&Arc<Entry>, Refusal> {
         let found = if name.contains('\\') || name.is_empty() {
             None
         } else {

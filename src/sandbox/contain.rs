@@ -3,23 +3,29 @@
 //!
 //! Strongest mechanism first:
 //! 1. **cgroup v2** (when a cgroup2 hierarchy is mounted and writable): each command gets its
-//!    own cgroup `<keyhole's cgroup>/keyhole/<pid>-<uuid>`; the child joins it before `exec`
-//!    (no race: nothing it starts can be outside), and killing writes `1` to `cgroup.kill`
-//!    (Linux ≥ 5.14; older kernels: freeze, SIGKILL every member, thaw, repeat). Under systemd
-//!    give the unit `Delegate=yes` so systemd leaves keyhole's sub-cgroups alone.
+//!    own cgroup `<keyhole's cgroup>/keyhole/<pid>-<uuid>`; the child is created in it
+//!    (`clone3` with `CLONE_INTO_CGROUP`, see `spawn`) or, where the kernel refuses that, joins
+//!    it before `exec` — no race either way: nothing it starts can be outside — and killing
+//!    writes `1` to `cgroup.kill` (Linux ≥ 5.14; older kernels: freeze, SIGKILL every member,
+//!    thaw, repeat). Waiting for a killed cgroup to empty watches its `cgroup.events` (no
+//!    sleep). Under systemd give the unit `Delegate=yes` so systemd leaves keyhole's
+//!    sub-cgroups alone.
 //! 2. **Fallback** (no writable cgroup2, e.g. some containers): the process group is killed, and
 //!    every process whose environment carries this command's marker `KEYHOLE_RUN=<uuid>` is
-//!    found through `/proc/<pid>/environ` and killed, repeatedly until none is left. A program
+//!    found through `/proc/<pid>/environ` and killed through a pidfd (whose readiness says it
+//!    is gone), repeatedly until none is left. A program
 //!    that clears its own environment *and* leaves its process group escapes this fallback;
 //!    the README says so and recommends cgroup v2.
 
 use std::fs;
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
@@ -29,6 +35,8 @@ pub const MARKER_VAR: &str = "KEYHOLE_RUN";
 const MAX_KILL_ROUNDS: usize = 50;
 /// How long to wait for a killed cgroup to empty before leaving it for later clean-up.
 const CGROUP_DRAIN: Duration = Duration::from_secs(2);
+/// How long one round of the fallback waits for the processes it killed to be gone.
+const KILL_ROUND_WAIT: Duration = Duration::from_millis(200);
 /// Most processes one command may have at once when the cgroup `pids` controller is available
 /// (also bounds a fork bomb of a root run-as account, which RLIMIT_NPROC does not).
 pub const CGROUP_PIDS_MAX: u32 = 1024;
@@ -173,24 +181,23 @@ pub struct Containment {
     /// Unique id: cgroup name and fallback marker value.
     pub id: String,
     cgroup: Option<PathBuf>,
+    /// The cgroup's directory, open (what `clone3` creates the child in).
+    dir_fd: Option<OwnedFd>,
 }
 
 impl Containment {
-    /// Set up containment for a new command. Returns the containment and, for cgroups, the
-    /// open `cgroup.procs` the child writes itself into.
-    pub fn new() -> (Containment, Option<OwnedFd>) {
+    /// Set up containment for a new command: with cgroups, its own cgroup, created and open.
+    pub fn create() -> Containment {
         let id = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         if let Mechanism::Cgroup(parent) = mechanism() {
             let dir = parent.join(&id);
-            match Self::open_cgroup(&dir) {
+            match Self::make_cgroup(&dir) {
                 Ok(fd) => {
-                    return (
-                        Containment {
-                            id,
-                            cgroup: Some(dir),
-                        },
-                        Some(fd),
-                    )
+                    return Containment {
+                        id,
+                        cgroup: Some(dir),
+                        dir_fd: Some(fd),
+                    }
                 }
                 Err(e) => {
                     let _ = fs::remove_dir(&dir);
@@ -198,21 +205,44 @@ impl Containment {
                 }
             }
         }
-        (Containment { id, cgroup: None }, None)
+        Containment {
+            id,
+            cgroup: None,
+            dir_fd: None,
+        }
     }
 
-    fn open_cgroup(dir: &Path) -> std::io::Result<OwnedFd> {
+    fn make_cgroup(dir: &Path) -> std::io::Result<OwnedFd> {
         fs::create_dir(dir)?;
         let pids_max = dir.join("pids.max");
-        if pids_max.exists() {
-            if let Err(e) = write_file(&pids_max, CGROUP_PIDS_MAX.to_string().as_bytes()) {
+        if let Err(e) = write_file(&pids_max, CGROUP_PIDS_MAX.to_string().as_bytes()) {
+            if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %dir.display(), error = %e, "sandbox: cannot set pids.max");
             }
         }
         let f = fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))?;
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(dir)?;
         Ok(OwnedFd::from(f))
+    }
+
+    /// The open cgroup directory (for `clone3`'s `CLONE_INTO_CGROUP`).
+    pub(crate) fn cgroup_fd(&self) -> Option<&OwnedFd> {
+        self.dir_fd.as_ref()
+    }
+
+    /// The cgroup's `cgroup.procs`, open for writing (the fork path: the child writes itself
+    /// into it). None without a cgroup.
+    pub(crate) fn open_procs(&self) -> Option<std::io::Result<OwnedFd>> {
+        let dir = self.cgroup.as_ref()?;
+        Some(
+            fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(dir.join("cgroup.procs"))
+                .map(OwnedFd::from),
+        )
     }
 
     /// The environment marker to add (fallback only).
@@ -232,7 +262,19 @@ impl Containment {
         }
     }
 
-    /// After everything is dead: remove the cgroup.
+    /// Once more after the program was reaped, for what forked while the first kill ran: the
+    /// fallback's marker scan. (`cgroup.kill` already refuses new processes in a cgroup being
+    /// killed, so with a cgroup nothing can have escaped the first; only the process group, whose
+    /// id the reaped program no longer reserves, is not signalled again.)
+    pub fn kill_again(&self, pgid: Pid) {
+        if self.cgroup.is_none() {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            kill_marked(&self.id);
+        }
+    }
+
+    /// After everything is dead: remove the cgroup (waiting, without sleeping, for processes
+    /// that were killed but are not gone yet).
     pub fn cleanup(&self) {
         if let Some(dir) = &self.cgroup {
             let deadline = Instant::now() + CGROUP_DRAIN;
@@ -246,11 +288,38 @@ impl Containment {
                             return;
                         }
                         kill_cgroup(dir);
-                        std::thread::sleep(Duration::from_millis(10));
+                        wait_unpopulated(dir, deadline);
                     }
                 }
             }
         }
+    }
+}
+
+/// Wait until the cgroup has no process left (its `cgroup.events` says `populated 0`, and the
+/// kernel signals every change of that file to `poll`), or the deadline. True when empty.
+fn wait_unpopulated(dir: &Path, deadline: Instant) -> bool {
+    let Ok(events) = fs::File::open(dir.join("cgroup.events")) else {
+        return true; // the cgroup is gone
+    };
+    let mut buf = [0u8; 256];
+    loop {
+        let n = match events.read_at(&mut buf, 0) {
+            Ok(n) => n,
+            Err(_) => return true,
+        };
+        let text = buf.get(..n).unwrap_or_default();
+        if text.split(|b| *b == b'\n').any(|l| l == b"populated 0") {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds = [PollFd::new(events.as_fd(), PollFlags::POLLPRI)];
+        let timeout =
+            PollTimeout::try_from(left.as_millis().saturating_add(1)).unwrap_or(PollTimeout::MAX);
+        let _ = nix::poll::poll(&mut fds, timeout);
     }
 }
 
@@ -268,7 +337,8 @@ fn kill_cgroup(dir: &Path) {
     if write_file(&dir.join("cgroup.kill"), b"1").is_ok() {
         return;
     }
-    // Kernels before 5.14: freeze, kill every member, thaw; repeat while members remain.
+    // Kernels before 5.14: freeze, kill every member, thaw; repeat while members remain,
+    // waiting for the killed ones to be gone between rounds.
     let freeze = dir.join("cgroup.freeze");
     for _ in 0..MAX_KILL_ROUNDS {
         let _ = write_file(&freeze, b"1");
@@ -277,10 +347,9 @@ fn kill_cgroup(dir: &Path) {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
         let _ = write_file(&freeze, b"0");
-        if pids.is_empty() {
+        if pids.is_empty() || wait_unpopulated(dir, Instant::now() + KILL_ROUND_WAIT) {
             return;
         }
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -324,10 +393,48 @@ fn kill_marked(id: &str) {
         if pids.is_empty() {
             return;
         }
+        // Through pidfds: no pid reuse race, and each one's readiness says the process is gone
+        // (no sleep between rounds). Without pidfds (Linux < 5.3) the next scan paces it.
+        let mut pidfds = Vec::with_capacity(pids.len());
         for pid in pids {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            match super::spawn::pidfd_open(Pid::from_raw(pid)) {
+                Some(fd) => {
+                    if super::spawn::pidfd_kill(&fd, libc::SIGKILL) {
+                        pidfds.push(fd);
+                    }
+                }
+                None => {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
         }
-        std::thread::sleep(Duration::from_millis(5));
+        let deadline = Instant::now() + KILL_ROUND_WAIT;
+        while !pidfds.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut polls: Vec<PollFd<'_>> = pidfds
+                .iter()
+                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+                .collect();
+            let timeout = PollTimeout::try_from(left.as_millis().saturating_add(1))
+                .unwrap_or(PollTimeout::MAX);
+            if nix::poll::poll(&mut polls, timeout).is_err() {
+                continue;
+            }
+            let done: Vec<bool> = polls
+                .iter()
+                .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            drop(polls);
+            let mut i = 0usize;
+            pidfds.retain(|_| {
+                let keep = !done.get(i).copied().unwrap_or(true);
+                i += 1;
+                keep
+            });
+        }
     }
 }
 
@@ -346,11 +453,13 @@ mod tests {
         let c = Containment {
             id: "x".into(),
             cgroup: None,
+            dir_fd: None,
         };
         assert_eq!(c.marker(), Some((MARKER_VAR.to_string(), "x".to_string())));
         let c = Containment {
             id: "x".into(),
             cgroup: Some(PathBuf::from("/nonexistent")),
+            dir_fd: None,
         };
         assert_eq!(c.marker(), None);
     }

@@ -1,36 +1,46 @@
 //! `sandbox` is the only module with `unsafe`: spawning a program as the run-as account,
 //! dropping capabilities, no-new-privs, limits, killing the process group and every descendant.
 //!
-//! How a program runs (SPEC §4.4): [`run`] resolves the run-as account and everything else
-//! before `fork` ([`privileges::prepare`]); the child joins the command's cgroup, its own
-//! process group, gets resource limits and drops to the account with only the declared
-//! capabilities ([`privileges::set_target_user`]) before `exec` — by absolute path, never a
-//! shell, environment exactly `PATH`, `LANG` and what the entry declares, cwd `/`, stdin
-//! `/dev/null` unless bytes are given. The parent reads stdout and stderr with `poll` under a
-//! combined output cap, and enforces the timeout and cancellation; whatever the program leaves
-//! behind is killed when it ends ([`contain`]).
+//! How a program runs (SPEC §4.4): [`run`] resolves the run-as account (once per [`RunAs`],
+//! i.e. per session) and everything else before the child exists ([`privileges::prepare`]);
+//! the child is created in the command's cgroup ([`spawn`]: `clone3`), gets its own process
+//! group and resource limits and drops to the account with only the declared capabilities
+//! ([`privileges::set_target_user`]) before `exec` — by absolute path, never a shell,
+//! environment exactly `PATH`, `LANG` and what the entry declares, cwd `/`, stdin `/dev/null`
+//! unless bytes are given. The parent waits in one `poll` on stdout, stderr, the program's
+//! pidfd and the cancellation token's eventfd, with the earliest deadline as its timeout: the
+//! program's exit, its output, a cancel and a deadline each wake it at once, and nothing on
+//! the path sleeps. Output is read under a combined cap; whatever the program leaves behind is
+//! killed when it ends ([`contain`]).
 #![allow(unsafe_code)]
 
 pub mod contain;
 mod privileges;
+pub mod spawn;
 
 pub use privileges::{
-    parse_capability, RLIMIT_AS_MAX, RLIMIT_CORE_MAX, RLIMIT_NOFILE_MAX, RLIMIT_NPROC_MAX,
+    parse_capability, Account, RLIMIT_AS_MAX, RLIMIT_CORE_MAX, RLIMIT_NOFILE_MAX, RLIMIT_NPROC_MAX,
 };
+#[cfg(any(test, feature = "test-util"))]
+pub use spawn::force_fork_path;
+pub use spawn::{started_counts, SpawnPath};
 
+use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr, ChildStdout, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Everything needed to run one program. Never a shell: `program` is absolute, `args` are argv[1..].
 #[derive(Debug, Clone)]
@@ -39,8 +49,8 @@ pub struct ProgramSpec {
     pub args: Vec<String>,
     /// Added to the fixed environment (PATH, LANG).
     pub env: Vec<(String, String)>,
-    /// Unix account to run as.
-    pub run_as: String,
+    /// Unix account to run as (resolved once per [`RunAs`] value and its clones).
+    pub run_as: RunAs,
     /// Linux capabilities kept (names like "CAP_NET_RAW"); empty: none.
     pub capabilities: Vec<String>,
     pub timeout: Duration,
@@ -54,6 +64,61 @@ pub struct ProgramSpec {
     /// False when the caller streams it through `on_stdout`: nothing is kept, so a program's
     /// output is held only where the client has not received it yet.
     pub keep_stdout: bool,
+}
+
+/// The account programs run as: its name, and the account looked up the first time a program
+/// runs, shared by every clone (a session's programs look `/etc/passwd` and `/etc/group` up
+/// once, not per command). A failed look-up is not kept: the next program tries again.
+#[derive(Clone)]
+pub struct RunAs(Arc<RunAsInner>);
+
+struct RunAsInner {
+    name: String,
+    account: OnceLock<Account>,
+}
+
+impl RunAs {
+    pub fn new(name: impl Into<String>) -> RunAs {
+        RunAs(Arc::new(RunAsInner {
+            name: name.into(),
+            account: OnceLock::new(),
+        }))
+    }
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// The account, looked up on first use.
+    pub fn account(&self) -> Result<&Account, SandboxError> {
+        if let Some(a) = self.0.account.get() {
+            return Ok(a);
+        }
+        let found = privileges::lookup_account(&self.0.name)?;
+        Ok(self.0.account.get_or_init(|| found))
+    }
+}
+
+impl std::fmt::Debug for RunAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0.name, f)
+    }
+}
+
+impl std::fmt::Display for RunAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.name)
+    }
+}
+
+impl From<&str> for RunAs {
+    fn from(s: &str) -> RunAs {
+        RunAs::new(s)
+    }
+}
+
+impl From<String> for RunAs {
+    fn from(s: String) -> RunAs {
+        RunAs::new(s)
+    }
 }
 
 /// How a program ended.
@@ -134,13 +199,19 @@ pub enum SandboxError {
 /// It is also true by itself once the pipeline's deadline (`[limits] command_timeout`, armed by
 /// the shell runtime when the line starts) has passed, so built-ins that check it in their loops
 /// stop at the deadline too.
+///
+/// While a program runs, the token also has an eventfd that [`CancelToken::cancel`] writes
+/// to: the sandbox polls it with the program's pipes and pidfd, so a cancel stops the program
+/// at once, without a polling interval.
 #[derive(Debug, Clone, Default)]
 pub struct CancelToken(Arc<CancelState>);
 
 #[derive(Debug, Default)]
 struct CancelState {
     cancelled: AtomicBool,
-    deadline: std::sync::OnceLock<Instant>,
+    deadline: OnceLock<Instant>,
+    /// Created by the first program that runs under this token.
+    waker: OnceLock<OwnedFd>,
     /// Bytes the line's programs have written so far (`max_output_bytes` is per pipeline).
     output: std::sync::atomic::AtomicU64,
 }
@@ -151,6 +222,25 @@ impl CancelToken {
     }
     pub fn cancel(&self) {
         self.0.cancelled.store(true, Ordering::SeqCst);
+        if let Some(fd) = self.0.waker.get() {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live stack buffer to an eventfd owned by the token.
+            let _ = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
+    }
+    /// The eventfd a cancel writes to (created on first use; None if eventfd fails, and then
+    /// the run loop still sees the flag at its next wake-up: a deadline or output).
+    fn waker(&self) -> Option<BorrowedFd<'_>> {
+        if self.0.waker.get().is_none() {
+            // SAFETY: eventfd takes an initial value and flags and returns a new descriptor.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if fd >= 0 {
+                // SAFETY: `fd` was just returned by the kernel and nobody else owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                let _ = self.0.waker.set(owned); // lost a race: ours is closed
+            }
+        }
+        self.0.waker.get().map(|fd| fd.as_fd())
     }
     /// Cancelled, or past the deadline.
     pub fn is_cancelled(&self) -> bool {
@@ -205,8 +295,9 @@ fn spawn_failed<T>(e: SandboxError) -> Result<T, SandboxError> {
     Err(e)
 }
 pub const BASE_LANG: &str = "C.UTF-8";
-/// How often the run loop wakes to check the timeout and cancellation.
-const POLL_INTERVAL_MS: u16 = 25;
+/// Kernels without pidfds (Linux < 5.3) cannot wake the run loop when the program exits: there
+/// it looks (waitid WNOHANG) at least this often.
+const NO_PIDFD_RECHECK: Duration = Duration::from_millis(25);
 /// After the program is gone, how long to keep reading what is left in the pipes.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
 /// One read from a pipe.
@@ -260,6 +351,31 @@ fn stop_reason(cancel: &CancelToken, started: Instant, timeout: Duration) -> Opt
     }
 }
 
+/// The earliest deadline: the program's timeout or the pipeline's.
+fn next_deadline(cancel: &CancelToken, started: Instant, timeout: Duration) -> Option<Instant> {
+    let own = started.checked_add(timeout);
+    match (own, cancel.deadline()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A poll timeout that ends at `deadline` (rounded up to the next millisecond), capped.
+fn poll_timeout(deadline: Option<Instant>, cap: Option<Duration>) -> PollTimeout {
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let wait = match (left, cap) {
+        (Some(l), Some(c)) => Some(l.min(c)),
+        (l, c) => l.or(c),
+    };
+    match wait {
+        None => PollTimeout::NONE,
+        Some(w) => {
+            let ms = w.as_micros().div_ceil(1000);
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+        }
+    }
+}
+
 /// Output collected so far, under the combined cap.
 struct Collector<'a> {
     stdout: Vec<u8>,
@@ -292,16 +408,19 @@ impl Collector<'_> {
 }
 
 struct Pipes {
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    stdout: Option<File>,
+    stderr: Option<File>,
     buf: Vec<u8>,
 }
 
-enum PipeEvent {
-    /// Nothing happened within the interval (or only some data was read).
-    Idle,
+/// What one wait of the run loop saw.
+enum Wake {
+    /// Output was read, a deadline came, a cancel, or nothing (EINTR): look again.
+    Again,
     /// The output cap was exceeded.
     OverLimit,
+    /// The program itself has exited (its pidfd is readable).
+    Exited,
 }
 
 impl Pipes {
@@ -309,63 +428,86 @@ impl Pipes {
         self.stdout.is_some() || self.stderr.is_some()
     }
 
-    /// Wait up to `POLL_INTERVAL_MS` for output and read what is there.
-    fn pump(&mut self, sink: &mut Collector<'_>) -> PipeEvent {
-        if !self.open() {
-            std::thread::sleep(Duration::from_millis(u64::from(POLL_INTERVAL_MS)));
-            return PipeEvent::Idle;
+    /// One `poll` on the open pipes, the pidfd and the cancel eventfd, until one of them is
+    /// ready or `timeout`; then read what is there.
+    fn wait(
+        &mut self,
+        pidfd: Option<&OwnedFd>,
+        waker: Option<BorrowedFd<'_>>,
+        timeout: PollTimeout,
+        sink: &mut Collector<'_>,
+    ) -> Wake {
+        // Slots: 0 stdout, 1 stderr, 2 pidfd, 3 waker (only the present ones are polled).
+        let mut which: [usize; 4] = [0; 4];
+        let mut polls: Vec<PollFd<'_>> = Vec::with_capacity(4);
+        let candidates: [Option<BorrowedFd<'_>>; 4] = [
+            self.stdout.as_ref().map(|f| f.as_fd()),
+            self.stderr.as_ref().map(|f| f.as_fd()),
+            pidfd.map(|f| f.as_fd()),
+            waker,
+        ];
+        for (slot, fd) in candidates.into_iter().enumerate() {
+            if let Some(fd) = fd {
+                if let Some(w) = which.get_mut(polls.len()) {
+                    *w = slot;
+                }
+                polls.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
         }
-        let (out_ready, err_ready) = {
-            let mut fds = Vec::with_capacity(2);
-            if let Some(o) = &self.stdout {
-                fds.push((true, PollFd::new(o.as_fd(), PollFlags::POLLIN)));
+        if nix::poll::poll(&mut polls, timeout).is_err() {
+            return Wake::Again; // EINTR: look again
+        }
+        let mut ready = [false; 4];
+        for (i, p) in polls.iter().enumerate() {
+            if p.revents().is_some_and(|r| !r.is_empty()) {
+                if let Some(slot) = which.get(i).and_then(|s| ready.get_mut(*s)) {
+                    *slot = true;
+                }
             }
-            if let Some(e) = &self.stderr {
-                fds.push((false, PollFd::new(e.as_fd(), PollFlags::POLLIN)));
-            }
-            let mut polls: Vec<PollFd<'_>> = fds.iter().map(|(_, p)| *p).collect();
-            match nix::poll::poll(&mut polls, PollTimeout::from(POLL_INTERVAL_MS)) {
-                Ok(_) => {}
-                Err(_) => return PipeEvent::Idle, // EINTR: try again next round
-            }
-            let ready = |want_stdout: bool| {
-                fds.iter().zip(polls.iter()).any(|((is_out, _), p)| {
-                    *is_out == want_stdout && p.revents().is_some_and(|r| !r.is_empty())
-                })
-            };
-            (ready(true), ready(false))
+        }
+        drop(polls);
+        let [out_ready, err_ready, exited, _cancelled] = ready;
+        if out_ready && !self.read_one(true, sink) {
+            return Wake::OverLimit;
+        }
+        if err_ready && !self.read_one(false, sink) {
+            return Wake::OverLimit;
+        }
+        if exited {
+            Wake::Exited
+        } else {
+            Wake::Again
+        }
+    }
+
+    /// Read once from one pipe; false when the output cap was exceeded.
+    fn read_one(&mut self, is_stdout: bool, sink: &mut Collector<'_>) -> bool {
+        let pipe = if is_stdout {
+            &mut self.stdout
+        } else {
+            &mut self.stderr
         };
-        let buf = &mut self.buf;
-        if out_ready {
-            if let Some(o) = self.stdout.as_mut() {
-                match o.read(buf) {
-                    Ok(0) | Err(_) => self.stdout = None,
-                    Ok(n) => {
-                        if !sink.push(true, buf.get(..n).unwrap_or_default()) {
-                            return PipeEvent::OverLimit;
-                        }
-                    }
-                }
+        let Some(f) = pipe.as_mut() else {
+            return true;
+        };
+        match f.read(&mut self.buf) {
+            Ok(0) => {
+                *pipe = None;
+                true
+            }
+            Ok(n) => sink.push(is_stdout, self.buf.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => true,
+            Err(_) => {
+                *pipe = None;
+                true
             }
         }
-        if err_ready {
-            if let Some(e) = self.stderr.as_mut() {
-                match e.read(buf) {
-                    Ok(0) | Err(_) => self.stderr = None,
-                    Ok(n) => {
-                        if !sink.push(false, buf.get(..n).unwrap_or_default()) {
-                            return PipeEvent::OverLimit;
-                        }
-                    }
-                }
-            }
-        }
-        PipeEvent::Idle
     }
 }
 
 /// Has the program itself ended? Looks without reaping, so that its pid — which is also the
-/// process group id — stays reserved until the group has been killed.
+/// process group id — stays reserved until the group has been killed. (Only for kernels
+/// without pidfds.)
 fn main_exited(pid: Pid) -> bool {
     matches!(
         waitid(
@@ -374,6 +516,108 @@ fn main_exited(pid: Pid) -> bool {
         ),
         Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_)
     )
+}
+
+/// Reap the program (it has exited, or was just killed with everything it started).
+fn reap(pid: Pid) -> Result<Termination, std::io::Error> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(Termination::Exited(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Termination::Signaled(sig as i32)),
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(std::io::Error::from(e)),
+        }
+    }
+}
+
+/// A pipe (read end, write end), both CLOEXEC and numbered above 2 (see [`above_stdio`]).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((above_stdio(r)?, above_stdio(w)?))
+}
+
+/// The child puts its descriptors on 0, 1 and 2 in that order; none of them may already be one
+/// of those numbers (possible only when keyhole was started with a standard descriptor closed).
+fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let moved = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+}
+
+/// The program's environment: PATH, LANG, then the declared variables (a declared one of the
+/// same name replaces the fixed one, as before), then the fallback's marker; sorted.
+fn environment(spec: &ProgramSpec, marker: Option<(String, String)>) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("PATH".into(), BASE_PATH.into());
+    env.insert("LANG".into(), BASE_LANG.into());
+    for (k, v) in &spec.env {
+        env.insert(k.clone(), v.clone());
+    }
+    if let Some((k, v)) = marker {
+        env.insert(k, v);
+    }
+    env.into_iter().collect()
+}
+
+/// Start the program: clone3 into its cgroup, or (where the kernel refuses) fork.
+fn start(
+    spec: &ProgramSpec,
+    env: &[(String, String)],
+    containment: &contain::Containment,
+    mut prepared: privileges::Prepared,
+    fds: spawn::ChildFds,
+) -> Result<spawn::Started, SandboxError> {
+    let program = spec.program.display().to_string();
+    let spawn_error = |source: std::io::Error| SandboxError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    if spawn::clone3_wanted() {
+        let exec = spawn::Exec::new(&program, &spec.args, env)
+            .ok_or_else(|| SandboxError::NulInArgument(program.clone()))?;
+        match spawn::clone3_spawn(&prepared, &exec, &fds, containment.cgroup_fd()) {
+            Ok(s) => {
+                spawn::count(spawn::SpawnPath::Clone3);
+                return Ok(s);
+            }
+            Err(spawn::Clone3Error::Failed(e)) => return Err(spawn_error(e)),
+            Err(spawn::Clone3Error::Refused(e)) => spawn::note_refusal(&e),
+        }
+    }
+    // The fork path: the child writes itself into cgroup.procs before anything else.
+    if let Some(procs) = containment.open_procs() {
+        prepared.cgroup_procs = Some(procs.map_err(spawn_error)?);
+    }
+    let mut cmd = std::process::Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir("/")
+        .stdin(Stdio::from(fds.stdin))
+        .stdout(Stdio::from(fds.stdout))
+        .stderr(Stdio::from(fds.stderr));
+    // SAFETY: the closure runs in the forked child before exec. It only calls
+    // `privileges::child_setup`, which makes async-signal-safe system calls (write, setpgid,
+    // setrlimit, prctl, setgroups, setresgid, setresuid, capset, getppid) on data computed
+    // before the fork and owned by the closure; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || privileges::child_setup(&prepared));
+    }
+    let spawned = cmd.spawn();
+    drop(cmd); // closes the parent's copies of cgroup.procs and of the child's descriptors
+    let child = spawned.map_err(spawn_error)?;
+    spawn::count(spawn::SpawnPath::Fork);
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    // `child` is not waited through std: `reap` collects it by pid.
+    drop(child);
+    Ok(spawn::Started {
+        pid,
+        pidfd: spawn::pidfd_open(pid),
+    })
 }
 
 /// Run a program under the sandbox. `on_stdout` receives output chunks as they arrive (for
@@ -387,64 +631,73 @@ pub fn run(
         return spawn_failed(e);
     }
     init();
-    let (containment, procs_fd) = contain::Containment::new();
-    let prepared = match privileges::prepare(&spec.run_as, &spec.capabilities, procs_fd) {
-        Ok(p) => p,
-        Err(e) => {
-            containment.cleanup();
-            return spawn_failed(e);
-        }
+    let account = match spec.run_as.account() {
+        Ok(a) => a,
+        Err(e) => return spawn_failed(e),
     };
+    let containment = contain::Containment::create();
+    let result = run_contained(spec, account, &containment, cancel, on_stdout);
+    containment.cleanup();
+    result
+}
 
-    let mut cmd = std::process::Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .env_clear()
-        .env("PATH", BASE_PATH)
-        .env("LANG", BASE_LANG)
-        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir("/")
-        .stdin(if spec.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some((k, v)) = containment.marker() {
-        cmd.env(k, v);
-    }
-    // SAFETY: the closure runs in the forked child before exec. It only calls
-    // `privileges::child_setup`, which makes async-signal-safe system calls (write, setpgid,
-    // setrlimit, prctl, setgroups, setresgid, setresuid, capset, getppid) on data computed
-    // before the fork and owned by the closure; it allocates nothing and takes no lock.
-    unsafe {
-        cmd.pre_exec(move || privileges::child_setup(&prepared));
-    }
-    let spawned = cmd.spawn();
-    drop(cmd); // closes the parent's copy of cgroup.procs
-    let mut child: Child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            containment.cleanup();
-            return spawn_failed(SandboxError::Spawn {
-                program: spec.program.display().to_string(),
-                source: e,
-            });
+fn run_contained(
+    spec: &ProgramSpec,
+    account: &Account,
+    containment: &contain::Containment,
+    cancel: &CancelToken,
+    on_stdout: &mut dyn FnMut(&[u8]),
+) -> Result<ProgramResult, SandboxError> {
+    let program = spec.program.display().to_string();
+    let spawn_error = |source: std::io::Error| SandboxError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    // Every failure before the program runs is counted in `keyhole_program_spawns_total`.
+    let failed = |e: SandboxError| {
+        SPAWNS_FAILED.fetch_add(1, Ordering::Relaxed);
+        e
+    };
+    let spawn_error = |source: std::io::Error| failed(spawn_error(source));
+    let prepared = privileges::prepare(account, &spec.capabilities, None).map_err(failed)?;
+    let env = environment(spec, containment.marker());
+
+    let (out_r, out_w) = pipe().map_err(spawn_error)?;
+    let (err_r, err_w) = pipe().map_err(spawn_error)?;
+    let (stdin_child, stdin_parent) = match &spec.stdin {
+        Some(_) => {
+            let (r, w) = pipe().map_err(spawn_error)?;
+            (r, Some(w))
+        }
+        None => {
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .open("/dev/null")
+                .map_err(spawn_error)?;
+            (above_stdio(OwnedFd::from(null)).map_err(spawn_error)?, None)
         }
     };
+    let fds = spawn::ChildFds {
+        stdin: stdin_child,
+        stdout: out_w,
+        stderr: err_w,
+    };
+    // `start` consumes the child's ends (closed in the parent once the child has them).
+    let started = start(spec, &env, containment, prepared, fds).map_err(failed)?;
     SPAWNS_STARTED.fetch_add(1, Ordering::Relaxed);
-    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let pid = started.pid;
 
-    if let (Some(mut stdin), Some(data)) = (child.stdin.take(), spec.stdin.clone()) {
+    if let (Some(stdin), Some(data)) = (stdin_parent, spec.stdin.clone()) {
         // Detached: ends with EPIPE at the latest when the program's processes are killed.
+        let mut stdin = File::from(stdin);
         std::thread::spawn(move || {
             let _ = stdin.write_all(&data);
         });
     }
 
     let mut pipes = Pipes {
-        stdout: child.stdout.take(),
-        stderr: child.stderr.take(),
+        stdout: Some(File::from(out_r)),
+        stderr: Some(File::from(err_r)),
         buf: vec![0u8; READ_CHUNK],
     };
     let mut sink = Collector {
@@ -455,51 +708,51 @@ pub fn run(
         max: spec.max_output_bytes,
         on_stdout,
     };
-    let started = Instant::now();
+    let began = Instant::now();
+    let waker = cancel.waker();
+    let deadline = next_deadline(cancel, began, spec.timeout);
+    // Without a pidfd the loop must look at the program now and then.
+    let recheck = started.pidfd.is_none().then_some(NO_PIDFD_RECHECK);
 
     let reason = loop {
-        if let PipeEvent::OverLimit = pipes.pump(&mut sink) {
-            break Some(Termination::OutputLimit);
-        }
-        if let Some(r) = stop_reason(cancel, started, spec.timeout) {
+        if let Some(r) = stop_reason(cancel, began, spec.timeout) {
             break Some(r);
         }
-        if main_exited(pid) {
+        let timeout = poll_timeout(deadline, recheck);
+        match pipes.wait(started.pidfd.as_ref(), waker, timeout, &mut sink) {
+            Wake::OverLimit => break Some(Termination::OutputLimit),
+            Wake::Exited => break None,
+            Wake::Again => {}
+        }
+        if recheck.is_some() && main_exited(pid) {
             break None;
         }
     };
 
     // Whatever happened, nothing the command started survives it.
     containment.kill_all(pid);
-    let status = child.wait();
-    containment.kill_all(pid);
+    let status = reap(pid);
+    containment.kill_again(pid);
 
     if reason != Some(Termination::OutputLimit) {
-        let deadline = Instant::now() + DRAIN_DEADLINE;
-        while pipes.open() && Instant::now() < deadline {
-            if let PipeEvent::OverLimit = pipes.pump(&mut sink) {
+        // What the program wrote before it ended is still in the pipes; everything that could
+        // write more is dead, so they reach end-of-file (a bound all the same).
+        let drain_until = Instant::now() + DRAIN_DEADLINE;
+        while pipes.open() && Instant::now() < drain_until {
+            let timeout = poll_timeout(Some(drain_until), None);
+            if let Wake::OverLimit = pipes.wait(None, None, timeout, &mut sink) {
                 break;
             }
         }
     }
     drop(pipes);
-    containment.cleanup();
 
     let termination = match reason {
         Some(r) => r,
-        None => match status {
-            Ok(st) => match (st.code(), st.signal()) {
-                (Some(c), _) => Termination::Exited(c),
-                (None, Some(s)) => Termination::Signaled(s),
-                (None, None) => Termination::Signaled(0),
-            },
-            Err(source) => {
-                return Err(SandboxError::Wait {
-                    program: spec.program.display().to_string(),
-                    source,
-                })
-            }
-        },
+        None => status.map_err(|source| SandboxError::Wait {
+            program: spec.program.display().to_string(),
+            source,
+        })?,
     };
     Ok(ProgramResult {
         termination,

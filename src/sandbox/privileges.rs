@@ -73,7 +73,8 @@ pub(crate) struct Prepared {
     /// Open `cgroup.procs` of the command's cgroup: the child writes "0" to join it.
     pub cgroup_procs: Option<OwnedFd>,
     /// keyhole's open descriptors above 2 when the command was prepared: marked close-on-exec
-    /// one by one in the child when the kernel has no `close_range` (before Linux 5.11).
+    /// one by one in the child when the kernel has no `close_range` (before Linux 5.11); empty
+    /// (not listed) when it has.
     pub open_fds: Vec<libc::c_int>,
 }
 
@@ -81,7 +82,30 @@ pub(crate) struct Prepared {
 /// below in practice; beyond it the listing stops and the rest rely on close-on-exec).
 const MAX_LISTED_FDS: usize = 65_536;
 
-/// keyhole's open descriptors above 2, from /proc/self/fd (read before `fork`).
+/// Whether the kernel has `close_range` with `CLOSE_RANGE_CLOEXEC` (Linux ≥ 5.11), probed once
+/// on a range that holds no descriptor (it changes nothing). When it has, the child marks every
+/// descriptor close-on-exec in one call and the parent lists none: reading /proc/self/fd per
+/// command costs a directory walk of every open descriptor (one per session's transcript: 10,000
+/// entries with 10,000 sessions).
+pub(crate) fn has_close_range_cloexec() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        // SAFETY: close_range(2) takes integer arguments only; the range [u32::MAX, u32::MAX]
+        // is beyond any descriptor table, so the call marks nothing.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                libc::c_uint::MAX,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        rc == 0
+    })
+}
+
+/// keyhole's open descriptors above 2, from /proc/self/fd (read before `fork`), for kernels
+/// without `close_range` only ([`has_close_range_cloexec`]).
 fn open_fds() -> Vec<libc::c_int> {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return Vec::new();
@@ -105,27 +129,73 @@ pub fn parse_capability(name: &str) -> Result<caps::Capability, SandboxError> {
         .map_err(|_| SandboxError::UnknownCapability(name.to_string()))
 }
 
+/// The kernel's highest capability number (read once: it does not change while keyhole runs).
 fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|n| *n < 64)
-        .unwrap_or(FALLBACK_LAST_CAP)
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|n| *n < 64)
+            .unwrap_or(FALLBACK_LAST_CAP)
+    })
 }
 
-/// Resolve the account, its groups and the capability set, before any `fork`.
-pub(crate) fn prepare(
-    run_as: &str,
-    capabilities: &[String],
-    cgroup_procs: Option<OwnedFd>,
-) -> Result<Prepared, SandboxError> {
+/// A run-as account as the kernel needs it: looked up once (`getpwnam`, and `getgrouplist`
+/// when keyhole is root) and then used for every program of a session.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub uid: Uid,
+    pub gid: Gid,
+    /// The supplementary groups (looked up only when keyhole is root: otherwise they are not
+    /// changed).
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// Look the account up in the user and group databases (NSS).
+pub(crate) fn lookup_account(run_as: &str) -> Result<Account, SandboxError> {
     let user = User::from_name(run_as)
         .map_err(|source| SandboxError::AccountLookup {
             user: run_as.to_string(),
             source,
         })?
         .ok_or_else(|| SandboxError::UnknownUser(run_as.to_string()))?;
+    let groups = if nix::unistd::geteuid().is_root() {
+        let cname = CString::new(user.name.as_bytes())
+            .map_err(|_| SandboxError::NulInAccountName(run_as.to_string()))?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid).map_err(|source| {
+            SandboxError::GroupList {
+                user: run_as.to_string(),
+                source,
+            }
+        })?;
+        if groups.len() > MAX_GROUPS {
+            return Err(SandboxError::TooManyGroups {
+                user: run_as.to_string(),
+                count: groups.len(),
+                max: MAX_GROUPS,
+            });
+        }
+        groups.iter().map(|g| g.as_raw()).collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Account {
+        name: run_as.to_string(),
+        uid: user.uid,
+        gid: user.gid,
+        groups,
+    })
+}
 
+/// Resolve the capability set and the credential change for `account`, before the child exists.
+pub(crate) fn prepare(
+    account: &Account,
+    capabilities: &[String],
+    cgroup_procs: Option<OwnedFd>,
+) -> Result<Prepared, SandboxError> {
+    let run_as = account.name.as_str();
     let mut caps_mask = 0u64;
     let mut cap_list = Vec::new();
     for name in capabilities {
@@ -165,28 +235,13 @@ pub(crate) fn prepare(
         }
     }
     let identity = if root {
-        let cname = CString::new(user.name.as_bytes())
-            .map_err(|_| SandboxError::NulInAccountName(run_as.to_string()))?;
-        let groups = nix::unistd::getgrouplist(&cname, user.gid).map_err(|source| {
-            SandboxError::GroupList {
-                user: run_as.to_string(),
-                source,
-            }
-        })?;
-        if groups.len() > MAX_GROUPS {
-            return Err(SandboxError::TooManyGroups {
-                user: run_as.to_string(),
-                count: groups.len(),
-                max: MAX_GROUPS,
-            });
-        }
         Identity::Switch {
-            uid: user.uid,
-            gid: user.gid,
-            groups: groups.iter().map(|g| g.as_raw()).collect(),
+            uid: account.uid,
+            gid: account.gid,
+            groups: account.groups.clone(),
         }
     } else {
-        if user.uid != nix::unistd::getuid() || user.uid != nix::unistd::geteuid() {
+        if account.uid != nix::unistd::getuid() || account.uid != nix::unistd::geteuid() {
             return Err(SandboxError::NotRoot(run_as.to_string()));
         }
         if caps_mask != 0 {
@@ -226,8 +281,20 @@ pub(crate) fn prepare(
         rlimits,
         parent: nix::unistd::getpid(),
         cgroup_procs,
-        open_fds: open_fds(),
+        open_fds: if has_close_range_cloexec() {
+            Vec::new()
+        } else {
+            open_fds()
+        },
     })
+}
+
+fn check_syscall(rc: libc::c_long) -> io::Result<()> {
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
@@ -348,18 +415,23 @@ pub(crate) fn set_target_user(p: &Prepared) -> io::Result<()> {
     }
 
     if let Identity::Switch { uid, gid, groups } = &p.identity {
+        // Raw system calls, not glibc's wrappers: those broadcast the change to every thread
+        // glibc knows of, and a child that shares keyhole's memory (clone3 with CLONE_VM)
+        // would find keyhole's threads there. The kernel changes the calling process only.
         // SAFETY: `groups` is a live Vec owned by `p`; setgroups reads `len` gid_t from it.
-        check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+        check_syscall(unsafe {
+            libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr())
+        })?;
         let g = gid.as_raw();
         // SAFETY: integer arguments only.
-        check(unsafe { libc::setresgid(g, g, g) })?;
+        check_syscall(unsafe { libc::syscall(libc::SYS_setresgid, g, g, g) })?;
         if p.caps != 0 {
             // SAFETY: integer arguments only.
             check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, 0, 0, 0) })?;
         }
         let u = uid.as_raw();
         // SAFETY: integer arguments only.
-        check(unsafe { libc::setresuid(u, u, u) })?;
+        check_syscall(unsafe { libc::syscall(libc::SYS_setresuid, u, u, u) })?;
         if p.caps != 0 {
             // SAFETY: integer arguments only.
             check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0 as libc::c_ulong, 0, 0, 0) })?;
@@ -467,8 +539,27 @@ mod tests {
     }
 
     #[test]
+    fn descriptors_are_listed_only_where_the_kernel_lacks_close_range() {
+        let _f = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(!open_fds().is_empty());
+        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        let account = lookup_account(&me).unwrap();
+        let p = prepare(&account, &[], None).unwrap();
+        // Linux ≥ 5.11 (every kernel CI runs): no directory walk per command.
+        assert!(has_close_range_cloexec());
+        assert!(
+            p.open_fds.is_empty(),
+            "listed {} descriptors",
+            p.open_fds.len()
+        );
+    }
+
+    #[test]
     fn unknown_account_is_refused() {
-        let e = prepare("no-such-account-keyhole-xyz", &[], None).unwrap_err();
+        let e = lookup_account("no-such-account-keyhole-xyz").unwrap_err();
         assert!(matches!(e, SandboxError::UnknownUser(_)));
     }
 }

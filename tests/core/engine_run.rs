@@ -629,6 +629,64 @@ fn audit_failure_refuses() {
 }
 
 #[test]
+fn records_are_committed_once_per_statement_before_its_commands_run() {
+    let (mut s, rec) = session();
+    let (o, _) = run(
+        &mut s,
+        vec![
+            sc("Write-Output", vec![(None, st("cups"))]),
+            sc("Write-Output", vec![]),
+        ],
+        vec![],
+    );
+    assert!(matches!(o, RunOutcome::Completed { .. }), "{o:?}");
+    let mut sink = VecSink::default();
+    let o = s.run_line(
+        "Write-Output nginx; wo cups",
+        &mut sink,
+        &CancelToken::new(),
+    );
+    assert!(matches!(o, RunOutcome::Completed { .. }), "{o:?}");
+    let events = rec.lock().unwrap().events.clone();
+    let want = [
+        "line",
+        "command Write-Output",
+        "command Write-Output",
+        "commit",
+        "output",
+        "end Completed",
+        "line",
+        "command Write-Output",
+        "commit",
+        "output",
+        "command Write-Output",
+        "commit",
+        "output",
+        "end Completed",
+    ];
+    assert_eq!(
+        events, want,
+        "one sync per statement, after its records, before it runs"
+    );
+}
+
+#[test]
+fn a_failed_commit_refuses_before_anything_runs() {
+    let (mut s, rec) = session();
+    rec.lock().unwrap().fail_commit = true;
+    let (o, ev) = run(
+        &mut s,
+        vec![sc("Write-Output", vec![(None, st("cups"))])],
+        vec![],
+    );
+    assert_eq!(refused(&o).id, "AuditWriteFailed");
+    assert!(outputs(&ev).is_empty());
+    let r = rec.lock().unwrap();
+    assert_eq!(r.ends, vec!["Refused".to_string()]);
+    assert!(r.output.is_empty(), "nothing ran");
+}
+
+#[test]
 fn exit_cancel_and_statements() {
     let (mut s, _) = session();
     let (o, _) = run(&mut s, vec![sc("Exit-PSSession", vec![])], vec![]);

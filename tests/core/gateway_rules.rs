@@ -451,3 +451,51 @@ fn concurrent_adds_lose_nothing() {
     assert_eq!(ids, (1..=8).collect::<Vec<u64>>());
     assert_eq!(load_rules(&path).unwrap().rules.len(), 8);
 }
+
+/// A rule as `keyhole rule add` writes it.
+fn rule_text(id: u64, group: &str, computer: &str, conf: &str) -> String {
+    format!(
+        "[[rule]]\nid = {id}\nname = \"generated rule {id}\"\nuser_group = \"{group}\"\ncomputer = \"{computer}\"\nconfiguration = \"{conf}\"\n\n"
+    )
+}
+
+#[test]
+fn rules_files_are_bounded_by_bytes_not_by_a_number_of_rules() {
+    // 40,000 rules (4.5 MB): more than the 10,000 rules and the 4 MiB a rules file was once
+    // limited to. It loads, validates and is served.
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("authorization-rules.toml");
+    let mut text = String::new();
+    for i in 1..40_000u64 {
+        text.push_str(&rule_text(
+            i,
+            &format!("team{i}"),
+            &format!("host{}", i % 97),
+            "Ep",
+        ));
+    }
+    text.push_str(&rule_text(40_000, "helpdesk", "web01", "Helpdesk"));
+    assert!(text.len() > 4 * 1024 * 1024);
+    std::fs::write(&path, &text).unwrap();
+    let rules = load_rules(&path).unwrap();
+    assert_eq!(rules.rules.len(), 40_000);
+    assert!(
+        validate_rules(&rules).is_empty(),
+        "{:?}",
+        validate_rules(&rules).first()
+    );
+    let ix = keyhole::rules::RuleIndex::new(&rules);
+    assert_eq!(ix.len(), 40_000);
+    let d3 = ix.evaluate(
+        "alice",
+        &[s("staff"), s("HelpDesk")],
+        &[s("WEB01")],
+        "helpdesk",
+    );
+    assert_eq!((d3.allowed, d3.rule_id), (true, Some(40_000)));
+    // Beyond the byte bound the file is refused, with the reason.
+    let big = "# padding\n".repeat((keyhole::rules::MAX_RULES_FILE_BYTES / 10 + 1) as usize);
+    std::fs::write(&path, big).unwrap();
+    let e = load_rules(&path).unwrap_err().to_string();
+    assert!(e.contains("authorization rules file"), "{e}");
+}

@@ -482,6 +482,36 @@ fn psrp_is_sans_io() {
     );
 }
 
+/// Issue 10: a program's exit wakes the sandbox (pidfd), a cancel wakes it (eventfd), and killed
+/// processes are waited for through pidfds and `cgroup.events`: nothing on the path of a
+/// program or a built-in sleeps or polls on an interval (unit tests aside).
+#[test]
+fn nothing_sleeps_on_the_path_of_a_command() {
+    let mut files = Vec::new();
+    rust_files(&src().join("sandbox"), &mut files);
+    rust_files(&src().join("commands"), &mut files);
+    let forbidden = ["thread::sleep", "POLL_INTERVAL", "sleep("];
+    let mut bad = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        // The unit tests at the end of a file may sleep.
+        let library = text.split("#[cfg(test)]\n").next().unwrap_or("");
+        let code = code_of(library);
+        for (i, line) in code.lines().enumerate() {
+            for w in forbidden {
+                if line.contains(w) {
+                    bad.push(format!("{}:{}: {w}", f.display(), i + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "a command's path must not sleep:\n{}",
+        bad.join("\n")
+    );
+}
+
 #[test]
 fn no_test_doubles_in_the_library() {
     let root = src();

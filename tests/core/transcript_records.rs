@@ -98,6 +98,49 @@ fn header_records_and_modes() {
 }
 
 #[test]
+fn one_sync_per_statement_and_none_on_the_create_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Transcript::create(tmp.path(), &header(None)).unwrap();
+    assert_eq!(t.syncs(), 0, "opening a session does not wait for the disk");
+    let header_text = std::fs::read_to_string(t.path()).unwrap();
+    assert!(
+        header_text.contains("PowerShell transcript start"),
+        "written, not synced"
+    );
+    let mut args = BoundArgs::default();
+    args.set("Name", Value::from("nginx"));
+    // A statement: line and command records, one sync (header and directory included), run.
+    t.line("Get-Service nginx").unwrap();
+    t.command("Get-Service", &args).unwrap();
+    t.commit().unwrap();
+    assert_eq!(t.syncs(), 1);
+    t.output("Running nginx\n").unwrap();
+    t.end(EndState::Completed).unwrap();
+    assert_eq!(t.syncs(), 1, "output and [end] wait for the next sync");
+    // The next statement's sync covers the previous [end].
+    t.line("Get-Service nginx").unwrap();
+    t.command("Get-Service", &args).unwrap();
+    t.commit().unwrap();
+    assert_eq!(t.syncs(), 2);
+    // Nothing new: nothing to sync.
+    t.commit().unwrap();
+    assert_eq!(t.syncs(), 2);
+    // A refused line is written with its refusal, synced later.
+    t.end(EndState::Completed).unwrap();
+    t.line("Invoke-Expression x").unwrap();
+    t.refused("not recognized").unwrap();
+    t.end(EndState::Refused).unwrap();
+    assert_eq!(t.syncs(), 2);
+    let text = std::fs::read_to_string(t.path()).unwrap();
+    assert!(
+        text.contains("PS>Invoke-Expression x\n[refused] not recognized\n[end] Refused"),
+        "{text}"
+    );
+    t.finish().unwrap();
+    assert_eq!(t.syncs(), 3, "the footer's sync covers the rest");
+}
+
+#[test]
 fn local_session_and_hostile_names() {
     let tmp = tempfile::tempdir().unwrap();
     let mut h = header(None);
@@ -160,6 +203,7 @@ fn command_record_is_on_disk_before_the_program_runs() {
     let args = BoundArgs::default();
     t.line("Read-Transcript").unwrap();
     t.command("Read-Transcript", &args).unwrap();
+    t.commit().unwrap(); // as the engine does before the commands of a statement start
     let host = HostEnv {
         run_as: "root".into(),
         command_timeout: Duration::from_secs(10),

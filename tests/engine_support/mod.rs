@@ -199,36 +199,54 @@ pub struct Record {
     pub refused: Vec<String>,
     pub output: String,
     pub ends: Vec<String>,
+    /// Every call in order: "line", "command NAME", "refused", "output", "end STATE", "commit".
+    pub events: Vec<String>,
+    /// Make `commit` fail (a disk that cannot sync).
+    pub fail_commit: bool,
 }
 
 pub struct RecordingAudit(pub Arc<Mutex<Record>>, pub bool);
 
 impl Audit for RecordingAudit {
     fn line(&mut self, line: &str) -> std::io::Result<()> {
-        self.0.lock().unwrap().lines.push(line.to_string());
+        let mut r = self.0.lock().unwrap();
+        r.lines.push(line.to_string());
+        r.events.push("line".into());
         Ok(())
     }
     fn command(&mut self, name: &str, args: &BoundArgs) -> std::io::Result<()> {
         if self.1 {
             return Err(std::io::Error::other("disk full"));
         }
-        self.0
-            .lock()
-            .unwrap()
-            .commands
-            .push((name.to_string(), args.clone()));
+        let mut r = self.0.lock().unwrap();
+        r.commands.push((name.to_string(), args.clone()));
+        r.events.push(format!("command {name}"));
         Ok(())
     }
     fn refused(&mut self, reason: &str) -> std::io::Result<()> {
-        self.0.lock().unwrap().refused.push(reason.to_string());
+        let mut r = self.0.lock().unwrap();
+        r.refused.push(reason.to_string());
+        r.events.push("refused".into());
         Ok(())
     }
     fn output(&mut self, text: &str) -> std::io::Result<()> {
-        self.0.lock().unwrap().output.push_str(text);
+        let mut r = self.0.lock().unwrap();
+        r.output.push_str(text);
+        r.events.push("output".into());
         Ok(())
     }
     fn end(&mut self, state: EndState) -> std::io::Result<()> {
-        self.0.lock().unwrap().ends.push(state.to_string());
+        let mut r = self.0.lock().unwrap();
+        r.ends.push(state.to_string());
+        r.events.push(format!("end {state}"));
+        Ok(())
+    }
+    fn commit(&mut self) -> std::io::Result<()> {
+        let mut r = self.0.lock().unwrap();
+        if r.fail_commit {
+            return Err(std::io::Error::other("cannot sync"));
+        }
+        r.events.push("commit".into());
         Ok(())
     }
 }

@@ -17,7 +17,15 @@ pub fn require_root() {
         nix::unistd::geteuid().is_root(),
         "these tests run as root (CI runs them as root too)"
     );
+    // `sandbox_root::the_fork_path_passes_the_same_tests` re-runs the sandbox tests with
+    // programs started through fork (the path taken where the kernel refuses clone3).
+    if std::env::var_os(FORK_PATH_VAR).is_some() {
+        sandbox::force_fork_path();
+    }
 }
+
+/// Set in a re-run of the test binary whose programs must start through fork.
+pub const FORK_PATH_VAR: &str = "KH_SANDBOX_FORK_PATH";
 
 fn retry(cmd: &str, args: &[&str]) -> Result<(), String> {
     // useradd/groupadd take a lock on /etc/passwd; parallel tests may collide briefly.
@@ -127,7 +135,7 @@ pub fn spec(run_as: &str, program: &str, args: &[&str]) -> ProgramSpec {
         program: program.into(),
         args: args.iter().map(|s| s.to_string()).collect(),
         env: Vec::new(),
-        run_as: run_as.to_string(),
+        run_as: run_as.into(),
         capabilities: Vec::new(),
         timeout: Duration::from_secs(10),
         max_output_bytes: 1 << 20,

@@ -125,8 +125,11 @@ fn serve_notifies_systemd_serves_metrics_and_logs_plain_text() {
     sock.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyhole"))
-        .args(["serve", "--config"])
+    // Started with a low soft limit on open files (prlimit execs keyhole: same pid), which
+    // `serve` raises to the hard limit.
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=256:")
+        .args([env!("CARGO_BIN_EXE_keyhole"), "serve", "--config"])
         .arg(d.path().join("keyhole.toml"))
         .env("NOTIFY_SOCKET", &sock_path)
         .env_remove("JOURNAL_STREAM")
@@ -148,6 +151,20 @@ fn serve_notifies_systemd_serves_metrics_and_logs_plain_text() {
         .unwrap()
         .to_string();
     TcpStream::connect(&https).expect("READY=1 before the HTTPS listener accepts");
+
+    // The soft limit on open files was raised to the hard one (10,000 sessions hold 10,000
+    // transcripts open).
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let nofile: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(nofile[0], nofile[1], "soft = hard: {limits}");
+    assert_ne!(nofile[0], "256", "{limits}");
 
     // Read stdout until the metrics line.
     let mut stdout = child.stdout.take().unwrap();

@@ -70,6 +70,75 @@ fn pem_cert(path: &std::path::Path) -> CertificateDer<'static> {
 }
 
 #[tokio::test]
+async fn a_client_that_keeps_its_session_resumes_it() {
+    let gate = Arc::new(StaticGatekeeper::new("alice", "pw", &["WinRS"]));
+    let s = start_with(
+        gate,
+        |rt| {
+            rt.listener.https = "127.0.0.1:0".into();
+            rt.listener.http = String::new();
+        },
+        Vec::new(),
+    )
+    .await;
+    let cert = pem_cert(&s.state.path().join(server::SELF_SIGNED_CERT));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let addr = s.https.unwrap();
+    let (_, x) = envelope(ACTION_CREATE, URI_CMD, None, None, CREATE_CMD_BODY);
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind());
+        let head = format!(
+            "POST /wsman HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/soap+xml;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\nAuthorization: {}\r\n\r\n",
+            x.len(),
+            basic("alice", "pw")
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(x.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        assert_eq!(
+            parse_http(&out).status,
+            200,
+            "every request is still authenticated"
+        );
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, vec![Some(Full), Some(Resumed), Some(Resumed)]);
+    // Without the password, a resumed connection gets the 401 like any other.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.handshake_kind(), Some(Resumed));
+    let head = format!(
+        "POST /wsman HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/soap+xml;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        x.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(x.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    assert_eq!(parse_http(&out).status, 401);
+    let _ = s.shutdown().await;
+}
+
+#[tokio::test]
 async fn self_signed_certificate_is_generated_once_and_served() {
     let gate = Arc::new(StaticGatekeeper::new("alice", "pw", &["WinRS"]));
     let s = start_with(
@@ -200,6 +269,16 @@ async fn client_certificates_chained_to_client_ca_reach_the_gatekeeper() {
     let with_cert = tls_client(&server_cert, Some((client.der().clone(), key)));
     let (_, x) = envelope(ACTION_CREATE, URI_CMD, None, None, CREATE_CMD_BODY);
     let mutual = "http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/https/mutual";
+    let r = tls_post(s.https.unwrap(), &with_cert, Some(mutual), &x)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        gate.seen.lock().unwrap().last().copied().flatten(),
+        Some(expected)
+    );
+    // A second connection resumes the TLS session (the client keeps it): the certificate
+    // checked at the full handshake still reaches the gatekeeper.
     let r = tls_post(s.https.unwrap(), &with_cert, Some(mutual), &x)
         .await
         .unwrap();

@@ -453,3 +453,71 @@ fn arguments_arrive_verbatim() {
     let expected: String = nasty.iter().map(|a| format!("{a}|\n")).collect();
     assert_eq!(String::from_utf8(res.stdout).unwrap(), expected);
 }
+
+#[test]
+fn programs_are_created_in_their_own_cgroup() {
+    require_root();
+    let forced_fork = std::env::var_os(FORK_PATH_VAR).is_some();
+    let acct = Account::create();
+    let (clone3_before, _) = sandbox::started_counts();
+    let res = run_ok(&spec(&acct.name, "/usr/bin/cat", &["/proc/self/cgroup"]));
+    assert_eq!(res.termination, Termination::Exited(0));
+    let text = String::from_utf8(res.stdout).unwrap();
+    let (clone3_after, fork_after) = sandbox::started_counts();
+    if forced_fork {
+        assert_eq!(
+            clone3_after, 0,
+            "every program of this run starts through fork"
+        );
+        assert!(fork_after > 0);
+    } else if cfg!(target_arch = "x86_64") {
+        assert!(
+            clone3_after > clone3_before,
+            "on x86_64 (Linux >= 5.7) programs start with clone3"
+        );
+    }
+    match sandbox::init() {
+        sandbox::contain::Mechanism::Cgroup(parent) => {
+            let own = text
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .unwrap_or_else(|| panic!("no cgroup v2 line in {text}"));
+            let leaf = own.rsplit('/').next().unwrap();
+            assert!(
+                own.contains("/keyhole/") && leaf.starts_with(&format!("{}-", std::process::id())),
+                "the program runs in its command's cgroup, not {own}"
+            );
+            assert!(
+                !parent.join(leaf).exists(),
+                "the command's cgroup is removed when it ends"
+            );
+        }
+        sandbox::contain::Mechanism::Fallback => {}
+    }
+}
+
+/// Child half of `the_fork_path_passes_the_same_tests` is the whole module, re-run with
+/// `FORK_PATH_VAR` set (this test does nothing there).
+#[test]
+fn the_fork_path_passes_the_same_tests() {
+    require_root();
+    if std::env::var_os(FORK_PATH_VAR).is_some() {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["sandbox_root::", "--test-threads=2"])
+        .env(FORK_PATH_VAR, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the sandbox tests fail when programs start through fork:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("programs_are_created_in_their_own_cgroup ... ok")
+            && stdout.contains("runs_as_account_with_its_groups_no_caps_and_no_new_privs ... ok"),
+        "{stdout}"
+    );
+}

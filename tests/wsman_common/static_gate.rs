@@ -51,6 +51,9 @@ impl Audit for NoAudit {
     fn end(&mut self, _: EndState) -> std::io::Result<()> {
         Ok(())
     }
+    fn commit(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Basic auth over fixed accounts; sessions get `capability`.
