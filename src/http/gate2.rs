@@ -7,48 +7,31 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use crate::auth::slots::VerifySlots;
 use crate::wsman::shell::{Authenticate, Connection, Plan, Verdict};
-
-/// Requests refused for want of a verification slot are logged at most once per this interval
-/// (with the count since the last line), so that a flood cannot flood the log too.
-pub const SLOT_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 pub(super) type SharedConnection = Arc<Mutex<Connection>>;
 
 /// The verification slots of one server, and the rate limit of their refusal log lines.
 pub(super) struct Gate2 {
     pub(super) slots: Arc<VerifySlots>,
-    refused: AtomicU64,
-    last_log: Mutex<Option<Instant>>,
+    throttle: super::Throttle,
 }
 
 impl Gate2 {
     pub(super) fn new(slots: Arc<VerifySlots>) -> Gate2 {
         Gate2 {
             slots,
-            refused: AtomicU64::new(0),
-            last_log: Mutex::new(None),
+            throttle: super::Throttle::default(),
         }
     }
 
     fn log_refusal(&self, peer: SocketAddr) {
-        let n = self
-            .refused
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        let now = Instant::now();
-        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| now.duration_since(t) < SLOT_REFUSAL_LOG_INTERVAL) {
+        let Some(n) = self.throttle.count() else {
             return;
-        }
-        *last = Some(now);
-        drop(last);
-        self.refused.store(0, Ordering::Relaxed);
+        };
         tracing::warn!(
             %peer,
             refused = n,

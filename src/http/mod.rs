@@ -71,6 +71,34 @@ pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// number refused since the last line), so that a flood cannot flood the log too.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Refusals that would flood the log (connection slots, verification slots) are counted and
+/// logged at most once per [`REFUSAL_LOG_INTERVAL`], with the count since the last line.
+#[derive(Default)]
+pub(crate) struct Throttle {
+    refused: AtomicU64,
+    last_log: Mutex<Option<Instant>>,
+}
+
+impl Throttle {
+    /// Count one refusal; `Some(n)` (refusals since the last line, this one included) when a
+    /// log line is due now.
+    pub(crate) fn count(&self) -> Option<u64> {
+        let n = self
+            .refused
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let now = Instant::now();
+        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL) {
+            return None;
+        }
+        *last = Some(now);
+        drop(last);
+        self.refused.store(0, Ordering::Relaxed);
+        Some(n)
+    }
+}
+
 /// Errors that keep the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -392,8 +420,7 @@ impl Server {
             max: self.max_connections,
             per_address: self.max_per_address,
             by_address: Mutex::new(HashMap::new()),
-            refused: AtomicU64::new(0),
-            last_log: Mutex::new(None),
+            throttle: Throttle::default(),
         });
         let gate1 = Arc::new(Gate1 {
             ip_allow: self.ip_allow.clone(),
@@ -503,9 +530,8 @@ struct Slots {
     max: usize,
     per_address: usize,
     by_address: Mutex<HashMap<IpAddr, usize>>,
-    /// Connections refused since the last log line about it.
-    refused: AtomicU64,
-    last_log: Mutex<Option<Instant>>,
+    /// Connections refused, logged at most once per interval.
+    throttle: Throttle,
 }
 
 /// Which limit refused a connection (for the log).
@@ -565,18 +591,9 @@ impl Slots {
 
     /// Log a refusal, at most once per [`REFUSAL_LOG_INTERVAL`].
     fn log_refusal(&self, peer: SocketAddr, why: SlotRefusal) {
-        let n = self
-            .refused
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        let now = Instant::now();
-        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL) {
+        let Some(n) = self.throttle.count() else {
             return;
-        }
-        *last = Some(now);
-        drop(last);
-        self.refused.store(0, Ordering::Relaxed);
+        };
         match why {
             SlotRefusal::All => tracing::warn!(
                 %peer,
@@ -972,19 +989,7 @@ async fn web_request(
     let bytes = match read_body(&mut body, limit).await {
         Ok(b) => b,
         Err(BodyError::TooLarge { drained }) => return too_large(drained),
-        Err(BodyError::Timeout) => {
-            tracing::info!(%peer, "request body not received within {:?}", BODY_READ_TIMEOUT);
-            let mut r = simple(StatusCode::REQUEST_TIMEOUT);
-            r.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            return r;
-        }
-        Err(BodyError::Io(e)) => {
-            tracing::info!(%peer, "reading the request body failed: {e}");
-            return simple(StatusCode::BAD_REQUEST);
-        }
+        Err(e @ (BodyError::Timeout | BodyError::Io(_))) => return body_failed(peer, e),
     };
     let req = WebRequest {
         method: parts.method,
@@ -996,6 +1001,27 @@ async fn web_request(
         client_cert_sha256: cert,
     };
     routes.handle(req).await
+}
+
+/// The answer to a request whose body timed out (408, connection closed) or could not be read
+/// (400), logged; the same for WS-Man and the web routes.
+fn body_failed(peer: SocketAddr, e: BodyError) -> Response<Full<Bytes>> {
+    match e {
+        BodyError::Timeout => {
+            tracing::info!(%peer, "request body not received within {:?}", BODY_READ_TIMEOUT);
+            let mut r = simple(StatusCode::REQUEST_TIMEOUT);
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            r
+        }
+        BodyError::Io(e) => {
+            tracing::info!(%peer, "reading the request body failed: {e}");
+            simple(StatusCode::BAD_REQUEST)
+        }
+        BodyError::TooLarge { .. } => simple(StatusCode::PAYLOAD_TOO_LARGE),
+    }
 }
 
 async fn handle_http(req: Request<Incoming>, ctx: Arc<Ctx>, conn: Conn) -> Response<Full<Bytes>> {
@@ -1106,19 +1132,7 @@ async fn handle_http(req: Request<Incoming>, ctx: Arc<Ctx>, conn: Conn) -> Respo
                 .fault_xml(&WsmanError::TooLarge(ctx.max_body), None);
             return soap(StatusCode::INTERNAL_SERVER_ERROR, xml, !drained);
         }
-        Err(BodyError::Timeout) => {
-            tracing::info!(%peer, "request body not received within {:?}", BODY_READ_TIMEOUT);
-            let mut r = simple(StatusCode::REQUEST_TIMEOUT);
-            r.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            return r;
-        }
-        Err(BodyError::Io(e)) => {
-            tracing::info!(%peer, "reading the request body failed: {e}");
-            return simple(StatusCode::BAD_REQUEST);
-        }
+        Err(e @ (BodyError::Timeout | BodyError::Io(_))) => return body_failed(peer, e),
     };
     // Encrypted bodies (Negotiate over plain HTTP) are decrypted, and plaintext ones refused
     // where only encryption is admitted, by gate 2.

@@ -455,6 +455,9 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+/// Run alone by tests/run.sh (`--ignored --exact`, one test thread): beside the other tests of
+/// this binary the machine's load, not keyhole, decides a millisecond.
+#[ignore = "a timing test: tests/run.sh runs it alone after the others"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_takes_the_same_time_medians_of_200_interleaved_attempts() {
     const ROUNDS: usize = 200;
