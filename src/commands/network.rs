@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::system::{
     enum_value, find_program, program_said, read_bounded, run_program, termination_text,
-    typed_object, with_pattern, FnCommand, MAX_PROC_FILE_BYTES, MODULE,
+    typed_object, with_pattern, FnCommand, MODULE,
 };
 use crate::engine::{
     BoundArgs, Command, CommandDecl, Ctx, ErrorCategory, ErrorRecord, ParamDecl, ParamType, Value,
@@ -181,16 +181,29 @@ fn connection_object(t: &TcpEntry, owner: Option<i64>) -> Value {
     o.into_value()
 }
 
-/// A socket table read in one `read` call where the kernel allows: `/proc/net/tcp` is produced
-/// as it is read, and between two reads a table that changes (connections closing, TIME_WAIT
-/// expiring) can make the kernel skip entries. Bounded by `MAX_PROC_FILE_BYTES`.
-fn read_table(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
+/// Bytes of one socket table read at a time: the kernel produces `/proc/net/tcp` as it is read,
+/// and between two reads a table that changes (connections closing, TIME_WAIT expiring) can
+/// make it skip entries, so the reads are few and large.
+const SOCKET_TABLE_CHUNK: usize = 256 * 1024;
+
+/// Every line of a socket table, up to [`MAX_SOCKETS`] lines, to `each` as it is read (never
+/// the whole table in memory: a busy host has tens of thousands of TIME_WAIT entries, and a
+/// byte cap on the file cut off the connections after them).
+fn read_table(path: &Path, each: &mut dyn FnMut(&str)) -> std::io::Result<()> {
+    use std::io::{BufRead, Read};
     let f = std::fs::File::open(path)?;
-    let cap = usize::try_from(MAX_PROC_FILE_BYTES).unwrap_or(usize::MAX);
-    let mut buf = Vec::with_capacity(cap);
-    f.take(MAX_PROC_FILE_BYTES).read_to_end(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    let mut r = std::io::BufReader::with_capacity(SOCKET_TABLE_CHUNK, f);
+    let mut line = Vec::new();
+    for _ in 0..MAX_SOCKETS {
+        line.clear();
+        // A line of /proc/net/tcp is about 150 bytes; anything longer is cut (and unparsable).
+        let n = (&mut r).take(4096).read_until(b'\n', &mut line)?;
+        if n == 0 {
+            break;
+        }
+        each(&String::from_utf8_lossy(&line));
+    }
+    Ok(())
 }
 
 fn get_net_tcp_connection(
@@ -204,23 +217,7 @@ fn get_net_tcp_connection(
     let remote_port = args.ints("RemotePort");
     let states = args.strings("State");
     let owners_wanted = args.ints("OwningProcess");
-    let mut entries = Vec::new();
-    let mut read_any = false;
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = read_table(Path::new(file)) else {
-            continue;
-        };
-        read_any = true;
-        entries.extend(text.lines().take(MAX_SOCKETS).filter_map(parse_tcp_line));
-    }
-    if !read_any {
-        return Err(ErrorRecord::new(
-            "Get-NetTCPConnection: cannot read /proc/net/tcp or /proc/net/tcp6 (is /proc mounted?)",
-            "ProcNetUnavailable,Keyhole.GetNetTCPConnectionCommand",
-            ErrorCategory::ReadError,
-        ));
-    }
-    entries.retain(|t| {
+    let wanted = |t: &TcpEntry| {
         (local_addr.is_empty() || local_addr.iter().any(|a| a.matches(&t.local)))
             && (remote_addr.is_empty() || remote_addr.iter().any(|a| a.matches(&t.remote)))
             && (local_port.is_empty() || local_port.contains(&i64::from(t.local_port)))
@@ -229,7 +226,24 @@ fn get_net_tcp_connection(
                 || states
                     .iter()
                     .any(|s| s.eq_ignore_ascii_case(tcp_state(t.state).0)))
-    });
+    };
+    let mut entries = Vec::new();
+    let mut read_any = false;
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let read = read_table(Path::new(file), &mut |line| {
+            if let Some(t) = parse_tcp_line(line.trim_end()).filter(|t| wanted(t)) {
+                entries.push(t);
+            }
+        });
+        read_any |= read.is_ok();
+    }
+    if !read_any {
+        return Err(ErrorRecord::new(
+            "Get-NetTCPConnection: cannot read /proc/net/tcp or /proc/net/tcp6 (is /proc mounted?)",
+            "ProcNetUnavailable,Keyhole.GetNetTCPConnectionCommand",
+            ErrorCategory::ReadError,
+        ));
+    }
     let owners = if entries.is_empty() {
         HashMap::new()
     } else {
@@ -557,6 +571,38 @@ pub fn commands() -> Vec<Arc<dyn Command>> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    /// A socket table larger than the old 1 MiB cap on the file (a host just after thousands of
+    /// short connections: TIME_WAIT entries) still yields its last lines: the connection after
+    /// them was not found before (`syscmd_live::net_tcp_connection_…` failed in CI right after
+    /// the server tests).
+    #[test]
+    fn a_socket_table_beyond_a_mebibyte_is_read_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tcp");
+        let mut text = String::from("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n");
+        let line = |i: usize, remote_port: u16| {
+            format!("{i:4}: 0100007F:{:04X} 0100007F:{remote_port:04X} 06 00000000:00000000 03:00000123 00000000     0        0 0 3 0000000000000000                                   \n", 40000 + (i % 20000))
+        };
+        let filler = 12_000;
+        for i in 0..filler {
+            text.push_str(&line(i, 80));
+        }
+        text.push_str(&line(filler, 5985));
+        assert!(text.len() > 1024 * 1024 + 100_000, "{}", text.len());
+        std::fs::write(&path, &text).unwrap();
+        let mut seen = 0usize;
+        let mut last = None;
+        read_table(&path, &mut |l| {
+            seen += 1;
+            if let Some(t) = parse_tcp_line(l.trim_end()) {
+                last = Some(t.remote_port);
+            }
+        })
+        .unwrap();
+        assert_eq!(seen, filler + 2, "every line, the header included");
+        assert_eq!(last, Some(5985), "the last connection was read");
+    }
 
     /// Kernel text for an address: each 32-bit word of the network-order bytes printed as a
     /// native integer, as the kernel does.
