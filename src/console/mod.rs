@@ -167,6 +167,10 @@ struct CompleteBody {
     cursor: usize,
 }
 
+/// How long a sign-in waits for the session its browser held to end (see
+/// `Console::await_session_end`).
+const OLD_SESSION_WAIT: Duration = Duration::from_secs(1);
+
 /// The web console (see the module documentation).
 pub struct Console {
     gates: Arc<Gates>,
@@ -385,10 +389,14 @@ impl Console {
         };
         let me = self.clone();
         let (u, comp, conf) = (user.clone(), computer.clone(), configuration.clone());
+        let old_id = old.as_ref().map(|s| s.session_id.clone());
         let outcome = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             // Released first (its slot, its transcript's end), on this blocking thread.
             drop(old);
+            if let Some(id) = old_id {
+                me.await_session_end(&id);
+            }
             me.open_session(&u, &password, &comp, &conf, peer)
         })
         .await
@@ -426,6 +434,17 @@ impl Console {
                 tracing::error!("console: a sign-in task failed");
                 self.sign_in_page(StatusCode::FORBIDDEN, ACCESS_DENIED, typed)
             }
+        }
+    }
+
+    /// Wait (at most [`OLD_SESSION_WAIT`]) until the session `id` has left the session list: a
+    /// session's slot goes with its last reference, which the worker that ran its last line may
+    /// hold a moment after the line ended, so that a sign-in from the browser that held it
+    /// finds the slot it just gave up.
+    fn await_session_end(&self, id: &str) {
+        let until = Instant::now() + OLD_SESSION_WAIT;
+        while self.gates.sessions().find(id).is_ok() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
